@@ -1,0 +1,1 @@
+"""Sources that MatrixOS ingests from: files, databases, IoT feeds and multimodal data."""

@@ -1,0 +1,1 @@
+"""Query layer: sqlglot front end, sandbox, scan planning over Delta files, DuckDB execution."""

@@ -1,0 +1,128 @@
+"""The sandbox for user SQL: what a statement may reference, and a locked DuckDB connection.
+
+Two layers, either of which alone would stop the listed escapes:
+
+1. ``check_query`` walks the parsed statement: only catalog tables (and the query's own CTEs),
+   no table functions, no file paths or URIs in place of table names, no functions that touch
+   files, settings, secrets or extensions.
+2. ``locked_connection`` gives DuckDB no way out: external access off (with the warehouse as the
+   only allowed directory, set first), Python replacement scans off, extension autoload off, and
+   the configuration locked so SQL cannot turn any of it back on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import duckdb
+from sqlglot import exp
+
+from matrixos.errors import AccessDenied
+
+# Functions that read or write files, reveal settings or secrets, or reach other databases.
+_DENIED_FUNCTIONS = re.compile(
+    r"""^(
+        read_.* | .*_scan | .*_scan_.* | glob | sniff_csv | parquet_.* | iceberg_.* | delta_.*
+      | query | query_table | getenv | current_setting | duckdb_.* | pragma_.* | which_secret
+      | load_extension | install_extension | sqlite_.* | postgres_.* | mysql_.* | ducklake_.*
+      | checkpoint | force_checkpoint | enable_.* | disable_.* | json_execute_serialized_sql
+      | python_.* | arrow_.* | tpch.* | tpcds.* | dbgen | dsdgen
+      | from_substrait.* | get_substrait.* | test_.* | icu_.* | create_sort_key
+    )$""",
+    re.VERBOSE,
+)
+
+# sqlglot parses some file readers into typed nodes rather than anonymous functions.
+_FILE_NODES: tuple[type[exp.Expr], ...] = tuple(
+    getattr(exp, n) for n in ("ReadCSV", "ReadParquet", "ReadJSON") if hasattr(exp, n)
+)
+
+_PATHLIKE = re.compile(r"[/\\:]|\.\.|^~|\.(csv|tsv|parquet|json|ndjson|jsonl|txt|db|gz)$", re.I)
+
+# Functions that MatrixOS itself provides (vector/text search, embed) will be added here.
+PLATFORM_TABLE_FUNCTIONS: frozenset[str] = frozenset()
+
+
+def function_name(node: exp.Expr) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    if isinstance(node, exp.Func):
+        return node.sql_name().lower()
+    return type(node).__name__.lower()
+
+
+def check_query(tree: exp.Expr) -> list[exp.Table]:
+    """Refuse anything but catalog reads; return the table references to resolve.
+
+    Raises ``AccessDenied`` naming what is not allowed.
+    """
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    tables: list[exp.Table] = []
+    for node in tree.walk():
+        if isinstance(node, _FILE_NODES):
+            raise AccessDenied(
+                f"{function_name(node)}() reads files; user SQL may read only catalog tables",
+                sql=node.sql(),
+            )
+        if isinstance(node, exp.Table):
+            target = node.this
+            if isinstance(target, exp.Func | exp.Anonymous) or not isinstance(
+                target, exp.Identifier
+            ):
+                name = function_name(target) if isinstance(target, exp.Expr) else str(target)
+                if name not in PLATFORM_TABLE_FUNCTIONS:
+                    raise AccessDenied(
+                        f"table function {name}() is not allowed; user SQL may read only "
+                        "catalog tables",
+                        sql=node.sql(),
+                    )
+                continue
+            for part in node.parts:
+                if isinstance(part, exp.Identifier) and _PATHLIKE.search(part.name):
+                    raise AccessDenied(
+                        f"{part.name!r} looks like a file path or URI; user SQL may read only "
+                        "catalog tables by name",
+                        sql=node.sql(),
+                    )
+            if not node.args.get("db") and node.name.lower() in ctes:
+                continue
+            tables.append(node)
+        elif isinstance(node, exp.Func):
+            name = function_name(node)
+            if _DENIED_FUNCTIONS.match(name):
+                raise AccessDenied(
+                    f"function {name}() is not allowed in user SQL (it reaches files, settings "
+                    "or other databases)",
+                    sql=node.sql(),
+                )
+    return tables
+
+
+def locked_connection(
+    allowed_directories: Sequence[str],
+    *,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that SQL cannot use to leave the sandbox."""
+    con = duckdb.connect(":memory:")
+    settings: list[tuple[str, object]] = [
+        ("TimeZone", "UTC"),
+        ("autoinstall_known_extensions", False),
+        ("autoload_known_extensions", False),
+        ("python_enable_replacements", False),
+        ("allow_community_extensions", False),
+        ("allowed_directories", list(allowed_directories)),
+    ]
+    if threads:
+        settings.append(("threads", threads))
+    if memory_limit:
+        settings.append(("memory_limit", memory_limit))
+    for name, value in settings:
+        con.execute(f"SET {name} = ?", [value])
+    # Order matters: external access off only after the allowed directories are set, and the
+    # lock last so no statement can undo either.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con

@@ -1,0 +1,788 @@
+"""The SQL front end: parse in any dialect, check, resolve names, run on DuckDB or Delta.
+
+Queries run on DuckDB over the tables' active Parquet files (see ``engine.scan``); DDL and DML
+map to catalog and Delta operations. Every statement is checked by ``engine.sandbox`` first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError
+
+from matrixos.catalog import DEFAULT_CATALOG, TableIdent, TableInfo
+from matrixos.catalog.names import check_part
+from matrixos.engine.result import Result
+from matrixos.engine.sandbox import check_query, locked_connection
+from matrixos.engine.scan import (
+    Predicate,
+    PrunedScan,
+    Snapshot,
+    load_snapshot,
+    make_context,
+    prune,
+    render_scan,
+)
+from matrixos.errors import AccessDenied, MatrixOSError, NotSupported, SQLError
+from matrixos.storage.warehouse import is_remote
+
+if TYPE_CHECKING:
+    from matrixos.session import Lakehouse
+
+_VIEWS = itertools.count()
+_CMP: dict[type[exp.Expr], str] = {
+    exp.EQ: "=",
+    exp.LT: "<",
+    exp.LTE: "<=",
+    exp.GT: ">",
+    exp.GTE: ">=",
+}
+_FLIP = {"=": "=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_BATCH_ROWS = 64 * 1024
+
+
+def _ok(message: str, **cols: Any) -> Result:
+    data = {"status": [message], **{k: [v] for k, v in cols.items()}}
+    return Result.from_table(pa.table(data), statement=message.split()[0], message=message)
+
+
+class SQLEngine:
+    """Runs SQL for one ``Lakehouse``. Thread-safe: each statement gets its own DuckDB cursor."""
+
+    def __init__(self, lh: Lakehouse) -> None:
+        self.lh = lh
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._allowed: tuple[str, ...] = ()
+        self._consts = locked_connection([])
+        self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+
+    def close(self) -> None:
+        self._con = None
+        self._snapshots.clear()
+
+    # -- connections ------------------------------------------------------------------------
+    def _cursor(self, locations: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
+        """A cursor on the locked connection, whose allowed directories cover ``locations``."""
+        local = [loc for loc in locations if not is_remote(loc)]
+        with self._lock:
+            missing = [
+                loc for loc in local if not any((loc + "/").startswith(a) for a in self._allowed)
+            ]
+            if self._con is None or missing:
+                roots = set(self._allowed)
+                if not self.lh.warehouse.is_remote:
+                    roots.add(self.lh.warehouse.uri.rstrip("/") + "/")
+                roots.update(loc.rstrip("/") + "/" for loc in missing)
+                s = self.lh.settings
+                self._allowed = tuple(sorted(roots))
+                self._con = locked_connection(
+                    self._allowed, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit
+                )
+            return self._con.cursor()
+
+    # -- entry point ------------------------------------------------------------------------
+    def execute(self, sql: str, dialect: str) -> Result:
+        statements = self.parse(sql, dialect)
+        if not statements:
+            raise SQLError("empty statement", sql=sql)
+        result: Result | None = None
+        for stmt in statements:
+            result = self._run(stmt, dialect)
+        assert result is not None
+        return result
+
+    def parse(self, sql: str, dialect: str) -> list[exp.Expr]:
+        try:
+            sqlglot.Dialect.get_or_raise(dialect)
+        except (ValueError, SqlglotError) as e:
+            raise SQLError(f"unknown SQL dialect {dialect!r}") from e
+        try:
+            trees = sqlglot.parse(sql, read=dialect)
+        except ParseError as e:
+            err = e.errors[0] if e.errors else {}
+            raise SQLError(
+                f"syntax error: {err.get('description', str(e))}"
+                + (f" near {err['highlight']!r}" if err.get("highlight") else ""),
+                sql=sql,
+                line=err.get("line"),
+                col=err.get("col"),
+            ) from e
+        except SqlglotError as e:
+            raise SQLError(f"cannot parse SQL: {e}", sql=sql) from e
+        return [t for t in trees if t is not None]
+
+    def _run(self, stmt: exp.Expr, dialect: str) -> Result:
+        if isinstance(stmt, exp.Query):
+            return self.query(stmt)
+        handler = getattr(self, f"_do_{type(stmt).__name__.lower()}", None)
+        if handler is None:
+            raise AccessDenied(
+                f"{type(stmt).__name__.upper()} statements are not allowed",
+                sql=stmt.sql(dialect=dialect),
+            )
+        result: Result = handler(stmt, dialect)
+        return result
+
+    # -- queries ----------------------------------------------------------------------------
+    def query(self, tree: exp.Expr, *, explain: bool = False) -> Result:
+        refs = check_query(tree)
+        tree = tree.copy() if explain else tree
+        refs = check_query(tree)
+        bound = self._bind(tree, refs)
+        cur = self._cursor([b.snapshot.location for _, b in bound])
+        try:
+            self._install(cur, tree, bound)
+            sql = tree.sql(dialect="duckdb")
+            if explain:
+                plan = cur.execute("EXPLAIN " + sql).fetchall()
+                lines = []
+                for ident, scan in bound:
+                    lines.append(
+                        f"Scan {ident} (delta, version {scan.snapshot.version}): "
+                        f"{len(scan.files)} of {len(scan.snapshot.files)} files after pruning"
+                        + (
+                            " on " + ", ".join(_describe_pred(p) for p in scan.predicates)
+                            if scan.predicates
+                            else ""
+                        )
+                    )
+                for row in plan:
+                    lines.extend(str(row[-1]).splitlines())
+                cur.close()
+                return Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN")
+            reader = cur.sql(sql).to_arrow_reader(_BATCH_ROWS)
+        except duckdb.Error as e:
+            cur.close()
+            raise _engine_error(e, tree.sql(dialect="duckdb")) from e
+        except BaseException:
+            cur.close()
+            raise
+        return Result(reader, statement="SELECT", on_close=cur.close)
+
+    def read_table(
+        self,
+        info: TableInfo,
+        version: int | None,
+        timestamp: datetime | str | None,
+        columns: Sequence[str] | None,
+    ) -> pa.Table:
+        """All rows of one table (a projection of ``columns`` when given)."""
+        snap = self._snapshot(info, version, timestamp)
+        scan = prune(snap, [])
+        cur = self._cursor([snap.location])
+        try:
+            ctx = make_context(self.lh.warehouse.options, is_remote(snap.location))
+            sql = render_scan(scan, ctx, columns)
+            for name, obj in ctx.registrations.items():
+                cur.register(name, obj)
+            return cur.sql(sql).to_arrow_table()
+        except duckdb.Error as e:
+            raise _engine_error(e, "") from e
+        finally:
+            cur.close()
+
+    def _snapshot(
+        self, info: TableInfo, version: int | None = None, timestamp: Any = None
+    ) -> Snapshot:
+        dt = self.lh._delta(info, version, timestamp)
+        key = (info.location, int(dt.version()))
+        snap = self._snapshots.get(key)
+        if snap is None:
+            snap = load_snapshot(dt)
+            self._snapshots[key] = snap
+            while len(self._snapshots) > 64:
+                self._snapshots.popitem(last=False)
+        return snap
+
+    def _resolve(self, node: exp.Table) -> TableInfo:
+        ident = TableIdent.from_parts(node.catalog or None, node.db or None, node.name)
+        return self.lh.catalog.get_table(ident)
+
+    def _bind(self, tree: exp.Expr, refs: list[exp.Table]) -> list[tuple[TableIdent, PrunedScan]]:
+        """Resolve every table reference to a pruned scan of its snapshot."""
+        snaps: list[tuple[exp.Table, TableInfo, Snapshot]] = []
+        for node in refs:
+            info = self._resolve(node)
+            version, timestamp = self._time_travel(node)
+            snaps.append((node, info, self._snapshot(info, version, timestamp)))
+        out = []
+        for node, info, snap in snaps:
+            preds = self._predicates(node, snap, snaps)
+            out.append((info.ident, prune(snap, preds)))
+        return out
+
+    def _install(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        tree: exp.Expr,
+        bound: list[tuple[TableIdent, PrunedScan]],
+    ) -> None:
+        """Replace each table reference by a temporary view over its pruned files."""
+        refs = [n for n in tree.find_all(exp.Table) if n in _table_refs(tree)]
+        ctx = make_context(self.lh.warehouse.options, self.lh.warehouse.is_remote)
+        for node, (_, scan) in zip(_table_refs(tree), bound, strict=True):
+            view = f"__mx_scan_{next(_VIEWS)}"
+            ctx.filesystem = (
+                self.lh.warehouse.options.to_pyarrow()
+                if is_remote(scan.snapshot.location)
+                else None
+            )
+            cur.execute(f'CREATE TEMP VIEW "{view}" AS {render_scan(scan, ctx)}')
+            alias = node.args.get("alias")
+            if alias is None:
+                alias = exp.TableAlias(this=exp.to_identifier(node.name))
+            node.replace(exp.Table(this=exp.to_identifier(view, quoted=True), alias=alias))
+        for name, obj in ctx.registrations.items():
+            cur.register(name, obj)
+        del refs
+
+    def _time_travel(self, node: exp.Table) -> tuple[int | None, Any]:
+        v = node.args.get("version")
+        if v is None:
+            return None, None
+        value = self._constant(v.expression)
+        kind = str(v.this).upper()
+        if kind == "VERSION":
+            try:
+                return int(value), None
+            except (TypeError, ValueError) as e:
+                raise SQLError(f"VERSION AS OF needs an integer, got {value!r}") from e
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError as e:
+                raise SQLError(f"TIMESTAMP AS OF needs a timestamp, got {value!r}") from e
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return None, value
+
+    def _constant(self, node: exp.Expr) -> Any:
+        if node.find(exp.Column, exp.Query):
+            raise SQLError(f"{node.sql()} must be a constant")
+        try:
+            row = self._consts.cursor().execute("SELECT " + node.sql(dialect="duckdb")).fetchone()
+        except duckdb.Error as e:
+            raise _engine_error(e, node.sql()) from e
+        return row[0] if row else None
+
+    def _predicates(
+        self,
+        node: exp.Table,
+        snap: Snapshot,
+        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot]],
+    ) -> list[Predicate]:
+        sel = node.parent
+        while sel is not None and not isinstance(sel, exp.Select):
+            sel = sel.parent
+        if sel is None or not sel.args.get("where"):
+            return []
+        siblings = [s for n, _, s in all_snaps if n is not node and _select_of(n) is sel]
+        sources = list(sel.find_all(exp.From, exp.Join))
+        only_tables = all(
+            isinstance(s.this, exp.Table) for s in sources if s.find_ancestor(exp.Select) is sel
+        )
+        mine = {f.name.lower() for f in snap.schema}
+        theirs = {f.name.lower() for s in siblings for f in s.schema}
+        qualifier = node.alias_or_name.lower()
+
+        def owns(col: exp.Column) -> str | None:
+            name = col.name.lower()
+            if name not in mine:
+                return None
+            if col.table:
+                return name if col.table.lower() == qualifier else None
+            return name if only_tables and name not in theirs else None
+
+        names = {f.name.lower(): f.name for f in snap.schema}
+        preds: list[Predicate] = []
+        for conj in _conjuncts(sel.args["where"].this):
+            p = self._predicate(conj, owns)
+            if p is not None:
+                preds.append(Predicate(names[p.column], p.op, p.value))
+        return preds
+
+    def _predicate(self, e: exp.Expr, owns: Any) -> Predicate | None:
+        try:
+            if type(e) in _CMP:
+                op = _CMP[type(e)]
+                left, right = e.this, e.expression
+                if isinstance(right, exp.Column) and not isinstance(left, exp.Column):
+                    left, right, op = right, left, _FLIP[op]
+                if isinstance(left, exp.Column) and (col := owns(left)) and _is_const(right):
+                    return Predicate(col, op, self._constant(right))
+            elif isinstance(e, exp.In) and isinstance(e.this, exp.Column):
+                col = owns(e.this)
+                values = e.expressions
+                if col and values and all(_is_const(v) for v in values):
+                    return Predicate(col, "in", [self._constant(v) for v in values])
+            elif isinstance(e, exp.Between) and isinstance(e.this, exp.Column):
+                col = owns(e.this)
+                lo, hi = e.args.get("low"), e.args.get("high")
+                if col and lo is not None and _is_const(lo) and _is_const(hi):
+                    # Two predicates collapse into one range test via the caller's AND.
+                    return Predicate(col, ">=", self._constant(lo))
+            elif isinstance(e, exp.Is) and isinstance(e.this, exp.Column):
+                if isinstance(e.expression, exp.Null) and (col := owns(e.this)):
+                    return Predicate(col, "isnull")
+            elif isinstance(e, exp.Not) and isinstance(e.this, exp.Is):
+                inner = e.this
+                if isinstance(inner.this, exp.Column) and isinstance(inner.expression, exp.Null):
+                    col = owns(inner.this)
+                    return Predicate(col, "notnull") if col else None
+        except MatrixOSError:
+            return None  # not foldable here; DuckDB will evaluate it per row
+        return None
+
+    # -- EXPLAIN, OPTIMIZE, VACUUM, SHOW (parsed as commands by sqlglot) ---------------------
+    def _do_command(self, stmt: exp.Command, dialect: str) -> Result:
+        cmd = str(stmt.this).upper()
+        rest = (
+            stmt.expression.name
+            if isinstance(stmt.expression, exp.Expr)
+            else str(stmt.expression or "")
+        )
+        rest = rest.strip().rstrip(";")
+        if cmd == "EXPLAIN":
+            inner = re.sub(r"^(ANALYZE|VERBOSE|EXTENDED|FORMATTED)\s+", "", rest, flags=re.I)
+            trees = self.parse(inner, dialect)
+            if len(trees) != 1 or not isinstance(trees[0], exp.Query):
+                raise NotSupported("EXPLAIN supports one query")
+            return self.query(trees[0], explain=True)
+        if cmd == "OPTIMIZE":
+            m = re.match(r"^(\S+)(?:\s+ZORDER\s+BY\s*\(?([^)]*)\)?)?\s*$", rest, re.I)
+            if not m:
+                raise SQLError(
+                    f"cannot parse OPTIMIZE {rest!r}", hint="OPTIMIZE t [ZORDER BY (a, b)]"
+                )
+            table = self.lh.table(_name(m.group(1), dialect))
+            cols = [c.strip().strip('"`') for c in (m.group(2) or "").split(",") if c.strip()]
+            metrics = table.optimize(cols or None)
+            return _ok(
+                "OPTIMIZE",
+                files_added=int(metrics.get("numFilesAdded", 0)),
+                files_removed=int(metrics.get("numFilesRemoved", 0)),
+            )
+        if cmd == "VACUUM":
+            m = re.match(r"^(\S+)(?:\s+RETAIN\s+(\d+)\s+HOURS)?(\s+DRY\s+RUN)?\s*$", rest, re.I)
+            if not m:
+                raise SQLError(
+                    f"cannot parse VACUUM {rest!r}", hint="VACUUM t [RETAIN n HOURS] [DRY RUN]"
+                )
+            table = self.lh.table(_name(m.group(1), dialect))
+            hours = int(m.group(2)) if m.group(2) else None
+            files = table.vacuum(hours, dry_run=bool(m.group(3)))
+            return Result.from_table(
+                pa.table({"path": pa.array(files, pa.string())}), statement="VACUUM"
+            )
+        if cmd == "SHOW":
+            m = re.match(r"^(TABLES|SCHEMAS|DATABASES)(?:\s+(?:IN|FROM)\s+(\S+))?\s*$", rest, re.I)
+            if m:
+                return self._show(m.group(1).upper(), m.group(2))
+        raise AccessDenied(f"{cmd} statements are not allowed", sql=f"{cmd} {rest}")
+
+    def _do_show(self, stmt: exp.Show, dialect: str) -> Result:
+        what = str(stmt.this).upper()
+        target = stmt.args.get("target")
+        return self._show(what, target.sql() if isinstance(target, exp.Expr) else None)
+
+    def _show(self, what: str, within: str | None) -> Result:
+        if what == "TABLES":
+            names = self.lh.tables(within) if within else self.lh.tables()
+            parts = [n.split(".") for n in names]
+            return Result.from_table(
+                pa.table(
+                    {
+                        "catalog": [p[0] for p in parts],
+                        "schema": [p[1] for p in parts],
+                        "table": [p[2] for p in parts],
+                    },
+                    schema=pa.schema([(c, pa.string()) for c in ("catalog", "schema", "table")]),
+                ),
+                statement="SHOW",
+            )
+        if what in ("SCHEMAS", "DATABASES"):
+            return Result.from_table(
+                pa.table({"schema": pa.array(self.lh.schemas(within), pa.string())}),
+                statement="SHOW",
+            )
+        raise NotSupported(f"SHOW {what} is not supported")
+
+    # -- DDL --------------------------------------------------------------------------------
+    def _do_create(self, stmt: exp.Create, dialect: str) -> Result:
+        kind = str(stmt.args.get("kind") or "").upper()
+        if kind in ("SCHEMA", "DATABASE"):
+            target = stmt.this
+            parts = [p.name for p in target.parts] if isinstance(target, exp.Table) else []
+            name = ".".join(parts)
+            comment = _property(stmt, exp.SchemaCommentProperty)
+            self.lh.create_schema(
+                name, comment=comment, if_not_exists=bool(stmt.args.get("exists"))
+            )
+            return _ok("CREATE SCHEMA")
+        if kind != "TABLE":
+            raise NotSupported(
+                f"CREATE {kind} is not supported; only CREATE TABLE and CREATE SCHEMA"
+            )
+        target = stmt.this
+        coldefs: list[exp.ColumnDef] = []
+        if isinstance(target, exp.Schema):
+            coldefs = [c for c in target.expressions if isinstance(c, exp.ColumnDef)]
+            target = target.this
+        ident = _ident_of(target)
+        props = stmt.args.get("properties")
+        partition_by: list[str] = []
+        comment = None
+        properties: dict[str, str] = {}
+        fmt = "delta"
+        for p in props.expressions if props else []:
+            if isinstance(p, exp.PartitionedByProperty):
+                cols = p.this.expressions if isinstance(p.this, exp.Schema) else [p.this]
+                partition_by = [c.name for c in cols]
+            elif isinstance(p, exp.SchemaCommentProperty):
+                comment = p.this.name
+            elif isinstance(p, exp.FileFormatProperty):
+                fmt = p.this.name.lower()
+            elif isinstance(p, exp.LocationProperty):
+                raise AccessDenied(
+                    "LOCATION is not allowed in SQL: tables live in the warehouse",
+                    hint="register an existing table with lh.register_table(name, location)",
+                )
+            elif isinstance(p, exp.Property):
+                properties[p.name] = p.args["value"].name
+            else:
+                raise NotSupported(f"table property {p.sql(dialect=dialect)} is not supported")
+        if fmt not in ("delta", "parquet"):
+            raise NotSupported(f"USING {fmt} is not supported yet; tables are Delta")
+        exists = self.lh.catalog.find_table(ident) is not None
+        if exists and stmt.args.get("exists"):
+            return _ok("CREATE TABLE", skipped=True)
+        data = None
+        schema = None
+        query = stmt.args.get("expression")
+        if isinstance(query, exp.Query):
+            data = self.query(query).to_arrow()
+        elif coldefs:
+            schema = self._schema_of(coldefs)
+        else:
+            raise SQLError("CREATE TABLE needs column definitions or AS SELECT")
+        mode = "overwrite" if stmt.args.get("replace") else "error"
+        table = self.lh.create_table(
+            str(ident),
+            data,
+            schema=schema,
+            partition_by=partition_by or None,
+            comment=comment,
+            properties=properties,
+            mode=mode,  # type: ignore[arg-type]
+            create_schema=ident.schema == "default" or ident.catalog != DEFAULT_CATALOG,
+        )
+        return _ok("CREATE TABLE", version=table.version)
+
+    def _schema_of(self, coldefs: list[exp.ColumnDef]) -> pa.Schema:
+        casts = ", ".join(
+            f'CAST(NULL AS {c.args["kind"].sql(dialect="duckdb")}) AS "{c.name}"' for c in coldefs
+        )
+        try:
+            schema = self._consts.cursor().sql(f"SELECT {casts} LIMIT 0").to_arrow_table().schema
+        except duckdb.Error as e:
+            raise _engine_error(e, casts) from e
+        fields = []
+        for f, c in zip(schema, coldefs, strict=True):
+            not_null = any(
+                isinstance(k.args.get("kind"), exp.NotNullColumnConstraint)
+                for k in c.args.get("constraints") or []
+            )
+            fields.append(pa.field(f.name, f.type, nullable=not not_null))
+        return pa.schema(fields)
+
+    def _do_drop(self, stmt: exp.Drop, dialect: str) -> Result:
+        kind = str(stmt.args.get("kind") or "").upper()
+        targets = stmt.args.get("tables") or [stmt.this]
+        if_exists = bool(stmt.args.get("exists"))
+        for target in targets:
+            if kind == "TABLE":
+                self.lh.drop_table(str(_ident_of(target)), if_exists=if_exists)
+            elif kind in ("SCHEMA", "DATABASE"):
+                name = ".".join(p.name for p in target.parts)
+                self.lh.drop_schema(name, if_exists=if_exists)
+            else:
+                raise NotSupported(f"DROP {kind} is not supported")
+        return _ok(f"DROP {kind}")
+
+    def _do_describe(self, stmt: exp.Describe, dialect: str) -> Result:
+        target = stmt.this
+        if not isinstance(target, exp.Table):
+            raise NotSupported("DESCRIBE supports tables")
+        table = self.lh.table(str(_ident_of(target)))
+        if str(stmt.args.get("style") or "").upper() == "HISTORY":
+            rows = table.history()
+            return Result.from_table(
+                pa.table(
+                    {
+                        "version": pa.array([r.get("version") for r in rows], pa.int64()),
+                        "timestamp": pa.array(
+                            [
+                                datetime.fromtimestamp(r["timestamp"] / 1000, UTC)
+                                if r.get("timestamp")
+                                else None
+                                for r in rows
+                            ],
+                            pa.timestamp("ms", "UTC"),
+                        ),
+                        "operation": [r.get("operation") for r in rows],
+                        "parameters": [str(r.get("operationParameters", {})) for r in rows],
+                        "metrics": [str(r.get("operationMetrics", {})) for r in rows],
+                    }
+                ),
+                statement="DESCRIBE",
+            )
+        parts = set(table.partition_by)
+        schema = table.schema
+        return Result.from_table(
+            pa.table(
+                {
+                    "column_name": [f.name for f in schema],
+                    "column_type": [str(f.type) for f in schema],
+                    "nullable": [f.nullable for f in schema],
+                    "partition": [f.name in parts for f in schema],
+                }
+            ),
+            statement="DESCRIBE",
+        )
+
+    # -- DML --------------------------------------------------------------------------------
+    def _do_insert(self, stmt: exp.Insert, dialect: str) -> Result:
+        target = stmt.this
+        columns: list[str] | None = None
+        if isinstance(target, exp.Schema):
+            columns = [c.name for c in target.expressions]
+            target = target.this
+        table = self.lh.table(str(_ident_of(target)))
+        source = stmt.expression
+        if not isinstance(source, exp.Query | exp.Values):
+            raise NotSupported("INSERT supports VALUES and SELECT")
+        if isinstance(source, exp.Values):
+            source = exp.select("*").from_(source.copy().as_("__mx_values"))
+        data = self.query(source).to_arrow()
+        names = [f.name for f in table.schema]
+        if not stmt.args.get("by_name"):
+            wanted = columns or names[: data.num_columns]
+            if len(wanted) != data.num_columns:
+                raise SQLError(
+                    f"INSERT has {data.num_columns} value column(s) "
+                    f"for {len(wanted)} target column(s)"
+                )
+            data = data.rename_columns(wanted)
+        if stmt.args.get("overwrite"):
+            table.overwrite(data)
+        else:
+            table.append(data)
+        return _ok(f"INSERT 0 {data.num_rows}", num_affected_rows=data.num_rows)
+
+    def _do_delete(self, stmt: exp.Delete, dialect: str) -> Result:
+        table = self.lh.table(str(_ident_of(stmt.this)))
+        where = stmt.args.get("where")
+        pred = _delta_expr(where.this, stmt.this) if where else None
+        res = table.delete(pred)
+        n = int(res.metrics.get("num_deleted_rows", 0) or 0)
+        return _ok(f"DELETE {n}", num_affected_rows=n, version=res.version)
+
+    def _do_update(self, stmt: exp.Update, dialect: str) -> Result:
+        table = self.lh.table(str(_ident_of(stmt.this)))
+        sets: dict[str, str] = {}
+        for e in stmt.expressions:
+            if not isinstance(e, exp.EQ) or not isinstance(e.this, exp.Column):
+                raise SQLError(f"cannot parse SET {e.sql()}")
+            sets[e.this.name] = _delta_expr(e.expression, stmt.this)
+        if stmt.args.get("from_"):
+            raise NotSupported("UPDATE … FROM is not supported; use MERGE INTO")
+        where = stmt.args.get("where")
+        res = table.update(sets, _delta_expr(where.this, stmt.this) if where else None)
+        n = int(res.metrics.get("num_updated_rows", 0) or 0)
+        return _ok(f"UPDATE {n}", num_affected_rows=n, version=res.version)
+
+    def _do_merge(self, stmt: exp.Merge, dialect: str) -> Result:
+        target = stmt.this
+        table = self.lh.table(str(_ident_of(target)))
+        using = stmt.args["using"]
+        src_alias = using.alias_or_name
+        inner = using.this if isinstance(using, exp.Subquery) else using.copy()
+        if isinstance(inner, exp.Table):
+            inner.set("alias", None)
+            inner = exp.select("*").from_(inner)
+        source = self.query(inner).to_arrow()
+        aliases = {target.alias_or_name.lower(): "target", src_alias.lower(): "source"}
+
+        def conv(e: exp.Expr) -> str:
+            return _delta_expr(e, None, aliases)
+
+        on = conv(stmt.args["on"])
+        whens = stmt.args["whens"].expressions
+
+        def build(dt: Any) -> Any:
+            m = dt.merge(source, on, source_alias="source", target_alias="target")
+            for w in whens:
+                then = w.args["then"]
+                cond = w.args.get("condition")
+                pred = conv(cond) if cond is not None else None
+                matched, by_source = bool(w.args.get("matched")), bool(w.args.get("source"))
+                is_delete = isinstance(then, exp.Var) and then.name.upper() == "DELETE"
+                if matched:
+                    if is_delete:
+                        m = m.when_matched_delete(predicate=pred)
+                    elif isinstance(then, exp.Update) and _is_star(then):
+                        m = m.when_matched_update_all(predicate=pred)
+                    else:
+                        m = m.when_matched_update(_assignments(then, conv), predicate=pred)
+                elif by_source:
+                    if is_delete:
+                        m = m.when_not_matched_by_source_delete(predicate=pred)
+                    else:
+                        m = m.when_not_matched_by_source_update(
+                            _assignments(then, conv), predicate=pred
+                        )
+                elif isinstance(then, exp.Insert):
+                    if isinstance(then.this, exp.Star):
+                        m = m.when_not_matched_insert_all(predicate=pred)
+                    else:
+                        cols = [c.name for c in then.this.expressions]
+                        vals = [conv(v) for v in then.expression.expressions]
+                        m = m.when_not_matched_insert(
+                            dict(zip(cols, vals, strict=True)), predicate=pred
+                        )
+                else:
+                    raise NotSupported(f"MERGE clause {w.sql()} is not supported")
+            return m
+
+        res = table.store.merge_statement(build)
+        self.lh.catalog.touch(table.info.ident)
+        metrics = res.metrics
+        n = sum(
+            int(metrics.get(k, 0) or 0)
+            for k in (
+                "num_target_rows_inserted",
+                "num_target_rows_updated",
+                "num_target_rows_deleted",
+            )
+        )
+        return _ok(f"MERGE {n}", num_affected_rows=n, version=res.version)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _table_refs(tree: exp.Expr) -> list[exp.Table]:
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    return [
+        t
+        for t in tree.find_all(exp.Table)
+        if isinstance(t.this, exp.Identifier)
+        and not (not t.args.get("db") and t.name.lower() in ctes)
+        and not t.name.startswith("__mx_")
+    ]
+
+
+def _select_of(node: exp.Expr) -> exp.Expr | None:
+    p = node.parent
+    while p is not None and not isinstance(p, exp.Select):
+        p = p.parent
+    return p
+
+
+def _conjuncts(e: exp.Expr) -> list[exp.Expr]:
+    if isinstance(e, exp.And):
+        return _conjuncts(e.this) + _conjuncts(e.expression)
+    if isinstance(e, exp.Paren):
+        return _conjuncts(e.this)
+    if isinstance(e, exp.Between):
+        lo = exp.GTE(this=e.this.copy(), expression=e.args["low"].copy())
+        hi = exp.LTE(this=e.this.copy(), expression=e.args["high"].copy())
+        return [lo, hi]
+    return [e]
+
+
+def _is_const(e: exp.Expr | None) -> bool:
+    return e is not None and e.find(exp.Column, exp.Query, exp.Placeholder) is None
+
+
+def _describe_pred(p: Predicate) -> str:
+    if p.op == "isnull":
+        return f"{p.column} IS NULL"
+    if p.op == "notnull":
+        return f"{p.column} IS NOT NULL"
+    return f"{p.column} {p.op.upper()} {p.value!r}"
+
+
+def _ident_of(node: exp.Expr) -> TableIdent:
+    if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+        raise SQLError(f"expected a table name, got {node.sql()}")
+    return TableIdent.from_parts(node.catalog or None, node.db or None, node.name)
+
+
+def _name(text: str, dialect: str) -> str:
+    node = sqlglot.parse_one(text, read=dialect, into=exp.Table)
+    return str(_ident_of(node))
+
+
+def _property(stmt: exp.Create, kind: type[exp.Expr]) -> str | None:
+    props = stmt.args.get("properties")
+    for p in props.expressions if props else []:
+        if isinstance(p, kind):
+            return str(p.this.name)
+    return None
+
+
+def _is_star(update: exp.Update) -> bool:
+    return any(isinstance(e, exp.Star) for e in update.expressions)
+
+
+def _assignments(then: exp.Expr, conv: Any) -> dict[str, str]:
+    out = {}
+    for e in then.expressions:
+        if not isinstance(e, exp.EQ) or not isinstance(e.this, exp.Column):
+            raise SQLError(f"cannot parse SET {e.sql()}")
+        out[e.this.name] = conv(e.expression)
+    return out
+
+
+def _delta_expr(e: exp.Expr, table: exp.Expr | None, aliases: dict[str, str] | None = None) -> str:
+    """An expression in the SQL that delta-rs (DataFusion) evaluates for predicates and SETs."""
+    if e.find(exp.Query):
+        raise NotSupported("subqueries are not supported in UPDATE/DELETE/MERGE conditions")
+    check_query(exp.select(e.copy()))
+    e = e.copy()
+    own = table.alias_or_name.lower() if isinstance(table, exp.Table) else None
+    for col in e.find_all(exp.Column):
+        qual = col.table.lower() if col.table else None
+        if aliases is not None:
+            if qual and qual in aliases:
+                col.set("table", exp.to_identifier(aliases[qual]))
+        elif qual is not None and qual == own:
+            col.set("table", None)
+        ident = col.this
+        if isinstance(ident, exp.Identifier):
+            check_part(ident.name, "column")
+            ident.set("quoted", True)
+    return e.sql(dialect="postgres")
+
+
+def _engine_error(e: Exception, sql: str) -> MatrixOSError:
+    msg = str(e).strip()
+    if isinstance(e, duckdb.PermissionException):
+        return AccessDenied(f"not allowed: {msg}", sql=sql)
+    if isinstance(e, duckdb.CatalogException | duckdb.BinderException):
+        return SQLError(msg, sql=sql, sqlstate="42703")
+    if isinstance(e, duckdb.ConversionException | duckdb.InvalidInputException):
+        return SQLError(msg, sql=sql, sqlstate="22000")
+    if isinstance(e, duckdb.OutOfMemoryException):
+        return SQLError(msg, sql=sql, sqlstate="53200")
+    return SQLError(msg, sql=sql)

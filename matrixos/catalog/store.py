@@ -1,0 +1,302 @@
+"""The catalog database: catalogs, schemas and tables, on SQLite or PostgreSQL (SQLAlchemy).
+
+Many processes may share one catalog: every change is one short transaction, names are primary
+keys (two creators of one name: one wins, the other gets ``TableExists``), and SQLite runs in WAL
+mode with a busy timeout so writers queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
+from matrixos.errors import (
+    ConfigError,
+    SchemaNotFound,
+    StorageError,
+    TableExists,
+    TableNotFound,
+)
+
+_meta = sa.MetaData()
+_catalogs = sa.Table(
+    "mx_catalogs",
+    _meta,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+_schemas = sa.Table(
+    "mx_schemas",
+    _meta,
+    sa.Column("catalog", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("comment", sa.Text),
+    sa.Column("owner", sa.String(256)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+_tables = sa.Table(
+    "mx_tables",
+    _meta,
+    sa.Column("catalog", sa.String(128), primary_key=True),
+    sa.Column("schema", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("location", sa.Text, nullable=False),
+    sa.Column("external", sa.Boolean, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("properties", sa.Text, nullable=False),
+    sa.Column("owner", sa.String(256)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What the catalog knows of one table."""
+
+    ident: TableIdent
+    format: str
+    location: str
+    external: bool = False
+    comment: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    created_at: datetime = field(default_factory=_now)
+    updated_at: datetime = field(default_factory=_now)
+
+    @property
+    def name(self) -> str:
+        return str(self.ident)
+
+
+class Catalog:
+    """Catalogs, schemas and tables in a SQL database.
+
+    Example:
+        >>> cat = Catalog("sqlite://")
+        >>> cat.create_schema("main", "sales")
+        >>> [s for _, s in cat.list_schemas()]
+        ['default', 'sales']
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = _make_engine(url)
+            _meta.create_all(self.engine, checkfirst=True)
+        except OperationalError as e:
+            raise StorageError(f"cannot open catalog database: {e.orig}") from e
+        except IntegrityError:
+            pass  # another process created the tables at the same moment
+        except (sa.exc.ArgumentError, ModuleNotFoundError) as e:
+            raise ConfigError(f"invalid catalog URL: {e}") from e
+        self._ensure_defaults()
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _ensure_defaults(self) -> None:
+        self.create_catalog(DEFAULT_CATALOG, if_not_exists=True)
+        self.create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, if_not_exists=True)
+
+    # -- catalogs and schemas ---------------------------------------------------------------
+    def create_catalog(self, name: str, *, comment: str | None = None, if_not_exists=False) -> None:
+        self._insert(
+            _catalogs,
+            {"name": name, "comment": comment, "created_at": _now()},
+            f"catalog {name!r} already exists",
+            if_not_exists,
+        )
+
+    def create_schema(
+        self,
+        catalog: str,
+        schema: str,
+        *,
+        comment: str | None = None,
+        owner: str | None = None,
+        if_not_exists: bool = False,
+    ) -> None:
+        if catalog != DEFAULT_CATALOG:
+            self.create_catalog(catalog, if_not_exists=True)
+        row = {"catalog": catalog, "name": schema, "comment": comment, "owner": owner}
+        self._insert(
+            _schemas,
+            {**row, "created_at": _now()},
+            f"schema {catalog}.{schema} already exists",
+            if_not_exists,
+        )
+
+    def schema_exists(self, catalog: str, schema: str) -> bool:
+        q = sa.select(_schemas.c.name).where(
+            _schemas.c.catalog == catalog, _schemas.c.name == schema
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
+    def list_schemas(self, catalog: str | None = None) -> list[tuple[str, str]]:
+        q = sa.select(_schemas.c.catalog, _schemas.c.name).order_by(
+            _schemas.c.catalog, _schemas.c.name
+        )
+        if catalog:
+            q = q.where(_schemas.c.catalog == catalog)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(q)]
+
+    def drop_schema(self, catalog: str, schema: str, *, if_exists: bool = False) -> None:
+        with self.engine.begin() as conn:
+            left = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_tables)
+                .where(_tables.c.catalog == catalog, _tables.c.schema == schema)
+            ).scalar_one()
+            if left:
+                raise TableExists(
+                    f"schema {catalog}.{schema} still holds {left} table(s)",
+                    hint="drop its tables first",
+                )
+            n = conn.execute(
+                _schemas.delete().where(_schemas.c.catalog == catalog, _schemas.c.name == schema)
+            ).rowcount
+        if not n and not if_exists:
+            raise SchemaNotFound(f"schema {catalog}.{schema} does not exist")
+
+    # -- tables -----------------------------------------------------------------------------
+    def create_table(self, info: TableInfo) -> None:
+        """Record a table; raises ``TableExists`` if the name is taken."""
+        ident = info.ident
+        if not self.schema_exists(ident.catalog, ident.schema):
+            raise SchemaNotFound(
+                f"schema {ident.catalog}.{ident.schema} does not exist",
+                hint=f"CREATE SCHEMA {ident.catalog}.{ident.schema}",
+            )
+        self._insert(_tables, _to_row(info), f"table {ident} already exists", False)
+
+    def get_table(self, ident: TableIdent) -> TableInfo:
+        q = sa.select(_tables).where(*_match(ident))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            raise TableNotFound(f"table {ident} does not exist")
+        return _from_row(row)
+
+    def find_table(self, ident: TableIdent) -> TableInfo | None:
+        try:
+            return self.get_table(ident)
+        except TableNotFound:
+            return None
+
+    def list_tables(self, catalog: str | None = None, schema: str | None = None) -> list[TableInfo]:
+        q = sa.select(_tables).order_by(_tables.c.catalog, _tables.c.schema, _tables.c.name)
+        if catalog:
+            q = q.where(_tables.c.catalog == catalog)
+        if schema:
+            q = q.where(_tables.c.schema == schema)
+        with self.engine.connect() as conn:
+            return [_from_row(r) for r in conn.execute(q).mappings()]
+
+    def update_table(self, info: TableInfo) -> TableInfo:
+        new = replace(info, updated_at=_now())
+        row = _to_row(new)
+        with self.engine.begin() as conn:
+            n = conn.execute(_tables.update().where(*_match(info.ident)).values(**row)).rowcount
+        if not n:
+            raise TableNotFound(f"table {info.ident} does not exist")
+        return new
+
+    def touch(self, ident: TableIdent) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_tables.update().where(*_match(ident)).values(updated_at=_now()))
+
+    def drop_table(self, ident: TableIdent) -> TableInfo:
+        """Remove a table's entry and return what it was."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(_tables).where(*_match(ident))).mappings().first()
+            if row is None:
+                raise TableNotFound(f"table {ident} does not exist")
+            conn.execute(_tables.delete().where(*_match(ident)))
+        return _from_row(row)
+
+    def _insert(self, table: sa.Table, row: dict[str, Any], exists: str, ok: bool) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(table.insert().values(**row))
+        except IntegrityError as e:
+            if not ok:
+                raise TableExists(exists) from e
+
+
+def _match(ident: TableIdent) -> list[Any]:
+    return [
+        _tables.c.catalog == ident.catalog,
+        _tables.c.schema == ident.schema,
+        _tables.c.name == ident.name,
+    ]
+
+
+def _to_row(info: TableInfo) -> dict[str, Any]:
+    return {
+        "catalog": info.ident.catalog,
+        "schema": info.ident.schema,
+        "name": info.ident.name,
+        "format": info.format,
+        "location": info.location,
+        "external": info.external,
+        "comment": info.comment,
+        "properties": json.dumps(info.properties, sort_keys=True),
+        "owner": info.owner,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+    }
+
+
+def _from_row(row: Any) -> TableInfo:
+    return TableInfo(
+        ident=TableIdent(row["catalog"], row["schema"], row["name"]),
+        format=row["format"],
+        location=row["location"],
+        external=bool(row["external"]),
+        comment=row["comment"],
+        properties=json.loads(row["properties"] or "{}"),
+        owner=row["owner"],
+        created_at=_aware(row["created_at"]),
+        updated_at=_aware(row["updated_at"]),
+    )
+
+
+def _make_engine(url: str) -> sa.Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,144 @@
+"""The one error hierarchy every public MatrixOS call raises.
+
+Leaves also subclass the natural builtin (``TableNotFound`` is a ``LookupError``) so existing
+``except`` clauses keep working. SQL errors carry a ``sqlstate`` plus ``line``/``col`` so the CLI,
+HTTP and PostgreSQL-wire front ends can map them in one place.
+"""
+
+from __future__ import annotations
+
+
+class MatrixOSError(Exception):
+    """Root of every error raised by the public API."""
+
+    sqlstate: str = "XX000"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\nHint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(MatrixOSError, ValueError):
+    """Invalid configuration: a bad warehouse URI, catalog URL or option."""
+
+    sqlstate = "F0000"
+
+
+class SQLError(MatrixOSError, ValueError):
+    """Invalid SQL: it does not parse, or the engine rejected it.
+
+    ``line`` and ``col`` are 1-based positions in the statement text when known.
+    """
+
+    sqlstate = "42601"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sql: str | None = None,
+        line: int | None = None,
+        col: int | None = None,
+        hint: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        where = f" (line {line}, column {col})" if line is not None and col is not None else ""
+        super().__init__(message + where, hint=hint)
+        self.sql = sql
+        self.line = line
+        self.col = col
+        if sqlstate:
+            self.sqlstate = sqlstate
+
+
+class AccessDenied(SQLError, PermissionError):
+    """The statement tried something a user's SQL may not do (files, settings, extensions)."""
+
+    sqlstate = "42501"
+
+
+class NotSupported(SQLError, NotImplementedError):
+    """A statement or table feature MatrixOS cannot honour (yet); nothing was done."""
+
+    sqlstate = "0A000"
+
+
+class TableNotFound(MatrixOSError, LookupError):
+    """No such catalog, schema or table."""
+
+    sqlstate = "42P01"
+
+
+class SchemaNotFound(TableNotFound):
+    """No such schema (or catalog)."""
+
+    sqlstate = "3F000"
+
+
+class TableExists(MatrixOSError, FileExistsError):
+    """A table (or schema) of that name already exists."""
+
+    sqlstate = "42P07"
+
+
+class SchemaMismatch(MatrixOSError, TypeError):
+    """Data does not fit the table's schema; nothing was written."""
+
+    sqlstate = "42804"
+
+
+class ConcurrentWriteError(MatrixOSError, RuntimeError):
+    """A write kept conflicting with concurrent writers and gave up; nothing was written."""
+
+    sqlstate = "40001"
+
+
+class IngestError(MatrixOSError, ValueError):
+    """A source file could not be read; names the file and, when known, its line and column."""
+
+    sqlstate = "22P04"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        line: int | None = None,
+        col: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = path
+        if line is not None:
+            where += f", line {line}"
+        if col is not None:
+            where += f", column {col}"
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.path = path
+        self.line = line
+        self.col = col
+
+
+class StorageError(MatrixOSError, OSError):
+    """The warehouse's storage could not be reached or read."""
+
+    sqlstate = "58030"
+
+
+__all__ = [
+    "AccessDenied",
+    "ConcurrentWriteError",
+    "ConfigError",
+    "IngestError",
+    "MatrixOSError",
+    "NotSupported",
+    "SQLError",
+    "SchemaMismatch",
+    "SchemaNotFound",
+    "StorageError",
+    "TableExists",
+    "TableNotFound",
+]

@@ -1,0 +1,320 @@
+"""``connect()`` and the ``Lakehouse`` session: warehouse + catalog + SQL engine."""
+
+from __future__ import annotations
+
+import getpass
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+
+from matrixos.catalog import Catalog, TableIdent, TableInfo, parse_schema
+from matrixos.config import Settings, resolve_settings
+from matrixos.errors import MatrixOSError, NotSupported, TableExists, TableNotFound
+from matrixos.storage.warehouse import Warehouse, normalize_uri
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+    from matrixos.connectors.ingest import IngestSummary
+    from matrixos.engine.result import Result
+    from matrixos.engine.sql import SQLEngine
+    from matrixos.storage.delta import DeltaStore
+    from matrixos.table import Table
+
+
+def connect(
+    warehouse: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog_url: str | None = None,
+    compute: str | None = None,
+    **settings: Any,
+) -> Lakehouse:
+    """Open a lakehouse: a warehouse folder or bucket, its catalog, and a SQL engine.
+
+    Args:
+        warehouse: a local path or ``s3://bucket/prefix``; default ``$MATRIXOS_WAREHOUSE`` or
+            ``./warehouse``.
+        storage_options: deltalake-style keys (``AWS_ENDPOINT_URL``, ``AWS_REGION``, …);
+            missing keys fall back to the ``AWS_*`` environment variables.
+        catalog_url: SQLAlchemy URL of the catalog; default SQLite (see ``Settings``).
+        compute: ``local`` (default); ``ray`` arrives with the distributed engine.
+        **settings: any other ``Settings`` field.
+
+    Example:
+        >>> import matrixos as mx, tempfile
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> lh.sql("SELECT 1 + 1 AS two").fetchall()
+        [(2,)]
+    """
+    cfg = resolve_settings(
+        warehouse=warehouse, catalog_url=catalog_url, compute=compute, **settings
+    )
+    return Lakehouse(cfg, storage_options=storage_options)
+
+
+class Lakehouse:
+    """A session over one warehouse and catalog. Thread-safe; cheap to create."""
+
+    def __init__(self, settings: Settings, *, storage_options: Mapping[str, Any] | None = None):
+        if settings.compute not in ("local",):
+            raise NotSupported(
+                f"compute={settings.compute!r} is not available yet; use compute='local'"
+            )
+        self.settings = settings
+        self.warehouse = Warehouse(settings.warehouse, storage_options)
+        url = settings.catalog_url or self.warehouse.default_catalog_url(settings.home)
+        self.catalog = Catalog(url)
+        self.user = settings.user or _whoami()
+        self._lock = threading.Lock()
+        self._tables: dict[str, DeltaTable] = {}
+        self._engine_obj: SQLEngine | None = None
+
+    def __repr__(self) -> str:
+        return f"Lakehouse(warehouse={self.warehouse.uri!r}, catalog={self.catalog!r})"
+
+    def __enter__(self) -> Lakehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._engine_obj is not None:
+            self._engine_obj.close()
+            self._engine_obj = None
+        self.catalog.close()
+
+    @property
+    def _engine(self) -> SQLEngine:
+        if self._engine_obj is None:
+            from matrixos.engine.sql import SQLEngine
+
+            with self._lock:
+                if self._engine_obj is None:
+                    self._engine_obj = SQLEngine(self)
+        return self._engine_obj
+
+    # -- SQL --------------------------------------------------------------------------------
+    def sql(self, query: str, *, dialect: str | None = None) -> Result:
+        """Run SQL (one or more statements; the last one's rows are returned).
+
+        ``dialect`` is any sqlglot dialect (duckdb, postgres, mysql, databricks, spark,
+        snowflake, bigquery, trino, …); default ``duckdb``. Untrusted SQL is sandboxed: it reads
+        only catalog tables and never files, settings or extensions.
+
+        Example:
+            >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()  # doctest: +SKIP
+        """
+        return self._engine.execute(query, dialect or self.settings.default_dialect)
+
+    # -- schemas ----------------------------------------------------------------------------
+    def create_schema(
+        self, name: str, *, comment: str | None = None, if_not_exists: bool = True
+    ) -> None:
+        """Create ``[catalog.]schema``."""
+        catalog, schema = parse_schema(name)
+        self.catalog.create_schema(
+            catalog, schema, comment=comment, owner=self.user, if_not_exists=if_not_exists
+        )
+
+    def schemas(self, catalog: str | None = None) -> list[str]:
+        return [f"{c}.{s}" for c, s in self.catalog.list_schemas(catalog)]
+
+    def drop_schema(self, name: str, *, if_exists: bool = False) -> None:
+        catalog, schema = parse_schema(name)
+        self.catalog.drop_schema(catalog, schema, if_exists=if_exists)
+
+    # -- tables -----------------------------------------------------------------------------
+    def tables(self, schema: str | None = None) -> list[str]:
+        """Fully qualified names of the tables (in ``[catalog.]schema`` when given)."""
+        if schema:
+            c, s = parse_schema(schema)
+            infos = self.catalog.list_tables(c, s)
+        else:
+            infos = self.catalog.list_tables()
+        return [i.name for i in infos]
+
+    def table(self, name: str | TableIdent) -> Table:
+        """An existing table; raises ``TableNotFound``."""
+        from matrixos.table import Table
+
+        return Table(self, self.catalog.get_table(TableIdent.parse(name)))
+
+    def create_table(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        schema: pa.Schema | None = None,
+        partition_by: Sequence[str] | None = None,
+        format: Literal["delta", "lance"] = "delta",
+        comment: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        mode: Literal["error", "ignore", "overwrite"] = "error",
+        create_schema: bool = True,
+    ) -> Table:
+        """Create a managed table from ``data`` (Arrow, Polars, pandas, rows…) or a ``schema``.
+
+        ``mode``: ``error`` if it exists, ``ignore`` to return the existing table, ``overwrite``
+        to replace its rows (and schema).
+
+        Example:
+            >>> lh.create_table("iot.readings", rows, partition_by=["day"])  # doctest: +SKIP
+        """
+        if format != "delta":
+            raise NotSupported(f"format={format!r} is not available yet; use 'delta'")
+        ident = TableIdent.parse(name)
+        existing = self.catalog.find_table(ident)
+        if existing is not None:
+            if mode == "ignore":
+                return self.table(ident)
+            if mode == "overwrite":
+                t = self.table(ident)
+                t.overwrite(data if data is not None else schema.empty_table(), evolve=True)  # type: ignore[union-attr]
+                return t
+            raise TableExists(f"table {ident} already exists", hint="use mode='overwrite'")
+        if create_schema and not self.catalog.schema_exists(ident.catalog, ident.schema):
+            self.catalog.create_schema(
+                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
+            )
+        location = self.warehouse.table_location(*ident)
+        info = TableInfo(
+            ident=ident,
+            format=format,
+            location=location,
+            comment=comment,
+            properties=dict(properties or {}),
+            owner=self.user,
+        )
+        store = self._store(info)
+        # Left behind by a create that crashed before its catalog entry was written.
+        if store.exists() and self.catalog.find_table(ident) is None:
+            self.warehouse.remove(location)
+        store.create(
+            data, schema=schema, partition_by=partition_by, name=ident.name, description=comment
+        )
+        try:
+            self.catalog.create_table(info)
+        except TableExists:
+            raise
+        except MatrixOSError:
+            self.warehouse.remove(location)
+            raise
+        return self.table(ident)
+
+    def register_table(
+        self, name: str, location: str, *, comment: str | None = None, create_schema: bool = True
+    ) -> Table:
+        """Add an existing Delta table (written by Spark, Databricks, delta-rs…) as external.
+
+        Dropping it later removes only the catalog entry, never its files.
+        """
+        from matrixos.storage.delta import DeltaStore
+
+        ident = TableIdent.parse(name)
+        location = normalize_uri(location)
+        store = DeltaStore(location, self.warehouse.delta_options(location))
+        if not store.exists():
+            raise TableNotFound(f"no Delta table at {location}")
+        store.open()  # refuses protocols it cannot read
+        if create_schema:
+            self.catalog.create_schema(
+                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
+            )
+        info = TableInfo(
+            ident=ident,
+            format="delta",
+            location=location,
+            external=True,
+            comment=comment,
+            owner=self.user,
+        )
+        self.catalog.create_table(info)
+        return self.table(ident)
+
+    def drop_table(self, name: str, *, if_exists: bool = False, purge: bool = True) -> None:
+        """Remove a table; a managed table's files are deleted, an external one's kept."""
+        ident = TableIdent.parse(name)
+        try:
+            info = self.catalog.drop_table(ident)
+        except TableNotFound:
+            if if_exists:
+                return
+            raise
+        self._tables.pop(info.location, None)
+        if purge and not info.external:
+            self.warehouse.remove(info.location)
+
+    # -- ingest -----------------------------------------------------------------------------
+    def ingest(
+        self,
+        paths: str | Sequence[str],
+        table: str,
+        *,
+        mode: Literal["append", "overwrite", "merge"] = "append",
+        on: Sequence[str] | None = None,
+        format: str | None = None,
+        evolve: bool = False,
+        partition_by: Sequence[str] | None = None,
+    ) -> IngestSummary:
+        """Load CSV, JSON/NDJSON or Parquet files or folders (local or s3://) into a table."""
+        from matrixos.connectors.ingest import ingest
+
+        return ingest(
+            self,
+            [paths] if isinstance(paths, str) else list(paths),
+            table,
+            mode=mode,
+            on=on,
+            format=format,
+            evolve=evolve,
+            partition_by=partition_by,
+        )
+
+    # -- internals shared by Table and the SQL engine ---------------------------------------
+    def _store(self, info: TableInfo) -> DeltaStore:
+        from matrixos.storage.delta import DeltaStore
+
+        s = self.settings
+        return DeltaStore(
+            info.location,
+            self.warehouse.delta_options(info.location),
+            commit_retries=s.commit_retries,
+            auto_compact_min_files=int(
+                info.properties.get("matrixos.autoCompact.minFiles", s.auto_compact_min_files)
+            ),
+            small_file_bytes=s.small_file_bytes,
+            target_file_bytes=s.target_file_bytes,
+        )
+
+    def _delta(
+        self,
+        info: TableInfo,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+    ) -> DeltaTable:
+        """The table's latest snapshot (cached, refreshed incrementally) or a past one."""
+        if version is not None or timestamp is not None:
+            return self._store(info).open(version=version, timestamp=timestamp)
+        dt = self._tables.get(info.location)
+        if dt is None:
+            dt = self._store(info).open()
+            self._tables[info.location] = dt
+        else:
+            try:
+                dt.update_incremental()
+            except Exception:
+                dt = self._store(info).open()
+                self._tables[info.location] = dt
+        return dt
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"

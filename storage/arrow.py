@@ -1,0 +1,82 @@
+"""Turning what users hand us (Arrow, Polars, pandas, dicts, rows) into Arrow tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from matrixos.errors import SchemaMismatch
+
+
+def to_arrow_table(data: Any) -> pa.Table:
+    """An Arrow table from anything tabular.
+
+    Accepts ``pa.Table``/``RecordBatch``/``RecordBatchReader``, objects with
+    ``__arrow_c_stream__`` (Polars, DuckDB, MatrixOS results), pandas frames, a dict of columns or a
+    list of row dicts.
+
+    Example:
+        >>> to_arrow_table({"a": [1, 2]}).num_rows
+        2
+    """
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, pa.RecordBatchReader):
+        return data.read_all()
+    if hasattr(data, "to_arrow") and type(data).__module__.startswith("polars"):
+        return data.to_arrow()
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    if type(data).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if isinstance(data, Mapping):
+        return pa.table(dict(data))
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return pa.Table.from_pylist(list(data))
+    raise SchemaMismatch(f"cannot turn a {type(data).__name__} into a table")
+
+
+def normalize_for_delta(table: pa.Table) -> pa.Table:
+    """Types Delta can store: timestamps to microseconds, unsigned ints widened, views to plain.
+
+    Delta has no unsigned integers, no nanosecond timestamps and no view types.
+    """
+    fields = []
+    changed = False
+    for f in table.schema:
+        t = _delta_type(f.type)
+        changed |= t != f.type
+        fields.append(pa.field(f.name, t, f.nullable, f.metadata))
+    return table.cast(pa.schema(fields, table.schema.metadata)) if changed else table
+
+
+def _delta_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t) and t.unit != "us":
+        return pa.timestamp("us", t.tz)
+    if pa.types.is_time(t):
+        return t
+    if pa.types.is_uint8(t) or pa.types.is_uint16(t):
+        return pa.int32()
+    if pa.types.is_uint32(t):
+        return pa.int64()
+    if pa.types.is_uint64(t):
+        return pa.int64()
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_dictionary(t):
+        return _delta_type(t.value_type)
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
+        return pa.list_(_delta_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct(
+            [pa.field(f.name, _delta_type(f.type), f.nullable) for f in t]  # type: ignore[attr-defined]
+        )
+    return t

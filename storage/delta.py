@@ -1,0 +1,462 @@
+"""Delta Lake tables through deltalake (delta-rs): writes, time travel, maintenance.
+
+Atomicity comes from Delta's commit protocol: data files are written first and become visible
+only when the JSON commit lands (a conditional PUT on S3), so a crash leaves the previous version.
+Blind appends never conflict; MERGE/UPDATE/DELETE that lose a race to another commit are retried
+within a bounded budget and then fail with ``ConcurrentWriteError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from matrixos.errors import (
+    ConcurrentWriteError,
+    MatrixOSError,
+    NotSupported,
+    SchemaMismatch,
+    StorageError,
+    TableExists,
+    TableNotFound,
+)
+from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Reader features whose meaning MatrixOS honours when it reads files itself (see engine.scan).
+SUPPORTED_READER_FEATURES = frozenset(
+    {
+        "columnMapping",
+        "deletionVectors",
+        "timestampNtz",
+        "typeWidening",
+        "typeWidening-preview",
+        "v2Checkpoint",
+        "vacuumProtocolCheck",
+        "checkpointProtection",
+    }
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did."""
+
+    version: int
+    metrics: dict[str, Any]
+
+
+class DeltaStore:
+    """Operations on the Delta table at one location.
+
+    Example:
+        >>> import tempfile, pyarrow as pa
+        >>> s = DeltaStore(tempfile.mkdtemp() + "/t")
+        >>> s.create(pa.table({"id": [1, 2]})).version
+        0
+    """
+
+    def __init__(
+        self,
+        location: str,
+        storage_options: Mapping[str, str] | None = None,
+        *,
+        commit_retries: int = 10,
+        auto_compact_min_files: int = 0,
+        small_file_bytes: int = 16 * 1024 * 1024,
+        target_file_bytes: int = 128 * 1024 * 1024,
+    ) -> None:
+        self.location = location
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.commit_retries = commit_retries
+        self.auto_compact_min_files = auto_compact_min_files
+        self.small_file_bytes = small_file_bytes
+        self.target_file_bytes = target_file_bytes
+
+    def __repr__(self) -> str:
+        return f"DeltaStore({self.location!r})"
+
+    # -- reading ----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(DeltaTable.is_deltatable(self.location, self.storage_options))
+
+    def open(
+        self, version: int | None = None, timestamp: datetime | str | None = None
+    ) -> DeltaTable:
+        """The table at its latest version, or as of ``version`` / ``timestamp``."""
+        try:
+            dt = DeltaTable(self.location, version=version, storage_options=self.storage_options)
+            if timestamp is not None:
+                dt.load_as_version(timestamp)
+        except TableNotFoundError as e:
+            raise TableNotFound(f"no Delta table at {self.location}") from e
+        except DeltaProtocolError as e:
+            raise NotSupported(f"Delta table at {self.location}: {e}") from e
+        except (DeltaError, OSError, ValueError) as e:
+            raise _translate(e, f"cannot open Delta table at {self.location}") from e
+        check_readable(dt)
+        return dt
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.open().history(limit)
+
+    # -- writing ----------------------------------------------------------------------------
+    def create(
+        self,
+        data: Any = None,
+        *,
+        schema: pa.Schema | None = None,
+        partition_by: Sequence[str] | None = None,
+        properties: Mapping[str, str] | None = None,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> WriteResult:
+        """Create the table from ``data`` or an empty one from ``schema``; refuses if one exists."""
+        if self.exists():
+            raise TableExists(f"a Delta table already exists at {self.location}")
+        part = list(partition_by or [])
+        try:
+            if data is None:
+                if schema is None:
+                    raise SchemaMismatch("create a table from data or from a schema")
+                schema = normalize_for_delta(schema.empty_table()).schema
+                _check_partitions(schema, part)
+                DeltaTable.create(
+                    self.location,
+                    schema,
+                    mode="error",
+                    partition_by=part or None,
+                    name=name,
+                    description=description,
+                    configuration=dict(properties or {}) or None,
+                    storage_options=self.storage_options,
+                )
+            else:
+                table = normalize_for_delta(to_arrow_table(data))
+                if schema is not None:
+                    table = cast_to(table, schema)
+                _check_partitions(table.schema, part)
+                write_deltalake(
+                    self.location,
+                    table,
+                    mode="error",
+                    partition_by=part or None,
+                    name=name,
+                    description=description,
+                    configuration=dict(properties or {}) or None,
+                    storage_options=self.storage_options,
+                    target_file_size=self.target_file_bytes,
+                )
+        except MatrixOSError:
+            raise
+        except Exception as e:
+            raise _translate(e, f"cannot create table at {self.location}") from e
+        return WriteResult(0, {})
+
+    def append(self, data: Any, *, evolve: bool = False) -> WriteResult:
+        """Add rows; with ``evolve`` new columns are added to the schema."""
+        return self._write(data, "append", evolve=evolve)
+
+    def overwrite(
+        self, data: Any, *, evolve: bool = False, predicate: str | None = None
+    ) -> WriteResult:
+        """Replace all rows (or those matching ``predicate``); ``evolve`` may replace the schema."""
+        return self._write(data, "overwrite", evolve=evolve, predicate=predicate)
+
+    def _write(
+        self,
+        data: Any,
+        mode: Literal["append", "overwrite"],
+        *,
+        evolve: bool,
+        predicate: str | None = None,
+    ) -> WriteResult:
+        dt = self.open()
+        table = normalize_for_delta(to_arrow_table(data))
+        table = conform(table, _arrow_schema(dt), evolve=evolve, overwrite=mode == "overwrite")
+        schema_mode: Literal["merge", "overwrite"] | None = None
+        if evolve:
+            schema_mode = "overwrite" if mode == "overwrite" and predicate is None else "merge"
+        try:
+            write_deltalake(
+                dt,
+                table,
+                mode=mode,  # type: ignore[arg-type]
+                schema_mode=schema_mode,
+                predicate=predicate,
+                storage_options=self.storage_options,
+                target_file_size=self.target_file_bytes,
+                commit_properties=CommitProperties(max_commit_retries=max(self.commit_retries, 1)),
+            )
+        except Exception as e:
+            raise _translate(e, f"cannot {mode} to {self.location}") from e
+        dt.update_incremental()
+        result = WriteResult(dt.version(), {"num_added_rows": table.num_rows})
+        if mode == "append":
+            self.maybe_autocompact(dt)
+        return result
+
+    def merge(
+        self,
+        data: Any,
+        on: Sequence[str],
+        *,
+        evolve: bool = False,
+        when_matched: Literal["update", "ignore"] = "update",
+        when_not_matched: Literal["insert", "ignore"] = "insert",
+        delete_not_matched_by_source: bool = False,
+    ) -> WriteResult:
+        """Upsert ``data`` on the key columns ``on``."""
+        if not on:
+            raise SchemaMismatch("merge needs at least one key column in on=[...]")
+        source = normalize_for_delta(to_arrow_table(data))
+        schema = _arrow_schema(self.open())
+        source = conform(source, schema, evolve=evolve, overwrite=False)
+        missing = [k for k in on if k not in source.column_names or k not in schema.names]
+        if missing:
+            raise SchemaMismatch(f"merge key column(s) {missing} missing from the table or data")
+        predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in on)
+
+        def run(dt: DeltaTable) -> dict[str, Any]:
+            m = dt.merge(
+                source,
+                predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=evolve,
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
+            if when_matched == "update":
+                m = m.when_matched_update_all()
+            if when_not_matched == "insert":
+                m = m.when_not_matched_insert_all()
+            if delete_not_matched_by_source:
+                m = m.when_not_matched_by_source_delete()
+            return m.execute()
+
+        return self.run_with_retries("merge", run)
+
+    def merge_statement(self, build: Callable[[DeltaTable], Any]) -> WriteResult:
+        """Run a MERGE built by ``build(dt)`` (a ``TableMerger``), with retries."""
+        return self.run_with_retries("merge", lambda dt: build(dt).execute())
+
+    def delete(self, predicate: str | None = None) -> WriteResult:
+        """Delete rows matching ``predicate`` (a SQL expression), or all rows."""
+        return self.run_with_retries(
+            "delete",
+            lambda dt: dt.delete(
+                predicate, commit_properties=CommitProperties(max_commit_retries=0)
+            ),
+        )
+
+    def update(self, updates: Mapping[str, str], where: str | None = None) -> WriteResult:
+        """Set columns to SQL expressions on rows matching ``where``."""
+        if not updates:
+            raise SchemaMismatch("update needs at least one column to set")
+        return self.run_with_retries(
+            "update",
+            lambda dt: dt.update(
+                updates=dict(updates),
+                predicate=where,
+                commit_properties=CommitProperties(max_commit_retries=0),
+            ),
+        )
+
+    def run_with_retries(self, op: str, fn: Callable[[DeltaTable], dict[str, Any]]) -> WriteResult:
+        """Run ``fn`` on a fresh snapshot; retry when a concurrent commit beat it."""
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(CommitFailedError),
+                stop=stop_after_attempt(self.commit_retries + 1),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                reraise=False,
+            ):
+                with attempt:
+                    dt = self.open()
+                    try:
+                        metrics = fn(dt)
+                    except CommitFailedError:
+                        log.info("%s on %s conflicted; retrying", op, self.location)
+                        raise
+                    except MatrixOSError:
+                        raise
+                    except Exception as e:
+                        raise _translate(e, f"{op} on {self.location} failed") from e
+                    dt.update_incremental()
+                    return WriteResult(dt.version(), dict(metrics or {}))
+        except RetryError as e:
+            raise ConcurrentWriteError(
+                f"{op} on {self.location} conflicted with concurrent writers "
+                f"{self.commit_retries + 1} times; nothing was written",
+                hint="retry later, or raise MATRIXOS_COMMIT_RETRIES",
+            ) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- maintenance ------------------------------------------------------------------------
+    def optimize(self, zorder: Sequence[str] | None = None) -> dict[str, Any]:
+        """Compact small files (and z-order by ``zorder`` columns when given)."""
+        dt = self.open()
+        try:
+            if zorder:
+                return dict(dt.optimize.z_order(list(zorder), target_size=self.target_file_bytes))
+            return dict(dt.optimize.compact(target_size=self.target_file_bytes))
+        except Exception as e:
+            raise _translate(e, f"optimize of {self.location} failed") from e
+
+    def vacuum(
+        self, retention_hours: int | None = None, *, dry_run: bool = False, enforce: bool = True
+    ) -> list[str]:
+        """Delete files no version within the retention period needs; returns their paths."""
+        try:
+            return list(
+                self.open().vacuum(
+                    retention_hours, dry_run=dry_run, enforce_retention_duration=enforce
+                )
+            )
+        except Exception as e:
+            raise _translate(e, f"vacuum of {self.location} failed") from e
+
+    def small_files(self, dt: DeltaTable | None = None) -> int:
+        dt = dt or self.open()
+        sizes = pa.table(dt.get_add_actions(flatten=False)).column("size_bytes")
+        return int(pa.compute.sum(pa.compute.less(sizes, self.small_file_bytes)).as_py() or 0)
+
+    def maybe_autocompact(self, dt: DeltaTable | None = None) -> dict[str, Any] | None:
+        """Compact when the table has at least ``auto_compact_min_files`` small files."""
+        if self.auto_compact_min_files <= 0:
+            return None
+        if self.small_files(dt) < self.auto_compact_min_files:
+            return None
+        log.info("auto-compacting %s", self.location)
+        try:
+            return self.optimize()
+        except MatrixOSError as e:  # a concurrent writer won; compaction can wait for next time
+            log.warning("auto-compaction of %s skipped: %s", self.location, e)
+            return None
+
+
+def check_readable(dt: DeltaTable) -> None:
+    """Refuse tables using reader features MatrixOS does not honour."""
+    features = set(dt.protocol().reader_features or [])
+    unknown = sorted(features - SUPPORTED_READER_FEATURES)
+    if unknown:
+        raise NotSupported(
+            f"Delta table at {dt.table_uri} uses reader feature(s) {', '.join(unknown)} "
+            "that MatrixOS cannot read correctly; refusing rather than returning wrong rows"
+        )
+
+
+def _arrow_schema(dt: DeltaTable) -> pa.Schema:
+    return pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_partitions(schema: pa.Schema, part: Sequence[str]) -> None:
+    missing = [p for p in part if p not in schema.names]
+    if missing:
+        raise SchemaMismatch(f"partition column(s) {missing} are not in the schema {schema.names}")
+
+
+def cast_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast ``table``'s columns to ``schema`` by name; a value that does not fit is an error."""
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise SchemaMismatch(
+                    f"column {f.name!r}: data of type {col.type} does not fit the table's "
+                    f"type {f.type} ({e}); nothing was written"
+                ) from e
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, evolve: bool, overwrite: bool) -> pa.Table:
+    """Make ``table`` fit the table ``schema``: cast what safely casts, refuse type conflicts,
+    add new columns only with ``evolve``, fill columns the data lacks with nulls."""
+    lower = {n.lower(): n for n in schema.names}
+    renamed = {c: lower.get(c.lower(), c) for c in table.column_names}
+    if any(k != v for k, v in renamed.items()):
+        table = table.rename_columns([renamed[c] for c in table.column_names])
+    new = [c for c in table.column_names if c not in schema.names]
+    if new and not evolve:
+        raise SchemaMismatch(
+            f"column(s) {new} are not in the table's schema {schema.names}; nothing was written",
+            hint="pass evolve=True (SDK) or --evolve (CLI) to add them",
+        )
+    if overwrite and evolve:
+        return table
+    conflicts = []
+    for f in schema:
+        if f.name in table.column_names:
+            have = table.schema.field(f.name).type
+            if have != f.type and not _castable(table.column(f.name), f.type):
+                conflicts.append(f"{f.name!r} is {f.type} in the table but {have} in the data")
+    if conflicts:
+        raise SchemaMismatch(
+            "type conflict: " + "; ".join(conflicts) + "; nothing was written",
+            hint="cast the data to the table's types, or overwrite with evolve=True",
+        )
+    fields = list(schema) + [table.schema.field(c) for c in new]
+    return cast_to(table, pa.schema(fields))
+
+
+def _castable(col: pa.ChunkedArray, target: pa.DataType) -> bool:
+    try:
+        col.cast(target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    # Never silently turn text into numbers or numbers into text.
+    have = col.type
+    return not (pa.types.is_string(have) or pa.types.is_large_string(have)) or (
+        pa.types.is_string(target) or pa.types.is_large_string(target)
+    )
+
+
+def _translate(e: Exception, what: str) -> MatrixOSError:
+    if isinstance(e, MatrixOSError):
+        return e
+    if isinstance(e, SchemaMismatchError):
+        return SchemaMismatch(f"{what}: {e}; nothing was written")
+    if isinstance(e, TableNotFoundError):
+        return TableNotFound(f"{what}: {e}")
+    if isinstance(e, CommitFailedError):
+        return ConcurrentWriteError(f"{what}: {e}")
+    if isinstance(e, DeltaProtocolError):
+        return NotSupported(f"{what}: {e}")
+    if isinstance(e, OSError):
+        return StorageError(f"{what}: {e}")
+    from matrixos.errors import SQLError
+
+    return SQLError(f"{what}: {e}")

@@ -1,0 +1,372 @@
+"""Real services for tests and benchmarks: an S3 server (moto) and a PostgreSQL server.
+
+Plain classes with ``start()`` / ``stop()`` (and context-manager support), so the pytest
+fixtures in ``conftest.py`` and the benchmarks share one implementation. Every server binds
+127.0.0.1 on a port picked at runtime and keeps its files in its own temporary folder, so
+several pytest-xdist workers (or a benchmark beside a test run) never collide.
+
+Example::
+
+    with S3Server() as s3, PostgresServer() as pg:
+        uri = f"s3://{s3.make_bucket()}/wh"
+        catalog = pg.url(pg.create_database())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
+
+__all__ = [
+    "PostgresServer",
+    "PostgresUnavailable",
+    "S3Server",
+    "WarehouseTarget",
+    "find_postgres_bin",
+    "free_port",
+    "unique_name",
+]
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_name(prefix: str) -> str:
+    """Return ``prefix`` plus 12 random hex digits: valid as a bucket and a database name."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class WarehouseTarget:
+    """Where a test's warehouse lives: a local folder or an ``s3://`` prefix.
+
+    ``storage_options`` is None for local folders and deltalake-style ``AWS_*`` keys for S3.
+    """
+
+    uri: str
+    storage_options: dict[str, str] | None
+    kind: str
+
+
+class _Server:
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------- S3
+
+
+class S3Server(_Server):
+    """moto's S3 server in a thread of this process, on 127.0.0.1 and a free port.
+
+    The fake credentials are passed explicitly everywhere; nothing is put in ``os.environ``.
+    Buckets live in moto's process-wide state, so use :meth:`make_bucket` (unique names) per test.
+    """
+
+    region = "us-east-1"
+    access_key_id = "testing"
+    secret_access_key = "testing"
+
+    def __init__(self) -> None:
+        self._server: ThreadedMotoServer | None = None
+        self.host = LOCALHOST
+        self.port = 0
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        # werkzeug logs every request at INFO to stderr; only failures are worth reading.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address=LOCALHOST, port=0, verbose=False)
+        server.start()
+        self.host, self.port = server.get_host_and_port()
+        self._server = server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """deltalake / object_store keys (a fresh dict each time: callers may change it)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    @property
+    def fsspec_options(self) -> dict[str, Any]:
+        """The same server as s3fs keyword arguments."""
+        return {
+            "key": self.access_key_id,
+            "secret": self.secret_access_key,
+            "endpoint_url": self.endpoint_url,
+            "client_kwargs": {"region_name": self.region},
+        }
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+    def make_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a unique name when ``name`` is None) and return its name."""
+        bucket = name or unique_name("mx-")
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+
+# --------------------------------------------------------------------------------- Postgres
+
+
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL server binaries are not installed."""
+
+
+class _CommandFailed(RuntimeError):
+    pass
+
+
+def find_postgres_bin() -> Path:
+    """Return the ``bin`` folder of the newest installed PostgreSQL server.
+
+    Debian keeps ``initdb``/``pg_ctl``/``postgres`` off ``PATH`` under
+    ``/usr/lib/postgresql/<version>/bin``; other systems put them on ``PATH``.
+    """
+
+    def version(path: str) -> tuple[int, ...]:
+        name = Path(path).parent.name
+        return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    for folder in candidates:
+        if all((Path(folder) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
+            return Path(folder)
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).parent
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin "
+        "or on PATH; run `./dev setup` as root or `apt-get install postgresql`."
+    )
+
+
+class PostgresServer(_Server):
+    """A throwaway PostgreSQL cluster: trust auth, 127.0.0.1 only, a free port.
+
+    The cluster lives in a fresh temporary folder (the socket too) that :meth:`stop` removes.
+    PostgreSQL refuses to run as root, so when this process is root the cluster is owned by,
+    and every server command runs as, the ``postgres`` system user (created if missing).
+    """
+
+    superuser = "postgres"
+    os_user = "postgres"
+
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
+        self._base_dir = base_dir
+        self.bin = find_postgres_bin()
+        self.host = LOCALHOST
+        self.port = 0
+        self.root: Path | None = None
+        self._as_root = os.geteuid() == 0
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.root is not None, "call start() first"
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        assert self.root is not None, "call start() first"
+        return self.root / "postgres.log"
+
+    def start(self) -> None:
+        # As root, the folder must be reachable by the postgres user: pytest's own temp folders
+        # are 0700 root, so use a short folder straight under the system temp dir instead
+        # (short also keeps the unix socket path under its 107-byte limit).
+        base = None if self._as_root else self._base_dir
+        self.root = Path(tempfile.mkdtemp(prefix="mx-pg-", dir=base))
+        sockets = self.root / "sock"
+        sockets.mkdir()
+        if self._as_root:
+            user = self._ensure_os_user()
+            for path in (self.root, sockets):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.superuser,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            )
+            self._start_server(sockets)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _start_server(self, sockets: Path) -> None:
+        # The port is free when picked but another process may take it before postgres binds:
+        # retry with a new one instead of failing the session.
+        last_error: _CommandFailed | None = None
+        for _ in range(5):
+            self.port = free_port(self.host)
+            options = " ".join(
+                [
+                    f"-p {self.port}",
+                    f"-c listen_addresses={self.host}",
+                    f"-c unix_socket_directories={sockets}",
+                    # A test cluster need not survive a crash: skip the disk flushes.
+                    "-c fsync=off",
+                    "-c synchronous_commit=off",
+                    "-c full_page_writes=off",
+                    "-c shared_buffers=32MB",
+                    "-c max_connections=200",
+                ]
+            )
+            try:
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                )
+                return
+            except _CommandFailed as e:
+                last_error = e
+                if "could not bind" not in self._log_tail():
+                    break
+        raise RuntimeError(
+            f"PostgreSQL did not start: {last_error}\n--- {self.log_file} ---\n{self._log_tail()}"
+        ) from last_error
+
+    def stop(self) -> None:
+        if self.root is None:
+            return
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(_CommandFailed):
+                self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def url(self, dbname: str = "postgres") -> str:
+        """SQLAlchemy URL (psycopg 3 driver) of database ``dbname``."""
+        return f"postgresql+psycopg://{self.superuser}@{self.host}:{self.port}/{dbname}"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """libpq URL of database ``dbname``, for psycopg.connect() or psql."""
+        return f"postgresql://{self.superuser}@{self.host}:{self.port}/{dbname}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create a database (a unique name when ``name`` is None) and return its name."""
+        import psycopg
+        from psycopg import sql
+
+        dbname = name or unique_name("mx_")
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return dbname
+
+    # -- helpers
+
+    def _ensure_os_user(self) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(self.os_user)
+        except KeyError:
+            command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+            subprocess.run([*command, self.os_user], check=True, capture_output=True)
+            return pwd.getpwnam(self.os_user)
+
+    def _run(self, tool: str, *args: str) -> None:
+        assert self.root is not None
+        kwargs: dict[str, Any] = {}
+        if self._as_root:
+            # subprocess drops to the user itself (setgroups/setgid/setuid in the child), so
+            # neither runuser nor sudo is needed.
+            kwargs = {"user": self.os_user, "group": self.os_user, "extra_groups": []}
+        env = {**os.environ, "LC_ALL": "C", "PGTZ": "UTC"}
+        proc = subprocess.run(
+            [str(self.bin / tool), *args],
+            cwd=self.root,  # a folder the postgres user can enter
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            **kwargs,
+        )
+        if proc.returncode != 0:
+            raise _CommandFailed(f"{tool} exited {proc.returncode}: {proc.stderr.strip()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
