@@ -1,1 +1,1 @@
-"""Sources that MatrixOS ingests from: files, databases, IoT feeds and multimodal data."""
+"""Connectors: sources that land data in the warehouse (files now; databases, IoT, media next)."""
