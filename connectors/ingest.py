@@ -16,6 +16,7 @@ import pyarrow as pa
 from matrixos.catalog import TableIdent
 from matrixos.connectors.files import list_files, read_files
 from matrixos.errors import SchemaMismatch
+from matrixos.storage.delta import conform
 from matrixos.storage.warehouse import filesystem_for
 
 if TYPE_CHECKING:
@@ -65,10 +66,17 @@ def ingest(
     files = list_files(list(paths), fs)
     ident = TableIdent.parse(table)
     existing = lh.catalog.find_table(ident)
-    schema: pa.Schema | None = None
-    if existing is not None and mode != "overwrite" and not evolve:
+    data = read_files(files, format=format, filesystem=fs)
+    if existing is not None and mode != "overwrite":
         schema = lh.table(ident).schema
-    data = read_files(files, format=format, filesystem=fs, schema=schema)
+        try:
+            conform(data, schema, evolve=evolve, overwrite=False)
+        except SchemaMismatch as e:
+            # Re-read guided by the table's types to say which file, line and column is wrong.
+            extra = [f for f in data.schema if f.name not in schema.names]
+            guided = pa.schema([*schema, *extra])
+            read_files(files, format=format, filesystem=fs, schema=guided)
+            raise e
     if existing is None:
         t = lh.create_table(str(ident), data, partition_by=partition_by)
     else:

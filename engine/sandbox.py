@@ -57,7 +57,6 @@ def check_query(tree: exp.Expr) -> list[exp.Table]:
 
     Raises ``AccessDenied`` naming what is not allowed.
     """
-    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     tables: list[exp.Table] = []
     for node in tree.walk():
         if isinstance(node, _FILE_NODES):
@@ -78,14 +77,8 @@ def check_query(tree: exp.Expr) -> list[exp.Table]:
                         sql=node.sql(),
                     )
                 continue
-            for part in node.parts:
-                if isinstance(part, exp.Identifier) and _PATHLIKE.search(part.name):
-                    raise AccessDenied(
-                        f"{part.name!r} looks like a file path or URI; user SQL may read only "
-                        "catalog tables by name",
-                        sql=node.sql(),
-                    )
-            if not node.args.get("db") and node.name.lower() in ctes:
+            check_table_name(node)
+            if is_cte_reference(node):
                 continue
             tables.append(node)
         elif isinstance(node, exp.Func):
@@ -97,6 +90,51 @@ def check_query(tree: exp.Expr) -> list[exp.Table]:
                     sql=node.sql(),
                 )
     return tables
+
+
+def check_table_name(node: exp.Table) -> None:
+    """Refuse a table name any part of which looks like a file path or URI."""
+    for part in node.parts:
+        if isinstance(part, exp.Identifier) and _PATHLIKE.search(part.name):
+            raise AccessDenied(
+                f"{part.name!r} looks like a file path or URI; user SQL may name only "
+                "catalog tables",
+                sql=node.sql(),
+            )
+
+
+def is_cte_reference(node: exp.Table) -> bool:
+    """Whether ``node`` names a CTE in scope rather than a catalog table.
+
+    Scoping follows standard SQL: a query's body sees all its CTEs, a CTE's own body sees only
+    the CTEs before it (and itself under ``WITH RECURSIVE``), so in
+    ``WITH t AS (SELECT * FROM t) …`` the inner ``t`` is the catalog table.
+    """
+    if node.args.get("db") or node.args.get("catalog"):
+        return False
+    name = node.name.lower()
+    child: exp.Expr = node
+    parent = node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):
+            ctes = list(parent.expressions)
+            idx = next((i for i, c in enumerate(ctes) if c is child), len(ctes))
+            visible = ctes[: idx + 1] if parent.args.get("recursive") else ctes[:idx]
+            if any(c.alias_or_name.lower() == name for c in visible):
+                return True
+            # The query owning this WITH: its body is not in scope from inside a CTE.
+            child = parent.parent if parent.parent is not None else parent
+            parent = child.parent
+            continue
+        with_ = parent.args.get("with_")
+        if (
+            isinstance(with_, exp.With)
+            and child is not with_
+            and any(c.alias_or_name.lower() == name for c in with_.expressions)
+        ):
+            return True
+        child, parent = parent, parent.parent
+    return False
 
 
 def locked_connection(

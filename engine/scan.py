@@ -376,8 +376,18 @@ def _source(snap: Snapshot, paths: list[str], ctx: ScanContext) -> str:
         dataset = ds.dataset(keys, schema=physical, format="parquet", filesystem=ctx.filesystem)
         return ctx.register(dataset)
     listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-    opts = ", union_by_name = true" if snap.read_by_name else ""
-    return f"read_parquet([{listing}]{opts})"
+    if not snap.read_by_name:
+        return f"read_parquet([{listing}])"
+    # union_by_name only yields columns that at least one of these files has; when every file
+    # predates a column (one partition, or after pruning), a typed empty row supplies it.
+    typed = ", ".join(
+        f"CAST(NULL AS {duckdb_type(f.type)}) AS {_ident(snap.physical.get(f.name, f.name))}"
+        for f in snap.data_columns
+    )
+    return (
+        f"(SELECT * FROM read_parquet([{listing}], union_by_name = true) "
+        f"UNION ALL BY NAME SELECT {typed} WHERE false)"
+    )
 
 
 def _read_with_dv(snap: Snapshot, path: str, ctx: ScanContext) -> pa.Table:

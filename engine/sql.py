@@ -238,13 +238,15 @@ class SQLEngine:
                 if is_remote(scan.snapshot.location)
                 else None
             )
-            cur.execute(f'CREATE TEMP VIEW "{view}" AS {render_scan(scan, ctx)}')
+            body = render_scan(scan, ctx)
+            # DuckDB binds a view when it is created: its Arrow sources must exist by then.
+            for name, obj in ctx.registrations.items():
+                cur.register(name, obj)
+            cur.execute(f'CREATE TEMP VIEW "{view}" AS {body}')
             alias = node.args.get("alias")
             if alias is None:
                 alias = exp.TableAlias(this=exp.to_identifier(node.name))
             node.replace(exp.Table(this=exp.to_identifier(view, quoted=True), alias=alias))
-        for name, obj in ctx.registrations.items():
-            cur.register(name, obj)
         del refs
 
     def _time_travel(self, node: exp.Table) -> tuple[int | None, Any]:

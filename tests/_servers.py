@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from moto.server import ThreadedMotoServer
+    pass
 
 __all__ = [
     "PostgresServer",
@@ -92,8 +92,20 @@ class _Server:
 # --------------------------------------------------------------------------------------- S3
 
 
+_MOTO_CHILD = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
 class S3Server(_Server):
-    """moto's S3 server in a thread of this process, on 127.0.0.1 and a free port.
+    """moto's ThreadedMotoServer in a child process, on 127.0.0.1 and a free port.
 
     The fake credentials are passed explicitly everywhere; nothing is put in ``os.environ``.
     Buckets live in moto's process-wide state, so use :meth:`make_bucket` (unique names) per test.
@@ -104,24 +116,36 @@ class S3Server(_Server):
     secret_access_key = "testing"
 
     def __init__(self) -> None:
-        self._server: ThreadedMotoServer | None = None
+        self._server: subprocess.Popen[str] | None = None
         self.host = LOCALHOST
         self.port = 0
 
     def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        # werkzeug logs every request at INFO to stderr; only failures are worth reading.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = ThreadedMotoServer(ip_address=LOCALHOST, port=0, verbose=False)
-        server.start()
-        self.host, self.port = server.get_host_and_port()
-        self._server = server
+        # moto runs in a child process: delta-rs and lance make blocking S3 calls that may hold
+        # the GIL, which would starve an in-process server thread (a deadlock until timeout).
+        self._server = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_CHILD, LOCALHOST],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._server.stdout is not None
+        line = self._server.stdout.readline().strip()
+        if not line.isdigit():
+            self.stop()
+            raise RuntimeError(f"moto server failed to start: {line!r}")
+        self.port = int(line)
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
-            self._server = None
+            proc, self._server = self._server, None
+            if proc.stdin:
+                proc.stdin.close()  # the child exits when its stdin closes
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     @property
     def endpoint_url(self) -> str:

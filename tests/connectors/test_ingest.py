@@ -1,0 +1,60 @@
+"""SDK ingest: files into tables, atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import matrixos as mx
+from matrixos.errors import IngestError, SchemaMismatch
+
+
+@pytest.fixture
+def lh(warehouse_root):
+    return mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options)
+
+
+def test_ingest_modes_and_bad_file(lh, tmp_path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_text("id,name,amount\n1,a,1.5\n2,b,2.5\n")
+    (src / "b.ndjson").write_text(
+        "\n".join(json.dumps(r) for r in [{"id": 3, "name": "c", "amount": 3.5}])
+    )
+    pq.write_table(pa.table({"id": [4], "name": ["d"], "amount": [4.5]}), src / "c.parquet")
+
+    s = lh.ingest(str(src), "raw.items")
+    assert (s.files, s.rows, s.mode, s.version) == (3, 4, "create", 0)
+    assert lh.sql("SELECT sum(amount) FROM raw.items").scalar() == pytest.approx(12.0)
+
+    upd = tmp_path / "upd.csv"
+    upd.write_text("id,name,amount\n1,a,10.0\n5,e,5.0\n")
+    s = lh.ingest(str(upd), "raw.items", mode="merge", on=["id"])
+    assert s.mode == "merge"
+    rows = dict(lh.sql("SELECT id, amount FROM raw.items").fetchall())
+    assert rows == {1: 10.0, 2: 2.5, 3: 3.5, 4: 4.5, 5: 5.0}
+
+    before = lh.table("raw.items").version
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name,amount\n6,f,6.0\n7,g,oops\n")
+    with pytest.raises(IngestError) as err:
+        lh.ingest(str(bad), "raw.items")
+    assert (err.value.path, err.value.line, err.value.col) == (str(bad), 3, 3)
+    assert lh.table("raw.items").version == before
+    assert lh.sql("SELECT count(*) FROM raw.items").scalar() == 5
+
+    s = lh.ingest(str(upd), "raw.items", mode="overwrite")
+    assert lh.sql("SELECT count(*) FROM raw.items").scalar() == 2
+
+
+def test_ingest_new_column_needs_evolve(lh, tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    (tmp_path / "b.csv").write_text("id,extra\n2,x\n")
+    lh.ingest(str(tmp_path / "a.csv"), "raw.e")
+    with pytest.raises(SchemaMismatch, match="extra"):
+        lh.ingest(str(tmp_path / "b.csv"), "raw.e")
+    lh.ingest(str(tmp_path / "b.csv"), "raw.e", evolve=True)
+    assert sorted(lh.sql("SELECT id, extra FROM raw.e").fetchall()) == [(1, None), (2, "x")]

@@ -1,0 +1,88 @@
+"""The public surface is a decision: renames must show up here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+import matrixos as mx
+from matrixos.errors import (
+    AccessDenied,
+    MatrixOSError,
+    SQLError,
+    TableNotFound,
+)
+from matrixos.storage.options import StorageOptions
+
+
+def test_surface() -> None:
+    assert sorted(mx.__all__) == sorted(
+        ["Lakehouse", "MatrixOSError", "Result", "Settings", "Table", "connect", "errors"]
+    )
+    for name in mx.__all__:
+        assert getattr(mx, name) is not None
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(TableNotFound, MatrixOSError) and issubclass(TableNotFound, LookupError)
+    assert issubclass(AccessDenied, SQLError) and issubclass(AccessDenied, PermissionError)
+    e = SQLError("bad", line=2, col=5)
+    assert (e.line, e.col, e.sqlstate) == (2, 5, "42601")
+    assert "line 2, column 5" in str(e)
+
+
+def test_import_is_light() -> None:
+    # Heavy engines load on first use, not on import.
+    code = (
+        "import sys, matrixos; "
+        "print(','.join(m for m in ('duckdb', 'deltalake', 'polars', 'pandas', 'sqlglot') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_connect_defaults_to_env_warehouse(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MATRIXOS_WAREHOUSE", str(tmp_path / "wh"))
+    lh = mx.connect()
+    assert lh.warehouse.uri == str(tmp_path / "wh")
+    assert (tmp_path / "wh" / "_catalog.db").exists()
+    lh.create_table("t", pa.table({"a": [1]}))
+    # A second session (e.g. another process later) sees the same catalog.
+    assert mx.connect().tables() == ["main.default.t"]
+
+
+def test_storage_options_render_and_hide_secrets() -> None:
+    o = StorageOptions.from_mapping(
+        {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "aws_access_key_id": "AKIA",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+            "region": "eu-west-1",
+        },
+        env={},
+    )
+    assert o.to_delta() == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    assert o.to_lance()["aws_secret_access_key"] == "s3cr3t"
+    s3fs = o.to_s3fs()
+    assert s3fs["client_kwargs"] == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "region_name": "eu-west-1",
+    }
+    assert "s3cr3t" not in repr(o) and "s3cr3t" not in str(o)
+
+
+def test_storage_options_fall_back_to_env() -> None:
+    o = StorageOptions.from_mapping({}, env={"AWS_REGION": "us-west-2", "AWS_ACCESS_KEY_ID": "k"})
+    assert o.to_delta() == {"AWS_REGION": "us-west-2", "AWS_ACCESS_KEY_ID": "k"}
+    with pytest.raises(MatrixOSError, match="unknown storage option"):
+        StorageOptions.from_mapping({"AWS_NOPE": "x"}, env={})
