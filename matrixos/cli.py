@@ -17,7 +17,6 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -413,63 +412,21 @@ def _print_table(reader: pa.RecordBatchReader, limit: int | None) -> None:
 
 
 def _write_csv(reader: pa.RecordBatchReader, out: IO[str]) -> None:
-    """Header + rows. pyarrow writes the flat types; nested values are written as JSON."""
-    import io
+    """Header + rows, quoted only where needed; NULL is the empty field, nested values JSON."""
+    import csv
 
-    import pyarrow.csv as pacsv
-
-    buf = io.BytesIO()
-    writer: pacsv.CSVWriter | None = None
-    for batch in _csv_batches(reader):
-        if writer is None:
-            writer = pacsv.CSVWriter(buf, batch.schema)
-        writer.write_batch(batch)
-        out.write(buf.getvalue().decode("utf-8"))
-        buf.seek(0)
-        buf.truncate()
-    if writer is None:  # no batches: the header alone
-        writer = pacsv.CSVWriter(buf, _csv_schema(reader.schema))
-    writer.close()
-    out.write(buf.getvalue().decode("utf-8"))
-
-
-def _as_text(t: pa.DataType) -> bool:
-    """Types the CSV writer cannot take (nested, binary, dictionary): written as text."""
-    import pyarrow as pa
-
-    return bool(
-        pa.types.is_nested(t)
-        or pa.types.is_dictionary(t)
-        or pa.types.is_null(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or pa.types.is_binary_view(t)
-    )
-
-
-def _csv_schema(schema: pa.Schema) -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([pa.field(f.name, pa.string()) if _as_text(f.type) else f for f in schema])
-
-
-def _csv_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    import pyarrow as pa
-
-    convert = [i for i, f in enumerate(reader.schema) if _as_text(f.type)]
-    schema = _csv_schema(reader.schema)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(reader.schema.names)
     for batch in reader:
-        if not convert:
-            yield batch
-            continue
-        cols = list(batch.columns)
-        for i in convert:
-            cols[i] = pa.array(
-                [v if v is None or isinstance(v, str) else _text(v) for v in cols[i].to_pylist()],
-                pa.string(),
-            )
-        yield pa.RecordBatch.from_arrays(cols, schema=schema)
+        writer.writerows([_csv_value(v) for v in row.values()] for row in batch.to_pylist())
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else _text(v)
 
 
 def _write_json(reader: pa.RecordBatchReader, out: IO[str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
@@ -53,9 +54,9 @@ class SQLMagics(Magics):
         if cell is not None and args.sql:
             query = " ".join(args.sql) + "\n" + query
         if not query.strip():
-            from IPython.core.error import UsageError
-
             raise UsageError("%sql needs a statement, e.g. %sql SELECT 1")
+        if args.out is not None and not args.out.isidentifier():
+            raise UsageError(f"--out needs a variable name, not {args.out!r}")
         from matrixos.errors import MatrixOSError
 
         try:
@@ -65,10 +66,6 @@ class SQLMagics(Magics):
             # frames and the chained sqlglot/DuckDB exception would bury it.
             raise e.with_traceback(None) from None
         if args.out:
-            if not args.out.isidentifier():
-                from IPython.core.error import UsageError
-
-                raise UsageError(f"--out needs a variable name, not {args.out!r}")
             # Materialize once so the stored Result and the displayed one are the same rows.
             result.to_arrow()
             self.shell.user_ns[args.out] = result  # type: ignore[union-attr]

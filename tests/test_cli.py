@@ -1,0 +1,283 @@
+"""The ``matrixos`` command line, run as a real subprocess over a warehouse in ``tmp_path``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return tmp_path / "wh"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, home: Path, warehouse: Path) -> Run:
+    """``cli("sql", "SELECT 1", input=None)`` → the finished ``matrixos`` process."""
+
+    def run(
+        *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("MATRIXOS_")}
+        environ.update(MATRIXOS_HOME=str(home), PYTHONIOENCODING="utf-8", **(env or {}))
+        return subprocess.run(
+            [sys.executable, "-m", "matrixos.cli", "--warehouse", str(warehouse), *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    return run
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert "Traceback" not in p.stderr
+    return p.stdout
+
+
+def fails(p: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The process exited ``code`` with a one-paragraph error and no traceback; its stderr."""
+    assert p.returncode == code, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    return p.stderr
+
+
+ORDERS = """
+CREATE SCHEMA sales;
+CREATE TABLE sales.orders (id INT, city VARCHAR, day DATE, amount DECIMAL(10, 2));
+INSERT INTO sales.orders VALUES
+  (1, 'Lisbon', DATE '2024-05-01', 12.50),
+  (2, 'Porto', DATE '2024-05-02', 7.25),
+  (3, 'Lisbon, Centro', DATE '2024-05-03', NULL);
+"""
+
+
+@pytest.fixture
+def orders(cli: Run) -> None:
+    assert ok(cli("sql", ORDERS)).strip() == "INSERT 0 3"
+
+
+def version_of(cli: Run, table: str) -> int:
+    rows = json.loads(ok(cli("history", table, "--format", "json")))
+    return max(r["version"] for r in rows)
+
+
+# -- sql ---------------------------------------------------------------------------------------
+def test_sql_json(cli: Run, orders: None) -> None:
+    out = ok(cli("sql", "SELECT * FROM sales.orders ORDER BY id", "--format", "json"))
+    assert json.loads(out) == [
+        {"id": 1, "city": "Lisbon", "day": "2024-05-01", "amount": "12.50"},
+        {"id": 2, "city": "Porto", "day": "2024-05-02", "amount": "7.25"},
+        {"id": 3, "city": "Lisbon, Centro", "day": "2024-05-03", "amount": None},
+    ]
+    assert json.loads(ok(cli("sql", "SELECT * FROM sales.orders WHERE id < 0", "-f", "json"))) == []
+
+
+def test_sql_csv(cli: Run, orders: None) -> None:
+    out = ok(cli("sql", "SELECT id, city, day, amount FROM sales.orders ORDER BY id", "-f", "csv"))
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows == [
+        ["id", "city", "day", "amount"],
+        ["1", "Lisbon", "2024-05-01", "12.50"],
+        ["2", "Porto", "2024-05-02", "7.25"],
+        ["3", "Lisbon, Centro", "2024-05-03", ""],
+    ]
+    # No rows: the header alone.
+    empty = ok(cli("sql", "SELECT id, city FROM sales.orders WHERE false", "-f", "csv"))
+    assert list(csv.reader(io.StringIO(empty))) == [["id", "city"]]
+
+
+def test_sql_table(cli: Run, orders: None) -> None:
+    out = ok(cli("sql", "SELECT id, city FROM sales.orders ORDER BY id"))
+    assert "city" in out and "Lisbon, Centro" in out and "Porto" in out
+    assert "(3 rows)" in out
+    # Bounded: the first --limit rows, and how many more there are.
+    out = ok(cli("sql", "SELECT id, city FROM sales.orders ORDER BY id", "--limit", "1"))
+    assert "Lisbon" in out and "Porto" not in out
+    assert "3 rows" in out and "2 more" in out
+
+
+def test_sql_status_of_ddl_and_dml(cli: Run, orders: None) -> None:
+    assert ok(cli("sql", "DELETE FROM sales.orders WHERE id = 2")).strip() == "DELETE 1"
+    status = json.loads(
+        ok(cli("sql", "UPDATE sales.orders SET amount = 1 WHERE id = 1", "-f", "json"))
+    )
+    assert status[0]["status"].startswith("UPDATE")
+    assert ok(cli("sql", "SELECT count(*) AS n FROM sales.orders", "-f", "csv")).split() == [
+        "n",
+        "2",
+    ]
+
+
+def test_sql_postgres_dialect(cli: Run) -> None:
+    q = "SELECT to_char(DATE '2024-01-02', 'YYYY/MM/DD') AS s, 'ab'::text || 'c' AS t"
+    out = ok(cli("sql", q, "--dialect", "postgres", "--format", "json"))
+    assert json.loads(out) == [{"s": "2024/01/02", "t": "abc"}]
+
+
+def test_sql_from_stdin(cli: Run, orders: None) -> None:
+    script = "SELECT 1 AS x;\nSELECT city FROM sales.orders WHERE id = 2;\n"
+    assert json.loads(ok(cli("sql", "-", "-f", "json", input=script))) == [{"city": "Porto"}]
+    # No argument at all, SQL piped in.
+    assert json.loads(ok(cli("sql", "-f", "json", input=script))) == [{"city": "Porto"}]
+    err = fails(cli("sql", "-", input="   \n"), code=2)
+    assert "no SQL" in err
+
+
+def test_sql_bad_sql(cli: Run) -> None:
+    p = cli("sql", "SELEC 1 FROM nowhere")
+    err = fails(p)
+    assert err.startswith("error:")
+    assert "syntax error" in err and "line 1" in err and "column" in err
+    assert p.stdout == ""
+    err = fails(cli("sql", "SELECT * FROM no_such_table"))
+    assert "no_such_table" in err and "does not exist" in err
+
+
+def test_sql_sandbox_refuses_files(cli: Run) -> None:
+    p = cli("sql", "SELECT * FROM read_csv('/etc/passwd')", "-f", "csv")
+    err = fails(p)
+    assert "not allowed" in err
+    assert "root:" not in p.stdout + p.stderr
+
+
+def test_usage_errors_exit_2(cli: Run) -> None:
+    fails(cli("sql", "SELECT 1", "--format", "xml"), code=2)
+    fails(cli("nonsense"), code=2)
+    err = fails(cli("serve"), code=2)
+    assert "the server arrives with the HTTP/pg-wire issue" in err
+
+
+def test_help_and_version(cli: Run) -> None:
+    out = ok(cli("--help"))
+    for command in ("sql", "ingest", "tables", "history", "describe", "demo", "serve"):
+        assert command in out
+    assert ok(cli("--version")).startswith("matrixos ")
+
+
+def test_warehouse_from_environment(cli: Run, tmp_path: Path) -> None:
+    env = {"MATRIXOS_WAREHOUSE": str(tmp_path / "from-env"), "MATRIXOS_HOME": str(tmp_path)}
+    p = subprocess.run(
+        [sys.executable, "-m", "matrixos.cli", "sql", "CREATE TABLE t AS SELECT 1 AS x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        timeout=120,
+    )
+    ok(p)
+    assert (tmp_path / "from-env" / "main" / "default" / "t" / "_delta_log").is_dir()
+
+
+def test_catalog_password_is_never_printed(cli: Run) -> None:
+    p = cli("--catalog-url", "postgresql://bob:s3cr3t-pw@127.0.0.1:1/cat", "tables")
+    fails(p)
+    assert "s3cr3t-pw" not in p.stdout + p.stderr
+
+
+# -- ingest -----------------------------------------------------------------------------------
+def test_ingest_csv_ndjson_parquet(cli: Run, tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,name,score\n1,ana,1.5\n2,bo,2.5\n")
+    (tmp_path / "b.ndjson").write_text(
+        '{"id": 3, "name": "cy", "score": 3.5}\n{"id": 4, "name": "di", "score": 4.5}\n'
+    )
+    pq.write_table(pa.table({"id": [5], "name": ["ed"], "score": [5.5]}), tmp_path / "c.parquet")
+    out = ok(cli("ingest", str(tmp_path / "a.csv"), "--table", "raw.people"))
+    assert "2 rows" in out and "main.raw.people" in out
+    ok(cli("ingest", str(tmp_path / "b.ndjson"), "--table", "raw.people", "--format", "ndjson"))
+    ok(cli("ingest", str(tmp_path / "c.parquet"), "--table", "raw.people", "--mode", "append"))
+    rows = json.loads(
+        ok(cli("sql", "SELECT id, name, score FROM raw.people ORDER BY id", "-f", "json"))
+    )
+    assert [r["name"] for r in rows] == ["ana", "bo", "cy", "di", "ed"]
+    assert rows[-1] == {"id": 5, "name": "ed", "score": 5.5}
+
+    # merge: id 1 updated, id 6 inserted.
+    (tmp_path / "upd.csv").write_text("id,name,score\n1,ana,9.0\n6,fa,6.5\n")
+    out = ok(
+        cli(
+            "ingest", str(tmp_path / "upd.csv"), "-t", "raw.people", "--mode", "merge", "--on", "id"
+        )
+    )
+    assert "merge" in out
+    rows = json.loads(ok(cli("sql", "SELECT id, score FROM raw.people ORDER BY id", "-f", "json")))
+    assert [(r["id"], r["score"]) for r in rows] == [
+        (1, 9.0), (2, 2.5), (3, 3.5), (4, 4.5), (5, 5.5), (6, 6.5),
+    ]  # fmt: skip
+    err = fails(cli("ingest", str(tmp_path / "upd.csv"), "-t", "raw.people", "--mode", "merge"))
+    assert "--on" in err
+
+
+def test_ingest_malformed_csv_changes_nothing(cli: Run, tmp_path: Path) -> None:
+    (tmp_path / "good.csv").write_text("id,name,score\n1,ana,1.5\n2,bo,2.5\n")
+    ok(cli("ingest", str(tmp_path / "good.csv"), "--table", "raw.scores"))
+    before = version_of(cli, "raw.scores")
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name,score\n3,cy,3.5\n4,di,not-a-number\n")
+    p = cli("ingest", str(tmp_path / "good.csv"), str(bad), "--table", "raw.scores")
+    err = fails(p)
+    assert err.startswith("error:")
+    assert "bad.csv" in err and "line 3" in err and "column 3" in err
+    assert version_of(cli, "raw.scores") == before
+    count = ok(cli("sql", "SELECT count(*) AS n FROM raw.scores", "-f", "csv"))
+    assert count.split() == ["n", "2"]
+
+
+def test_ingest_missing_file(cli: Run, tmp_path: Path) -> None:
+    err = fails(cli("ingest", str(tmp_path / "nope.csv"), "--table", "raw.x"))
+    assert "nope.csv" in err
+
+
+# -- catalog listings --------------------------------------------------------------------------
+def test_tables_listing(cli: Run, orders: None, warehouse: Path) -> None:
+    ok(cli("sql", "CREATE TABLE plain AS SELECT 1 AS x"))
+    out = ok(cli("tables"))
+    assert "main.sales.orders" in out and "main.default.plain" in out and "delta" in out
+
+    rows = json.loads(ok(cli("tables", "sales", "--format", "json")))
+    assert rows == [
+        {
+            "name": "main.sales.orders",
+            "format": "delta",
+            "location": str(warehouse / "main" / "sales" / "orders"),
+            "external": False,
+        }
+    ]
+    assert "no tables" in ok(cli("tables", "nothing_here"))
+
+
+def test_describe_and_history(cli: Run, orders: None) -> None:
+    out = ok(cli("describe", "sales.orders"))
+    assert "main.sales.orders" in out and "amount" in out and "decimal128(10, 2)" in out
+    cols = json.loads(ok(cli("describe", "sales.orders", "-f", "json")))
+    assert [c["column"] for c in cols] == ["id", "city", "day", "amount"]
+
+    history = json.loads(ok(cli("history", "sales.orders", "-f", "json")))
+    assert [h["version"] for h in history] == [1, 0]
+    assert "WRITE" in ok(cli("history", "sales.orders"))
+    err = fails(cli("history", "sales.missing"))
+    assert "does not exist" in err
