@@ -157,8 +157,11 @@ def locked_connection(
         settings.append(("threads", threads))
     if memory_limit:
         settings.append(("memory_limit", memory_limit))
+    # GLOBAL: TimeZone and python_enable_replacements are connection-local settings, and each
+    # statement runs on a cursor (a new connection) that would otherwise get the defaults
+    # (the machine's time zone, replacement scans on) and, once locked, could not change them.
     for name, value in settings:
-        con.execute(f"SET {name} = ?", [value])
+        con.execute(f"SET GLOBAL {name} = ?", [value])
     # Order matters: external access off only after the allowed directories are set, and the
     # lock last so no statement can undo either.
     con.execute("SET enable_external_access = false")

@@ -86,6 +86,8 @@ def load_snapshot(dt: DeltaTable) -> Snapshot:
     cols = actions.column_names
     data_names = [f.name for f in schema if f.name not in parts]
     rows = actions.to_pylist()
+    # With column mapping the log keys statistics by physical name.
+    stat_keys = {n: physical[n] if f"null_count.{physical[n]}" in cols else n for n in data_names}
     files = []
     read_by_name = False
     for r in rows:
@@ -94,9 +96,11 @@ def load_snapshot(dt: DeltaTable) -> Snapshot:
             path = f"{root}/{path}"
         elif path.startswith("file://"):
             path = path[len("file://") :]
-        mins = {n: r.get(f"min.{n}") for n in data_names if f"min.{n}" in cols}
-        maxs = {n: r.get(f"max.{n}") for n in data_names if f"max.{n}" in cols}
-        nulls = {n: r.get(f"null_count.{n}") for n in data_names if f"null_count.{n}" in cols}
+        mins = {n: r.get(f"min.{k}") for n, k in stat_keys.items() if f"min.{k}" in cols}
+        maxs = {n: r.get(f"max.{k}") for n, k in stat_keys.items() if f"max.{k}" in cols}
+        nulls = {
+            n: r.get(f"null_count.{k}") for n, k in stat_keys.items() if f"null_count.{k}" in cols
+        }
         if r.get("num_records") is not None and any(nulls.get(n) is None for n in data_names):
             read_by_name = True
         files.append(

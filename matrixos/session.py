@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import threading
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,7 @@ import pyarrow as pa
 
 from matrixos.catalog import Catalog, TableIdent, TableInfo, parse_schema
 from matrixos.config import Settings, resolve_settings
-from matrixos.errors import MatrixOSError, NotSupported, TableExists, TableNotFound
+from matrixos.errors import NotSupported, TableExists, TableNotFound
 from matrixos.storage.warehouse import Warehouse, normalize_uri
 
 if TYPE_CHECKING:
@@ -191,18 +192,27 @@ class Lakehouse:
             owner=self.user,
         )
         store = self._store(info)
-        # Left behind by a create that crashed before its catalog entry was written.
-        if store.exists() and self.catalog.find_table(ident) is None:
-            self.warehouse.remove(location)
-        store.create(
-            data, schema=schema, partition_by=partition_by, name=ident.name, description=comment
-        )
+        # The catalog row is the lock: of several processes creating one name, exactly one
+        # inserts it (primary key; the others get TableExists), and only that one touches the
+        # location. Writing the files first let a loser delete the winner's files as "leftovers"
+        # or commit its own rows under the winner's entry.
+        self.catalog.create_table(info)
         try:
-            self.catalog.create_table(info)
-        except TableExists:
-            raise
-        except MatrixOSError:
-            self.warehouse.remove(location)
+            # Left behind by a create that crashed, or a drop that died before deleting files.
+            if store.exists():
+                self.warehouse.remove(location)
+            store.create(
+                data,
+                schema=schema,
+                partition_by=partition_by,
+                name=ident.name,
+                description=comment,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.catalog.drop_table(ident)
+            with contextlib.suppress(Exception):
+                self.warehouse.remove(location)
             raise
         return self.table(ident)
 

@@ -51,7 +51,12 @@ def normalize_for_delta(table: pa.Table) -> pa.Table:
         t = _delta_type(f.type)
         changed |= t != f.type
         fields.append(pa.field(f.name, t, f.nullable, f.metadata))
-    return table.cast(pa.schema(fields, table.schema.metadata)) if changed else table
+    if not changed:
+        return table
+    try:
+        return table.cast(pa.schema(fields, table.schema.metadata))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaMismatch(f"data does not fit a Delta type: {e}; nothing was written") from e
 
 
 def _delta_type(t: pa.DataType) -> pa.DataType:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
@@ -109,7 +109,7 @@ class DeltaStore:
         try:
             dt = DeltaTable(self.location, version=version, storage_options=self.storage_options)
             if timestamp is not None:
-                dt.load_as_version(timestamp)
+                self._load_as_of(dt, timestamp)
         except TableNotFoundError as e:
             raise TableNotFound(f"no Delta table at {self.location}") from e
         except DeltaProtocolError as e:
@@ -121,6 +121,41 @@ class DeltaStore:
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.open().history(limit)
+
+    def _load_as_of(self, dt: DeltaTable, timestamp: datetime | str) -> None:
+        """Load the last version committed at or before ``timestamp``.
+
+        Versions are matched against the commit times that ``history()`` (and DESCRIBE HISTORY)
+        shows, so a time copied from there names that version. delta-rs's ``load_as_version``
+        compares log-file mtimes instead: written a moment after the commit's own timestamp
+        (whole seconds on some object stores), and it answers a time before the first commit
+        with the first version, rows the table did not have yet.
+        """
+        when = (
+            timestamp
+            if isinstance(timestamp, datetime)
+            else datetime.fromisoformat(str(timestamp).strip().replace("Z", "+00:00"))
+        )
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        stamps = {
+            int(h["version"]): int(h["timestamp"])
+            for h in dt.history()
+            if h.get("version") is not None and h.get("timestamp") is not None
+        }
+        if set(stamps) != set(range(min(stamps, default=0), dt.version() + 1)):
+            dt.load_as_version(when)  # some commit carries no commitInfo: mtimes only
+            return
+        ms = when.timestamp() * 1000
+        versions = [v for v, ts in stamps.items() if ts <= ms]
+        if not versions:
+            first = min(stamps)
+            created = datetime.fromtimestamp(stamps[first] / 1000, UTC)
+            raise TableNotFound(
+                f"the Delta table at {self.location} has no version as of {when.isoformat()}: "
+                f"its earliest version {first} was committed at {created.isoformat()}"
+            )
+        dt.load_as_version(max(versions))
 
     # -- writing ----------------------------------------------------------------------------
     def create(
@@ -193,13 +228,13 @@ class DeltaStore:
         evolve: bool,
         predicate: str | None = None,
     ) -> WriteResult:
-        dt = self.open()
-        table = normalize_for_delta(to_arrow_table(data))
-        table = conform(table, _arrow_schema(dt), evolve=evolve, overwrite=mode == "overwrite")
+        data = normalize_for_delta(to_arrow_table(data))
         schema_mode: Literal["merge", "overwrite"] | None = None
         if evolve:
             schema_mode = "overwrite" if mode == "overwrite" and predicate is None else "merge"
-        try:
+
+        def write(dt: DeltaTable) -> dict[str, Any]:
+            table = conform(data, _arrow_schema(dt), evolve=evolve, overwrite=mode == "overwrite")
             write_deltalake(
                 dt,
                 table,
@@ -210,12 +245,16 @@ class DeltaStore:
                 target_file_size=self.target_file_bytes,
                 commit_properties=CommitProperties(max_commit_retries=max(self.commit_retries, 1)),
             )
-        except Exception as e:
-            raise _translate(e, f"cannot {mode} to {self.location}") from e
-        dt.update_incremental()
-        result = WriteResult(dt.version(), {"num_added_rows": table.num_rows})
+            return {"num_added_rows": table.num_rows}
+
+        # delta-rs refuses an append whose snapshot went stale under a commit that removed files
+        # (a concurrent DELETE/UPDATE/MERGE/OPTIMIZE: "deleted data this operation read"), so
+        # even blind appends need retrying on a fresh snapshot. Nothing was committed, so a
+        # retry is always safe, and an append is not held to the DML retry budget.
+        retries = max(self.commit_retries, 10) if mode == "append" else self.commit_retries
+        result = self.run_with_retries(mode, write, retries=retries)
         if mode == "append":
-            self.maybe_autocompact(dt)
+            self.maybe_autocompact()
         return result
 
     def merge(
@@ -284,12 +323,22 @@ class DeltaStore:
             ),
         )
 
-    def run_with_retries(self, op: str, fn: Callable[[DeltaTable], dict[str, Any]]) -> WriteResult:
-        """Run ``fn`` on a fresh snapshot; retry when a concurrent commit beat it."""
+    def run_with_retries(
+        self,
+        op: str,
+        fn: Callable[[DeltaTable], dict[str, Any]],
+        *,
+        retries: int | None = None,
+    ) -> WriteResult:
+        """Run ``fn`` on a fresh snapshot; retry when a concurrent commit beat it.
+
+        ``retries`` defaults to the store's ``commit_retries``.
+        """
+        retries = self.commit_retries if retries is None else retries
         try:
             for attempt in Retrying(
                 retry=retry_if_exception_type(CommitFailedError),
-                stop=stop_after_attempt(self.commit_retries + 1),
+                stop=stop_after_attempt(retries + 1),
                 wait=wait_random_exponential(multiplier=0.05, max=2.0),
                 reraise=False,
             ):
@@ -304,12 +353,12 @@ class DeltaStore:
                         raise
                     except Exception as e:
                         raise _translate(e, f"{op} on {self.location} failed") from e
-                    dt.update_incremental()
+                    # ``dt`` stands at our commit (see _write): its version is ours.
                     return WriteResult(dt.version(), dict(metrics or {}))
         except RetryError as e:
             raise ConcurrentWriteError(
                 f"{op} on {self.location} conflicted with concurrent writers "
-                f"{self.commit_retries + 1} times; nothing was written",
+                f"{retries + 1} times; nothing was written",
                 hint="retry later, or raise MATRIXOS_COMMIT_RETRIES",
             ) from e
         raise AssertionError("unreachable")  # pragma: no cover
@@ -332,7 +381,12 @@ class DeltaStore:
         try:
             return list(
                 self.open().vacuum(
-                    retention_hours, dry_run=dry_run, enforce_retention_duration=enforce
+                    retention_hours,
+                    dry_run=dry_run,
+                    enforce_retention_duration=enforce,
+                    # full: also files no commit ever referenced (a writer that died before
+                    # committing); delta-rs's default "lite" mode only sees removed files.
+                    full=True,
                 )
             )
         except Exception as e:
@@ -453,7 +507,9 @@ def _translate(e: Exception, what: str) -> MatrixOSError:
         return TableNotFound(f"{what}: {e}")
     if isinstance(e, CommitFailedError):
         return ConcurrentWriteError(f"{what}: {e}")
-    if isinstance(e, DeltaProtocolError):
+    if isinstance(e, DeltaProtocolError) or (
+        isinstance(e, DeltaError) and "Unsupported" in str(e)  # delta-kernel's refusals
+    ):
         return NotSupported(f"{what}: {e}")
     if isinstance(e, OSError):
         return StorageError(f"{what}: {e}")

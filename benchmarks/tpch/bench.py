@@ -1,7 +1,7 @@
 """The 22 TPC-H queries through ``lh.sql`` and through plain DuckDB on the same Parquet files.
 
 Both engines run each query once to warm up (those results are the ones checked), then ``reps``
-timed runs, interleaved per query and alternating which engine goes first, so drift in the
+timed runs, interleaved per query and rotating which engine goes first, so drift in the
 machine's state (page cache, CPU clocks, neighbours) hits both alike. A query's time is the
 median of its timed runs, end to end: SQL text in, all rows materialized as an Arrow table out.
 """
@@ -12,11 +12,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import pyarrow as pa
+from deltalake import DeltaTable
 
 import matrixos as mx
 from benchmarks.tpch.compare import compare_answer, compare_tables
@@ -33,6 +36,8 @@ class QueryResult:
     matrixos_ms: list[float]
     problems: list[str] = field(default_factory=list)
     checked_against: list[str] = field(default_factory=list)
+    # DuckDB over the very Parquet files of the Delta tables (``--same-files``), when measured.
+    same_files_ms: list[float] = field(default_factory=list)
 
     @property
     def duckdb(self) -> float:
@@ -43,6 +48,10 @@ class QueryResult:
         return statistics.median(self.matrixos_ms)
 
     @property
+    def same_files(self) -> float | None:
+        return statistics.median(self.same_files_ms) if self.same_files_ms else None
+
+    @property
     def ratio(self) -> float:
         return self.matrixos / self.duckdb if self.duckdb else float("nan")
 
@@ -51,7 +60,7 @@ class QueryResult:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "query": self.query,
             "rows": self.rows,
             "duckdb_ms": self.duckdb_ms,
@@ -65,6 +74,10 @@ class QueryResult:
             "checked_against": self.checked_against,
             "problems": self.problems,
         }
+        if self.same_files_ms:
+            out["duckdb_same_files_ms"] = self.same_files_ms
+            out["duckdb_same_files_median_ms"] = self.same_files
+        return out
 
 
 def prepare(scale: float, log: Callable[[str], None]) -> tuple[TpchData, Path]:
@@ -85,19 +98,42 @@ def prepare(scale: float, log: Callable[[str], None]) -> tuple[TpchData, Path]:
     return data, warehouse
 
 
-def duckdb_connection(data: TpchData) -> duckdb.DuckDBPyConnection:
-    """Plain DuckDB with one view per table over the generated Parquet file."""
+def duckdb_connection(data: TpchData, warehouse: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """Plain DuckDB with one view per table: over the generated Parquet file, or (with
+    ``warehouse``) over the active Parquet files of the table's current Delta version."""
     con = duckdb.connect()
-    for t in TABLES:
-        path = str(data.parquet(t)).replace("'", "''")
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{path}')")
+    lh = mx.connect(str(warehouse)) if warehouse is not None else None
+    try:
+        for t in TABLES:
+            if lh is None:
+                paths = [str(data.parquet(t))]
+            else:
+                location = lh.table(f"default.{t}").location
+                paths = [_local(u) for u in DeltaTable(location).file_uris()]
+            listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet([{listing}])")
+    finally:
+        if lh is not None:
+            lh.close()
     return con
 
 
-def _timed(fn: Callable[[], pa.Table]) -> tuple[float, pa.Table]:
+def _local(uri: str) -> str:
+    return unquote(uri[len("file://") :]) if uri.startswith("file://") else uri
+
+
+def _run_duckdb(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    return con.sql(sql).to_arrow_table()
+
+
+def _run_matrixos(lh: mx.Lakehouse, sql: str) -> pa.Table:
+    return lh.sql(sql).to_arrow()
+
+
+def _timed(fn: Callable[[], pa.Table]) -> float:
     t0 = time.perf_counter()
-    out = fn()
-    return (time.perf_counter() - t0) * 1000.0, out
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
 
 
 def run_queries(
@@ -106,49 +142,56 @@ def run_queries(
     queries: Sequence[int],
     reps: int,
     on_result: Callable[[QueryResult], None] | None = None,
+    *,
+    same_files: bool = False,
 ) -> list[QueryResult]:
+    """Time and check each query; ``same_files`` adds DuckDB over the Delta tables' files."""
     lh = mx.connect(str(warehouse))
     con = duckdb_connection(data)
+    con_same = duckdb_connection(data, warehouse) if same_files else None
     results = []
     try:
         for n in queries:
             sql = data.query(n)
+            engines: list[tuple[Callable[[], pa.Table], list[float]]] = []
+            d_ms: list[float] = []
+            m_ms: list[float] = []
+            s_ms: list[float] = []
+            engines.append((partial(_run_duckdb, con, sql), d_ms))
+            engines.append((partial(_run_matrixos, lh, sql), m_ms))
+            if con_same is not None:
+                engines.append((partial(_run_duckdb, con_same, sql), s_ms))
 
-            def run_duckdb(sql: str = sql) -> pa.Table:
-                return con.sql(sql).to_arrow_table()
-
-            def run_matrixos(sql: str = sql) -> pa.Table:
-                return lh.sql(sql).to_arrow()
-
-            problems: list[str] = []
             # Warm-up, whose results are the ones checked.
-            want = run_duckdb()
+            want = engines[0][0]()
             try:
-                got = run_matrixos()
+                got = engines[1][0]()
             except mx.MatrixOSError as e:
                 res = QueryResult(n, 0, [float("nan")], [float("nan")], [f"error: {e}"])
                 results.append(res)
                 if on_result:
                     on_result(res)
                 continue
+            for fn, _ in engines[2:]:
+                fn()
             checked = ["duckdb"]
-            problems += [f"vs DuckDB: {p}" for p in compare_tables(got, want)]
+            problems = [f"vs DuckDB: {p}" for p in compare_tables(got, want)]
             answer = data.answer(n)
             if answer is not None:
                 checked.append(answer.name)
                 problems += [f"vs {answer.name}: {p}" for p in compare_answer(got, answer)]
-            d_ms: list[float] = []
-            m_ms: list[float] = []
             for r in range(reps):
-                order = [(run_duckdb, d_ms), (run_matrixos, m_ms)]
-                for fn, sink in order if r % 2 == 0 else reversed(order):
-                    ms, _ = _timed(fn)
-                    sink.append(ms)
-            res = QueryResult(n, got.num_rows, d_ms, m_ms, problems, checked)
+                # Rotate who goes first, so neither engine always runs on a warmer machine.
+                k = r % len(engines)
+                for fn, sink in engines[k:] + engines[:k]:
+                    sink.append(_timed(fn))
+            res = QueryResult(n, got.num_rows, d_ms, m_ms, problems, checked, s_ms)
             results.append(res)
             if on_result:
                 on_result(res)
     finally:
         con.close()
+        if con_same is not None:
+            con_same.close()
         lh.close()
     return results

@@ -37,12 +37,16 @@ def rows_of(table: pa.Table) -> list[list[Any]]:
 
 
 def compare(
-    got: pa.Table, want_names: Sequence[str], want_rows: Sequence[Sequence[Any]]
+    got: pa.Table,
+    want_names: Sequence[str],
+    want_rows: Sequence[Sequence[Any]],
+    *,
+    check_names: bool = True,
 ) -> list[str]:
     """What differs between ``got`` and the expected names and rows (empty: they match)."""
     problems: list[str] = []
     names = [n.lower() for n in got.column_names]
-    if names != [n.lower() for n in want_names]:
+    if len(names) != len(want_names) or (check_names and names != [n.lower() for n in want_names]):
         problems.append(f"columns {got.column_names} != expected {list(want_names)}")
     rows = rows_of(got)
     if len(rows) != len(want_rows):
@@ -63,8 +67,11 @@ def compare(
 
 
 def compare_answer(got: pa.Table, answer: Path) -> list[str]:
+    """Against a reference CSV. Only the number of columns is checked, not their names: the
+    answers were written by an older DuckDB that named Q18's ``sum(l_quantity)`` ``sum``
+    (names are checked against DuckDB on the raw Parquet instead)."""
     names, rows = read_answer(answer)
-    return compare(got, names, rows)
+    return compare(got, names, rows, check_names=False)
 
 
 def compare_tables(got: pa.Table, want: pa.Table) -> list[str]:

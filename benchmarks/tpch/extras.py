@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 import matrixos as mx
 from benchmarks.tpch.bench import duckdb_connection
+from benchmarks.tpch.compare import compare_tables
 from matrixos._tpch import TpchData
 
 SMALL_FILE_ROWS = 1_000_000
@@ -58,7 +59,8 @@ def point_query(data: TpchData, warehouse: Path, n: int = 20) -> dict[str, Any]:
     keys = random.Random(42).sample(keys_col.to_pylist(), n)
     lh = mx.connect(str(warehouse))
     con = duckdb_connection(data)
-    m_ms, d_ms = [], []
+    m_ms: list[float] = []
+    d_ms: list[float] = []
     try:
         sql = "SELECT * FROM orders WHERE o_orderkey = {}"
         lh.sql(sql.format(keys[0])).fetchall()  # warm-up: the snapshot, the cursor
@@ -79,7 +81,7 @@ def point_query(data: TpchData, warehouse: Path, n: int = 20) -> dict[str, Any]:
     return {
         "point_query_ms": statistics.median(m_ms),
         "point_query_duckdb_ms": statistics.median(d_ms),
-        "point_query_rows_scanned_table": keys_col.length(),
+        "point_query_table_rows": keys_col.length(),
     }
 
 
@@ -93,7 +95,7 @@ def _slice_of_lineitem(data: TpchData, rows: int) -> pa.Table:
 
 
 def small_files(
-    data: TpchData, warehouse: Path, log: Callable[[str], None], reps: int = 5
+    data: TpchData, warehouse: Path, log: Callable[[str], None], reps: int = 9
 ) -> dict[str, Any]:
     """1,000 appends of 1,000 rows (auto-compaction on, the default) vs one write of 1M rows."""
     rows = _slice_of_lineitem(data, SMALL_FILE_ROWS)
@@ -114,28 +116,30 @@ def small_files(
         if small.count() != one.count():
             raise AssertionError("the appended table does not hold the same rows")
         # Warm-up; the two tables must aggregate the same.
-        if lh.sql(SCAN_SQL.format(table=one.name)).fetchall() != lh.sql(
-            SCAN_SQL.format(table=small.name)
-        ).fetchall():
-            raise AssertionError("the two tables aggregate differently")
-        one_ms, small_ms = [], []
+        a = lh.sql(SCAN_SQL.format(table=small.name)).to_arrow()
+        b = lh.sql(SCAN_SQL.format(table=one.name)).to_arrow()
+        if problems := compare_tables(a, b):
+            raise AssertionError(f"the two tables aggregate differently: {problems}")
+        one_ms: list[float] = []
+        small_ms: list[float] = []
         for r in range(reps):
             order = [(one, one_ms), (small, small_ms)]
             for t, sink in order if r % 2 == 0 else reversed(order):
                 t0 = time.perf_counter()
                 lh.sql(SCAN_SQL.format(table=t.name)).fetchall()
                 sink.append((time.perf_counter() - t0) * 1000.0)
-            if got != lh.sql(SCAN_SQL.format(table=one.name)).fetchall():
-                raise AssertionError("the two tables aggregate differently")
         d_small, d_one = small.describe(), one.describe()
         return {
             "small_files_appends": SMALL_FILE_ROWS // SMALL_FILE_BATCH,
             "small_files_append_s": appends_s,
-            "small_files_append_ms_each": appends_s * 1000.0 / (SMALL_FILE_ROWS // SMALL_FILE_BATCH),
+            "small_files_append_ms_each": appends_s
+            * 1000.0
+            / (SMALL_FILE_ROWS // SMALL_FILE_BATCH),
             "one_write_s": one_write_s,
             "small_files_active_files": d_small["num_files"],
             "one_write_active_files": d_one["num_files"],
             "small_files_version": d_small["version"],
+            "small_files_scan_reps": reps,
             "small_files_scan_ms": statistics.median(small_ms),
             "one_write_scan_ms": statistics.median(one_ms),
             "small_files_scan_ratio": statistics.median(small_ms) / statistics.median(one_ms),

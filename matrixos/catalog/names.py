@@ -51,9 +51,12 @@ class TableIdent(NamedTuple):
             parts = [catalog, *parts]
         elif len(parts) != 3:
             raise SQLError(f"invalid table name {name!r}: use [catalog.][schema.]table")
-        c, s, t = (
-            check_part(p, w) for p, w in zip(parts, ("catalog", "schema", "table"), strict=True)
-        )
+        try:
+            c, s, t = (
+                check_part(p, w) for p, w in zip(parts, ("catalog", "schema", "table"), strict=True)
+            )
+        except SQLError as e:  # name what the user wrote, not just the part that failed
+            raise SQLError(f"invalid table name {name!r}: {e.message}") from None
         return cls(c, s, t)
 
     @classmethod
@@ -72,4 +75,7 @@ def parse_schema(name: str, *, catalog: str = DEFAULT_CATALOG) -> tuple[str, str
         parts = [catalog, *parts]
     if len(parts) != 2:
         raise SQLError(f"invalid schema name {name!r}: use [catalog.]schema")
-    return check_part(parts[0], "catalog"), check_part(parts[1], "schema")
+    try:
+        return check_part(parts[0], "catalog"), check_part(parts[1], "schema")
+    except SQLError as e:
+        raise SQLError(f"invalid schema name {name!r}: {e.message}") from None

@@ -1,0 +1,300 @@
+"""The catalog on SQLite and on a real PostgreSQL server: names, schemas, table facts, and many
+processes sharing one catalog (spawned, never forked: delta-rs panics in forked children)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+import matrixos as mx
+from matrixos.catalog import Catalog, TableIdent
+from matrixos.errors import MatrixOSError, SchemaNotFound, SQLError, TableExists, TableNotFound
+
+SPAWN = mp.get_context("spawn")
+UTC = dt.UTC
+
+
+@pytest.fixture
+def lh(tmp_path: Path, catalog_url: str) -> Iterator[mx.Lakehouse]:
+    with mx.connect(str(tmp_path / "wh"), catalog_url=catalog_url, user="alice") as lh:
+        yield lh
+
+
+# --------------------------------------------------------------------------------------- names
+def test_three_level_names_and_defaults(lh: mx.Lakehouse) -> None:
+    a = lh.create_table("t", pa.table({"x": [1]}))
+    b = lh.create_table("s.t", pa.table({"x": [2]}))
+    c = lh.create_table("other.s.t", pa.table({"x": [3]}))
+    assert (a.name, b.name, c.name) == ("main.default.t", "main.s.t", "other.s.t")
+    wh = lh.warehouse.uri
+    assert a.location == f"{wh}/main/default/t"
+    assert b.location == f"{wh}/main/s/t"
+    assert c.location == f"{wh}/other/s/t"
+    assert lh.tables() == ["main.default.t", "main.s.t", "other.s.t"]
+    assert lh.tables("s") == ["main.s.t"]
+    assert lh.tables("other.s") == ["other.s.t"]
+    for name in ("t", "default.t", "main.default.t", "MAIN.Default.T"):
+        assert lh.table(name).name == "main.default.t"
+        assert lh.sql(f"SELECT x FROM {name}").fetchall() == [(1,)]
+    assert lh.sql("SELECT x FROM s.t").fetchall() == [(2,)]
+    assert lh.sql("SELECT x FROM main.s.t").fetchall() == [(2,)]
+    assert lh.sql("SELECT x FROM other.s.t").fetchall() == [(3,)]
+    assert str(TableIdent.parse("s.t")) == "main.s.t"
+    assert "main.s" in lh.schemas() and "other.s" in lh.schemas("other")
+    with pytest.raises(TableNotFound):
+        lh.table("s.nope")
+    with pytest.raises(TableNotFound):
+        lh.sql("SELECT * FROM nope.t")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "a/b", "a.b.c.d", "", "s.", ".t", "a b", "x;drop", "t'", "é", "-x", "s..t", "~/t"],
+)
+def test_invalid_names_are_refused(lh: mx.Lakehouse, name: str) -> None:
+    before = sorted(p.name for p in Path(lh.warehouse.uri).iterdir())
+    with pytest.raises(SQLError) as err:
+        lh.create_table(name, pa.table({"x": [1]}))
+    assert "invalid" in str(err.value) and (repr(name) in str(err.value) or name == "")
+    with pytest.raises(SQLError):
+        lh.table(name)
+    assert sorted(p.name for p in Path(lh.warehouse.uri).iterdir()) == before
+    assert lh.tables() == []
+
+
+def test_invalid_schema_and_sql_names(lh: mx.Lakehouse) -> None:
+    for bad in ("../x", "a/b", "a.b.c", "x y"):
+        with pytest.raises(SQLError, match="invalid"):
+            lh.create_schema(bad)
+    with pytest.raises(SQLError):
+        lh.sql('CREATE TABLE "../evil" (id INT)')
+    with pytest.raises(SQLError):
+        lh.sql('CREATE TABLE "a/b".t (id INT)')
+    with pytest.raises(SQLError):
+        lh.sql("SELECT * FROM a.b.c.d")
+    assert lh.tables() == []
+    assert lh.schemas() == ["main.default"]
+    assert not (Path(lh.warehouse.uri).parent / "evil").exists()
+
+
+# ------------------------------------------------------------------------------------- schemas
+def test_schemas_create_list_drop(lh: mx.Lakehouse) -> None:
+    assert lh.schemas() == ["main.default"]
+    lh.create_schema("sales", comment="money")
+    lh.create_schema("lab.raw")
+    lh.create_schema("sales")  # if_not_exists by default
+    with pytest.raises(TableExists):
+        lh.create_schema("sales", if_not_exists=False)
+    assert lh.schemas() == ["lab.raw", "main.default", "main.sales"]
+    assert lh.schemas("lab") == ["lab.raw"]
+
+    lh.create_table("sales.orders", pa.table({"id": [1]}))
+    with pytest.raises(TableExists, match="still holds 1 table"):
+        lh.drop_schema("sales")
+    assert "main.sales" in lh.schemas()
+    lh.drop_table("sales.orders")
+    lh.drop_schema("sales")
+    assert lh.schemas() == ["lab.raw", "main.default"]
+    with pytest.raises(SchemaNotFound):
+        lh.drop_schema("sales")
+    lh.drop_schema("sales", if_exists=True)
+
+    # SQL spells the same things
+    lh.sql("CREATE SCHEMA mart")
+    lh.sql("CREATE SCHEMA IF NOT EXISTS mart")
+    with pytest.raises(TableExists):
+        lh.sql("CREATE SCHEMA mart")
+    shown = lh.sql("SHOW SCHEMAS").to_arrow().column("schema").to_pylist()
+    assert shown == ["lab.raw", "main.default", "main.mart"]
+    lh.sql("DROP SCHEMA mart")
+    assert "main.mart" not in lh.schemas()
+    # a table in a schema that SQL did not create is refused, the SDK creates the schema
+    with pytest.raises(SchemaNotFound):
+        lh.sql("CREATE TABLE nowhere.t (id INT)")
+    lh.create_table("made.t", pa.table({"id": [1]}))
+    assert "main.made" in lh.schemas()
+    with pytest.raises(SchemaNotFound):
+        lh.create_table("absent.t", pa.table({"id": [1]}), create_schema=False)
+    assert lh.tables("absent") == []
+
+
+# ---------------------------------------------------------------------------------- table facts
+def test_table_comment_properties_owner_and_times(lh: mx.Lakehouse, catalog_url: str) -> None:
+    start = dt.datetime.now(UTC)
+    t = lh.create_table(
+        "s.facts",
+        pa.table({"id": [1]}),
+        comment="facts about things",
+        properties={"team": "data", "matrixos.autoCompact.minFiles": "3"},
+    )
+    d = t.describe()
+    assert d["comment"] == "facts about things"
+    assert d["properties"] == {"team": "data", "matrixos.autoCompact.minFiles": "3"}
+    assert d["owner"] == "alice"
+    assert d["external"] is False
+    created, updated = d["created_at"], d["updated_at"]
+    assert created.tzinfo is not None and updated.tzinfo is not None
+    assert start - dt.timedelta(seconds=2) <= created <= dt.datetime.now(UTC)
+    assert updated >= created
+
+    time.sleep(0.01)
+    t.append(pa.table({"id": [2]}))
+    after = lh.table("s.facts").describe()
+    assert after["updated_at"] > updated
+    assert after["created_at"] == created
+    time.sleep(0.01)
+    lh.sql("DELETE FROM s.facts WHERE id = 1")
+    assert lh.table("s.facts").info.updated_at > after["updated_at"]
+
+    # the per-table property is honoured: 3 small files trigger compaction
+    t = lh.table("s.facts")
+    t.append(pa.table({"id": [3]}))
+    t.append(pa.table({"id": [4]}))
+    assert "OPTIMIZE" in [h["operation"] for h in t.history()]
+
+    # facts survive a new session (another process would see the same)
+    with mx.connect(lh.warehouse.uri, catalog_url=catalog_url) as again:
+        d2 = again.table("s.facts").describe()
+        assert d2["comment"] == "facts about things"
+        assert d2["owner"] == "alice"
+        assert d2["properties"]["team"] == "data"
+        assert d2["created_at"] == created
+        assert sorted(again.table("s.facts").to_arrow().column("id").to_pylist()) == [2, 3, 4]
+
+
+def test_duplicate_table(lh: mx.Lakehouse) -> None:
+    lh.create_table("s.dup", pa.table({"id": [1]}))
+    with pytest.raises(TableExists, match=r"main\.s\.dup"):
+        lh.create_table("s.dup", pa.table({"id": [2]}))
+    with pytest.raises(TableExists):
+        lh.sql("CREATE TABLE s.dup (id INT)")
+    assert lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
+    assert lh.create_table("s.dup", pa.table({"id": [9]}), mode="ignore").version == 0
+    assert lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
+    lh.sql("CREATE TABLE IF NOT EXISTS s.dup (id INT)")
+    t = lh.create_table("s.dup", pa.table({"id": [7], "v": ["x"]}), mode="overwrite")
+    assert t.to_arrow().to_pylist() == [{"id": 7, "v": "x"}]
+    assert lh.tables("s") == ["main.s.dup"]
+    with pytest.raises(TableExists):
+        lh.register_table("s.dup", t.location)
+
+
+def test_catalog_tables_are_created_once(catalog_url: str) -> None:
+    # two Catalog objects on one fresh database: both see the defaults, neither fails
+    a, b = Catalog(catalog_url), Catalog(catalog_url)
+    try:
+        assert a.list_schemas() == b.list_schemas() == [("main", "default")]
+        engine = sa.create_engine(a.engine.url)
+        try:
+            names = set(sa.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        assert {"mx_catalogs", "mx_schemas", "mx_tables"} <= names
+    finally:
+        a.close()
+        b.close()
+
+
+# ---------------------------------------------------------------------------- many processes
+def _worker(
+    warehouse: str,
+    catalog_url: str | None,
+    storage_options: dict[str, str] | None,
+    me: int,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One process: read the parent's table, then race the others to create tables."""
+    result: dict[str, Any] = {"me": me}
+    try:
+        with mx.connect(warehouse, catalog_url=catalog_url, storage_options=storage_options) as lh:
+            result["sees"] = lh.sql("SELECT sum(x) FROM shared.seed").scalar()
+            barrier.wait(timeout=60)
+            lh.create_table(f"shared.own_{me}", pa.table({"who": [me] * 3}))
+            barrier.wait(timeout=60)
+            try:
+                lh.create_table("shared.same", pa.table({"who": [me] * 5}))
+                result["same"] = "won"
+            except TableExists:
+                result["same"] = "exists"
+            except MatrixOSError as e:
+                result["same"] = f"{type(e).__name__}: {e}"
+    except BaseException as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    out.put(result)
+
+
+def _run_workers(
+    n: int, warehouse: str, catalog_url: str | None, storage_options: dict[str, str] | None
+) -> list[dict[str, Any]]:
+    barrier = SPAWN.Barrier(n)
+    out = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(
+            target=_worker, args=(warehouse, catalog_url, storage_options, i, barrier, out)
+        )
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return sorted(results, key=lambda r: r["me"])
+
+
+def _check_race(lh: mx.Lakehouse, results: list[dict[str, Any]], n: int) -> None:
+    assert all("error" not in r for r in results), results
+    assert [r["sees"] for r in results] == [6] * n  # every process saw the parent's table
+    assert sorted(lh.tables("shared")) == sorted(
+        ["main.shared.seed", "main.shared.same"] + [f"main.shared.own_{i}" for i in range(n)]
+    )
+    for i in range(n):
+        assert lh.table(f"shared.own_{i}").to_arrow().column("who").to_pylist() == [i] * 3
+    outcomes = [r["same"] for r in results]
+    assert outcomes.count("won") == 1, outcomes
+    assert outcomes.count("exists") == n - 1, outcomes
+    winner = outcomes.index("won")
+    same = lh.table("shared.same")
+    assert same.version == 0
+    # the catalog entry and the files agree: the winner's rows, nobody else's
+    assert same.to_arrow().column("who").to_pylist() == [winner] * 5
+    assert lh.sql("SELECT count(*), min(who), max(who) FROM shared.same").fetchall() == [
+        (5, winner, winner)
+    ]
+
+
+def test_processes_share_the_catalog_and_race_safely(lh: mx.Lakehouse, catalog_url: str) -> None:
+    lh.create_table("shared.seed", pa.table({"x": [1, 2, 3]}))
+    n = 4
+    results = _run_workers(n, lh.warehouse.uri, catalog_url, None)
+    _check_race(lh, results, n)
+    # the catalog database itself is intact
+    with mx.connect(lh.warehouse.uri, catalog_url=catalog_url) as fresh:
+        assert len(fresh.tables("shared")) == n + 2
+        for name in fresh.tables("shared"):
+            assert fresh.table(name).to_arrow().num_rows in (3, 5)
+
+
+def test_processes_on_one_s3_warehouse_find_one_catalog(s3_server: Any) -> None:
+    uri = f"s3://{s3_server.make_bucket()}/wh"
+    opts = s3_server.storage_options
+    with mx.connect(uri, storage_options=opts) as lh:
+        assert lh.catalog.url.startswith("sqlite:///")  # under MATRIXOS_HOME, not in the bucket
+        lh.create_table("shared.seed", pa.table({"x": [1, 2, 3]}))
+        n = 2
+        results = _run_workers(n, uri, None, opts)
+        _check_race(lh, results, n)
+    # a different warehouse URI gets a different catalog
+    other = f"s3://{s3_server.make_bucket()}/wh"
+    with mx.connect(other, storage_options=opts) as lh2:
+        assert lh2.tables() == []

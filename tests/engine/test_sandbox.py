@@ -1,0 +1,503 @@
+"""The SQL sandbox: user SQL reads only catalog tables, never files, settings or extensions.
+
+Two layers are tested separately, because either alone must hold:
+
+1. ``lh.sql`` refuses every escape with ``AccessDenied`` (a ``MatrixOSError``) that names what
+   is not allowed, and nothing changes on disk (no file written, no table created).
+2. The engine's DuckDB connection itself is locked: even raw SQL on it cannot read outside the
+   warehouse, change a setting or install/load an extension.
+
+Tested with DuckDB 2.0.0 (``duckdb.__version__``). Re-test on every DuckDB upgrade: new
+versions add table functions, settings and statements, and the layer-2 assertions pin the exact
+exception types DuckDB raises today.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import matrixos as mx
+from matrixos.errors import AccessDenied, MatrixOSError, TableNotFound
+
+# Every refusal message says that something is refused, not just that something failed.
+REFUSED = re.compile(r"not allowed|may (read|name) only", re.I)
+# The DuckDB release whose statements, functions and settings this file was reviewed against.
+REVIEWED_DUCKDB = "2.0"
+
+
+def test_duckdb_is_the_reviewed_release() -> None:
+    assert duckdb.__version__.startswith(REVIEWED_DUCKDB + "."), (
+        f"DuckDB is now {duckdb.__version__}: review engine/sandbox.py for new table functions, "
+        "settings and statements, re-run this file, then update REVIEWED_DUCKDB"
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private $HOME: where DuckDB would install extensions and persist secrets."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def lh(tmp_path: Path, home: Path) -> Iterator[mx.Lakehouse]:
+    with mx.connect(str(tmp_path / "wh")) as lake:
+        lake.create_table("t", pa.table({"id": [1, 2, 3], "s": ["a", "b", "c"]}))
+        yield lake
+
+
+def tree(root: Path) -> dict[str, int]:
+    """Every file under ``root`` (the catalog database aside) with its size."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            if not name.startswith("_catalog.db"):
+                out[str(path.relative_to(root))] = path.stat().st_size
+    return out
+
+
+@dataclass
+class Box:
+    """A lakehouse shared by the tests that only try (and fail) to escape from it."""
+
+    root: Path  # holds wh/ (the warehouse) and home/
+    home: Path
+    lh: mx.Lakehouse
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    root = tmp_path_factory.mktemp("sandbox")
+    (root / "home").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(root / "home"))
+        with mx.connect(str(root / "wh")) as lake:
+            lake.create_table("t", pa.table({"id": [1, 2, 3], "s": ["a", "b", "c"]}))
+            yield Box(root, root / "home", lake)
+
+
+@pytest.fixture
+def untouched(box: Box, tmp_path: Path) -> Iterator[None]:
+    """Asserts after the test that no file appeared, vanished or changed, and no table."""
+    before, tables = (tree(box.root), tree(tmp_path)), box.lh.tables()
+    rows = box.lh.sql("SELECT * FROM t ORDER BY id").fetchall()
+    yield
+    assert (tree(box.root), tree(tmp_path)) == before
+    assert box.lh.tables() == tables
+    assert box.lh.sql("SELECT * FROM t ORDER BY id").fetchall() == rows
+
+
+def refused(lh: mx.Lakehouse, sql: str, dialect: str | None = None) -> AccessDenied:
+    with pytest.raises(AccessDenied) as info:
+        lh.sql(sql, dialect=dialect)
+    err = info.value
+    assert isinstance(err, MatrixOSError)
+    assert REFUSED.search(str(err)), str(err)
+    return err
+
+
+# ------------------------------------------------------------------------ layer 1: lh.sql
+# (sql, dialect, what the message must name)
+ESCAPES = [
+    ("SELECT * FROM read_csv('/etc/passwd')", None, "read_csv()"),
+    ("SELECT * FROM read_csv(['/etc/passwd', '/etc/hosts'])", None, "read_csv()"),
+    ("SELECT * FROM read_csv_auto('/etc/passwd')", None, "read_csv_auto()"),
+    ("SELECT * FROM read_text('/etc/passwd')", None, "read_text()"),
+    ("SELECT * FROM read_blob('/etc/passwd')", None, "read_blob()"),
+    ("SELECT * FROM read_json('/etc/passwd')", None, "read_json()"),
+    ("SELECT * FROM sniff_csv('/etc/passwd')", None, "sniff_csv()"),
+    ("SELECT * FROM glob('/etc/*')", None, "glob()"),
+    ("SELECT * FROM '/etc/passwd'", None, "/etc/passwd"),
+    ("FROM '/etc/passwd'", None, "/etc/passwd"),
+    ('SELECT * FROM "/etc/passwd"', None, "/etc/passwd"),
+    ('SELECT * FROM "/etc/passwd"', "postgres", "/etc/passwd"),
+    ("SELECT * FROM `/etc/passwd`", "mysql", "/etc/passwd"),
+    ("SELECT * FROM `/etc/passwd`", "bigquery", "/etc/passwd"),
+    ("SELECT * FROM csv.`/etc/passwd`", "databricks", "/etc/passwd"),
+    ("SELECT * FROM parquet.`/etc/passwd`", "spark", "/etc/passwd"),
+    ("SELECT * FROM 's3://bucket/key.parquet'", None, "s3://bucket/key.parquet"),
+    ("SELECT * FROM 'https://example.com/x.csv'", None, "https://example.com/x.csv"),
+    ("SELECT * FROM 'data.csv'", None, "data.csv"),
+    ('SELECT * FROM "../x"', None, "../x"),
+    ('SELECT * FROM "a/b"', None, "a/b"),
+    ('SELECT * FROM main."default"."../../etc"', None, "../../etc"),
+    ('SELECT * FROM "main".".."."t"', None, ".."),
+    ('SELECT * FROM "~"', None, "~"),
+    ("SELECT * FROM parquet_metadata('/etc/passwd')", None, "parquet_metadata()"),
+    ("SELECT * FROM parquet_schema('/etc/passwd')", None, "parquet_schema()"),
+    ("SELECT read_text('/etc/passwd')", None, "read_text()"),
+    ("SELECT current_setting('threads')", None, "current_setting()"),
+    ("SELECT getenv('HOME')", None, "getenv()"),
+    ("SELECT * FROM duckdb_settings()", None, "duckdb_settings()"),
+    ("SELECT * FROM duckdb_extensions()", None, "duckdb_extensions()"),
+    ("SELECT * FROM duckdb_secrets()", None, "duckdb_secrets()"),
+    ("SELECT * FROM query('select 1')", None, "query()"),
+    ("SELECT * FROM query_table('t')", None, "query_table()"),
+    ("SELECT * FROM pragma_version()", None, "pragma_version()"),
+    ("SELECT * FROM sqlite_scan('/tmp/x.db', 't')", None, "sqlite_scan()"),
+    ("SELECT * FROM iceberg_scan('/tmp/x')", None, "iceberg_scan()"),
+    ("SELECT * FROM delta_scan('/tmp/x')", None, "delta_scan()"),
+    ("INSTALL httpfs", None, "INSTALL"),
+    ("FORCE INSTALL httpfs", None, "INSTALL"),
+    ("LOAD httpfs", None, "LOAD"),
+    ("SET enable_external_access = true", None, "SET"),
+    ("SET threads = 1", None, "SET"),
+    ("SET GLOBAL lock_configuration = false", None, "SET"),
+    ("RESET allowed_directories", None, "RESET"),
+    ("PRAGMA version", None, "PRAGMA"),
+    ("PRAGMA threads = 1", None, "PRAGMA"),
+    ("CALL pragma_version()", None, "CALL"),
+    ("CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')", None, "CREATE SECRET"),
+    ("CREATE MACRO m(a) AS a + 1", None, "CREATE MACRO"),
+    ("CREATE VIEW v AS SELECT * FROM t", None, "CREATE VIEW"),
+    ("CREATE FUNCTION f(a) AS a + 1", None, "CREATE FUNCTION"),
+    ("USE memory", None, "USE"),
+    ("DETACH memory", None, "DETACH"),
+    ("CHECKPOINT", None, "CHECKPOINT"),
+    ("SUMMARIZE t", None, "SUMMARIZE"),
+    ("IMPORT DATABASE '/tmp/x'", None, "IMPORT"),
+    # in every position a table or expression can take
+    ("WITH x AS (SELECT * FROM read_csv('/etc/passwd')) SELECT * FROM x", None, "read_csv()"),
+    ("SELECT * FROM t, LATERAL read_csv('/etc/passwd')", None, "read_csv()"),
+    (
+        "SELECT * FROM t WHERE s IN (SELECT content FROM read_text('/etc/passwd'))",
+        None,
+        "read_text",
+    ),
+    ("SELECT (SELECT content FROM read_text('/etc/passwd'))", None, "read_text()"),
+    (
+        "SELECT * FROM t UNION ALL SELECT 1, content FROM read_text('/etc/passwd')",
+        None,
+        "read_text",
+    ),
+    ("SELECT list_transform([1], x -> getenv('HOME'))", None, "getenv()"),
+    ("SELECT * FROM t WHERE s = 'a' AND read_blob('/etc/passwd') IS NULL", None, "read_blob()"),
+    ("SELECT * FROM t TIMESTAMP AS OF getenv('X')", None, "getenv()"),
+    ("EXPLAIN SELECT * FROM read_csv('/etc/passwd')", None, "read_csv()"),
+    ("SELECT 1; SELECT * FROM read_csv('/etc/passwd')", None, "read_csv()"),
+    # DML and DDL carry queries and expressions too
+    ("INSERT INTO t SELECT 1, content FROM read_text('/etc/passwd')", None, "read_text()"),
+    ("INSERT INTO t VALUES (4, getenv('HOME'))", None, "getenv()"),
+    ("CREATE TABLE leak AS SELECT * FROM read_text('/etc/passwd')", None, "read_text()"),
+    ("UPDATE t SET s = getenv('HOME') WHERE id = 1", None, "getenv()"),
+    ("UPDATE t SET s = current_setting('threads')", None, "current_setting()"),
+    ("DELETE FROM t WHERE s = getenv('HOME')", None, "getenv()"),
+    (
+        "MERGE INTO t USING (SELECT 1 AS id, content AS s FROM read_text('/etc/passwd')) src "
+        "ON t.id = src.id WHEN MATCHED THEN UPDATE SET s = src.s",
+        None,
+        "read_text()",
+    ),
+    # path-like names are refused in every statement, not only in queries
+    ('CREATE TABLE "../x" (a INT)', None, "../x"),
+    ('CREATE TABLE "a/b".t (a INT)', None, "a/b"),
+    ('CREATE SCHEMA "../x"', None, "../x"),
+    ('INSERT INTO "../../x" VALUES (1)', None, "../../x"),
+    ('DROP TABLE "../x"', None, "../x"),
+    ('DROP SCHEMA "/tmp"', None, "/tmp"),
+    ("DESCRIBE '/etc/passwd'", None, "/etc/passwd"),
+    ('OPTIMIZE "../x"', None, "../x"),
+    ('VACUUM "/tmp/x"', None, "/tmp/x"),
+]
+
+
+@pytest.mark.usefixtures("untouched")
+@pytest.mark.parametrize(("sql", "dialect", "what"), ESCAPES)
+def test_escape_is_refused(box: Box, sql: str, dialect: str | None, what: str) -> None:
+    err = refused(box.lh, sql, dialect)
+    assert what.lower() in str(err).lower(), str(err)
+    assert err.sqlstate == "42501"
+
+
+@pytest.mark.usefixtures("untouched")
+def test_read_parquet_of_a_warehouse_file_bypassing_the_catalog_is_refused(box: Box) -> None:
+    lh = box.lh
+    files = [p for p in Path(lh.table("t").location).glob("*.parquet")]
+    assert files  # the table really has a file that layer 2 alone would let DuckDB read
+    for sql in (
+        f"SELECT * FROM read_parquet('{files[0]}')",
+        f"SELECT * FROM '{files[0]}'",
+        f"SELECT * FROM parquet_metadata('{files[0]}')",
+        f"SELECT * FROM read_parquet('{lh.table('t').location}/*.parquet')",
+    ):
+        err = refused(lh, sql)
+        assert str(files[0].parent) in str(err) or "parquet" in str(err).lower()
+
+
+# (statement template, file or folder it would create) — {out} is a folder outside the
+# warehouse, {wh} the warehouse itself (which the locked connection can write, so only
+# layer 1 stands between these and overwriting table files).
+WRITES = [
+    ("COPY t TO '{out}/x.csv'", "{out}/x.csv", "COPY"),
+    ("COPY t TO '{wh}/x.csv' (FORMAT csv)", "{wh}/x.csv", "COPY"),
+    ("COPY (SELECT 1) TO '{out}/x.csv'", "{out}/x.csv", "COPY"),
+    (
+        "COPY (SELECT * FROM t) TO '{wh}/main/default/t/evil.parquet'",
+        "{wh}/main/default/t/evil.parquet",
+        "COPY",
+    ),
+    ("EXPORT DATABASE '{out}/export'", "{out}/export", "EXPORT"),
+    ("EXPORT DATABASE '{wh}/export' (FORMAT parquet)", "{wh}/export", "EXPORT"),
+    ("ATTACH '{out}/x.db'", "{out}/x.db", "ATTACH"),
+    ("ATTACH '{wh}/x.db' AS x", "{wh}/x.db", "ATTACH"),
+    ("CREATE TABLE located (a INT) LOCATION '{out}/located'", "{out}/located", "LOCATION"),
+    (
+        "CREATE TABLE located USING delta LOCATION '{wh}/loc' AS SELECT 1 AS a",
+        "{wh}/loc",
+        "LOCATION",
+    ),
+    ("CREATE TABLE located (a INT) WITH (location = '{out}/located')", "{out}/located", "LOCATION"),
+    ("INSTALL httpfs", "{home}/.duckdb", "INSTALL"),
+    (
+        "CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')",
+        "{home}/.duckdb",
+        "CREATE SECRET",
+    ),
+]
+
+
+@pytest.mark.usefixtures("untouched")
+@pytest.mark.parametrize(("template", "target", "what"), WRITES)
+def test_writing_statement_is_refused_and_writes_nothing(
+    box: Box, tmp_path: Path, template: str, target: str, what: str
+) -> None:
+    places = {"out": tmp_path, "wh": box.root / "wh", "home": box.home}
+    err = refused(box.lh, template.format(**places))
+    assert what.lower() in str(err).lower(), str(err)
+    assert not Path(target.format(**places)).exists()
+
+
+def test_python_replacement_scan_does_not_read_caller_variables(lh: mx.Lakehouse) -> None:
+    secret_df = pd.DataFrame({"secret": ["hunter2"]})  # what DuckDB would find by name
+    secret_arrow = pa.table({"secret": ["hunter2"]})
+    for name in ("secret_df", "secret_arrow"):
+        with pytest.raises(TableNotFound) as info:
+            lh.sql(f"SELECT * FROM {name}")
+        assert isinstance(info.value, LookupError)
+        assert "hunter2" not in str(info.value)
+    del secret_df, secret_arrow
+
+
+def test_duckdb_internal_schemas_are_not_reachable(lh: mx.Lakehouse) -> None:
+    for sql in (
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM duckdb_tables",
+        "SELECT * FROM pg_catalog.pg_settings",
+        "SELECT * FROM system.main.duckdb_settings",
+        "SELECT * FROM temp.main.t",
+    ):
+        with pytest.raises(TableNotFound):
+            lh.sql(sql)
+
+
+def test_refusal_comes_before_any_statement_runs(lh: mx.Lakehouse) -> None:
+    # A script is checked as it runs: statements before the escape take effect, the escape
+    # itself and anything after it do not.
+    refused(
+        lh, "INSERT INTO t VALUES (4, 'd'); COPY t TO '/tmp/x.csv'; INSERT INTO t VALUES (5, 'e')"
+    )
+    assert lh.sql("SELECT max(id) FROM t").scalar() == 4
+
+
+def test_table_named_like_an_internal_view_is_just_a_table(lh: mx.Lakehouse) -> None:
+    # The engine's own stand-ins for tables are named __mx_…; a user table of such a name must
+    # neither be mistaken for one of them nor break the query.
+    lh.sql("CREATE TABLE __mx_scan_1 (a INT)")
+    lh.sql("INSERT INTO __mx_scan_1 VALUES (42)")
+    assert lh.sql("SELECT a FROM __mx_scan_1").fetchall() == [(42,)]
+    assert lh.sql("SELECT t.id, x.a FROM t JOIN __mx_scan_1 x ON t.id = 1").fetchall() == [(1, 42)]
+
+
+def test_allowed_sql_still_runs(lh: mx.Lakehouse) -> None:
+    # The sandbox is not a blanket refusal: ordinary functions that happen to share a prefix
+    # or look like paths in string literals are fine.
+    row = lh.sql(
+        "SELECT count(*), string_agg(s, '/' ORDER BY s), '/etc/passwd' AS p, "
+        "regexp_replace('a/b', '/', '.') AS r FROM t"
+    ).fetchone()
+    assert row == (3, "a/b/c", "/etc/passwd", "a.b")
+
+
+# --------------------------------------------------------- layer 2: the locked connection
+@pytest.fixture
+def raw(lh: mx.Lakehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    cur = lh._engine._cursor()
+    yield cur
+    cur.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM read_blob('/etc/passwd')",
+        "SELECT * FROM glob('/etc/*')",
+        "ATTACH '/etc/passwd' AS x",
+    ],
+)
+def test_raw_connection_cannot_read_outside_the_warehouse(
+    raw: duckdb.DuckDBPyConnection, sql: str
+) -> None:
+    with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+        raw.execute(sql).fetchall()
+
+
+def test_raw_connection_is_confined_to_the_warehouse_folder_exactly(
+    raw: duckdb.DuckDBPyConnection, lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    wh = tmp_path / "wh"
+    # Inside the warehouse the connection can read (that is how tables are scanned) ...
+    assert raw.execute(f"SELECT count(*) FROM glob('{wh}/**/*.parquet')").fetchone() == (1,)
+    # ... but not a sibling whose name merely starts the same, nor ``..``, nor a symlink out.
+    (tmp_path / "wh2").mkdir()
+    (tmp_path / "wh2" / "secret.csv").write_text("a\n1\n")
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    (wh / "link.csv").symlink_to(tmp_path / "secret.csv")
+    (wh / "up").symlink_to(tmp_path)
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute(f"SELECT * FROM '{tmp_path}/secret.csv'").fetchall()
+    for path in (
+        tmp_path / "wh2" / "secret.csv",
+        f"{wh}/../secret.csv",
+        f"{wh}/main/../../secret.csv",
+        f"file://{wh}/../secret.csv",
+        wh / "link.csv",
+        wh / "up" / "secret.csv",
+    ):
+        with pytest.raises(duckdb.PermissionException):
+            raw.execute(f"SELECT * FROM read_csv('{path}')").fetchall()
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute(f"COPY (SELECT 1) TO '{wh}/../out.csv'")
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET threads = 1",
+        "SET memory_limit = '1GB'",
+        "SET enable_external_access = true",
+        "SET allowed_directories = ['/']",
+        "SET python_enable_replacements = true",
+        "SET autoinstall_known_extensions = true",
+        "SET autoload_known_extensions = true",
+        "SET allow_community_extensions = true",
+        "SET lock_configuration = false",
+        "SET GLOBAL threads = 1",
+        "RESET threads",
+        "RESET lock_configuration",
+        "PRAGMA threads = 1",
+    ],
+)
+def test_raw_connection_cannot_change_settings(raw: duckdb.DuckDBPyConnection, sql: str) -> None:
+    before = raw.execute("SELECT name, value FROM duckdb_settings() ORDER BY name").fetchall()
+    with pytest.raises(duckdb.InvalidInputException, match="configuration has been locked"):
+        raw.execute(sql)
+    after = raw.execute("SELECT name, value FROM duckdb_settings() ORDER BY name").fetchall()
+    assert after == before
+    settings = dict(after)
+    assert settings["enable_external_access"] == "false"
+    assert settings["lock_configuration"] == "true"
+    assert settings["autoinstall_known_extensions"] == "false"
+    assert settings["autoload_known_extensions"] == "false"
+    # Connection-local settings must reach the per-statement cursor too.
+    assert settings["python_enable_replacements"] == "false"
+    assert settings["TimeZone"] == "UTC"
+
+
+def test_raw_connection_allows_only_the_warehouse_and_duckdb_spill_folder(
+    raw: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    allowed, temp = raw.execute(
+        "SELECT current_setting('allowed_directories'), current_setting('temp_directory')"
+    ).fetchone()
+    # DuckDB adds its own spill folder (``<cwd>/.tmp`` by default) to the allowed list.
+    spill = os.path.abspath(temp).rstrip("/") + "/"
+    assert set(allowed) <= {f"{tmp_path / 'wh'}/", spill}
+    assert f"{tmp_path / 'wh'}/" in allowed
+
+
+def test_every_statement_runs_in_utc_whatever_the_machine_time_zone(tmp_path: Path) -> None:
+    # TimeZone is a connection-local DuckDB setting; statements run on cursors, which would
+    # otherwise take the machine's zone (and the locked configuration would keep it).
+    script = f"""
+import pyarrow as pa, matrixos as mx
+lh = mx.connect({str(tmp_path / "wh")!r})
+lh.create_table("t", pa.table({{"ts": pa.array([0], pa.timestamp("us", "UTC"))}}))
+print(lh.sql("SELECT CAST(TIMESTAMPTZ '2024-01-01 03:00:00+00' AS DATE)::VARCHAR").scalar())
+print(lh.sql("SELECT ts FROM t").to_arrow().schema.field("ts").type.tz)
+print(lh.sql("SELECT hour(ts) FROM t").scalar())
+"""
+    env = {**os.environ, "TZ": "America/New_York"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "2024-01-01"
+    assert out[1] in ("UTC", "Etc/UTC")
+    assert out[2] == "0"
+
+
+def test_raw_connection_cannot_install_or_load_extensions(
+    raw: duckdb.DuckDBPyConnection, home: Path
+) -> None:
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute("INSTALL httpfs")
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute("FORCE INSTALL httpfs")
+    with pytest.raises(duckdb.PermissionException, match="disabled through configuration"):
+        raw.execute("LOAD httpfs")
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute("LOAD '/tmp/evil.duckdb_extension'")
+    assert not (home / ".duckdb").exists()
+
+
+def test_raw_connection_cannot_persist_secrets_or_write_files(
+    raw: duckdb.DuckDBPyConnection, home: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute("CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')")
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute(f"COPY (SELECT 1) TO '{tmp_path}/x.csv'")
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute(f"EXPORT DATABASE '{tmp_path}/export'")
+    with pytest.raises(duckdb.PermissionException):
+        raw.execute(f"ATTACH '{tmp_path}/x.db'")
+    assert not (home / ".duckdb").exists()
+    assert not (tmp_path / "x.csv").exists()
+    assert not (tmp_path / "export").exists()
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_raw_connection_has_no_python_replacement_scans(raw: duckdb.DuckDBPyConnection) -> None:
+    secret_df = pd.DataFrame({"secret": ["hunter2"]})
+    with pytest.raises(duckdb.CatalogException):
+        raw.execute("SELECT * FROM secret_df").fetchall()
+    del secret_df
+
+
+def test_constant_folding_connection_has_no_file_access_at_all(
+    lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    # The connection that folds constants (time travel, pruning) allows no directory.
+    files = list((tmp_path / "wh").rglob("*.parquet"))
+    assert files
+    cur = lh._engine._consts.cursor()
+    with pytest.raises(duckdb.PermissionException):
+        cur.execute(f"SELECT * FROM read_parquet('{files[0]}')").fetchall()
+    with pytest.raises(duckdb.InvalidInputException):
+        cur.execute("SET enable_external_access = true")
