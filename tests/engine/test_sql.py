@@ -692,8 +692,8 @@ def test_result_repr_html_is_bounded(lake: mx.Lakehouse) -> None:
 def test_result_feeds_duckdb_and_create_table(lake: mx.Lakehouse, lh: mx.Lakehouse) -> None:
     # Anything that takes __arrow_c_stream__ takes a Result: DuckDB, and create_table itself.
     con = duckdb.connect()
-    summed = con.from_arrow(lake.sql("SELECT n FROM hr.visits")).aggregate("sum(n)").fetchone()
-    assert summed == (28,)
+    summed = con.from_arrow(lake.sql("SELECT n FROM hr.visits")).aggregate("sum(n)").fetchall()
+    assert summed == [(28,)]
     t = lh.create_table("copy", lake.sql("SELECT * FROM hr.people ORDER BY id"))
     assert t.to_arrow().num_rows == 6
     assert lh.sql("SELECT first_name FROM copy WHERE id = 6").scalar() == "Fay"
