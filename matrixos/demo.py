@@ -81,11 +81,13 @@ def run_demo(
     """Create a warehouse, load TPC-H at ``scale`` and print a short tour of MatrixOS.
 
     Args:
-        warehouse: where the warehouse lives (created if missing); default ``./warehouse``.
+        warehouse: where the warehouse lives (created if missing); default
+            ``$MATRIXOS_WAREHOUSE`` or ``./warehouse``.
         scale: the TPC-H scale factor (0.01 is about 87,000 rows in all).
         console: a ``rich.console.Console`` to print to (default: standard output).
 
     Raises:
+        ConfigError: ``scale`` is not positive.
         matrixos._tpch.TpchError: the TPC-H generator could not run (it needs PyPI the first
             time, to install ``duckdb==1.4.4`` and ``duckdb-ext-tpch`` into a venv of its own).
 
@@ -97,9 +99,16 @@ def run_demo(
     from rich.console import Console
 
     import matrixos as mx
+    from matrixos.config import resolve_settings
 
+    if not scale > 0:
+        from matrixos.errors import ConfigError
+
+        raise ConfigError(f"scale must be a positive TPC-H scale factor, got {scale!r}")
     con = console if console is not None else Console()
-    root = Path(warehouse if warehouse is not None else "warehouse").resolve()
+    root = resolve_settings(warehouse=warehouse).warehouse  # or $MATRIXOS_WAREHOUSE, ./warehouse
+    if "://" not in root:
+        root = str(Path(root).resolve())
     con.rule("[bold]MatrixOS demo")
     con.print(f"warehouse [bold]{root}[/], TPC-H scale factor {scale:g}")
 
@@ -111,7 +120,7 @@ def run_demo(
         )
         con.print(f"[dim]{data.root}[/]")
 
-    lh = mx.connect(str(root))
+    lh = mx.connect(root)
     try:
         with _step(con, "2. Load", f"eight tables into schema {SCHEMA!r} with lh.create_table"):
             rows = _tpch.load(lh, data, SCHEMA, replace=True)
