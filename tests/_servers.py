@@ -94,6 +94,18 @@ class _Server:
 
 _MOTO_CHILD = """
 import logging, sys
+# moto checks If-None-Match and stores the object in two steps; serialize PUTs so conditional
+# commits are atomic as on real S3 (otherwise two Delta writers can both win one version).
+import threading
+from moto.s3.responses import S3Response
+_lock = threading.Lock()
+def _serialized(orig):
+    def handler(self, *args, **kwargs):
+        with _lock:
+            return orig(self, *args, **kwargs)
+    return handler
+for _name in ("put_object", "_key_response_post"):
+    setattr(S3Response, _name, _serialized(getattr(S3Response, _name)))
 from moto.server import ThreadedMotoServer
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)

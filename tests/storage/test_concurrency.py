@@ -22,11 +22,6 @@ import matrixos as mx
 from matrixos.errors import ConcurrentWriteError, MatrixOSError, SQLError
 from matrixos.storage.delta import DeltaStore
 
-try:  # as conftest.py imports them
-    from tests._servers import S3Server, WarehouseTarget
-except ModuleNotFoundError:
-    from _servers import S3Server, WarehouseTarget  # type: ignore[no-redef]
-
 SPAWN = mp.get_context("spawn")
 OPS = 4  # writes per writer process
 
@@ -37,47 +32,6 @@ OPS = 4  # writes per writer process
 # delta-rs appends lose most of their commits, with no error). S3 itself is atomic, and Delta's
 # commit protocol relies on it. These tests race writers for commit files, so their moto server
 # serializes its PUT handlers, which restores S3's semantics and changes nothing else.
-_ATOMIC_PUTS = """
-import threading
-from moto.s3.responses import S3Response
-_lock = threading.Lock()
-def _serialized(orig):
-    def handler(self, *args, **kwargs):
-        with _lock:
-            return orig(self, *args, **kwargs)
-    return handler
-for _name in ("put_object", "_key_response_post"):
-    setattr(S3Response, _name, _serialized(getattr(S3Response, _name)))
-"""
-
-
-@pytest.fixture(scope="module")
-def atomic_s3_server() -> Iterator[S3Server]:
-    """The shared fixtures' S3Server, its moto child started with atomic conditional PUTs."""
-    child = S3Server.start.__globals__  # the module S3Server reads its child script from
-    with pytest.MonkeyPatch.context() as mp_:
-        mp_.setitem(child, "_MOTO_CHILD", _ATOMIC_PUTS + child["_MOTO_CHILD"])
-        server = S3Server()
-        server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["local", "s3"], ids=["local", "s3"])
-def warehouse_root(request: pytest.FixtureRequest, tmp_path: Any) -> WarehouseTarget:
-    """Like conftest's ``warehouse_root``, on the atomic S3 server for the s3 case."""
-    if request.param == "local":
-        root = tmp_path / "warehouse"
-        root.mkdir()
-        return WarehouseTarget(uri=str(root), storage_options=None, kind="local")
-    s3: S3Server = request.getfixturevalue("atomic_s3_server")
-    return WarehouseTarget(
-        uri=f"s3://{s3.make_bucket()}/wh", storage_options=s3.storage_options, kind="s3"
-    )
-
-
 @pytest.fixture
 def lh(warehouse_root: Any) -> Iterator[mx.Lakehouse]:
     with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
