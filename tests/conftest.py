@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import matrixos as mx
+
 try:  # tests/ imported as a package (tests/__init__.py, or the repo root on sys.path)
     from tests._servers import PostgresServer, S3Server, WarehouseTarget
 except ModuleNotFoundError:  # pytest's default "prepend" import mode puts tests/ on sys.path
@@ -72,3 +74,10 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     pg: PostgresServer = request.getfixturevalue("postgres_server")
     return pg.url(pg.create_database())
+
+
+@pytest.fixture
+def lh(warehouse_root: WarehouseTarget) -> Iterator[mx.Lakehouse]:
+    """A session on a fresh warehouse, local or on the S3 server (per ``warehouse_root``)."""
+    with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
+        yield lh

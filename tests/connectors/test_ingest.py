@@ -8,13 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import matrixos as mx
 from matrixos.errors import IngestError, SchemaMismatch
-
-
-@pytest.fixture
-def lh(warehouse_root):
-    return mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options)
 
 
 def test_ingest_modes_and_bad_file(lh, tmp_path) -> None:

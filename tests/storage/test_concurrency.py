@@ -10,7 +10,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -26,16 +26,8 @@ SPAWN = mp.get_context("spawn")
 OPS = 4  # writes per writer process
 
 
-# moto checks ``If-None-Match: *`` and then stores the object in two steps with no lock
-# between them, so two writers racing for one commit file (``_delta_log/N.json``) can both
-# succeed and one commit silently vanishes (reproduced: widen that window and concurrent
-# delta-rs appends lose most of their commits, with no error). S3 itself is atomic, and Delta's
-# commit protocol relies on it. These tests race writers for commit files, so their moto server
-# serializes its PUT handlers, which restores S3's semantics and changes nothing else.
-@pytest.fixture
-def lh(warehouse_root: Any) -> Iterator[mx.Lakehouse]:
-    with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
-        yield lh
+# Writers race for commit files (``_delta_log/N.json``); the shared test S3 server serializes
+# PUTs so conditional commits are atomic, as on real S3 (see tests/_servers.py).
 
 
 def data_files(lh: mx.Lakehouse, location: str) -> set[str]:

@@ -7,7 +7,6 @@ import datetime as dt
 import itertools
 import re
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,12 +23,6 @@ UTC = dt.UTC
 
 
 # ------------------------------------------------------------------------------------ helpers
-@pytest.fixture
-def lh(warehouse_root: Any) -> Iterator[mx.Lakehouse]:
-    with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
-        yield lh
-
-
 def parquet_files(lh: mx.Lakehouse, location: str) -> set[str]:
     """Data files under a table folder, as the storage itself lists them (not the Delta log)."""
     fs = lh.warehouse.fs
