@@ -165,6 +165,20 @@ class PrunedScan:
         return len(self.snapshot.files) - len(self.files)
 
 
+@dataclass
+class LanceScan:
+    """A Lance table at one version: DuckDB scans the dataset through Arrow, pushing projections
+    and filters into Lance (which uses its scalar indexes and skips fragments)."""
+
+    location: str
+    version: int
+    dataset: Any  # lance.LanceDataset
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.dataset.schema  # type: ignore[no-any-return]
+
+
 def prune(snapshot: Snapshot, predicates: Sequence[Predicate]) -> PrunedScan:
     """Files that may hold rows matching every predicate."""
     types = {f.name: f.type for f in snapshot.schema}

@@ -24,6 +24,7 @@ from sqlglot.tokens import TokenType
 
 from matrixos.catalog import DEFAULT_CATALOG, TableIdent, TableInfo
 from matrixos.catalog.names import check_part
+from matrixos.engine.functions import expand_functions, is_function_result
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import (
     check_query,
@@ -32,6 +33,7 @@ from matrixos.engine.sandbox import (
     locked_connection,
 )
 from matrixos.engine.scan import (
+    LanceScan,
     Predicate,
     PrunedScan,
     Snapshot,
@@ -157,15 +159,23 @@ class SQLEngine:
     # -- queries ----------------------------------------------------------------------------
     def query(self, tree: exp.Expr, *, explain: bool = False) -> Result:
         tree = tree.copy() if explain else tree
-        refs = check_query(tree)
+        functions = expand_functions(self, tree)
+        refs = [r for r in check_query(tree) if not is_function_result(r)]
         bound = self._bind(tree, refs)
-        cur = self._cursor([b.snapshot.location for _, b in bound])
+        cur = self._cursor([b.snapshot.location for _, b in bound if isinstance(b, PrunedScan)])
         try:
+            functions.install(cur)
             sql = self._install(cur, tree, bound)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
-                lines = []
+                lines = list(functions.explain)
                 for ident, scan in bound:
+                    if isinstance(scan, LanceScan):
+                        lines.append(
+                            f"Scan {ident} (lance, version {scan.version}): projection and "
+                            "filters pushed into Lance"
+                        )
+                        continue
                     lines.append(
                         f"Scan {ident} (delta, version {scan.snapshot.version}): "
                         f"{len(scan.files)} of {len(scan.snapshot.files)} files after pruning"
@@ -227,13 +237,15 @@ class SQLEngine:
         ident = TableIdent.from_parts(node.catalog or None, node.db or None, node.name)
         return self.lh.catalog.get_table(ident)
 
-    def _bind(self, tree: exp.Expr, refs: list[exp.Table]) -> list[tuple[TableIdent, PrunedScan]]:
+    def _bind(
+        self, tree: exp.Expr, refs: list[exp.Table]
+    ) -> list[tuple[TableIdent, PrunedScan | LanceScan]]:
         """Resolve every table reference to a pruned scan of its snapshot."""
-        snaps: list[tuple[exp.Table, TableInfo, Snapshot]] = []
+        snaps: list[tuple[exp.Table, TableInfo, Snapshot | LanceScan]] = []
         # A table named twice (self-joins, subqueries: TPC-H Q2, Q21) is looked up and its
         # snapshot loaded once, so every reference also reads the same version.
         infos: dict[tuple[str, str, str], TableInfo] = {}
-        seen: dict[tuple[str, int | None, Any], Snapshot] = {}
+        seen: dict[tuple[str, int | None, Any], Snapshot | LanceScan] = {}
         for node in refs:
             key = (node.catalog, node.db, node.name)
             info = infos.get(key)
@@ -243,19 +255,30 @@ class SQLEngine:
             skey = (info.location, version, timestamp)
             snap = seen.get(skey)
             if snap is None:
-                snap = seen[skey] = self._snapshot(info, version, timestamp)
+                snap = seen[skey] = (
+                    self._lance_scan(info, version, timestamp)
+                    if info.format == "lance"
+                    else self._snapshot(info, version, timestamp)
+                )
             snaps.append((node, info, snap))
-        out = []
+        out: list[tuple[TableIdent, PrunedScan | LanceScan]] = []
         for node, info, snap in snaps:
+            if isinstance(snap, LanceScan):
+                out.append((info.ident, snap))
+                continue
             preds = self._predicates(node, snap, snaps)
             out.append((info.ident, prune(snap, preds)))
         return out
+
+    def _lance_scan(self, info: TableInfo, version: int | None, timestamp: Any) -> LanceScan:
+        ds = self.lh._store(info).open(version=version, timestamp=timestamp)
+        return LanceScan(info.location, int(ds.version), ds)
 
     def _install(
         self,
         cur: duckdb.DuckDBPyConnection,
         tree: exp.Expr,
-        bound: list[tuple[TableIdent, PrunedScan]],
+        bound: list[tuple[TableIdent, PrunedScan | LanceScan]],
     ) -> str:
         """The statement's DuckDB SQL with each table reference replaced by a subquery over its
         pruned files (its Arrow sources registered on ``cur``).
@@ -268,19 +291,18 @@ class SQLEngine:
         token = f"__mx_scan_{uuid.uuid4().hex}_"
         bodies: dict[str, str] = {}
         for i, (node, (_, scan)) in enumerate(zip(_table_refs(tree), bound, strict=True)):
+            placeholder = f"{token}{i}"
+            if isinstance(scan, LanceScan):
+                bodies[placeholder] = f'SELECT * FROM "{ctx.register(scan.dataset)}"'
+                self._stand_in(node, placeholder)
+                continue
             ctx.filesystem = (
                 self.lh.warehouse.options.to_pyarrow()
                 if is_remote(scan.snapshot.location)
                 else None
             )
-            placeholder = f"{token}{i}"
             bodies[placeholder] = render_scan(scan, ctx)
-            alias = node.args.get("alias")
-            if alias is None:
-                alias = exp.TableAlias(this=exp.to_identifier(node.name))
-            stand_in = exp.Table(this=exp.to_identifier(placeholder, quoted=True), alias=alias)
-            stand_in.meta["mx_original"] = node
-            node.replace(stand_in)
+            self._stand_in(node, placeholder)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.
@@ -289,6 +311,15 @@ class SQLEngine:
             return sql
         pattern = re.compile('"(' + re.escape(token) + r'\d+)"')
         return pattern.sub(lambda m: "(" + bodies[m.group(1)] + ")", sql)
+
+    @staticmethod
+    def _stand_in(node: exp.Table, placeholder: str) -> None:
+        alias = node.args.get("alias")
+        if alias is None:
+            alias = exp.TableAlias(this=exp.to_identifier(node.name))
+        stand_in = exp.Table(this=exp.to_identifier(placeholder, quoted=True), alias=alias)
+        stand_in.meta["mx_original"] = node
+        node.replace(stand_in)
 
     def _time_travel(self, node: exp.Table) -> tuple[int | None, Any]:
         v = node.args.get("version")
@@ -329,7 +360,7 @@ class SQLEngine:
         self,
         node: exp.Table,
         snap: Snapshot,
-        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot]],
+        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | LanceScan]],
     ) -> list[Predicate]:
         sel = node.parent
         while sel is not None and not isinstance(sel, exp.Select):
@@ -438,12 +469,40 @@ class SQLEngine:
             m = re.match(r"^(TABLES|SCHEMAS|DATABASES)(?:\s+(?:IN|FROM)\s+(\S+))?\s*$", rest, re.I)
             if m:
                 return self._show(m.group(1).upper(), m.group(2))
+        if cmd in ("CREATE", "DROP") and re.match(r"^VOLUME\s", rest, re.I):
+            return self._volume_ddl(cmd, rest, dialect)
         what = cmd
         if cmd in ("CREATE", "ALTER", "DROP"):
             modifiers = {"OR", "REPLACE", "PERSISTENT", "TEMP", "TEMPORARY", "IF", "NOT", "EXISTS"}
             kind = next((w for w in rest.upper().split() if w not in modifiers), "")
             what = f"{cmd} {kind}".strip()
         raise AccessDenied(f"{what} statements are not allowed", sql=f"{cmd} {rest}")
+
+    def _volume_ddl(self, cmd: str, rest: str, dialect: str) -> Result:
+        """``CREATE VOLUME [IF NOT EXISTS] s.v [COMMENT '…']``, ``DROP VOLUME [IF EXISTS] s.v``."""
+        if cmd == "CREATE":
+            m = re.match(
+                r"^VOLUME\s+(IF\s+NOT\s+EXISTS\s+)?(\S+)(?:\s+COMMENT\s+'((?:[^']|'')*)')?\s*$",
+                rest,
+                re.I,
+            )
+            if not m:
+                raise SQLError(
+                    f"cannot parse CREATE {rest!r}",
+                    hint="CREATE VOLUME [IF NOT EXISTS] schema.name [COMMENT '...']",
+                )
+            comment = m.group(3).replace("''", "'") if m.group(3) is not None else None
+            self.lh.create_volume(
+                _name(m.group(2), dialect), comment=comment, if_not_exists=bool(m.group(1))
+            )
+            return _ok("CREATE VOLUME")
+        m = re.match(r"^VOLUME\s+(IF\s+EXISTS\s+)?(\S+)\s*$", rest, re.I)
+        if not m:
+            raise SQLError(
+                f"cannot parse DROP {rest!r}", hint="DROP VOLUME [IF EXISTS] schema.name"
+            )
+        self.lh.drop_volume(_name(m.group(2), dialect), if_exists=bool(m.group(1)))
+        return _ok("DROP VOLUME")
 
     def _do_show(self, stmt: exp.Show, dialect: str) -> Result:
         what = str(stmt.this).upper()
@@ -524,8 +583,8 @@ class SQLEngine:
                 properties[p.name] = p.args["value"].name
             else:
                 raise NotSupported(f"table property {p.sql(dialect=dialect)} is not supported")
-        if fmt not in ("delta", "parquet"):
-            raise NotSupported(f"USING {fmt} is not supported yet; tables are Delta")
+        if fmt not in ("delta", "parquet", "lance"):
+            raise NotSupported(f"USING {fmt} is not supported; tables are Delta or Lance")
         exists = self.lh.catalog.find_table(ident) is not None
         if exists and stmt.args.get("exists"):
             return _ok("CREATE TABLE", skipped=True)
@@ -544,6 +603,7 @@ class SQLEngine:
             data,
             schema=schema,
             partition_by=partition_by or None,
+            format="lance" if fmt == "lance" else "delta",
             comment=comment,
             properties=properties,
             mode=mode,  # type: ignore[arg-type]
@@ -759,7 +819,9 @@ def _table_refs(tree: exp.Expr) -> list[exp.Table]:
     return [
         t
         for t in tree.find_all(exp.Table)
-        if isinstance(t.this, exp.Identifier) and not is_cte_reference(t)
+        if isinstance(t.this, exp.Identifier)
+        and not is_cte_reference(t)
+        and not is_function_result(t)
     ]
 
 

@@ -7,7 +7,8 @@ import getpass
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from matrixos.engine.result import Result
     from matrixos.engine.sql import SQLEngine
     from matrixos.storage.delta import DeltaStore
+    from matrixos.storage.lance import LanceStore
+    from matrixos.storage.volume import Volume
     from matrixos.table import Table
 
 
@@ -141,9 +144,9 @@ class Lakehouse:
 
     def table(self, name: str | TableIdent) -> Table:
         """An existing table; raises ``TableNotFound``."""
-        from matrixos.table import Table
+        from matrixos.table import open_table
 
-        return Table(self, self.catalog.get_table(TableIdent.parse(name)))
+        return open_table(self, self.catalog.get_table(TableIdent.parse(name)))
 
     def create_table(
         self,
@@ -166,8 +169,8 @@ class Lakehouse:
         Example:
             >>> lh.create_table("iot.readings", rows, partition_by=["day"])  # doctest: +SKIP
         """
-        if format != "delta":
-            raise NotSupported(f"format={format!r} is not available yet; use 'delta'")
+        if format not in ("delta", "lance"):
+            raise NotSupported(f"format={format!r} is not supported; use 'delta' or 'lance'")
         ident = TableIdent.parse(name)
         existing = self.catalog.find_table(ident)
         if existing is not None:
@@ -217,19 +220,28 @@ class Lakehouse:
         return self.table(ident)
 
     def register_table(
-        self, name: str, location: str, *, comment: str | None = None, create_schema: bool = True
+        self,
+        name: str,
+        location: str,
+        *,
+        format: Literal["delta", "lance"] | None = None,
+        comment: str | None = None,
+        create_schema: bool = True,
     ) -> Table:
-        """Add an existing Delta table (written by Spark, Databricks, delta-rs…) as external.
+        """Add an existing Delta table (written by Spark, Databricks, delta-rs…) or Lance
+        dataset (lance, LanceDB) as external; ``format`` is detected when not given.
 
         Dropping it later removes only the catalog entry, never its files.
         """
-        from matrixos.storage.delta import DeltaStore
-
         ident = TableIdent.parse(name)
         location = normalize_uri(location)
-        store = DeltaStore(location, self.warehouse.delta_options(location))
+        if format is None:
+            fs = self.warehouse.fs if self.warehouse.is_remote else None
+            format = _detect_format(location, fs)
+        probe = TableInfo(ident=ident, format=format, location=location, external=True)
+        store = self._store(probe)
         if not store.exists():
-            raise TableNotFound(f"no Delta table at {location}")
+            raise TableNotFound(f"no {format.capitalize()} table at {location}")
         store.open()  # refuses protocols it cannot read
         if create_schema:
             self.catalog.create_schema(
@@ -237,7 +249,7 @@ class Lakehouse:
             )
         info = TableInfo(
             ident=ident,
-            format="delta",
+            format=format,
             location=location,
             external=True,
             comment=comment,
@@ -258,6 +270,109 @@ class Lakehouse:
         self._tables.pop(info.location, None)
         if purge and not info.external:
             self.warehouse.remove(info.location)
+
+    # -- search -----------------------------------------------------------------------------
+    def search(
+        self,
+        table: str,
+        query: Any,
+        *,
+        k: int = 10,
+        mode: Literal["vector", "text", "hybrid"] = "vector",
+        filter: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Top ``k`` rows of a Lance table for ``query`` (text or a vector) plus ``_score``.
+
+        ``mode``: ``vector`` (ANN over the embedding), ``text`` (BM25) or ``hybrid``
+        (reciprocal rank fusion of both). ``filter`` is a SQL predicate applied before top-k.
+
+        Example:
+            >>> lh.search("kb.chunks", "vacuum a table", k=5, mode="hybrid")  # doctest: +SKIP
+        """
+        from matrixos.lance_table import lance_table_or_error
+
+        t = lance_table_or_error(self.table(table))
+        return t.search(query, k=k, mode=mode, filter=filter, columns=columns)
+
+    # -- volumes ----------------------------------------------------------------------------
+    def volumes(self, schema: str | None = None) -> list[str]:
+        """Fully qualified names of the volumes (in ``[catalog.]schema`` when given)."""
+        c, s = parse_schema(schema) if schema else (None, None)
+        return [v.name for v in self.catalog.list_volumes(c, s)]
+
+    def volume(self, name: str | TableIdent) -> Volume:
+        """An existing volume (a governed folder of raw files); raises ``VolumeNotFound``.
+
+        Example:
+            >>> lh.volume("raw.docs").list()  # doctest: +SKIP
+        """
+        from matrixos.storage.volume import Volume
+
+        return Volume(self.catalog.get_volume(TableIdent.parse(name)), self.warehouse)
+
+    def create_volume(
+        self,
+        name: str,
+        *,
+        comment: str | None = None,
+        if_not_exists: bool = True,
+        create_schema: bool = True,
+    ) -> Volume:
+        """Create a managed volume at ``<warehouse>/<catalog>/<schema>/.volumes/<name>/``.
+
+        Example:
+            >>> lh.create_volume("raw.docs").put("scan.pdf")  # doctest: +SKIP
+        """
+        from matrixos.catalog.store import VolumeInfo
+        from matrixos.storage.volume import volume_location
+
+        ident = TableIdent.parse(name)
+        if self.catalog.find_volume(ident) is not None:
+            if if_not_exists:
+                return self.volume(ident)
+            raise TableExists(f"volume {ident} already exists")
+        if create_schema and not self.catalog.schema_exists(ident.catalog, ident.schema):
+            self.catalog.create_schema(
+                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
+            )
+        location = volume_location(self.warehouse, ident)
+        info = VolumeInfo(ident=ident, location=location, comment=comment, owner=self.user)
+        try:
+            # The catalog row is the lock (as for tables): only its winner touches the folder.
+            self.catalog.create_volume(info)
+        except TableExists:
+            if if_not_exists:
+                return self.volume(ident)
+            raise
+        # Files left by a drop that died before deleting them must not resurface here.
+        self.warehouse.remove(location)
+        if not self.warehouse.is_remote:
+            Path(location).mkdir(parents=True, exist_ok=True)
+        return self.volume(ident)
+
+    def drop_volume(self, name: str, *, if_exists: bool = False) -> None:
+        """Remove a volume; a managed volume's files are deleted."""
+        try:
+            info = self.catalog.drop_volume(TableIdent.parse(name))
+        except TableNotFound:
+            if if_exists:
+                return
+            raise
+        if not info.external:
+            self.warehouse.remove(info.location)
+
+    def open_uri(self, uri: str, mode: str = "rb") -> IO[Any]:
+        """Open a volume file by its full URI (e.g. a table's ``uri`` column) for reading."""
+        from matrixos.errors import AccessDenied
+        from matrixos.storage.volume import Volume
+
+        full = normalize_uri(uri)
+        owners = [v for v in self.catalog.list_volumes() if full.startswith(v.location + "/")]
+        if not owners:
+            raise AccessDenied(f"{uri} is not a file in any volume of this lakehouse")
+        owner = max(owners, key=lambda v: len(v.location))
+        return Volume(owner, self.warehouse).open_uri(full, mode)
 
     # -- ingest -----------------------------------------------------------------------------
     def ingest(
@@ -286,10 +401,21 @@ class Lakehouse:
         )
 
     # -- internals shared by Table and the SQL engine ---------------------------------------
-    def _store(self, info: TableInfo) -> DeltaStore:
+    def _store(self, info: TableInfo) -> DeltaStore | LanceStore:
         from matrixos.storage.delta import DeltaStore
 
         s = self.settings
+        if info.format == "lance":
+            from matrixos.storage.lance import LanceStore
+
+            return LanceStore(
+                info.location,
+                self.warehouse.lance_options(info.location),
+                commit_retries=s.commit_retries,
+                auto_compact_min_files=int(
+                    info.properties.get("matrixos.autoCompact.minFiles", s.auto_compact_min_files)
+                ),
+            )
         return DeltaStore(
             info.location,
             self.warehouse.delta_options(info.location),
@@ -308,19 +434,33 @@ class Lakehouse:
         timestamp: datetime | str | None = None,
     ) -> DeltaTable:
         """The table's latest snapshot (cached, refreshed incrementally) or a past one."""
+        from matrixos.storage.delta import DeltaStore
+
+        store = self._store(info)
+        if not isinstance(store, DeltaStore):
+            raise NotSupported(f"table {info.name} is a {info.format} table, not Delta")
         if version is not None or timestamp is not None:
-            return self._store(info).open(version=version, timestamp=timestamp)
+            return store.open(version=version, timestamp=timestamp)
         dt = self._tables.get(info.location)
         if dt is None:
-            dt = self._store(info).open()
+            dt = store.open()
             self._tables[info.location] = dt
         else:
             try:
                 dt.update_incremental()
             except Exception:
-                dt = self._store(info).open()
+                dt = store.open()
                 self._tables[info.location] = dt
         return dt
+
+
+def _detect_format(location: str, fs: Any = None) -> Literal["delta", "lance"]:
+    """``lance`` for a folder holding ``_versions/`` (a Lance dataset), else ``delta``."""
+    import os
+
+    if fs is None:
+        return "lance" if os.path.isdir(os.path.join(location, "_versions")) else "delta"
+    return "lance" if fs.exists(location.rstrip("/") + "/_versions") else "delta"
 
 
 def _whoami() -> str:

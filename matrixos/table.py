@@ -17,10 +17,24 @@ if TYPE_CHECKING:
 
     from matrixos.session import Lakehouse
     from matrixos.storage.delta import DeltaStore, WriteResult
+    from matrixos.storage.lance import LanceStore
+
+
+def open_table(lh: Lakehouse, info: TableInfo) -> Table:
+    """The ``Table`` (Delta) or ``LanceTable`` for a catalog entry."""
+    if info.format == "lance":
+        from matrixos.lance_table import LanceTable
+
+        return LanceTable(lh, info)
+    if info.format != "delta":
+        raise NotSupported(
+            f"table {info.name} has format {info.format!r}, which MatrixOS cannot read"
+        )
+    return Table(lh, info)
 
 
 class Table:
-    """A Delta table in the catalog.
+    """A table in the catalog (Delta; ``LanceTable`` adds search for Lance tables).
 
     Example:
         >>> t = lh.table("sales.orders")                       # doctest: +SKIP
@@ -30,8 +44,6 @@ class Table:
     def __init__(self, lh: Lakehouse, info: TableInfo) -> None:
         self._lh = lh
         self.info = info
-        if info.format != "delta":
-            raise NotSupported(f"table {info.name} has format {info.format!r}; only delta for now")
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, format={self.info.format!r}, location={self.location!r})"
@@ -45,7 +57,7 @@ class Table:
         return self.info.location
 
     @property
-    def store(self) -> DeltaStore:
+    def store(self) -> DeltaStore | LanceStore:
         return self._lh._store(self.info)
 
     # -- reading ----------------------------------------------------------------------------

@@ -75,6 +75,11 @@ class Warehouse:
         loc = location or self.uri
         return self.options.to_delta() if is_remote(loc) else None
 
+    def lance_options(self, location: str | None = None) -> dict[str, str] | None:
+        """Storage options for lance (None for a local location)."""
+        loc = location or self.uri
+        return self.options.to_lance() if is_remote(loc) else None
+
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
         """An fsspec filesystem for the warehouse."""

@@ -1,0 +1,200 @@
+"""MatrixOS's own SQL functions: ``vector_search``, ``text_search``, ``hybrid_search`` (table
+functions over Lance tables) and ``embed(text)`` (a scalar).
+
+They are evaluated before DuckDB sees the statement: a search call in ``FROM`` runs through
+``LanceTable.search`` (so the table is resolved in the catalog like any other reference, and
+filters apply before top-k) and is replaced by a reference to its Arrow result; ``embed`` of a
+constant becomes a ``FLOAT[n]`` literal, ``embed`` of a column a vectorised Python UDF.
+
+    SELECT d.title, c._score
+    FROM hybrid_search(kb.chunks, 'how do I vacuum', k => 5) AS c
+    JOIN docs d ON d.uri = c.uri
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from matrixos.errors import SQLError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from matrixos.engine.sql import SQLEngine
+
+SEARCH_FUNCTIONS = {"vector_search": "vector", "text_search": "text", "hybrid_search": "hybrid"}
+SCALAR_FUNCTIONS = frozenset({"embed"})
+_KWARGS = {"k", "filter", "columns"}
+_RESULT = "mx_function_result"
+
+
+@dataclass
+class FunctionResults:
+    """Arrow results to register on the statement's cursor, and EXPLAIN lines."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    udfs: dict[str, str] = field(default_factory=dict)  # DuckDB function name → embedder
+    explain: list[str] = field(default_factory=list)
+
+    def install(self, cur: duckdb.DuckDBPyConnection) -> None:
+        for name, table in self.tables.items():
+            cur.register(name, table)
+        for fname, embedder in self.udfs.items():
+            _register_embed_udf(cur, fname, embedder)
+
+
+def is_function_result(node: exp.Table) -> bool:
+    return bool(node.meta.get(_RESULT))
+
+
+def _name(node: exp.Expr) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    if isinstance(node, exp.Func):
+        return node.sql_name().lower()
+    return ""
+
+
+def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
+    """Evaluate the platform functions in ``tree`` in place; return what to register."""
+    out = FunctionResults()
+    token = f"__mx_fn_{uuid.uuid4().hex[:12]}_"
+    for node in list(tree.find_all(exp.Table)):
+        fn = node.this
+        if not isinstance(fn, exp.Func):
+            continue
+        mode = SEARCH_FUNCTIONS.get(_name(fn))
+        if mode is None:
+            continue
+        name = f"{token}{len(out.tables)}"
+        out.tables[name] = _run_search(engine, fn, mode, out)
+        alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(_name(fn)))
+        stand_in = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
+        stand_in.meta[_RESULT] = True
+        node.replace(stand_in)
+    for call in list(tree.find_all(exp.Anonymous)):
+        if _name(call) not in SCALAR_FUNCTIONS:
+            continue
+        args = call.expressions
+        if len(args) not in (1, 2):
+            raise SQLError("embed(text [, embedder]) takes one or two arguments", sql=call.sql())
+        embedder = engine._constant(args[1]) if len(args) == 2 else None
+        text = args[0]
+        if not text.find(exp.Column, exp.Query):
+            call.replace(_vector_literal(engine, engine._constant(text), embedder))
+            continue
+        fname = f"{token}embed_{len(out.udfs)}"
+        out.udfs[fname] = embedder or ""
+        call.replace(exp.Anonymous(this=fname, expressions=[text]))
+    return out
+
+
+def _arguments(engine: SQLEngine, fn: exp.Func) -> tuple[list[exp.Expr], dict[str, Any]]:
+    positional: list[exp.Expr] = []
+    kwargs: dict[str, Any] = {}
+    for arg in fn.iter_expressions():
+        if isinstance(arg, exp.Kwarg | exp.PropertyEQ | exp.EQ) and isinstance(
+            arg.this, exp.Var | exp.Column | exp.Identifier
+        ):
+            key = arg.this.name.lower()
+            if key not in _KWARGS:
+                raise SQLError(
+                    f"{_name(fn)}() has no argument {key!r}; use {sorted(_KWARGS)}", sql=fn.sql()
+                )
+            kwargs[key] = engine._constant(arg.expression)
+        else:
+            positional.append(arg)
+    return positional, kwargs
+
+
+def _table_name(node: exp.Expr) -> str:
+    if isinstance(node, exp.Column | exp.Table):
+        return ".".join(p.name for p in node.parts)
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node.name
+    if isinstance(node, exp.Dot):
+        return node.sql()
+    raise SQLError(f"the first argument must name a table, got {node.sql()}")
+
+
+def _run_search(engine: SQLEngine, fn: exp.Func, mode: str, out: FunctionResults) -> pa.Table:
+    from matrixos.lance_table import lance_table_or_error
+
+    positional, kwargs = _arguments(engine, fn)
+    name = _name(fn)
+    if len(positional) < 2:
+        raise SQLError(
+            f"{name}(table, query, k => 10 [, filter => '…']) needs a table and a query",
+            sql=fn.sql(),
+        )
+    if len(positional) > 3:
+        raise SQLError(f"{name}() takes at most 3 positional arguments", sql=fn.sql())
+    query_node = positional[1]
+    if query_node.find(exp.Column, exp.Query):
+        raise SQLError(
+            f"the query of {name}() must be a constant (text or a vector); "
+            "per-row searches are not supported",
+            sql=fn.sql(),
+        )
+    query = engine._constant(query_node)
+    if len(positional) == 3:
+        kwargs.setdefault("k", engine._constant(positional[2]))
+    k = kwargs.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+        raise SQLError(f"k must be a positive integer, got {k!r}", sql=fn.sql())
+    table = lance_table_or_error(engine.lh.table(_table_name(positional[0])))
+    columns = kwargs.get("columns")
+    result = table.search(
+        query,
+        k=k,
+        mode=mode,  # type: ignore[arg-type]
+        filter=kwargs.get("filter"),
+        columns=[c.strip() for c in columns.split(",")] if isinstance(columns, str) else None,
+    )
+    out.explain.append(
+        f"{name}({table.name}, k={k}"
+        + (f", filter={kwargs['filter']!r}" if kwargs.get("filter") else "")
+        + f"): {result.num_rows} rows, evaluated before the query"
+    )
+    return result
+
+
+def _vector_literal(engine: SQLEngine, text: Any, embedder: str | None) -> exp.Expr:
+    from matrixos.ai.embed import get_embedder
+
+    if not isinstance(text, str):
+        raise SQLError(f"embed() needs text, got {text!r}")
+    emb = get_embedder(embedder)
+    vec = emb.embed([text])[0]
+    values = ", ".join(repr(float(x)) for x in vec)
+    return exp.cast(
+        exp.maybe_parse(f"[{values}]", dialect="duckdb"),
+        exp.DataType.build(f"FLOAT[{emb.dim}]", dialect="duckdb"),
+    )
+
+
+def _register_embed_udf(cur: duckdb.DuckDBPyConnection, fname: str, embedder: str) -> None:
+    import duckdb
+
+    from matrixos.ai.embed import get_embedder
+
+    emb = get_embedder(embedder or None)
+
+    def embed_batch(texts: pa.Array) -> pa.Array:
+        values = [t if isinstance(t, str) else "" for t in texts.to_pylist()]
+        vecs = emb.embed(values)
+        flat = pa.array(vecs.reshape(-1), pa.float32())
+        return pa.FixedSizeListArray.from_arrays(flat, emb.dim)
+
+    cur.create_function(  # type: ignore[call-overload]
+        fname,
+        embed_batch,
+        [duckdb.sqltype("VARCHAR")],
+        duckdb.sqltype(f"FLOAT[{emb.dim}]"),
+        type="arrow",
+    )

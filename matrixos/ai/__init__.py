@@ -1,0 +1,1 @@
+"""Embedders, chunking and the RAG pipeline."""
