@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import mimetypes
 import os
 import posixpath
@@ -176,7 +177,7 @@ def sniff_mime(path_or_name: str | os.PathLike[str], head_bytes: bytes = b"") ->
         >>> sniff_mime("photo.png", b"\\xff\\xd8\\xff\\xe0")
         'image/jpeg'
     """
-    found = _magic(head_bytes[:64])
+    found = _magic(head_bytes[:1024])
     if found:
         return found
     name = posixpath.basename(os.fspath(path_or_name).replace("\\", "/"))
@@ -214,7 +215,7 @@ def parse_document(data: bytes, *, uri: str, mime: str | None = None) -> Documen
         IngestError: the bytes are not a readable document of that type (names ``uri``).
         NotSupported: the type is not a document, or the ``media`` extra is missing.
     """
-    mime = (mime or sniff_mime(uri, data[:512])).split(";")[0].strip().lower()
+    mime = (mime or sniff_mime(uri, data[:1024])).split(";")[0].strip().lower()
     if mime == "application/pdf":
         return _parse_pdf(data, uri)
     if mime in ("text/html", "application/xhtml+xml"):
@@ -350,8 +351,8 @@ def _parse_markdown(source: str, uri: str, mime: str) -> Document:
         setext = _SETEXT.match(content)
         if setext and para is not None:
             close(para[0])
-            title = " ".join(" ".join(para[1]).split())
-            open_heading(1 if setext.group(1)[0] == "=" else 2, title)
+            heading = " ".join(" ".join(para[1]).split())
+            open_heading(1 if setext.group(1)[0] == "=" else 2, heading)
             body_start, para = offset, None
             continue
         if not content.strip():
@@ -508,6 +509,15 @@ def _parse_html(data: bytes, uri: str, mime: str) -> Document:
 # ---- PDF ------------------------------------------------------------------------------------
 
 
+def _quiet_pypdf() -> None:
+    # pypdf logs every repair of a damaged file as a warning; with no handler configured they
+    # would reach stderr through logging's last resort. A damaged file already becomes an
+    # IngestError (or a row's ``error``), so they are noise unless the application asks.
+    log = logging.getLogger("pypdf")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+
+
 def _outline(reader: Any) -> list[tuple[int, int, str]]:
     """(page index, depth, title) of every outline entry, in outline order."""
     out: list[tuple[int, int, str]] = []
@@ -537,6 +547,7 @@ def _parse_pdf(data: bytes, uri: str) -> Document:
         import pypdf
     except ImportError as e:
         raise NotSupported("parsing PDF needs pypdf", hint=_MEDIA_HINT) from e
+    _quiet_pypdf()
     # pypdf raises a zoo of exception types on damaged files (PdfReadError, ValueError,
     # KeyError, struct.error, …); all of them mean the same thing here: unreadable.
     try:

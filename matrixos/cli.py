@@ -59,6 +59,7 @@ class SourceFormat(StrEnum):
     json = "json"
     ndjson = "ndjson"
     parquet = "parquet"
+    media = "media"
 
 
 @dataclass
@@ -199,8 +200,21 @@ def ingest(
         typer.Option("--partition-by", help="Partition column(s) of a new table."),
     ] = None,
 ) -> None:
-    """Load CSV, JSON/NDJSON or Parquet files into a table in one atomic commit."""
+    """Load CSV, JSON/NDJSON or Parquet files into a table in one atomic commit.
+
+    Images, audio and documents (--format media, or paths with no tabular files) become one row
+    per file, their bytes copied to a volume; re-running adds only new or changed files.
+    """
+    from matrixos.connectors.media import has_tabular_files
+
     with _connect(ctx) as lh:
+        if format is SourceFormat.media or (
+            format is None and not has_tabular_files(paths, lh.warehouse.options)
+        ):
+            if mode is not IngestMode.append or on or evolve or partition_by:
+                _fail("--mode, --on, --evolve and --partition-by do not apply to media files")
+            typer.echo(str(lh.ingest_media(paths, table)))
+            return
         summary = lh.ingest(
             paths,
             table,
@@ -499,6 +513,7 @@ def _fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``matrixos`` script."""
+    import matrixos.cli_ai  # noqa: F401  (registers `rag` and `search`)
     from matrixos.errors import MatrixOSError
 
     try:

@@ -79,6 +79,16 @@ class SchemaNotFound(TableNotFound):
     sqlstate = "3F000"
 
 
+class VolumeNotFound(TableNotFound):
+    """No such volume."""
+
+
+class FileNotFound(MatrixOSError, FileNotFoundError):
+    """No such file in a volume."""
+
+    sqlstate = "58P01"
+
+
 class TableExists(MatrixOSError, FileExistsError):
     """A table (or schema) of that name already exists."""
 
@@ -132,6 +142,7 @@ __all__ = [
     "AccessDenied",
     "ConcurrentWriteError",
     "ConfigError",
+    "FileNotFound",
     "IngestError",
     "MatrixOSError",
     "NotSupported",
@@ -141,4 +152,5 @@ __all__ = [
     "StorageError",
     "TableExists",
     "TableNotFound",
+    "VolumeNotFound",
 ]

@@ -20,7 +20,9 @@ from matrixos.storage.warehouse import Warehouse, normalize_uri
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
+    from matrixos.ai.rag import RAG
     from matrixos.connectors.ingest import IngestSummary
+    from matrixos.connectors.media import MediaIngestSummary
     from matrixos.engine.result import Result
     from matrixos.engine.sql import SQLEngine
     from matrixos.storage.delta import DeltaStore
@@ -271,6 +273,13 @@ class Lakehouse:
         if purge and not info.external:
             self.warehouse.remove(info.location)
 
+    @property
+    def rag(self) -> RAG:
+        """Batch RAG indexing (``lh.rag.index``) and retrieval evaluation (``lh.rag.eval``)."""
+        from matrixos.ai.rag import RAG
+
+        return RAG(self)
+
     # -- search -----------------------------------------------------------------------------
     def search(
         self,
@@ -398,6 +407,37 @@ class Lakehouse:
             format=format,
             evolve=evolve,
             partition_by=partition_by,
+        )
+
+    def ingest_media(
+        self,
+        paths: str | Sequence[str],
+        table: str,
+        *,
+        volume: str | Volume | None = None,
+        recursive: bool = True,
+        thumbnail_size: int | None = 128,
+        progress: bool = False,
+    ) -> MediaIngestSummary:
+        """Images, audio, PDF/HTML/Markdown/text files → one row each (metadata, extracted text,
+        thumbnails); the files' bytes go to a volume (default ``<schema>.<table>_files``).
+
+        Only new or changed files are written; unreadable ones become rows with ``error`` set.
+        See ``matrixos.connectors.media.ingest_media``.
+
+        Example:
+            >>> print(lh.ingest_media("./photos", "media.photos"))  # doctest: +SKIP
+        """
+        from matrixos.connectors.media import ingest_media
+
+        return ingest_media(
+            self,
+            paths,
+            table,
+            volume=volume,
+            recursive=recursive,
+            thumbnail_size=thumbnail_size,
+            progress=progress,
         )
 
     # -- internals shared by Table and the SQL engine ---------------------------------------

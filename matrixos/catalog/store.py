@@ -22,6 +22,7 @@ from matrixos.errors import (
     StorageError,
     TableExists,
     TableNotFound,
+    VolumeNotFound,
 )
 
 _meta = sa.MetaData()
@@ -56,6 +57,20 @@ _tables = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+# Volumes (governed folders of raw files) have their own names, apart from tables: a volume is
+# not queryable as a table, and ``list_tables`` must never show one.
+_volumes = sa.Table(
+    "mx_volumes",
+    _meta,
+    sa.Column("catalog", sa.String(128), primary_key=True),
+    sa.Column("schema", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("location", sa.Text, nullable=False),
+    sa.Column("external", sa.Boolean, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("owner", sa.String(256)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 def _now() -> datetime:
@@ -80,6 +95,22 @@ class TableInfo:
     owner: str | None = None
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
+
+    @property
+    def name(self) -> str:
+        return str(self.ident)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What the catalog knows of one volume."""
+
+    ident: TableIdent
+    location: str
+    external: bool = False
+    comment: str | None = None
+    owner: str | None = None
+    created_at: datetime = field(default_factory=_now)
 
     @property
     def name(self) -> str:
@@ -175,6 +206,16 @@ class Catalog:
                     f"schema {catalog}.{schema} still holds {left} table(s)",
                     hint="drop its tables first",
                 )
+            volumes = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_volumes)
+                .where(_volumes.c.catalog == catalog, _volumes.c.schema == schema)
+            ).scalar_one()
+            if volumes:
+                raise TableExists(
+                    f"schema {catalog}.{schema} still holds {volumes} volume(s)",
+                    hint="drop its volumes first",
+                )
             n = conn.execute(
                 _schemas.delete().where(_schemas.c.catalog == catalog, _schemas.c.name == schema)
             ).rowcount
@@ -237,6 +278,62 @@ class Catalog:
             conn.execute(_tables.delete().where(*_match(ident)))
         return _from_row(row)
 
+    # -- volumes ----------------------------------------------------------------------------
+    def create_volume(self, info: VolumeInfo) -> None:
+        """Record a volume; raises ``TableExists`` if the name is taken."""
+        ident = info.ident
+        if not self.schema_exists(ident.catalog, ident.schema):
+            raise SchemaNotFound(
+                f"schema {ident.catalog}.{ident.schema} does not exist",
+                hint=f"CREATE SCHEMA {ident.catalog}.{ident.schema}",
+            )
+        row = {
+            "catalog": ident.catalog,
+            "schema": ident.schema,
+            "name": ident.name,
+            "location": info.location,
+            "external": info.external,
+            "comment": info.comment,
+            "owner": info.owner,
+            "created_at": info.created_at,
+        }
+        self._insert(_volumes, row, f"volume {ident} already exists", False)
+
+    def get_volume(self, ident: TableIdent) -> VolumeInfo:
+        q = sa.select(_volumes).where(*_match(ident, _volumes))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            raise VolumeNotFound(f"volume {ident} does not exist")
+        return _volume_from_row(row)
+
+    def find_volume(self, ident: TableIdent) -> VolumeInfo | None:
+        try:
+            return self.get_volume(ident)
+        except VolumeNotFound:
+            return None
+
+    def list_volumes(
+        self, catalog: str | None = None, schema: str | None = None
+    ) -> list[VolumeInfo]:
+        q = sa.select(_volumes).order_by(_volumes.c.catalog, _volumes.c.schema, _volumes.c.name)
+        if catalog:
+            q = q.where(_volumes.c.catalog == catalog)
+        if schema:
+            q = q.where(_volumes.c.schema == schema)
+        with self.engine.connect() as conn:
+            return [_volume_from_row(r) for r in conn.execute(q).mappings()]
+
+    def drop_volume(self, ident: TableIdent) -> VolumeInfo:
+        """Remove a volume's entry and return what it was."""
+        with self.engine.begin() as conn:
+            q = sa.select(_volumes).where(*_match(ident, _volumes))
+            row = conn.execute(q).mappings().first()
+            if row is None:
+                raise VolumeNotFound(f"volume {ident} does not exist")
+            conn.execute(_volumes.delete().where(*_match(ident, _volumes)))
+        return _volume_from_row(row)
+
     def _insert(self, table: sa.Table, row: dict[str, Any], exists: str, ok: bool) -> None:
         try:
             with self.engine.begin() as conn:
@@ -246,11 +343,11 @@ class Catalog:
                 raise TableExists(exists) from e
 
 
-def _match(ident: TableIdent) -> list[Any]:
+def _match(ident: TableIdent, table: sa.Table = _tables) -> list[Any]:
     return [
-        _tables.c.catalog == ident.catalog,
-        _tables.c.schema == ident.schema,
-        _tables.c.name == ident.name,
+        table.c.catalog == ident.catalog,
+        table.c.schema == ident.schema,
+        table.c.name == ident.name,
     ]
 
 
@@ -281,6 +378,17 @@ def _from_row(row: Any) -> TableInfo:
         owner=row["owner"],
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
+    )
+
+
+def _volume_from_row(row: Any) -> VolumeInfo:
+    return VolumeInfo(
+        ident=TableIdent(row["catalog"], row["schema"], row["name"]),
+        location=row["location"],
+        external=bool(row["external"]),
+        comment=row["comment"],
+        owner=row["owner"],
+        created_at=_aware(row["created_at"]),
     )
 
 
