@@ -538,4 +538,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m matrixos.cli`: use the importable module, on whose app the sub-command
+    # modules (rag, search, compute) register themselves.
+    from matrixos.cli import main as _main
+
+    _main()

@@ -191,7 +191,7 @@ class LanceTable(Table):
         """Each index with its indexed and unindexed row counts."""
         from matrixos.engine import search
 
-        return list(search.index_status(self.location, storage_options=self._options))
+        return list(search.index_status(self.location, storage_options=self._options).values())
 
     def optimize(self, zorder_by: Sequence[str] | None = None) -> dict[str, Any]:
         """Compact small fragments and fold rows appended since indexing into the indexes."""
@@ -282,23 +282,14 @@ class LanceTable(Table):
         if len(vectors) != 1:
             raise ConfigError(
                 f"table {self.name} has {len(vectors)} vector columns {vectors}; "
-                "name one (set_embedding or column=…)"
+                "name one with set_embedding(…)"
             )
         return vectors[0]
 
-    def _text_column(self) -> str:
+    def _text_column(self) -> str | None:
+        """The embedded text column; else None: the search core picks the indexed one."""
         emb = self.embedding
-        if emb is not None:
-            return emb[0]
-        from matrixos.engine import search
-
-        indexed = search.text_indexed_columns(self.location, storage_options=self._options)
-        if len(indexed) == 1:
-            return indexed[0]
-        raise ConfigError(
-            f"table {self.name} has {len(indexed)} full-text indexes; "
-            "create one with create_text_index(column)"
-        )
+        return emb[0] if emb is not None else None
 
     @property
     def _options(self) -> dict[str, str] | None:
