@@ -6,7 +6,7 @@ Two measurements on a real corpus, the PostgreSQL manual that Debian ships
 1. **Pipeline throughput** against the raw model: ``lh.rag.index`` (parse → chunk → embed →
    write → index) versus sentence-transformers' own ``encode`` of exactly the chunk texts the
    pipeline embedded, in one process, batch size 64. The ratio is chunks/s of the pipeline over
-   chunks/s of the raw model; the pipeline should not be the bottleneck (target ≥ 0.9×).
+   chunks/s of the raw model; the pipeline should not be the bottleneck (target >= 0.9x).
 2. **Known-item retrieval**: one query per page, the page's title (e.g. "CREATE INDEX — define a
    new index"), relevant = that page's chunks. recall@10 and MRR for vector, BM25 and hybrid
    (reciprocal rank fusion) search.
