@@ -529,6 +529,7 @@ class _Bar:
         )
 
         self.started = time.perf_counter()
+        self.done = 0
         self.progress = Progress(
             TextColumn("indexing"),
             BarColumn(),
@@ -541,8 +542,9 @@ class _Bar:
         self.progress.start()
 
     def advance(self, s: IndexSummary) -> None:
+        self.done += 1
         el = max(time.perf_counter() - self.started, 1e-9)
-        rate = f"{(s.added + s.changed) / el:.1f} docs/s · {s.chunks_written / el:.1f} chunks/s"
+        rate = f"{self.done / el:.1f} docs/s · {s.chunks_written / el:.1f} chunks/s"
         self.progress.update(self.task, advance=1, rate=rate)
 
     def close(self, s: IndexSummary) -> None:

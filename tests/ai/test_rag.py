@@ -289,3 +289,43 @@ def test_cli_rag_index_and_eval(tmp_path: Path, corpus: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert len(json.loads(p.stdout)) == 2
+
+
+def test_sources_volume_object_store_prefix_and_table(lh: mx.Lakehouse, corpus: Path) -> None:
+    """The same documents from a volume, from an object-store prefix (or folder URI) and from a
+    table of documents give the same chunks (by content)."""
+    vol = lh.create_volume("raw.docs")
+    vol.put_folder(corpus)
+    from_volume = lh.rag.index("raw.docs", "kb.from_volume", embedder="hash")
+    assert from_volume.added == len(PAGES) + 1 and from_volume.failed == 0
+    uris = {r["doc_uri"] for r in chunk_rows(lh, "kb.from_volume")}
+    assert all(u.startswith(vol.uri) for u in uris)
+
+    if lh.warehouse.is_remote:  # the warehouse bucket: a plain s3:// prefix
+        prefix = lh.warehouse.join("incoming")
+        fs = lh.warehouse.fs
+        for p in corpus.iterdir():
+            fs.put_file(str(p), f"{prefix.split('://', 1)[1]}/{p.name}")
+    else:
+        prefix = "file://" + str(corpus)
+    from_prefix = lh.rag.index(prefix, "kb.from_prefix", embedder="hash")
+    assert from_prefix.added == len(PAGES) + 1
+
+    docs = pa.table(
+        {
+            "uri": [f"doc://{p.name}" for p in sorted(corpus.iterdir())],
+            "text": [p.read_text() for p in sorted(corpus.iterdir())],
+            "mime": [
+                "text/html" if p.suffix == ".html" else "text/markdown"
+                for p in sorted(corpus.iterdir())
+            ],
+        }
+    )
+    lh.create_table("raw.doc_table", docs)
+    from_table = lh.rag.index("raw.doc_table", "kb.from_table", embedder="hash")
+    assert from_table.added == len(PAGES) + 1
+
+    def hashes(table: str) -> list[str]:
+        return sorted(r["doc_hash"] for r in chunk_rows(lh, table))
+
+    assert hashes("kb.from_volume") == hashes("kb.from_prefix") == hashes("kb.from_table")
