@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from matrixos.catalog import Catalog, TableIdent, TableInfo, parse_schema
 from matrixos.config import Settings, resolve_settings
-from matrixos.errors import NotSupported, TableExists, TableNotFound
+from matrixos.errors import ConfigError, NotSupported, TableExists, TableNotFound
 from matrixos.storage.warehouse import Warehouse, normalize_uri
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from matrixos.storage.lance import LanceStore
     from matrixos.storage.volume import Volume
     from matrixos.table import Table
+
+
+MIN_FILES_PROPERTY = "matrixos.autoCompact.minFiles"
 
 
 def connect(
@@ -452,17 +455,13 @@ class Lakehouse:
                 info.location,
                 self.warehouse.lance_options(info.location),
                 commit_retries=s.commit_retries,
-                auto_compact_min_files=int(
-                    info.properties.get("matrixos.autoCompact.minFiles", s.auto_compact_min_files)
-                ),
+                auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
             )
         return DeltaStore(
             info.location,
             self.warehouse.delta_options(info.location),
             commit_retries=s.commit_retries,
-            auto_compact_min_files=int(
-                info.properties.get("matrixos.autoCompact.minFiles", s.auto_compact_min_files)
-            ),
+            auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
             small_file_bytes=s.small_file_bytes,
             target_file_bytes=s.target_file_bytes,
         )
@@ -492,6 +491,22 @@ class Lakehouse:
                 dt = store.open()
                 self._tables[info.location] = dt
         return dt
+
+
+def _min_files(info: TableInfo, default: int) -> int:
+    """The table's ``matrixos.autoCompact.minFiles`` property (0 turns auto-compaction off)."""
+    raw = info.properties.get(MIN_FILES_PROPERTY)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"table {info.name}: property {MIN_FILES_PROPERTY}={raw!r} is not an integer"
+        ) from None
+    if value < 0:
+        raise ConfigError(f"table {info.name}: property {MIN_FILES_PROPERTY} must be >= 0")
+    return value
 
 
 def _detect_format(location: str, fs: Any = None) -> Literal["delta", "lance"]:

@@ -642,3 +642,13 @@ def test_timestamps_with_and_without_time_zone(lh: mx.Lakehouse) -> None:
     assert res.schema.field("at").type.tz is not None
     assert res.schema.field("local").type.tz is None
     assert res.to_pylist()[0]["at"] == noon
+
+
+def test_bad_autocompact_property_is_refused_before_anything_is_written(lh: mx.Lakehouse) -> None:
+    with pytest.raises(mx.errors.ConfigError, match=r"minFiles='many'.*not an integer"):
+        lh.create_table("s.t", {"a": [1]}, properties={"matrixos.autoCompact.minFiles": "many"})
+    assert "main.s.t" not in lh.tables()
+    t = lh.create_table("s.t", {"a": [1]}, properties={"matrixos.autoCompact.minFiles": "2"})
+    t.append({"a": [2]})
+    t.append({"a": [3]})
+    assert t.history()[0]["operation"] == "OPTIMIZE"  # compacted at 2 small files
