@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedError
 from sqlglot.tokens import TokenType
 
 from matrixos.catalog import DEFAULT_CATALOG, TableIdent, TableInfo
@@ -306,7 +306,15 @@ class SQLEngine:
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.
-        sql = tree.sql(dialect="duckdb", copy=False)
+        try:
+            # A construct DuckDB has no equivalent for is an error, not a warning and a query
+            # that silently means something else.
+            sql = tree.sql(dialect="duckdb", copy=False, unsupported_level=ErrorLevel.RAISE)
+        except UnsupportedError as e:
+            raise SQLError(
+                f"not supported when translating to the engine's SQL: {e}",
+                sql=_user_statement(tree),
+            ) from e
         if not bodies:
             return sql
         pattern = re.compile('"(' + re.escape(token) + r'\d+)"')

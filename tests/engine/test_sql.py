@@ -697,3 +697,10 @@ def test_result_feeds_duckdb_and_create_table(lake: mx.Lakehouse, lh: mx.Lakehou
     t = lh.create_table("copy", lake.sql("SELECT * FROM hr.people ORDER BY id"))
     assert t.to_arrow().num_rows == 6
     assert lh.sql("SELECT first_name FROM copy WHERE id = 6").scalar() == "Fay"
+
+
+def test_constructs_duckdb_cannot_express_are_errors_not_warnings(tmp_path: Any) -> None:
+    with mx.connect(str(tmp_path)) as lh:
+        lh.create_table("s.t", {"b": ["x", "y"]})
+        with pytest.raises(SQLError, match="APPROX_TOP_K"):
+            lh.sql("SELECT APPROX_TOP_K(b, 2) FROM s.t", dialect="bigquery")
