@@ -758,6 +758,8 @@ class SQLEngine:
             inner.set("alias", None)
             inner = exp.select("*").from_(inner)
         source = self.query(inner).to_arrow()
+        if table.info.format == "lance":
+            return self._merge_lance(stmt, table, source, target.alias_or_name, src_alias)
         aliases = {target.alias_or_name.lower(): "target", src_alias.lower(): "source"}
         schema = table.schema
 
@@ -818,6 +820,67 @@ class SQLEngine:
                 "num_target_rows_deleted",
             )
         )
+        return _ok(f"MERGE {n}", num_affected_rows=n, version=res.version)
+
+    def _merge_lance(
+        self, stmt: exp.Merge, table: Any, source: pa.Table, target: str, alias: str
+    ) -> Result:
+        """MERGE into a Lance table: the upsert shapes Lance's merge_insert runs natively —
+        ON equalities of target and source columns; WHEN MATCHED THEN UPDATE SET * (or each
+        column = its source column); WHEN NOT MATCHED THEN INSERT * (or the source columns);
+        WHEN NOT MATCHED BY SOURCE THEN DELETE; no extra conditions."""
+        names = {target.lower(): "t", alias.lower(): "s"}
+        unsupported = NotSupported(
+            "this MERGE shape is not supported on Lance tables: use ON target.k = source.k, "
+            "WHEN MATCHED THEN UPDATE SET *, WHEN NOT MATCHED THEN INSERT *, WHEN NOT MATCHED "
+            "BY SOURCE THEN DELETE (or a Delta table)"
+        )
+
+        def side(c: exp.Expr) -> tuple[str, str]:
+            if not isinstance(c, exp.Column) or c.table.lower() not in names:
+                raise unsupported
+            return names[c.table.lower()], c.name
+
+        keys: list[str] = []
+        for conj in _conjuncts(stmt.args["on"]):
+            if not isinstance(conj, exp.EQ):
+                raise unsupported
+            a, b = side(conj.this), side(conj.expression)
+            if {a[0], b[0]} != {"t", "s"} or a[1].lower() != b[1].lower():
+                raise unsupported
+            keys.append(a[1] if a[0] == "t" else b[1])
+        update = insert = delete = False
+        for w in stmt.args["whens"].expressions:
+            then = w.args["then"]
+            if w.args.get("condition") is not None:
+                raise unsupported
+            matched, by_source = bool(w.args.get("matched")), bool(w.args.get("source"))
+            if matched and isinstance(then, exp.Update):
+                if not _is_star(then):
+                    for eq in then.expressions:
+                        if side(eq.expression) != ("s", eq.this.name):
+                            raise unsupported
+                update = True
+            elif by_source and isinstance(then, exp.Var) and then.name.upper() == "DELETE":
+                delete = True
+            elif not matched and not by_source and isinstance(then, exp.Insert):
+                if not isinstance(then.this, exp.Star):
+                    cols = [c.name for c in then.this.expressions]
+                    vals = [side(v) for v in then.expression.expressions]
+                    if vals != [("s", c) for c in cols]:
+                        raise unsupported
+                insert = True
+            else:
+                raise unsupported
+        res = table.merge(
+            source,
+            keys,
+            when_matched="update" if update else "ignore",
+            when_not_matched="insert" if insert else "ignore",
+            delete_not_matched_by_source=delete,
+        )
+        m = res.metrics
+        n = sum(int(m.get(k, 0) or 0) for k in m if k.startswith("num_"))
         return _ok(f"MERGE {n}", num_affected_rows=n, version=res.version)
 
 

@@ -210,3 +210,26 @@ def test_duplicate_insert_from_a_merge_race_is_repaired(tmp_path: Any) -> None:
         {"id": 1, "v": "x"},
         {"id": 5, "v": "second"},
     ]
+
+
+def test_sql_merge_into_lance(lh: mx.Lakehouse) -> None:
+    lh.create_table("s.t", {"id": [1, 2], "v": ["a", "b"]}, format="lance")
+    lh.create_table("s.src", {"id": [2, 3], "v": ["B", "c"]})
+    lh.sql(
+        "MERGE INTO s.t USING s.src ON s.t.id = s.src.id "
+        "WHEN MATCHED THEN UPDATE SET v = s.src.v "
+        "WHEN NOT MATCHED THEN INSERT (id, v) VALUES (s.src.id, s.src.v)"
+    )
+    assert lh.sql("SELECT * FROM s.t ORDER BY id").fetchall() == [(1, "a"), (2, "B"), (3, "c")]
+    lh.sql(
+        "MERGE INTO s.t AS t USING (SELECT 3 AS id, 'C' AS v) AS s ON t.id = s.id "
+        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED BY SOURCE THEN DELETE"
+    )
+    assert lh.sql("SELECT * FROM s.t").fetchall() == [(3, "C")]
+    before = lh.table("s.t").version
+    with pytest.raises(NotSupported, match="MERGE shape"):
+        lh.sql(
+            "MERGE INTO s.t AS t USING s.src AS s ON t.id = s.id "
+            "WHEN MATCHED AND s.v = 'x' THEN DELETE"
+        )
+    assert lh.table("s.t").version == before
