@@ -12,7 +12,9 @@ Two layers, either of which alone would stop the listed escapes:
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 
 import duckdb
@@ -137,6 +139,13 @@ def is_cte_reference(node: exp.Table) -> bool:
     return False
 
 
+def spill_directory() -> str:
+    """This user's folder for DuckDB's spill files (owner-only), created on first use."""
+    path = os.path.join(tempfile.gettempdir(), f"matrixos-spill-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
 def locked_connection(
     allowed_directories: Sequence[str],
     *,
@@ -153,6 +162,9 @@ def locked_connection(
         ("allow_community_extensions", False),
         ("allowed_directories", list(allowed_directories)),
     ]
+    # Spill files of larger-than-memory sorts, joins and aggregates: a private folder, not
+    # DuckDB's default ``.tmp`` in whatever directory the process happens to run in.
+    settings.append(("temp_directory", spill_directory()))
     if threads:
         settings.append(("threads", threads))
     if memory_limit:

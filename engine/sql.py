@@ -138,7 +138,7 @@ class SQLEngine:
             ) from e
         except SqlglotError as e:
             raise SQLError(f"cannot parse SQL: {e}", sql=sql) from e
-        return [t for t in trees if t is not None]
+        return [_integer_division(t) for t in trees if t is not None]
 
     def _run(self, stmt: exp.Expr, dialect: str) -> Result:
         if isinstance(stmt, exp.Query):
@@ -894,6 +894,24 @@ def _table_refs(tree: exp.Expr) -> list[exp.Table]:
         and not is_cte_reference(t)
         and not is_function_result(t)
     ]
+
+
+def _integer_division(tree: exp.Expr) -> exp.Expr:
+    """``a / b`` as the statement's dialect means it.
+
+    In PostgreSQL, Trino, Redshift and T-SQL an integer divided by an integer is an integer
+    (truncated toward zero: ``7 / 2`` is 3, ``-7 / 2`` is -3) and dividing by zero is an error;
+    DuckDB's ``/`` gives 3.5 and NULL. sqlglot marks such divisions ``typed``. DuckDB's ``//``
+    does exactly what those dialects do for every operand type: integer division for
+    integers, and for DECIMAL and floating-point operands the same value as ``/``.
+    """
+    for div in list(tree.find_all(exp.Div)):
+        if not div.args.get("typed"):
+            continue
+        if isinstance(div.this, exp.Interval) or isinstance(div.expression, exp.Interval):
+            continue  # interval / n: DuckDB's ``/`` already means what they mean
+        div.replace(exp.IntDiv(this=div.this, expression=div.expression))
+    return tree
 
 
 def _denied_statement(sql: str, dialect: str) -> str | None:

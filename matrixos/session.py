@@ -209,12 +209,16 @@ class Lakehouse:
             # Left behind by a create that crashed, or a drop that died before deleting files.
             if store.exists():
                 self.warehouse.remove(location)
+            # Delta's own table properties (delta.appendOnly, delta.logRetentionDuration…)
+            # go into the table's metadata, where every Delta engine honours them.
+            delta_conf = {k: v for k, v in info.properties.items() if k.startswith("delta.")}
             store.create(
                 data,
                 schema=schema,
                 partition_by=partition_by,
                 name=ident.name,
                 description=comment,
+                **({"properties": delta_conf} if delta_conf and format == "delta" else {}),
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -482,7 +486,18 @@ class Lakehouse:
             return store.open(version=version, timestamp=timestamp)
         dt = self._tables.get(info.location)
         if dt is None:
-            dt = store.open()
+            try:
+                dt = store.open()
+            except TableNotFound as e:
+                if info.external:
+                    raise
+                # The catalog row is written first (it is the lock on the name); a creator that
+                # died before its first commit leaves the row without data.
+                raise TableNotFound(
+                    f"table {info.ident} is in the catalog but holds no committed data: it is "
+                    "still being created, or its creator stopped before the first commit",
+                    hint=f"DROP TABLE {info.ident} removes the entry (the name can then be reused)",
+                ) from e
             self._tables[info.location] = dt
         else:
             try:

@@ -210,15 +210,28 @@ class DeltaStore:
             raise _translate(e, f"cannot create table at {self.location}") from e
         return WriteResult(0, {})
 
-    def append(self, data: Any, *, evolve: bool = False) -> WriteResult:
-        """Add rows; with ``evolve`` new columns are added to the schema."""
-        return self._write(data, "append", evolve=evolve)
+    def append(
+        self, data: Any, *, evolve: bool = False, commit_metadata: Mapping[str, str] | None = None
+    ) -> WriteResult:
+        """Add rows; with ``evolve`` new columns are added to the schema.
+
+        ``commit_metadata`` is recorded in the commit (``commitInfo``; ``history()`` shows it),
+        atomically with the rows.
+        """
+        return self._write(data, "append", evolve=evolve, commit_metadata=commit_metadata)
 
     def overwrite(
-        self, data: Any, *, evolve: bool = False, predicate: str | None = None
+        self,
+        data: Any,
+        *,
+        evolve: bool = False,
+        predicate: str | None = None,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         """Replace all rows (or those matching ``predicate``); ``evolve`` may replace the schema."""
-        return self._write(data, "overwrite", evolve=evolve, predicate=predicate)
+        return self._write(
+            data, "overwrite", evolve=evolve, predicate=predicate, commit_metadata=commit_metadata
+        )
 
     def _write(
         self,
@@ -227,13 +240,17 @@ class DeltaStore:
         *,
         evolve: bool,
         predicate: str | None = None,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         data = normalize_for_delta(to_arrow_table(data))
         schema_mode: Literal["merge", "overwrite"] | None = None
         if evolve:
             schema_mode = "overwrite" if mode == "overwrite" and predicate is None else "merge"
 
+        committed: list[DeltaTable] = []
+
         def write(dt: DeltaTable) -> dict[str, Any]:
+            committed[:] = [dt]  # after write_deltalake, ``dt`` stands at our commit
             table = conform(data, _arrow_schema(dt), evolve=evolve, overwrite=mode == "overwrite")
             write_deltalake(
                 dt,
@@ -243,7 +260,7 @@ class DeltaStore:
                 predicate=predicate,
                 storage_options=self.storage_options,
                 target_file_size=self.target_file_bytes,
-                commit_properties=CommitProperties(max_commit_retries=max(self.commit_retries, 1)),
+                commit_properties=_commit_properties(max(self.commit_retries, 1), commit_metadata),
             )
             return {"num_added_rows": table.num_rows}
 
@@ -254,7 +271,9 @@ class DeltaStore:
         retries = max(self.commit_retries, 10) if mode == "append" else self.commit_retries
         result = self.run_with_retries(mode, write, retries=retries)
         if mode == "append":
-            self.maybe_autocompact()
+            # The snapshot the write left behind: no second open of the log (~40 ms at 1,000
+            # commits) just to count the small files.
+            self.maybe_autocompact(committed[0] if committed else None)
         return result
 
     def merge(
@@ -266,8 +285,9 @@ class DeltaStore:
         when_matched: Literal["update", "ignore"] = "update",
         when_not_matched: Literal["insert", "ignore"] = "insert",
         delete_not_matched_by_source: bool = False,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
-        """Upsert ``data`` on the key columns ``on``."""
+        """Upsert ``data`` on the key columns ``on`` (``commit_metadata``: as for ``append``)."""
         if not on:
             raise SchemaMismatch("merge needs at least one key column in on=[...]")
         source = normalize_for_delta(to_arrow_table(data))
@@ -285,7 +305,7 @@ class DeltaStore:
                 source_alias="s",
                 target_alias="t",
                 merge_schema=evolve,
-                commit_properties=CommitProperties(max_commit_retries=0),
+                commit_properties=_commit_properties(0, commit_metadata),
             )
             if when_matched == "update":
                 m = m.when_matched_update_all()
@@ -346,7 +366,13 @@ class DeltaStore:
                     dt = self.open()
                     try:
                         metrics = fn(dt)
-                    except CommitFailedError:
+                    except CommitFailedError as e:
+                        if "append-only" in str(e):  # a table property, not a conflict
+                            raise NotSupported(
+                                f"{op} on {self.location} refused: the table is append-only "
+                                "(delta.appendOnly = true); only appends are allowed",
+                                hint="rows can be added, never changed or removed",
+                            ) from None
                         log.info("%s on %s conflicted; retrying", op, self.location)
                         raise
                     except MatrixOSError:
@@ -409,6 +435,12 @@ class DeltaStore:
         except MatrixOSError as e:  # a concurrent writer won; compaction can wait for next time
             log.warning("auto-compaction of %s skipped: %s", self.location, e)
             return None
+
+
+def _commit_properties(retries: int, metadata: Mapping[str, str] | None) -> CommitProperties:
+    return CommitProperties(
+        max_commit_retries=retries, custom_metadata=dict(metadata) if metadata else None
+    )
 
 
 def check_readable(dt: DeltaTable) -> None:

@@ -501,3 +501,43 @@ def test_constant_folding_connection_has_no_file_access_at_all(
         cur.execute(f"SELECT * FROM read_parquet('{files[0]}')").fetchall()
     with pytest.raises(duckdb.InvalidInputException):
         cur.execute("SET enable_external_access = true")
+
+
+def test_larger_than_memory_sort_spills_to_the_private_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With 64 MB of memory, sorting ~250 MB of strings must spill: into this user's own
+    # owner-only folder, not DuckDB's default ``.tmp`` under the current directory.
+    import threading
+    import time
+
+    from matrixos.engine.sandbox import locked_connection, spill_directory
+
+    monkeypatch.chdir(tmp_path)
+    con = locked_connection([], threads=2, memory_limit="64MB")
+    spill = Path(spill_directory())
+    assert spill.stat().st_mode & 0o777 == 0o700
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(p.name for p in spill.glob(f"duckdb_temp_{os.getpid()}_*"))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        sql = (
+            "SELECT count(*), min(m) FROM (SELECT md5(range::VARCHAR) || md5((range + 1)::VARCHAR)"
+            " AS m FROM range(3000000) ORDER BY m)"
+        )
+        ((count, first),) = con.execute(sql).fetchall()
+    finally:
+        done.set()
+        watcher.join()
+    assert count == 3_000_000 and len(first) == 64
+    assert any("storage" in name for name in seen), seen
+    assert not (tmp_path / ".tmp").exists()
+    with pytest.raises(duckdb.Error):
+        con.execute("SET temp_directory = '/tmp/elsewhere'")

@@ -21,6 +21,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 import matrixos as mx
 from matrixos.engine.result import Result
@@ -208,6 +209,29 @@ def test_create_schema_and_if_not_exists(lh: mx.Lakehouse) -> None:
 
 
 # ----------------------------------------------------------------------------- CREATE TABLE
+def test_delta_table_properties_are_honoured(lh: mx.Lakehouse) -> None:
+    lh.sql(
+        "CREATE TABLE audit (id BIGINT, what VARCHAR) "
+        "TBLPROPERTIES ('delta.appendOnly' = 'true', 'team' = 'risk')"
+    )
+    t = lh.table("audit")
+    # delta.* keys are the Delta table's own configuration, seen by every Delta engine;
+    # the others are catalog properties.
+    conf = DeltaTable(t.location, storage_options=lh.warehouse.options.to_delta()).metadata()
+    assert conf.configuration == {"delta.appendOnly": "true"}
+    assert t.describe()["properties"] == {"delta.appendOnly": "true", "team": "risk"}
+    lh.sql("INSERT INTO audit VALUES (1, 'login'), (2, 'logout')")
+    before = t.version
+    for stmt in ("DELETE FROM audit WHERE id = 1", "UPDATE audit SET what = 'x'"):
+        with pytest.raises(NotSupported, match="append-only"):
+            lh.sql(stmt)
+    assert t.version == before
+    assert lh.sql("SELECT id FROM audit ORDER BY id").fetchall() == [(1,), (2,)]
+    with pytest.raises(MatrixOSError, match=r"delta\.bogus"):
+        lh.sql("CREATE TABLE bad (id INT) TBLPROPERTIES ('delta.bogus' = '1')")
+    assert "main.default.bad" not in lh.tables()
+
+
 def test_create_table_with_columns_partitioned_by(lh: mx.Lakehouse) -> None:
     create = (
         "CREATE TABLE sales.orders (id BIGINT NOT NULL, customer VARCHAR, amount DECIMAL(10, 2),"

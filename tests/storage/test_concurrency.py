@@ -19,7 +19,13 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 import matrixos as mx
-from matrixos.errors import ConcurrentWriteError, MatrixOSError, SQLError
+from matrixos.errors import (
+    ConcurrentWriteError,
+    MatrixOSError,
+    SQLError,
+    TableExists,
+    TableNotFound,
+)
 from matrixos.storage.delta import DeltaStore
 
 SPAWN = mp.get_context("spawn")
@@ -274,6 +280,56 @@ def _big_append(uri: str, storage_options: dict[str, str] | None, name: str) -> 
     with mx.connect(uri, storage_options=storage_options, target_file_bytes=512 * 1024) as lh:
         lh.table(name).append(data)
     os._exit(0)  # pragma: no cover - the parent kills us long before
+
+
+def _big_create(uri: str, storage_options: dict[str, str] | None, name: str) -> None:
+    import numpy as np
+
+    n = 4_000_000
+    data = pa.table(
+        {"id": pa.array(np.arange(n)), "x": pa.array(np.random.default_rng(0).random(n))}
+    )
+    with mx.connect(uri, storage_options=storage_options, target_file_bytes=512 * 1024) as lh:
+        lh.create_table(name, data)
+    os._exit(0)  # pragma: no cover - the parent kills us long before
+
+
+def test_creator_killed_before_first_commit_leaves_a_droppable_entry(
+    lh: mx.Lakehouse, warehouse_root: Any
+) -> None:
+    location = lh.warehouse.table_location("main", "s", "born")
+    child = SPAWN.Process(
+        target=_big_create, args=(warehouse_root.uri, warehouse_root.storage_options, "s.born")
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not data_files(lh, location):
+            assert child.is_alive(), "the creator finished before any part file was seen"
+            assert time.monotonic() < deadline, "no part file appeared"
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == -signal.SIGKILL
+    with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as fresh:
+        # The name stays taken (another process may still be creating it), and reading says
+        # what happened and what to do; it never returns the dead creator's rows.
+        assert "main.s.born" in fresh.tables("s")
+        for read in (
+            lambda: fresh.table("s.born").count(),
+            lambda: fresh.sql("SELECT * FROM s.born"),
+        ):
+            with pytest.raises(TableNotFound, match="holds no committed data") as err:
+                read()
+            assert "DROP TABLE main.s.born" in (err.value.hint or "")
+        with pytest.raises(TableExists):
+            fresh.create_table("s.born", pa.table({"id": [1]}))
+        fresh.sql("DROP TABLE s.born")
+        t = fresh.create_table("s.born", pa.table({"id": [1, 2]}))
+        assert t.version == 0
+        assert fresh.sql("SELECT sum(id) FROM s.born").scalar() == 3
+        assert len(data_files(fresh, location)) == 1  # the dead creator's files are gone
 
 
 def test_writer_killed_mid_append_leaves_previous_version(

@@ -396,3 +396,48 @@ SELECT first_name FROM hr.people ORDER BY score DESC NULLS LAST LIMIT 2
 -- expect:
 -- ["Ed"]
 -- ["Cy"]
+
+-- name: integer_division
+-- dialect: postgres
+-- columns: id, q, neg, frac
+SELECT id, (id + 5) / 3 AS q, -(id + 5) / 3 AS neg, (id + 5) / 2.0 AS frac
+FROM hr.people WHERE id <= 2 ORDER BY id
+-- expect:
+-- [1, 2, -2, 3.0]
+-- [2, 2, -2, 3.5]
+
+-- name: integer_division
+-- dialect: trino
+-- columns: id, q, neg, frac
+SELECT id, (id + 5) / 3 AS q, -(id + 5) / 3 AS neg, (id + 5) / 2.0 AS frac
+FROM hr.people WHERE id <= 2 ORDER BY id
+-- expect:
+-- [1, 2, -2, 3.0]
+-- [2, 2, -2, 3.5]
+
+-- name: integer_division
+-- dialect: tsql
+-- columns: id, q, neg, frac
+SELECT TOP 2 id, (id + 5) / 3 AS q, -(id + 5) / 3 AS neg, (id + 5) / 2.0 AS frac
+FROM hr.people ORDER BY id
+-- expect:
+-- [1, 2, -2, 3.0]
+-- [2, 2, -2, 3.5]
+
+-- name: integer_division
+-- dialect: duckdb
+-- columns: id, q, neg, frac
+SELECT id, (id + 5) // 3 AS q, -(id + 5) // 3 AS neg, (id + 5) / 2.0 AS frac
+FROM hr.people WHERE id <= 2 ORDER BY id
+-- expect:
+-- [1, 2, -2, 3.0]
+-- [2, 2, -2, 3.5]
+
+-- name: integer_division
+-- dialect: mysql
+-- columns: id, q, neg, frac
+SELECT id, (id + 5) DIV 3 AS q, -(id + 5) DIV 3 AS neg, (id + 5) / 2.0 AS frac
+FROM hr.people WHERE id <= 2 ORDER BY id
+-- expect:
+-- [1, 2, -2, 3.0]
+-- [2, 2, -2, 3.5]
