@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import uuid
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -46,8 +47,8 @@ class Warehouse:
 
     Example:
         >>> wh = Warehouse("/tmp/wh")
-        >>> wh.table_location("main", "default", "t")
-        '/tmp/wh/main/default/t'
+        >>> wh.table_location("main", "default", "t", "0f3a9c2e51b7")
+        '/tmp/wh/main/default/t-0f3a9c2e51b7'
     """
 
     def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -66,9 +67,14 @@ class Warehouse:
     def join(self, *parts: str) -> str:
         return posixpath.join(self.uri, *parts)
 
-    def table_location(self, catalog: str, schema: str, table: str) -> str:
-        """Where a managed table lives: ``<warehouse>/<catalog>/<schema>/<table>``."""
-        return self.join(catalog, schema, table)
+    def table_location(self, catalog: str, schema: str, table: str, tag: str | None = None) -> str:
+        """Where a managed table lives: ``<warehouse>/<catalog>/<schema>/<table>-<tag>``.
+
+        Each creation of a name gets a new random ``tag`` (the default), so a table dropped and
+        created again never shares a folder with its predecessor: a process still holding the
+        old table's snapshot, or files being vacuumed, cannot mix the two tables' versions.
+        """
+        return self.join(catalog, schema, f"{table}-{tag or uuid.uuid4().hex[:12]}")
 
     def delta_options(self, location: str | None = None) -> dict[str, str] | None:
         """Storage options for deltalake (None for a local location)."""

@@ -90,7 +90,9 @@ def test_without_lh_uses_default_connection(
         assert run(shell, "%%sql\nCREATE TABLE d AS SELECT 42 AS x").message == "CREATE TABLE"
         assert run(shell, "%sql SELECT x FROM d").scalar() == 42
         assert magic._default is not None
-        assert (tmp_path / "default-wh" / "main" / "default" / "d").is_dir()
+        assert [p.name[:2] for p in (tmp_path / "default-wh" / "main" / "default").iterdir()] == [
+            "d-"
+        ]
     finally:
         if magic._default is not None:
             magic._default.close()

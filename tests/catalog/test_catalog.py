@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing as mp
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,10 @@ def test_three_level_names_and_defaults(lh: mx.Lakehouse) -> None:
     c = lh.create_table("other.s.t", pa.table({"x": [3]}))
     assert (a.name, b.name, c.name) == ("main.default.t", "main.s.t", "other.s.t")
     wh = lh.warehouse.uri
-    assert a.location == f"{wh}/main/default/t"
-    assert b.location == f"{wh}/main/s/t"
-    assert c.location == f"{wh}/other/s/t"
+    # managed tables live under <catalog>/<schema>/, in a folder of their own per creation
+    assert re.fullmatch(re.escape(f"{wh}/main/default/t-") + "[0-9a-f]{12}", a.location)
+    assert re.fullmatch(re.escape(f"{wh}/main/s/t-") + "[0-9a-f]{12}", b.location)
+    assert re.fullmatch(re.escape(f"{wh}/other/s/t-") + "[0-9a-f]{12}", c.location)
     assert lh.tables() == ["main.default.t", "main.s.t", "other.s.t"]
     assert lh.tables("s") == ["main.s.t"]
     assert lh.tables("other.s") == ["other.s.t"]

@@ -297,14 +297,18 @@ def _big_create(uri: str, storage_options: dict[str, str] | None, name: str) -> 
 def test_creator_killed_before_first_commit_leaves_a_droppable_entry(
     lh: mx.Lakehouse, warehouse_root: Any
 ) -> None:
-    location = lh.warehouse.table_location("main", "s", "born")
+    def location() -> str:  # the dying creator's folder: the one named born-<tag>
+        lh.warehouse.fs.invalidate_cache()
+        found = lh.warehouse.fs.glob(lh.warehouse.join("main", "s", "born-*").split("://")[-1])
+        return found[0] if found else lh.warehouse.join("main", "s", "born-none")
+
     child = SPAWN.Process(
         target=_big_create, args=(warehouse_root.uri, warehouse_root.storage_options, "s.born")
     )
     child.start()
     deadline = time.monotonic() + 120
     try:
-        while not data_files(lh, location):
+        while not data_files(lh, location()):
             assert child.is_alive(), "the creator finished before any part file was seen"
             assert time.monotonic() < deadline, "no part file appeared"
             time.sleep(0.005)
@@ -312,6 +316,7 @@ def test_creator_killed_before_first_commit_leaves_a_droppable_entry(
     finally:
         child.join(timeout=30)
     assert child.exitcode == -signal.SIGKILL
+    dead = location()
     with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as fresh:
         # The name stays taken (another process may still be creating it), and reading says
         # what happened and what to do; it never returns the dead creator's rows.
@@ -329,7 +334,8 @@ def test_creator_killed_before_first_commit_leaves_a_droppable_entry(
         t = fresh.create_table("s.born", pa.table({"id": [1, 2]}))
         assert t.version == 0
         assert fresh.sql("SELECT sum(id) FROM s.born").scalar() == 3
-        assert len(data_files(fresh, location)) == 1  # the dead creator's files are gone
+        assert not data_files(fresh, dead)  # the dead creator's files went with the entry
+        assert not t.location.endswith(dead.rsplit("/", 1)[1])
 
 
 def test_writer_killed_mid_append_leaves_previous_version(
