@@ -42,6 +42,10 @@ class Result:
         self.statement = statement
         self.message = message
         self.schema: pa.Schema = reader.schema
+        # How the statement ran, when the engine reports it: a distributed query's
+        # ``cache_hits``, ``cache_misses``, ``bytes_local``, ``bytes_remote``,
+        # ``remote_fraction`` and per-fragment ``fragments`` (see engine/filecache.py).
+        self.stats: dict[str, Any] = {}
 
     @classmethod
     def from_table(

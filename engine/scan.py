@@ -362,8 +362,9 @@ def render_scan(scan: PrunedScan, ctx: ScanContext, columns: Iterable[str] | Non
         plain = [f.path for f in files if f.path not in snap.deletion_vectors]
         with_dv = [f.path for f in files if f.path in snap.deletion_vectors]
         sources = []
-        if plain:
-            sources.append(_source(snap, plain, ctx))
+        # Files of an object-store table may be partly in the node's cache (local paths).
+        for _, run in itertools.groupby(plain, key=is_remote):
+            sources.append(_source(snap, list(run), ctx))
         for p in with_dv:
             sources.append(ctx.register(_read_with_dv(snap, p, ctx)))
         proj = []

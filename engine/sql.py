@@ -107,13 +107,15 @@ class SQLEngine:
             return self._con.cursor()
 
     # -- entry point ------------------------------------------------------------------------
-    def execute(self, sql: str, dialect: str) -> Result:
+    def execute(self, sql: str, dialect: str, *, engine: str = "auto") -> Result:
+        """Run ``sql``; ``engine`` (``auto``/``local``/``ray``) picks where queries run
+        (see ``engine.distributed``)."""
         statements = self.parse(sql, dialect)
         if not statements:
             raise SQLError("empty statement", sql=sql)
         result: Result | None = None
         for stmt in statements:
-            result = self._run(stmt, dialect)
+            result = self._run(stmt, dialect, engine)
         assert result is not None
         return result
 
@@ -140,9 +142,11 @@ class SQLEngine:
             raise SQLError(f"cannot parse SQL: {e}", sql=sql) from e
         return [_integer_division(t) for t in trees if t is not None]
 
-    def _run(self, stmt: exp.Expr, dialect: str) -> Result:
+    def _run(self, stmt: exp.Expr, dialect: str, engine: str = "local") -> Result:
         if isinstance(stmt, exp.Query):
-            return self.query(stmt)
+            return self.query(stmt, engine=engine)
+        if isinstance(stmt, exp.Command):
+            return self._do_command(stmt, dialect, engine)
         handler = getattr(self, f"_do_{type(stmt).__name__.lower()}", None)
         if handler is None:
             text = stmt.sql(dialect=dialect)
@@ -157,18 +161,26 @@ class SQLEngine:
         return result
 
     # -- queries ----------------------------------------------------------------------------
-    def query(self, tree: exp.Expr, *, explain: bool = False) -> Result:
+    def query(self, tree: exp.Expr, *, explain: bool = False, engine: str = "local") -> Result:
         tree = tree.copy() if explain else tree
         functions = expand_functions(self, tree)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
         bound = self._bind(tree, refs)
+        notes: list[str] = []
+        if engine != "local":
+            from matrixos.engine.distributed import route
+
+            routed = route(self, tree, bound, functions, engine=engine, explain=explain)
+            if routed.result is not None:
+                return routed.result
+            notes = routed.notes
         cur = self._cursor([b.snapshot.location for _, b in bound if isinstance(b, PrunedScan)])
         try:
             functions.install(cur)
             sql = self._install(cur, tree, bound)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
-                lines = list(functions.explain)
+                lines = notes + list(functions.explain)
                 for ident, scan in bound:
                     if isinstance(scan, LanceScan):
                         lines.append(
@@ -433,7 +445,7 @@ class SQLEngine:
         return None
 
     # -- EXPLAIN, OPTIMIZE, VACUUM, SHOW (parsed as commands by sqlglot) ---------------------
-    def _do_command(self, stmt: exp.Command, dialect: str) -> Result:
+    def _do_command(self, stmt: exp.Command, dialect: str, engine: str = "local") -> Result:
         cmd = str(stmt.this).upper()
         rest = (
             stmt.expression.name
@@ -446,7 +458,7 @@ class SQLEngine:
             trees = self.parse(inner, dialect)
             if len(trees) != 1 or not isinstance(trees[0], exp.Query):
                 raise NotSupported("EXPLAIN supports one query")
-            return self.query(trees[0], explain=True)
+            return self.query(trees[0], explain=True, engine=engine)
         if cmd == "OPTIMIZE":
             m = re.match(r"^(\S+)(?:\s+ZORDER\s+BY\s*\(?([^)]*)\)?)?\s*$", rest, re.I)
             if not m:

@@ -178,3 +178,21 @@ def load(
         t = lh.create_table(full, pq.read_table(data.parquet(name)), mode="overwrite")
         rows[name] = t.count()
     return rows
+
+
+def load_split(lh: Lakehouse, data: TpchData, files: int) -> None:
+    """Load every table into the default schema as ``files`` Delta files each (one commit per
+    file; tables of at most 1,000 rows as one file), so distributed scans split into
+    fragments."""
+    import pyarrow.parquet as pq
+
+    for name in TABLES:
+        rows = pq.read_table(data.parquet(name))
+        parts = files if rows.num_rows > 1000 else 1
+        step = -(-rows.num_rows // parts)
+        for i in range(parts):
+            part = rows.slice(i * step, step)
+            if i == 0:
+                lh.create_table(name, part, mode="overwrite")
+            else:
+                lh.table(name).append(part)

@@ -514,6 +514,7 @@ def _fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``matrixos`` script."""
     import matrixos.cli_ai  # noqa: F401  (registers `rag` and `search`)
+    from matrixos import cli_compute  # noqa: F401  (registers `compute`)
     from matrixos.errors import MatrixOSError
 
     try:

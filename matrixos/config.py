@@ -31,7 +31,42 @@ class Settings(BaseSettings):
     home: str = Field(
         default="~/.matrixos", description="Per-user state (catalogs of s3 warehouses)."
     )
-    compute: Literal["local", "ray"] | str = "local"
+    compute: Literal["local", "ray"] | str = Field(
+        default="local",
+        description="Where queries run: 'local' (in-process), 'ray' (a private Ray runtime, or "
+        "the cluster in RAY_ADDRESS), 'ray://host:port' (Ray client) or 'host:port' (a Ray "
+        "cluster's GCS address). See matrixos.compute.",
+    )
+    zone: str | None = Field(
+        default=None, description="Storage zone of this node (MATRIXOS_ZONE), e.g. 'eu-west-1a'."
+    )
+    storage_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Storage zone of warehouse locations: URI prefix → zone (JSON in "
+        'MATRIXOS_STORAGE_ZONES), e.g. {"s3://eu-bucket/": "eu-west-1a"}. A query\'s '
+        "fragments run in their files' zone when no node has them cached.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="This node's cache of object-store files (MATRIXOS_CACHE_DIR); default "
+        "~/.cache/matrixos/files. See matrixos.engine.filecache.",
+    )
+    cache_max_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=0,
+        description="Bound of this node's file cache in bytes (MATRIXOS_CACHE_MAX_BYTES).",
+    )
+    distributed_min_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="engine='auto' runs a query on Ray when it scans at least this many bytes.",
+    )
+    broadcast_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description="Distributed joins send a side of at most this many bytes (estimated from "
+        "its files, or measured) to every task; larger sides are hash-partitioned.",
+    )
     default_dialect: str = "duckdb"
     user: str | None = Field(default=None, description="Owner recorded on new tables.")
     # 16: a full scan late in the cycle pays for at most 15 tiny files (DuckDB's cost is per

@@ -138,8 +138,31 @@ class StorageError(MatrixOSError, OSError):
     sqlstate = "58030"
 
 
+class BatchError(MatrixOSError, RuntimeError):
+    """A batch UDF (``lh.map_batches``) failed; names the batch and its rows.
+
+    ``batch`` is the batch's index in the job and ``rows`` its ``(first, end)`` row range of the
+    source; batches committed before it stay committed, and a rerun resumes after them.
+    """
+
+    sqlstate = "38000"  # external routine exception
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch: int | None = None,
+        rows: tuple[int, int] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.batch = batch
+        self.rows = rows
+
+
 __all__ = [
     "AccessDenied",
+    "BatchError",
     "ConcurrentWriteError",
     "ConfigError",
     "FileNotFound",

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
     from matrixos.ai.rag import RAG
+    from matrixos.batch import MapBatchesSummary
+    from matrixos.compute import ComputePool
     from matrixos.connectors.ingest import IngestSummary
     from matrixos.connectors.media import MediaIngestSummary
     from matrixos.engine.result import Result
@@ -50,7 +52,8 @@ def connect(
         storage_options: deltalake-style keys (``AWS_ENDPOINT_URL``, ``AWS_REGION``, …);
             missing keys fall back to the ``AWS_*`` environment variables.
         catalog_url: SQLAlchemy URL of the catalog; default SQLite (see ``Settings``).
-        compute: ``local`` (default); ``ray`` arrives with the distributed engine.
+        compute: ``local`` (default), ``ray``, ``ray://host:port`` or ``host:port`` (see
+            ``matrixos.compute``).
         **settings: any other ``Settings`` field.
 
     Example:
@@ -69,10 +72,9 @@ class Lakehouse:
     """A session over one warehouse and catalog. Thread-safe; cheap to create."""
 
     def __init__(self, settings: Settings, *, storage_options: Mapping[str, Any] | None = None):
-        if settings.compute not in ("local",):
-            raise NotSupported(
-                f"compute={settings.compute!r} is not available yet; use compute='local'"
-            )
+        from matrixos.compute import parse_compute
+
+        parse_compute(settings.compute)  # a bad target fails here, not at the first query
         self.settings = settings
         self.warehouse = Warehouse(settings.warehouse, storage_options)
         url = settings.catalog_url or self.warehouse.default_catalog_url(settings.home)
@@ -81,6 +83,7 @@ class Lakehouse:
         self._lock = threading.Lock()
         self._tables: dict[str, DeltaTable] = {}
         self._engine_obj: SQLEngine | None = None
+        self._compute: ComputePool | None = None
 
     def __repr__(self) -> str:
         return f"Lakehouse(warehouse={self.warehouse.uri!r}, catalog={self.catalog!r})"
@@ -95,7 +98,26 @@ class Lakehouse:
         if self._engine_obj is not None:
             self._engine_obj.close()
             self._engine_obj = None
+        if self._compute is not None:
+            self._compute.shutdown()  # stops a private Ray runtime this session started
+            self._compute = None
         self.catalog.close()
+
+    @property
+    def compute(self) -> ComputePool:
+        """The compute pool (``Settings.compute``), started on first use.
+
+        Example:
+            >>> lh.compute.status()["mode"]  # doctest: +SKIP
+            'ray'
+        """
+        if self._compute is None:
+            from matrixos.compute import ComputePool
+
+            with self._lock:
+                if self._compute is None:
+                    self._compute = ComputePool(self.settings)
+        return self._compute.start()
 
     @property
     def _engine(self) -> SQLEngine:
@@ -108,17 +130,28 @@ class Lakehouse:
         return self._engine_obj
 
     # -- SQL --------------------------------------------------------------------------------
-    def sql(self, query: str, *, dialect: str | None = None) -> Result:
+    def sql(
+        self,
+        query: str,
+        *,
+        dialect: str | None = None,
+        engine: Literal["auto", "local", "ray"] = "auto",
+    ) -> Result:
         """Run SQL (one or more statements; the last one's rows are returned).
 
         ``dialect`` is any sqlglot dialect (duckdb, postgres, mysql, databricks, spark,
         snowflake, bigquery, trino, …); default ``duckdb``. Untrusted SQL is sandboxed: it reads
         only catalog tables and never files, settings or extensions.
 
+        ``engine``: ``local`` runs in this process; ``ray`` runs a query over one Delta table
+        as tasks on the compute pool (anything else still runs locally; ``EXPLAIN`` says
+        which); ``auto`` picks ``ray`` when the pool is Ray and the query scans at least
+        ``Settings.distributed_min_bytes``. Results do not depend on the engine.
+
         Example:
             >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()  # doctest: +SKIP
         """
-        return self._engine.execute(query, dialect or self.settings.default_dialect)
+        return self._engine.execute(query, dialect or self.settings.default_dialect, engine=engine)
 
     # -- schemas ----------------------------------------------------------------------------
     def create_schema(
@@ -286,6 +319,88 @@ class Lakehouse:
         from matrixos.ai.rag import RAG
 
         return RAG(self)
+
+    def map_batches(
+        self,
+        source: str,
+        fn: Any,
+        *,
+        output: str,
+        batch_size: int = 1024,
+        num_gpus: float = 0,
+        num_cpus: float = 1,
+        concurrency: int | None = None,
+        columns: Sequence[str] | None = None,
+        filter: str | None = None,
+        key: str | Sequence[str] | None = None,
+        mode: Literal["append", "overwrite", "merge"] = "append",
+        resume: bool = True,
+        format: Literal["delta", "lance"] | None = None,
+        batch_format: Literal["pyarrow", "pandas", "numpy"] = "pyarrow",
+        fn_constructor_args: Sequence[Any] = (),
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        commit_batches: int = 8,
+        max_in_flight: int | None = None,
+        progress: bool | None = None,
+    ) -> MapBatchesSummary:
+        """Run a batch UDF over a table or query on the compute pool, into the table ``output``.
+
+        ``fn`` takes a batch (a ``pyarrow.Table``; pandas or a dict of numpy arrays with
+        ``batch_format``) and returns one (Arrow, pandas, Polars or a dict of columns; 2-D
+        arrays become fixed-size list columns). A callable class is built once per worker
+        (with ``fn_constructor_args``/``kwargs``): on a Ray pool a pool of ``concurrency``
+        actors, each with ``num_gpus`` GPUs when the pool has them (CPUs otherwise); a function
+        runs as Ray tasks. On the local pool everything runs in this process.
+
+        Args:
+            source: a Delta or Lance table, or a SQL query (``columns`` and ``filter``, a SQL
+                predicate, narrow it).
+            output: the table written (created from the first result's schema; Delta, or the
+                source table's format, unless ``format``). ``mode``: ``append``, ``overwrite``
+                (replaced by this job's rows) or ``merge`` (upsert on ``key``).
+            batch_size: rows per batch; ``commit_batches`` batches per output commit.
+            resume: rerunning a job that did not finish (same source, function, output and
+                options) re-reads the source at the version the first run pinned and skips the
+                batches already committed; a finished job is not rerun for the same source
+                version. ``resume=False`` starts afresh.
+            max_in_flight: batches running at once (default: what the workers can take).
+            progress: a progress bar and a printed summary (default: on in a terminal or
+                notebook).
+
+        Returns:
+            ``MapBatchesSummary``: rows in/out, batches, elapsed, rows/s, GPU utilisation.
+
+        Raises:
+            BatchError: ``fn`` failed; names the batch and its rows (committed batches stay).
+
+        Example:
+            >>> lh.map_batches("media.images", fn, output="media.tags", num_gpus=1,
+            ...                batch_size=64)  # doctest: +SKIP
+        """
+        from matrixos.batch import map_batches
+
+        return map_batches(
+            self,
+            source,
+            fn,
+            output=output,
+            batch_size=batch_size,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            concurrency=concurrency,
+            columns=columns,
+            filter=filter,
+            key=key,
+            mode=mode,
+            resume=resume,
+            format=format,
+            batch_format=batch_format,
+            fn_constructor_args=fn_constructor_args,
+            fn_constructor_kwargs=fn_constructor_kwargs,
+            commit_batches=commit_batches,
+            max_in_flight=max_in_flight,
+            progress=progress,
+        )
 
     # -- search -----------------------------------------------------------------------------
     def search(

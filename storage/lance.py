@@ -200,8 +200,14 @@ class LanceStore:
             raise _translate(e, f"cannot create table at {self.location}") from e
         return WriteResult(int(ds.version), {"num_added_rows": table.num_rows})
 
-    def append(self, data: Any, *, evolve: bool = False) -> WriteResult:
-        """Add rows; with ``evolve`` new columns are added to the schema (null in old rows)."""
+    def append(
+        self, data: Any, *, evolve: bool = False, commit_metadata: Mapping[str, str] | None = None
+    ) -> WriteResult:
+        """Add rows; with ``evolve`` new columns are added to the schema (null in old rows).
+
+        ``commit_metadata`` is recorded in the commit's transaction properties (``history()``
+        shows it in ``operationParameters``), atomically with the rows.
+        """
         import lance
 
         ds = self.open()
@@ -212,7 +218,7 @@ class LanceStore:
                 ds,
                 mode="append",
                 storage_options=self.storage_options,
-                transaction_properties={"matrixos.operation": "WRITE"},
+                transaction_properties={**(commit_metadata or {}), "matrixos.operation": "WRITE"},
             )
         except Exception as e:
             raise _translate(e, f"append to {self.location} failed") from e
@@ -221,7 +227,12 @@ class LanceStore:
         return result
 
     def overwrite(
-        self, data: Any, *, evolve: bool = False, predicate: str | None = None
+        self,
+        data: Any,
+        *,
+        evolve: bool = False,
+        predicate: str | None = None,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         """Replace all rows with ``data``; ``evolve`` may replace the schema."""
         import lance
@@ -241,7 +252,7 @@ class LanceStore:
                 self.location,
                 mode="overwrite",
                 storage_options=self.storage_options,
-                transaction_properties={"matrixos.operation": "WRITE"},
+                transaction_properties={**(commit_metadata or {}), "matrixos.operation": "WRITE"},
             )
         except Exception as e:
             raise _translate(e, f"overwrite of {self.location} failed") from e
@@ -256,8 +267,9 @@ class LanceStore:
         when_matched: Literal["update", "ignore"] = "update",
         when_not_matched: Literal["insert", "ignore"] = "insert",
         delete_not_matched_by_source: bool = False,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
-        """Upsert ``data`` on the key columns ``on``."""
+        """Upsert ``data`` on the key columns ``on`` (``commit_metadata``: as for ``append``)."""
         if not on:
             raise SchemaMismatch("merge needs at least one key column in on=[...]")
         ds = self.open()
@@ -276,7 +288,10 @@ class LanceStore:
             builder = builder.when_not_matched_by_source_delete()
         read_version = int(ds.version)
         try:
-            metrics = builder.execute(source)
+            if commit_metadata:
+                metrics = self._merge_with_properties(builder, source, commit_metadata)
+            else:
+                metrics = builder.execute(source)
         except Exception as e:
             raise _translate(e, f"merge into {self.location} failed") from e
         after = self.open()
@@ -287,6 +302,24 @@ class LanceStore:
             # other.
             self._drop_duplicate_inserts(after, source.select(list(on)))
         return WriteResult(int(after.version), dict(metrics))
+
+    def _merge_with_properties(
+        self, builder: Any, source: pa.Table, properties: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """A merge committed with transaction properties (``execute`` takes none): written
+        uncommitted, then committed with the properties, atomically with the rows."""
+        import lance
+
+        tx, metrics = builder.execute_uncommitted(source)
+        tx.transaction_properties = {**(tx.transaction_properties or {}), **properties}
+        lance.LanceDataset.commit(
+            self.location,
+            tx,
+            read_version=tx.read_version,
+            storage_options=self.storage_options,
+            max_retries=max(self.commit_retries, 0),
+        )
+        return dict(metrics)
 
     def _drop_duplicate_inserts(self, ds: LanceDataset, keys: pa.Table) -> None:
         import pyarrow.compute as pc

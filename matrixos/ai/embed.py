@@ -443,6 +443,57 @@ def get_embedder(name: str | None = None, *, device: str | None = None) -> Embed
         return got
 
 
+def embedder_factory(name: str | None = None) -> EmbedderFactory:
+    """The factory registered as ``name`` (default ``"minilm"``): what a worker process, which
+    has not seen this process's ``register_embedder`` calls, needs to build the embedder.
+
+    Raises ``ConfigError`` for an unknown name.
+    """
+    raw = DEFAULT_EMBEDDER if name is None else name
+    with _registry_lock:
+        key = _aliases.get(raw.lower(), raw.lower())
+        factory = _factories.get(key)
+    if factory is None:
+        get_embedder(raw)  # raises the usual "unknown embedder" error
+        raise AssertionError("unreachable")  # pragma: no cover
+    return factory
+
+
+class EmbedColumn:
+    """A batch UDF for ``lh.map_batches``: adds ``output`` (a fixed-size list of float32) with
+    the embedding of the text column ``column``. Pass the class (and the arguments as
+    ``fn_constructor_kwargs``) so that each worker loads the model once; on a GPU worker the
+    model runs on the GPU (``device=None`` picks ``cuda`` when torch sees one, else ``cpu``).
+
+        >>> import pyarrow as pa
+        >>> EmbedColumn("text", embedder="hash")(pa.table({"text": ["a b", None]}))["vector"].type
+        FixedSizeListType(fixed_size_list<item: float>[64])
+    """
+
+    def __init__(
+        self,
+        column: str = "text",
+        *,
+        embedder: str | None = None,
+        output: str = "vector",
+        device: str | None = None,
+        factory: EmbedderFactory | None = None,
+    ) -> None:
+        self.column = column
+        self.output = output
+        self.embedder = factory(device=device) if factory else get_embedder(embedder, device=device)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        texts = ["" if t is None else str(t) for t in batch.column(self.column).to_pylist()]
+        vectors = self.embedder.embed(texts)
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        return batch.append_column(
+            self.output, pa.FixedSizeListArray.from_arrays(flat, self.embedder.dim)
+        )
+
+
 register_embedder("hash", lambda device=None: HashEmbedder(), aliases=("tiny",))
 register_embedder(
     "minilm",
@@ -452,11 +503,13 @@ register_embedder(
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "EmbedColumn",
     "Embedder",
     "EmbedderFactory",
     "HashEmbedder",
     "MiniLMEmbedder",
     "Tokenizer",
+    "embedder_factory",
     "get_embedder",
     "list_embedders",
     "register_embedder",

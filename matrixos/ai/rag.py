@@ -19,6 +19,7 @@ pipeline and model versions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -73,6 +74,7 @@ class IndexSummary:
     chunks_deleted: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    compute: str = "in-process"  # where the embedder ran
     errors: list[str] = field(default_factory=list)
     indexes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -90,7 +92,7 @@ class IndexSummary:
             f"changed, {self.unchanged} unchanged, {self.deleted} deleted, {self.failed} failed",
             f"{self.chunks_written} chunks written, {self.chunks_deleted} removed in "
             f"{self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s, {self.chunks_per_s:.1f} "
-            f"chunks/s; embedding {self.embed_seconds:.1f} s)",
+            f"chunks/s; embedding {self.embed_seconds:.1f} s, {self.compute})",
         ]
         lines += [f"  error: {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
@@ -145,6 +147,11 @@ class RAG:
         """Index the documents of ``source`` into the Lance table ``table`` (created when
         missing). See the module docstring for the guarantees.
 
+        The embedder runs in this process on a local pool, and on a Ray pool
+        (``compute="ray…"``) as actors (one model each, on a GPU when the pool has them),
+        ``batch_chunks`` chunks per call; commits stay on the driver, so the guarantees hold
+        either way.
+
         Example:
             >>> lh.rag.index(source="raw.docs", table="kb.chunks")  # doctest: +SKIP
         """
@@ -164,7 +171,13 @@ class RAG:
             todo.append((d, have is not None))
         # Hash first (cheap next to embedding) to skip unchanged documents.
         work = _Work(self, t, emb, summary, existing, max_tokens, overlap)
-        with ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2))) as pool:
+        with contextlib.ExitStack() as stack:
+            if self._lh.compute.is_ray:
+                work.remote = _RemoteEmbed(self._lh, emb, embedder, batch_chunks)
+                stack.callback(work.remote.mapper.close)  # after the threads below are done
+                summary.compute = work.remote.mapper.description
+            threads = workers or min(4, (os.cpu_count() or 2))
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads))
             prepared = pool.map(work.prepare, todo)
             bar = _progress(progress, len(todo))
             try:
@@ -333,6 +346,14 @@ class _Work:
         self.existing = existing
         self.max_tokens = max_tokens
         self.overlap = overlap
+        self.remote: _RemoteEmbed | None = None
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.emb.dim), np.float32)
+        if self.remote is not None:
+            return self.remote.embed(texts)
+        return self.emb.embed(texts)
 
     def prepare(self, item: tuple[SourceDoc, bool]) -> _Prepared | str | None:
         """Parse and chunk one document (in a worker thread): ``None`` when unchanged, the
@@ -360,7 +381,7 @@ class _Work:
     def write(self, batch: list[_Prepared]) -> None:
         texts = [c.text for p in batch for c in p.chunks]
         t0 = time.perf_counter()
-        vectors = self.emb.embed(texts) if texts else np.zeros((0, self.emb.dim), np.float32)
+        vectors = self.embed(texts)
         self.summary.embed_seconds += time.perf_counter() - t0
         now = datetime.now(UTC)
         rows: dict[str, list[Any]] = {f.name: [] for f in chunk_schema(self.emb.dim)}
@@ -402,6 +423,36 @@ class _Work:
             else:
                 self.summary.added += 1
         self.summary.chunks_written += data.num_rows
+
+
+class _RemoteEmbed:
+    """The embed step on a Ray pool: ``EmbedColumn`` actors (the model loads once in each),
+    sent sub-batches of texts; the vectors come back to the driver, which commits them."""
+
+    def __init__(self, lh: Lakehouse, emb: Embedder, name: str | None, batch_chunks: int) -> None:
+        from matrixos.ai.embed import EmbedColumn, embedder_factory
+        from matrixos.batch import PoolMapper
+
+        pool = lh.compute
+        gpus = float(pool.status()["gpus"])
+        self.dim = emb.dim
+        self.rows = max(1, batch_chunks // max(1, pool.num_cpus()))
+        self.mapper = PoolMapper(
+            pool,
+            EmbedColumn,
+            constructor_kwargs={"embedder": name, "factory": embedder_factory(name)},
+            num_gpus=1 if gpus >= 1 else 0,
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        parts = [
+            pa.table({"text": texts[i : i + self.rows]}) for i in range(0, len(texts), self.rows)
+        ]
+        out = self.mapper.map(parts, what="embedding batch")
+        vectors = [
+            np.asarray(t.column("vector").combine_chunks().flatten(), np.float32) for t in out
+        ]
+        return np.concatenate(vectors).reshape(len(texts), self.dim)
 
 
 def _existing_hashes(t: LanceTable) -> dict[str, set[str]]:
@@ -520,35 +571,20 @@ def _read_queries(queries: str | Path | Sequence[dict[str, Any]]) -> list[dict[s
 # -- progress ---------------------------------------------------------------------------------
 class _Bar:
     def __init__(self, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from matrixos._progress import RateBar
 
-        self.started = time.perf_counter()
+        self.bar = RateBar("indexing", total)
         self.done = 0
-        self.progress = Progress(
-            TextColumn("indexing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        self.task = self.progress.add_task("docs", total=total, rate="")
-        self.progress.start()
 
     def advance(self, s: IndexSummary) -> None:
         self.done += 1
-        el = max(time.perf_counter() - self.started, 1e-9)
-        rate = f"{self.done / el:.1f} docs/s · {s.chunks_written / el:.1f} chunks/s"
-        self.progress.update(self.task, advance=1, rate=rate)
+        el = self.bar.elapsed
+        self.bar.update(
+            f"{self.done / el:.1f} docs/s · {s.chunks_written / el:.1f} chunks/s", advance=1
+        )
 
     def close(self, s: IndexSummary) -> None:
-        self.progress.stop()
+        self.bar.close()
 
 
 def _progress(enabled: bool, total: int) -> _Bar | None:

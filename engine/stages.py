@@ -1,0 +1,1078 @@
+"""Distributed multi-stage queries: joins, subqueries and aggregations as Ray tasks.
+
+``engine.distributed`` runs a SELECT over one Delta table as fragments plus a merge. Everything
+else with Delta tables (joins, subqueries, CTEs, DISTINCT or non-decomposable aggregates) comes
+here:
+
+1. **Decomposition.** sqlglot's optimizer qualifies every column and unnests subqueries
+   (``IN``/``EXISTS``/correlated scalar subqueries become joins with grouped derived tables),
+   lifting derived tables into CTEs, so the query is a set of *blocks*: ``SELECT … FROM
+   sources [LEFT] JOIN … WHERE … GROUP BY … HAVING … ORDER BY … LIMIT``, each source a table or
+   an earlier block. Uncorrelated subqueries left in expressions (``NOT IN (SELECT …)``) run
+   first and are broadcast.
+2. **Blocks as stages.** Every block runs as DuckDB per partition (one Ray task each). A source
+   whose estimated (or, for an earlier stage's result, measured) size is at most
+   ``Settings.broadcast_max_bytes`` is *broadcast*: every task reads all of it (a small
+   table's files, or the Arrow partitions of an earlier stage). The large sources are
+   *hash-partitioned* on a join key they share (an equivalence class of ``a.x = b.y``
+   conditions) into N buckets — tasks return N Arrow tables (``num_returns``), owned by the
+   driver, kept in Ray's object store — and joined bucket-wise. A single large source needs no
+   shuffle: its Delta files (after pruning) are split into fragments. Large sources with no
+   common key are joined pairwise first (the join of the sources that share the most common
+   key becomes one source), then the rest.
+3. **Aggregation.** When the partitioning key is a GROUP BY column the block aggregates in
+   place; otherwise the joined rows are hash-partitioned by the GROUP BY expressions (or
+   gathered into one task for a global aggregate) and aggregated per bucket, so every
+   aggregate — DISTINCT, median, avg — is computed by DuckDB itself, exactly as locally.
+4. **Order and limit.** Each task keeps its top ``LIMIT + OFFSET`` rows; the driver merges the
+   final (small) result, sorts and limits it, and casts it to the names and types the local
+   engine gives the query (found by binding the query over empty tables).
+
+Tasks that read table files go through ``engine.filecache`` (``localize`` in the task,
+``plan_placement``/``observe`` on the driver). A task whose worker dies is retried
+(``max_retries``); its inputs are objects owned by the driver, so they survive the worker.
+
+Not distributed (they run locally, with the reason in ``EXPLAIN``): window functions, set
+operations, RIGHT/FULL/SEMI/ANTI joins, joins after a LEFT JOIN, correlated subqueries sqlglot
+cannot unnest, search functions and Lance tables.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from matrixos.engine.distributed import (
+    _MAX_RETRIES,
+    FragmentError,
+    _size,
+    _slim,
+    _worker_connection,
+    gather,
+    split_files,
+)
+from matrixos.engine.filecache import (
+    Placement,
+    ReadStats,
+    localize,
+    observe,
+    plan_placement,
+    readable_dirs,
+)
+from matrixos.engine.scan import FileEntry, PrunedScan, duckdb_type, make_context, render_scan
+from matrixos.storage.warehouse import is_remote
+
+if TYPE_CHECKING:
+    from matrixos.catalog import TableIdent
+    from matrixos.engine.functions import FunctionResults
+    from matrixos.engine.scan import LanceScan
+    from matrixos.engine.sql import SQLEngine
+    from matrixos.storage.options import StorageOptions
+
+_TABLE = "__mx_t"  # placeholder names of the query's table references: __mx_t0, __mx_t1, …
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
+
+
+class Refused(Exception):
+    """The query cannot be distributed; the message says why (shown by EXPLAIN)."""
+
+
+# -- relations ----------------------------------------------------------------------------------
+@dataclass
+class Rel:
+    """A distributed relation: a Delta scan not yet read, or an earlier stage's partitions."""
+
+    schema: pa.Schema
+    parts: list[list[Any]] = field(default_factory=list)  # per partition: Arrow object refs
+    scan: PrunedScan | None = None
+    label: str = ""
+    key: str | None = None  # hash-partitioned on this column (one part per bucket)
+    nbytes: int = 0  # measured (stages) or the files' bytes (scans)
+    fragments: list[list[FileEntry]] = field(default_factory=list)
+    final: _Final | None = None  # the query's last step, done on the coordinator
+
+    def types(self) -> dict[str, str]:
+        return {f.name.lower(): duckdb_type(f.type) for f in self.schema}
+
+    def estimate(self, columns: set[str]) -> int:
+        """Bytes a stage would read of it: a scan's files scaled by the share of columns."""
+        if self.scan is None:
+            return self.nbytes
+        share = max(1, len(columns)) / max(1, len(self.schema))
+        return int(self.nbytes * min(1.0, share))
+
+
+@dataclass
+class Source:
+    alias: str
+    rel: Rel
+    on: exp.Expr | None = None  # a LEFT JOIN's condition; None: an inner source
+
+
+@dataclass
+class Block:
+    """One SELECT: its sources (inner ones first, then LEFT JOINed ones), the inner join and
+    WHERE conjuncts, and the SELECT itself (projections, GROUP BY, HAVING, ORDER, LIMIT)."""
+
+    sources: list[Source]
+    conds: list[exp.Expr]
+    sel: exp.Select
+
+    def source(self, alias: str) -> Source:
+        return next(s for s in self.sources if s.alias == alias)
+
+    def parts_sql(self) -> list[exp.Expr]:
+        """Every expression of the block outside its FROM (columns are counted from these)."""
+        out: list[exp.Expr] = [*self.sel.expressions, *self.conds]
+        for key in ("group", "having", "order"):
+            if self.sel.args.get(key) is not None:
+                out.append(self.sel.args[key])
+        out += [s.on for s in self.sources if s.on is not None]
+        return out
+
+    def columns_of(self, alias: str, nodes: list[exp.Expr] | None = None) -> set[str]:
+        cols: set[str] = set()
+        for node in self.parts_sql() if nodes is None else nodes:
+            for col in node.find_all(exp.Column):
+                if col.table == alias:
+                    cols.add(col.name)
+        return cols
+
+
+def _aliases(node: exp.Expr) -> set[str]:
+    return {c.table for c in node.find_all(exp.Column) if c.table}
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    if node is None:
+        return []
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.Boolean) and node.this:
+        return []
+    return [node]
+
+
+def _implied(conds: list[exp.Expr]) -> list[exp.Expr]:
+    """Conjuncts common to every branch of an OR (TPC-H Q19's join key), as conditions of
+    their own: they are implied, and they give the planner its join keys."""
+    have = {c.sql() for c in conds}
+    out: list[exp.Expr] = []
+    for c in conds:
+        if not isinstance(c, exp.Or):
+            continue
+        branches = list(c.flatten())
+        common = {x.sql(): x for x in _conjuncts(branches[0])}
+        for branch in branches[1:]:
+            keep = {x.sql() for x in _conjuncts(branch)}
+            common = {k: v for k, v in common.items() if k in keep}
+        out += [v.copy() for k, v in common.items() if k not in have]
+    return out
+
+
+def _flatten(node: exp.Expr, aliases: set[str], target: str | None) -> exp.Expr:
+    """Columns of ``aliases`` renamed to the joined source's ``"alias.column"`` names."""
+
+    def swap(n: exp.Expr) -> exp.Expr:
+        if isinstance(n, exp.Column) and n.table in aliases:
+            name = exp.to_identifier(f"{n.table}.{n.name}", quoted=True)
+            return exp.Column(this=name, table=exp.to_identifier(target) if target else None)
+        return n
+
+    return node.transform(swap)
+
+
+def _hash_sql(exprs: list[str], types: list[str | None], buckets: int) -> str:
+    """The bucket of a row. Integer keys hash as BIGINT so both sides of a join agree."""
+    keys = [
+        f"CAST({e} AS BIGINT)" if t in _INTEGERS else e for e, t in zip(exprs, types, strict=True)
+    ]
+    return f"hash({', '.join(keys)}) % {buckets}"
+
+
+def _col(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(
+        this=exp.to_identifier(name, quoted=True),
+        table=exp.to_identifier(table, quoted=True) if table else None,
+    )
+
+
+# -- the task -----------------------------------------------------------------------------------
+@dataclass
+class Input:
+    """One input of a stage task: a scan of some files, or ``count`` Arrow tables (args)."""
+
+    name: str
+    scan: PrunedScan | None
+    count: int
+    schema: pa.Schema
+
+
+def run_stage(
+    sql: str,
+    inputs: list[Input],
+    options: StorageOptions | None,
+    key_sql: str | None,
+    nout: int,
+    threads: int,
+    memory_limit: str | None,
+    *tables: pa.Table,
+) -> list[Any]:
+    """One stage task: DuckDB over its inputs (file scans localized through the node's cache,
+    Arrow partitions of earlier stages); returns ``nout`` Arrow tables (the rows hash-split by
+    ``key_sql``, or all rows when ``nout`` is 1) and its statistics."""
+    scans: list[PrunedScan] = []  # keeps localized files pinned until the task returns
+    read: list[ReadStats] = []
+    arrow: dict[str, pa.Table] = {}
+    dirs: set[str] = set()
+    i = 0
+    for inp in inputs:
+        if inp.scan is not None:
+            scan, stats = localize(inp.scan, options)
+            scans.append(scan)
+            read.append(stats)
+            dirs.update(readable_dirs(scan))
+        else:
+            got = list(tables[i : i + inp.count])
+            i += inp.count
+            arrow[inp.name] = (
+                pa.concat_tables(got, promote_options="permissive")
+                if got
+                else inp.schema.empty_table()
+            )
+    cur = _worker_connection(tuple(sorted(dirs)), threads, memory_limit).cursor()
+    try:
+        text = sql
+        for inp, scan in zip([x for x in inputs if x.scan is not None], scans, strict=True):
+            ctx = make_context(options, is_remote(scan.snapshot.location))
+            body = render_scan(scan, ctx)
+            for name, obj in ctx.registrations.items():
+                cur.register(name, obj)
+            text = text.replace(f'"{inp.name}"', f"({body})")
+        for name, table in arrow.items():
+            cur.register(name, table)
+        if key_sql is None or nout == 1:
+            outs = [cur.sql(text).to_arrow_table()]
+        else:
+            rows = cur.sql(f"SELECT *, {key_sql} AS __mx_bucket FROM ({text}) AS __mx_q")
+            table = rows.to_arrow_table()
+            import pyarrow.compute as pc
+
+            bucket = table.column("__mx_bucket")
+            table = table.drop_columns(["__mx_bucket"])
+            outs = [table.filter(pc.equal(bucket, b)) for b in range(nout)]
+    except duckdb.Error as e:
+        raise FragmentError(type(e).__name__, str(e)) from None
+    finally:
+        cur.close()
+    stats = {
+        "rows": [t.num_rows for t in outs],
+        "bytes": [t.nbytes for t in outs],
+        "schema": outs[0].schema,
+        "read": read,
+    }
+    return [*outs, stats]
+
+
+@cache
+def _remote_stage() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=1, max_retries=_MAX_RETRIES, retry_exceptions=False)(run_stage)
+
+
+# -- the executor -------------------------------------------------------------------------------
+@dataclass
+class _Task:
+    inputs: list[tuple[str, Rel, int | None]]  # (placeholder, relation, partition or None: all)
+
+
+class Executor:
+    """Runs one optimized query as stages on the Ray pool (see the module's doc)."""
+
+    def __init__(self, engine_obj: SQLEngine, scans: list[tuple[TableIdent, PrunedScan]]):
+        lh = engine_obj.lh
+        self.engine_obj = engine_obj
+        self.settings = lh.settings
+        self.options = lh.warehouse.options if lh.warehouse.is_remote else None
+        self.buckets = max(2, lh.compute.num_cpus())
+        self.broadcast_max = lh.settings.broadcast_max_bytes
+        self.tables = [
+            Rel(
+                schema=scan.snapshot.schema,
+                scan=scan,
+                label=f"{ident} (delta, version {scan.snapshot.version})",
+                nbytes=sum(f.size for f in scan.files),
+                fragments=split_files(scan.files, lh.compute.num_cpus()) or [[]],
+            )
+            for ident, scan in scans
+        ]
+        self.ctes: dict[str, exp.Query] = {}
+        self.cte_rels: dict[str, Rel] = {}
+        self.subqueries: dict[str, Rel] = {}
+        self.lines: list[str] = []
+        self.stages = 0
+        self.tasks = 0
+
+    # -- queries and blocks ---------------------------------------------------------------
+    def query(self, q: exp.Expr, top: bool) -> Rel:
+        if isinstance(q, exp.Subquery):
+            return self.query(q.this, top)
+        with_ = q.args.get("with_")
+        if with_ is not None:
+            for cte in with_.expressions:
+                self.ctes[cte.alias_or_name] = cte.this
+        if isinstance(q, exp.SetOperation):
+            raise Refused("set operations")
+        if not isinstance(q, exp.Select):
+            raise Refused(f"{type(q).__name__} queries")
+        return self.block(q, top)
+
+    def source_rel(self, node: exp.Expr) -> Rel:
+        if isinstance(node, exp.Table) and not node.args.get("db"):
+            name = node.name
+            if name.startswith(_TABLE) and name[len(_TABLE) :].isdigit():
+                return self.tables[int(name[len(_TABLE) :])]
+            if name in self.ctes:
+                if name not in self.cte_rels:
+                    self.cte_rels[name] = self.query(self.ctes[name], top=False)
+                return self.cte_rels[name]
+        if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Query):
+            return self.query(node.this, top=False)
+        raise Refused(f"FROM {node.sql(dialect='duckdb')[:60]}")
+
+    def block(self, sel: exp.Select, top: bool) -> Rel:
+        for key in ("qualify", "connect", "pivots", "laterals", "prewhere", "settings", "into"):
+            if sel.args.get(key):
+                raise Refused(f"{key.upper()} clauses")
+        if sel.find(exp.Window):
+            raise Refused("window functions")
+        distinct = sel.args.get("distinct")
+        if distinct is not None and distinct.args.get("on") is not None:
+            raise Refused("DISTINCT ON")
+        sel = sel.copy()
+        from_ = sel.args.get("from_")
+        if from_ is None:
+            raise Refused("SELECT without FROM")
+        sources = [Source(from_.this.alias_or_name, self.source_rel(from_.this))]
+        where = sel.args.get("where")
+        conds = _conjuncts(where.this if where is not None else None)
+        seen_left = False
+        for join in sel.args.get("joins") or []:
+            side, kind = (join.side or "").upper(), (join.kind or "").upper()
+            if join.args.get("using") or join.args.get("method"):
+                raise Refused("JOIN … USING / NATURAL joins")
+            alias = join.this.alias_or_name
+            if side == "LEFT" and kind in ("", "OUTER"):
+                seen_left = True
+                on = join.args.get("on")
+                sources.append(Source(alias, self.source_rel(join.this), on or exp.true()))
+            elif not side and kind in ("", "INNER", "CROSS"):
+                if seen_left:
+                    raise Refused("an inner join after a LEFT JOIN")
+                sources.append(Source(alias, self.source_rel(join.this)))
+                conds += _conjuncts(join.args.get("on"))
+            else:
+                raise Refused(f"{(side + ' ' + kind).strip()} joins")
+        conds += _implied(conds)
+        if len({s.alias for s in sources}) != len(sources):
+            raise Refused("a source alias used twice")
+        sel.set("from_", None)
+        sel.set("joins", None)
+        sel.set("where", None)
+        b = Block(sources, conds, sel)
+        self._expression_subqueries(b)
+        return self.plan(b, top)
+
+    def _expression_subqueries(self, b: Block) -> None:
+        """Uncorrelated subqueries in expressions run first; their rows are broadcast."""
+        for node in b.parts_sql():
+            for sub in list(node.find_all(exp.Select)):
+                above = sub.find_ancestor(exp.Select)
+                if sub is b.sel or (above is not None and above is not b.sel):
+                    continue  # nested deeper: handled with its parent
+                defined = {t.alias_or_name for t in sub.find_all(exp.Table)}
+                defined |= {s.alias_or_name for s in sub.find_all(exp.Subquery)}
+                defined |= {c.alias_or_name for c in sub.find_all(exp.CTE)}
+                if any(c.table and c.table not in defined for c in sub.find_all(exp.Column)):
+                    raise Refused("correlated subqueries")
+                name = f"__mx_sq_{uuid.uuid4().hex[:12]}"
+                self.subqueries[name] = self.query(sub, top=False)
+                sub.replace(exp.select("*").from_(exp.Table(this=exp.to_identifier(name, True))))
+
+    # -- planning ---------------------------------------------------------------------------
+    def is_big(self, b: Block, s: Source) -> bool:
+        return s.rel.estimate(b.columns_of(s.alias)) > self.broadcast_max
+
+    def classes(self, b: Block) -> list[set[tuple[str, str]]]:
+        """Equivalence classes of columns from ``a.x = b.y`` conditions (inner and LEFT)."""
+        parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+        def find(x: tuple[str, str]) -> tuple[str, str]:
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        eqs = list(b.conds)
+        for s in b.sources:
+            eqs += _conjuncts(s.on)
+        for c in eqs:
+            if isinstance(c, exp.EQ) and isinstance(c.this, exp.Column):
+                left, right = c.this, c.expression
+                if (
+                    isinstance(right, exp.Column)
+                    and left.table
+                    and right.table
+                    and right.table != left.table
+                ):
+                    parent[find((left.table, left.name))] = find((right.table, right.name))
+        groups: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for x in list(parent):
+            groups.setdefault(find(x), set()).add(x)
+        return list(groups.values())
+
+    def plan(self, b: Block, top: bool) -> Rel:
+        while True:
+            big = {s.alias for s in b.sources if self.is_big(b, s)}
+            before: set[str] = set()
+            for s in b.sources:
+                if s.on is not None and s.alias in big and not (big & before):
+                    # A large outer-joined side: its partners are partitioned too, never
+                    # broadcast (their unmatched rows would repeat in every task).
+                    partners = {
+                        a
+                        for c in _conjuncts(s.on)
+                        if isinstance(c, exp.EQ) and s.alias in _aliases(c)
+                        for a in _aliases(c)
+                        if a in before
+                    }
+                    if not partners:
+                        raise Refused("a large LEFT JOINed side without an equality key")
+                    big |= partners
+                before.add(s.alias)
+            if not big:
+                return self.finish(b, {}, set(), top)
+            if len(big) == 1 and b.source(next(iter(big))).on is None:
+                alias = next(iter(big))
+                rel = b.source(alias).rel
+                pclass = {(alias, rel.key)} if rel.key else set()
+                return self.finish(b, {alias: rel}, pclass, top)
+            ranked = self.ranked_classes(b, big)
+            full = [cls for cls in ranked if {a for a, _ in cls} >= big]
+            if full:
+                streams = {a: self.partition(b, a, full[0]) for a in big}
+                return self.finish(b, streams, full[0], top)
+            inner = {s.alias for s in b.sources if s.on is None} & big
+            pair = next((c for c in ranked if len({a for a, _ in c} & inner) >= 2), None)
+            if pair is not None:
+                # The large inner sources that share the most common key are joined first.
+                b = self.join_first(b, {a for a, _ in pair} & inner, pair)
+            elif any(s.on is not None for s in b.sources) and len(inner) < len(big):
+                # Large LEFT JOINed sides: the inner joins first, then those joins by key.
+                b = self.inner_first(b)
+            else:
+                raise Refused("large tables joined without a common equality key")
+
+    def ranked_classes(self, b: Block, big: set[str]) -> list[set[tuple[str, str]]]:
+        """Join-key classes whose hashes agree on every large source, the ones covering most
+        large sources (then: already partitioned on it) first."""
+        rels = {s.alias: s.rel for s in b.sources}
+        scored = []
+        for cls in self.classes(b):
+            members = {a for a, _ in cls} & big
+            types = {self._key_type(rels[a], c) for a, c in cls if a in big}
+            if len(types) > 1 or not members:
+                continue  # hashes would not agree
+            ready = sum(1 for a, c in cls if a in big and rels[a].key == c)
+            scored.append(((len(members), ready), sorted(cls), cls))
+        scored.sort(key=lambda x: (-x[0][0], -x[0][1], x[1]))
+        return [cls for _, _, cls in scored]
+
+    def _key_type(self, rel: Rel, column: str) -> str:
+        t = rel.types().get(column.lower(), "?")
+        return "BIGINT" if t in _INTEGERS else t
+
+    def partition(self, b: Block, alias: str, cls: set[tuple[str, str]]) -> Rel:
+        """``alias``'s rows hash-partitioned on its column in ``cls`` (a shuffle stage, unless
+        they already are)."""
+        s = b.source(alias)
+        cols = sorted(c for a, c in cls if a == alias)
+        if s.rel.key in cols and len(s.rel.parts) == self.buckets:
+            return s.rel
+        key = cols[0]
+        needed = sorted(b.columns_of(alias) | {key})
+        pushed = [
+            c
+            for c in (b.conds if s.on is None else _conjuncts(s.on))
+            if _aliases(c) == {alias} and not c.find(exp.Select)
+        ]
+        sel = exp.Select(expressions=[_col(c, alias).as_(c, quoted=True) for c in needed])
+        ph = self._ph()
+        sel.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True), alias=alias)))
+        if pushed:
+            sel.set("where", exp.Where(this=exp.and_(*[c.copy() for c in pushed])))
+        key_sql = _hash_sql(
+            [_col(key).sql("duckdb")], [s.rel.types().get(key.lower())], self.buckets
+        )
+        out = self.run(
+            f"shuffle {alias} on {key}",
+            sel,
+            [_Task([(ph, s.rel, i)]) for i in range(self._nparts(s.rel))],
+            key_sql,
+            self.buckets,
+        )
+        out.key = key
+        return out
+
+    def inner_first(self, b: Block) -> Block:
+        """The join of ``b``'s inner sources (planned as a block of its own) as one source."""
+        aliases = {s.alias for s in b.sources if s.on is None}
+        inner = [c for c in b.conds if _aliases(c) <= aliases]
+        rest = [c for c in b.conds if not any(c is x for x in inner)]
+        others = [s for s in b.sources if s.alias not in aliases]
+        needed = self._needed(b, aliases, rest, others)
+        sub = Block(
+            [s for s in b.sources if s.on is None],
+            inner,
+            exp.Select(expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]),
+        )
+        return self._replace(b, aliases, self.plan(sub, top=False), rest, others)
+
+    def _needed(
+        self, b: Block, aliases: set[str], rest: list[exp.Expr], others: list[Source]
+    ) -> list[tuple[str, str]]:
+        """Columns of ``aliases`` that the rest of ``b`` uses."""
+        outside: list[exp.Expr] = [*b.sel.expressions, *rest]
+        for key in ("group", "having", "order"):
+            if b.sel.args.get(key) is not None:
+                outside.append(b.sel.args[key])
+        outside += [s.on for s in others if s.on is not None]
+        needed = sorted({(a, c) for a in aliases for c in b.columns_of(a, outside)})
+        if not needed:
+            a0 = sorted(aliases)[0]
+            needed = [(a0, b.source(a0).rel.schema.names[0])]
+        return needed
+
+    def _replace(
+        self, b: Block, aliases: set[str], rel: Rel, rest: list[exp.Expr], others: list[Source]
+    ) -> Block:
+        """``b`` with the sources ``aliases`` replaced by ``rel`` (their join)."""
+        joined = f"__mx_j{self.stages}"
+        flat = [Source(joined, rel)] + [
+            replace(s, on=_flatten(s.on, aliases, joined) if s.on is not None else None)
+            for s in others
+        ]
+        sel = _flatten(b.sel.copy(), aliases, joined)
+        assert isinstance(sel, exp.Select)
+        return Block(flat, [_flatten(c, aliases, joined) for c in rest], sel)
+
+    def join_first(self, b: Block, aliases: set[str], cls: set[tuple[str, str]]) -> Block:
+        """The join of ``aliases`` (co-partitioned on ``cls``) as one source of ``b``."""
+        streams = {a: self.partition(b, a, cls) for a in aliases}
+        inner = [c for c in b.conds if _aliases(c) and _aliases(c) <= aliases]
+        rest = [c for c in b.conds if not any(c is x for x in inner)]
+        others = [s for s in b.sources if s.alias not in aliases]
+        needed = self._needed(b, aliases, rest, others)
+        sub = Block(
+            [Source(a, streams[a]) for a in sorted(aliases)],
+            inner,
+            exp.Select(expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]),
+        )
+        sql, tasks = self.render(sub, streams)
+        out = self.run(f"join {', '.join(sorted(aliases))}", sql, tasks, None, 1)
+        member = next(((a, c) for a, c in sorted(cls) if a in aliases and (a, c) in needed), None)
+        out.key = f"{member[0]}.{member[1]}" if member else None
+        return self._replace(b, aliases, out, rest, others)
+
+    # -- the block's last stages ----------------------------------------------------------------
+    def finish(
+        self, b: Block, streams: dict[str, Rel], pclass: set[tuple[str, str]], top: bool
+    ) -> Rel:
+        sel = b.sel
+        group = sel.args.get("group")
+        has_agg = group is not None or any(
+            n.find(exp.AggFunc) for n in [*sel.expressions, sel.args.get("having") or exp.true()]
+        )
+        if group is not None and any(
+            group.args.get(k) for k in ("rollup", "cube", "grouping_sets", "totals", "all")
+        ):
+            raise Refused("ROLLUP, CUBE, GROUPING SETS and GROUP BY ALL")
+        ntasks = self._ntasks(streams)
+        keyed = group is not None and any(
+            isinstance(g, exp.Column) and (g.table, g.name) in pclass for g in group.expressions
+        )
+        if has_agg and ntasks > 1 and not keyed:
+            b, streams = self.regroup(b, streams)
+            pclass = set()
+            ntasks = self._ntasks(streams)
+        return self.output(b, streams, pclass, top, ntasks)
+
+    def regroup(self, b: Block, streams: dict[str, Rel]) -> tuple[Block, dict[str, Rel]]:
+        """The block's joined rows hash-partitioned by its GROUP BY (or gathered into one task
+        for a global aggregate): a block over them aggregates per bucket."""
+        aliases = {s.alias for s in b.sources}
+        sel = b.sel
+        outside: list[exp.Expr] = list(sel.expressions)
+        for key in ("group", "having", "order"):
+            if sel.args.get(key) is not None:
+                outside.append(sel.args[key])
+        needed = sorted({(a, c) for a in aliases for c in b.columns_of(a, outside)})
+        if not needed:
+            s0 = b.sources[0]
+            needed = [(s0.alias, s0.rel.schema.names[0])]
+        rows = Block(
+            b.sources,
+            b.conds,
+            exp.Select(expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]),
+        )
+        group = sel.args.get("group")
+        keys = [_flatten(g, aliases, None) for g in group.expressions] if group else []
+        nout = self.buckets if keys else 1
+        types: list[str | None] = []
+        for g in group.expressions if group else []:
+            src = b.source(g.table) if isinstance(g, exp.Column) and g.table else None
+            types.append(src.rel.types().get(g.name.lower()) if src else None)
+        key_sql = _hash_sql([k.sql("duckdb") for k in keys], types, nout) if keys else None
+        sql, tasks = self.render(rows, streams)
+        label = "partition rows by GROUP BY" if keys else "gather rows for the aggregate"
+        out = self.run(label, sql, tasks, key_sql, nout, gather=not keys)
+        if len(keys) == 1 and isinstance(keys[0], exp.Column):
+            out.key = keys[0].name
+        cur = "__mx_rows"
+        flat = _flatten(sel, aliases, cur)
+        assert isinstance(flat, exp.Select)
+        return Block([Source(cur, out)], [], flat), {cur: out}
+
+    def output(
+        self, b: Block, streams: dict[str, Rel], pclass: set[tuple[str, str]], top: bool, n: int
+    ) -> Rel:
+        sel = b.sel.copy()
+        projections = list(sel.expressions)
+        order = sel.args.get("order")
+        ordered: list[exp.Ordered] = list(order.expressions) if order is not None else []
+        limit, offset = _int(sel, "limit"), _int(sel, "offset")
+        distinct = sel.args.get("distinct") is not None
+        keyed_distinct = any(
+            isinstance(p.unalias(), exp.Column) and (p.unalias().table, p.unalias().name) in pclass
+            for p in projections
+        )
+        gather = n > 1 and ((distinct and not keyed_distinct) or limit is not None or offset)
+        names = (
+            [f"__mx_p{i}" for i in range(len(projections))]
+            if top
+            else [p.alias_or_name for p in projections]
+        )
+        keys = [self._order_key(o.this, projections) for o in ordered] if (top or gather) else []
+        cols: list[exp.Expr] = [
+            p.unalias().as_(nm, quoted=True) for p, nm in zip(projections, names, strict=True)
+        ]
+        cols += [k.as_(f"__mx_k{i}", quoted=True) for i, k in enumerate(keys)]
+        sel.set("expressions", cols)
+        sel.set("order", None)
+        sel.set("limit", None)
+        sel.set("offset", None)
+        final_order = [o.copy() for o in ordered]
+        for i, o in enumerate(final_order):
+            o.set("this", _col(f"__mx_k{i}"))
+        if limit is not None and keys and (top or gather):
+            sel.set("order", exp.Order(expressions=[o.copy() for o in final_order]))
+            sel.set("limit", exp.Limit(expression=exp.Literal.number(limit + (offset or 0))))
+        elif limit is not None and not ordered:
+            sel.set("limit", exp.Limit(expression=exp.Literal.number(limit + (offset or 0))))
+        b = Block(b.sources, b.conds, sel)
+        sql, tasks = self.render(b, streams)
+        label = (
+            "aggregate and project" if sel.args.get("group") or sel.find(exp.AggFunc) else "project"
+        )
+        out = self.run(label, sql, tasks, None, 1)
+        out.key = self._output_key(projections, names, pclass)
+        spec = _Final(names, final_order, distinct, limit, offset)
+        if top:
+            out.final = spec
+            return out
+        if gather:
+            ph = self._ph()
+            text = spec.sql(ph)
+            out = self.run(
+                "gather: order, limit, distinct", text, [_Task([(ph, out, None)])], None, 1
+            )
+        return out
+
+    def _order_key(self, node: exp.Expr, projections: list[exp.Expr]) -> exp.Expr:
+        if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
+            return projections[int(node.this) - 1].unalias().copy()
+        if isinstance(node, exp.Column) and not node.table:
+            for p in projections:
+                if p.alias_or_name == node.name:
+                    return p.unalias().copy()
+        return node.copy()
+
+    def _output_key(
+        self, projections: list[exp.Expr], names: list[str], pclass: set[tuple[str, str]]
+    ) -> str | None:
+        for p, nm in zip(projections, names, strict=True):
+            inner = p.unalias()
+            if isinstance(inner, exp.Column) and (inner.table, inner.name) in pclass:
+                return nm
+        return None
+
+    # -- stages -----------------------------------------------------------------------------
+    def _ph(self) -> str:
+        return f"__mx_in_{uuid.uuid4().hex[:12]}"
+
+    def _nparts(self, rel: Rel) -> int:
+        return len(rel.fragments) if rel.scan is not None else len(rel.parts)
+
+    def _ntasks(self, streams: dict[str, Rel]) -> int:
+        counts = {self._nparts(r) for r in streams.values()}
+        return max(counts) if counts else 1
+
+    def render(self, b: Block, streams: dict[str, Rel]) -> tuple[exp.Select, list[_Task]]:
+        """``b`` as one SELECT over placeholders, and its tasks: the streamed sources split
+        (aligned by bucket), the others broadcast."""
+        sel = b.sel.copy()
+        names = {s.alias: self._ph() for s in b.sources}
+
+        def table(s: Source) -> exp.Table:
+            return exp.Table(
+                this=exp.to_identifier(names[s.alias], True),
+                alias=exp.TableAlias(this=exp.to_identifier(s.alias, True)),
+            )
+
+        inner = [s for s in b.sources if s.on is None]
+        outer = [s for s in b.sources if s.on is not None]
+        sel.set("from_", exp.From(this=table(inner[0])))
+        joins = [exp.Join(this=table(s), kind="CROSS") for s in inner[1:]]
+        joins += [
+            exp.Join(this=table(s), side="LEFT", on=s.on.copy()) for s in outer if s.on is not None
+        ]
+        sel.set("joins", joins or None)
+        if b.conds:
+            sel.set("where", exp.Where(this=exp.and_(*[c.copy() for c in b.conds])))
+        n = self._ntasks(streams)
+        tasks = []
+        for i in range(n):
+            inputs: list[tuple[str, Rel, int | None]] = []
+            for s in b.sources:
+                part = i if s.alias in streams else None
+                inputs.append((names[s.alias], streams.get(s.alias, s.rel), part))
+            tasks.append(_Task(inputs))
+        return sel, tasks
+
+    def run(
+        self,
+        label: str,
+        sql: exp.Select | str,
+        tasks: list[_Task],
+        key_sql: str | None,
+        nout: int,
+        *,
+        gather: bool = False,
+    ) -> Rel:
+        """Run one stage: a task per entry of ``tasks``; each output is one partition (``nout``
+        buckets of all tasks when hash-partitioned; one partition of everything with
+        ``gather``)."""
+
+        text = sql if isinstance(sql, str) else sql.sql(dialect="duckdb")
+        for name, rel in self.subqueries.items():
+            if f'"{name}"' in text:
+                for t in tasks:
+                    t.inputs.append((name, rel, None))
+        remote = _remote_stage()
+        limit = self.settings.duckdb_memory_limit
+        handles = []
+        places: list[Placement | None] = []
+        read_files: list[list[FileEntry]] = []
+        for t in tasks:
+            specs: list[Input] = []
+            args: list[Any] = []
+            files: list[FileEntry] = []
+            for name, rel, part in t.inputs:
+                if rel.scan is not None:
+                    chosen = rel.scan.files if part is None else rel.fragments[part]
+                    if part is not None:
+                        files += chosen
+                    specs.append(Input(name, _slim(rel.scan, chosen), 0, rel.schema))
+                else:
+                    refs = (
+                        [r for p in rel.parts for r in p] if part is None else list(rel.parts[part])
+                    )
+                    specs.append(Input(name, None, len(refs), rel.schema))
+                    args += refs
+            read_files.append(files)
+            handles.append((specs, args))
+        placed = [i for i, f in enumerate(read_files) if f]
+        planned = plan_placement([read_files[i] for i in placed], zones=self.settings.storage_zones)
+        places = [None] * len(tasks)
+        for i, p in zip(placed, planned, strict=True):
+            places[i] = p
+        outs = []
+        t0 = time.perf_counter()
+        for (specs, args), place in zip(handles, places, strict=True):
+            opts: dict[str, Any] = {"num_returns": nout + 1}
+            if place is not None:
+                opts["scheduling_strategy"] = place.strategy
+            outs.append(
+                remote.options(**opts).remote(
+                    text, specs, self.options, key_sql, nout, 1, limit, *args
+                )
+            )
+        stats = _get([o[-1] for o in outs])
+        for st, place in zip(stats, places, strict=True):
+            for r in st["read"]:
+                observe(r, place)
+        self.stages += 1
+        self.tasks += len(tasks)
+        schema = stats[0]["schema"] if stats else pa.schema([])
+        nbytes = sum(sum(st["bytes"]) for st in stats)
+        rows = sum(sum(st["rows"]) for st in stats)
+        if gather:
+            parts = [[o[0] for o in outs]]
+        elif nout > 1:
+            parts = [[o[b] for o in outs] for b in range(nout)]
+        else:
+            parts = [[o[0]] for o in outs]
+        took = time.perf_counter() - t0
+        self._describe(label, text, tasks, places, key_sql, len(parts), rows, nbytes, took)
+        return Rel(schema=schema, parts=parts, label=label, nbytes=nbytes)
+
+    def _describe(
+        self,
+        label: str,
+        text: str,
+        tasks: list[_Task],
+        places: list[Placement | None],
+        key_sql: str | None,
+        nout: int,
+        rows: int,
+        nbytes: int,
+        seconds: float,
+    ) -> None:
+        if key_sql and nout > 1:
+            out = f"hash-partitioned into {nout} buckets on {key_sql}"
+        elif nout == 1:
+            out = "gathered into 1 partition"
+        else:
+            out = f"{nout} partition(s)"
+        self.lines.append(
+            f"Stage {self.stages}: {label}: {len(tasks)} task(s), output {out}; "
+            f"{rows} rows, {_size(nbytes)}, {seconds * 1000:.0f} ms"
+        )
+        first = tasks[0] if tasks else None
+        if first is not None:
+            for _, rel, part in first.inputs:
+                if part is None:
+                    how = "broadcast (every task reads all of it)"
+                elif rel.scan is not None:
+                    how = f"split into {len(rel.fragments)} fragment(s) of its files"
+                else:
+                    how = f"partitioned ({len(rel.parts)} parts" + (
+                        f", hashed on {rel.key})" if rel.key else ")"
+                    )
+                what = rel.label if rel.scan is not None else f"stage output ({rel.label})"
+                self.lines.append(f"  input {what}: {how}, {_size(rel.nbytes)}")
+        for i, place in enumerate(places):
+            if place is not None:
+                self.lines.append(f"  task {i}: placement: {place.describe()}")
+        shown = text
+        for name in [n for t in tasks[:1] for n, _, _ in t.inputs]:
+            shown = shown.replace(f'"{name}"', "<in>")
+        self.lines.append("  per task: " + shown)
+
+
+@dataclass
+class _Final:
+    """The last step over a block's gathered rows: DISTINCT, ORDER BY, LIMIT/OFFSET."""
+
+    names: list[str]
+    order: list[exp.Ordered]
+    distinct: bool
+    limit: int | None
+    offset: int | None
+
+    def sql(self, source: str) -> str:
+        cols = ", ".join(_col(n).sql("duckdb") for n in self.names)
+        keys = ", ".join(f'"__mx_k{i}"' for i in range(len(self.order)))
+        inner = f'"{source}"'
+        if self.distinct:
+            inner = f'(SELECT DISTINCT {cols}{", " + keys if keys else ""} FROM "{source}")'
+        text = f"SELECT {cols} FROM {inner} AS __mx_f"
+        if self.order:
+            text += " ORDER BY " + ", ".join(o.sql("duckdb") for o in self.order)
+        if self.limit is not None:
+            text += f" LIMIT {self.limit}"
+        if self.offset:
+            text += f" OFFSET {self.offset}"
+        return text
+
+
+def _int(sel: exp.Select, key: str) -> int | None:
+    node = sel.args.get(key)
+    if node is None:
+        return None
+    value = node.expression if isinstance(node, exp.Limit | exp.Offset) else node
+    if isinstance(value, exp.Literal) and not value.is_string and value.this.isdigit():
+        return int(value.this)
+    raise Refused("LIMIT/OFFSET that is not an integer constant")
+
+
+def _get(refs: list[Any]) -> list[Any]:
+    return gather(refs, "a stage task")
+
+
+# -- entry point --------------------------------------------------------------------------------
+_OPTIMIZED: OrderedDict[tuple[Any, ...], exp.Expr | str] = OrderedDict()
+_OPTIMIZED_LOCK = threading.Lock()
+
+
+def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
+    """``tree`` with its table references renamed ``__mx_t<i>``, every column qualified and
+    subqueries unnested (sqlglot's optimizer, without the rules that rewrite expressions and
+    could change a result's types)."""
+    from sqlglot.optimizer import (
+        eliminate_ctes,
+        eliminate_subqueries,
+        merge_subqueries,
+        optimize_joins,
+        pushdown_predicates,
+        pushdown_projections,
+        qualify,
+        unnest_subqueries,
+    )
+    from sqlglot.optimizer.optimizer import optimize
+
+    from matrixos.engine.sql import _table_refs
+
+    key = (tree.sql(dialect="duckdb"), tuple(tuple(s.snapshot.schema.names) for s in scans))
+    with _OPTIMIZED_LOCK:
+        hit = _OPTIMIZED.get(key)
+        if hit is not None:
+            _OPTIMIZED.move_to_end(key)
+            if isinstance(hit, str):
+                raise Refused(hit)
+            return hit.copy()
+    work = tree.copy()
+    schema: dict[str, object] = {}
+    for i, (node, scan) in enumerate(zip(_table_refs(work), scans, strict=True)):
+        name = f"{_TABLE}{i}"
+        alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+        node.replace(exp.Table(this=exp.to_identifier(name), alias=alias))
+        schema[name] = {f.name: duckdb_type(f.type) for f in scan.snapshot.schema}
+    rules = (
+        qualify.qualify,
+        pushdown_projections.pushdown_projections,
+        unnest_subqueries.unnest_subqueries,
+        pushdown_predicates.pushdown_predicates,
+        optimize_joins.optimize_joins,
+        eliminate_subqueries.eliminate_subqueries,
+        merge_subqueries.merge_subqueries,
+        eliminate_ctes.eliminate_ctes,
+    )
+    try:
+        out: exp.Expr | str = optimize(work, schema=schema, dialect="duckdb", rules=rules)
+    except (SqlglotError, KeyError, ValueError, TypeError, AttributeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        out = f"sqlglot cannot decompose it ({why})"
+    with _OPTIMIZED_LOCK:
+        _OPTIMIZED[key] = out
+        while len(_OPTIMIZED) > 64:
+            _OPTIMIZED.popitem(last=False)
+    if isinstance(out, str):
+        raise Refused(out)
+    return out.copy()
+
+
+def _local_schema(
+    engine_obj: SQLEngine, tree: exp.Expr, bound: list[tuple[TableIdent, PrunedScan]]
+) -> pa.Schema:
+    """Names and types the local engine gives the query: it, bound over empty tables."""
+    empty = [(ident, replace(scan, files=[])) for ident, scan in bound]
+    cur = engine_obj._cursor([])
+    try:
+        sql = engine_obj._install(cur, tree.copy(), empty)  # type: ignore[arg-type]
+        return cur.sql(sql).to_arrow_table().schema
+    finally:
+        cur.close()
+
+
+def run_stages(
+    engine_obj: SQLEngine,
+    tree: exp.Expr,
+    bound: list[tuple[TableIdent, PrunedScan | LanceScan]],
+    functions: FunctionResults,
+    *,
+    explain: bool,
+) -> tuple[pa.Table, list[str]] | str:
+    """Run ``tree`` as stages on the Ray pool: its result and EXPLAIN lines, or why not."""
+    if functions.tables or functions.udfs:
+        return "search or embedding functions"
+    scans: list[tuple[TableIdent, PrunedScan]] = []
+    for ident, scan in bound:
+        if not isinstance(scan, PrunedScan):
+            return "Lance tables"
+        scans.append((ident, scan))
+    if not scans:
+        return "no tables"
+    try:
+        optimized = _optimize(tree, [s for _, s in scans])
+        schema = _local_schema(engine_obj, tree, scans)
+        ex = Executor(engine_obj, scans)
+        t0 = time.perf_counter()
+        rel = ex.query(optimized, top=True)
+    except Refused as e:
+        return str(e)
+    except duckdb.Error as e:
+        return f"the query does not bind ({str(e).splitlines()[0]})"
+    final = rel.final
+    assert final is not None
+    parts = _get([r for p in rel.parts for r in p])
+    gathered = pa.concat_tables(parts, promote_options="permissive") if parts else None
+    cur = engine_obj._cursor([])
+    try:
+        if gathered is None:
+            raise Refused("no partitions")
+        cur.register("__mx_result", gathered)
+        out = cur.sql(final.sql("__mx_result")).to_arrow_table()
+    except duckdb.Error as e:
+        from matrixos.engine.sql import _engine_error
+
+        raise _engine_error(e, "") from e
+    finally:
+        cur.close()
+    out = out.rename_columns(schema.names)
+    if out.schema != schema:
+        out = out.cast(schema)
+    total = sum(f.size for _, s in scans for f in s.files)
+    lines = [
+        f"Engine: ray (distributed, {ex.stages} stages, {ex.tasks} tasks; stages as run, "
+        "sizes measured)"
+    ]
+    for ident, scan in scans:
+        from matrixos.engine.sql import _describe_pred
+
+        pruning = f"{len(scan.files)} of {len(scan.snapshot.files)} files after pruning"
+        if scan.predicates:
+            pruning += " on " + ", ".join(_describe_pred(p) for p in scan.predicates)
+        lines.append(
+            f"Scan {ident} (delta, version {scan.snapshot.version}): {pruning}, "
+            f"{_size(sum(f.size for f in scan.files))}"
+        )
+    lines += ex.lines
+    lines.append(
+        f"Final: merged on the coordinator ({out.num_rows} rows; ORDER BY/LIMIT/DISTINCT), "
+        f"{(time.perf_counter() - t0) * 1000:.0f} ms in all; {_size(total)} scanned"
+    )
+    del explain
+    return out, lines
