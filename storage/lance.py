@@ -289,43 +289,47 @@ class LanceStore:
         read_version = int(ds.version)
         try:
             if commit_metadata:
-                metrics = self._merge_with_properties(builder, source, commit_metadata)
+                metrics, version = self._merge_with_properties(builder, source, commit_metadata)
             else:
                 metrics = builder.execute(source)
+                version = int(ds.version)  # execute moves ``ds`` to the version it committed
         except Exception as e:
             raise _translate(e, f"merge into {self.location} failed") from e
-        after = self.open()
-        if metrics.get("num_inserted_rows") and int(after.version) > read_version + 1:
+        if metrics.get("num_inserted_rows") and version > read_version + 1:
             # Another writer committed meanwhile. Lance does not detect two merges inserting
             # the same new key (lance-format/lance#4585 without a non-null primary key), so
             # repair it: keep the later commit's row, as if the merges had run one after the
             # other.
-            self._drop_duplicate_inserts(after, source.select(list(on)))
-        return WriteResult(int(after.version), dict(metrics))
+            repaired = self._drop_duplicate_inserts(self.open(), source.select(list(on)))
+            version = repaired if repaired is not None else version
+        # Our commit's own version: reading the latest one instead could report a concurrent
+        # writer's commit as ours.
+        return WriteResult(version, dict(metrics))
 
     def _merge_with_properties(
         self, builder: Any, source: pa.Table, properties: Mapping[str, str]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], int]:
         """A merge committed with transaction properties (``execute`` takes none): written
         uncommitted, then committed with the properties, atomically with the rows."""
         import lance
 
         tx, metrics = builder.execute_uncommitted(source)
         tx.transaction_properties = {**(tx.transaction_properties or {}), **properties}
-        lance.LanceDataset.commit(
+        committed = lance.LanceDataset.commit(
             self.location,
             tx,
             read_version=tx.read_version,
             storage_options=self.storage_options,
             max_retries=max(self.commit_retries, 0),
         )
-        return dict(metrics)
+        return dict(metrics), int(committed.version)
 
-    def _drop_duplicate_inserts(self, ds: LanceDataset, keys: pa.Table) -> None:
+    def _drop_duplicate_inserts(self, ds: LanceDataset, keys: pa.Table) -> int | None:
+        """Delete the rows concurrent merges duplicated; the version of the last delete."""
         import pyarrow.compute as pc
 
         if "_row_created_at_version" not in _system_columns(ds):
-            return
+            return None
         on = keys.column_names
         first = on[0]
         values = pc.unique(keys.column(first).combine_chunks())
@@ -352,10 +356,13 @@ class LanceStore:
                 if key in seen:
                     doomed.append(int(rid))
                 seen.add(key)
+        version = None
         for start in range(0, len(doomed), 1000):
             ids = ", ".join(str(r) for r in doomed[start : start + 1000])
             log.info("removing %d rows a concurrent merge duplicated", len(doomed))
             ds.delete(f"_rowid IN ({ids})", conflict_retries=max(self.commit_retries, 0))
+            version = int(ds.version)
+        return version
 
     def delete(self, predicate: str | None = None) -> WriteResult:
         """Delete rows matching ``predicate`` (a SQL expression), or all rows."""
