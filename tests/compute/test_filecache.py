@@ -191,7 +191,7 @@ def test_compute_status_shows_each_nodes_cache(
         cache = nodes[zone]["cache"]
         assert cache["dir"] == ray_cluster.node(zone).cache_dir
         assert 0 <= cache["bytes"] <= cache["max_bytes"] == 256 * 1024 * 1024
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, args, env={"COLUMNS": "400"})  # wide enough: no cell is cut
     assert res.exit_code == 0, res.output
     assert "256.0 MiB in" in res.output
 
