@@ -39,6 +39,7 @@ cannot unnest, search functions and Lance tables.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -80,6 +81,8 @@ if TYPE_CHECKING:
     from matrixos.storage.options import StorageOptions
 
 _TABLE = "__mx_t"  # placeholder names of the query's table references: __mx_t0, __mx_t1, …
+_SPLIT_MIN = 4 * 1024 * 1024  # a block's largest source is split over tasks above this size
+_NOT_KEYS = (exp.Identifier, exp.DataType, exp.Literal, exp.Ordered, exp.Var, exp.Star)
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 
 
@@ -100,6 +103,10 @@ class Rel:
     nbytes: int = 0  # measured (stages) or the files' bytes (scans)
     fragments: list[list[FileEntry]] = field(default_factory=list)
     final: _Final | None = None  # the query's last step, done on the coordinator
+    # Range-partitioned on ``key``: partition i holds bounds[i-1] <= key < bounds[i] (NULLs in
+    # the first); a scan split so has a filter per fragment (``wheres``).
+    bounds: tuple[int, ...] | None = None
+    wheres: list[str] = field(default_factory=list)
 
     def types(self) -> dict[str, str]:
         return {f.name.lower(): duckdb_type(f.type) for f in self.schema}
@@ -182,6 +189,57 @@ def _implied(conds: list[exp.Expr]) -> list[exp.Expr]:
     return out
 
 
+def _share(lo: int, hi: int, size: int, edges: list[int | None]) -> float:
+    """Bytes of a file (keys ``lo``..``hi``, evenly spread) that the ranges between ``edges``
+    read together: 1x its size if no range cuts it, more if one does but its rows cluster."""
+    read = 0.0
+    for a, b in itertools.pairwise(edges):
+        start = lo if a is None else max(lo, a)
+        end = hi + 1 if b is None else min(hi + 1, b)
+        if end > start or (start == lo and a is None and b is not None and lo < b):
+            read += size * max(end - start, 1) / max(hi + 1 - lo, 1)
+    return read
+
+
+def _rejects_null(cond: exp.Expr, alias: str) -> bool:
+    """Whether ``cond`` is false or NULL when ``alias``'s columns are NULL (a LEFT JOIN's
+    unmatched rows): ``NOT alias.x IS NULL``, or a comparison with a column of ``alias``."""
+    if isinstance(cond, exp.Not) and isinstance(cond.this, exp.Is):
+        inner = cond.this
+        return (
+            isinstance(inner.this, exp.Column)
+            and inner.this.table == alias
+            and isinstance(inner.expression, exp.Null)
+        )
+    if isinstance(cond, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+        return any(
+            isinstance(x, exp.Column) and x.table == alias for x in (cond.this, cond.expression)
+        )
+    return False
+
+
+def _inner_lefts(
+    sources: list[Source], conds: list[exp.Expr]
+) -> tuple[list[Source], list[exp.Expr]]:
+    """LEFT JOINs that the WHERE clause makes inner (it rejects their unmatched rows, as
+    sqlglot's unnested ``IN``/``EXISTS`` subqueries do with ``NOT x IS NULL``) as inner
+    sources, when their condition names only inner sources."""
+    inner = [s for s in sources if s.on is None]
+    lefts: list[Source] = []
+    conds = list(conds)
+    names = {s.alias for s in inner}
+    for s in sources:
+        if s.on is None:
+            continue
+        if _aliases(s.on) <= names | {s.alias} and any(_rejects_null(c, s.alias) for c in conds):
+            conds += _conjuncts(s.on)
+            inner.append(replace(s, on=None))
+            names.add(s.alias)
+        else:
+            lefts.append(s)
+    return inner + lefts, conds
+
+
 def _flatten(node: exp.Expr, aliases: set[str], target: str | None) -> exp.Expr:
     """Columns of ``aliases`` renamed to the joined source's ``"alias.column"`` names."""
 
@@ -218,6 +276,7 @@ class Input:
     scan: PrunedScan | None
     count: int
     schema: pa.Schema
+    where: str | None = None  # a range-split scan's filter on its rows
 
 
 def run_stage(
@@ -260,6 +319,8 @@ def run_stage(
             body = render_scan(scan, ctx)
             for name, obj in ctx.registrations.items():
                 cur.register(name, obj)
+            if inp.where:
+                body = f"SELECT * FROM ({body}) AS __mx_r WHERE {inp.where}"
             text = text.replace(f'"{inp.name}"', f"({body})")
         for name, table in arrow.items():
             cur.register(name, table)
@@ -363,6 +424,7 @@ class Executor:
         if distinct is not None and distinct.args.get("on") is not None:
             raise Refused("DISTINCT ON")
         sel = sel.copy()
+        sel.set("with_", None)  # its CTEs are known (``self.ctes``); its sources are placeholders
         from_ = sel.args.get("from_")
         if from_ is None:
             raise Refused("SELECT without FROM")
@@ -389,6 +451,7 @@ class Executor:
         conds += _implied(conds)
         if len({s.alias for s in sources}) != len(sources):
             raise Refused("a source alias used twice")
+        sources, conds = _inner_lefts(sources, conds)
         sel.set("from_", None)
         sel.set("joins", None)
         sel.set("where", None)
@@ -416,8 +479,9 @@ class Executor:
     def is_big(self, b: Block, s: Source) -> bool:
         return s.rel.estimate(b.columns_of(s.alias)) > self.broadcast_max
 
-    def classes(self, b: Block) -> list[set[tuple[str, str]]]:
-        """Equivalence classes of columns from ``a.x = b.y`` conditions (inner and LEFT)."""
+    def classes(self, b: Block, *, inner: bool = False) -> list[set[tuple[str, str]]]:
+        """Equivalence classes of columns from ``a.x = b.y`` conditions (inner and LEFT, or
+        only the inner ones)."""
         parent: dict[tuple[str, str], tuple[str, str]] = {}
 
         def find(x: tuple[str, str]) -> tuple[str, str]:
@@ -426,7 +490,7 @@ class Executor:
             return x
 
         eqs = list(b.conds)
-        for s in b.sources:
+        for s in [] if inner else b.sources:
             eqs += _conjuncts(s.on)
         for c in eqs:
             if isinstance(c, exp.EQ) and isinstance(c.this, exp.Column):
@@ -443,47 +507,234 @@ class Executor:
             groups.setdefault(find(x), set()).add(x)
         return list(groups.values())
 
+    def bigs(self, b: Block) -> set[str]:
+        """The sources too large to broadcast, with the partners of a large LEFT JOINed side.
+        With none, the largest inner source, if over ``_SPLIT_MIN`` (for parallelism)."""
+        big = {s.alias for s in b.sources if self.is_big(b, s)}
+        if not big:
+            sizes = [(s.rel.estimate(b.columns_of(s.alias)), s.alias) for s in b.sources]
+            size, alias = max((x for x in sizes if b.source(x[1]).on is None), default=(0, ""))
+            return {alias} if size > _SPLIT_MIN else set()
+        before: set[str] = set()
+        for s in b.sources:
+            if s.on is not None and s.alias in big and not (big & before):
+                # A large outer-joined side: its partners are partitioned too, never
+                # broadcast (their unmatched rows would repeat in every task).
+                partners = {
+                    a
+                    for c in _conjuncts(s.on)
+                    if isinstance(c, exp.EQ) and s.alias in _aliases(c)
+                    for a in _aliases(c)
+                    if a in before
+                }
+                if not partners:
+                    raise Refused("a large LEFT JOINed side without an equality key")
+                big |= partners
+            before.add(s.alias)
+        return big
+
     def plan(self, b: Block, top: bool) -> Rel:
         while True:
-            big = {s.alias for s in b.sources if self.is_big(b, s)}
-            before: set[str] = set()
-            for s in b.sources:
-                if s.on is not None and s.alias in big and not (big & before):
-                    # A large outer-joined side: its partners are partitioned too, never
-                    # broadcast (their unmatched rows would repeat in every task).
-                    partners = {
-                        a
-                        for c in _conjuncts(s.on)
-                        if isinstance(c, exp.EQ) and s.alias in _aliases(c)
-                        for a in _aliases(c)
-                        if a in before
-                    }
-                    if not partners:
-                        raise Refused("a large LEFT JOINed side without an equality key")
-                    big |= partners
-                before.add(s.alias)
+            big = self.bigs(b)
             if not big:
                 return self.finish(b, {}, set(), top)
             if len(big) == 1 and b.source(next(iter(big))).on is None:
                 alias = next(iter(big))
-                rel = b.source(alias).rel
-                pclass = {(alias, rel.key)} if rel.key else set()
-                return self.finish(b, {alias: rel}, pclass, top)
+                streams, pclass = self.single(b, alias)
+                return self.finish(b, streams, pclass, top)
             ranked = self.ranked_classes(b, big)
             full = [cls for cls in ranked if {a for a, _ in cls} >= big]
-            if full:
-                streams = {a: self.partition(b, a, full[0]) for a in big}
-                return self.finish(b, streams, full[0], top)
             inner = {s.alias for s in b.sources if s.on is None} & big
             pair = next((c for c in ranked if len({a for a, _ in c} & inner) >= 2), None)
-            if pair is not None:
+            if full:
+                cls, aliases = full[0], big
+            elif pair is not None:
                 # The large inner sources that share the most common key are joined first.
-                b = self.join_first(b, {a for a, _ in pair} & inner, pair)
+                cls, aliases = pair, {a for a, _ in pair} & inner
             elif any(s.on is not None for s in b.sources) and len(inner) < len(big):
                 # Large LEFT JOINed sides: the inner joins first, then those joins by key.
                 b = self.inner_first(b)
+                continue
             else:
                 raise Refused("large tables joined without a common equality key")
+            ranged = self.co_ranged(b, aliases, cls)
+            if ranged is None:
+                b, small = self.partition_all(b, aliases, cls)
+                if small:
+                    continue  # a side is small enough to broadcast once filtered: plan again
+                ranged = {a: b.source(a).rel for a in aliases}
+            streams = ranged
+            if full:
+                return self.finish(b, streams, cls, top)
+            b = self.join_first(b, aliases, cls, streams)
+
+    # -- range co-partitioning from file statistics ---------------------------------------
+    def _hashed(self, rel: Rel, cols: set[str]) -> bool:
+        """Whether ``rel`` is an earlier stage's output hash-partitioned on one of ``cols``."""
+        return rel.key in cols and rel.bounds is None and len(rel.parts) == self.buckets
+
+    def _bounds(self, streams: dict[str, Rel]) -> tuple[int, ...] | None:
+        return next((r.bounds for r in streams.values() if r.bounds is not None), None)
+
+    def ranged(self, rel: Rel, column: str, bounds: tuple[int, ...] | None) -> Rel | None:
+        """The scan ``rel`` split into ranges of its integer ``column`` (``bounds``, or cut
+        from its own files in key order: equal bytes, one range per bucket), each range
+        reading the files whose min/max statistics meet it, filtered to it. None without
+        statistics, or when the ranges would read over 1.5x its bytes (files not clustered
+        on the column)."""
+        scan = rel.scan
+        if scan is None or not scan.files or self._key_type(rel, column) != "BIGINT":
+            return None
+        phys = scan.snapshot.physical.get(column, column)
+        spans: list[tuple[int, int, FileEntry]] = []
+        for f in scan.files:
+            lo, hi = f.stats_min.get(phys), f.stats_max.get(phys)
+            if not isinstance(lo, int) or not isinstance(hi, int):
+                return None
+            spans.append((lo, hi, f))
+        spans.sort(key=lambda x: (x[0], x[1]))
+        total = sum(f.size for f in scan.files)
+        if bounds is None:
+            starts = list(itertools.accumulate([0] + [f.size for _, _, f in spans[:-1]]))
+            cuts: list[int] = []
+            for i in range(1, self.buckets if len(spans) > 1 else 0):
+                target = total * i / self.buckets
+                j = min(range(1, len(spans)), key=lambda j: abs(starts[j] - target))
+                cuts.append(spans[j][0])
+            if len(set(cuts)) != self.buckets - 1 or cuts != sorted(cuts) or cuts[0] <= spans[0][0]:
+                return None  # a range would be empty: the files are not clustered on it
+            bounds = tuple(cuts)
+        edges: list[int | None] = [None, *bounds, None]
+        order = {id(f): i for i, f in enumerate(scan.files)}
+        frags = []
+        for lo_edge, hi_edge in itertools.pairwise(edges):
+            files = [
+                f
+                for lo, hi, f in spans
+                if (lo_edge is None or hi >= lo_edge) and (hi_edge is None or lo < hi_edge)
+            ]
+            frags.append(sorted(files, key=lambda f: order[id(f)]))
+        if sum(_share(lo, hi, f.size, edges) for lo, hi, f in spans) > 1.5 * total:
+            return None  # DuckDB skips a file's row groups outside a range: bytes by key share
+        c = _col(column).sql("duckdb")
+        wheres = []
+        for i in range(len(frags)):
+            parts = [f"{c} >= {edges[i]}"] if edges[i] is not None else []
+            parts += [f"{c} < {edges[i + 1]}"] if edges[i + 1] is not None else []
+            where = " AND ".join(parts)
+            wheres.append(f"({where} OR {c} IS NULL)" if i == 0 else where)
+        return replace(rel, fragments=frags, key=column, bounds=bounds, wheres=wheres)
+
+    def single(self, b: Block, alias: str) -> tuple[dict[str, Rel], set[tuple[str, str]]]:
+        """The streams of a block with one large source: it, split by ranges of a join key
+        together with the other sources on that key worth splitting (``_partners``), or of a
+        GROUP BY column (the block then aggregates in place), when their files allow."""
+        rel = b.source(alias).rel
+        if rel.scan is None or rel.key is not None:
+            return {alias: rel}, {(alias, rel.key)} if rel.key else set()
+        group = b.sel.args.get("group")
+        keys = [
+            g.name
+            for g in (group.expressions if group is not None else [])
+            if isinstance(g, exp.Column) and g.table == alias
+        ]
+        best: tuple[tuple[bool, int], dict[str, Rel], set[tuple[str, str]]] | None = None
+        for cls in self.classes(b, inner=True):
+            for col in sorted(c for a, c in cls if a == alias):
+                mine = self.ranged(rel, col, None)
+                if mine is None:
+                    continue
+                streams = self._partners(b, {alias: mine}, cls)
+                score = (col in keys, sum(r.nbytes for a, r in streams.items() if a != alias))
+                if len(streams) > 1 and (best is None or score > best[0]):
+                    best = (score, streams, cls)
+        if best is not None:
+            return best[1], best[2]
+        for col in keys:
+            mine = self.ranged(rel, col, None)
+            if mine is not None:
+                return {alias: mine}, {(alias, col)}
+        return {alias: rel}, set()
+
+    def _partners(
+        self, b: Block, streams: dict[str, Rel], cls: set[tuple[str, str]]
+    ) -> dict[str, Rel]:
+        """``streams`` (range-partitioned on ``cls``) with the block's other inner scans on
+        ``cls`` larger than ``_SPLIT_MIN`` split by the same ranges instead of broadcast."""
+        bounds = self._bounds(streams)
+        out = dict(streams)
+        for a, c in sorted(cls):
+            s = b.source(a)
+            if a in out or s.on is not None or s.rel.scan is None or bounds is None:
+                continue
+            if s.rel.estimate(b.columns_of(a)) > _SPLIT_MIN:
+                got = self.ranged(s.rel, c, bounds)
+                if got is not None:
+                    out[a] = got
+        return out
+
+    def co_ranged(
+        self, b: Block, aliases: set[str], cls: set[tuple[str, str]]
+    ) -> dict[str, Rel] | None:
+        """``aliases`` co-partitioned by ranges of their columns in ``cls`` with no shuffle:
+        earlier stages' outputs already range-partitioned alike, scans split by their files'
+        statistics (ranges cut from the largest scan's files). None if any cannot be."""
+        rels = {a: b.source(a).rel for a in aliases}
+        cols = {a: sorted(c for x, c in cls if x == a) for a in aliases}
+        found = set()
+        for a, rel in rels.items():
+            if rel.scan is None and (rel.bounds is None or rel.key not in cols[a]):
+                return None
+            if rel.bounds is not None:
+                found.add(rel.bounds)
+        if len(found) > 1:
+            return None
+        bounds = found.pop() if found else None
+        if bounds is None:
+            lead = max(rels, key=lambda a: (rels[a].nbytes, a))
+            first = next((r for c in cols[lead] if (r := self.ranged(rels[lead], c, None))), None)
+            if first is None:
+                return None
+            bounds = first.bounds
+        out: dict[str, Rel] = {}
+        for a, rel in rels.items():
+            if rel.bounds is not None:
+                out[a] = rel
+                continue
+            got = next((r for c in cols[a] if (r := self.ranged(rel, c, bounds))), None)
+            if got is None:
+                return None
+            out[a] = got
+        return self._partners(b, out, cls)
+
+    def partition_all(
+        self, b: Block, aliases: set[str], cls: set[tuple[str, str]]
+    ) -> tuple[Block, bool]:
+        """``aliases`` hash-partitioned on ``cls``, the likely smallest (once filtered) first.
+        A side measured at most ``broadcast_max_bytes`` while others are still to be
+        shuffled is broadcast instead (True: plan the block again)."""
+        todo = sorted(aliases, key=lambda a: (self._ready(b, a, cls), self._guess(b, a), a))
+        for i, alias in enumerate(todo):
+            before = b.source(alias).rel
+            rel = self.partition(b, alias, cls)
+            b = Block(
+                [replace(s, rel=rel) if s.alias == alias else s for s in b.sources], b.conds, b.sel
+            )
+            if rel is not before and i < len(todo) - 1 and rel.nbytes <= self.broadcast_max:
+                return b, True
+        return b, False
+
+    def _ready(self, b: Block, alias: str, cls: set[tuple[str, str]]) -> int:
+        rel = b.source(alias).rel
+        cols = {c for a, c in cls if a == alias}
+        return 0 if self._hashed(rel, cols) else 1
+
+    def _guess(self, b: Block, alias: str) -> float:
+        """A side's likely bytes after its filters and semi-join reductions (each halves it):
+        only to choose which side to shuffle first."""
+        s = b.source(alias)
+        n = len(self._pushed(b, alias)) + len(self._reducers(b, alias))
+        return s.rel.estimate(b.columns_of(alias)) / 2**n
 
     def ranked_classes(self, b: Block, big: set[str]) -> list[set[tuple[str, str]]]:
         """Join-key classes whose hashes agree on every large source, the ones covering most
@@ -506,35 +757,101 @@ class Executor:
 
     def partition(self, b: Block, alias: str, cls: set[tuple[str, str]]) -> Rel:
         """``alias``'s rows hash-partitioned on its column in ``cls`` (a shuffle stage, unless
-        they already are)."""
+        they already are). Its own filters and semi-join reductions by the block's small
+        filtered sides (``_reducers``) apply before the rows move."""
         s = b.source(alias)
         cols = sorted(c for a, c in cls if a == alias)
-        if s.rel.key in cols and len(s.rel.parts) == self.buckets:
+        if self._hashed(s.rel, set(cols)):
             return s.rel
         key = cols[0]
         needed = sorted(b.columns_of(alias) | {key})
-        pushed = [
+        pushed = [c.copy() for c in self._pushed(b, alias)]
+        ph = self._ph()
+        inputs: list[tuple[str, Rel, int | None]] = [(ph, s.rel, 0)]
+        for col, chain, col_of in self._reducers(b, alias):
+            names = {a: self._ph() for a in chain}
+            inputs += [(names[a], b.source(a).rel, None) for a in chain]
+            sub = exp.Select(expressions=[_col(col_of[1], col_of[0])])
+            tables = [
+                exp.Table(
+                    this=exp.to_identifier(names[a], True),
+                    alias=exp.TableAlias(this=exp.to_identifier(a, True)),
+                )
+                for a in chain
+            ]
+            sub.set("from_", exp.From(this=tables[0]))
+            if len(tables) > 1:
+                sub.set("joins", [exp.Join(this=t, kind="CROSS") for t in tables[1:]])
+            among = [c.copy() for c in b.conds if _aliases(c) and _aliases(c) <= set(chain)]
+            if among:
+                sub.set("where", exp.Where(this=exp.and_(*among)))
+            pushed.append(exp.In(this=_col(col, alias), query=exp.Subquery(this=sub)))
+        sel = exp.Select(expressions=[_col(c, alias).as_(c, quoted=True) for c in needed])
+        sel.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True), alias=alias)))
+        if pushed:
+            sel.set("where", exp.Where(this=exp.and_(*pushed)))
+        key_sql = _hash_sql(
+            [_col(key).sql("duckdb")], [s.rel.types().get(key.lower())], self.buckets
+        )
+        tasks = []
+        for i in range(self._nparts(s.rel)):
+            tasks.append(_Task([(n, r, i if n == ph else None) for n, r, _ in inputs]))
+        out = self.run(f"shuffle {alias} on {key}", sel, tasks, key_sql, self.buckets)
+        out.key = key
+        return out
+
+    def _pushed(self, b: Block, alias: str) -> list[exp.Expr]:
+        """Conditions on ``alias`` alone (its WHERE part, or its LEFT JOIN condition's)."""
+        s = b.source(alias)
+        return [
             c
             for c in (b.conds if s.on is None else _conjuncts(s.on))
             if _aliases(c) == {alias} and not c.find(exp.Select)
         ]
-        sel = exp.Select(expressions=[_col(c, alias).as_(c, quoted=True) for c in needed])
-        ph = self._ph()
-        sel.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True), alias=alias)))
-        if pushed:
-            sel.set("where", exp.Where(this=exp.and_(*[c.copy() for c in pushed])))
-        key_sql = _hash_sql(
-            [_col(key).sql("duckdb")], [s.rel.types().get(key.lower())], self.buckets
-        )
-        out = self.run(
-            f"shuffle {alias} on {key}",
-            sel,
-            [_Task([(ph, s.rel, i)]) for i in range(self._nparts(s.rel))],
-            key_sql,
-            self.buckets,
-        )
-        out.key = key
-        return out
+
+    def _reducers(self, b: Block, alias: str) -> list[tuple[str, list[str], tuple[str, str]]]:
+        """Semi-join reductions of the inner source ``alias`` before it is shuffled: for each
+        small inner source joined to it by ``alias.col = small.col`` that filters (conditions
+        of its own, or joined to small sources that do, or an earlier stage's rows), ``(col,
+        the small sources to join, (small, its column))`` — only rows of ``alias`` with a
+        partner there can be in the block's result."""
+        if b.source(alias).on is not None:
+            return []
+        small = {
+            s.alias
+            for s in b.sources
+            if s.on is None and s.alias != alias and not self.is_big(b, s)
+        }
+        edges: dict[str, set[str]] = {}
+        for c in b.conds:
+            names = _aliases(c)
+            if len(names) == 2 and names <= small and not c.find(exp.Select):
+                x, y = sorted(names)
+                edges.setdefault(x, set()).add(y)
+                edges.setdefault(y, set()).add(x)
+
+        def filtering(a: str, seen: set[str]) -> list[str] | None:
+            """``a`` and the small sources that make it filter, or None if it does not."""
+            out = [a]
+            for n in sorted(edges.get(a, set()) - seen):
+                more = filtering(n, seen | {a, n})
+                if more is not None:
+                    out += [m for m in more if m not in out]
+            own = self._pushed(b, a) or b.source(a).rel.scan is None
+            return out if own or len(out) > 1 else None
+
+        found = []
+        used: set[str] = set()
+        for cls in self.classes(b, inner=True):
+            for col in sorted(c for a, c in cls if a == alias):
+                for other, ocol in sorted(cls):
+                    if other not in small or other in used:
+                        continue
+                    chain = filtering(other, {alias, other})
+                    if chain is not None:
+                        used.add(other)
+                        found.append((col, chain, (other, ocol)))
+        return found
 
     def inner_first(self, b: Block) -> Block:
         """The join of ``b``'s inner sources (planned as a block of its own) as one source."""
@@ -578,9 +895,11 @@ class Executor:
         assert isinstance(sel, exp.Select)
         return Block(flat, [_flatten(c, aliases, joined) for c in rest], sel)
 
-    def join_first(self, b: Block, aliases: set[str], cls: set[tuple[str, str]]) -> Block:
-        """The join of ``aliases`` (co-partitioned on ``cls``) as one source of ``b``."""
-        streams = {a: self.partition(b, a, cls) for a in aliases}
+    def join_first(
+        self, b: Block, aliases: set[str], cls: set[tuple[str, str]], streams: dict[str, Rel]
+    ) -> Block:
+        """The join of ``aliases`` (partitioned on ``cls`` in ``streams``) as one source of
+        ``b``."""
         inner = [c for c in b.conds if _aliases(c) and _aliases(c) <= aliases]
         rest = [c for c in b.conds if not any(c is x for x in inner)]
         others = [s for s in b.sources if s.alias not in aliases]
@@ -594,6 +913,7 @@ class Executor:
         out = self.run(f"join {', '.join(sorted(aliases))}", sql, tasks, None, 1)
         member = next(((a, c) for a, c in sorted(cls) if a in aliases and (a, c) in needed), None)
         out.key = f"{member[0]}.{member[1]}" if member else None
+        out.bounds = self._bounds(streams) if out.key else None
         return self._replace(b, aliases, out, rest, others)
 
     # -- the block's last stages ----------------------------------------------------------------
@@ -614,46 +934,113 @@ class Executor:
             isinstance(g, exp.Column) and (g.table, g.name) in pclass for g in group.expressions
         )
         if has_agg and ntasks > 1 and not keyed:
-            b, streams = self.regroup(b, streams)
-            pclass = set()
+            b, streams, pclass = self.regroup(b, streams)
             ntasks = self._ntasks(streams)
         return self.output(b, streams, pclass, top, ntasks)
 
-    def regroup(self, b: Block, streams: dict[str, Rel]) -> tuple[Block, dict[str, Rel]]:
+    def regroup(
+        self, b: Block, streams: dict[str, Rel]
+    ) -> tuple[Block, dict[str, Rel], set[tuple[str, str]]]:
         """The block's joined rows hash-partitioned by its GROUP BY (or gathered into one task
-        for a global aggregate): a block over them aggregates per bucket."""
+        for a global aggregate): a block over them aggregates per bucket. With only count, sum,
+        min and max (no DISTINCT), each task aggregates its rows first and the partial
+        aggregates move instead of the rows (``_partial``)."""
+        cur = "__mx_rows"
         aliases = {s.alias for s in b.sources}
         sel = b.sel
-        outside: list[exp.Expr] = list(sel.expressions)
-        for key in ("group", "having", "order"):
-            if sel.args.get(key) is not None:
-                outside.append(sel.args[key])
-        needed = sorted({(a, c) for a in aliases for c in b.columns_of(a, outside)})
-        if not needed:
-            s0 = b.sources[0]
-            needed = [(s0.alias, s0.rel.schema.names[0])]
-        rows = Block(
-            b.sources,
-            b.conds,
-            exp.Select(expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]),
-        )
         group = sel.args.get("group")
-        keys = [_flatten(g, aliases, None) for g in group.expressions] if group else []
+        keys = list(group.expressions) if group else []
         nout = self.buckets if keys else 1
         types: list[str | None] = []
-        for g in group.expressions if group else []:
+        for g in keys:
             src = b.source(g.table) if isinstance(g, exp.Column) and g.table else None
             types.append(src.rel.types().get(g.name.lower()) if src else None)
-        key_sql = _hash_sql([k.sql("duckdb") for k in keys], types, nout) if keys else None
-        sql, tasks = self.render(rows, streams)
-        label = "partition rows by GROUP BY" if keys else "gather rows for the aggregate"
+        partial = self._partial(b, cur)
+        if partial is not None:
+            rows_sel, flat = partial
+            names = [f"__mx_g{i}" for i in range(len(keys))]
+            hashed = [_col(n).sql("duckdb") for n in names]
+            label = "partial aggregate, " + ("partition by GROUP BY" if keys else "gather")
+        else:
+            outside: list[exp.Expr] = list(sel.expressions)
+            for key in ("group", "having", "order"):
+                if sel.args.get(key) is not None:
+                    outside.append(sel.args[key])
+            needed = sorted({(a, c) for a in aliases for c in b.columns_of(a, outside)})
+            if not needed:
+                s0 = b.sources[0]
+                needed = [(s0.alias, s0.rel.schema.names[0])]
+            rows_sel = exp.Select(
+                expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]
+            )
+            names = [f"{g.table}.{g.name}" if isinstance(g, exp.Column) else "" for g in keys]
+            hashed = [_flatten(g, aliases, None).sql("duckdb") for g in keys]
+            flat = _flatten(sel, aliases, cur)  # type: ignore[assignment]
+            label = "partition rows by GROUP BY" if keys else "gather rows for the aggregate"
+        key_sql = _hash_sql(hashed, types, nout) if keys else None
+        sql, tasks = self.render(Block(b.sources, b.conds, rows_sel), streams)
         out = self.run(label, sql, tasks, key_sql, nout, gather=not keys)
-        if len(keys) == 1 and isinstance(keys[0], exp.Column):
-            out.key = keys[0].name
-        cur = "__mx_rows"
-        flat = _flatten(sel, aliases, cur)
+        pclass: set[tuple[str, str]] = set()
+        if len(keys) == 1 and names[0]:
+            out.key = names[0]
+            pclass = {(cur, out.key)}
         assert isinstance(flat, exp.Select)
-        return Block([Source(cur, out)], [], flat), {cur: out}
+        return Block([Source(cur, out)], [], flat), {cur: out}, pclass
+
+    def _partial(self, b: Block, cur: str) -> tuple[exp.Select, exp.Select] | None:
+        """The per-task partial aggregate of ``b`` (GROUP BY keys as ``__mx_g<i>``, partial
+        aggregates as ``__mx_a<j>``) and ``b``'s SELECT over those rows (as ``cur``), or None
+        when an aggregate does not decompose (DISTINCT, avg, median, …)."""
+        sel = b.sel
+        group = sel.args.get("group")
+        keys = list(group.expressions) if group else []
+        if any(k.find(exp.Select) for k in keys):
+            return None
+        scopes: list[exp.Expr] = list(sel.expressions)
+        scopes += [sel.args[k] for k in ("having", "order") if sel.args.get(k) is not None]
+        cols: list[exp.Expr] = [k.copy().as_(f"__mx_g{i}", quoted=True) for i, k in enumerate(keys)]
+        merged: dict[str, exp.Expr] = {}  # an aggregate's SQL (FILTER included) → its merge
+        for scope in scopes:
+            for node in scope.find_all(exp.AggFunc):
+                if not isinstance(node, exp.Sum | exp.Count | exp.Min | exp.Max):
+                    return None
+                if node.find(exp.Distinct) or node.args.get("expressions"):
+                    return None
+                whole = node.parent if isinstance(node.parent, exp.Filter) else node
+                if whole.sql() in merged:
+                    continue
+                name = f"__mx_a{len(merged)}"
+                cols.append(whole.copy().as_(name, quoted=True))
+                fn = exp.Sum if isinstance(node, exp.Sum | exp.Count) else type(node)
+                call: exp.Expr = fn(this=_col(name, cur))
+                if isinstance(node, exp.Count):
+                    call = exp.cast(call, "BIGINT")  # a sum of counts is a HUGEINT
+                merged[whole.sql()] = call
+        swaps = dict(merged)
+        swaps.update({k.sql(): _col(f"__mx_g{i}", cur) for i, k in enumerate(keys)})
+
+        def swap(n: exp.Expr) -> exp.Expr:
+            if isinstance(n, _NOT_KEYS):
+                return n
+            hit = swaps.get(n.sql())
+            return hit.copy() if hit is not None else n
+
+        flat = sel.copy()
+        flat.set("expressions", [p.transform(swap) for p in sel.expressions])
+        for k in ("having", "order"):
+            if sel.args.get(k) is not None:
+                flat.set(k, sel.args[k].transform(swap))
+        if keys:
+            flat.set(
+                "group", exp.Group(expressions=[_col(f"__mx_g{i}", cur) for i in range(len(keys))])
+            )
+        aliases = {s.alias for s in b.sources}
+        if any(c.table in aliases for c in flat.find_all(exp.Column)):
+            return None  # a column outside the aggregates and GROUP BY keys
+        rows = exp.Select(expressions=cols)
+        if keys:
+            rows.set("group", exp.Group(expressions=[k.copy() for k in keys]))
+        return rows, flat
 
     def output(
         self, b: Block, streams: dict[str, Rel], pclass: set[tuple[str, str]], top: bool, n: int
@@ -698,6 +1085,7 @@ class Executor:
         )
         out = self.run(label, sql, tasks, None, 1)
         out.key = self._output_key(projections, names, pclass)
+        out.bounds = self._bounds(streams) if out.key else None
         spec = _Final(names, final_order, distinct, limit, offset)
         if top:
             out.final = spec
@@ -804,7 +1192,8 @@ class Executor:
                     chosen = rel.scan.files if part is None else rel.fragments[part]
                     if part is not None:
                         files += chosen
-                    specs.append(Input(name, _slim(rel.scan, chosen), 0, rel.schema))
+                    where = rel.wheres[part] if part is not None and rel.wheres else None
+                    specs.append(Input(name, _slim(rel.scan, chosen), 0, rel.schema, where))
                 else:
                     refs = (
                         [r for p in rel.parts for r in p] if part is None else list(rel.parts[part])
@@ -877,9 +1266,13 @@ class Executor:
                     how = "broadcast (every task reads all of it)"
                 elif rel.scan is not None:
                     how = f"split into {len(rel.fragments)} fragment(s) of its files"
+                    if rel.bounds is not None:
+                        how += f" by ranges of {rel.key} (file statistics)"
                 else:
                     how = f"partitioned ({len(rel.parts)} parts" + (
-                        f", hashed on {rel.key})" if rel.key else ")"
+                        f", {'ranges of' if rel.bounds else 'hashed on'} {rel.key})"
+                        if rel.key
+                        else ")"
                     )
                 what = rel.label if rel.scan is not None else f"stage output ({rel.label})"
                 self.lines.append(f"  input {what}: {how}, {_size(rel.nbytes)}")

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         description="engine='auto' runs a query on Ray when it scans at least this many bytes.",
     )
     broadcast_max_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         ge=0,
         description="Distributed joins send a side of at most this many bytes (estimated from "
         "its files, or measured) to every task; larger sides are hash-partitioned.",
