@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
@@ -394,9 +394,19 @@ class DeltaStore:
         """Compact small files (and z-order by ``zorder`` columns when given)."""
         dt = self.open()
         try:
+            # Snappy, as write_deltalake writes: delta-rs's optimize defaults to ZSTD, which
+            # DuckDB decompresses ~1.5x slower (a compacted IoT table scanned 1.55x slower
+            # than the same rows written at once).
+            props = WriterProperties(compression="SNAPPY")
             if zorder:
-                return dict(dt.optimize.z_order(list(zorder), target_size=self.target_file_bytes))
-            return dict(dt.optimize.compact(target_size=self.target_file_bytes))
+                return dict(
+                    dt.optimize.z_order(
+                        list(zorder), target_size=self.target_file_bytes, writer_properties=props
+                    )
+                )
+            return dict(
+                dt.optimize.compact(target_size=self.target_file_bytes, writer_properties=props)
+            )
         except Exception as e:
             raise _translate(e, f"optimize of {self.location} failed") from e
 

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
@@ -404,6 +405,14 @@ def test_optimize_compacts_and_zorders(lh: mx.Lakehouse) -> None:
     assert t.history(limit=1)[0]["operation"] == "OPTIMIZE"
     res = lh.sql("OPTIMIZE s.small").to_arrow()
     assert res.column("files_removed").to_pylist() == [0]  # nothing left to compact
+    # compacted files are Snappy like written ones (delta-rs's own default, ZSTD, scans slower)
+    (uri,) = DeltaTable(
+        t.location, storage_options=lh.warehouse.delta_options(t.location)
+    ).file_uris()
+    lh.warehouse.fs.invalidate_cache()
+    with lh.warehouse.fs.open(uri.split("://", 1)[-1] if "://" in uri else uri, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    assert {meta.row_group(0).column(i).compression for i in range(2)} == {"SNAPPY"}
 
 
 def test_vacuum_removes_unreferenced_files(lh: mx.Lakehouse) -> None:
