@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -96,12 +97,15 @@ def route(
     *,
     engine: str,
     explain: bool,
+    analyze: bool = False,
 ) -> Routing:
     """Run ``tree`` on the Ray pool when ``engine`` asks for it and the query allows it.
 
     ``engine="ray"`` distributes whatever can be; ``"auto"`` only when the pool is Ray and the
     scans hold at least ``Settings.distributed_min_bytes``. A query that cannot be distributed
-    runs locally (the returned notes say why, for EXPLAIN).
+    runs locally (the returned notes say why, for EXPLAIN). ``explain`` plans without running
+    anything; with ``analyze`` (``EXPLAIN ANALYZE``) the query runs and the plan shows what
+    each stage measured.
     """
     from matrixos.compute import parse_compute
 
@@ -131,22 +135,26 @@ def route(
         from matrixos.engine.stages import run_stages  # joins, subqueries, other aggregates
 
         with query_report() as report:
-            staged = run_stages(engine_obj, tree, bound, functions, explain=explain)
+            staged = run_stages(
+                engine_obj, tree, bound, functions, explain=explain, analyze=analyze
+            )
         if isinstance(staged, str):
             return Routing(notes=[f"Engine: local (not distributed: {staged})"])
         table, lines = staged
         if explain:
             return Routing(result=Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN"))
+        assert table is not None
         result = Result.from_table(table, statement="SELECT")
         result.stats = report.as_dict()
         return Routing(result=result)
     plan = replace(plan, fragments=split_files(plan.scan.files, lh.compute.num_cpus()))
     if explain:
-        return Routing(
-            result=Result.from_table(
-                pa.table({"plan": plan.explain(lh.settings.storage_zones)}), statement="EXPLAIN"
-            )
-        )
+        lines = plan.explain(lh.settings.storage_zones)
+        if analyze:
+            t0 = time.perf_counter()
+            rows = run_plan(engine_obj, plan).num_rows
+            lines.append(f"Ran: {rows} rows, {(time.perf_counter() - t0) * 1000:.0f} ms")
+        return Routing(result=Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN"))
     with query_report() as report:
         result = Result.from_table(run_plan(engine_obj, plan), statement="SELECT")
     result.stats = report.as_dict()

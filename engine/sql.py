@@ -6,11 +6,13 @@ map to catalog and Delta operations. Every statement is checked by ``engine.sand
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -125,7 +127,8 @@ class SQLEngine:
         except (ValueError, SqlglotError) as e:
             raise SQLError(f"unknown SQL dialect {dialect!r}") from e
         try:
-            trees = sqlglot.parse(sql, read=dialect)
+            with _quiet_command_fallback():
+                trees = sqlglot.parse(sql, read=dialect)
         except ParseError as e:
             denied = _denied_statement(sql, dialect)
             if denied:
@@ -161,7 +164,9 @@ class SQLEngine:
         return result
 
     # -- queries ----------------------------------------------------------------------------
-    def query(self, tree: exp.Expr, *, explain: bool = False, engine: str = "local") -> Result:
+    def query(
+        self, tree: exp.Expr, *, explain: bool = False, analyze: bool = False, engine: str = "local"
+    ) -> Result:
         tree = tree.copy() if explain else tree
         functions = expand_functions(self, tree)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
@@ -170,7 +175,9 @@ class SQLEngine:
         if engine != "local":
             from matrixos.engine.distributed import route
 
-            routed = route(self, tree, bound, functions, engine=engine, explain=explain)
+            routed = route(
+                self, tree, bound, functions, engine=engine, explain=explain, analyze=analyze
+            )
             if routed.result is not None:
                 return routed.result
             notes = routed.notes
@@ -454,11 +461,12 @@ class SQLEngine:
         )
         rest = rest.strip().rstrip(";")
         if cmd == "EXPLAIN":
+            analyze = re.match(r"^ANALYZE\s", rest, flags=re.I) is not None
             inner = re.sub(r"^(ANALYZE|VERBOSE|EXTENDED|FORMATTED)\s+", "", rest, flags=re.I)
             trees = self.parse(inner, dialect)
             if len(trees) != 1 or not isinstance(trees[0], exp.Query):
                 raise NotSupported("EXPLAIN supports one query")
-            return self.query(trees[0], explain=True, engine=engine)
+            return self.query(trees[0], explain=True, analyze=analyze, engine=engine)
         if cmd == "OPTIMIZE":
             m = re.match(r"^(\S+)(?:\s+ZORDER\s+BY\s*\(?([^)]*)\)?)?\s*$", rest, re.I)
             if not m:
@@ -906,6 +914,28 @@ def _table_refs(tree: exp.Expr) -> list[exp.Table]:
         and not is_cte_reference(t)
         and not is_function_result(t)
     ]
+
+
+class _CommandFallback(logging.Filter):
+    """Drops sqlglot's warning that a statement is parsed as a ``Command``: that is how
+    EXPLAIN, OPTIMIZE, VACUUM, DESCRIBE HISTORY and the volume DDL arrive, on purpose; a
+    command the engine does not know is refused with an error of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to parsing as a 'Command'" not in record.getMessage()
+
+
+_SQLGLOT_LOG = logging.getLogger("sqlglot")
+_COMMAND_FALLBACK = _CommandFallback()
+
+
+@contextlib.contextmanager
+def _quiet_command_fallback() -> Iterator[None]:
+    _SQLGLOT_LOG.addFilter(_COMMAND_FALLBACK)
+    try:
+        yield
+    finally:
+        _SQLGLOT_LOG.removeFilter(_COMMAND_FALLBACK)
 
 
 def _integer_division(tree: exp.Expr) -> exp.Expr:

@@ -2,31 +2,61 @@
 
 ``engine.distributed`` runs a SELECT over one Delta table as fragments plus a merge. Everything
 else with Delta tables (joins, subqueries, CTEs, DISTINCT or non-decomposable aggregates) comes
-here:
+here. The planning rules, in order:
 
-1. **Decomposition.** sqlglot's optimizer qualifies every column and unnests subqueries
-   (``IN``/``EXISTS``/correlated scalar subqueries become joins with grouped derived tables),
-   lifting derived tables into CTEs, so the query is a set of *blocks*: ``SELECT … FROM
-   sources [LEFT] JOIN … WHERE … GROUP BY … HAVING … ORDER BY … LIMIT``, each source a table or
-   an earlier block. Uncorrelated subqueries left in expressions (``NOT IN (SELECT …)``) run
-   first and are broadcast.
-2. **Blocks as stages.** Every block runs as DuckDB per partition (one Ray task each). A source
-   whose estimated (or, for an earlier stage's result, measured) size is at most
-   ``Settings.broadcast_max_bytes`` is *broadcast*: every task reads all of it (a small
-   table's files, or the Arrow partitions of an earlier stage). The large sources are
-   *hash-partitioned* on a join key they share (an equivalence class of ``a.x = b.y``
-   conditions) into N buckets — tasks return N Arrow tables (``num_returns``), owned by the
-   driver, kept in Ray's object store — and joined bucket-wise. A single large source needs no
-   shuffle: its Delta files (after pruning) are split into fragments. Large sources with no
-   common key are joined pairwise first (the join of the sources that share the most common
-   key becomes one source), then the rest.
-3. **Aggregation.** When the partitioning key is a GROUP BY column the block aggregates in
-   place; otherwise the joined rows are hash-partitioned by the GROUP BY expressions (or
-   gathered into one task for a global aggregate) and aggregated per bucket, so every
-   aggregate — DISTINCT, median, avg — is computed by DuckDB itself, exactly as locally.
-4. **Order and limit.** Each task keeps its top ``LIMIT + OFFSET`` rows; the driver merges the
+1. **Kept correlated subqueries.** A correlated ``EXISTS``/``NOT EXISTS`` or scalar aggregate
+   subquery in a WHERE clause (a plain SELECT over tables, inner joins only, nothing nested)
+   that correlates with its enclosing SELECT by an equality ``inner.k = outer.c`` is *kept*:
+   its text stays in the condition, so DuckDB evaluates it in the stage that filters on it
+   (semi/anti joins, its own decorrelation), and its tables become hidden sources of that
+   block. A hidden table small enough to broadcast goes to every task; a large one is
+   partitioned with the outer rows on the correlation key (by ranges or by hash, below), so
+   every inner row an outer row can see is in its task. If no key partitions all of the
+   block's large sources and the large hidden ones together, the whole query is planned again
+   with the subqueries unnested (EXPLAIN says so).
+2. **Decomposition.** sqlglot's optimizer qualifies every column and unnests the other
+   subqueries (``IN``/``EXISTS``/correlated scalar subqueries become joins with grouped
+   derived tables), lifting derived tables into CTEs, so the query is a set of *blocks*:
+   ``SELECT … FROM sources [LEFT] JOIN … WHERE … GROUP BY … HAVING … ORDER BY … LIMIT``,
+   each source a table or an earlier block. Uncorrelated subqueries left in expressions
+   (``NOT IN (SELECT …)``) run first and are broadcast.
+3. **Small blocks fold into their readers.** A derived table or CTE, or an uncorrelated
+   subquery in an expression, that is one SELECT over tables (or earlier stages' outputs)
+   whose columns together are broadcast-sized and at most 4 MiB gets no stage of its own: its
+   SQL stays in the stages that read it (a subquery in their FROM, or in the expression), its
+   tables broadcast to them (every task that reads it computes it).
+4. **Blocks as stages.** Every block runs as DuckDB per partition (one Ray task each). A
+   source whose estimated (or, for an earlier stage's result, measured) size is at most
+   ``Settings.broadcast_max_bytes`` is *broadcast*: every task reads all of it. The large
+   sources are co-partitioned on a join key they share (an equivalence class of ``a.x = b.y``
+   conditions and kept subqueries' correlations): by *key ranges* cut from the Delta files'
+   min/max statistics when the files are clustered on the key (no shuffle: each task reads
+   the files that meet its range, filtered to it), else *hash-partitioned* into N buckets by a
+   shuffle stage (tasks return N Arrow tables, owned by the driver) that applies the side's
+   own filters and semi-join reductions by the block's small filtered sources first. A side
+   measured small after its shuffle is broadcast instead. A single large source is split into
+   fragments (by ranges of a join or GROUP BY key when its files allow). Large sources with
+   no common key are joined pairwise first, then the rest.
+5. **Aggregation.** When the partitioning key is a GROUP BY column the block aggregates in
+   place; otherwise each task aggregates partially (count, sum, min, max) and the partial
+   rows are hash-partitioned by the GROUP BY keys (or gathered into one task for a global
+   aggregate), or, for DISTINCT, avg, median and the like, the joined rows move, so every
+   aggregate is computed by DuckDB itself, exactly as locally.
+6. **Order and limit.** Each task keeps its top ``LIMIT + OFFSET`` rows; the driver merges the
    final (small) result, sorts and limits it, and casts it to the names and types the local
-   engine gives the query (found by binding the query over empty tables).
+   engine gives the query (found by binding the query over empty tables). When the top block
+   reads only earlier stages' outputs, together broadcast-sized (partial aggregates, mostly),
+   the coordinator runs the block itself on them before that final step: no stage of its own.
+
+Stages run one after another; a stage of fewer tasks than the pool has CPUs gives each task
+DuckDB threads for the rest (one task: all of them).
+
+``EXPLAIN`` plans the same stages without running any: sizes are estimates (a scan's file
+bytes by its share of columns; a stage's inputs, halved by a WHERE clause, a tenth after GROUP
+BY), each stage's schema comes from binding its SQL over empty inputs. ``EXPLAIN ANALYZE``
+runs the query and shows the stages as run, with measured rows, sizes and times, and each
+stage's slowest task setup and DuckDB time (its plan can differ: a side measured small is
+broadcast).
 
 Tasks that read table files go through ``engine.filecache`` (``localize`` in the task,
 ``plan_placement``/``observe`` on the driver). A task whose worker dies is retried
@@ -34,7 +64,7 @@ Tasks that read table files go through ``engine.filecache`` (``localize`` in the
 
 Not distributed (they run locally, with the reason in ``EXPLAIN``): window functions, set
 operations, RIGHT/FULL/SEMI/ANTI joins, joins after a LEFT JOIN, correlated subqueries sqlglot
-cannot unnest, search functions and Lance tables.
+cannot unnest (and that cannot be kept), search functions and Lance tables.
 """
 
 from __future__ import annotations
@@ -90,6 +120,10 @@ class Refused(Exception):
     """The query cannot be distributed; the message says why (shown by EXPLAIN)."""
 
 
+class _Unkept(Refused):
+    """A kept subquery cannot be evaluated per partition: plan the query again, unnested."""
+
+
 # -- relations ----------------------------------------------------------------------------------
 @dataclass
 class Rel:
@@ -107,6 +141,10 @@ class Rel:
     # the first); a scan split so has a filter per fragment (``wheres``).
     bounds: tuple[int, ...] | None = None
     wheres: list[str] = field(default_factory=list)
+    # A folded derived table (``Executor._folded``): its SQL over ``inlined`` (alias → scan),
+    # rendered as a subquery in its readers' FROM.
+    inline: exp.Select | None = None
+    inlined: dict[str, Rel] = field(default_factory=dict)
 
     def types(self) -> dict[str, str]:
         return {f.name.lower(): duckdb_type(f.type) for f in self.schema}
@@ -124,6 +162,10 @@ class Source:
     alias: str
     rel: Rel
     on: exp.Expr | None = None  # a LEFT JOIN's condition; None: an inner source
+    # A table of a subquery kept in an expression (``_Kept``, ``Executor._inline``): not in
+    # the FROM; its own filters (conjuncts on it alone) may apply before its rows move.
+    sub: bool = False
+    filters: list[exp.Expr] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +176,9 @@ class Block:
     sources: list[Source]
     conds: list[exp.Expr]
     sel: exp.Select
+    # ``hidden.k = outer.c`` of kept subqueries: partitioning keys only, never rendered
+    links: list[exp.Expr] = field(default_factory=list)
+    _columns: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
 
     def source(self, alias: str) -> Source:
         return next(s for s in self.sources if s.alias == alias)
@@ -148,8 +193,15 @@ class Block:
         return out
 
     def columns_of(self, alias: str, nodes: list[exp.Expr] | None = None) -> set[str]:
+        if nodes is None:
+            if self._columns is None:  # the block's own columns: found once per block
+                self._columns = {}
+                for node in self.parts_sql():
+                    for col in node.find_all(exp.Column):
+                        self._columns.setdefault(col.table, set()).add(col.name)
+            return set(self._columns.get(alias, ()))
         cols: set[str] = set()
-        for node in self.parts_sql() if nodes is None else nodes:
+        for node in nodes:
             for col in node.find_all(exp.Column):
                 if col.table == alias:
                     cols.add(col.name)
@@ -199,6 +251,11 @@ def _share(lo: int, hi: int, size: int, edges: list[int | None]) -> float:
         if end > start or (start == lo and a is None and b is not None and lo < b):
             read += size * max(end - start, 1) / max(hi + 1 - lo, 1)
     return read
+
+
+def _inner(s: Source) -> bool:
+    """An inner source of the block's FROM (not LEFT JOINed, not a kept subquery's table)."""
+    return s.on is None and not s.sub
 
 
 def _rejects_null(cond: exp.Expr, alias: str) -> bool:
@@ -260,6 +317,20 @@ def _hash_sql(exprs: list[str], types: list[str | None], buckets: int) -> str:
     return f"hash({', '.join(keys)}) % {buckets}"
 
 
+def _swap_tables(node: exp.Expr, names: dict[str, str]) -> exp.Expr:
+    """``node`` (a copy) with its table references ``t AS a`` reading the placeholder
+    ``names[a]`` instead (kept subqueries' and folded derived tables' tables)."""
+
+    def swap(n: exp.Expr) -> exp.Expr:
+        if isinstance(n, exp.Table) and n.alias_or_name in names:
+            return exp.Table(
+                this=exp.to_identifier(names[n.alias_or_name], True), alias=n.args["alias"]
+            )
+        return n
+
+    return node.transform(swap)
+
+
 def _col(name: str, table: str | None = None) -> exp.Column:
     return exp.Column(
         this=exp.to_identifier(name, quoted=True),
@@ -292,6 +363,7 @@ def run_stage(
     """One stage task: DuckDB over its inputs (file scans localized through the node's cache,
     Arrow partitions of earlier stages); returns ``nout`` Arrow tables (the rows hash-split by
     ``key_sql``, or all rows when ``nout`` is 1) and its statistics."""
+    t0 = time.perf_counter()
     scans: list[PrunedScan] = []  # keeps localized files pinned until the task returns
     read: list[ReadStats] = []
     arrow: dict[str, pa.Table] = {}
@@ -312,6 +384,7 @@ def run_stage(
                 else inp.schema.empty_table()
             )
     cur = _worker_connection(tuple(sorted(dirs)), threads, memory_limit).cursor()
+    t1 = time.perf_counter()
     try:
         text = sql
         for inp, scan in zip([x for x in inputs if x.scan is not None], scans, strict=True):
@@ -343,6 +416,8 @@ def run_stage(
         "bytes": [t.nbytes for t in outs],
         "schema": outs[0].schema,
         "read": read,
+        "setup_ms": (t1 - t0) * 1000,
+        "run_ms": (time.perf_counter() - t1) * 1000,
     }
     return [*outs, stats]
 
@@ -363,12 +438,20 @@ class _Task:
 class Executor:
     """Runs one optimized query as stages on the Ray pool (see the module's doc)."""
 
-    def __init__(self, engine_obj: SQLEngine, scans: list[tuple[TableIdent, PrunedScan]]):
+    def __init__(
+        self,
+        engine_obj: SQLEngine,
+        scans: list[tuple[TableIdent, PrunedScan]],
+        kept: dict[str, _Kept],
+        *,
+        dry: bool = False,
+    ):
         lh = engine_obj.lh
         self.engine_obj = engine_obj
         self.settings = lh.settings
         self.options = lh.warehouse.options if lh.warehouse.is_remote else None
-        self.buckets = max(2, lh.compute.num_cpus())
+        cpus = self.cpus = lh.compute.num_cpus()  # a call to Ray's GCS: once per query
+        self.buckets = max(2, cpus)
         self.broadcast_max = lh.settings.broadcast_max_bytes
         self.tables = [
             Rel(
@@ -376,10 +459,13 @@ class Executor:
                 scan=scan,
                 label=f"{ident} (delta, version {scan.snapshot.version})",
                 nbytes=sum(f.size for f in scan.files),
-                fragments=split_files(scan.files, lh.compute.num_cpus()) or [[]],
+                fragments=split_files(scan.files, cpus) or [[]],
             )
             for ident, scan in scans
         ]
+        self.kept: dict[str, _Kept] = kept
+        self.dry = dry
+        self.counter = itertools.count()
         self.ctes: dict[str, exp.Query] = {}
         self.cte_rels: dict[str, Rel] = {}
         self.subqueries: dict[str, Rel] = {}
@@ -408,10 +494,11 @@ class Executor:
                 return self.tables[int(name[len(_TABLE) :])]
             if name in self.ctes:
                 if name not in self.cte_rels:
-                    self.cte_rels[name] = self.query(self.ctes[name], top=False)
+                    q = self.ctes[name]
+                    self.cte_rels[name] = self._folded(q) or self.query(q, top=False)
                 return self.cte_rels[name]
         if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Query):
-            return self.query(node.this, top=False)
+            return self._folded(node.this) or self.query(node.this, top=False)
         raise Refused(f"FROM {node.sql(dialect='duckdb')[:60]}")
 
     def block(self, sel: exp.Select, top: bool) -> Rel:
@@ -457,10 +544,53 @@ class Executor:
         sel.set("where", None)
         b = Block(sources, conds, sel)
         self._expression_subqueries(b)
-        return self.plan(b, top)
+        return self.plan(self._restore(b), top)
+
+    def _restore(self, b: Block) -> Block:
+        """``b`` with its kept subqueries (``_Kept``) back in its conditions, their tables as
+        sources (``Source.sub``) and one correlation per table as a link."""
+        sources, links, conds = list(b.sources), list(b.links), list(b.conds)
+        around = {s.alias for s in b.sources}
+        for i, cond in enumerate(b.conds):
+            for call in list(cond.find_all(exp.Anonymous)):
+                kept = self.kept.get(str(call.this))
+                if kept is None:
+                    continue
+                args = dict(zip(kept.outer, call.expressions, strict=True))
+                node = kept.node.copy().transform(
+                    lambda n, args=args: (
+                        args[n.sql()].copy() if isinstance(n, exp.Column) and n.sql() in args else n
+                    )
+                )
+                if call is cond:
+                    conds[i] = node
+                else:
+                    call.replace(node)
+                shown = node.sql(dialect="duckdb")
+                self.lines.append(
+                    "Kept correlated subquery (evaluated in the stage that filters on it, its "
+                    f"tables partitioned with the outer rows): {shown[:160]}"
+                )
+                where = node.this.args.get("where")
+                conjs = _conjuncts(where.this if where is not None else None)
+                for j in node.this.args.get("joins") or []:
+                    conjs += _conjuncts(j.args.get("on"))
+                for alias, index in sorted(kept.tables.items()):
+                    link = next((x for c in conjs if (x := _link(c, {alias}, around))), None)
+                    if link is not None:
+                        links.append(exp.EQ(this=link[0].copy(), expression=link[1].copy()))
+                    own = [c.copy() for c in conjs if _aliases(c) == {alias}]
+                    sources.append(Source(alias, self.tables[index], sub=True, filters=own))
+        b = replace(b, sources=sources, conds=conds, links=links)
+        calls = [n for x in b.parts_sql() for n in x.find_all(exp.Anonymous)]
+        if any(str(n.this).startswith(_KEEP) for n in calls):
+            raise _Unkept("a kept subquery outside the WHERE clause")
+        return b
 
     def _expression_subqueries(self, b: Block) -> None:
-        """Uncorrelated subqueries in expressions run first; their rows are broadcast."""
+        """Uncorrelated subqueries in expressions run first; their rows are broadcast. One
+        over small tables only (``_inline``) stays in its expression instead, its tables
+        broadcast to the tasks that evaluate it (no stage of its own)."""
         for node in b.parts_sql():
             for sub in list(node.find_all(exp.Select)):
                 above = sub.find_ancestor(exp.Select)
@@ -471,9 +601,95 @@ class Executor:
                 defined |= {c.alias_or_name for c in sub.find_all(exp.CTE)}
                 if any(c.table and c.table not in defined for c in sub.find_all(exp.Column)):
                     raise Refused("correlated subqueries")
+                if self._inline(b, sub):
+                    continue
                 name = f"__mx_sq_{uuid.uuid4().hex[:12]}"
                 self.subqueries[name] = self.query(sub, top=False)
                 sub.replace(exp.select("*").from_(exp.Table(this=exp.to_identifier(name, True))))
+
+    def _inline(self, b: Block, sub: exp.Select) -> bool:
+        """``sub`` (uncorrelated) kept in its expression when it is small (``_small_select``):
+        its tables become hidden sources of ``b``, broadcast to the tasks evaluating it."""
+        rels = self._small_select(sub)
+        if rels is None:
+            return False
+        b.sources += [Source(a, r, sub=True) for a, r in rels.items()]
+        self.lines.append(
+            "Uncorrelated subquery kept in its expression (its tables broadcast): "
+            + sub.sql(dialect="duckdb")[:160]
+        )
+        return True
+
+    def _folded(self, q: exp.Expr) -> Rel | None:
+        """A derived table or CTE that is small (``_small_select``) as an inline relation: its
+        SQL goes into the FROM of the stages that read it, its tables broadcast to them (no
+        stage of its own)."""
+        if not isinstance(q, exp.Select) or q.args.get("with_"):
+            return None
+        q = q.copy()
+        rels = self._small_select(q)
+        if rels is None:
+            return None
+        text = q.sql(dialect="duckdb")
+        schema = self._bind_schema(
+            text,
+            {t.name: r.schema for t in q.find_all(exp.Table) for r in [rels[t.alias_or_name]]},
+        )
+        has_agg = q.args.get("group") is None and any(p.find(exp.AggFunc) for p in q.expressions)
+        cols: dict[str, set[str]] = {}
+        for c in q.find_all(exp.Column):
+            cols.setdefault(c.table, set()).add(c.name)
+        size = sum(r.estimate(cols.get(a, set())) for a, r in rels.items())
+        size = min(size, 1024) if has_agg else size
+        self.lines.append("Derived table folded into its readers: " + text[:160])
+        return Rel(schema=schema, label="folded derived table", nbytes=size, inline=q, inlined=rels)
+
+    def _small_select(self, sub: exp.Select) -> dict[str, Rel] | None:
+        """When ``sub`` is one SELECT over table references (nothing nested) whose columns are
+        together small (broadcast, and at most ``_SPLIT_MIN``: every task that reads it runs
+        it): its tables by alias, the aliases renamed ``__mx_s<i>`` (in ``sub``, in place)."""
+        if len(list(sub.find_all(exp.Select))) != 1 or sub.find(exp.Window, exp.Subquery):
+            return None
+        if any(str(n.this).startswith(_KEEP) for n in sub.find_all(exp.Anonymous)):
+            return None
+        tables = list(sub.find_all(exp.Table))
+        if not tables or any(
+            t.args.get("db")
+            or not (
+                (t.name.startswith(_TABLE) and t.name[len(_TABLE) :].isdigit())
+                or t.name in self.ctes
+            )
+            for t in tables
+        ):
+            return None
+        rels = {t.alias_or_name: self.source_rel(t) for t in tables}  # runs a CTE if need be
+        if len(rels) != len(tables) or any(r.inline is not None for r in rels.values()):
+            return None
+        cols: dict[str, set[str]] = {}
+        for c in sub.find_all(exp.Column):
+            cols.setdefault(c.table, set()).add(c.name)
+        limit = min(_SPLIT_MIN, self.broadcast_max)
+        if sum(r.estimate(cols.get(a, set())) for a, r in rels.items()) > limit:
+            return None
+        names = {a: f"__mx_s{next(self.counter)}" for a in sorted(rels)}
+        for t in tables:
+            t.set("alias", exp.TableAlias(this=exp.to_identifier(names[t.alias_or_name], True)))
+        for c in sub.find_all(exp.Column):
+            if c.table in names:
+                c.set("table", exp.to_identifier(names[c.table], True))
+        return {names[a]: r for a, r in sorted(rels.items())}
+
+    def _bind_schema(self, text: str, inputs: dict[str, pa.Schema]) -> pa.Schema:
+        """The schema of ``text`` bound over empty tables named as ``inputs``."""
+        cur = self.engine_obj._cursor([])
+        try:
+            for name, schema in inputs.items():
+                cur.register(name, schema.empty_table())
+            return cur.sql(text).to_arrow_table().schema
+        except duckdb.Error as e:
+            raise Refused(f"the query does not bind ({str(e).splitlines()[0]})") from None
+        finally:
+            cur.close()
 
     # -- planning ---------------------------------------------------------------------------
     def is_big(self, b: Block, s: Source) -> bool:
@@ -489,7 +705,7 @@ class Executor:
                 x = parent[x]
             return x
 
-        eqs = list(b.conds)
+        eqs = [*b.conds, *b.links]
         for s in [] if inner else b.sources:
             eqs += _conjuncts(s.on)
         for c in eqs:
@@ -513,8 +729,23 @@ class Executor:
         big = {s.alias for s in b.sources if self.is_big(b, s)}
         if not big:
             sizes = [(s.rel.estimate(b.columns_of(s.alias)), s.alias) for s in b.sources]
-            size, alias = max((x for x in sizes if b.source(x[1]).on is None), default=(0, ""))
+            size, alias = max(
+                (x for x in sizes if _inner(b.source(x[1])) and b.source(x[1]).rel.inline is None),
+                default=(0, ""),
+            )
             return {alias} if size > _SPLIT_MIN else set()
+        classes = self.classes(b, inner=True)
+        for s in b.sources:
+            if s.sub and s.alias in big:
+                # A large table of a kept subquery: the outer rows it correlates with are
+                # partitioned with it, on the correlation key (the large outer sources equal
+                # to the correlated column, else that column's source).
+                cls = next((c for c in classes if any(a == s.alias for a, _ in c)), set())
+                outer = {a for a, _ in cls if a != s.alias and not b.source(a).sub}
+                if not outer:
+                    raise _Unkept(f"{s.alias} is large and not correlated by a key")
+                plain = {a for a in outer if b.source(a).rel.inline is None}
+                big |= (outer & big) or plain or outer
         before: set[str] = set()
         for s in b.sources:
             if s.on is not None and s.alias in big and not (big & before):
@@ -538,13 +769,15 @@ class Executor:
             big = self.bigs(b)
             if not big:
                 return self.finish(b, {}, set(), top)
-            if len(big) == 1 and b.source(next(iter(big))).on is None:
+            if len(big) == 1 and _inner(b.source(next(iter(big)))):
                 alias = next(iter(big))
                 streams, pclass = self.single(b, alias)
                 return self.finish(b, streams, pclass, top)
             ranked = self.ranked_classes(b, big)
             full = [cls for cls in ranked if {a for a, _ in cls} >= big]
-            inner = {s.alias for s in b.sources if s.on is None} & big
+            if not full and any(b.source(a).sub for a in big):
+                raise _Unkept("large tables of a kept subquery without a common key")
+            inner = {s.alias for s in b.sources if _inner(s)} & big
             pair = next((c for c in ranked if len({a for a, _ in c} & inner) >= 2), None)
             if full:
                 cls, aliases = full[0], big
@@ -717,8 +950,8 @@ class Executor:
         for i, alias in enumerate(todo):
             before = b.source(alias).rel
             rel = self.partition(b, alias, cls)
-            b = Block(
-                [replace(s, rel=rel) if s.alias == alias else s for s in b.sources], b.conds, b.sel
+            b = replace(
+                b, sources=[replace(s, rel=rel) if s.alias == alias else s for s in b.sources]
             )
             if rel is not before and i < len(todo) - 1 and rel.nbytes <= self.broadcast_max:
                 return b, True
@@ -767,18 +1000,14 @@ class Executor:
         needed = sorted(b.columns_of(alias) | {key})
         pushed = [c.copy() for c in self._pushed(b, alias)]
         ph = self._ph()
-        inputs: list[tuple[str, Rel, int | None]] = [(ph, s.rel, 0)]
+        source, inputs = self._from(alias, s.rel, ph, 0)
         for col, chain, col_of in self._reducers(b, alias):
-            names = {a: self._ph() for a in chain}
-            inputs += [(names[a], b.source(a).rel, None) for a in chain]
+            tables = []
+            for a in chain:
+                table, more = self._from(a, b.source(a).rel, self._ph(), None)
+                tables.append(table)
+                inputs += more
             sub = exp.Select(expressions=[_col(col_of[1], col_of[0])])
-            tables = [
-                exp.Table(
-                    this=exp.to_identifier(names[a], True),
-                    alias=exp.TableAlias(this=exp.to_identifier(a, True)),
-                )
-                for a in chain
-            ]
             sub.set("from_", exp.From(this=tables[0]))
             if len(tables) > 1:
                 sub.set("joins", [exp.Join(this=t, kind="CROSS") for t in tables[1:]])
@@ -787,22 +1016,37 @@ class Executor:
                 sub.set("where", exp.Where(this=exp.and_(*among)))
             pushed.append(exp.In(this=_col(col, alias), query=exp.Subquery(this=sub)))
         sel = exp.Select(expressions=[_col(c, alias).as_(c, quoted=True) for c in needed])
-        sel.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True), alias=alias)))
+        sel.set("from_", exp.From(this=source))
         if pushed:
             sel.set("where", exp.Where(this=exp.and_(*pushed)))
         key_sql = _hash_sql(
             [_col(key).sql("duckdb")], [s.rel.types().get(key.lower())], self.buckets
         )
         tasks = []
-        for i in range(self._nparts(s.rel)):
+        for i in range(max(1, self._nparts(s.rel))):
             tasks.append(_Task([(n, r, i if n == ph else None) for n, r, _ in inputs]))
         out = self.run(f"shuffle {alias} on {key}", sel, tasks, key_sql, self.buckets)
         out.key = key
         return out
 
+    def _from(
+        self, alias: str, rel: Rel, ph: str, part: int | None
+    ) -> tuple[exp.Expr, list[tuple[str, Rel, int | None]]]:
+        """``rel`` as a FROM item named ``alias`` and the inputs it reads: the placeholder
+        ``ph`` (its partition ``part``, or all of it), or a folded derived table's SQL over its
+        tables (broadcast; a stage of one task runs it)."""
+        name = exp.TableAlias(this=exp.to_identifier(alias, True))
+        if rel.inline is None:
+            return exp.Table(this=exp.to_identifier(ph, True), alias=name), [(ph, rel, part)]
+        inner = {a: self._ph() for a in rel.inlined}
+        query = exp.Subquery(this=_swap_tables(rel.inline, inner), alias=name)
+        return query, [(inner[a], r, None) for a, r in rel.inlined.items()]
+
     def _pushed(self, b: Block, alias: str) -> list[exp.Expr]:
         """Conditions on ``alias`` alone (its WHERE part, or its LEFT JOIN condition's)."""
         s = b.source(alias)
+        if s.sub:
+            return s.filters
         return [
             c
             for c in (b.conds if s.on is None else _conjuncts(s.on))
@@ -818,9 +1062,7 @@ class Executor:
         if b.source(alias).on is not None:
             return []
         small = {
-            s.alias
-            for s in b.sources
-            if s.on is None and s.alias != alias and not self.is_big(b, s)
+            s.alias for s in b.sources if _inner(s) and s.alias != alias and not self.is_big(b, s)
         }
         edges: dict[str, set[str]] = {}
         for c in b.conds:
@@ -855,13 +1097,13 @@ class Executor:
 
     def inner_first(self, b: Block) -> Block:
         """The join of ``b``'s inner sources (planned as a block of its own) as one source."""
-        aliases = {s.alias for s in b.sources if s.on is None}
+        aliases = {s.alias for s in b.sources if _inner(s)}
         inner = [c for c in b.conds if _aliases(c) <= aliases]
         rest = [c for c in b.conds if not any(c is x for x in inner)]
         others = [s for s in b.sources if s.alias not in aliases]
         needed = self._needed(b, aliases, rest, others)
         sub = Block(
-            [s for s in b.sources if s.on is None],
+            [s for s in b.sources if _inner(s)],
             inner,
             exp.Select(expressions=[_col(c, a).as_(f"{a}.{c}", quoted=True) for a, c in needed]),
         )
@@ -893,7 +1135,8 @@ class Executor:
         ]
         sel = _flatten(b.sel.copy(), aliases, joined)
         assert isinstance(sel, exp.Select)
-        return Block(flat, [_flatten(c, aliases, joined) for c in rest], sel)
+        links = [_flatten(c, aliases, joined) for c in b.links]
+        return Block(flat, [_flatten(c, aliases, joined) for c in rest], sel, links)
 
     def join_first(
         self, b: Block, aliases: set[str], cls: set[tuple[str, str]], streams: dict[str, Rel]
@@ -946,7 +1189,7 @@ class Executor:
         min and max (no DISTINCT), each task aggregates its rows first and the partial
         aggregates move instead of the rows (``_partial``)."""
         cur = "__mx_rows"
-        aliases = {s.alias for s in b.sources}
+        aliases = {s.alias for s in b.sources if not s.sub}
         sel = b.sel
         group = sel.args.get("group")
         keys = list(group.expressions) if group else []
@@ -985,7 +1228,10 @@ class Executor:
             out.key = names[0]
             pclass = {(cur, out.key)}
         assert isinstance(flat, exp.Select)
-        return Block([Source(cur, out)], [], flat), {cur: out}, pclass
+        # Tables of subqueries kept in the SELECT's expressions (HAVING) go on with it.
+        used = {t.alias_or_name for t in flat.find_all(exp.Table)}
+        carried = [s for s in b.sources if s.sub and s.alias in used]
+        return Block([Source(cur, out), *carried], [], flat), {cur: out}, pclass
 
     def _partial(self, b: Block, cur: str) -> tuple[exp.Select, exp.Select] | None:
         """The per-task partial aggregate of ``b`` (GROUP BY keys as ``__mx_g<i>``, partial
@@ -1002,6 +1248,8 @@ class Executor:
         merged: dict[str, exp.Expr] = {}  # an aggregate's SQL (FILTER included) → its merge
         for scope in scopes:
             for node in scope.find_all(exp.AggFunc):
+                if node.find_ancestor(exp.Select) not in (None, sel):
+                    continue  # a kept subquery's own aggregate
                 if not isinstance(node, exp.Sum | exp.Count | exp.Min | exp.Max):
                     return None
                 if node.find(exp.Distinct) or node.args.get("expressions"):
@@ -1034,7 +1282,7 @@ class Executor:
             flat.set(
                 "group", exp.Group(expressions=[_col(f"__mx_g{i}", cur) for i in range(len(keys))])
             )
-        aliases = {s.alias for s in b.sources}
+        aliases = {s.alias for s in b.sources if not s.sub}
         if any(c.table in aliases for c in flat.find_all(exp.Column)):
             return None  # a column outside the aggregates and GROUP BY keys
         rows = exp.Select(expressions=cols)
@@ -1078,11 +1326,25 @@ class Executor:
             sel.set("limit", exp.Limit(expression=exp.Literal.number(limit + (offset or 0))))
         elif limit is not None and not ordered:
             sel.set("limit", exp.Limit(expression=exp.Literal.number(limit + (offset or 0))))
-        b = Block(b.sources, b.conds, sel)
+        b = replace(b, sel=sel)
         sql, tasks = self.render(b, streams)
         label = (
             "aggregate and project" if sel.args.get("group") or sel.find(exp.AggFunc) else "project"
         )
+        if top and self._small_outputs(tasks):
+            # Only earlier stages' small outputs (partial aggregates, mostly): the coordinator
+            # runs the block's SQL over them with the final step, no stage of its own.
+            text = sql.sql(dialect="duckdb")
+            inputs = {n: r for n, r, _ in tasks[0].inputs}
+            inputs.update({n: r for n, r in self.subqueries.items() if f'"{n}"' in text})
+            size = _size(sum(r.nbytes for r in inputs.values()))
+            self.lines.append(f"Coordinator: {label} over stage outputs ({size}), then:")
+            shown = text
+            for name in inputs:
+                shown = shown.replace(f'"{name}"', "<in>")
+            self.lines.append("  " + shown)
+            spec = _Final(names, final_order, distinct, limit, offset, text, inputs)
+            return Rel(schema=pa.schema([]), label=label, final=spec)
         out = self.run(label, sql, tasks, None, 1)
         out.key = self._output_key(projections, names, pclass)
         out.bounds = self._bounds(streams) if out.key else None
@@ -1097,6 +1359,16 @@ class Executor:
                 "gather: order, limit, distinct", text, [_Task([(ph, out, None)])], None, 1
             )
         return out
+
+    def _small_outputs(self, tasks: list[_Task]) -> bool:
+        """Whether a stage's inputs are all earlier stages' outputs, together small enough to
+        broadcast."""
+        if not tasks:
+            return False
+        rels = {n: r for n, r, _ in tasks[0].inputs}
+        return all(r.scan is None for r in rels.values()) and (
+            sum(r.nbytes for r in rels.values()) <= self.broadcast_max
+        )
 
     def _order_key(self, node: exp.Expr, projections: list[exp.Expr]) -> exp.Expr:
         if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
@@ -1132,14 +1404,15 @@ class Executor:
         (aligned by bucket), the others broadcast."""
         sel = b.sel.copy()
         names = {s.alias: self._ph() for s in b.sources}
+        names.update({a: self._ph() for s in b.sources for a in s.rel.inlined})
 
-        def table(s: Source) -> exp.Table:
-            return exp.Table(
-                this=exp.to_identifier(names[s.alias], True),
-                alias=exp.TableAlias(this=exp.to_identifier(s.alias, True)),
-            )
+        def table(s: Source) -> exp.Expr:
+            alias = exp.TableAlias(this=exp.to_identifier(s.alias, True))
+            if s.rel.inline is not None:
+                return exp.Subquery(this=_swap_tables(s.rel.inline, names), alias=alias)
+            return exp.Table(this=exp.to_identifier(names[s.alias], True), alias=alias)
 
-        inner = [s for s in b.sources if s.on is None]
+        inner = [s for s in b.sources if _inner(s)]
         outer = [s for s in b.sources if s.on is not None]
         sel.set("from_", exp.From(this=table(inner[0])))
         joins = [exp.Join(this=table(s), kind="CROSS") for s in inner[1:]]
@@ -1147,13 +1420,23 @@ class Executor:
             exp.Join(this=table(s), side="LEFT", on=s.on.copy()) for s in outer if s.on is not None
         ]
         sel.set("joins", joins or None)
+        hidden = {s.alias for s in b.sources if s.sub}
+        if hidden:
+            sel = _swap_tables(sel, names)  # type: ignore[assignment]
         if b.conds:
-            sel.set("where", exp.Where(this=exp.and_(*[c.copy() for c in b.conds])))
+            conds = [_swap_tables(c, names) if hidden else c.copy() for c in b.conds]
+            sel.set("where", exp.Where(this=exp.and_(*conds)))
         n = self._ntasks(streams)
         tasks = []
+        used = {t.alias_or_name for t in sel.find_all(exp.Table)}
         for i in range(n):
             inputs: list[tuple[str, Rel, int | None]] = []
             for s in b.sources:
+                if s.sub and s.alias not in used:
+                    continue  # its subquery is evaluated in another stage
+                if s.rel.inline is not None:
+                    inputs += [(names[a], r, None) for a, r in s.rel.inlined.items()]
+                    continue
                 part = i if s.alias in streams else None
                 inputs.append((names[s.alias], streams.get(s.alias, s.rel), part))
             tasks.append(_Task(inputs))
@@ -1207,15 +1490,20 @@ class Executor:
         places = [None] * len(tasks)
         for i, p in zip(placed, planned, strict=True):
             places[i] = p
+        if self.dry:
+            tree = sql if isinstance(sql, exp.Select) else None
+            return self._planned(label, text, tree, tasks, places, key_sql, nout, gather=gather)
         outs = []
         t0 = time.perf_counter()
+        # Stages run one at a time: a stage of fewer tasks than CPUs gives each the rest.
+        threads = max(1, self.cpus // max(1, len(tasks)))
         for (specs, args), place in zip(handles, places, strict=True):
             opts: dict[str, Any] = {"num_returns": nout + 1}
             if place is not None:
                 opts["scheduling_strategy"] = place.strategy
             outs.append(
                 remote.options(**opts).remote(
-                    text, specs, self.options, key_sql, nout, 1, limit, *args
+                    text, specs, self.options, key_sql, nout, threads, limit, *args
                 )
             )
         stats = _get([o[-1] for o in outs])
@@ -1235,7 +1523,43 @@ class Executor:
             parts = [[o[0]] for o in outs]
         took = time.perf_counter() - t0
         self._describe(label, text, tasks, places, key_sql, len(parts), rows, nbytes, took)
+        if stats:
+            self.lines.append(
+                f"  tasks: setup up to {max(st['setup_ms'] for st in stats):.0f} ms, DuckDB up "
+                f"to {max(st['run_ms'] for st in stats):.0f} ms"
+            )
         return Rel(schema=schema, parts=parts, label=label, nbytes=nbytes)
+
+    def _planned(
+        self,
+        label: str,
+        text: str,
+        sql: exp.Select | None,
+        tasks: list[_Task],
+        places: list[Placement | None],
+        key_sql: str | None,
+        nout: int,
+        *,
+        gather: bool,
+    ) -> Rel:
+        """A stage not run (EXPLAIN): its schema from binding ``text`` over empty inputs, its
+        size a guess from its inputs' bytes (halved by a WHERE clause, a tenth after GROUP BY,
+        nothing much for a global aggregate)."""
+        schema = self._bind_schema(
+            text, {name: rel.schema for name, rel, _ in (tasks[0].inputs if tasks else [])}
+        )
+        guess = sum(rel.nbytes for _, rel, _ in tasks[0].inputs) if tasks else 0
+        if sql is not None and sql.args.get("where") is not None:
+            guess //= 2
+        if sql is not None and sql.args.get("group") is not None:
+            guess //= 10
+        elif sql is not None and any(p.find(exp.AggFunc) for p in sql.expressions):
+            guess = min(guess, 1024)
+        self.stages += 1
+        self.tasks += len(tasks)
+        n = 1 if gather or not tasks else (nout if nout > 1 else len(tasks))
+        self._describe(label, text, tasks, places, key_sql, n, None, guess, None)
+        return Rel(schema=schema, parts=[[] for _ in range(n)], label=label, nbytes=guess)
 
     def _describe(
         self,
@@ -1245,9 +1569,9 @@ class Executor:
         places: list[Placement | None],
         key_sql: str | None,
         nout: int,
-        rows: int,
+        rows: int | None,
         nbytes: int,
-        seconds: float,
+        seconds: float | None,
     ) -> None:
         if key_sql and nout > 1:
             out = f"hash-partitioned into {nout} buckets on {key_sql}"
@@ -1255,9 +1579,13 @@ class Executor:
             out = "gathered into 1 partition"
         else:
             out = f"{nout} partition(s)"
-        self.lines.append(
-            f"Stage {self.stages}: {label}: {len(tasks)} task(s), output {out}; "
+        size = (
             f"{rows} rows, {_size(nbytes)}, {seconds * 1000:.0f} ms"
+            if rows is not None and seconds is not None
+            else f"estimated {_size(nbytes)}"
+        )
+        self.lines.append(
+            f"Stage {self.stages}: {label}: {len(tasks)} task(s), output {out}; {size}"
         )
         first = tasks[0] if tasks else None
         if first is not None:
@@ -1294,6 +1622,10 @@ class _Final:
     distinct: bool
     limit: int | None
     offset: int | None
+    # The top block's own SQL, run first on the coordinator over ``inputs`` (all partitions
+    # of each); None: the top block ran as a stage, its partitions are the rows.
+    pre: str | None = None
+    inputs: dict[str, Rel] = field(default_factory=dict)
 
     def sql(self, source: str) -> str:
         cols = ", ".join(_col(n).sql("duckdb") for n in self.names)
@@ -1326,14 +1658,19 @@ def _get(refs: list[Any]) -> list[Any]:
 
 
 # -- entry point --------------------------------------------------------------------------------
-_OPTIMIZED: OrderedDict[tuple[Any, ...], exp.Expr | str] = OrderedDict()
+_OPTIMIZED: OrderedDict[tuple[Any, ...], tuple[exp.Expr, dict[str, _Kept]] | str] = OrderedDict()
 _OPTIMIZED_LOCK = threading.Lock()
+_SCHEMAS: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
 
 
-def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
+def _optimize(
+    tree: exp.Expr, scans: list[PrunedScan], keep: bool
+) -> tuple[exp.Expr, dict[str, _Kept]]:
     """``tree`` with its table references renamed ``__mx_t<i>``, every column qualified and
     subqueries unnested (sqlglot's optimizer, without the rules that rewrite expressions and
-    could change a result's types)."""
+    could change a result's types). With ``keep``, correlated subqueries that a partitioned
+    stage can evaluate itself (``_keep_subqueries``) are not unnested: they stand as
+    ``__MX_KEEP_<i>(outer columns)`` calls, restored by the block that holds them."""
     from sqlglot.optimizer import (
         eliminate_ctes,
         eliminate_subqueries,
@@ -1348,14 +1685,18 @@ def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
 
     from matrixos.engine.sql import _table_refs
 
-    key = (tree.sql(dialect="duckdb"), tuple(tuple(s.snapshot.schema.names) for s in scans))
+    key = (
+        tree.sql(dialect="duckdb"),
+        tuple(tuple(s.snapshot.schema.names) for s in scans),
+        keep,
+    )
     with _OPTIMIZED_LOCK:
         hit = _OPTIMIZED.get(key)
         if hit is not None:
             _OPTIMIZED.move_to_end(key)
             if isinstance(hit, str):
                 raise Refused(hit)
-            return hit.copy()
+            return hit[0].copy(), hit[1]
     work = tree.copy()
     schema: dict[str, object] = {}
     for i, (node, scan) in enumerate(zip(_table_refs(work), scans, strict=True)):
@@ -1363,8 +1704,12 @@ def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
         node.replace(exp.Table(this=exp.to_identifier(name), alias=alias))
         schema[name] = {f.name: duckdb_type(f.type) for f in scan.snapshot.schema}
+    kept: dict[str, _Kept] = {}
+    if keep:
+        work = qualify.qualify(work, schema=schema, dialect="duckdb")
+        kept = _keep_subqueries(work)
     rules = (
-        qualify.qualify,
+        *(() if keep else (qualify.qualify,)),
         pushdown_projections.pushdown_projections,
         unnest_subqueries.unnest_subqueries,
         pushdown_predicates.pushdown_predicates,
@@ -1373,8 +1718,9 @@ def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
         merge_subqueries.merge_subqueries,
         eliminate_ctes.eliminate_ctes,
     )
+    out: tuple[exp.Expr, dict[str, _Kept]] | str
     try:
-        out: exp.Expr | str = optimize(work, schema=schema, dialect="duckdb", rules=rules)
+        out = (optimize(work, schema=schema, dialect="duckdb", rules=rules), kept)
     except (SqlglotError, KeyError, ValueError, TypeError, AttributeError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         out = f"sqlglot cannot decompose it ({why})"
@@ -1384,20 +1730,135 @@ def _optimize(tree: exp.Expr, scans: list[PrunedScan]) -> exp.Expr:
             _OPTIMIZED.popitem(last=False)
     if isinstance(out, str):
         raise Refused(out)
-    return out.copy()
+    return out[0].copy(), out[1]
+
+
+@dataclass
+class _Kept:
+    """A correlated subquery left in its condition: its tables' aliases renamed
+    ``__mx_h<i>_<j>`` (unique in the query), evaluated by DuckDB in the stage that evaluates
+    the condition, its tables partitioned with the outer rows on a correlation key."""
+
+    node: exp.Expr  # the EXISTS, or the scalar subquery
+    outer: list[str]  # its outer column references (SQL), the placeholder's arguments
+    tables: dict[str, int]  # hidden alias → index of the table reference (``__mx_t<i>``)
+
+
+_KEEP = "__MX_KEEP_"
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _keep_subqueries(tree: exp.Expr) -> dict[str, _Kept]:
+    """Correlated ``EXISTS``/``NOT EXISTS`` and scalar aggregate subqueries in a WHERE clause
+    replaced by placeholders (see ``_Kept``): a plain SELECT over table references (inner
+    joins only, nothing nested, no GROUP BY/LIMIT), correlated with the enclosing SELECT's
+    sources by at least one ``inner.k = outer.c`` conjunct."""
+    kept: dict[str, _Kept] = {}
+    for node in list(tree.find_all(exp.Exists, exp.Subquery)):
+        inner = node.this
+        if not isinstance(inner, exp.Select) or (
+            isinstance(node, exp.Subquery) and not isinstance(node.parent, _COMPARISONS)
+        ):
+            continue
+        outer = node.parent.find_ancestor(exp.Select) if node.parent else None
+        where = outer.args.get("where") if outer is not None else None
+        if outer is None or where is None or node.find_ancestor(exp.Where) is not where:
+            continue
+        if any(inner.args.get(k) for k in ("with_", "group", "having", "order", "limit")):
+            continue
+        if inner.args.get("offset") or inner.args.get("distinct") or inner.find(exp.Window):
+            continue
+        if len(list(inner.find_all(exp.Select))) != 1:
+            continue
+        if isinstance(node, exp.Subquery) and (
+            len(inner.expressions) != 1 or not inner.expressions[0].find(exp.AggFunc)
+        ):
+            continue  # a scalar subquery must be one aggregate (one row)
+        joins = inner.args.get("joins") or []
+        if any(j.side or (j.kind or "").upper() not in ("", "INNER", "CROSS") for j in joins):
+            continue
+        from_ = inner.args.get("from_")
+        tables = [from_.this if from_ else None] + [j.this for j in joins]
+        if not all(
+            isinstance(t, exp.Table)
+            and not t.args.get("db")
+            and t.name.startswith(_TABLE)
+            and t.name[len(_TABLE) :].isdigit()
+            for t in tables
+        ):
+            continue
+        mine = {t.alias_or_name for t in tables if t is not None}
+        around = {t.alias_or_name for t in _block_sources(outer)}
+        refs = [c for c in inner.find_all(exp.Column) if c.table not in mine]
+        if not refs or any(c.table not in around for c in refs):
+            continue
+        conds = _conjuncts(inner.args["where"].this if inner.args.get("where") else None)
+        conds += [c for j in joins for c in _conjuncts(j.args.get("on"))]
+        if not any(_link(c, mine, around) for c in conds):
+            continue
+        names = {a: f"__mx_h{len(kept)}_{i}" for i, a in enumerate(sorted(mine))}
+        copy = node.copy()
+        if isinstance(copy, exp.Exists):
+            copy.this.set("expressions", [exp.Literal.number(1)])  # not the columns of *
+        for t in copy.find_all(exp.Table):
+            t.set("alias", exp.TableAlias(this=exp.to_identifier(names[t.alias_or_name], True)))
+        for c in copy.find_all(exp.Column):
+            if c.table in names:
+                c.set("table", exp.to_identifier(names[c.table], True))
+        args = list({c.sql(): c for c in refs}.values())
+        name = f"{_KEEP}{len(kept)}"
+        kept[name] = _Kept(
+            copy,
+            [c.sql() for c in args],
+            {names[t.alias_or_name]: int(t.name[len(_TABLE) :]) for t in tables if t},
+        )
+        node.replace(exp.Anonymous(this=name, expressions=[c.copy() for c in args]))
+    return kept
+
+
+def _block_sources(sel: exp.Select) -> list[exp.Expr]:
+    from_ = sel.args.get("from_")
+    return ([from_.this] if from_ is not None else []) + [
+        j.this for j in sel.args.get("joins") or []
+    ]
+
+
+def _link(cond: exp.Expr, mine: set[str], around: set[str]) -> tuple[exp.Column, exp.Column] | None:
+    """``(inner, outer)`` columns of a correlation ``inner.k = outer.c``, else None."""
+    if not isinstance(cond, exp.EQ):
+        return None
+    a, b = cond.this, cond.expression
+    if not isinstance(a, exp.Column) or not isinstance(b, exp.Column):
+        return None
+    if a.table in mine and b.table in around:
+        return a, b
+    if b.table in mine and a.table in around:
+        return b, a
+    return None
 
 
 def _local_schema(
     engine_obj: SQLEngine, tree: exp.Expr, bound: list[tuple[TableIdent, PrunedScan]]
 ) -> pa.Schema:
-    """Names and types the local engine gives the query: it, bound over empty tables."""
+    """Names and types the local engine gives the query: it, bound over empty tables
+    (remembered per statement and table schemas)."""
+    key = (tree.sql(dialect="duckdb"), tuple(str(scan.snapshot.schema) for _, scan in bound))
+    with _OPTIMIZED_LOCK:
+        hit = _SCHEMAS.get(key)
+    if hit is not None:
+        return hit
     empty = [(ident, replace(scan, files=[])) for ident, scan in bound]
     cur = engine_obj._cursor([])
     try:
         sql = engine_obj._install(cur, tree.copy(), empty)  # type: ignore[arg-type]
-        return cur.sql(sql).to_arrow_table().schema
+        schema = cur.sql(sql).to_arrow_table().schema
     finally:
         cur.close()
+    with _OPTIMIZED_LOCK:
+        _SCHEMAS[key] = schema
+        while len(_SCHEMAS) > 64:
+            _SCHEMAS.popitem(last=False)
+    return schema
 
 
 def run_stages(
@@ -1407,8 +1868,11 @@ def run_stages(
     functions: FunctionResults,
     *,
     explain: bool,
-) -> tuple[pa.Table, list[str]] | str:
-    """Run ``tree`` as stages on the Ray pool: its result and EXPLAIN lines, or why not."""
+    analyze: bool = False,
+) -> tuple[pa.Table | None, list[str]] | str:
+    """Run ``tree`` as stages on the Ray pool: its result and EXPLAIN lines, or why not.
+    ``explain`` without ``analyze`` plans the stages from estimates and runs nothing (no
+    result)."""
     if functions.tables or functions.udfs:
         return "search or embedding functions"
     scans: list[tuple[TableIdent, PrunedScan]] = []
@@ -1418,40 +1882,24 @@ def run_stages(
         scans.append((ident, scan))
     if not scans:
         return "no tables"
+    dry = explain and not analyze
+    t0 = time.perf_counter()
+    notes: list[str] = []
     try:
-        optimized = _optimize(tree, [s for _, s in scans])
         schema = _local_schema(engine_obj, tree, scans)
-        ex = Executor(engine_obj, scans)
-        t0 = time.perf_counter()
-        rel = ex.query(optimized, top=True)
+        try:
+            ex, rel = _execute(engine_obj, tree, scans, keep=True, dry=dry)
+        except _Unkept as e:
+            notes.append(f"Correlated subqueries unnested (not kept: {e})")
+            ex, rel = _execute(engine_obj, tree, scans, keep=False, dry=dry)
     except Refused as e:
         return str(e)
     except duckdb.Error as e:
         return f"the query does not bind ({str(e).splitlines()[0]})"
-    final = rel.final
-    assert final is not None
-    parts = _get([r for p in rel.parts for r in p])
-    gathered = pa.concat_tables(parts, promote_options="permissive") if parts else None
-    cur = engine_obj._cursor([])
-    try:
-        if gathered is None:
-            raise Refused("no partitions")
-        cur.register("__mx_result", gathered)
-        out = cur.sql(final.sql("__mx_result")).to_arrow_table()
-    except duckdb.Error as e:
-        from matrixos.engine.sql import _engine_error
-
-        raise _engine_error(e, "") from e
-    finally:
-        cur.close()
-    out = out.rename_columns(schema.names)
-    if out.schema != schema:
-        out = out.cast(schema)
+    out = None if dry else _final(engine_obj, rel, schema)
     total = sum(f.size for _, s in scans for f in s.files)
-    lines = [
-        f"Engine: ray (distributed, {ex.stages} stages, {ex.tasks} tasks; stages as run, "
-        "sizes measured)"
-    ]
+    how = "planned from estimates, not run" if dry else "stages as run, sizes measured"
+    lines = [f"Engine: ray (distributed, {ex.stages} stages, {ex.tasks} tasks; {how})"]
     for ident, scan in scans:
         from matrixos.engine.sql import _describe_pred
 
@@ -1462,10 +1910,56 @@ def run_stages(
             f"Scan {ident} (delta, version {scan.snapshot.version}): {pruning}, "
             f"{_size(sum(f.size for f in scan.files))}"
         )
-    lines += ex.lines
-    lines.append(
-        f"Final: merged on the coordinator ({out.num_rows} rows; ORDER BY/LIMIT/DISTINCT), "
-        f"{(time.perf_counter() - t0) * 1000:.0f} ms in all; {_size(total)} scanned"
-    )
-    del explain
+    lines += notes + ex.lines
+    if out is None:
+        lines.append(f"Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); {_size(total)}")
+    else:
+        lines.append(
+            f"Final: merged on the coordinator ({out.num_rows} rows; ORDER BY/LIMIT/DISTINCT), "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms in all; {_size(total)} scanned"
+        )
     return out, lines
+
+
+def _execute(
+    engine_obj: SQLEngine,
+    tree: exp.Expr,
+    scans: list[tuple[TableIdent, PrunedScan]],
+    *,
+    keep: bool,
+    dry: bool,
+) -> tuple[Executor, Rel]:
+    optimized, kept = _optimize(tree, [s for _, s in scans], keep)
+    ex = Executor(engine_obj, scans, kept, dry=dry)
+    return ex, ex.query(optimized, top=True)
+
+
+def _final(engine_obj: SQLEngine, rel: Rel, schema: pa.Schema) -> pa.Table:
+    """The top block's partitions gathered and finished (``_Final``) on the coordinator."""
+    final = rel.final
+    assert final is not None
+    sources = final.inputs if final.pre is not None else {"__mx_result": rel}
+    names = list(sources)
+    refs = [[r for p in sources[n].parts for r in p] for n in names]
+    got = iter(_get([r for rs in refs for r in rs]))
+    cur = engine_obj._cursor([])
+    try:
+        for name, rs in zip(names, refs, strict=True):
+            parts = [next(got) for _ in rs]
+            cur.register(
+                name,
+                pa.concat_tables(parts, promote_options="permissive")
+                if parts
+                else sources[name].schema.empty_table(),
+            )
+        if final.pre is not None:
+            cur.register("__mx_result", cur.sql(final.pre).to_arrow_table())
+        out = cur.sql(final.sql("__mx_result")).to_arrow_table()
+    except duckdb.Error as e:
+        from matrixos.engine.sql import _engine_error
+
+        raise _engine_error(e, "") from e
+    finally:
+        cur.close()
+    out = out.rename_columns(schema.names)
+    return out if out.schema == schema else out.cast(schema)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -338,3 +339,19 @@ def ray_pool(ray_cluster: RayCluster, _isolated_home: Path) -> Iterator[ComputeP
             yield pool
         finally:
             pool.shutdown()
+
+
+@pytest.fixture(scope="module", params=["broadcast", "partitioned"])
+def modes_lh(
+    request: pytest.FixtureRequest, warehouse: str, ray_cluster: RayCluster
+) -> Iterator[Any]:
+    """A session on the cluster over the module's ``warehouse``, in two modes: ``broadcast``
+    (default thresholds: small join sides broadcast) and ``partitioned``
+    (``broadcast_max_bytes`` = the module's ``SMALL``: large sides hash-partitioned)."""
+    import matrixos as mx
+
+    settings: dict[str, Any] = {"compute": ray_cluster.address}
+    if request.param == "partitioned":
+        settings["broadcast_max_bytes"] = request.module.SMALL
+    with mx.connect(warehouse, **settings) as lh:
+        yield lh

@@ -10,7 +10,6 @@ aggregations, joins of large tables without a common key done pairwise).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +23,7 @@ RayCluster = Any  # tests/compute/conftest.py
 SCALE = 0.01
 FILES = 3
 SMALL = 4096  # broadcast_max_bytes of the "large tables" session
+MEDIUM = 64 * 1024  # lineitem, orders (and partsupp) large; supplier, nation, part small
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +44,23 @@ def warehouse(
     return uri
 
 
-@pytest.fixture(scope="module", params=["broadcast", "partitioned"])
-def lh(
-    request: pytest.FixtureRequest, warehouse: str, ray_cluster: RayCluster
-) -> Iterator[mx.Lakehouse]:
-    settings: dict[str, Any] = {"compute": ray_cluster.address}
-    if request.param == "partitioned":
-        settings["broadcast_max_bytes"] = SMALL
-    with mx.connect(warehouse, **settings) as lh:
-        yield lh
+@pytest.fixture(scope="module")
+def lh(modes_lh: mx.Lakehouse) -> mx.Lakehouse:
+    return modes_lh  # conftest: "broadcast" and "partitioned" (broadcast_max_bytes=SMALL)
 
 
-def _plan(lh: mx.Lakehouse, sql: str) -> list[str]:
-    return [str(x) for x in lh.sql("EXPLAIN " + sql, engine="ray").to_arrow()["plan"].to_pylist()]
+def _plan(lh: mx.Lakehouse, sql: str, *, analyze: bool = False) -> list[str]:
+    explain = "EXPLAIN ANALYZE " if analyze else "EXPLAIN "
+    return [str(x) for x in lh.sql(explain + sql, engine="ray").to_arrow()["plan"].to_pylist()]
 
 
-def _checked_plan(warehouse: str, ray_cluster: RayCluster, q: str, broadcast: int) -> list[str]:
-    """``q``'s distributed plan, its answer checked against the local engine's."""
+def _checked_plan(
+    warehouse: str, ray_cluster: RayCluster, q: str, broadcast: int, *, analyze: bool = False
+) -> list[str]:
+    """``q``'s distributed plan (``EXPLAIN``: from estimates; ``EXPLAIN ANALYZE``: as run), its
+    answer checked against the local engine's."""
     with mx.connect(warehouse, compute=ray_cluster.address, broadcast_max_bytes=broadcast) as lh:
-        plan = _plan(lh, q)
+        plan = _plan(lh, q, analyze=analyze)
         _assert_same(lh.sql(q, engine="local").to_arrow(), lh.sql(q, engine="ray").to_arrow(), q)
     return plan
 
@@ -159,7 +157,8 @@ def test_filtered_side_measured_small_is_broadcast(warehouse: str, ray_cluster: 
         "JOIN orders ON c_custkey = o_custkey WHERE c_acctbal > 9950 "
         "GROUP BY c_mktsegment ORDER BY c_mktsegment"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    plan = _checked_plan(warehouse, ray_cluster, q, SMALL, analyze=True)
+    assert plan[0].endswith("stages as run, sizes measured)"), plan[0]
     assert any("shuffle customer on c_custkey" in line for line in plan), plan
     assert any(
         "stage output (shuffle customer on c_custkey): broadcast" in line for line in plan
@@ -178,3 +177,110 @@ def test_semi_join_reduction_before_shuffle(warehouse: str, ray_cluster: RayClus
     plan = _checked_plan(warehouse, ray_cluster, q, 32 * 1024)
     shuffles = [line for line in plan if "per task" in line and "IN (SELECT" in line]
     assert shuffles, plan
+
+
+def test_explain_plans_without_running(warehouse: str, ray_cluster: RayCluster) -> None:
+    # The cast fails on every row: EXPLAIN, which runs no stage, still shows the plan;
+    # EXPLAIN ANALYZE runs the stages and fails as the query does.
+    q = (
+        "SELECT c_mktsegment, sum(CAST(c_name AS INTEGER)) AS s FROM customer JOIN orders "
+        "ON c_custkey = o_custkey GROUP BY c_mktsegment"
+    )
+    with mx.connect(warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
+        plan = _plan(lh, q)
+        assert plan[0].startswith("Engine: ray (distributed"), plan[0]
+        assert plan[0].endswith("planned from estimates, not run)"), plan[0]
+        stages = [line for line in plan if line.startswith("Stage")]
+        assert stages and all("estimated" in line for line in stages), plan
+        with pytest.raises(mx.MatrixOSError, match=r"(?i)conversion|convert|cast"):
+            _plan(lh, q, analyze=True)
+        with pytest.raises(mx.MatrixOSError):
+            lh.sql(q, engine="ray").to_arrow()
+
+
+def test_kept_exists_runs_per_key_range(
+    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+) -> None:
+    # Q21: EXISTS / NOT EXISTS correlated on l_orderkey stay in the per-task SQL (DuckDB's
+    # semi and anti joins); their lineitem is split by the outer lineitem's key ranges
+    # (supplier and nation broadcast).
+    for broadcast in (MEDIUM, MEDIUM * 2):
+        plan = _checked_plan(warehouse, ray_cluster, tpch.query(21), broadcast)
+        kept = [line for line in plan if line.startswith("Kept correlated subquery")]
+        assert len(kept) == 2, plan
+        assert not any("ARRAY_AGG" in line or "shuffle" in line for line in plan), plan
+        assert sum("by ranges of l_orderkey" in line for line in plan) == 3, plan
+        assert any("per task" in line and "NOT EXISTS(SELECT 1" in line for line in plan), plan
+    # Q4: one EXISTS, orders and lineitem split by the same ranges.
+    plan = _checked_plan(warehouse, ray_cluster, tpch.query(4), SMALL)
+    assert any("by ranges of o_orderkey" in line for line in plan), plan
+    assert any("by ranges of l_orderkey" in line for line in plan), plan
+    assert any("per task" in line and "EXISTS(SELECT 1" in line for line in plan), plan
+
+
+def test_kept_scalar_subquery_shuffles_on_correlation_key(
+    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+) -> None:
+    # Q17: the correlated avg stays in the per-task SQL. lineitem is not clustered on
+    # l_partkey: both references are hash-partitioned on it, each reduced to the parts that
+    # pass part's filters (part is broadcast) before it moves.
+    plan = _checked_plan(warehouse, ray_cluster, tpch.query(17), MEDIUM)
+    assert any(line.startswith("Kept correlated subquery") for line in plan), plan
+    shuffles = [line for line in plan if line.startswith("Stage") and "shuffle" in line]
+    assert len(shuffles) == 2 and all("on l_partkey" in line for line in shuffles), plan
+    reduced = [line for line in plan if "per task" in line and 'l_partkey" IN (SELECT' in line]
+    assert len(reduced) == 2, plan
+    assert any("per task" in line and "< (SELECT 0.2 * AVG(" in line for line in plan), plan
+    # Broadcast-sized: the subquery's lineitem goes to every task, no shuffle.
+    plan = _checked_plan(warehouse, ray_cluster, tpch.query(17), 32 * 1024 * 1024)
+    assert not any("shuffle" in line for line in plan), plan
+
+
+def test_kept_subquery_without_common_key_is_unnested(
+    warehouse: str, ray_cluster: RayCluster
+) -> None:
+    # partsupp (large) correlates on l_partkey, but lineitem and orders join on the order
+    # key: no key partitions all three, so the EXISTS is unnested as sqlglot does it.
+    q = (
+        "SELECT o_orderpriority, count(*) AS n FROM lineitem JOIN orders ON l_orderkey = "
+        "o_orderkey WHERE l_quantity > 45 AND EXISTS (SELECT 1 FROM partsupp WHERE "
+        "ps_partkey = l_partkey AND ps_availqty < 100) GROUP BY o_orderpriority "
+        "ORDER BY o_orderpriority"
+    )
+    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    assert any(line.startswith("Correlated subqueries unnested") for line in plan), plan
+    assert not any(line.startswith("Kept correlated subquery") for line in plan), plan
+
+
+def test_small_subqueries_fold_into_their_readers(
+    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+) -> None:
+    # Q16: NOT IN (SELECT s_suppkey FROM supplier …) stays in the per-task SQL (supplier is
+    # broadcast), no stage of its own.
+    plan = _checked_plan(warehouse, ray_cluster, tpch.query(16), MEDIUM)
+    assert any(line.startswith("Uncorrelated subquery kept") for line in plan), plan
+    assert any("per task" in line and 'IN (SELECT "__mx_s' in line for line in plan), plan
+    # Q22: the unnested avg over customer is a small derived table: folded into the FROM of
+    # the stage that reads it (no stage of its own); the NOT EXISTS is kept, orders and
+    # customer hash-partitioned on the customer key; the top block's aggregate over the
+    # partial aggregates runs on the coordinator.
+    plan = _checked_plan(warehouse, ray_cluster, tpch.query(22), MEDIUM)
+    assert any(line.startswith("Derived table folded into its readers") for line in plan), plan
+    per_task = [line for line in plan if line.startswith("  per task")]
+    assert any("CROSS JOIN (SELECT AVG(" in line for line in per_task), plan
+    assert any("NOT EXISTS(SELECT 1" in line for line in per_task), plan
+    assert not any("AVG(" in line and "shuffle" in line for line in plan), plan
+    assert any(line.startswith("Coordinator: aggregate and project") for line in plan), plan
+
+
+def test_explain_analyze_shows_measured_stages(warehouse: str, ray_cluster: RayCluster) -> None:
+    q = (
+        "SELECT o_orderpriority, count(*) AS n FROM lineitem JOIN orders ON l_orderkey = "
+        "o_orderkey GROUP BY o_orderpriority ORDER BY o_orderpriority"
+    )
+    plan = _checked_plan(warehouse, ray_cluster, q, SMALL, analyze=True)
+    assert plan[0].endswith("stages as run, sizes measured)"), plan[0]
+    stages = [line for line in plan if line.startswith("Stage")]
+    assert stages and all(" rows, " in line and line.endswith(" ms") for line in stages), plan
+    assert any(line.startswith("  tasks: setup up to") for line in plan), plan
+    assert any(line.startswith("Final:") and " ms in all" in line for line in plan), plan

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -586,6 +587,17 @@ def test_show_tables(lh: mx.Lakehouse) -> None:
 
 
 # ------------------------------------------------------------------------------------ EXPLAIN
+def test_platform_commands_log_no_parser_warnings(
+    lake: mx.Lakehouse, caplog: pytest.LogCaptureFixture
+) -> None:
+    # EXPLAIN, OPTIMIZE, DESCRIBE HISTORY reach the engine as sqlglot Commands on purpose;
+    # sqlglot's "falling back to parsing as a Command" warning is noise for the user.
+    with caplog.at_level(logging.WARNING):
+        lake.sql("EXPLAIN SELECT id FROM hr.people WHERE id = 1").fetchall()
+        lake.sql("DESCRIBE HISTORY hr.people").fetchall()
+    assert not [r for r in caplog.records if r.name.startswith("sqlglot")]
+
+
 def test_explain_shows_files_after_pruning(lake: mx.Lakehouse) -> None:
     plan = "\n".join(
         r[0] for r in lake.sql("EXPLAIN SELECT * FROM orders WHERE day = DATE '2024-01-02'")
