@@ -20,8 +20,8 @@ Results equal the local engine's, types and column names included (floating-poin
 differ in the last bits, as they do between local runs with different thread counts).
 
 Everything else (joins, window functions, DISTINCT, DISTINCT or other aggregates, subqueries,
-CTEs, set operations, search functions, Lance tables) runs locally for now; ``EXPLAIN`` says
-which engine ran and why.
+CTEs, set operations) runs as stages (``engine.stages``); what those cannot do (search
+functions, Lance tables, …) runs locally, and ``EXPLAIN`` says which engine ran and why.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def plan_query(
     if functions.tables or functions.udfs:
         return "search or embedding functions"
     if not isinstance(tree, exp.Select):
-        return "not a single SELECT (set operations run locally)"
+        return "not a single SELECT (a set operation)"
     if tree.args.get("with_"):
         return "common table expressions"
     if tree.args.get("joins"):

@@ -1,8 +1,9 @@
-"""Distributed multi-stage queries: joins, subqueries and aggregations as Ray tasks.
+"""Distributed multi-stage queries: joins, subqueries, aggregations, set operations and window
+functions as Ray tasks.
 
 ``engine.distributed`` runs a SELECT over one Delta table as fragments plus a merge. Everything
-else with Delta tables (joins, subqueries, CTEs, DISTINCT or non-decomposable aggregates) comes
-here. The planning rules, in order:
+else with Delta tables (joins, subqueries, CTEs, DISTINCT or non-decomposable aggregates, set
+operations, window functions) comes here. The planning rules, in order:
 
 1. **Kept correlated subqueries.** A correlated ``EXISTS``/``NOT EXISTS`` or scalar aggregate
    subquery in a WHERE clause (a plain SELECT over tables, inner joins only, nothing nested)
@@ -42,7 +43,21 @@ here. The planning rules, in order:
    rows are hash-partitioned by the GROUP BY keys (or gathered into one task for a global
    aggregate), or, for DISTINCT, avg, median and the like, the joined rows move, so every
    aggregate is computed by DuckDB itself, exactly as locally.
-6. **Order and limit.** Each task keeps its top ``LIMIT + OFFSET`` rows; the driver merges the
+6. **Set operations.** Each side of a UNION, INTERSECT or EXCEPT is planned as a query of its
+   own; its rows are cast to the types the operation gives them (bound over empty inputs, as
+   the local engine types it). UNION ALL concatenates the sides' partitions (a stage whose task
+   ``i`` reads partition ``i`` of each side); the others (DISTINCT or ALL) hash-partition both
+   sides on all their columns, cast (a shuffle stage each; NULLs hash alike, as set operations
+   compare them equal), and run the operation per bucket. ORDER BY/LIMIT go on top, as for a
+   block (rule 8).
+7. **Window functions.** A SELECT with windows runs in two steps: its rows (the block without
+   its windows, ORDER BY, LIMIT and DISTINCT, projecting the columns, aggregates and PARTITION
+   BY keys the rest needs) are planned as any block (joins, GROUP BY, HAVING), whose last stage
+   hash-partitions its output on the PARTITION BY keys common to every window (no shuffle
+   stage of its own); then the windows run per bucket. When the windows share no key (a global
+   window such as ``row_number() OVER (ORDER BY x)``), the rows are gathered into one task on
+   the pool (the coordinator runs it when they are broadcast-sized, as in rule 8).
+8. **Order and limit.** Each task keeps its top ``LIMIT + OFFSET`` rows; the driver merges the
    final (small) result, sorts and limits it, and casts it to the names and types the local
    engine gives the query (found by binding the query over empty tables). When the top block
    reads only earlier stages' outputs, together broadcast-sized (partial aggregates, mostly),
@@ -62,9 +77,9 @@ Tasks that read table files go through ``engine.filecache`` (``localize`` in the
 ``plan_placement``/``observe`` on the driver). A task whose worker dies is retried
 (``max_retries``); its inputs are objects owned by the driver, so they survive the worker.
 
-Not distributed (they run locally, with the reason in ``EXPLAIN``): window functions, set
-operations, RIGHT/FULL/SEMI/ANTI joins, joins after a LEFT JOIN, correlated subqueries sqlglot
-cannot unnest (and that cannot be kept), search functions and Lance tables.
+Not distributed (they run locally, with the reason in ``EXPLAIN``): RIGHT/FULL/SEMI/ANTI joins,
+joins after a LEFT JOIN, UNION BY NAME, named windows (``WINDOW w AS …``), QUALIFY, correlated
+subqueries sqlglot cannot unnest (and that cannot be kept), search functions and Lance tables.
 """
 
 from __future__ import annotations
@@ -113,6 +128,8 @@ if TYPE_CHECKING:
 _TABLE = "__mx_t"  # placeholder names of the query's table references: __mx_t0, __mx_t1, …
 _SPLIT_MIN = 4 * 1024 * 1024  # a block's largest source is split over tasks above this size
 _NOT_KEYS = (exp.Identifier, exp.DataType, exp.Literal, exp.Ordered, exp.Var, exp.Star)
+_SET = "__mx_u"  # a set operation's rows, in the stage that runs it
+_WIN = "__mx_w"  # a window block's rows, in the stage that computes the windows
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 
 
@@ -178,6 +195,9 @@ class Block:
     sel: exp.Select
     # ``hidden.k = outer.c`` of kept subqueries: partitioning keys only, never rendered
     links: list[exp.Expr] = field(default_factory=list)
+    # A set operation's FROM (``Executor.setop``): a subquery over its sides' placeholders
+    # (the sources' aliases), each task reading the same partition of every side.
+    body: exp.Expr | None = None
     _columns: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
 
     def source(self, alias: str) -> Source:
@@ -315,6 +335,11 @@ def _hash_sql(exprs: list[str], types: list[str | None], buckets: int) -> str:
         f"CAST({e} AS BIGINT)" if t in _INTEGERS else e for e, t in zip(exprs, types, strict=True)
     ]
     return f"hash({', '.join(keys)}) % {buckets}"
+
+
+def _padded(rel: Rel, n: int) -> Rel:
+    """``rel`` with empty partitions added up to ``n`` (tasks read an empty table)."""
+    return replace(rel, parts=rel.parts + [[] for _ in range(n - len(rel.parts))])
 
 
 def _swap_tables(node: exp.Expr, names: dict[str, str]) -> exp.Expr:
@@ -482,7 +507,7 @@ class Executor:
             for cte in with_.expressions:
                 self.ctes[cte.alias_or_name] = cte.this
         if isinstance(q, exp.SetOperation):
-            raise Refused("set operations")
+            return self.setop(q, top)
         if not isinstance(q, exp.Select):
             raise Refused(f"{type(q).__name__} queries")
         return self.block(q, top)
@@ -501,15 +526,17 @@ class Executor:
             return self._folded(node.this) or self.query(node.this, top=False)
         raise Refused(f"FROM {node.sql(dialect='duckdb')[:60]}")
 
-    def block(self, sel: exp.Select, top: bool) -> Rel:
+    def block(self, sel: exp.Select, top: bool, spread: list[str] | None = None) -> Rel:
+        """``sel`` planned and run as stages (``spread``: its output hash-partitioned on these
+        output columns, by the stage that makes it)."""
         for key in ("qualify", "connect", "pivots", "laterals", "prewhere", "settings", "into"):
             if sel.args.get(key):
                 raise Refused(f"{key.upper()} clauses")
-        if sel.find(exp.Window):
-            raise Refused("window functions")
         distinct = sel.args.get("distinct")
         if distinct is not None and distinct.args.get("on") is not None:
             raise Refused("DISTINCT ON")
+        if any(w.find_ancestor(exp.Select) is sel for w in sel.find_all(exp.Window)):
+            return self.windowed(sel, top)
         sel = sel.copy()
         sel.set("with_", None)  # its CTEs are known (``self.ctes``); its sources are placeholders
         from_ = sel.args.get("from_")
@@ -544,7 +571,7 @@ class Executor:
         sel.set("where", None)
         b = Block(sources, conds, sel)
         self._expression_subqueries(b)
-        return self.plan(self._restore(b), top)
+        return self.plan(self._restore(b), top, spread)
 
     def _restore(self, b: Block) -> Block:
         """``b`` with its kept subqueries (``_Kept``) back in its conditions, their tables as
@@ -681,15 +708,188 @@ class Executor:
 
     def _bind_schema(self, text: str, inputs: dict[str, pa.Schema]) -> pa.Schema:
         """The schema of ``text`` bound over empty tables named as ``inputs``."""
+        return self._bound(text, inputs)[0]
+
+    def _bound(self, text: str, inputs: dict[str, pa.Schema]) -> tuple[pa.Schema, list[str]]:
+        """The schema and DuckDB column types of ``text`` bound over empty ``inputs``."""
         cur = self.engine_obj._cursor([])
         try:
             for name, schema in inputs.items():
                 cur.register(name, schema.empty_table())
-            return cur.sql(text).to_arrow_table().schema
+            rel = cur.sql(text)
+            return rel.to_arrow_table().schema, [str(t) for t in rel.types]
         except duckdb.Error as e:
             raise Refused(f"the query does not bind ({str(e).splitlines()[0]})") from None
         finally:
             cur.close()
+
+    # -- set operations and window functions ------------------------------------------------
+    def shuffle(
+        self, label: str, rel: Rel, cols: list[exp.Expr], keys: list[str], types: list[str | None]
+    ) -> Rel:
+        """A stage output ``rel`` as ``cols`` (over its columns), hash-partitioned on the
+        output columns ``keys`` (equal keys, NULLs included, meet in one bucket)."""
+        ph = self._ph()
+        sel = exp.Select(expressions=cols)
+        sel.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True))))
+        key_sql = _hash_sql([_col(k).sql("duckdb") for k in keys], types, self.buckets)
+        rel = _padded(rel, 1)
+        tasks = [_Task([(ph, rel, i)]) for i in range(len(rel.parts))]
+        out = self.run(label, sel, tasks, key_sql, self.buckets)
+        out.key = keys[0] if len(keys) == 1 else None
+        return out
+
+    def setop(self, q: exp.SetOperation, top: bool) -> Rel:
+        """UNION, INTERSECT, EXCEPT (ALL or not): each side planned as a query of its own, its
+        rows cast to the types the operation gives them (bound over empty inputs). UNION ALL
+        concatenates the sides (task i reads partition i of each); the others hash-partition
+        both sides on all columns first (equal rows, NULLs included, meet in one bucket) and
+        run the operation per bucket. ORDER BY/LIMIT go on top as for a block (``output``)."""
+        if any(q.args.get(k) for k in ("by_name", "side", "kind", "on")):
+            raise Refused("UNION BY NAME")
+        ops = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
+        if type(q) not in ops:
+            raise Refused(f"{type(q).__name__} set operations")
+        distinct = q.args.get("distinct") is not False
+        word = ops[type(q)] + ("" if distinct else " ALL")
+        sides = [self.query(q.this, top=False), self.query(q.expression, top=False)]
+        names = sides[0].schema.names
+        if any(len({c.lower() for c in r.schema.names}) != len(r.schema) for r in sides):
+            raise Refused("a set operation with duplicate column names")
+        phs = [self._ph() for _ in sides]
+        types = self._bound(
+            f'SELECT * FROM "{phs[0]}" {word} SELECT * FROM "{phs[1]}"',
+            {ph: r.schema for ph, r in zip(phs, sides, strict=True)},
+        )[1]
+
+        def cast(rel: Rel) -> list[exp.Expr]:
+            """``rel``'s columns cast to the operation's types, named as its first side's."""
+            have = self._bound('SELECT * FROM "t"', {"t": rel.schema})[1]
+            cols: list[exp.Expr] = []
+            for col, got, want, name in zip(rel.schema.names, have, types, names, strict=True):
+                node: exp.Expr = _col(col)
+                if got != want:
+                    try:
+                        node = exp.Cast(this=node, to=exp.DataType.build(want, dialect="duckdb"))
+                    except (SqlglotError, ValueError) as e:
+                        raise Refused(f"a set operation's column type {want} ({e})") from None
+                cols.append(node.as_(name, quoted=True))
+            return cols
+
+        if word != "UNION ALL":
+            sides = [
+                self.shuffle(
+                    f"shuffle {word} side {i + 1} on all columns", r, cast(r), names, [*types]
+                )
+                for i, r in enumerate(sides)
+            ]
+            self.lines.append(f"{word}: both sides hash-partitioned on all columns, per bucket:")
+        else:
+            self.lines.append("UNION ALL: the sides' partitions concatenated (cast alike):")
+        n = max(max(1, len(r.parts)) for r in sides)
+        sides = [_padded(r, n) for r in sides]
+        selects = []
+        for ph, rel in zip(phs, sides, strict=True):
+            one = exp.Select(expressions=cast(rel))
+            one.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(ph, True))))
+            selects.append(one)
+        node = type(q)(this=selects[0], expression=selects[1], distinct=distinct)
+        body = exp.Subquery(this=node, alias=exp.TableAlias(this=exp.to_identifier(_SET, True)))
+        sel = exp.Select(expressions=[_col(n, _SET).as_(n, quoted=True) for n in names])
+        for key in ("order", "limit", "offset"):
+            if q.args.get(key) is not None:
+                sel.set(key, q.args[key].copy())
+        b = Block([Source(ph, r) for ph, r in zip(phs, sides, strict=True)], [], sel, body=body)
+        streams = dict(zip(phs, sides, strict=True))
+        return self.output(b, streams, set(), top, n, label=f"{word} per partition")
+
+    def windowed(self, sel: exp.Select, top: bool) -> Rel:
+        """A SELECT with window functions in two steps. Its rows: the block without windows,
+        ORDER BY, LIMIT and DISTINCT, projecting the columns, aggregates and PARTITION BY keys
+        the rest needs (``__mx_e<i>``), planned as any block. Then the windows over those
+        rows, hash-partitioned on the PARTITION BY keys every window shares (gathered into one
+        task on the pool when there is none), with ORDER BY/LIMIT/DISTINCT on top
+        (``output``)."""
+        if sel.args.get("windows"):
+            raise Refused("named windows (WINDOW clauses)")
+        exprs: dict[str, tuple[str, exp.Expr]] = {}  # SQL → (its column, the expression)
+        keysets: list[set[str]] = []  # per window: its PARTITION BY columns
+
+        def ref(node: exp.Expr) -> exp.Expr:
+            key = node.sql()
+            if key not in exprs:
+                exprs[key] = (f"__mx_e{len(exprs)}", node.copy())
+            return _col(exprs[key][0], _WIN)
+
+        def over(node: exp.Expr) -> exp.Expr:
+            """``node`` evaluated over the rows: its columns and aggregates as references."""
+
+            def swap(n: exp.Expr) -> exp.Expr:
+                if isinstance(n, exp.Window):
+                    return window(n)
+                if isinstance(n, exp.Filter) and isinstance(n.this, exp.AggFunc):
+                    return ref(n)
+                if isinstance(n, exp.AggFunc | exp.Subquery | exp.Select) or (
+                    isinstance(n, exp.Column) and n.table
+                ):
+                    return ref(n)
+                return n
+
+            return node.transform(swap)
+
+        def call(f: exp.Expr) -> exp.Expr:
+            """A window's function with its arguments evaluated over the rows."""
+            f = f.copy()
+            wrapper = isinstance(f, exp.Filter | exp.IgnoreNulls | exp.RespectNulls)
+            for key, value in list(f.args.items()):
+                if isinstance(value, exp.Expr):
+                    f.set(key, call(value) if wrapper and key == "this" else over(value))
+                elif isinstance(value, list):
+                    f.set(key, [over(v) if isinstance(v, exp.Expr) else v for v in value])
+            return f
+
+        def window(w: exp.Window) -> exp.Expr:
+            w = w.copy()
+            w.set("this", call(w.this))
+            parts = [ref(p) for p in w.args.get("partition_by") or []]
+            w.set("partition_by", parts or None)
+            if w.args.get("order") is not None:
+                w.set("order", over(w.args["order"]))
+            keysets.append({p.name for p in parts if isinstance(p, exp.Column)})
+            return w
+
+        outer = sel.copy()
+        outer.set("expressions", [over(p) for p in sel.expressions])
+        if sel.args.get("order") is not None:
+            outer.set("order", over(sel.args["order"]))
+        for arg in ("with_", "from_", "joins", "where", "group", "having"):
+            outer.set(arg, None)
+        rows_sel = sel.copy()
+        for arg in ("order", "limit", "offset", "distinct"):
+            rows_sel.set(arg, None)
+        cols = [e.as_(name, quoted=True) for name, e in exprs.values()]
+        rows_sel.set("expressions", cols or [exp.Literal.number(1).as_("__mx_e0", quoted=True)])
+        if any(w.find_ancestor(exp.Select) is rows_sel for w in rows_sel.find_all(exp.Window)):
+            raise Refused("window functions outside the SELECT list and ORDER BY")
+        common = sorted(set.intersection(*keysets)) if keysets else []
+        shown = ", ".join(text for text, (name, _) in exprs.items() if name in common)
+        if common:
+            self.lines.append(
+                f"Window functions partitioned by {shown}: their rows hash-partitioned on it "
+                "by the stage that makes them:"
+            )
+        rows = _padded(self.block(rows_sel, top=False, spread=common or None), 1)
+        key = rows.key if common and rows.key in common else None
+        if not common:
+            self.lines.append(
+                "Window functions without a common PARTITION BY: their rows gathered into one "
+                "task on the pool (the coordinator when small):"
+            )
+            rows = replace(rows, parts=[[r for p in rows.parts for r in p]], key=None, bounds=None)
+        pclass = {(_WIN, key)} if key else set()
+        b = Block([Source(_WIN, rows)], [], outer)
+        streams = {_WIN: rows}
+        return self.output(b, streams, pclass, top, self._ntasks(streams), "window functions")
 
     # -- planning ---------------------------------------------------------------------------
     def is_big(self, b: Block, s: Source) -> bool:
@@ -764,15 +964,15 @@ class Executor:
             before.add(s.alias)
         return big
 
-    def plan(self, b: Block, top: bool) -> Rel:
+    def plan(self, b: Block, top: bool, spread: list[str] | None = None) -> Rel:
         while True:
             big = self.bigs(b)
             if not big:
-                return self.finish(b, {}, set(), top)
+                return self.finish(b, {}, set(), top, spread)
             if len(big) == 1 and _inner(b.source(next(iter(big)))):
                 alias = next(iter(big))
                 streams, pclass = self.single(b, alias)
-                return self.finish(b, streams, pclass, top)
+                return self.finish(b, streams, pclass, top, spread)
             ranked = self.ranked_classes(b, big)
             full = [cls for cls in ranked if {a for a, _ in cls} >= big]
             if not full and any(b.source(a).sub for a in big):
@@ -798,7 +998,7 @@ class Executor:
                 ranged = {a: b.source(a).rel for a in aliases}
             streams = ranged
             if full:
-                return self.finish(b, streams, cls, top)
+                return self.finish(b, streams, cls, top, spread)
             b = self.join_first(b, aliases, cls, streams)
 
     # -- range co-partitioning from file statistics ---------------------------------------
@@ -1161,7 +1361,12 @@ class Executor:
 
     # -- the block's last stages ----------------------------------------------------------------
     def finish(
-        self, b: Block, streams: dict[str, Rel], pclass: set[tuple[str, str]], top: bool
+        self,
+        b: Block,
+        streams: dict[str, Rel],
+        pclass: set[tuple[str, str]],
+        top: bool,
+        spread: list[str] | None = None,
     ) -> Rel:
         sel = b.sel
         group = sel.args.get("group")
@@ -1179,7 +1384,7 @@ class Executor:
         if has_agg and ntasks > 1 and not keyed:
             b, streams, pclass = self.regroup(b, streams)
             ntasks = self._ntasks(streams)
-        return self.output(b, streams, pclass, top, ntasks)
+        return self.output(b, streams, pclass, top, ntasks, spread=spread)
 
     def regroup(
         self, b: Block, streams: dict[str, Rel]
@@ -1291,7 +1496,15 @@ class Executor:
         return rows, flat
 
     def output(
-        self, b: Block, streams: dict[str, Rel], pclass: set[tuple[str, str]], top: bool, n: int
+        self,
+        b: Block,
+        streams: dict[str, Rel],
+        pclass: set[tuple[str, str]],
+        top: bool,
+        n: int,
+        label: str | None = None,
+        *,
+        spread: list[str] | None = None,
     ) -> Rel:
         sel = b.sel.copy()
         projections = list(sel.expressions)
@@ -1328,7 +1541,7 @@ class Executor:
             sel.set("limit", exp.Limit(expression=exp.Literal.number(limit + (offset or 0))))
         b = replace(b, sel=sel)
         sql, tasks = self.render(b, streams)
-        label = (
+        label = label or (
             "aggregate and project" if sel.args.get("group") or sel.find(exp.AggFunc) else "project"
         )
         if top and self._small_outputs(tasks):
@@ -1345,9 +1558,15 @@ class Executor:
             self.lines.append("  " + shown)
             spec = _Final(names, final_order, distinct, limit, offset, text, inputs)
             return Rel(schema=pa.schema([]), label=label, final=spec)
-        out = self.run(label, sql, tasks, None, 1)
-        out.key = self._output_key(projections, names, pclass)
-        out.bounds = self._bounds(streams) if out.key else None
+        if spread and not (top or gather):
+            hashed = [_col(k).sql("duckdb") for k in spread]
+            key_sql = _hash_sql(hashed, [None] * len(spread), self.buckets)
+            out = self.run(label, sql, tasks, key_sql, self.buckets)
+            out.key = spread[0] if len(spread) == 1 else None
+        else:
+            out = self.run(label, sql, tasks, None, 1)
+            out.key = self._output_key(projections, names, pclass)
+            out.bounds = self._bounds(streams) if out.key else None
         spec = _Final(names, final_order, distinct, limit, offset)
         if top:
             out.final = spec
@@ -1403,6 +1622,12 @@ class Executor:
         """``b`` as one SELECT over placeholders, and its tasks: the streamed sources split
         (aligned by bucket), the others broadcast."""
         sel = b.sel.copy()
+        if b.body is not None:
+            sel.set("from_", exp.From(this=b.body.copy()))
+            return sel, [
+                _Task([(s.alias, streams[s.alias], i) for s in b.sources])
+                for i in range(self._ntasks(streams))
+            ]
         names = {s.alias: self._ph() for s in b.sources}
         names.update({a: self._ph() for s in b.sources for a in s.rel.inlined})
 
@@ -1553,7 +1778,11 @@ class Executor:
             guess //= 2
         if sql is not None and sql.args.get("group") is not None:
             guess //= 10
-        elif sql is not None and any(p.find(exp.AggFunc) for p in sql.expressions):
+        elif sql is not None and any(
+            a.find_ancestor(exp.Window) is None
+            for p in sql.expressions
+            for a in p.find_all(exp.AggFunc)
+        ):
             guess = min(guess, 1024)
         self.stages += 1
         self.tasks += len(tasks)
@@ -1643,7 +1872,7 @@ class _Final:
         return text
 
 
-def _int(sel: exp.Select, key: str) -> int | None:
+def _int(sel: exp.Query, key: str) -> int | None:
     node = sel.args.get(key)
     if node is None:
         return None

@@ -109,6 +109,69 @@ QUERIES = {
         "GROUP BY x.d ORDER BY x.d"
     ),
     "join_empty_table": ("SELECT count(*) AS n, sum(a.v) AS s FROM a JOIN empty e ON a.k = e.k"),
+    # set operations: types unified as locally, NULLs equal, duplicates kept or not
+    "union_all_int_widths": (
+        "SELECT k AS x, g FROM a WHERE d = 1 UNION ALL SELECT d, g FROM b WHERE k < 20"
+    ),
+    "union_nulls_duplicates": (
+        "SELECT g, d FROM a UNION SELECT g, d FROM b WHERE v IS NULL OR k IS NULL "
+        "ORDER BY g NULLS FIRST, d"
+    ),
+    "intersect": "SELECT k, g FROM a INTERSECT SELECT k, g FROM b",
+    "except": "SELECT k, d FROM a EXCEPT SELECT k, d FROM b WHERE d < 3 ORDER BY k NULLS LAST, d",
+    "except_all": "SELECT g, d FROM a EXCEPT ALL SELECT g, d FROM b WHERE k % 2 = 0",
+    "intersect_all_nested": (
+        "SELECT g FROM a INTERSECT ALL (SELECT g FROM b UNION ALL SELECT g FROM b_nonull) "
+        "ORDER BY 1 NULLS FIRST LIMIT 7"
+    ),
+    "union_in_cte_then_aggregate": (
+        "WITH u AS (SELECT k, d FROM a UNION SELECT k, d FROM b) "
+        "SELECT d, count(*) AS n, count(k) AS nk FROM u GROUP BY d ORDER BY d"
+    ),
+    # window functions: per PARTITION BY bucket, or gathered for a global window
+    "window_partition_by_g": (
+        "SELECT g, k, d, v, row_number() OVER (PARTITION BY g ORDER BY k NULLS FIRST, d, v) AS rn, "
+        "sum(v) OVER (PARTITION BY g) AS s, "
+        "lag(v) OVER (PARTITION BY g ORDER BY k NULLS FIRST, d, v) AS prev FROM a "
+        "ORDER BY g NULLS FIRST, rn"
+    ),
+    "window_two_keys": (
+        "SELECT g, d, k, count(*) OVER (PARTITION BY g, d) AS n, "
+        "rank() OVER (PARTITION BY d, g ORDER BY k DESC NULLS LAST) AS r, "
+        "max(v) OVER (PARTITION BY d) AS mx FROM b WHERE k < 100 "
+        "ORDER BY g NULLS FIRST, d, k NULLS FIRST"
+    ),
+    "window_over_group_by": (
+        "SELECT g, d, count(*) AS n, "
+        "rank() OVER (PARTITION BY d ORDER BY count(*) DESC, g NULLS FIRST) AS r, "
+        "sum(count(*)) OVER (PARTITION BY d) AS nd FROM a GROUP BY g, d "
+        "ORDER BY d, r, g NULLS FIRST"
+    ),
+    "window_over_join_limit": (
+        "SELECT a.k, a.d, b.d AS bd, dense_rank() OVER (PARTITION BY a.k ORDER BY b.d) AS r "
+        "FROM a JOIN b ON a.k = b.k WHERE a.d = 1 ORDER BY a.k, a.d, bd, r LIMIT 40"
+    ),
+    "window_global": (
+        "SELECT k, d, v, row_number() OVER (ORDER BY v NULLS FIRST, k NULLS FIRST, d) AS rn, "
+        "sum(d) OVER () AS total FROM a WHERE d < 2 ORDER BY rn"
+    ),
+    "window_in_cte_filtered": (
+        "WITH w AS (SELECT k, g, d, row_number() OVER (PARTITION BY g, k ORDER BY d DESC, v) AS rn "
+        "FROM b) SELECT g, count(*) AS n, sum(d) AS sd FROM w WHERE rn = 1 "
+        "GROUP BY g ORDER BY g NULLS FIRST"
+    ),
+    "window_frames_filter_distinct": (
+        "SELECT DISTINCT g, d, count(v) FILTER (WHERE v > 50) OVER (PARTITION BY g, d) AS nv, "
+        "ntile(3) OVER (PARTITION BY g, d ORDER BY k NULLS FIRST, v NULLS FIRST) AS t3, "
+        "lag(d, 2, -1) OVER (PARTITION BY d, g ORDER BY k NULLS FIRST, v NULLS FIRST) AS l2, "
+        "sum(d) OVER (PARTITION BY g, d ORDER BY k NULLS FIRST, v NULLS FIRST "
+        "ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS run FROM a WHERE k < 30 "
+        "ORDER BY g NULLS FIRST, d, nv, t3, l2, run"
+    ),
+    "union_mixed_types_aggregates": (
+        "SELECT d AS x, count(*) AS n FROM a GROUP BY d UNION "
+        "SELECT k, sum(d) FROM b WHERE k < 10 GROUP BY k ORDER BY x NULLS FIRST, n"
+    ),
     "multi_key_join_with_nulls": (
         "SELECT a.d, count(*) AS n FROM a JOIN b ON a.k = b.k AND a.g = b.g "
         "GROUP BY a.d ORDER BY a.d"
@@ -140,3 +203,51 @@ def test_distributed_equals_local(lh: mx.Lakehouse, name: str) -> None:
                 assert x == y, name
     if name == "not_in_with_null":
         assert local.column("n").to_pylist() == [0]  # the NULL in b makes NOT IN never true
+
+
+def _plan(lh: mx.Lakehouse, sql: str) -> list[str]:
+    return [str(x) for x in lh.sql("EXPLAIN " + sql, engine="ray").to_arrow()["plan"].to_pylist()]
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_every_query_is_distributed(lh: mx.Lakehouse, name: str) -> None:
+    first = _plan(lh, QUERIES[name])[0]
+    assert first.startswith("Engine: ray (distributed,"), (name, first)
+
+
+STAGE_SHAPES = {  # in the partitioned session: what EXPLAIN shows of each shape's stages
+    "intersect": [
+        "Stage 3: shuffle INTERSECT side 1 on all columns: ",
+        "Stage 4: shuffle INTERSECT side 2 on all columns: ",
+        "Stage 5: INTERSECT per partition: ",
+    ],
+    "except_all": ["shuffle EXCEPT ALL side 1 on all columns", "EXCEPT ALL per partition"],
+    "union_all_int_widths": ["Stage 3: UNION ALL per partition: ", 'CAST("d" AS BIGINT) AS "x"'],
+    "window_partition_by_g": [  # the stage that makes the rows hash-partitions them
+        'Window functions partitioned by "a"."g": their rows hash-partitioned on it by the stage',
+        "Stage 1: project: ",
+        'buckets on hash("__mx_e0") % ',
+        "Stage 2: window functions: ",
+    ],
+    "window_two_keys": [  # the keys every window shares: d
+        'Window functions partitioned by "b"."d": their rows hash-partitioned',
+        'buckets on hash("__mx_e1") % ',
+    ],
+    "window_over_join_limit": ["Stage 3: project: ", "Stage 4: window functions: "],
+    "window_global": [
+        "Window functions without a common PARTITION BY: their rows gathered into one task",
+        "Stage 2: window functions: 1 task(s), output gathered into 1 partition",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_SHAPES))
+def test_explain_shows_set_operation_and_window_stages(
+    warehouse: str, ray_cluster: RayCluster, name: str
+) -> None:
+    # The partitioned session's plans (a broadcast session runs small final steps on the
+    # coordinator, so its plans show fewer stages).
+    with mx.connect(warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
+        text = "\n".join(_plan(lh, QUERIES[name]))
+    for part in STAGE_SHAPES[name]:
+        assert part in text, (part, text)

@@ -129,6 +129,16 @@ STAGED = {
     "(SELECT avg(l_quantity) FROM lineitem)",
     "not decomposed": "SELECT median(l_quantity) FROM lineitem",
     "several arguments": "SELECT max(l_extendedprice, 2) FROM lineitem",
+    "window functions": "SELECT l_orderkey, rank() OVER (ORDER BY l_quantity) AS r "
+    "FROM lineitem ORDER BY l_orderkey, r LIMIT 5",
+    "partitioned windows": "SELECT l_orderkey, l_linenumber, "
+    "sum(l_quantity) OVER (PARTITION BY l_orderkey) AS q, "
+    "row_number() OVER (PARTITION BY l_orderkey ORDER BY l_extendedprice DESC, l_linenumber) AS rn "
+    "FROM lineitem ORDER BY l_extendedprice DESC, l_orderkey, l_linenumber LIMIT 10",
+    "set operations": "SELECT l_orderkey FROM lineitem UNION SELECT o_orderkey FROM orders "
+    "ORDER BY 1 LIMIT 5",
+    "UNION ALL": "SELECT l_orderkey AS k, l_quantity AS q FROM lineitem WHERE l_quantity > 49 "
+    "UNION ALL SELECT o_orderkey, o_totalprice FROM orders WHERE o_orderkey < 100 ORDER BY k, q",
 }
 
 
@@ -142,10 +152,8 @@ def test_other_queries_run_as_stages(lh: mx.Lakehouse, what: str) -> None:
 
 
 FALLBACKS = {
-    "window functions": "SELECT l_orderkey, rank() OVER (ORDER BY l_quantity) AS r "
-    "FROM lineitem ORDER BY l_orderkey, r LIMIT 5",
-    "set operations": "SELECT l_orderkey FROM lineitem UNION SELECT o_orderkey FROM orders "
-    "ORDER BY 1 LIMIT 5",
+    "RIGHT joins": "SELECT o_orderpriority, count(l_orderkey) AS n FROM lineitem "
+    "RIGHT JOIN orders ON l_orderkey = o_orderkey GROUP BY 1 ORDER BY 1",
 }
 
 

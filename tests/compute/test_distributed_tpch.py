@@ -122,14 +122,30 @@ def test_hash_partitioned_join_shows_in_explain(warehouse: str, ray_cluster: Ray
     assert f"of {FILES} files after pruning on l_shipdate" in scan
 
 
-def test_queries_it_cannot_split_run_locally(lh: mx.Lakehouse) -> None:
-    q = (
-        "SELECT o_orderkey, rank() OVER (ORDER BY o_totalprice) AS r FROM orders JOIN customer "
-        "ON o_custkey = c_custkey ORDER BY r, o_orderkey LIMIT 5"
-    )
+def _equal_to_local(lh: mx.Lakehouse, q: str) -> list[str]:
+    """The query's EXPLAIN lines, once its distributed result is checked against local's."""
     local = lh.sql(q, engine="local").to_arrow()
     assert lh.sql(q, engine="ray").to_arrow().equals(local)
-    assert _plan(lh, q)[0] == "Engine: local (not distributed: window functions)"
+    return _plan(lh, q)
+
+
+def test_global_window_over_a_join_runs_in_one_task(lh: mx.Lakehouse) -> None:
+    plan = _equal_to_local(
+        lh,
+        "SELECT o_orderkey, rank() OVER (ORDER BY o_totalprice) AS r FROM orders JOIN customer "
+        "ON o_custkey = c_custkey ORDER BY r, o_orderkey LIMIT 5",
+    )
+    assert plan[0].startswith("Engine: ray (distributed,"), plan[0]
+    assert any(line.startswith("Window functions without a common PARTITION BY") for line in plan)
+
+
+def test_queries_it_cannot_split_run_locally(lh: mx.Lakehouse) -> None:
+    plan = _equal_to_local(
+        lh,
+        "SELECT c_mktsegment, count(o_orderkey) AS n FROM orders RIGHT JOIN customer "
+        "ON o_custkey = c_custkey GROUP BY c_mktsegment ORDER BY c_mktsegment",
+    )
+    assert plan[0] == "Engine: local (not distributed: RIGHT joins)"
 
 
 def test_partial_aggregate_and_ranges_show_in_explain(
