@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +39,7 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from matrixos._lru import LRU
 from matrixos.engine.filecache import (
     ReadStats,
     localize,
@@ -162,8 +161,7 @@ def route(
 
 
 # -- planning -----------------------------------------------------------------------------------
-_PLANS: OrderedDict[tuple[Any, ...], Plan | str] = OrderedDict()
-_PLANS_LOCK = threading.Lock()
+_PLANS: LRU[tuple[Any, ...], Plan | str] = LRU(64)
 
 
 def _cached_plan(
@@ -186,16 +184,11 @@ def _cached_plan(
         scan.snapshot.version,
         tuple(f.path for f in scan.files),
     )
-    with _PLANS_LOCK:
-        hit = _PLANS.get(key)
-        if hit is not None:
-            _PLANS.move_to_end(key)
-            return hit
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
     plan = plan_query(engine_obj, tree, bound, functions)
-    with _PLANS_LOCK:
-        _PLANS[key] = plan
-        while len(_PLANS) > 64:
-            _PLANS.popitem(last=False)
+    _PLANS.put(key, plan)
     return plan
 
 

@@ -6,13 +6,12 @@ map to catalog and Delta operations. Every statement is checked by ``engine.sand
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -127,8 +126,7 @@ class SQLEngine:
         except (ValueError, SqlglotError) as e:
             raise SQLError(f"unknown SQL dialect {dialect!r}") from e
         try:
-            with _quiet_command_fallback():
-                trees = sqlglot.parse(sql, read=dialect)
+            trees = sqlglot.parse(sql, read=dialect)
         except ParseError as e:
             denied = _denied_statement(sql, dialect)
             if denied:
@@ -925,17 +923,9 @@ class _CommandFallback(logging.Filter):
         return "Falling back to parsing as a 'Command'" not in record.getMessage()
 
 
-_SQLGLOT_LOG = logging.getLogger("sqlglot")
-_COMMAND_FALLBACK = _CommandFallback()
-
-
-@contextlib.contextmanager
-def _quiet_command_fallback() -> Iterator[None]:
-    _SQLGLOT_LOG.addFilter(_COMMAND_FALLBACK)
-    try:
-        yield
-    finally:
-        _SQLGLOT_LOG.removeFilter(_COMMAND_FALLBACK)
+# Installed once: the filter drops only that one message, and a per-parse add/remove would
+# race between threads parsing at once.
+logging.getLogger("sqlglot").addFilter(_CommandFallback())
 
 
 def _integer_division(tree: exp.Expr) -> exp.Expr:

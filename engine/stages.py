@@ -85,10 +85,8 @@ subqueries sqlglot cannot unnest (and that cannot be kept), search functions and
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -98,6 +96,7 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from matrixos._lru import LRU
 from matrixos.engine.distributed import (
     _MAX_RETRIES,
     FragmentError,
@@ -1887,9 +1886,8 @@ def _get(refs: list[Any]) -> list[Any]:
 
 
 # -- entry point --------------------------------------------------------------------------------
-_OPTIMIZED: OrderedDict[tuple[Any, ...], tuple[exp.Expr, dict[str, _Kept]] | str] = OrderedDict()
-_OPTIMIZED_LOCK = threading.Lock()
-_SCHEMAS: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
+_OPTIMIZED: LRU[tuple[Any, ...], tuple[exp.Expr, dict[str, _Kept]] | str] = LRU(64)
+_SCHEMAS: LRU[tuple[Any, ...], pa.Schema] = LRU(64)
 
 
 def _optimize(
@@ -1919,13 +1917,11 @@ def _optimize(
         tuple(tuple(s.snapshot.schema.names) for s in scans),
         keep,
     )
-    with _OPTIMIZED_LOCK:
-        hit = _OPTIMIZED.get(key)
-        if hit is not None:
-            _OPTIMIZED.move_to_end(key)
-            if isinstance(hit, str):
-                raise Refused(hit)
-            return hit[0].copy(), hit[1]
+    hit = _OPTIMIZED.get(key)
+    if hit is not None:
+        if isinstance(hit, str):
+            raise Refused(hit)
+        return hit[0].copy(), hit[1]
     work = tree.copy()
     schema: dict[str, object] = {}
     for i, (node, scan) in enumerate(zip(_table_refs(work), scans, strict=True)):
@@ -1953,10 +1949,7 @@ def _optimize(
     except (SqlglotError, KeyError, ValueError, TypeError, AttributeError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         out = f"sqlglot cannot decompose it ({why})"
-    with _OPTIMIZED_LOCK:
-        _OPTIMIZED[key] = out
-        while len(_OPTIMIZED) > 64:
-            _OPTIMIZED.popitem(last=False)
+    _OPTIMIZED.put(key, out)
     if isinstance(out, str):
         raise Refused(out)
     return out[0].copy(), out[1]
@@ -2072,8 +2065,7 @@ def _local_schema(
     """Names and types the local engine gives the query: it, bound over empty tables
     (remembered per statement and table schemas)."""
     key = (tree.sql(dialect="duckdb"), tuple(str(scan.snapshot.schema) for _, scan in bound))
-    with _OPTIMIZED_LOCK:
-        hit = _SCHEMAS.get(key)
+    hit = _SCHEMAS.get(key)
     if hit is not None:
         return hit
     empty = [(ident, replace(scan, files=[])) for ident, scan in bound]
@@ -2083,10 +2075,7 @@ def _local_schema(
         schema = cur.sql(sql).to_arrow_table().schema
     finally:
         cur.close()
-    with _OPTIMIZED_LOCK:
-        _SCHEMAS[key] = schema
-        while len(_SCHEMAS) > 64:
-            _SCHEMAS.popitem(last=False)
+    _SCHEMAS.put(key, schema)
     return schema
 
 

@@ -290,6 +290,10 @@ class _RayExecutor(_Executor):
         opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         opts.update(ray_options or {})
         gpu = f", {num_gpus:g} GPU each" if num_gpus else ""
+        # Tasks are named after the UDF (Ray titles their processes ``ray::<name>``), so the
+        # pool's task list and process titles say which job a worker is running.
+        udf = getattr(fn, "__qualname__", type(fn).__name__)
+        self.method_name = f"MapBatchesWorker.run:{udf}"
         if is_class:
             actor: Any = ray.remote(MapBatchesWorker).options(
                 max_restarts=_MAX_RETRIES,
@@ -312,7 +316,7 @@ class _RayExecutor(_Executor):
             # A plain function goes to the object store once, owned by the driver.
             self.fn_ref = ray.put(fn)
             self.task = ray.remote(map_batch).options(
-                max_retries=_MAX_RETRIES, retry_exceptions=False, **opts
+                name=f"map_batch:{udf}", max_retries=_MAX_RETRIES, retry_exceptions=False, **opts
             )
             self.slots = concurrency
             self.description = f"ray: tasks, {concurrency} at a time{gpu}"
@@ -324,7 +328,7 @@ class _RayExecutor(_Executor):
             return
         slot = min(self.load, key=lambda i: (self.load[i], i))
         self.load[slot] += 1
-        ref = self.actors[slot].run.remote(batch, self.batch_format)
+        ref = self.actors[slot].run.options(name=self.method_name).remote(batch, self.batch_format)
         self.refs[ref] = (index, slot)
 
     def wait(self) -> list[tuple[int, Any]]:
@@ -345,9 +349,10 @@ class _RayExecutor(_Executor):
         return len(self.refs)
 
     def close(self) -> None:
-        for ref in list(self.refs):
-            with contextlib.suppress(Exception):
-                self.ray.cancel(ref, force=self.task is not None)
+        # Tasks still out (after a UDF error) are left to finish and their results dropped
+        # with the refs, not cancelled: in Ray 2.60 a cancel that races the task's completion
+        # fails a RAY_CHECK and aborts this (the driver's) process ("Tried to complete task
+        # that was not pending", ray-project/ray#54527; seen here in the test suite).
         self.refs.clear()
         for a in self.actors:
             with contextlib.suppress(Exception):

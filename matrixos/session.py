@@ -219,6 +219,13 @@ class Lakehouse:
                 t.overwrite(data if data is not None else schema.empty_table(), evolve=True)  # type: ignore[union-attr]
                 return t
             raise TableExists(f"table {ident} already exists", hint="use mode='overwrite'")
+        # Delta's own table properties (delta.appendOnly, delta.logRetentionDuration…) go into
+        # the table's metadata, where every Delta engine honours them; Lance has none of them.
+        delta_conf = {k: v for k, v in (properties or {}).items() if k.startswith("delta.")}
+        if delta_conf and format != "delta":
+            raise NotSupported(
+                f"table properties {sorted(delta_conf)} apply to Delta tables, not {format}"
+            )
         if create_schema and not self.catalog.schema_exists(ident.catalog, ident.schema):
             self.catalog.create_schema(
                 ident.catalog, ident.schema, owner=self.user, if_not_exists=True
@@ -242,16 +249,13 @@ class Lakehouse:
             # Left behind by a create that crashed, or a drop that died before deleting files.
             if store.exists():
                 self.warehouse.remove(location)
-            # Delta's own table properties (delta.appendOnly, delta.logRetentionDuration…)
-            # go into the table's metadata, where every Delta engine honours them.
-            delta_conf = {k: v for k, v in info.properties.items() if k.startswith("delta.")}
             store.create(
                 data,
                 schema=schema,
                 partition_by=partition_by,
                 name=ident.name,
                 description=comment,
-                **({"properties": delta_conf} if delta_conf and format == "delta" else {}),
+                properties=delta_conf or None,
             )
         except BaseException:
             with contextlib.suppress(Exception):

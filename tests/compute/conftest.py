@@ -7,8 +7,9 @@ its own ports; token authentication is on, the dashboard off, usage stats off. N
 running: every node's processes (``ray start --block`` in a session of its own, and whatever it
 spawned: GCS, raylet, agents, workers) are stopped by process id.
 
-One cluster per test run, shared by pytest-xdist workers (a lock file and a user count in the
-run's shared temp folder: the first worker to need it starts it, the last one out stops it).
+One cluster per test run, shared by pytest-xdist workers (a lock file and the users' process
+ids in the run's shared temp folder: the first worker to need it starts it, the last live one
+out stops it).
 The test process joins it once per worker (``ray_pool``), as a driver on the head node.
 """
 
@@ -131,6 +132,14 @@ def _session_members(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":
             out.append(int(entry))
     return out
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _stop_nodes(nodes: list[Node]) -> None:
@@ -309,16 +318,18 @@ def ray_cluster(
                 cluster, data = None, None
         if cluster is None:
             cluster = _start_cluster()
-            data = {"cluster": asdict(cluster), "users": 0}
-        data["users"] += 1
+            data = {"cluster": asdict(cluster), "users": []}
+        data["users"].append(os.getpid())
         state.write_text(json.dumps(data))
     try:
         yield cluster
     finally:
         with _locked(lock):
             data = json.loads(state.read_text())
-            data["users"] -= 1
-            if data["users"] <= 0:
+            # Users are process ids: an xdist worker that crashed (and never got here) does
+            # not keep the cluster alive after the last live user leaves.
+            data["users"] = [p for p in data["users"] if p != os.getpid() and _alive_pid(p)]
+            if not data["users"]:
                 _stop_nodes(cluster.nodes)
                 state.unlink()
                 shutil.rmtree(cluster.root, ignore_errors=True)

@@ -159,13 +159,16 @@ def test_udf_error_names_the_batch(lh: mx.Lakehouse) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fn", "title"), [(slow_len, "map_batch"), (SlowLen, "MapBatchesWorker.run")]
+    # Task titles name the UDF: only this test's workers are killed, never those of a job
+    # another test runs on the cluster at the same time.
+    ("fn", "title"),
+    [(slow_len, "map_batch:slow_len"), (SlowLen, "MapBatchesWorker.run:SlowLen")],
 )
 def test_worker_killed_mid_job_gives_every_row_once(
     lh: mx.Lakehouse, ray_cluster: RayCluster, fn: Any, title: str
 ) -> None:
     """A worker running a batch (a task's, or an actor's: restarted) is SIGKILLed."""
-    output = f"out.kill_{title.split('.')[0].lower()}"
+    output = f"out.kill_{title.split(':')[0].split('.')[0].lower()}"
     result: dict[str, Any] = {}
 
     def job() -> None:

@@ -228,6 +228,9 @@ def test_delta_table_properties_are_honoured(lh: mx.Lakehouse) -> None:
             lh.sql(stmt)
     assert t.version == before
     assert lh.sql("SELECT id FROM audit ORDER BY id").fetchall() == [(1,), (2,)]
+    with pytest.raises(NotSupported, match="apply to Delta tables"):
+        lh.sql("CREATE TABLE kb (id INT) USING lance TBLPROPERTIES ('delta.appendOnly' = 'true')")
+    assert "main.default.kb" not in lh.tables()
     with pytest.raises(MatrixOSError, match=r"delta\.bogus"):
         lh.sql("CREATE TABLE bad (id INT) TBLPROPERTIES ('delta.bogus' = '1')")
     assert "main.default.bad" not in lh.tables()

@@ -282,6 +282,21 @@ def _big_append(uri: str, storage_options: dict[str, str] | None, name: str) -> 
     os._exit(0)  # pragma: no cover - the parent kills us long before
 
 
+def _kill_mid_write(child: Any, wrote: Callable[[], bool]) -> None:
+    """Start ``child`` and SIGKILL it as soon as ``wrote()`` sees its first part file."""
+    child.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not wrote():
+            assert child.is_alive(), "the writer finished before any part file was seen"
+            assert time.monotonic() < deadline, "no part file appeared"
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == -signal.SIGKILL
+
+
 def _big_create(uri: str, storage_options: dict[str, str] | None, name: str) -> None:
     import numpy as np
 
@@ -305,17 +320,7 @@ def test_creator_killed_before_first_commit_leaves_a_droppable_entry(
     child = SPAWN.Process(
         target=_big_create, args=(warehouse_root.uri, warehouse_root.storage_options, "s.born")
     )
-    child.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not data_files(lh, location()):
-            assert child.is_alive(), "the creator finished before any part file was seen"
-            assert time.monotonic() < deadline, "no part file appeared"
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    finally:
-        child.join(timeout=30)
-    assert child.exitcode == -signal.SIGKILL
+    _kill_mid_write(child, lambda: bool(data_files(lh, location())))
     dead = location()
     with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as fresh:
         # The name stays taken (another process may still be creating it), and reading says
@@ -350,17 +355,7 @@ def test_writer_killed_mid_append_leaves_previous_version(
         target=_big_append,
         args=(warehouse_root.uri, warehouse_root.storage_options, "s.crash"),
     )
-    child.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not (data_files(lh, t.location) - before):
-            assert child.is_alive(), "the writer finished before any part file was seen"
-            assert time.monotonic() < deadline, "no part file appeared"
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    finally:
-        child.join(timeout=30)
-    assert child.exitcode == -signal.SIGKILL
+    _kill_mid_write(child, lambda: bool(data_files(lh, t.location) - before))
     orphans = data_files(lh, t.location) - before
     assert orphans  # it really was killed mid-write
 
