@@ -25,11 +25,15 @@ class Settings(BaseSettings):
     )
     catalog_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the catalog database. Default: SQLite inside a local "
-        "warehouse, or under MATRIXOS_HOME for an object-store warehouse.",
+        description="Where the catalog lives: sqlite:///path, postgresql://… or "
+        "s3://bucket/prefix/_catalog. Default: SQLite inside a local warehouse "
+        "(<warehouse>/_catalog.db), a commit log inside an object-store warehouse "
+        "(<warehouse>/_catalog/), so every machine that reaches the bucket sees its tables.",
     )
     home: str = Field(
-        default="~/.matrixos", description="Per-user state (catalogs of s3 warehouses)."
+        default="~/.matrixos",
+        description="Per-user state. Older versions kept object-store warehouses' catalogs "
+        "here (catalogs/<hash>.db); they are imported into the warehouse when first opened.",
     )
     compute: Literal["local", "ray"] | str = Field(
         default="local",
@@ -50,6 +54,11 @@ class Settings(BaseSettings):
         default=None,
         description="This node's cache of object-store files (MATRIXOS_CACHE_DIR); default "
         "~/.cache/matrixos/files. See matrixos.engine.filecache.",
+    )
+    tpch_dir: str | None = Field(
+        default=None,
+        description="Cache of the TPC-H sample data and its generator (MATRIXOS_TPCH_DIR); "
+        "default ~/.cache/matrixos/tpch. See matrixos.demo.",
     )
     cache_max_bytes: int = Field(
         default=8 * 1024**3,

@@ -4,6 +4,9 @@ It creates (or reuses) a warehouse, generates TPC-H at a small scale, loads the 
 schema ``tpch`` and walks through a join, an aggregation, a MERGE upsert, time travel, the table
 history and Polars interop. Re-running it on the same warehouse works: the tables are reloaded
 (a new version each), so every step starts from the same data.
+
+The sample data is generated once and cached under ``~/.cache/matrixos/tpch`` (or
+``$MATRIXOS_TPCH_DIR``); see ``matrixos._tpch``. Only that first run needs the package index.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def run_demo(
 
     Raises:
         ConfigError: ``scale`` is not positive.
-        matrixos._tpch.TpchError: the TPC-H generator could not run (it needs PyPI the first
-            time, to install ``duckdb==1.4.4`` and ``duckdb-ext-tpch`` into a venv of its own).
+        matrixos._tpch.TpchError: the TPC-H data could not be generated (the first run needs
+            the package index, to install ``duckdb==1.4.4`` and ``duckdb-ext-tpch`` into the
+            generator's own venv in the cache).
 
     Example:
         >>> from matrixos.demo import run_demo
@@ -97,6 +101,7 @@ def run_demo(
     """
     import polars as pl
     from rich.console import Console
+    from rich.markup import escape
 
     import matrixos as mx
     from matrixos.config import resolve_settings
@@ -113,11 +118,7 @@ def run_demo(
     con.print(f"warehouse [bold]{root}[/], TPC-H scale factor {scale:g}")
 
     with _step(con, "1. Sample data", "TPC-H, generated once and cached"):
-        data = _tpch.generate(
-            _tpch.default_cache() / f"sf{scale:g}",
-            scale,
-            log=lambda m: con.print(f"[dim]{m}[/]"),
-        )
+        data = _tpch.cached(scale, log=lambda m: con.print(f"[dim]{escape(m)}[/]"))
         con.print(f"[dim]{data.root}[/]")
 
     lh = mx.connect(root)
@@ -190,10 +191,22 @@ def run_demo(
     finally:
         lh.close()
     con.rule("[bold]done")
-    con.print(
-        f'Next: [cyan]lh = mx.connect("{root}")[/] and [cyan]lh.sql("SELECT … FROM '
-        f'{SCHEMA}.orders")[/], or [cyan]matrixos sql --warehouse {root} "…"[/]'
-    )
+    con.print("Next, in Python or on the command line:")
+    for line in next_steps(root):
+        # soft_wrap: a long path runs past the edge instead of being broken inside the code
+        con.print(f"  [cyan]{escape(line)}[/]", soft_wrap=True)
+
+
+def next_steps(root: str) -> list[str]:
+    """The code lines the demo ends with: the same warehouse from Python and from the CLI."""
+    import shlex
+
+    query = f"SELECT o_orderpriority, count(*) FROM {SCHEMA}.orders GROUP BY 1"
+    return [
+        f"import matrixos as mx; lh = mx.connect({root!r})",
+        f"lh.sql({query!r}).to_polars()",
+        f"matrixos --warehouse {shlex.quote(root)} sql {shlex.quote(query)}",
+    ]
 
 
 @contextmanager

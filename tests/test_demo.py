@@ -1,12 +1,15 @@
-"""``run_demo``: the Quickstart's tour on TPC-H sf=0.01 — tables, MERGE, idempotent re-runs.
+"""``run_demo``: the Quickstart's tour on TPC-H sf=0.01 — tables, MERGE, idempotent re-runs —
+and the TPC-H generator behind it.
 
-The generated data and the generator's venv are cached under ``$TMPDIR`` (``matrixos-tpch/`` and
-``matrixos-tpchgen-venv/``), so only the first run on a machine needs PyPI and takes a minute.
+The generated data and the generator's venv are cached in ``_tpch.default_cache()``
+(``~/.cache/matrixos/tpch``), so only the first run on a machine needs the package index.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import socket
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,8 +25,8 @@ SCALE = 0.01
 
 @pytest.fixture(scope="module")
 def tpch() -> _tpch.TpchData:
-    # CI has ../shared and PyPI: a failure to generate is a real failure, not a skip.
-    return _tpch.generate(_tpch.default_cache() / f"sf{SCALE:g}", SCALE)
+    # CI has the package index: a failure to generate is a real failure, not a skip.
+    return _tpch.cached(SCALE)
 
 
 def _run(warehouse: Path) -> str:
@@ -73,16 +76,60 @@ def test_demo_runs_again_on_the_same_warehouse(tmp_path: Path, tpch: _tpch.TpchD
         assert ops.count("MERGE") == 2
 
 
+def _no_package_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pip sees only a closed loopback port as its index and an empty folder of wheels."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused at once
+    (tmp_path / "no-wheels").mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+
+
 def test_generator_failure_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    script = tmp_path / "gen_tpch.sh"
-    script.write_text(
-        "echo 'ERROR: Could not find a version that satisfies the requirement duckdb==1.4.4' >&2\n"
-        "exit 1\n"
-    )
-    monkeypatch.setenv("MATRIXOS_TPCH_GEN", str(script))
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # an empty data cache
-    with pytest.raises(_tpch.TpchError, match="TPC-H generation failed") as err:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MATRIXOS_TPCH_DIR", str(cache))  # an empty cache: the venv is built
+    _no_package_index(monkeypatch, tmp_path)
+    lines: list[str] = []
+    with pytest.raises(_tpch.TpchError, match="could not install the TPC-H generator") as err:
         run_demo(str(tmp_path / "wh"), SCALE, console=Console(file=io.StringIO()))
-    assert "duckdb==1.4.4" in str(err.value)
-    assert err.value.hint is not None and "PyPI" in err.value.hint
-    assert not (tmp_path / "matrixos-tpch" / f"sf{SCALE:g}").exists()  # nothing half-written
+    assert "duckdb==1.4.4" in str(err.value)  # pip's own last lines are quoted
+    assert err.value.hint is not None and "package index" in err.value.hint
+    with pytest.raises(_tpch.TpchError):
+        _tpch.cached(SCALE, log=lines.append)
+    assert any("installing duckdb==1.4.4" in line for line in lines)  # progress was shown
+    # Nothing half-written: no venv, no data set, no temporary folder left behind.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_generation_is_offline_once_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpch: _tpch.TpchData
+) -> None:
+    _no_package_index(monkeypatch, tmp_path)  # the cached venv needs no index
+    lines: list[str] = []
+    data = _tpch.generate(tmp_path / "sf0.01", SCALE, log=lines.append)
+    assert data.complete() and data.root == (tmp_path / "sf0.01").resolve()
+    assert not any("installing" in line for line in lines)
+    assert any("lineitem: 60,175 rows" in line for line in lines)
+    rows = {t: data.num_rows(t) for t in _tpch.TABLES}
+    assert rows == {t: tpch.num_rows(t) for t in _tpch.TABLES}
+    assert rows["nation"] == 25 and rows["region"] == 5 and rows["customer"] == 1500
+    assert "l_returnflag" in data.query(1) and "FROM\n    lineitem" in data.query(1)
+    assert [data.answer(n) is not None for n in _tpch.QUERIES] == [True] * 22
+    first = (data.answer(6) or tmp_path).read_text().splitlines()
+    assert first[0] == "revenue" and float(first[1]) > 0  # pipe-separated, with a header
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sf0.01-")]  # renamed
+    # A complete data set is kept as it is.
+    before = data.parquet("region").stat().st_mtime_ns
+    assert _tpch.generate(tmp_path / "sf0.01", SCALE).parquet("region").stat().st_mtime_ns == (
+        before
+    )
+
+
+def test_bad_scale_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(_tpch.TpchError, match="must be positive"):
+        _tpch.generate(tmp_path / "x", 0)
+    assert not (tmp_path / "x").exists()

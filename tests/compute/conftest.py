@@ -16,7 +16,6 @@ The test process joins it once per worker (``ray_pool``), as a driver on the hea
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from matrixos._filelock import locked
 from matrixos.compute import ComputePool, ensure_token, free_port, node_env, ray_start_command
 from matrixos.config import Settings
 
@@ -283,16 +283,6 @@ def _wait_nodes(cluster: RayCluster) -> None:
         time.sleep(0.3)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _alive(cluster: RayCluster) -> bool:
     return all(_session_members(n.pid) for n in cluster.nodes)
 
@@ -307,7 +297,7 @@ def ray_cluster(
     if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
         shared = shared.parent  # the run's folder, common to all xdist workers
     state, lock = shared / _STATE, shared / (_STATE + ".lock")
-    with _locked(lock):
+    with locked(lock):
         data = json.loads(state.read_text()) if state.exists() else None
         cluster = None
         if data is not None:
@@ -324,7 +314,7 @@ def ray_cluster(
     try:
         yield cluster
     finally:
-        with _locked(lock):
+        with locked(lock):
             data = json.loads(state.read_text())
             # Users are process ids: an xdist worker that crashed (and never got here) does
             # not keep the cluster alive after the last live user leaves.
