@@ -40,6 +40,7 @@ from matrixos.errors import (
     TableExists,
     TableNotFound,
 )
+from matrixos.storage._delta_compaction import CompactionConflict, compact
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,13 @@ class DeltaStore:
 
         committed: list[DeltaTable] = []
 
+        # A full overwrite must never be rebased by delta-rs: its conflict checker ignores a
+        # concurrent compaction's (dataChange=false) removes, so a rebased overwrite would keep
+        # the compacted file and bring the old rows back. With no rebase it commits only at
+        # the version after the snapshot it replaced; run_with_retries redoes it otherwise.
+        # (With a predicate, delta-rs sees the compaction's new file as a conflict.)
+        rebases = 0 if mode == "overwrite" and predicate is None else max(self.commit_retries, 1)
+
         def write(dt: DeltaTable) -> dict[str, Any]:
             committed[:] = [dt]  # after write_deltalake, ``dt`` stands at our commit
             table = conform(data, _arrow_schema(dt), evolve=evolve, overwrite=mode == "overwrite")
@@ -260,7 +268,7 @@ class DeltaStore:
                 predicate=predicate,
                 storage_options=self.storage_options,
                 target_file_size=self.target_file_bytes,
-                commit_properties=_commit_properties(max(self.commit_retries, 1), commit_metadata),
+                commit_properties=_commit_properties(rebases, commit_metadata),
             )
             return {"num_added_rows": table.num_rows}
 
@@ -357,7 +365,7 @@ class DeltaStore:
         retries = self.commit_retries if retries is None else retries
         try:
             for attempt in Retrying(
-                retry=retry_if_exception_type(CommitFailedError),
+                retry=retry_if_exception_type((CommitFailedError, CompactionConflict)),
                 stop=stop_after_attempt(retries + 1),
                 wait=wait_random_exponential(multiplier=0.05, max=2.0),
                 reraise=False,
@@ -366,6 +374,9 @@ class DeltaStore:
                     dt = self.open()
                     try:
                         metrics = fn(dt)
+                    except CompactionConflict as e:
+                        log.info("%s on %s: %s; retrying", op, self.location, e)
+                        raise
                     except CommitFailedError as e:
                         if "append-only" in str(e):  # a table property, not a conflict
                             raise NotSupported(
@@ -390,25 +401,49 @@ class DeltaStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- maintenance ------------------------------------------------------------------------
-    def optimize(self, zorder: Sequence[str] | None = None) -> dict[str, Any]:
-        """Compact small files (and z-order by ``zorder`` columns when given)."""
-        dt = self.open()
-        try:
-            # Snappy, as write_deltalake writes: delta-rs's optimize defaults to ZSTD, which
-            # DuckDB decompresses ~1.5x slower (a compacted IoT table scanned 1.55x slower
-            # than the same rows written at once).
-            props = WriterProperties(compression="SNAPPY")
+    def optimize(
+        self, zorder: Sequence[str] | None = None, *, retries: int | None = None
+    ) -> dict[str, Any]:
+        """Compact small files (and z-order by ``zorder`` columns when given).
+
+        A compaction never removes a file a concurrent commit already removed: plain compaction
+        is committed by :mod:`matrixos.storage._delta_compaction` (put-if-absent, conflicts
+        checked against every commit that landed meanwhile); Z-order, and tables whose features
+        need delta-rs's writer, run through delta-rs with ``max_commit_retries=0`` so that they
+        commit only right after the snapshot they read. A lost race is retried on a fresh
+        snapshot up to ``retries`` times (default ``commit_retries``), then raises
+        ``ConcurrentWriteError``.
+        """
+        # Snappy, as write_deltalake writes: delta-rs's optimize defaults to ZSTD, which
+        # DuckDB decompresses ~1.5x slower (a compacted IoT table scanned 1.55x slower
+        # than the same rows written at once).
+        props = WriterProperties(compression="SNAPPY")
+        no_rebase = CommitProperties(max_commit_retries=0)
+
+        def run(dt: DeltaTable) -> dict[str, Any]:
             if zorder:
                 return dict(
                     dt.optimize.z_order(
-                        list(zorder), target_size=self.target_file_bytes, writer_properties=props
+                        list(zorder),
+                        target_size=self.target_file_bytes,
+                        writer_properties=props,
+                        commit_properties=no_rebase,
                     )
                 )
-            return dict(
-                dt.optimize.compact(target_size=self.target_file_bytes, writer_properties=props)
+            ours = compact(
+                dt, self.location, self.storage_options, target_size=self.target_file_bytes
             )
-        except Exception as e:
-            raise _translate(e, f"optimize of {self.location} failed") from e
+            if ours is not None:
+                return ours
+            return dict(
+                dt.optimize.compact(
+                    target_size=self.target_file_bytes,
+                    writer_properties=props,
+                    commit_properties=no_rebase,
+                )
+            )
+
+        return self.run_with_retries("optimize", run, retries=retries).metrics
 
     def vacuum(
         self, retention_hours: int | None = None, *, dry_run: bool = False, enforce: bool = True
@@ -441,7 +476,9 @@ class DeltaStore:
             return None
         log.info("auto-compacting %s", self.location)
         try:
-            return self.optimize()
+            # One retry: a writer that lost the race leaves the work to whoever won it, or to
+            # the next append that finds the small files still there.
+            return self.optimize(retries=1)
         except MatrixOSError as e:  # a concurrent writer won; compaction can wait for next time
             log.warning("auto-compaction of %s skipped: %s", self.location, e)
             return None

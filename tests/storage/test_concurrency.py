@@ -381,3 +381,172 @@ def test_writer_killed_mid_append_leaves_previous_version(
         assert len(removed) >= len(orphans)
         assert not (data_files(fresh, t2.location) & orphans)
         assert sorted(t2.to_arrow().column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
+
+
+# ------------------------------------------------------------------- compaction races (issue 9)
+def small_files_table(location: str, options: dict[str, str] | None, n: int = 12) -> None:
+    """A Delta table of ``n`` one-file appends of 10 rows (ids 0 .. 10n-1)."""
+    for i in range(n):
+        write_deltalake(
+            location,
+            pa.table({"id": list(range(i * 10, i * 10 + 10)), "v": [0] * 10}),
+            mode="append",
+            storage_options=options,
+        )
+
+
+def ids_of(location: str, options: dict[str, str] | None) -> list[int]:
+    return sorted(
+        DeltaTable(location, storage_options=options).to_pyarrow_table()["id"].to_pylist()
+    )
+
+
+def test_upstream_delta_rs_rebases_a_compaction_over_a_compaction(tmp_path: Any) -> None:
+    """Pins delta-rs's behaviour (1.6.6) that made MatrixOS duplicate rows (issue 9).
+
+    Two ``optimize.compact()`` calls that read the same version both commit: delta-rs rebases
+    the loser and its conflict checker ignores the winner's ``dataChange=false`` removes, so the
+    loser removes the same files again and re-adds their rows. A full overwrite rebased over a
+    compaction keeps the compacted file. Loading both tables at one version before either
+    commits is the same interleaving two processes hit by chance, made deterministic.
+
+    If this fails after an upgrade, delta-rs changed its conflict checker: re-check whether
+    ``storage/_delta_compaction.py`` and the overwrite's ``max_commit_retries=0`` are still
+    needed (they stay correct either way).
+    """
+    loc = str(tmp_path / "t")
+    small_files_table(loc, None, 40)
+    first, second = DeltaTable(loc), DeltaTable(loc)
+    assert first.optimize.compact()["numFilesRemoved"] == 40
+    assert second.optimize.compact()["numFilesRemoved"] == 40  # no conflict raised
+    got = ids_of(loc, None)
+    assert len(got) == 800 and len(set(got)) == 400  # every row twice
+
+    loc2 = str(tmp_path / "t2")
+    small_files_table(loc2, None, 4)
+    compactor, writer = DeltaTable(loc2), DeltaTable(loc2)
+    compactor.optimize.compact()
+    write_deltalake(writer, pa.table({"id": [-1], "v": [1]}), mode="overwrite")
+    assert len(ids_of(loc2, None)) == 41  # the overwrite did not replace the compacted rows
+
+
+def orphans(location: str, options: dict[str, str] | None) -> set[str]:
+    """Parquet files on storage that no version of the table ever referenced."""
+    from matrixos.storage.options import StorageOptions
+    from matrixos.storage.warehouse import filesystem_for
+
+    dt = DeltaTable(location, storage_options=options)
+    known: set[str] = set()
+    for v in range(dt.version() + 1):
+        dt.load_as_version(v)
+        known |= {u.rsplit("/", 1)[1] for u in dt.file_uris()}
+    fs = filesystem_for(location, StorageOptions.from_mapping(options))
+    fs.invalidate_cache()
+    root = location.split("://", 1)[-1]
+    return {p.rsplit("/", 1)[1] for p in fs.find(root) if p.endswith(".parquet")} - known
+
+
+class _StaleOnce(DeltaStore):
+    """A store whose next ``open()`` returns a snapshot, then lets ``rival`` commit: the
+    interleaving where another writer commits between our read and our commit."""
+
+    rival: Callable[[], object] | None = None
+
+    def open(self, version: int | None = None, timestamp: Any = None) -> DeltaTable:
+        dt = super().open(version, timestamp)
+        rival, self.rival = self.rival, None
+        if rival is not None:
+            rival()
+        return dt
+
+
+@pytest.fixture
+def small(warehouse_root: Any, tmp_path: Any) -> tuple[str, dict[str, str] | None]:
+    if warehouse_root.kind == "local":
+        loc = str(tmp_path / "small")
+    else:
+        loc = warehouse_root.uri + "/small"
+    small_files_table(loc, warehouse_root.storage_options)
+    return loc, warehouse_root.storage_options
+
+
+def test_two_compactions_of_one_snapshot_commit_once(small: Any) -> None:
+    loc, opts = small
+    a = _StaleOnce(loc, opts)
+    b = DeltaStore(loc, opts)
+    a.rival = b.optimize  # b compacts after a read its snapshot, before a commits
+    with pytest.raises(ConcurrentWriteError, match="conflicted"):
+        a.optimize(retries=0)
+    assert not orphans(loc, opts)  # the loser deleted the file it wrote
+    got = ids_of(loc, opts)
+    assert got == list(range(120))  # once each
+    h = DeltaTable(loc, storage_options=opts).history()
+    assert [x["operation"] for x in h[:2]] == ["OPTIMIZE", "WRITE"]  # one compaction only
+    # with a retry, the loser re-reads the table and finds nothing left to compact
+    a.rival = b.optimize
+    assert a.optimize(retries=1)["numFilesRemoved"] == 0
+    assert ids_of(loc, opts) == list(range(120))
+
+
+def test_a_compaction_commits_after_blind_appends(small: Any) -> None:
+    loc, opts = small
+    a = _StaleOnce(loc, opts)
+    appender = DeltaStore(loc, opts)
+    extra = [pa.table({"id": [1000 + i], "v": [1]}) for i in range(3)]
+    a.rival = lambda: [appender.append(x) for x in extra]
+    out = a.optimize(retries=0)  # no retry allowed: the appends must not conflict
+    assert out["numFilesRemoved"] == 12 and out["numFilesAdded"] == 1
+    assert out["version"] == out["readVersion"] + 4  # committed after the three appends
+    assert ids_of(loc, opts) == [*range(120), 1000, 1001, 1002]
+    assert len(DeltaTable(loc, storage_options=opts).file_uris()) == 4
+
+
+@pytest.mark.parametrize("rival", ["delete", "update", "merge", "overwrite"])
+def test_a_compaction_yields_to_dml_on_its_files(small: Any, rival: str) -> None:
+    loc, opts = small
+    a = _StaleOnce(loc, opts)
+    other = DeltaStore(loc, opts)
+    runs = {
+        "delete": lambda: other.delete("id = 5"),
+        "update": lambda: other.update({"v": "v + 1"}, where="id = 5"),
+        "merge": lambda: other.merge(pa.table({"id": [5], "v": [7]}), on=["id"]),
+        "overwrite": lambda: other.overwrite(pa.table({"id": [5], "v": [9]})),
+    }
+    a.rival = runs[rival]
+    with pytest.raises(ConcurrentWriteError):
+        a.optimize(retries=0)
+    table = DeltaTable(loc, storage_options=opts).to_pyarrow_table().to_pylist()
+    got = {r["id"]: r["v"] for r in table}
+    assert len(got) == len(table)  # no id twice
+    want = {
+        "delete": {i: 0 for i in range(120) if i != 5},
+        "update": {**{i: 0 for i in range(120)}, 5: 1},
+        "merge": {**{i: 0 for i in range(120)}, 5: 7},
+        "overwrite": {5: 9},
+    }[rival]
+    assert got == want
+    assert not orphans(loc, opts)  # the dropped compaction deleted the file it wrote
+
+
+@pytest.mark.parametrize("op", ["overwrite", "delete", "update", "merge"])
+def test_writes_on_a_snapshot_a_compaction_replaced(small: Any, op: str) -> None:
+    """The other order: a compaction commits between a write's read and its commit."""
+    loc, opts = small
+    w = _StaleOnce(loc, opts, commit_retries=3)
+    w.rival = DeltaStore(loc, opts).optimize
+    if op == "overwrite":
+        w.overwrite(pa.table({"id": [-1], "v": [1]}))
+        want = {-1: 1}
+    elif op == "delete":
+        w.delete("id < 100")
+        want = {i: 0 for i in range(100, 120)}
+    elif op == "update":
+        w.update({"v": "v + 1"})
+        want = {i: 1 for i in range(120)}
+    else:
+        w.merge(pa.table({"id": [3, 500], "v": [8, 8]}), on=["id"])
+        want = {**{i: 0 for i in range(120)}, 3: 8, 500: 8}
+    table = DeltaTable(loc, storage_options=opts).to_pyarrow_table().to_pylist()
+    assert len(table) == len(want)
+    assert {r["id"]: r["v"] for r in table} == want
+    assert "OPTIMIZE" in [h["operation"] for h in DeltaTable(loc, storage_options=opts).history()]

@@ -1,0 +1,458 @@
+"""Delta compaction committed by MatrixOS itself, so that two compactions can never both win.
+
+Why not ``DeltaTable.optimize.compact()``: delta-rs (checked on 1.6.6) rebases a commit that lost
+the race for its version over the winner, and its conflict checker ignores the winner's removes
+when those carry ``dataChange=false``. Two compactions that read the same version therefore both
+commit: the second removes files the first already removed and re-adds their rows, duplicating
+every one of them (``tests/storage/test_concurrency.py`` pins this). A full overwrite rebased over
+a compaction likewise leaves the compacted file, with the old rows, in place.
+
+What this module does instead, for one snapshot at version ``v``:
+
+1. pick the small files (no deletion vector) and bin-pack them per partition, as delta-rs does;
+2. read each bin's files and write one Snappy Parquet file per bin, with statistics computed
+   from the rows (the same JSON shape delta-rs writes, bounds rounded outward);
+3. write the commit (``commitInfo``, ``remove`` and ``add`` actions, all ``dataChange=false``)
+   as ``_delta_log/<v+1>.json`` with put-if-absent: a hard link of a finished temporary file on a
+   local disk, ``If-None-Match: *`` on S3 (the conditional PUT delta-rs itself relies on);
+4. when that version is taken, read the commit that took it: if it removed any of our inputs or
+   changed the schema or protocol, our files are deleted and :class:`CompactionConflict` is
+   raised (the caller may retry on a fresh snapshot); otherwise (blind appends, DML elsewhere)
+   try the next version. A blind append therefore never conflicts with a compaction, and a
+   compaction never removes a file twice.
+
+Tables using writer features whose invariants a plain rewrite could break (column mapping, row
+tracking, clustering, in-commit timestamps, …) return ``None``: the caller then lets delta-rs
+compact with ``max_commit_retries=0``, which only commits at ``v + 1`` and so can never rebase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from matrixos.errors import MatrixOSError
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+# Writer features a compaction written by us honours: none of them constrains how a file is
+# rewritten (appendOnly allows dataChange=false removes; constraints and generated columns hold
+# for the same rows; deletion vectors: only while no file carries one).
+_SAFE_WRITER_FEATURES = frozenset(
+    {
+        "appendOnly",
+        "invariants",
+        "checkConstraints",
+        "generatedColumns",
+        "changeDataFeed",
+        "identityColumns",
+        "timestampNtz",
+        "deletionVectors",
+        "typeWidening",
+        "typeWidening-preview",
+        "vacuumProtocolCheck",
+        "checkpointProtection",
+    }
+)
+# Legacy protocol versions: 5 brings column mapping, 6 identity columns (checked by property).
+_MAX_LEGACY_WRITER = 6
+_CHECKPOINT_INTERVAL = 100  # delta-rs's default ``delta.checkpointInterval``
+
+
+class CompactionConflict(MatrixOSError):
+    """A concurrent commit removed a file this compaction rewrote; nothing was committed."""
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str  # as in the log (URL-encoded)
+    size: int
+    mtime: int
+    partition: dict[str, str | None]
+
+
+def compact(
+    dt: DeltaTable,
+    location: str,
+    storage_options: Mapping[str, str] | None,
+    *,
+    target_size: int,
+) -> dict[str, Any] | None:
+    """Compact ``dt``'s small files and commit; the metrics, or None when the table's features
+    need delta-rs's own writer. Raises :class:`CompactionConflict` when a concurrent commit
+    removed one of the inputs (or changed the schema) first."""
+    if not _supported(dt):
+        return None
+    store = _Store(location, storage_options)
+    read_version = dt.version()
+    bins = _plan(dt, target_size)
+    metrics: dict[str, Any] = {
+        "numFilesAdded": 0,
+        "numFilesRemoved": 0,
+        "partitionsOptimized": 0,
+        "totalConsideredFiles": sum(len(b) for b in bins),
+        "readVersion": read_version,
+    }
+    bins = [b for b in bins if len(b) > 1]
+    if not bins:
+        return metrics
+    schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
+    parts = set(dt.metadata().partition_columns)
+    data_schema = pa.schema([f for f in schema if f.name not in parts])
+    now = int(time.time() * 1000)
+    removes: list[dict[str, Any]] = []
+    adds: list[dict[str, Any]] = []
+    written: list[str] = []
+    try:
+        for files in bins:
+            table = pa.concat_tables(
+                [_conform(store.read_parquet(f.path), data_schema) for f in files]
+            )
+            folder = files[0].path.rpartition("/")[0]
+            name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+            path = f"{folder}/{name}" if folder else name
+            written.append(path)
+            size = store.write_parquet(path, table)
+            adds.append(
+                {
+                    "path": path,
+                    "partitionValues": files[0].partition,
+                    "size": size,
+                    "modificationTime": now,
+                    "dataChange": False,
+                    "stats": json.dumps(_stats(table), separators=(",", ":")),
+                }
+            )
+            removes.extend(
+                {
+                    "path": f.path,
+                    "deletionTimestamp": now,
+                    "dataChange": False,
+                    "extendedFileMetadata": True,
+                    "partitionValues": f.partition,
+                    "size": f.size,
+                }
+                for f in files
+            )
+        metrics.update(
+            numFilesAdded=len(adds),
+            numFilesRemoved=len(removes),
+            partitionsOptimized=len({json.dumps(f[0].partition, sort_keys=True) for f in bins}),
+        )
+        info = {
+            "timestamp": now,
+            "operation": "OPTIMIZE",
+            "operationParameters": {"targetSize": str(target_size), "predicate": "[]"},
+            "operationMetrics": {
+                k: metrics[k] for k in ("numFilesAdded", "numFilesRemoved", "partitionsOptimized")
+            },
+            "readVersion": read_version,
+            "isolationLevel": "SnapshotIsolation",
+            "isBlindAppend": False,
+            "engineInfo": "matrixos",
+            "clientVersion": "matrixos",
+        }
+        body = "\n".join(
+            json.dumps(a, separators=(",", ":"))
+            for a in [
+                {"commitInfo": info},
+                *({"remove": r} for r in removes),
+                *({"add": a} for a in adds),
+            ]
+        )
+        inputs = {r["path"] for r in removes}
+        version = read_version + 1
+        while not store.put_if_absent(_commit_name(version), body.encode()):
+            _check_no_conflict(store, version, inputs)
+            version += 1
+    except BaseException:
+        for path in written:
+            store.remove(path)
+        raise
+    metrics["version"] = version
+    if version % _CHECKPOINT_INTERVAL == 0:
+        _checkpoint(location, storage_options, version)
+    return metrics
+
+
+def _commit_name(version: int) -> str:
+    return f"_delta_log/{version:020d}.json"
+
+
+def _supported(dt: DeltaTable) -> bool:
+    proto = dt.protocol()
+    if proto.min_writer_version > 7:
+        return False
+    if proto.min_writer_version == 7:
+        if not set(proto.writer_features or []) <= _SAFE_WRITER_FEATURES:
+            return False
+    elif proto.min_writer_version > _MAX_LEGACY_WRITER:
+        return False
+    config = dt.metadata().configuration or {}
+    if str(config.get("delta.columnMapping.mode", "none")).lower() != "none":
+        return False
+    return not _has_deletion_vectors(dt)  # rows hidden by a DV must not come back
+
+
+def _plan(dt: DeltaTable, target_size: int) -> list[list[_File]]:
+    """Bins of small files per partition (delta-rs's rule: files below ``target_size``,
+    consecutive in commit order, packed until a bin would exceed ``target_size``)."""
+    actions = pa.table(dt.get_add_actions(flatten=True))  # type: ignore[arg-type]
+    part_cols = [c for c in actions.column_names if c.startswith("partition.")]
+    raw = _raw_partitions(dt)
+    groups: dict[str, list[_File]] = {}
+    for row in actions.to_pylist():
+        path = row["path"]
+        if row["size_bytes"] >= target_size or "://" in path or path.startswith("/"):
+            continue  # big enough, or a file outside the table's folder (left alone)
+        typed = {c[len("partition.") :]: row[c] for c in part_cols}
+        values = {k: _partition_string(v) for k, v in typed.items()}
+        if values and values not in raw:
+            continue  # a partition value we cannot spell exactly as the log does: leave it
+        f = _File(row["path"], int(row["size_bytes"]), int(row["modification_time"]), values)
+        groups.setdefault(json.dumps(values, sort_keys=True), []).append(f)
+    bins: list[list[_File]] = []
+    for files in groups.values():
+        files.sort(key=lambda f: (f.mtime, f.path))
+        current: list[_File] = []
+        size = 0
+        for f in files:
+            if current and size + f.size > target_size:
+                bins.append(current)
+                current, size = [], 0
+            current.append(f)
+            size += f.size
+        if current:
+            bins.append(current)
+    return bins
+
+
+def _raw_partitions(dt: DeltaTable) -> list[dict[str, str | None]]:
+    if not dt.metadata().partition_columns:
+        return []
+    return [dict(p) for p in dt.partitions()]
+
+
+def _has_deletion_vectors(dt: DeltaTable) -> bool:
+    if "deletionVectors" not in set(dt.protocol().reader_features or []):
+        return False
+    return any(batch.num_rows for batch in dt.deletion_vectors())
+
+
+def _partition_string(v: Any) -> str | None:
+    """A partition value spelled as Delta writes it (verified against ``dt.partitions()``)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(v, date):
+        return v.isoformat()
+    return str(v)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The file's rows in the table's current schema: missing (later-added) columns as nulls,
+    narrower (widened) types cast up."""
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+# ------------------------------------------------------------------------------- statistics
+def _stats(table: pa.Table) -> dict[str, Any]:
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, Any] = {}
+    for name in table.column_names:
+        _column_stats(name, table.column(name), mins, maxs, nulls)
+    return {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+
+
+def _column_stats(
+    name: str, col: pa.ChunkedArray, mins: dict, maxs: dict, nulls: dict[str, Any]
+) -> None:
+    t = col.type
+    if pa.types.is_struct(t):
+        arr = col.combine_chunks()
+        sub_min: dict[str, Any] = {}
+        sub_max: dict[str, Any] = {}
+        sub_null: dict[str, Any] = {}
+        for i in range(t.num_fields):
+            child = pc.struct_field(arr, [i])
+            _column_stats(t.field(i).name, pa.chunked_array([child]), sub_min, sub_max, sub_null)
+        nulls[name] = sub_null
+        if sub_min:
+            mins[name] = sub_min
+        if sub_max:
+            maxs[name] = sub_max
+        return
+    nulls[name] = int(col.null_count)
+    if col.null_count == len(col) or not _has_bounds(t):
+        return
+    mm = pc.min_max(col)
+    lo, hi = _render(mm["min"].as_py(), t, up=False), _render(mm["max"].as_py(), t, up=True)
+    if lo is not None and hi is not None:
+        mins[name], maxs[name] = lo, hi
+
+
+def _has_bounds(t: pa.DataType) -> bool:
+    # Decimals, booleans, binary and nested types get no bounds: readers then never skip on
+    # them, which is always correct.
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_date32(t)
+        or pa.types.is_timestamp(t)
+    )
+
+
+def _render(v: Any, t: pa.DataType, *, up: bool) -> Any:
+    """A bound in the log's JSON spelling; timestamps at millisecond precision, rounded outward
+    (delta-rs writes milliseconds)."""
+    if v is None:
+        return None
+    if pa.types.is_floating(t):
+        return float(v) if math.isfinite(v) else None
+    if pa.types.is_timestamp(t):
+        if not isinstance(v, datetime):
+            return None
+        ms = v.replace(microsecond=v.microsecond // 1000 * 1000)
+        if up and ms != v:
+            ms += timedelta(milliseconds=1)
+        if t.tz is None:
+            return ms.strftime("%Y-%m-%d %H:%M:%S.") + f"{ms.microsecond // 1000:03d}"
+        ms = ms.astimezone(UTC)
+        return ms.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms.microsecond // 1000:03d}Z"
+    if isinstance(v, date):
+        return v.isoformat()
+    return v
+
+
+# ------------------------------------------------------------------------- conflict check
+def _check_no_conflict(store: _Store, version: int, inputs: set[str]) -> None:
+    """Raise unless the commit at ``version`` leaves our compaction valid on top of it."""
+    raw = store.read(_commit_name(version))
+    for line in raw.decode().splitlines():
+        if not line.strip():
+            continue
+        action = json.loads(line)
+        if "metaData" in action or "protocol" in action:
+            raise CompactionConflict(
+                f"version {version} changed the table's schema or protocol; compaction dropped"
+            )
+        removed = action.get("remove")
+        if removed is not None and removed.get("path") in inputs:
+            raise CompactionConflict(
+                f"version {version} already removed {removed['path']}, a file this compaction "
+                "rewrote; compaction dropped (committing it would duplicate rows)"
+            )
+
+
+def _checkpoint(location: str, storage_options: Mapping[str, str] | None, version: int) -> None:
+    from deltalake import DeltaTable
+
+    opts = dict(storage_options) if storage_options else None
+    with contextlib.suppress(Exception):  # an optimisation only: a later writer makes one
+        DeltaTable(location, version=version, storage_options=opts).create_checkpoint()
+
+
+# ------------------------------------------------------------------------------ storage
+class _Store:
+    """Files of one table, local or on S3: Parquet in and out, put-if-absent for commits."""
+
+    def __init__(self, location: str, storage_options: Mapping[str, str] | None) -> None:
+        from matrixos.storage.options import StorageOptions
+        from matrixos.storage.warehouse import filesystem_for, is_remote
+
+        self.remote = is_remote(location)
+        self.root = location.split("://", 1)[1] if self.remote else location
+        self.root = self.root.rstrip("/")
+        if self.remote:
+            options = StorageOptions.from_mapping(storage_options)
+            self.fs = filesystem_for(location, options)
+            self.arrow_fs = options.to_pyarrow()
+
+    def _path(self, log_path: str) -> str:
+        return f"{self.root}/{unquote(log_path)}"
+
+    def read_parquet(self, log_path: str) -> pa.Table:
+        if self.remote:
+            return pq.read_table(self._path(log_path), filesystem=self.arrow_fs)
+        return pq.read_table(self._path(log_path))
+
+    def write_parquet(self, log_path: str, table: pa.Table) -> int:
+        path = self._path(log_path)
+        if self.remote:
+            pq.write_table(table, path, filesystem=self.arrow_fs, compression="snappy")
+            return int(self.arrow_fs.get_file_info(path).size)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(table, path, compression="snappy")
+        return os.path.getsize(path)
+
+    def remove(self, log_path: str) -> None:
+        try:
+            if self.remote:
+                self.arrow_fs.delete_file(self._path(log_path))
+            else:
+                os.unlink(self._path(log_path))
+        except OSError:
+            pass  # an orphan: VACUUM removes it
+
+    def read(self, name: str) -> bytes:
+        path = f"{self.root}/{name}"
+        if self.remote:
+            self.fs.invalidate_cache()
+            return bytes(self.fs.cat_file(path))
+        with open(path, "rb") as f:
+            return f.read()
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Write ``name`` unless it exists, atomically; False when it already existed."""
+        path = f"{self.root}/{name}"
+        if self.remote:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        folder = os.path.dirname(path)
+        tmp = os.path.join(folder, f"_commit_{uuid.uuid4().hex}.json.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if ``path`` exists: readers see all of it or nothing
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
