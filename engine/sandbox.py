@@ -42,8 +42,25 @@ _FILE_NODES: tuple[type[exp.Expr], ...] = tuple(
 
 _PATHLIKE = re.compile(r"[/\\:]|\.\.|^~|\.(csv|tsv|parquet|json|ndjson|jsonl|txt|db|gz)$", re.I)
 
-# Functions that MatrixOS itself provides (vector/text search, embed) will be added here.
-PLATFORM_TABLE_FUNCTIONS: frozenset[str] = frozenset()
+# Table functions MatrixOS evaluates itself (``engine.functions``), after this check: their
+# arguments are checked like any other expression before anything is evaluated.
+PLATFORM_TABLE_FUNCTIONS: frozenset[str] = frozenset(
+    {"vector_search", "text_search", "hybrid_search"}
+)
+
+# Statements nested in a query (``SELECT … INTO``, data-modifying CTEs, …) would create or
+# change objects in the engine's own DuckDB database, outside the catalog.
+_STATEMENT_NODES: tuple[type[exp.Expr], ...] = tuple(
+    getattr(exp, n)
+    for n in (
+        "Create", "Drop", "Alter", "Insert", "Update", "Delete", "Merge", "TruncateTable",
+        "Command", "Copy", "Set", "Pragma", "Attach", "Detach", "Use", "Install", "Export",
+        "Transaction", "Commit", "Rollback", "Analyze", "Describe", "Show", "Summarize",
+        "Grant", "Revoke", "Comment", "Kill", "LoadData", "Refresh", "Cache", "Uncache",
+        "Declare", "Execute", "Put", "Get",
+    )
+    if hasattr(exp, n)
+)  # fmt: skip
 
 
 def function_name(node: exp.Expr) -> str:
@@ -61,6 +78,27 @@ def check_query(tree: exp.Expr) -> list[exp.Table]:
     """
     tables: list[exp.Table] = []
     for node in tree.walk():
+        if isinstance(node, exp.Into):
+            raise AccessDenied(
+                "SELECT … INTO is not allowed in user SQL: it would create a table in the "
+                "engine's own database, outside the catalog",
+                sql=node.sql(),
+                hint="create a catalog table with CREATE TABLE name AS SELECT …",
+            )
+        if isinstance(node, _STATEMENT_NODES) and node is not tree:
+            word = str(node.this) if isinstance(node, exp.Command) else type(node).__name__
+            raise AccessDenied(
+                f"a {word.upper()} statement inside a query is not allowed in user SQL",
+                sql=node.sql(),
+            )
+        if isinstance(node, exp.TableFromRows):
+            # Snowflake's TABLE(GENERATOR(…)): a table function under another node type.
+            inner = node.this
+            name = function_name(inner) if isinstance(inner, exp.Expr) else "table"
+            raise AccessDenied(
+                f"table function {name}() is not allowed; user SQL may read only catalog tables",
+                sql=node.sql(),
+            )
         if isinstance(node, _FILE_NODES):
             raise AccessDenied(
                 f"{function_name(node)}() reads files; user SQL may read only catalog tables",
@@ -151,8 +189,14 @@ def locked_connection(
     *,
     threads: int | None = None,
     memory_limit: str | None = None,
+    spill: bool = True,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection that SQL cannot use to leave the sandbox."""
+    """An in-memory DuckDB connection that SQL cannot use to leave the sandbox.
+
+    Every connection user text can reach is made here. DuckDB lets a locked connection write
+    its spill folder, so a connection that never needs to spill (``spill=False``: constant
+    folding, planning over empty inputs) gets none and can touch no file at all.
+    """
     con = duckdb.connect(":memory:")
     settings: list[tuple[str, object]] = [
         ("TimeZone", "UTC"),
@@ -164,7 +208,7 @@ def locked_connection(
     ]
     # Spill files of larger-than-memory sorts, joins and aggregates: a private folder, not
     # DuckDB's default ``.tmp`` in whatever directory the process happens to run in.
-    settings.append(("temp_directory", spill_directory()))
+    settings.append(("temp_directory", spill_directory() if spill else ""))
     if threads:
         settings.append(("threads", threads))
     if memory_limit:

@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,8 @@ class SQLEngine:
         self._lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._allowed: tuple[str, ...] = ()
-        self._consts = locked_connection([])
+        # Constant folding and planning never spill: this connection may touch no file.
+        self._consts = locked_connection([], spill=False)
         self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
 
     def close(self) -> None:
@@ -111,12 +112,21 @@ class SQLEngine:
     def execute(self, sql: str, dialect: str, *, engine: str = "auto") -> Result:
         """Run ``sql``; ``engine`` (``auto``/``local``/``ray``) picks where queries run
         (see ``engine.distributed``)."""
-        statements = self.parse(sql, dialect)
-        if not statements:
-            raise SQLError("empty statement", sql=sql)
-        result: Result | None = None
-        for stmt in statements:
-            result = self._run(stmt, dialect, engine)
+        try:
+            statements = self.parse(sql, dialect)
+            if not statements:
+                raise SQLError("empty statement", sql=sql)
+            result: Result | None = None
+            for stmt in statements:
+                result = self._run(stmt, dialect, engine)
+        except RecursionError as e:
+            # sqlglot parses, checks and generates recursively: ~100 nested parentheses or
+            # subqueries exhaust Python's stack before any statement runs.
+            raise SQLError(
+                "statement nested too deeply to analyse",
+                sql=sql if len(sql) <= 200 else sql[:200] + "…",
+                hint="flatten nested parentheses or subqueries (e.g. into WITH clauses)",
+            ) from e
         assert result is not None
         return result
 
@@ -166,6 +176,9 @@ class SQLEngine:
         self, tree: exp.Expr, *, explain: bool = False, analyze: bool = False, engine: str = "local"
     ) -> Result:
         tree = tree.copy() if explain else tree
+        # Checked before anything in it is evaluated: the platform functions' arguments
+        # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
+        check_query(tree)
         functions = expand_functions(self, tree)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
         bound = self._bind(tree, refs)
@@ -343,10 +356,19 @@ class SQLEngine:
         if alias is None:
             alias = exp.TableAlias(this=exp.to_identifier(node.name))
         stand_in = exp.Table(this=exp.to_identifier(placeholder, quoted=True), alias=alias)
+        # What applies to the rows read (PIVOT, TABLESAMPLE, …) stays with the stand-in; what
+        # selects the rows (time travel, …) was applied in ``_bind`` or refused there.
+        for key in _TABLE_CARRIED:
+            if node.args.get(key):
+                stand_in.set(key, node.args[key])
         stand_in.meta["mx_original"] = node
         node.replace(stand_in)
 
     def _time_travel(self, node: exp.Table) -> tuple[int | None, Any]:
+        _check_table_modifiers(node)
+        when = node.args.get("when")
+        if when is not None:
+            return self._historical(node, when)
         v = node.args.get("version")
         if v is None:
             return None, None
@@ -366,12 +388,53 @@ class SQLEngine:
             value = value.replace(tzinfo=UTC)
         return None, value
 
+    def _historical(self, node: exp.Table, when: exp.Expr) -> tuple[int | None, Any]:
+        """Snowflake's ``AT (VERSION | TIMESTAMP | OFFSET => …)`` and ``BEFORE (VERSION => n)``
+        as Delta/Lance time travel; the rest (``STATEMENT``, ``BEFORE`` a time) has no
+        equivalent and is refused, never ignored."""
+        where = str(when.this).upper()
+        kind = str(when.args.get("kind") or "").upper()
+        text = f"{where} ({kind} => {when.expression.sql(dialect='snowflake')})"
+        if node.args.get("version") is not None:
+            raise SQLError(f"{text} and AS OF on one table reference", sql=node.sql())
+        supported = (where == "AT" and kind in ("VERSION", "TIMESTAMP", "OFFSET")) or (
+            where == "BEFORE" and kind == "VERSION"
+        )
+        if not supported:
+            raise NotSupported(
+                f"time travel {text} is not supported",
+                hint="use AT (VERSION => n), AT (TIMESTAMP => '…'), AT (OFFSET => -seconds) or "
+                "BEFORE (VERSION => n); DESCRIBE HISTORY lists the versions",
+            )
+        value = self._constant(when.expression)
+        if kind == "VERSION":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SQLError(f"{text} needs an integer version", sql=node.sql())
+            return (value - 1 if where == "BEFORE" else value), None
+        if kind == "OFFSET":
+            if not isinstance(value, int | float | Decimal) or isinstance(value, bool):
+                raise SQLError(f"{text} needs a number of seconds", sql=node.sql())
+            return None, datetime.now(UTC) + timedelta(seconds=float(value))
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError as e:
+                raise SQLError(f"{text} needs a timestamp", sql=node.sql()) from e
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if not isinstance(value, datetime):
+            raise SQLError(f"{text} needs a timestamp", sql=node.sql())
+        return None, value if value.tzinfo else value.replace(tzinfo=UTC)
+
     def _constant(self, node: exp.Expr) -> Any:
         if node.find(exp.Column, exp.Query):
             raise SQLError(f"{node.sql()} must be a constant")
         value = _literal_value(node)
         if value is not _NOT_LITERAL:
             return value
+        # Callers check their statements first; checked again here because this connection
+        # runs the expression as it stands.
+        check_query(exp.select(node.copy()))
         try:
             # Through Arrow: DuckDB's own Python conversion of TIMESTAMPTZ needs pytz.
             table = (
@@ -585,6 +648,12 @@ class SQLEngine:
         coldefs: list[exp.ColumnDef] = []
         if isinstance(target, exp.Schema):
             coldefs = [c for c in target.expressions if isinstance(c, exp.ColumnDef)]
+            for c in target.expressions:
+                # ``(a, b INT)`` without AS SELECT: a has no type (it was once skipped)
+                if isinstance(c, exp.Identifier | exp.Column) and not stmt.args.get("expression"):
+                    raise SQLError(
+                        f"column {c.name!r} has no type", hint=f"write it as {c.name} <type>"
+                    )
             target = target.this
         ident = _ident_of(target)
         props = stmt.args.get("properties")
@@ -638,13 +707,22 @@ class SQLEngine:
         return _ok("CREATE TABLE", version=table.version)
 
     def _schema_of(self, coldefs: list[exp.ColumnDef]) -> pa.Schema:
-        casts = ", ".join(
-            f'CAST(NULL AS {c.args["kind"].sql(dialect="duckdb")}) AS "{c.name}"' for c in coldefs
-        )
+        """The Arrow schema of CREATE TABLE's column definitions, as DuckDB types them.
+
+        Built as a tree from the parsed types alone: the user's column names never reach the
+        SQL (positional aliases; the names are put on afterwards).
+        """
+        casts = [
+            exp.alias_(exp.cast(exp.null(), _column_type(c)), f"c{i}", quoted=True)
+            for i, c in enumerate(coldefs)
+        ]
+        select = exp.select(*casts).limit(0)
+        check_query(select)
+        text = select.sql(dialect="duckdb")
         try:
-            schema = self._consts.cursor().sql(f"SELECT {casts} LIMIT 0").to_arrow_table().schema
+            schema = self._consts.cursor().sql(text).to_arrow_table().schema
         except duckdb.Error as e:
-            raise _engine_error(e, casts) from e
+            raise _engine_error(e, text) from e
         fields = []
         for f, c in zip(schema, coldefs, strict=True):
             not_null = any(
@@ -654,7 +732,7 @@ class SQLEngine:
             t = f.type
             if pa.types.is_timestamp(t) and t.tz:  # type: ignore[attr-defined]
                 t = pa.timestamp("us", "UTC")  # Delta refuses DuckDB's "Etc/UTC"
-            fields.append(pa.field(f.name, t, nullable=not not_null))
+            fields.append(pa.field(c.name, t, nullable=not not_null))
         return pa.schema(fields)
 
     def _do_drop(self, stmt: exp.Drop, dialect: str) -> Result:
@@ -1024,6 +1102,54 @@ def _describe_pred(p: Predicate) -> str:
     if p.op == "notnull":
         return f"{p.column} IS NOT NULL"
     return f"{p.column} {p.op.upper()} {p.value!r}"
+
+
+# Table-reference modifiers ``_stand_in`` keeps: they apply to the rows read.
+_TABLE_CARRIED = ("pivots", "sample", "laterals", "joins")
+# Modifiers that would select other rows than the table's current ones and have no meaning
+# here: refused rather than dropped (hints such as T-SQL's NOLOCK change no result).
+_TABLE_REFUSED = {
+    "changes": "CHANGES",
+    "partition": "PARTITION (…)",
+    "format": "FILE_FORMAT",
+    "pattern": "PATTERN",
+    "rows_from": "ROWS FROM",
+    "system_time": "FOR SYSTEM_TIME",
+}
+
+
+def _check_table_modifiers(node: exp.Table) -> None:
+    for key, what in _TABLE_REFUSED.items():
+        if node.args.get(key):
+            raise NotSupported(
+                f"{what} on table {node.name} is not supported", sql=node.sql(dialect="duckdb")
+            )
+
+
+def _column_type(coldef: exp.ColumnDef) -> exp.DataType:
+    """A column definition's type, refused unless every part of it is a built-in type with
+    constant parameters (a user-defined type name is raw text in the generated SQL)."""
+    kind = coldef.args.get("kind")
+    name = coldef.name
+    if not name:
+        raise SQLError("a column name is empty", hint="name every column of CREATE TABLE")
+    if not isinstance(kind, exp.DataType):
+        raise SQLError(f"column {name!r} has no type", hint=f"write it as {name} <type>")
+    for node in kind.walk():
+        if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.USERDEFINED:
+            raise SQLError(
+                f"column {name!r}: unknown type {node.sql(dialect='duckdb')!r}",
+                hint="use a built-in type such as INT, BIGINT, DOUBLE, DECIMAL(p, s), VARCHAR, "
+                "DATE, TIMESTAMP, STRUCT(…), type[]",
+            )
+        if isinstance(node, exp.DataTypeParam) and not isinstance(
+            node.this, exp.Literal | exp.Var | exp.DataType
+        ):
+            raise SQLError(
+                f"column {name!r}: type parameters must be constants, got "
+                f"{node.this.sql(dialect='duckdb')}"
+            )
+    return kind.copy()
 
 
 def _ident_of(node: exp.Expr) -> TableIdent:

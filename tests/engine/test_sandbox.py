@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pytest
 
 import matrixos as mx
-from matrixos.errors import AccessDenied, MatrixOSError, TableNotFound
+from matrixos.errors import AccessDenied, MatrixOSError, SQLError, TableNotFound
 
 # Every refusal message says that something is refused, not just that something failed.
 REFUSED = re.compile(r"not allowed|may (read|name) only", re.I)
@@ -423,9 +424,11 @@ def test_raw_connection_cannot_change_settings(raw: duckdb.DuckDBPyConnection, s
 def test_raw_connection_allows_only_the_warehouse_and_duckdb_spill_folder(
     raw: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    allowed, temp = raw.execute(
+    row = raw.execute(
         "SELECT current_setting('allowed_directories'), current_setting('temp_directory')"
     ).fetchone()
+    assert row is not None
+    allowed, temp = row
     # DuckDB adds its own spill folder (``<cwd>/.tmp`` by default) to the allowed list.
     spill = os.path.abspath(temp).rstrip("/") + "/"
     assert set(allowed) <= {f"{tmp_path / 'wh'}/", spill}
@@ -501,6 +504,13 @@ def test_constant_folding_connection_has_no_file_access_at_all(
         cur.execute(f"SELECT * FROM read_parquet('{files[0]}')").fetchall()
     with pytest.raises(duckdb.InvalidInputException):
         cur.execute("SET enable_external_access = true")
+    # Not even DuckDB's spill folder, which a locked connection may otherwise write.
+    from matrixos.engine.sandbox import spill_directory
+
+    assert cur.execute("SELECT current_setting('allowed_directories')").fetchone() == ([],)
+    with pytest.raises(duckdb.PermissionException):
+        cur.execute(f"COPY (SELECT 1) TO '{spill_directory()}/x.csv'")
+    assert not Path(spill_directory(), "x.csv").exists()
 
 
 def test_larger_than_memory_sort_spills_to_the_private_folder(
@@ -541,3 +551,178 @@ def test_larger_than_memory_sort_spills_to_the_private_folder(
     assert not (tmp_path / ".tmp").exists()
     with pytest.raises(duckdb.Error):
         con.execute("SET temp_directory = '/tmp/elsewhere'")
+
+
+# ------------------------------------- user text on the engine's other DuckDB connections
+# CREATE TABLE's column names and types, and the arguments of the platform's own functions,
+# once reached DuckDB as SQL on the constant-folding connection, where no check looked
+# (issue 9 §2, §3). Each payload below escaped then; now each must change nothing.
+def engine_objects(lh: mx.Lakehouse) -> dict[str, list[Any]]:
+    """What the engine's DuckDB connections hold besides MatrixOS's own registrations.
+
+    (``duckdb_secrets()`` and ``duckdb_extensions()`` read folders under $HOME, which the
+    locked connection may not: secrets are not listed, and extensions show as functions.)"""
+    out: dict[str, list[Any]] = {}
+    engine = lh._engine
+    for name, cur in (("consts", engine._consts.cursor()), ("main", engine._cursor())):
+        try:
+            out[name] = [
+                cur.execute("SELECT database_name FROM duckdb_databases() ORDER BY 1").fetchall(),
+                cur.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name <> 'system'"
+                ).fetchall(),
+                cur.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall(),
+                cur.execute(
+                    "SELECT function_name FROM duckdb_functions() WHERE function_type = 'macro' "
+                    "AND NOT internal"
+                ).fetchall(),
+                # a loaded extension adds functions
+                cur.execute("SELECT count(*) FROM duckdb_functions()").fetchall(),
+            ]
+        finally:
+            cur.close()
+    return out
+
+
+def column_named(payload: str) -> str:
+    return '"' + payload.replace('"', '""') + '"'
+
+
+INJECTED_STATEMENTS = [
+    "COPY (SELECT 'written by user SQL' AS x) TO '{spill}/pwn.csv'",
+    "COPY (SELECT 1 AS x) TO '{out}/pwn.csv'",
+    "SELECT CAST(content AS INT) FROM read_text('{spill}/secret.txt')",
+    "SELECT CAST(current_setting('temp_directory') AS INT)",
+    "SELECT CAST(current_setting('memory_limit') AS INT)",
+    "ATTACH ':memory:' AS pwn",
+    "ATTACH '{spill}/pwn.db' AS pwn2",
+    "CREATE MACRO abs(x) AS 42",
+    "CREATE TABLE pwn AS SELECT 1 AS x",
+    "CREATE SECRET pwn (TYPE s3, KEY_ID 'k', SECRET 'v')",
+]
+
+
+@pytest.mark.parametrize("statement", INJECTED_STATEMENTS)
+def test_create_table_column_name_is_a_name_never_sql(
+    lh: mx.Lakehouse, tmp_path: Path, statement: str
+) -> None:
+    from matrixos.engine.sandbox import spill_directory
+
+    spill = Path(spill_directory())
+    out = tmp_path / "out"
+    out.mkdir()
+    (spill / "secret.txt").write_text("4242")  # readable by DuckDB's spill allowance
+    before = (tree(spill), tree(out), engine_objects(lh))
+    try:
+        payload = 'a" LIMIT 0; ' + statement.format(spill=spill, out=out) + '; SELECT 1 AS "b'
+        lh.sql(f"CREATE TABLE inj ({column_named(payload)} INT, ok INT)")
+        # The name is just a (strange) name: the table has exactly it and can be used.
+        assert lh.table("inj").schema.names == [payload, "ok"]
+        lh.sql("INSERT INTO inj VALUES (1, 2)")
+        assert lh.sql("SELECT * FROM inj").fetchall() == [(1, 2)]
+        assert (tree(spill), tree(out), engine_objects(lh)) == before
+        # A poisoned abs() would fold to 42 and prune every file away.
+        assert lh.sql("SELECT id FROM t WHERE id = abs(-2)").fetchall() == [(2,)]
+    finally:
+        (spill / "secret.txt").unlink()
+
+
+@pytest.mark.parametrize(
+    "coldef",
+    [
+        "\"int; COPY (SELECT 1) TO '/tmp/x.csv'; SELECT 1\"",
+        "mytype",
+        "DECIMAL(getenv('HOME'), 2)",
+        "DECIMAL(length(current_setting('memory_limit')), 2)",
+        "STRUCT(a \"x; ATTACH ':memory:' AS pwn\")",
+    ],
+)
+def test_create_table_column_type_is_a_built_in_type_never_sql(
+    lh: mx.Lakehouse, coldef: str
+) -> None:
+    before = engine_objects(lh)
+    with pytest.raises(SQLError) as info:
+        lh.sql(f"CREATE TABLE inj (a {coldef})")
+    assert "type" in str(info.value) or REFUSED.search(str(info.value)), str(info.value)
+    assert "inj" not in [n.split(".")[-1] for n in lh.tables()]
+    assert engine_objects(lh) == before
+
+
+def test_create_table_odd_but_valid_names_and_types(lh: mx.Lakehouse) -> None:
+    lh.sql(
+        'CREATE TABLE odd ("a b" INT NOT NULL, "x""y" VARCHAR, "; --" DECIMAL(10, 2), '
+        's STRUCT("k""1" INT, v VARCHAR[]), m MAP(VARCHAR, INT))'
+    )
+    schema = lh.table("odd").schema
+    assert schema.names == ["a b", 'x"y', "; --", "s", "m"]
+    assert not schema.field("a b").nullable
+    assert schema.field("; --").type == pa.decimal128(10, 2)
+    assert schema.field("s").type.field(0).name == 'k"1'
+    with pytest.raises(SQLError, match="no type"):
+        lh.sql("CREATE TABLE untyped (a, b INT)")
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.parametrize("fn", ["vector_search", "text_search", "hybrid_search"])
+@pytest.mark.parametrize(
+    ("argument", "what"),
+    [
+        ("k => current_setting('memory_limit')", "current_setting()"),
+        ("k => length(getenv('HOME'))", "getenv()"),
+        ("filter => current_setting('temp_directory')", "current_setting()"),
+        ("k => (SELECT count(*) FROM read_text('/etc/passwd'))", "read_text()"),
+    ],
+)
+def test_platform_function_arguments_are_checked_before_evaluation(
+    box: Box, fn: str, argument: str, what: str, engine: str
+) -> None:
+    # Refused before anything is evaluated, so engine="ray" needs no cluster to refuse.
+    with pytest.raises(AccessDenied) as info:
+        box.lh.sql(f"SELECT * FROM {fn}(t, 'q', {argument})", engine=engine)  # type: ignore[arg-type]
+    assert what in str(info.value), str(info.value)
+    assert "GiB" not in str(info.value) and "matrixos-spill" not in str(info.value)
+
+
+def test_embed_arguments_are_checked_before_evaluation(box: Box) -> None:
+    with pytest.raises(AccessDenied, match=r"current_setting\(\)"):
+        box.lh.sql("SELECT embed(current_setting('temp_directory'))")
+    with pytest.raises(AccessDenied, match=r"getenv\(\)"):
+        box.lh.sql("SELECT embed('x', getenv('HOME'))")
+
+
+@pytest.mark.usefixtures("untouched")
+@pytest.mark.parametrize(
+    ("sql", "dialect"),
+    [
+        ("WITH x AS (SELECT 1) SELECT * INTO x FROM t", None),
+        ("SELECT * INTO y FROM t", None),
+        ("SELECT * INTO TEMP y FROM t", "postgres"),
+        ("SELECT * INTO TEMPORARY y FROM t", "postgres"),
+        ("SELECT * INTO UNLOGGED y FROM t", "postgres"),
+        ("SELECT * INTO #y FROM t", "tsql"),
+        ("SELECT * INTO ##y FROM t", "tsql"),
+        ("SELECT * INTO y FROM t", "tsql"),
+        ("SELECT * FROM (SELECT * INTO y FROM t) s", "tsql"),
+    ],
+)
+def test_select_into_creates_nothing_in_the_engine_database(
+    box: Box, sql: str, dialect: str | None
+) -> None:
+    before = engine_objects(box.lh)
+    err = refused(box.lh, sql, dialect)
+    assert "INTO" in str(err) and "CREATE TABLE" in str(err), str(err)
+    assert engine_objects(box.lh) == before
+
+
+@pytest.mark.usefixtures("untouched")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM TABLE(GENERATOR(ROWCOUNT => 5))",
+        "SELECT seq4() FROM TABLE(GENERATOR(ROWCOUNT => 1000000000))",
+        "SELECT * FROM t, TABLE(GENERATOR(ROWCOUNT => 3))",
+    ],
+)
+def test_snowflake_generator_is_a_table_function(box: Box, sql: str) -> None:
+    err = refused(box.lh, sql, "snowflake")
+    assert "generator()" in str(err), str(err)
