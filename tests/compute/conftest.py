@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 
 from matrixos._filelock import locked
+from matrixos._ray_nodes import session_pids, stop_sessions
 from matrixos.compute import ComputePool, ensure_token, free_port, node_env, ray_start_command
 from matrixos.config import Settings
 
@@ -118,22 +118,6 @@ class RayCluster:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def _session_members(sid: int) -> list[int]:
-    """Processes of session ``sid`` (a node's `ray start` and everything it spawned)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
 def _alive_pid(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -143,19 +127,7 @@ def _alive_pid(pid: int) -> bool:
 
 
 def _stop_nodes(nodes: list[Node]) -> None:
-    for node in nodes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(node.pid, signal.SIGTERM)  # `ray start --block` stops its processes
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_session_members(n.pid) for n in nodes):
-        time.sleep(0.2)
-    for node in nodes:
-        for pid in _session_members(node.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    for node in nodes:  # reap our own children
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(node.pid, os.WNOHANG)
+    stop_sessions([n.pid for n in nodes])  # `ray start --block` stops its processes
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -284,7 +256,7 @@ def _wait_nodes(cluster: RayCluster) -> None:
 
 
 def _alive(cluster: RayCluster) -> bool:
-    return all(_session_members(n.pid) for n in cluster.nodes)
+    return all(session_pids(n.pid) for n in cluster.nodes)
 
 
 @pytest.fixture(scope="session")
