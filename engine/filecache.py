@@ -329,10 +329,9 @@ def _alive(pid: int) -> bool:
 
 
 def _s3fs(options: StorageOptions | None) -> Any:
-    import s3fs
+    from matrixos.storage.options import StorageOptions
 
-    kwargs = options.to_s3fs() if options is not None else {}
-    return s3fs.S3FileSystem(**kwargs)  # fsspec keeps one instance per arguments
+    return (options or StorageOptions.from_mapping(None)).s3fs()
 
 
 @cache

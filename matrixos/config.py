@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from matrixos.errors import ConfigError
+from matrixos.storage.options import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_TIMEOUT,
+)
 
 
 class Settings(BaseSettings):
@@ -92,8 +102,78 @@ class Settings(BaseSettings):
     )
     duckdb_threads: int | None = None
     duckdb_memory_limit: str | None = None
+    # object_store's defaults (30 s per request, 10 retries for up to 3 minutes) left a stalled
+    # endpoint hanging a create_table for 3 minutes; these fail within about a minute.
+    storage_connect_timeout: float = Field(
+        default=DEFAULT_CONNECT_TIMEOUT,
+        gt=0,
+        description="Seconds to wait for a connection to the object store.",
+    )
+    storage_request_timeout: float = Field(
+        default=DEFAULT_REQUEST_TIMEOUT,
+        gt=0,
+        description="Seconds one object-store request may take (a large GET included).",
+    )
+    storage_max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES,
+        ge=0,
+        description="Retries of a failed object-store request.",
+    )
+    storage_retry_timeout: float = Field(
+        default=DEFAULT_RETRY_TIMEOUT,
+        gt=0,
+        description="Seconds after a request's first try when no more retries start.",
+    )
+
+    def storage_limits(self) -> dict[str, Any]:
+        """The timeouts and retries, as ``StorageOptions`` fields."""
+        return {
+            "connect_timeout": self.storage_connect_timeout,
+            "request_timeout": self.storage_request_timeout,
+            "max_retries": self.storage_max_retries,
+            "retry_timeout": self.storage_retry_timeout,
+        }
 
 
 def resolve_settings(**overrides: Any) -> Settings:
-    """Settings from the environment with the non-``None`` ``overrides`` applied."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment with the non-``None`` ``overrides`` applied.
+
+    Raises:
+        ConfigError: an unknown setting (naming the closest valid one) or an invalid value.
+    """
+    check_names(overrides, Settings.model_fields, what="setting")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"{name} (MATRIXOS_{name.upper()}): {err['msg']}")
+        raise ConfigError(
+            "invalid setting " + "; ".join(problems),
+            hint="fix the argument or the environment variable",
+        ) from None
+
+
+def check_names(given: Iterable[str], valid: Iterable[str], *, what: str) -> None:
+    """Raise ``ConfigError`` for the first name in ``given`` not in ``valid``, suggesting the
+    closest valid one.
+
+    Example:
+        >>> check_names(["catalog"], ["catalog_url", "compute"], what="argument")
+        Traceback (most recent call last):
+        ...
+        matrixos.errors.ConfigError: unknown argument 'catalog'; did you mean 'catalog_url'?
+        Hint: valid arguments: catalog_url, compute
+    """
+    names = sorted(valid)
+    for name in given:
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        if not close:  # "catalog" is a prefix of "catalog_url", which difflib scores low
+            close = [n for n in names if n.startswith(name) or name.startswith(n)][:1]
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown {what} {name!r}{guess}", hint=f"valid {what}s: {', '.join(names)}"
+        )

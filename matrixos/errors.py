@@ -132,10 +132,45 @@ class IngestError(MatrixOSError, ValueError):
         self.col = col
 
 
+class WarehouseNotFound(MatrixOSError, LookupError):
+    """No warehouse at the given location (reading commands never create one)."""
+
+    sqlstate = "3D000"
+
+
+class VersionNotFound(MatrixOSError, LookupError):
+    """A table has no such version (time travel past its history)."""
+
+    sqlstate = "22023"
+
+
 class StorageError(MatrixOSError, OSError):
-    """The warehouse's storage could not be reached or read."""
+    """The warehouse's storage could not be reached or read.
+
+    Carries what was being done (``operation``), where (``location``, ``bucket``,
+    ``endpoint``) when known; ``detail`` is the storage library's message on one line (the
+    library's error itself is the ``__cause__``).
+    """
 
     sqlstate = "58030"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        operation: str | None = None,
+        location: str | None = None,
+        bucket: str | None = None,
+        endpoint: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.detail = detail
+        self.operation = operation
+        self.location = location
+        self.bucket = bucket
+        self.endpoint = endpoint
 
 
 class BatchError(MatrixOSError, RuntimeError):
@@ -175,5 +210,7 @@ __all__ = [
     "StorageError",
     "TableExists",
     "TableNotFound",
+    "VersionNotFound",
     "VolumeNotFound",
+    "WarehouseNotFound",
 ]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
@@ -36,11 +37,12 @@ from matrixos.errors import (
     MatrixOSError,
     NotSupported,
     SchemaMismatch,
-    StorageError,
+    SQLError,
     TableExists,
     TableNotFound,
 )
 from matrixos.storage._delta_compaction import CompactionConflict, compact
+from matrixos.storage._errors import is_storage_failure, storage_error
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,10 @@ class DeltaStore:
 
     # -- reading ----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return bool(DeltaTable.is_deltatable(self.location, self.storage_options))
+        try:
+            return bool(DeltaTable.is_deltatable(self.location, self.storage_options))
+        except Exception as e:
+            raise _translate(e, f"cannot look for a Delta table at {self.location}", self) from e
 
     def open(
         self, version: int | None = None, timestamp: datetime | str | None = None
@@ -116,7 +121,7 @@ class DeltaStore:
         except DeltaProtocolError as e:
             raise NotSupported(f"Delta table at {self.location}: {e}") from e
         except (DeltaError, OSError, ValueError) as e:
-            raise _translate(e, f"cannot open Delta table at {self.location}") from e
+            raise _translate(e, f"cannot open Delta table at {self.location}", self) from e
         check_readable(dt)
         return dt
 
@@ -208,7 +213,7 @@ class DeltaStore:
         except MatrixOSError:
             raise
         except Exception as e:
-            raise _translate(e, f"cannot create table at {self.location}") from e
+            raise _translate(e, f"cannot create table at {self.location}", self) from e
         return WriteResult(0, {})
 
     def append(
@@ -304,6 +309,7 @@ class DeltaStore:
         missing = [k for k in on if k not in source.column_names or k not in schema.names]
         if missing:
             raise SchemaMismatch(f"merge key column(s) {missing} missing from the table or data")
+        check_merge_source(source, on, inserts=when_not_matched == "insert")
         predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in on)
 
         def run(dt: DeltaTable) -> dict[str, Any]:
@@ -389,7 +395,7 @@ class DeltaStore:
                     except MatrixOSError:
                         raise
                     except Exception as e:
-                        raise _translate(e, f"{op} on {self.location} failed") from e
+                        raise _translate(e, f"{op} on {self.location} failed", self) from e
                     # ``dt`` stands at our commit (see _write): its version is ours.
                     return WriteResult(dt.version(), dict(metrics or {}))
         except RetryError as e:
@@ -461,7 +467,7 @@ class DeltaStore:
                 )
             )
         except Exception as e:
-            raise _translate(e, f"vacuum of {self.location} failed") from e
+            raise _translate(e, f"vacuum of {self.location} failed", self) from e
 
     def small_files(self, dt: DeltaTable | None = None) -> int:
         dt = dt or self.open()
@@ -555,7 +561,10 @@ def conform(table: pa.Table, schema: pa.Schema, *, evolve: bool, overwrite: bool
         if f.name in table.column_names:
             have = table.schema.field(f.name).type
             if have != f.type and not _castable(table.column(f.name), f.type):
-                conflicts.append(f"{f.name!r} is {f.type} in the table but {have} in the data")
+                conflicts.append(
+                    f"{f.name!r} is {f.type} in the table but {have} in the data"
+                    + (" (never converted to text)" if _is_text(f.type) else "")
+                )
     if conflicts:
         raise SchemaMismatch(
             "type conflict: " + "; ".join(conflicts) + "; nothing was written",
@@ -565,19 +574,63 @@ def conform(table: pa.Table, schema: pa.Schema, *, evolve: bool, overwrite: bool
     return cast_to(table, pa.schema(fields))
 
 
+def check_merge_source(source: pa.Table, keys: Sequence[str], *, inserts: bool) -> None:
+    """Refuse a merge source whose rows are ambiguous on the key columns ``keys``.
+
+    As Databricks does: two source rows with one key would both update (or delete) the same
+    target row, or both be inserted, so the result would depend on row order. A NULL key
+    matches no row, so with inserts it would add a new row on every run of the same merge.
+    Raises ``SQLError`` (SQLSTATE 21506, "cardinality violation") naming the key and rows.
+    """
+    if not keys or source.num_rows == 0:
+        return
+    if inserts:
+        for k in keys:
+            col = source.column(k)
+            if col.null_count:
+                row = pc.index(pc.is_null(col), True).as_py()
+                raise SQLError(
+                    f"merge key {k!r} is NULL in source row {row + 1}: a NULL key matches no "
+                    "row, so the row would be inserted again on every run",
+                    sqlstate="21506",
+                    hint=f"filter the source on {k} IS NOT NULL, or append such rows",
+                )
+    if source.num_rows < 2:
+        return
+    counts = source.select(list(keys)).group_by(list(keys)).aggregate([([], "count_all")])
+    dup = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if dup.num_rows:
+        first = dup.slice(0, 1).to_pylist()[0]
+        n = first.pop("count_all")
+        key = ", ".join(f"{k}={v!r}" for k, v in first.items())
+        more = f" (and {dup.num_rows - 1} more repeated keys)" if dup.num_rows > 1 else ""
+        raise SQLError(
+            f"{n} source rows have the same merge key {key}{more}: each target row may be "
+            "matched, and each key inserted, by one source row only",
+            sqlstate="21506",
+            hint="deduplicate the source first (e.g. keep the latest row per key)",
+        )
+
+
 def _castable(col: pa.ChunkedArray, target: pa.DataType) -> bool:
+    # Never silently turn text into numbers or numbers (dates, booleans…) into text: Arrow
+    # casts both ways, and 7 appended to a string column would be stored as '7'. A column
+    # of nulls only (type null) fits anything.
+    have = col.type
+    if not pa.types.is_null(have) and _is_text(have) != _is_text(target):
+        return False
     try:
         col.cast(target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return False
-    # Never silently turn text into numbers or numbers into text.
-    have = col.type
-    return not (pa.types.is_string(have) or pa.types.is_large_string(have)) or (
-        pa.types.is_string(target) or pa.types.is_large_string(target)
-    )
+    return True
 
 
-def _translate(e: Exception, what: str) -> MatrixOSError:
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _translate(e: Exception, what: str, store: DeltaStore | None = None) -> MatrixOSError:
     if isinstance(e, MatrixOSError):
         return e
     if isinstance(e, SchemaMismatchError):
@@ -590,8 +643,10 @@ def _translate(e: Exception, what: str) -> MatrixOSError:
         isinstance(e, DeltaError) and "Unsupported" in str(e)  # delta-kernel's refusals
     ):
         return NotSupported(f"{what}: {e}")
-    if isinstance(e, OSError):
-        return StorageError(f"{what}: {e}")
+    if is_storage_failure(e):
+        location = store.location if store is not None else what
+        endpoint = (store.storage_options or {}).get("AWS_ENDPOINT_URL") if store else None
+        return storage_error(e, what, location, endpoint=endpoint)
     from matrixos.errors import SQLError
 
     return SQLError(f"{what}: {e}")

@@ -22,12 +22,12 @@ from matrixos.errors import (
     NotSupported,
     SchemaMismatch,
     SQLError,
-    StorageError,
     TableExists,
     TableNotFound,
 )
+from matrixos.storage._errors import is_storage_failure, storage_error
 from matrixos.storage.arrow import to_arrow_table
-from matrixos.storage.delta import WriteResult, cast_to, conform
+from matrixos.storage.delta import WriteResult, cast_to, check_merge_source, conform
 
 if TYPE_CHECKING:
     from lance import LanceDataset
@@ -93,9 +93,9 @@ class LanceStore:
         except ValueError as e:
             if "not found" in str(e).lower():
                 raise TableNotFound(f"no Lance table at {self.location}") from e
-            raise _translate(e, f"cannot open Lance table at {self.location}") from e
+            raise _translate(e, f"cannot open Lance table at {self.location}", self) from e
         except Exception as e:
-            raise _translate(e, f"cannot open Lance table at {self.location}") from e
+            raise _translate(e, f"cannot open Lance table at {self.location}", self) from e
         if timestamp is not None:
             ds = ds.checkout_version(self._version_as_of(ds, timestamp))
         return ds
@@ -197,7 +197,7 @@ class LanceStore:
         except MatrixOSError:
             raise
         except Exception as e:
-            raise _translate(e, f"cannot create table at {self.location}") from e
+            raise _translate(e, f"cannot create table at {self.location}", self) from e
         return WriteResult(int(ds.version), {"num_added_rows": table.num_rows})
 
     def append(
@@ -221,7 +221,7 @@ class LanceStore:
                 transaction_properties={**(commit_metadata or {}), "matrixos.operation": "WRITE"},
             )
         except Exception as e:
-            raise _translate(e, f"append to {self.location} failed") from e
+            raise _translate(e, f"append to {self.location} failed", self) from e
         result = WriteResult(int(ds.version), {"num_added_rows": table.num_rows})
         self.maybe_autocompact(ds)
         return result
@@ -255,7 +255,7 @@ class LanceStore:
                 transaction_properties={**(commit_metadata or {}), "matrixos.operation": "WRITE"},
             )
         except Exception as e:
-            raise _translate(e, f"overwrite of {self.location} failed") from e
+            raise _translate(e, f"overwrite of {self.location} failed", self) from e
         return WriteResult(int(ds.version), {"num_added_rows": table.num_rows})
 
     def merge(
@@ -277,6 +277,7 @@ class LanceStore:
         missing = [k for k in on if k not in source.column_names]
         if missing:
             raise SchemaMismatch(f"merge key column(s) {missing} missing from the table or data")
+        check_merge_source(source, on, inserts=when_not_matched == "insert")
         if evolve:
             ds = self.open()
         builder = ds.merge_insert(list(on)).conflict_retries(max(self.commit_retries, 0))
@@ -294,7 +295,7 @@ class LanceStore:
                 metrics = builder.execute(source)
                 version = int(ds.version)  # execute moves ``ds`` to the version it committed
         except Exception as e:
-            raise _translate(e, f"merge into {self.location} failed") from e
+            raise _translate(e, f"merge into {self.location} failed", self) from e
         if metrics.get("num_inserted_rows") and version > read_version + 1:
             # Another writer committed meanwhile. Lance does not detect two merges inserting
             # the same new key (lance-format/lance#4585 without a non-null primary key), so
@@ -373,7 +374,7 @@ class LanceStore:
                 conflict_retries=max(self.commit_retries, 0),
             )
         except Exception as e:
-            raise _translate(e, f"delete from {self.location} failed") from e
+            raise _translate(e, f"delete from {self.location} failed", self) from e
         return WriteResult(int(ds.version), dict(metrics or {}))
 
     def update(self, updates: Mapping[str, str], where: str | None = None) -> WriteResult:
@@ -391,7 +392,7 @@ class LanceStore:
                 conflict_retries=max(self.commit_retries, 0),
             )
         except Exception as e:
-            raise _translate(e, f"update of {self.location} failed") from e
+            raise _translate(e, f"update of {self.location} failed", self) from e
         return WriteResult(int(ds.version), dict(metrics or {}))
 
     def _conform(self, ds: LanceDataset, table: pa.Table, *, evolve: bool) -> pa.Table:
@@ -403,7 +404,7 @@ class LanceStore:
             try:
                 ds.add_columns([pa.field(f.name, f.type, nullable=True) for f in new])
             except Exception as e:
-                raise _translate(e, f"cannot add column(s) to {self.location}") from e
+                raise _translate(e, f"cannot add column(s) to {self.location}", self) from e
         return table
 
     # -- maintenance ------------------------------------------------------------------------
@@ -418,7 +419,7 @@ class LanceStore:
             if ds.list_indices():
                 ds.optimize.optimize_indices()
         except Exception as e:
-            raise _translate(e, f"optimize of {self.location} failed") from e
+            raise _translate(e, f"optimize of {self.location} failed", self) from e
         return {
             "fragments_removed": int(getattr(stats, "fragments_removed", 0)),
             "fragments_added": int(getattr(stats, "fragments_added", 0)),
@@ -449,7 +450,7 @@ class LanceStore:
             try:
                 ds.cleanup_old_versions(older_than=timedelta(hours=hours), delete_unverified=True)
             except Exception as e:
-                raise _translate(e, f"vacuum of {self.location} failed") from e
+                raise _translate(e, f"vacuum of {self.location} failed", self) from e
         return [f"version {v}" for v in sorted(doomed)]
 
     def maybe_autocompact(self, ds: LanceDataset | None = None) -> dict[str, Any] | None:
@@ -506,7 +507,7 @@ def _aware(ts: Any) -> datetime:
     return ts.astimezone(UTC) if ts.tzinfo is None else ts
 
 
-def _translate(e: Exception, what: str) -> MatrixOSError:
+def _translate(e: Exception, what: str, store: LanceStore | None = None) -> MatrixOSError:
     if isinstance(e, MatrixOSError):
         return e
     msg = str(e).split(", /")[0].split(", location:")[0]  # drop Rust source locations
@@ -519,6 +520,8 @@ def _translate(e: Exception, what: str) -> MatrixOSError:
         return ConcurrentWriteError(f"{what}: {msg}")
     if "invalid user input" in low or "sql" in low or "no field named" in low:
         return SQLError(f"{what}: {msg}")
-    if isinstance(e, OSError):
-        return StorageError(f"{what}: {msg}")
+    if is_storage_failure(e) or "lanceerror(io)" in low:
+        location = store.location if store is not None else what
+        endpoint = (store.storage_options or {}).get("aws_endpoint_url") if store else None
+        return storage_error(e, what, location, endpoint=endpoint)
     return SQLError(f"{what}: {msg}")

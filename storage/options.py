@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from matrixos.errors import ConfigError
 
@@ -24,14 +26,32 @@ _KEYS = {
 }
 _TRUE = {"1", "true", "yes", "on"}
 
+# deltalake's and lance's spellings of the client limits, mapped to our fields.
+_LIMIT_KEYS = {
+    "timeout": "request_timeout",
+    "connect_timeout": "connect_timeout",
+    "max_retries": "max_retries",
+    "client_max_retries": "max_retries",
+    "retry_timeout": "retry_timeout",
+    "client_retry_timeout": "retry_timeout",
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+# Seconds (retries: a count). Settings.storage_* default to these; see matrixos/config.py.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_TIMEOUT = 60.0
+
 
 class StorageOptions(BaseModel):
     """S3-compatible credentials and endpoint; secrets never appear in ``repr``.
 
     Example:
         >>> o = StorageOptions.from_mapping({"AWS_REGION": "eu-west-1"}, env={})
-        >>> o.to_delta()
-        {'AWS_REGION': 'eu-west-1'}
+        >>> o.to_delta()["AWS_REGION"], o.to_delta()["timeout"]
+        ('eu-west-1', '30000ms')
     """
 
     model_config = ConfigDict(frozen=True)
@@ -42,12 +62,25 @@ class StorageOptions(BaseModel):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     allow_http: bool | None = None
+    # How long to wait, and how often to retry, before a request fails with StorageError.
+    connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    request_timeout: float = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    retry_timeout: float = Field(default=DEFAULT_RETRY_TIMEOUT, gt=0)
 
     @classmethod
     def from_mapping(
-        cls, options: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None
+        cls,
+        options: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **limits: Any,
     ) -> StorageOptions:
-        """Options from deltalake-style keys; missing ones fall back to ``AWS_*`` variables."""
+        """Options from deltalake-style keys; missing ones fall back to ``AWS_*`` variables.
+
+        ``limits``: ``connect_timeout``, ``request_timeout``, ``retry_timeout`` (seconds) and
+        ``max_retries`` (see ``Settings.storage_*``).
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for key, name in _KEYS.items():
@@ -55,11 +88,15 @@ class StorageOptions(BaseModel):
                 values[name] = env[key]
         for key, value in (options or {}).items():
             upper = key.upper()
+            limit = _LIMIT_KEYS.get(key.lower())
+            if limit is not None:  # what to_delta()/to_lance() render reads back
+                limits.setdefault(limit, _seconds(key, value) if limit != "max_retries" else value)
+                continue
             field = _KEYS.get(upper) or _KEYS.get("AWS_" + upper)
             if field is None:
                 raise ConfigError(
                     f"unknown storage option {key!r}",
-                    hint="use one of " + ", ".join(sorted(set(_KEYS))),
+                    hint="use one of " + ", ".join(sorted({*_KEYS, *_LIMIT_KEYS})),
                 )
             values[field] = value
         if isinstance(values.get("allow_http"), str):
@@ -68,14 +105,13 @@ class StorageOptions(BaseModel):
             "http://"
         ):
             values["allow_http"] = True
-        return cls(**values)
+        return cls(**values, **limits)
 
     def _secret(self, name: str) -> str | None:
         value = getattr(self, name)
         return value.get_secret_value() if value is not None else None
 
-    def to_delta(self) -> dict[str, str]:
-        """deltalake / object_store keys (conditional PUT is its default on S3)."""
+    def _credentials(self) -> dict[str, str]:
         out = {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_REGION": self.region,
@@ -86,9 +122,27 @@ class StorageOptions(BaseModel):
         }
         return {k: v for k, v in out.items() if v is not None}
 
+    def to_delta(self) -> dict[str, str]:
+        """deltalake / object_store keys (conditional PUT is its default on S3), with the
+        client's timeouts and retry policy."""
+        return {
+            **self._credentials(),
+            "timeout": _duration(self.request_timeout),
+            "connect_timeout": _duration(self.connect_timeout),
+            "max_retries": str(self.max_retries),
+            "retry_timeout": _duration(self.retry_timeout),
+        }
+
     def to_lance(self) -> dict[str, str]:
-        """lance / lancedb keys: the same names in lower case."""
-        return {k.lower(): v for k, v in self.to_delta().items()}
+        """lance / lancedb keys: the same names in lower case; lance spells the retry policy
+        ``client_max_retries`` / ``client_retry_timeout`` (whole seconds)."""
+        return {
+            **{k.lower(): v for k, v in self._credentials().items()},
+            "timeout": _duration(self.request_timeout),
+            "connect_timeout": _duration(self.connect_timeout),
+            "client_max_retries": str(self.max_retries),
+            "client_retry_timeout": str(max(1, math.ceil(self.retry_timeout))),
+        }
 
     def to_s3fs(self) -> dict[str, Any]:
         """Keyword arguments for ``s3fs.S3FileSystem``."""
@@ -97,7 +151,14 @@ class StorageOptions(BaseModel):
             client["endpoint_url"] = self.endpoint_url
         if self.region:
             client["region_name"] = self.region
-        out: dict[str, Any] = {"client_kwargs": client}
+        out: dict[str, Any] = {
+            "client_kwargs": client,
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout,
+                "read_timeout": self.request_timeout,
+                "retries": {"max_attempts": self.max_retries + 1, "mode": "standard"},
+            },
+        }
         if self.access_key_id:
             out["key"] = self.access_key_id
             out["secret"] = self._secret("secret_access_key")
@@ -105,11 +166,27 @@ class StorageOptions(BaseModel):
                 out["token"] = self._secret("session_token")
         return out
 
+    def s3fs(self) -> Any:
+        """An ``s3fs.S3FileSystem`` for these options (fsspec keeps one per options).
+
+        s3fs retries a timed-out request 5 times around botocore's own retries: a stalled
+        endpoint then took (retries + 1) x 5 x the timeout. Here botocore alone retries.
+        """
+        import fsspec
+
+        fs = fsspec.filesystem("s3", **self.to_s3fs())
+        fs.retries = 1
+        return fs
+
     def to_pyarrow(self) -> Any:
         """A ``pyarrow.fs.S3FileSystem`` for these options (used to scan Parquet on S3)."""
         from pyarrow import fs as pafs
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "request_timeout": self.request_timeout,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.max_retries + 1),
+        }
         if self.endpoint_url:
             scheme, _, rest = self.endpoint_url.partition("://")
             kwargs["endpoint_override"] = rest or scheme
@@ -122,3 +199,20 @@ class StorageOptions(BaseModel):
             if self.session_token:
                 kwargs["session_token"] = self._secret("session_token")
         return pafs.S3FileSystem(**kwargs)
+
+
+def _seconds(key: str, value: Any) -> float:
+    """Seconds from a number or an object_store duration (``500ms``, ``30s``, ``2m``)."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if m is None:
+        raise ConfigError(
+            f"storage option {key}={value!r} is not a duration", hint="write e.g. 30s or 500ms"
+        )
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _duration(seconds: float) -> str:
+    """object_store's duration syntax, in milliseconds: ``30000ms``."""
+    return f"{max(1, round(seconds * 1000))}ms"

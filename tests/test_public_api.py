@@ -71,8 +71,16 @@ def test_storage_options_render_and_hide_secrets() -> None:
         "AWS_ACCESS_KEY_ID": "AKIA",
         "AWS_SECRET_ACCESS_KEY": "s3cr3t",
         "AWS_ALLOW_HTTP": "true",
+        "timeout": "30000ms",
+        "connect_timeout": "5000ms",
+        "max_retries": "3",
+        "retry_timeout": "60000ms",
     }
     assert o.to_lance()["aws_secret_access_key"] == "s3cr3t"
+    assert o.to_lance()["client_retry_timeout"] == "60"
+    # what deltalake and lance are given reads back as the same options
+    assert StorageOptions.from_mapping(o.to_delta(), env={}) == o
+    assert StorageOptions.from_mapping(o.to_lance(), env={}) == o
     s3fs = o.to_s3fs()
     assert s3fs["client_kwargs"] == {
         "endpoint_url": "http://127.0.0.1:9000",
@@ -83,6 +91,38 @@ def test_storage_options_render_and_hide_secrets() -> None:
 
 def test_storage_options_fall_back_to_env() -> None:
     o = StorageOptions.from_mapping({}, env={"AWS_REGION": "us-west-2", "AWS_ACCESS_KEY_ID": "k"})
-    assert o.to_delta() == {"AWS_REGION": "us-west-2", "AWS_ACCESS_KEY_ID": "k"}
+    assert o.to_delta()["AWS_REGION"] == "us-west-2"
+    assert o.to_delta()["AWS_ACCESS_KEY_ID"] == "k"
+    assert "AWS_ENDPOINT_URL" not in o.to_delta()
     with pytest.raises(MatrixOSError, match="unknown storage option"):
         StorageOptions.from_mapping({"AWS_NOPE": "x"}, env={})
+
+
+def test_connect_names_an_unknown_argument(tmp_path, monkeypatch) -> None:
+    from matrixos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown argument 'catalog'; did you mean 'catalog_url'"):
+        mx.connect(str(tmp_path), catalog=f"sqlite:///{tmp_path}/c.db")
+    with pytest.raises(ConfigError, match="did you mean 'storage_options'") as err:
+        mx.connect(str(tmp_path), storage_option={})
+    assert err.value.hint is not None and "catalog_url" in err.value.hint
+    # a bad value names the setting and its environment variable, not pydantic
+    with pytest.raises(ConfigError, match="storage_request_timeout") as err:
+        mx.connect(str(tmp_path), storage_request_timeout=-1)
+    assert "MATRIXOS_STORAGE_REQUEST_TIMEOUT" in str(err.value)
+    monkeypatch.setenv("MATRIXOS_STORAGE_MAX_RETRIES", "many")
+    with pytest.raises(ConfigError, match="MATRIXOS_STORAGE_MAX_RETRIES"):
+        mx.connect(str(tmp_path))
+
+
+def test_storage_limits_reach_every_client(tmp_path) -> None:
+    lh = mx.connect(
+        str(tmp_path), storage_request_timeout=7, storage_connect_timeout=2, storage_max_retries=1
+    )
+    o = lh.warehouse.options
+    assert (o.request_timeout, o.connect_timeout, o.max_retries) == (7, 2, 1)
+    assert o.to_delta()["timeout"] == "7000ms" and o.to_delta()["max_retries"] == "1"
+    assert o.to_lance()["connect_timeout"] == "2000ms" and o.to_lance()["client_max_retries"] == "1"
+    cfg = o.to_s3fs()["config_kwargs"]
+    assert (cfg["read_timeout"], cfg["retries"]["max_attempts"]) == (7, 2)
+    lh.close()
