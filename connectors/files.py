@@ -276,7 +276,22 @@ def _read_one(
         return _Source(path, fmt, _read_parquet(fs, path, data))
     if fmt in ("csv", "tsv"):
         return _Source(path, fmt, _read_csv(path, data, _delimiter(fmt), schema), data)
-    return _read_json(path, data, fmt)
+    try:
+        source = _read_json(path, data, fmt)
+    except RecursionError as exc:
+        # Python's json module (used to locate errors) recurses once per nesting level.
+        raise IngestError(
+            "JSON nested too deeply to read",
+            path=path,
+            hint="flatten the structure, or store the deep part as a JSON string",
+        ) from exc
+    if "" in source.table.column_names:
+        raise IngestError(
+            'a JSON object has a member with an empty name ("")',
+            path=path,
+            hint="name every member: an empty column name cannot be queried",
+        )
+    return source
 
 
 def _decompress(path: str, raw: bytes, codec: str) -> bytes:
@@ -337,8 +352,26 @@ def _read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) 
             convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
         )
     except _ARROW_ERRORS as exc:
+        if _may_leave_a_quote_open(body, delimiter):
+            _refuse_unterminated_quote(path, body, delimiter)
         raise _locate_csv_error(path, data, delimiter, str(exc)) from None
+    # pyarrow reads an unterminated quote as a field running to the end of the file (one
+    # row where there were many, no error).
+    if _may_leave_a_quote_open(body, delimiter):
+        _refuse_unterminated_quote(path, body, delimiter)
     names = table.column_names
+    if "" in names:
+        # Refused rather than auto-named (DuckDB's ``column1``): a made-up name would not
+        # match the column of an existing table the rows are appended to, and a table with
+        # an empty column name cannot be queried at all.
+        line = next(_csv_records(_decode(data), delimiter))[0]
+        raise IngestError(
+            f"header field {names.index('') + 1} has no column name",
+            path=path,
+            line=line,
+            col=names.index("") + 1,
+            hint="name every column in the header line",
+        )
     if len(set(names)) != len(names):
         seen: set[str] = set()
         for i, name in enumerate(names):
@@ -349,6 +382,72 @@ def _read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) 
                 )
             seen.add(name)
     return table
+
+
+def _may_leave_a_quote_open(body: bytes, delimiter: str) -> bool:
+    """Whether the exact (slower) scan for an unterminated quote is needed.
+
+    Quoted fields hold an even number of quote characters (opening, closing, doubled ones
+    inside), so with no quote in the middle of a bare field (``5"3``, text to pyarrow) an
+    odd count is exactly an open quote. A mid-field quote, found here by one regular
+    expression over the text without its ``""`` pairs, sends the file to the scan too. Left
+    undetected: an even count whose only literal quote ends a bare field (``ab"``).
+    """
+    if b'"' not in body:
+        return False
+    if body.count(b'"') % 2:
+        return True
+    bound = re.escape(delimiter.encode())
+    mid_field = re.compile(rb'[^\r\n"' + bound + rb']"[^\r\n"' + bound + rb"]")
+    return mid_field.search(body.replace(b'""', b"")) is not None
+
+
+def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:
+    unterminated = _unterminated_quote(_decode(body), delimiter)
+    if unterminated is not None:
+        line, col = unterminated
+        raise IngestError(
+            "unterminated quoted field: the quote that opens it is never closed",
+            path=path,
+            line=line,
+            col=col,
+            hint='close the quote; a quote inside a quoted field is written twice ("")',
+        )
+
+
+def _unterminated_quote(text: str, delimiter: str) -> tuple[int, int] | None:
+    """(line, field) where a quoted field opens that never closes, or None.
+
+    Follows pyarrow's reading: a quote is special only at the start of a field, and ``""``
+    inside a quoted field is a quote. Steps over the special characters only.
+    """
+    line, fieldno, opened = 1, 1, None
+    field_start = 0  # offset where the current field begins
+    in_quotes = False
+    specials = re.compile('["\n' + re.escape(delimiter) + "]")
+    pos = 0
+    while True:
+        m = specials.search(text, pos)
+        if m is None:
+            break
+        i, c = m.start(), m.group()
+        pos = i + 1
+        if in_quotes:
+            if c == "\n":
+                line += 1
+            elif c == '"':
+                if text.startswith('"', i + 1):
+                    pos = i + 2  # an escaped quote
+                else:
+                    in_quotes = False
+        elif c == '"':
+            if i == field_start:
+                in_quotes, opened = True, (line, fieldno)
+        elif c == delimiter:
+            fieldno, field_start = fieldno + 1, i + 1
+        else:  # newline: a new record
+            line, fieldno, field_start = line + 1, 1, i + 1
+    return opened if in_quotes else None
 
 
 def _csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:

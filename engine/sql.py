@@ -44,6 +44,7 @@ from matrixos.engine.scan import (
     render_scan,
 )
 from matrixos.errors import AccessDenied, MatrixOSError, NotSupported, SQLError
+from matrixos.storage.delta import check_merge_source
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
@@ -854,6 +855,11 @@ class SQLEngine:
             inner.set("alias", None)
             inner = exp.select("*").from_(inner)
         source = self.query(inner).to_arrow()
+        keys, null_safe = _merge_keys(stmt.args["on"], target.alias_or_name, src_alias, source)
+        inserts = any(
+            isinstance(w.args["then"], exp.Insert) for w in stmt.args["whens"].expressions
+        )
+        check_merge_source(source, keys, inserts=inserts and not null_safe)
         if table.info.format == "lance":
             return self._merge_lance(stmt, table, source, target.alias_or_name, src_alias)
         aliases = {target.alias_or_name.lower(): "target", src_alias.lower(): "source"}
@@ -1046,6 +1052,26 @@ def _select_of(node: exp.Expr) -> exp.Expr | None:
     while p is not None and not isinstance(p, exp.Select):
         p = p.parent
     return p
+
+
+def _merge_keys(on: exp.Expr, target: str, alias: str, source: pa.Table) -> tuple[list[str], bool]:
+    """The source columns MERGE's ON equates with target columns (``t.k = s.k``), and whether
+    any of them is compared NULL-safely (``IS NOT DISTINCT FROM``, ``<=>``)."""
+    names = {n.lower(): n for n in source.column_names}
+    sides = {target.lower(): "t", alias.lower(): "s"}
+    keys: list[str] = []
+    null_safe = False
+    for conj in _conjuncts(on):
+        if not isinstance(conj, exp.EQ | exp.NullSafeEQ):
+            continue
+        cols = [conj.this, conj.expression]
+        if not all(isinstance(c, exp.Column) and c.table.lower() in sides for c in cols):
+            continue
+        by_side = {sides[c.table.lower()]: c.name.lower() for c in cols}
+        if set(by_side) == {"t", "s"} and by_side["s"] in names:
+            keys.append(names[by_side["s"]])
+            null_safe |= isinstance(conj, exp.NullSafeEQ)
+    return list(dict.fromkeys(keys)), null_safe
 
 
 def _conjuncts(e: exp.Expr) -> list[exp.Expr]:

@@ -33,11 +33,57 @@ def to_arrow_table(data: Any) -> pa.Table:
         return pa.table(data)
     if type(data).__module__.startswith("pandas"):
         return pa.Table.from_pandas(data, preserve_index=False)
-    if isinstance(data, Mapping):
-        return pa.table(dict(data))
-    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
-        return pa.Table.from_pylist(list(data))
+    rows: list[Any] = []
+    try:
+        if isinstance(data, Mapping):
+            return pa.table(dict(data))
+        if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+            rows = list(data)
+            return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as e:
+        # pa.ArrowTypeError is a TypeError; a plain one comes from a row that is not a dict.
+        where = _bad_column(data) if isinstance(data, Mapping) else _bad_row_value(rows)
+        raise SchemaMismatch(
+            f"the values do not make a table: {where or e}; nothing was written",
+            hint="give each column values of one type (e.g. all integers, or all strings)",
+        ) from e
+    except RecursionError as e:
+        raise SchemaMismatch("the values are nested too deeply to store") from e
     raise SchemaMismatch(f"cannot turn a {type(data).__name__} into a table")
+
+
+def _bad_column(columns: Mapping[Any, Any]) -> str | None:
+    """Which column of a dict of columns Arrow cannot type, and why."""
+    for name, values in columns.items():
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            return f"column {name!r}: {e}"
+    return None
+
+
+def _bad_row_value(rows: list[Any]) -> str | None:
+    """The first row and column of a list of row dicts whose value differs in type from the
+    rows before it."""
+    first: dict[str, tuple[int, Any]] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            return f"row {i + 1} is a {type(row).__name__}, not a dict of column values"
+        for key, value in row.items():
+            if value is None:
+                continue
+            if key not in first:
+                first[key] = (i, value)
+                continue
+            j, seen = first[key]
+            try:
+                pa.array([seen, value])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                return (
+                    f"column {key!r} is {type(seen).__name__} in row {j + 1} but "
+                    f"{type(value).__name__} ({value!r}) in row {i + 1}"
+                )
+    return None
 
 
 def normalize_for_delta(table: pa.Table) -> pa.Table:

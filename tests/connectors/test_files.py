@@ -270,6 +270,48 @@ def test_csv_duplicate_header(tmp_path: Path) -> None:
     assert "duplicate column name 'a'" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("content", "line", "col"),
+    [
+        ('id,s\n1,"unterminated\n2,b\n', 2, 2),  # was read as 1 row, no error
+        ('id,s\n1,"closed ""quote"" inside"\n2,"open\n', 3, 2),
+        ('id,s\n1,"two\nlines"\n2,x\n"3,y\n', 5, 1),
+        ('"id,s\n1,a\n', 1, 1),
+        ('id,s\r\n1,5"3\r\n2,"never\r\n', 3, 2),  # a quote inside a bare field is text
+    ],
+)
+def test_csv_unterminated_quote(tmp_path: Path, content: str, line: int, col: int) -> None:
+    path = write(tmp_path / "open.csv", content)
+    err = ingest_error([path])
+    assert_where(err, path, line, col)
+    assert "unterminated quoted field" in str(err)
+
+
+def test_csv_quotes_that_close_are_fine(tmp_path: Path) -> None:
+    # An odd number of quote characters, all of them legal: no error.
+    path = write(tmp_path / "ok.csv", 'id,s\n1,5"3\n2,"a ""b"""\n')
+    assert read_files([path]).column("s").to_pylist() == ['5"3', 'a "b"']
+
+
+@pytest.mark.parametrize(("header", "col"), [("id,,s", 2), (",id", 1), ("id,s,", 3)])
+def test_csv_empty_header_name(tmp_path: Path, header: str, col: int) -> None:
+    # Once stored as a column named "", which no query could read (not even count(*)).
+    row = ",".join(["1"] * (header.count(",") + 1))
+    path = write(tmp_path / "noname.csv", f"{header}\n{row}\n")
+    err = ingest_error([path])
+    assert_where(err, path, 1, col)
+    assert "no column name" in str(err)
+
+
+def test_json_empty_member_name_and_deep_nesting(tmp_path: Path) -> None:
+    path = write(tmp_path / "noname.ndjson", '{"id": 1, "": 2}\n')
+    assert 'empty name ("")' in str(ingest_error([path]))
+    deep = write(tmp_path / "deep.json", '{"a": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    err = ingest_error([deep])  # was a RecursionError
+    assert err.path == deep
+    assert "nested too deeply" in str(err)
+
+
 @pytest.mark.parametrize("content", ["", "\n\n"])
 def test_empty_csv(tmp_path: Path, content: str) -> None:
     path = write(tmp_path / "empty.csv", content)

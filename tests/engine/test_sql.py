@@ -464,6 +464,52 @@ def test_merge_in_postgres_syntax_with_subquery_source(merge_tables: mx.Lakehous
     assert contents(merge_tables) == [(1, "one", 10), (2, "two", 200), (3, "three", 30)]
 
 
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        # two rows for a key already in the table: both would update row 2
+        ("SELECT 2 AS id, 'x' AS name, 1 AS qty UNION ALL SELECT 2, 'y', 2", "merge key id=2"),
+        # two rows for a new key: both were inserted
+        ("SELECT 9 AS id, 'x' AS name, 1 AS qty UNION ALL SELECT 9, 'y', 2", "merge key id=9"),
+        # a NULL key: inserted again on every run
+        ("SELECT NULL::INT AS id, 'x' AS name, 1 AS qty", "'id' is NULL in source row 1"),
+    ],
+)
+def test_merge_refuses_ambiguous_source_rows(
+    merge_tables: mx.Lakehouse, source: str, match: str
+) -> None:
+    version = merge_tables.table("items").version
+    before = contents(merge_tables)
+    for whens in (
+        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",
+        "WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)",
+    ):
+        sql = f"MERGE INTO items t USING ({source}) s ON t.id = s.id {whens}"
+        if "NULL" not in source or "INSERT" in whens:
+            with pytest.raises(SQLError, match=match) as info:
+                merge_tables.sql(sql, dialect="databricks")
+            assert info.value.sqlstate == "21506"
+    assert merge_tables.table("items").version == version
+    assert contents(merge_tables) == before
+
+
+def test_merge_null_keys_without_inserts_and_null_safe_keys(merge_tables: mx.Lakehouse) -> None:
+    # Without an insert clause a NULL key matches nothing and changes nothing: allowed.
+    merge_tables.sql(
+        "MERGE INTO items t USING (SELECT NULL::INT AS id, 5 AS qty) s ON t.id = s.id "
+        "WHEN MATCHED THEN UPDATE SET qty = s.qty"
+    )
+    # NULL-safe keys match NULL to NULL, so a second run updates what the first inserted.
+    for qty in (1, 2):
+        merge_tables.sql(
+            f"MERGE INTO items t USING (SELECT NULL::INT AS id, 'n' AS name, {qty} AS qty) s "
+            "ON t.id IS NOT DISTINCT FROM s.id "
+            "WHEN MATCHED THEN UPDATE SET qty = s.qty WHEN NOT MATCHED THEN INSERT *",
+            dialect="databricks",
+        )
+    assert merge_tables.sql("SELECT qty FROM items WHERE id IS NULL").fetchall() == [(2,)]
+
+
 def test_merge_into_unknown_columns_is_an_error(merge_tables: mx.Lakehouse) -> None:
     version = merge_tables.table("items").version
     for sql in (
@@ -537,6 +583,72 @@ def test_time_travel_joins_two_versions_of_one_table(items: mx.Lakehouse) -> Non
         "JOIN items VERSION AS OF 1 old ON old.id = new.id ORDER BY new.id"
     )
     assert res.fetchall() == [(1, 10, 100), (2, 20, 200)]
+
+
+def test_snowflake_at_and_before_travel_in_time_or_are_refused(items: mx.Lakehouse) -> None:
+    # sqlglot parses these into the table's ``when``; once dropped, the current rows came back.
+    items.sql("INSERT INTO items VALUES (1, 'one', 10)")  # version 1
+    time.sleep(1)  # room for the OFFSET below, computed a moment before the engine's clock
+    items.sql("INSERT INTO items VALUES (2, 'two', 20)")  # version 2
+    history = {h["version"]: h for h in items.table("items").history()}
+
+    def ids(sql: str) -> list[int]:
+        return [r[0] for r in items.sql(sql, dialect="snowflake").fetchall()]
+
+    assert ids("SELECT id FROM items AT (VERSION => 0)") == []
+    assert ids("SELECT id FROM items AT (VERSION => 1) ORDER BY id") == [1]
+    assert ids("SELECT id FROM items BEFORE (VERSION => 2) ORDER BY id") == [1]
+    assert ids("SELECT id FROM items AT (VERSION => 2) x ORDER BY x.id") == [1, 2]
+    at_v1 = dt.datetime.fromtimestamp(history[1]["timestamp"] / 1000, dt.UTC)
+    iso = at_v1.strftime("%Y-%m-%d %H:%M:%S.%f")
+    assert ids(f"SELECT id FROM items AT (TIMESTAMP => '{iso}'::timestamp_ntz)") == [1]
+    assert ids(f"SELECT id FROM items AT (TIMESTAMP => TO_TIMESTAMP_TZ('{iso}+00:00'))") == [1]
+    assert ids("SELECT id FROM items AT (OFFSET => 0) ORDER BY id") == [1, 2]
+    # An hour ago the table did not exist yet: an error, not today's rows.
+    with pytest.raises(MatrixOSError, match="version"):
+        ids("SELECT id FROM items AT (OFFSET => -3600)")
+    seconds = (dt.datetime.now(dt.UTC) - at_v1).total_seconds()
+    # 0.1 s after version 1, version 2 a second later: version 1's rows.
+    assert ids(f"SELECT id FROM items AT (OFFSET => -{seconds - 0.1:.3f})") == [1]
+    for sql in (
+        "SELECT id FROM items BEFORE (STATEMENT => '8e5d0ca9-005e-44e6-b858-a8f5b37c5726')",
+        "SELECT id FROM items AT (STATEMENT => '8e5d0ca9-005e-44e6-b858-a8f5b37c5726')",
+        f"SELECT id FROM items BEFORE (TIMESTAMP => '{iso}'::timestamp_ntz)",
+        "SELECT id FROM items BEFORE (OFFSET => -1)",
+    ):
+        with pytest.raises(NotSupported, match="time travel"):
+            ids(sql)
+    with pytest.raises(SQLError, match="integer"):
+        ids("SELECT id FROM items AT (VERSION => 'x')")
+    with pytest.raises(SQLError, match="seconds"):
+        ids("SELECT id FROM items AT (OFFSET => 'x')")
+    with pytest.raises(NotSupported, match="CHANGES"):
+        ids("SELECT * FROM items CHANGES (INFORMATION => DEFAULT) AT (VERSION => 1)")
+
+
+def test_table_modifiers_apply_or_are_refused(items: mx.Lakehouse) -> None:
+    # What follows a table name once vanished with it when the name became a scan.
+    items.sql("INSERT INTO items VALUES (1, 'a', 10), (2, 'b', 20), (3, 'a', 30)")
+    pivoted = items.sql("SELECT * FROM items PIVOT (sum(qty) FOR name IN ('a', 'b'))")
+    assert sorted(pivoted.to_arrow().column_names) == ["a", "b", "id"]
+    assert items.sql("SELECT count(*) FROM items TABLESAMPLE (0 PERCENT)").scalar() == 0
+    assert items.sql("SELECT count(*) FROM items TABLESAMPLE (100 PERCENT)").scalar() == 3
+    with pytest.raises(NotSupported, match="PARTITION"):
+        items.sql("SELECT * FROM items PARTITION (p0)", dialect="mysql")
+    hinted = items.sql("SELECT count(*) FROM items WITH (NOLOCK)", dialect="tsql")
+    assert hinted.scalar() == 3  # a locking hint changes no result
+
+
+def test_deep_nesting_is_an_sql_error_not_a_recursion_error(lh: mx.Lakehouse) -> None:
+    for sql in (
+        "SELECT " + "(" * 300 + "1" + ")" * 300,
+        "SELECT * FROM " + "(SELECT * FROM " * 150 + "(SELECT 1 AS a) x" + ") x" * 150,
+        "SELECT 1 WHERE 1 IN " + "(SELECT 1 WHERE 1 IN " * 150 + "(SELECT 1)" + ")" * 150,
+    ):
+        with pytest.raises(SQLError, match="nested too deeply") as info:
+            lh.sql(sql)
+        assert isinstance(info.value.__cause__, RecursionError)
+    assert lh.sql("SELECT " + "(" * 20 + "1" + ")" * 20).scalar() == 1
 
 
 # ------------------------------------------------------------------------ DESCRIBE, HISTORY

@@ -331,6 +331,75 @@ def test_type_conflicts_write_nothing(lh: mx.Lakehouse) -> None:
     assert [r["id"] for r in rows(t)] == [1, 2, 3]
 
 
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (pa.array([7], pa.int64()), "int64"),
+        (pa.array([7.5]), "double"),
+        (pa.array([True]), "bool"),
+        (pa.array([dt.date(2024, 1, 1)]), "date32"),
+        (pa.array([Decimal("1.5")]), "decimal"),
+    ],
+)
+def test_values_are_never_silently_turned_into_text(
+    lh: mx.Lakehouse, value: pa.Array, kind: str
+) -> None:
+    # Arrow casts 7 to '7'; the table would then hold text the writer never wrote.
+    t = lh.create_table("s.texts", pa.table({"id": [1], "s": ["a"]}))
+    for write in (
+        lambda: t.append(pa.table({"id": [2], "s": value})),
+        lambda: t.merge(pa.table({"id": [2], "s": value}), on=["id"]),
+        lambda: t.overwrite(pa.table({"id": [2], "s": value})),
+    ):
+        with pytest.raises(SchemaMismatch, match=r"'s' is string in the table but " + kind):
+            write()
+    assert t.version == 0 and rows(t) == [{"id": 1, "s": "a"}]
+    t.append(pa.table({"id": [3], "s": pa.nulls(1)}))  # nulls fit any column
+    assert rows(t)[-1] == {"id": 3, "s": None}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([{"id": 11}, {"id": "12"}], r"column 'id' is int in row 1 but str \('12'\) in row 2"),
+        ({"id": [11, "12"]}, r"column 'id'"),
+        ([{"id": 11}, 12], r"row 2 is a int"),
+    ],
+)
+def test_values_that_make_no_table_are_a_schema_mismatch(
+    lh: mx.Lakehouse, data: Any, message: str
+) -> None:
+    # Once a raw pyarrow.ArrowInvalid / TypeError.
+    t = lh.create_table("s.mixed", pa.table({"id": [1]}))
+    with pytest.raises(SchemaMismatch, match=message):
+        t.append(data)
+    with pytest.raises(SchemaMismatch, match=message):
+        lh.create_table("s.mixed2", data)
+    assert t.version == 0 and rows(t) == [{"id": 1}]
+
+
+def test_merge_refuses_ambiguous_source_keys(lh: mx.Lakehouse) -> None:
+    t = lh.create_table("s.upsert", pa.table({"id": [1, 2], "v": ["a", "b"]}))
+    for source, match in (
+        ({"id": [1, 1], "v": ["x", "y"]}, r"2 source rows have the same merge key id=1"),
+        ({"id": [3, 3], "v": ["x", "y"]}, r"same merge key id=3"),  # a new key: 2 inserts
+        ({"id": [3, 3, 4, 4], "v": list("wxyz")}, r"and 1 more repeated keys"),
+        ({"id": [5, None], "v": ["x", "y"]}, r"'id' is NULL in source row 2"),
+    ):
+        with pytest.raises(MatrixOSError, match=match) as info:
+            t.merge(pa.table(source), on=["id"])
+        assert isinstance(info.value, ValueError) and info.value.sqlstate == "21506"
+    assert t.version == 0 and rows(t) == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    # Without inserts a NULL key changes nothing, so it is no error; keys over two columns.
+    t.merge(pa.table({"id": [None, 2], "v": ["x", "B"]}), on=["id"], when_not_matched="ignore")
+    t.merge(pa.table({"id": [2, 2], "v": ["B", "C"]}), on=["id", "v"])
+    assert sorted(t.to_arrow().to_pylist(), key=lambda r: (r["id"], r["v"])) == [
+        {"id": 1, "v": "a"},
+        {"id": 2, "v": "B"},
+        {"id": 2, "v": "C"},
+    ]
+
+
 # -------------------------------------------------------------------------------- time travel
 def test_time_travel_by_version_and_timestamp(lh: mx.Lakehouse) -> None:
     t = lh.create_table("s.tt", pa.table({"id": [1]}))

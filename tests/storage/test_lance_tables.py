@@ -212,6 +212,26 @@ def test_duplicate_insert_from_a_merge_race_is_repaired(tmp_path: Any) -> None:
     ]
 
 
+def test_merge_refuses_ambiguous_source_keys_on_lance(lh: mx.Lakehouse) -> None:
+    # Lance itself refuses two source rows for one existing key, but inserted both rows of a
+    # new key and a NULL key on every run; refused like on Delta.
+    t = lh.create_table("s.m", {"id": [1, 2], "v": ["a", "b"]}, format="lance")
+    for source, match in (
+        ({"id": [3, 3], "v": ["x", "y"]}, "same merge key id=3"),
+        ({"id": [1, 1], "v": ["x", "y"]}, "same merge key id=1"),
+        ({"id": [None, 5], "v": ["x", "y"]}, "'id' is NULL in source row 1"),
+    ):
+        with pytest.raises(SQLError, match=match):
+            t.merge(pa.table(source), on=["id"])
+    with pytest.raises(SQLError, match="same merge key id=3"):
+        lh.sql(
+            "MERGE INTO s.m t USING (SELECT 3 AS id, 'x' AS v UNION ALL SELECT 3, 'y') s "
+            "ON t.id = s.id WHEN NOT MATCHED THEN INSERT *",
+            dialect="databricks",
+        )
+    assert t.version == 1 and sorted(r["id"] for r in t.to_arrow().to_pylist()) == [1, 2]
+
+
 def test_sql_merge_into_lance(lh: mx.Lakehouse) -> None:
     lh.create_table("s.t", {"id": [1, 2], "v": ["a", "b"]}, format="lance")
     lh.create_table("s.src", {"id": [2, 3], "v": ["B", "c"]})
