@@ -1,0 +1,568 @@
+"""Torture harness: writer processes x mixed operations x random ``kill -9``, checked by a ledger.
+
+Shared by ``tests/storage/test_torture.py`` (a small size in CI) and ``python -m
+benchmarks.torture`` (the long run).
+
+Row model. The table has columns ``id`` (unique), ``w`` (the writer that owns the row) and
+``val``. Writer ``w`` only ever touches rows with ``w = w``, and creates ids of its own
+(``w * 10**12 + n``), so each writer's rows follow from its own ledger alone, whatever the other
+writers and compactions did meanwhile. Every operation writes to the writer's ledger file
+(fsynced) an ``intent`` with its exact effect on the writer's rows *before* the call, and an
+``ack`` (with the committed version) or a ``fail`` (a ``ConcurrentWriteError``: nothing may be
+visible) only *after* the call returned. A writer killed mid-call leaves one intent open; the
+parent then reads the table: the writer's rows must be exactly the state before the operation or
+exactly the state after it (never a part of it), and the parent records which (``resolved``)
+before starting a new incarnation of the writer.
+
+Each round ends by killing every writer; then the whole table is checked: every acknowledged row
+present with its value (no loss), no id twice (no duplicate), nothing else (no half-visible
+write), readable by plain deltalake / lance, by DuckDB, and by lancedb for Lance; then a
+``VACUUM`` with zero retention runs and the check repeats (vacuum must not delete a live file).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+SPAWN = mp.get_context("spawn")
+ID_SPACE = 10**12
+TABLE = "torture.t"
+DELTA_OPS = {"append": 30, "merge": 15, "update": 15, "delete": 10, "overwrite": 8, "optimize": 6}
+LANCE_OPS = {"append": 30, "merge": 15, "update": 15, "delete": 10, "optimize": 6}
+RARE_OPS = ("zorder", "vacuum")  # Delta only for zorder; each drawn with ~2% probability
+
+
+@dataclass
+class Target:
+    """Where the table lives (a warehouse URI and its storage options) and its format."""
+
+    uri: str
+    storage_options: dict[str, str] | None
+    format: str  # "delta" | "lance"
+    ledger_dir: str
+    settings: dict[str, Any] = field(default_factory=dict)  # for the writers' mx.connect
+    location: str = ""  # the table's folder, filled in by ``setup``
+
+
+@dataclass
+class Report:
+    """What a run did and found; ``ok`` when nothing was lost, duplicated or half-visible."""
+
+    rounds: int = 0
+    kills: int = 0
+    operations: dict[str, int] = field(default_factory=dict)
+    conflicts: int = 0
+    errors: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    losses: int = 0
+    wrong: int = 0
+    half_visible: int = 0
+    compactions: int = 0
+    kills_mid_op: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicates or self.losses or self.wrong or self.half_visible) and (
+            not self.problems
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "kills": self.kills,
+            "kills_mid_operation": dict(sorted(self.kills_mid_op.items())),
+            "operations_acknowledged": dict(sorted(self.operations.items())),
+            "operations_total": sum(self.operations.values()),
+            "conflicts_surfaced": self.conflicts,
+            "errors": self.errors[:20],
+            "duplicates": self.duplicates,
+            "losses": self.losses,
+            "wrong_values": self.wrong,
+            "half_visible": self.half_visible,
+            "compactions_committed": self.compactions,
+            "rows_at_end": self.rows,
+            "problems": self.problems[:20],
+        }
+
+
+# ------------------------------------------------------------------------------- the ledger
+def _ledger(target: Target, w: int) -> Path:
+    return Path(target.ledger_dir) / f"writer-{w}.jsonl"
+
+
+def _record(path: Path, entry: dict[str, Any]) -> None:
+    # The leading newline isolates a line a killed writer left unfinished.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _apply(state: dict[int, int], effect: dict[str, Any]) -> dict[int, int]:
+    if effect.get("replace") is not None:
+        return {int(k): v for k, v in effect["replace"].items()}
+    out = dict(state)
+    for k, v in effect.get("set", {}).items():
+        out[int(k)] = v
+    for k in effect.get("delete", []):
+        out.pop(int(k), None)
+    return out
+
+
+@dataclass
+class Replay:
+    state: dict[int, int]
+    pending: dict[str, Any] | None  # an intent with no ack/fail/resolution
+    next_op: int
+    acked: dict[str, int]
+    conflicts: int
+    kills_mid_op: dict[str, int]
+    errors: list[str]
+
+
+def replay(path: Path) -> Replay:
+    """The writer's rows as its ledger says they are, and its open intent if any."""
+    state: dict[int, int] = {}
+    pending: dict[str, Any] | None = None
+    acked: dict[str, int] = {}
+    kills: dict[str, int] = {}
+    conflicts = 0
+    errors: list[str] = []
+    n = 0
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by kill -9 (never an ack: acks are whole lines)
+            if "intent" in e:
+                pending = e
+                n = max(n, int(e["intent"]) + 1)
+            elif "ack" in e and pending is not None and e["ack"] == pending["intent"]:
+                state = _apply(state, pending["effect"])
+                acked[pending["op"]] = acked.get(pending["op"], 0) + 1
+                pending = None
+            elif "fail" in e and pending is not None and e["fail"] == pending["intent"]:
+                conflicts += 1
+                pending = None
+            elif "error" in e:
+                errors.append(str(e.get("message")))
+            elif "resolved" in e and pending is not None and e["resolved"] == pending["intent"]:
+                kills[pending["op"]] = kills.get(pending["op"], 0) + 1
+                if e["applied"]:
+                    state = _apply(state, pending["effect"])
+                pending = None
+    return Replay(state, pending, n, acked, conflicts, kills, errors)
+
+
+# ------------------------------------------------------------------------------- the writer
+def _operation(
+    t: Any, kind: str, w: int, n: int, mine: list[int], new_ids: list[int], rng: random.Random
+) -> tuple[dict[str, Any], Callable[[], Any]] | None:
+    """Operation ``n`` of writer ``w``: its exact effect on the writer's rows, and the call."""
+
+    def rows(ids: list[int]) -> pa.Table:
+        return pa.table({"id": ids, "w": [w] * len(ids), "val": [n] * len(ids)})
+
+    if kind == "append":
+        return {"set": dict.fromkeys(new_ids, n)}, partial(t.append, rows(new_ids))
+    if kind == "merge":
+        keys = rng.sample(mine, min(len(mine), 2)) + new_ids[:2]
+        return {"set": dict.fromkeys(keys, n)}, partial(t.merge, rows(keys), on=["id"])
+    if kind in ("update", "delete"):
+        if not mine:
+            return None
+        keys = rng.sample(mine, min(len(mine), 3 if kind == "update" else 2))
+        where = f"w = {w} AND id IN ({', '.join(map(str, keys))})"
+        if kind == "update":
+            return {"set": dict.fromkeys(keys, n)}, partial(t.update, {"val": str(n)}, where)
+        return {"delete": keys}, partial(t.delete, where)
+    if kind == "overwrite":  # replaceWhere: the writer's own rows only
+        keep = rng.sample(mine, len(mine) // 2) + new_ids[:1]
+        call = partial(t.store.overwrite, rows(keep), predicate=f"w = {w}")
+        return {"replace": dict.fromkeys(keep, n)}, call
+    if kind == "zorder":
+        return {}, partial(t.optimize, zorder_by=["w", "id"])
+    return {}, t.optimize if kind == "optimize" else t.vacuum
+
+
+def writer_main(target: Target, w: int, seed: int) -> None:
+    """One writer process: run random operations on its own rows until killed."""
+    import matrixos as mx
+    from matrixos.errors import ConcurrentWriteError
+
+    rng = random.Random(seed)
+    path = _ledger(target, w)
+    r = replay(path)
+    if r.pending is not None:  # the parent resolves intents before restarting a writer
+        raise SystemExit(f"writer {w}: unresolved intent {r.pending}")
+    state, n = r.state, r.next_op
+    weights = DELTA_OPS if target.format == "delta" else LANCE_OPS
+    kinds, odds = list(weights), list(weights.values())
+    with mx.connect(target.uri, storage_options=target.storage_options, **target.settings) as lh:
+        t = lh.table(TABLE)
+        while True:
+            kind = rng.choices(kinds, odds)[0]
+            if rng.random() < 0.02:
+                kind = rng.choice(
+                    [k for k in RARE_OPS if target.format == "delta" or k != "zorder"]
+                )
+            # ids never used before: 8 per operation number (numbers are never reused)
+            new_ids = [w * ID_SPACE + n * 8 + i for i in range(rng.randint(1, 4))]
+            op = _operation(t, kind, w, n, sorted(state), new_ids, rng)
+            if op is None:
+                continue  # update/delete with no rows of ours yet
+            effect, call = op
+            _record(path, {"intent": n, "op": kind, "effect": effect})
+            try:
+                res = call()
+            except ConcurrentWriteError as e:
+                _record(path, {"fail": n, "error": str(e)[:200]})
+            except Exception as e:  # anything else: the parent resolves it as after a kill
+                _record(path, {"error": n, "message": f"{type(e).__name__}: {e}"[:300]})
+                os._exit(3)
+            else:
+                version = getattr(res, "version", None)
+                _record(path, {"ack": n, "version": version})
+                state = _apply(state, effect)
+            n += 1
+
+
+# ------------------------------------------------------------------------------- checking
+def read_rows(target: Target) -> pa.Table:
+    """The table's rows through the format's own library (plain deltalake / lance)."""
+    loc = target.location
+    if target.format == "delta":
+        from deltalake import DeltaTable
+
+        return DeltaTable(loc, storage_options=target.storage_options).to_pyarrow_table(
+            columns=["id", "w", "val"]
+        )
+    import lance
+
+    opts = {k.lower(): v for k, v in (target.storage_options or {}).items()} or None
+    return lance.dataset(loc, storage_options=opts).to_table(columns=["id", "w", "val"])
+
+
+def _by_writer(rows: pa.Table) -> dict[int, dict[int, list[int]]]:
+    out: dict[int, dict[int, list[int]]] = {}
+    for i, w, v in zip(
+        rows["id"].to_pylist(), rows["w"].to_pylist(), rows["val"].to_pylist(), strict=True
+    ):
+        out.setdefault(int(w), {}).setdefault(int(i), []).append(int(v))
+    return out
+
+
+def resolve(target: Target, w: int, rows: pa.Table, report: Report) -> None:
+    """After writer ``w`` died: its open intent is wholly visible or wholly absent; record
+    which. Anything else counts as half-visible (or lost/duplicated)."""
+    path = _ledger(target, w)
+    r = replay(path)
+    if r.pending is None:
+        return
+    got = _by_writer(rows).get(w, {})
+    actual = {i: vs[0] for i, vs in got.items()}
+    before, after = r.state, _apply(r.state, r.pending["effect"])
+    if any(len(vs) > 1 for vs in got.values()):
+        report.problems.append(f"writer {w}: duplicated ids after a kill during {r.pending}")
+        applied = actual == after
+    elif actual == after:
+        applied = True
+    elif actual == before:
+        applied = False
+    else:
+        report.half_visible += 1
+        report.problems.append(
+            f"writer {w}: after a kill during {r.pending['op']} #{r.pending['intent']} its rows "
+            f"are neither the state before nor after it ({len(actual)} rows; "
+            f"{len(before)} before, {len(after)} after)"
+        )
+        applied = False
+    _record(path, {"resolved": r.pending["intent"], "applied": applied})
+
+
+def check(target: Target, writers: int, report: Report, rows: pa.Table | None = None) -> None:
+    """Compare the whole table with every writer's ledger; count what is wrong."""
+    rows = read_rows(target) if rows is None else rows
+    ids = rows["id"].to_pylist()
+    report.duplicates += len(ids) - len(set(ids))
+    report.rows = len(ids)
+    got = _by_writer(rows)
+    for w in range(writers):
+        r = replay(_ledger(target, w))
+        if r.pending is not None:
+            report.problems.append(f"writer {w}: intent left unresolved")
+        mine = got.get(w, {})
+        for i, v in r.state.items():
+            if i not in mine:
+                report.losses += 1
+            elif mine[i][0] != v:
+                report.wrong += 1
+        extra = set(mine) - set(r.state)
+        if extra:
+            report.half_visible += len(extra)
+            report.problems.append(f"writer {w}: {len(extra)} rows no acknowledged write made")
+    unknown = set(got) - set(range(writers)) - {-1}
+    if unknown:
+        report.problems.append(f"rows of unknown writers {sorted(unknown)}")
+
+
+def check_readers(target: Target, rows: pa.Table, report: Report) -> None:
+    """The same rows through DuckDB (MatrixOS's SQL engine, and DuckDB over the files) and,
+    for Lance, lancedb."""
+    import duckdb
+
+    import matrixos as mx
+
+    want = (rows.num_rows, len(set(rows["id"].to_pylist())), sum(rows["val"].to_pylist()))
+    with mx.connect(target.uri, storage_options=target.storage_options) as lh:
+        got = lh.sql(f"SELECT count(*), count(DISTINCT id), sum(val) FROM {TABLE}").fetchall()[0]
+        loc = str(lh.table(TABLE).location)
+        history = lh.table(TABLE).history()
+    report.compactions = sum(1 for h in history if h.get("operation") == "OPTIMIZE")
+    if tuple(int(x or 0) for x in got) != want:
+        report.problems.append(f"MatrixOS SQL (DuckDB) reads {got}, deltalake/lance {want}")
+    con = duckdb.connect()
+    if target.format == "delta" and target.storage_options is None:
+        from deltalake import DeltaTable
+
+        files = [u.removeprefix("file://") for u in DeltaTable(loc).file_uris()]
+        if files:
+            q = "SELECT count(*), count(DISTINCT id), sum(val) FROM read_parquet(?)"
+            plain = con.execute(q, [files]).fetchall()[0]
+            if tuple(int(x or 0) for x in plain) != want:
+                report.problems.append(f"DuckDB over the files reads {plain}, want {want}")
+    if target.format == "lance":
+        import lancedb
+        from lancedb.table import LanceTable
+
+        parent, name = loc.rstrip("/").rsplit("/", 1)
+        opts = {k.lower(): v for k, v in (target.storage_options or {}).items()} or None
+        db = lancedb.connect(parent, storage_options=opts)
+        # MatrixOS names a table's folder without lancedb's ".lance": open it by location
+        arrow = LanceTable.open(db, name, location=loc, storage_options=opts).to_arrow()
+        if arrow.num_rows != rows.num_rows:
+            report.problems.append(f"lancedb reads {arrow.num_rows} rows, want {rows.num_rows}")
+
+
+# ------------------------------------------------------------------------------- the driver
+def setup(target: Target) -> None:
+    import matrixos as mx
+
+    Path(target.ledger_dir).mkdir(parents=True, exist_ok=True)
+    with mx.connect(target.uri, storage_options=target.storage_options) as lh:
+        lh.sql("CREATE SCHEMA IF NOT EXISTS torture")
+        t = lh.create_table(
+            TABLE,
+            pa.table({"id": [-1], "w": [-1], "val": [0]}),
+            format="lance" if target.format == "lance" else "delta",
+        )
+        target.location = str(t.location)
+
+
+class _Crew:
+    """The writer processes of one round."""
+
+    def __init__(self, target: Target, rng: random.Random) -> None:
+        self.target, self.rng = target, rng
+        self.procs: dict[int, Any] = {}
+        self.started_at: dict[int, int] = {}  # ledger size when the writer (re)started
+
+    def start(self, w: int) -> None:
+        p = SPAWN.Process(target=writer_main, args=(self.target, w, self.rng.randrange(2**31)))
+        p.start()
+        self.procs[w] = p
+        path = _ledger(self.target, w)
+        self.started_at[w] = path.stat().st_size if path.exists() else 0
+
+    def working(self) -> list[int]:
+        """Writers with an operation acknowledged since they (re)started: a kill then lands
+        among operations, not in the start-up."""
+        out = []
+        for w in self.procs:
+            path = _ledger(self.target, w)
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(self.started_at[w])
+                if b'"ack"' in f.read():
+                    out.append(w)
+        return out
+
+
+def run(
+    target: Target,
+    *,
+    writers: int,
+    rounds: int,
+    round_seconds: float,
+    kill_every: tuple[float, float] = (0.3, 1.5),
+    min_kills: int = 0,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """``rounds`` rounds of ``writers`` processes for ``round_seconds`` each, killing a random
+    writer every ``kill_every`` seconds (uniform), checking after every kill and every round.
+    A round goes on past ``round_seconds`` until it has killed ``min_kills`` writers."""
+    rng = random.Random(seed)
+    report = Report()
+    setup(target)
+    for rnd in range(rounds):
+        crew = _Crew(target, rng)
+        for w in range(writers):
+            crew.start(w)
+        end = time.monotonic() + round_seconds
+        next_kill = time.monotonic() + rng.uniform(*kill_every)
+        kills = 0
+        while time.monotonic() < end or kills < min_kills:
+            time.sleep(0.02)
+            for w, p in list(crew.procs.items()):
+                if p.exitcode is not None:  # died by itself: an error it recorded
+                    _settle(target)
+                    resolve(target, w, read_rows(target), report)
+                    crew.start(w)
+            busy = crew.working()
+            if time.monotonic() >= next_kill and busy:
+                w = rng.choice(busy)
+                _kill(crew.procs[w])
+                report.kills += 1
+                kills += 1
+                _settle(target)
+                resolve(target, w, read_rows(target), report)
+                crew.start(w)
+                next_kill = time.monotonic() + rng.uniform(*kill_every)
+        procs = crew.procs
+        for p in procs.values():
+            _kill(p)
+            report.kills += 1
+        _settle(target)
+        rows = read_rows(target)
+        for w in range(writers):
+            resolve(target, w, rows, report)
+        check(target, writers, report, rows)
+        check_readers(target, rows, report)
+        _vacuum_everything(target)
+        after = read_rows(target)
+        if sorted(after["id"].to_pylist()) != sorted(rows["id"].to_pylist()):
+            report.problems.append("VACUUM with zero retention changed the rows")
+        report.rounds += 1
+        if log:
+            log(f"round {rnd + 1}: {json.dumps(_summary(target, writers, report))}")
+    _summary(target, writers, report)
+    return report
+
+
+def _summary(target: Target, writers: int, report: Report) -> dict[str, Any]:
+    ops: dict[str, int] = {}
+    kills: dict[str, int] = {}
+    conflicts = 0
+    report.errors = []
+    for w in range(writers):
+        r = replay(_ledger(target, w))
+        report.errors.extend(r.errors)
+        for k, v in r.acked.items():
+            ops[k] = ops.get(k, 0) + v
+        for k, v in r.kills_mid_op.items():
+            kills[k] = kills.get(k, 0) + v
+        conflicts += r.conflicts
+    report.operations, report.kills_mid_op, report.conflicts = ops, kills, conflicts
+    return report.as_dict()
+
+
+def _vacuum_everything(target: Target) -> None:
+    """No writer runs now: a zero-retention VACUUM may delete every file no version needs."""
+    import matrixos as mx
+
+    with mx.connect(target.uri, storage_options=target.storage_options) as lh:
+        lh.table(TABLE).vacuum(0, enforce=False)
+
+
+def _kill(p: Any) -> None:
+    if p.is_alive():
+        os.kill(p.pid, signal.SIGKILL)
+    p.join(timeout=60)
+
+
+def _settle(target: Target) -> None:
+    """On S3, a request fully sent before the kill may still be applied by the server: let it
+    land before the table is read."""
+    if target.storage_options:
+        time.sleep(0.3)
+
+
+# ----------------------------------------------------------------------------- S3 (moto)
+# The same moto server the tests use (tests/_servers.py; benchmarks do not import tests): PUTs
+# are serialized because moto checks If-None-Match and stores the object in two steps, so
+# without the lock two conditional commits could both win — a fake-S3 artefact, not ours.
+_MOTO = """
+import sys, threading
+from moto.s3.responses import S3Response
+from moto.server import ThreadedMotoServer
+lock = threading.Lock()
+def locked(f):
+    def g(*a, **k):
+        with lock:
+            return f(*a, **k)
+    return g
+for n in ("put_object", "_key_response_post"):
+    setattr(S3Response, n, locked(getattr(S3Response, n)))
+s = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+s.start()
+print(s.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+class MotoS3:
+    """A moto S3 server on 127.0.0.1 in a child process, for ``--backend s3``."""
+
+    def __enter__(self) -> MotoS3:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.endpoint = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+    def bucket(self) -> tuple[str, dict[str, str]]:
+        import uuid
+
+        import boto3
+
+        opts = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        name = f"torture-{uuid.uuid4().hex[:10]}"
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=name)
+        return f"s3://{name}/wh", opts
