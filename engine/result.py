@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+from matrixos.errors import MatrixOSError, ResultConsumed, SQLError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,14 +21,19 @@ _PREVIEW_ROWS = 20
 class Result:
     """The rows of one statement, streamed as Arrow record batches.
 
-    A result streams once; ``to_arrow()`` materializes (and keeps) all rows so the conveniences
-    can be called repeatedly. It implements ``__arrow_c_stream__``, so ``pa.table(res)``,
-    ``pl.DataFrame(res)`` and DuckDB take it without copies.
+    A result can be read any number of times, like a DataFrame: the batches are kept as they
+    stream past the first reader, so ``pa.table(res)`` followed by ``res.to_polars()`` works.
+    ``to_arrow_reader(keep=False)`` streams a result larger than memory without keeping it;
+    only such a result cannot be read again (``ResultConsumed``). It implements
+    ``__arrow_c_stream__``, so ``pa.table(res)``, ``pl.DataFrame(res)`` and DuckDB take it
+    without copies.
 
     Example:
         >>> r = Result.from_table(pa.table({"a": [1, 2]}))
         >>> r.fetchall()
         [(1,), (2,)]
+        >>> pa.table(r).num_rows, r.to_pylist()
+        (2, [{'a': 1}, {'a': 2}])
     """
 
     def __init__(
@@ -37,7 +45,12 @@ class Result:
         message: str | None = None,
     ) -> None:
         self._reader: pa.RecordBatchReader | None = reader
+        self._batches: list[pa.RecordBatch] = []  # what streamed past so far
+        self._done = False  # the stream ended: _batches holds every row
+        self._dropped = False  # streamed with keep=False: rows are gone
+        self._error: MatrixOSError | None = None  # the stream failed: raised to every reader
         self._table: pa.Table | None = None
+        self._lock = threading.Lock()
         self._on_close = on_close
         self.statement = statement
         self.message = message
@@ -53,7 +66,9 @@ class Result:
     ) -> Result:
         res = cls(pa.RecordBatchReader.from_batches(table.schema, []), statement=statement)
         res._reader = None
+        res._done = True
         res._table = table
+        res._batches = table.to_batches()
         res.message = message
         return res
 
@@ -61,34 +76,94 @@ class Result:
     def columns(self) -> list[str]:
         return list(self.schema.names)
 
+    # -- the stream -------------------------------------------------------------------------
     def _close(self) -> None:
+        self._reader = None
         if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+            on_close, self._on_close = self._on_close, None
+            on_close()
 
-    def to_arrow(self) -> pa.Table:
-        """All rows as a ``pyarrow.Table``."""
-        if self._table is None:
-            assert self._reader is not None
-            try:
-                self._table = self._reader.read_all()
-            finally:
-                self._reader = None
-                self._close()
-        return self._table
+    def _next(self, keep: bool) -> pa.RecordBatch | None:
+        """The stream's next batch (None at its end); called with ``_lock`` held."""
+        if self._error is not None:
+            raise self._error
+        if self._done or self._reader is None:
+            self._done = True
+            return None
+        try:
+            batch = self._reader.read_next_batch()
+        except StopIteration:
+            self._done = True
+            self._close()
+            return None
+        except Exception as e:
+            self._error = _stream_error(e)
+            self._close()
+            raise self._error from e
+        if keep:
+            self._batches.append(batch)
+        return batch
 
-    def to_arrow_reader(self) -> pa.RecordBatchReader:
-        """The rows as a stream of record batches (consumes a result not yet materialized)."""
-        if self._table is not None:
-            return pa.RecordBatchReader.from_batches(self.schema, self._table.to_batches())
-        reader, self._reader = self._reader, None
-        if reader is None:
-            raise RuntimeError("this result was already consumed")
-        return _closing_reader(reader, self._close)
+    def _check_replayable(self) -> None:
+        if self._dropped:
+            raise ResultConsumed(
+                "this result was streamed with keep=False and its rows are gone",
+                hint="run the statement again, or read it with the default keep=True",
+            )
+
+    def _replay(self) -> Iterator[pa.RecordBatch]:
+        """Every batch: the kept ones, then the rest of the stream (kept as they pass)."""
+        i = 0
+        while True:
+            with self._lock:
+                self._check_replayable()
+                if i < len(self._batches):
+                    batch: pa.RecordBatch | None = self._batches[i]
+                else:
+                    batch = self._next(keep=True)
+            if batch is None:
+                return
+            i += 1
+            yield batch
+
+    def _drain(self) -> Iterator[pa.RecordBatch]:
+        """The stream without keeping it (after any batches already kept)."""
+        with self._lock:
+            self._check_replayable()
+            kept = list(self._batches)
+        yield from kept
+        while True:
+            with self._lock:
+                self._dropped = True
+                self._batches = []
+                batch = self._next(keep=False)
+            if batch is None:
+                return
+            yield batch
+
+    def to_arrow_reader(self, *, keep: bool = True) -> pa.RecordBatchReader:
+        """The rows as a stream of record batches.
+
+        ``keep=False`` does not keep the batches that stream past, for results larger than
+        memory; the result cannot be read again afterwards.
+        """
+        batches = self._replay() if keep else self._drain()
+        if keep:
+            with self._lock:
+                self._check_replayable()
+        return pa.RecordBatchReader.from_batches(self.schema, batches)
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         return self.to_arrow_reader().__arrow_c_stream__(requested_schema)
 
+    def to_arrow(self) -> pa.Table:
+        """All rows as a ``pyarrow.Table``."""
+        if self._table is None:
+            batches = list(self._replay())
+            self._table = pa.Table.from_batches(batches, self.schema)
+        return self._table
+
+    # -- conveniences -----------------------------------------------------------------------
     def to_polars(self) -> pl.DataFrame:
         import polars as pl
 
@@ -115,6 +190,10 @@ class Result:
         row = self.fetchone()
         return row[0] if row else None
 
+    def column(self, name: str | int) -> pa.ChunkedArray:
+        """One column of all rows (as ``pyarrow.Table.column``)."""
+        return self.to_arrow().column(name)
+
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.fetchall())
 
@@ -125,12 +204,18 @@ class Result:
     def num_rows(self) -> int:
         return self.to_arrow().num_rows
 
+    # -- previews ---------------------------------------------------------------------------
     def __repr__(self) -> str:
+        """At most 20 rows as text, rendered from Arrow: NULL is ``NULL`` and integers stay
+        integers (pandas made them ``NaN`` and ``64.0``)."""
+        if not self.schema.names:
+            return self.message or "OK"
         t = self.to_arrow()
-        head = t.slice(0, _PREVIEW_ROWS)
-        body = head.to_pandas().to_string(index=False) if t.num_columns else ""
-        more = f"\n… {t.num_rows - _PREVIEW_ROWS} more rows" if t.num_rows > _PREVIEW_ROWS else ""
-        return f"{body}{more}\n({t.num_rows} rows)" if t.num_columns else (self.message or "OK")
+        body = text_table(t.slice(0, _PREVIEW_ROWS))
+        more = f"\n… {t.num_rows - _PREVIEW_ROWS:,} more rows" if t.num_rows > _PREVIEW_ROWS else ""
+        if self.statement == "EXPLAIN":  # a plan, one line per row: no count
+            return body + more
+        return f"{body}{more}\n({_rows(t.num_rows)})"
 
     def _repr_html_(self) -> str:
         """A bounded preview for notebooks: at most 20 rows, however large the result."""
@@ -144,7 +229,7 @@ class Result:
         for rec in head.to_pylist():
             tds = "".join(f"<td>{html.escape(_short(v))}</td>" for v in rec.values())
             rows.append(f"<tr>{tds}</tr>")
-        note = f"<p>{t.num_rows:,} rows, {t.num_columns} columns"
+        note = f"<p>{_rows(t.num_rows)}, {t.num_columns} column{'s' if t.num_columns != 1 else ''}"
         if t.num_rows > _PREVIEW_ROWS:
             note += f" (showing first {_PREVIEW_ROWS})"
         return (
@@ -152,18 +237,45 @@ class Result:
         )
 
 
+def text_table(t: pa.Table) -> str:
+    """``t`` as aligned text: numbers right-aligned, everything else left-aligned, NULL as
+    ``NULL``; no trailing spaces (an EXPLAIN plan reads as it was written).
+
+    Example:
+        >>> print(text_table(pa.table({"n": pa.array([64, None]), "s": ["a", "bc"]})))
+           n  s
+          64  a
+        NULL  bc
+    """
+    right = [
+        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+        for f in t.schema
+    ]
+    rows = [list(t.schema.names)]
+    cells = [[_short(v) for v in col.to_pylist()] for col in t.columns]
+    rows += [list(r) for r in zip(*cells, strict=True)] if cells else []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        parts = [
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, right, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row{'s' if n != 1 else ''}"
+
+
 def _short(v: Any, limit: int = 200) -> str:
-    s = "NULL" if v is None else str(v)
+    """One cell on one line: NULL, and embedded newlines shown as ⏎."""
+    s = "NULL" if v is None else str(v).replace("\n", "⏎")
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _closing_reader(
-    reader: pa.RecordBatchReader, close: Callable[[], None]
-) -> pa.RecordBatchReader:
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from reader
-        finally:
-            close()
-
-    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+def _stream_error(e: Exception) -> MatrixOSError:
+    """The error every later reader of a failed stream gets (the engine's, when it is ours)."""
+    if isinstance(e, MatrixOSError):
+        return e
+    return SQLError(f"reading the result failed: {e}", hint="the statement can be run again")

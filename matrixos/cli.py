@@ -167,11 +167,11 @@ def _emit(result: Result, format: OutputFormat, limit: int) -> None:
         if result.message is not None:
             _console().print(result.message, markup=False, highlight=False)
         else:
-            _print_table(result.to_arrow_reader(), limit)
+            _print_table(result.to_arrow_reader(keep=False), limit)
     elif format is OutputFormat.csv:
-        _write_csv(result.to_arrow_reader(), out)
+        _write_csv(result.to_arrow_reader(keep=False), out)
     else:
-        _write_json(result.to_arrow_reader(), out)
+        _write_json(result.to_arrow_reader(keep=False), out)
     out.flush()
 
 

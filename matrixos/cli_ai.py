@@ -101,6 +101,8 @@ def search(
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
 ) -> None:
     """Vector, full-text or hybrid search of a Lance table."""
+    import pyarrow as pa
+
     with _connect(ctx) as lh:
         hits = lh.search(
             table,
@@ -110,5 +112,6 @@ def search(
             filter=filter,
             columns=[c.strip() for c in columns.split(",")] if columns else None,
         )
-    vectors = [f.name for f in hits.schema if str(f.type).startswith("fixed_size_list")]
-    _emit_table(hits.drop_columns(vectors), format, empty="no rows")
+    rows = pa.table(hits)
+    vectors = [f.name for f in rows.schema if str(f.type).startswith("fixed_size_list")]
+    _emit_table(rows.drop_columns(vectors), format, empty="no rows")

@@ -144,6 +144,12 @@ class VersionNotFound(MatrixOSError, LookupError):
     sqlstate = "22023"
 
 
+class ResultConsumed(MatrixOSError, RuntimeError):
+    """A result streamed without keeping its rows was read again."""
+
+    sqlstate = "24000"
+
+
 class StorageError(MatrixOSError, OSError):
     """The warehouse's storage could not be reached or read.
 
@@ -204,6 +210,7 @@ __all__ = [
     "IngestError",
     "MatrixOSError",
     "NotSupported",
+    "ResultConsumed",
     "SQLError",
     "SchemaMismatch",
     "SchemaNotFound",

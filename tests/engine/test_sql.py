@@ -823,8 +823,11 @@ def test_result_streams_in_batches(lake: mx.Lakehouse) -> None:
     assert max(sizes) < 100_000
     res = lake.sql("SELECT i FROM big")
     res.to_arrow_reader().read_next_batch()
-    with pytest.raises(RuntimeError, match="consumed"):
-        res.to_arrow_reader()  # a streamed result is not replayed behind the caller's back
+    assert res.to_arrow_reader().read_all().num_rows == 100_000  # kept, then replayed
+    res = lake.sql("SELECT i FROM big")
+    res.to_arrow_reader(keep=False).read_all()  # streamed without keeping: gone
+    with pytest.raises(RuntimeError, match="keep=False"):
+        res.to_arrow_reader()
 
 
 def test_result_repr_html_is_bounded(lake: mx.Lakehouse) -> None:
