@@ -40,9 +40,10 @@ from matrixos.errors import (
     SQLError,
     TableExists,
     TableNotFound,
+    VersionNotFound,
 )
 from matrixos.storage._delta_compaction import CompactionConflict, compact
-from matrixos.storage._errors import is_storage_failure, storage_error
+from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,28 @@ class DeltaStore:
             raise TableNotFound(f"no Delta table at {self.location}") from e
         except DeltaProtocolError as e:
             raise NotSupported(f"Delta table at {self.location}: {e}") from e
-        except (DeltaError, OSError, ValueError) as e:
+        except (DeltaError, OSError, ValueError, OverflowError) as e:
+            missing = self._missing_version(version) if version is not None else None
+            if missing is not None:
+                raise missing from e
             raise _translate(e, f"cannot open Delta table at {self.location}", self) from e
         check_readable(dt)
         return dt
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.open().history(limit)
+
+    def _missing_version(self, version: int) -> VersionNotFound | None:
+        """The error for ``VERSION AS OF version`` past the table's history (delta-kernel says
+        "LogSegment end version 3 not the same as the specified end version 99"); None when
+        the latest version cannot be read either (then that is the error)."""
+        try:
+            dt = DeltaTable(self.location, storage_options=self.storage_options)
+            latest = dt.version()
+            earliest = min((int(h["version"]) for h in dt.history() if "version" in h), default=0)
+        except Exception:
+            return None
+        return version_not_found(f"the Delta table at {self.location}", version, earliest, latest)
 
     def _load_as_of(self, dt: DeltaTable, timestamp: datetime | str) -> None:
         """Load the last version committed at or before ``timestamp``.
@@ -485,7 +501,10 @@ class DeltaStore:
             # One retry: a writer that lost the race leaves the work to whoever won it, or to
             # the next append that finds the small files still there.
             return self.optimize(retries=1)
-        except MatrixOSError as e:  # a concurrent writer won; compaction can wait for next time
+        except ConcurrentWriteError as e:  # a concurrent writer won: expected, not a fault
+            log.info("auto-compaction of %s skipped: %s", self.location, e)
+            return None
+        except MatrixOSError as e:
             log.warning("auto-compaction of %s skipped: %s", self.location, e)
             return None
 
@@ -512,7 +531,10 @@ def _arrow_schema(dt: DeltaTable) -> pa.Schema:
 
 
 def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """``name`` as a double-quoted identifier of delta-rs's (DataFusion's) SQL, by sqlglot."""
+    from sqlglot import exp  # not at import time: ``import matrixos`` stays light
+
+    return str(exp.to_identifier(name, quoted=True).sql(dialect="postgres"))
 
 
 def _check_partitions(schema: pa.Schema, part: Sequence[str]) -> None:

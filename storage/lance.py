@@ -24,8 +24,9 @@ from matrixos.errors import (
     SQLError,
     TableExists,
     TableNotFound,
+    VersionNotFound,
 )
-from matrixos.storage._errors import is_storage_failure, storage_error
+from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage.arrow import to_arrow_table
 from matrixos.storage.delta import WriteResult, cast_to, check_merge_source, conform
 
@@ -90,7 +91,11 @@ class LanceStore:
 
         try:
             ds = lance.dataset(self.location, version=version, storage_options=self.storage_options)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
+            if version is not None:
+                missing = self._missing_version(version)
+                if missing is not None:
+                    raise missing from e
             if "not found" in str(e).lower():
                 raise TableNotFound(f"no Lance table at {self.location}") from e
             raise _translate(e, f"cannot open Lance table at {self.location}", self) from e
@@ -99,6 +104,18 @@ class LanceStore:
         if timestamp is not None:
             ds = ds.checkout_version(self._version_as_of(ds, timestamp))
         return ds
+
+    def _missing_version(self, version: int) -> VersionNotFound | None:
+        """The error for a ``version`` the dataset does not have (lance calls it "not
+        found", like a missing dataset); None when the dataset itself cannot be opened."""
+        try:
+            latest = self.open()
+            versions = [int(v["version"]) for v in latest.versions()]
+        except Exception:
+            return None
+        return version_not_found(
+            f"the Lance table at {self.location}", version, min(versions), max(versions)
+        )
 
     def _version_as_of(self, ds: LanceDataset, timestamp: datetime | str) -> int:
         when = (
@@ -342,7 +359,7 @@ class LanceStore:
                 continue
             found = ds.to_table(
                 columns=[*on, "_rowid", "_row_created_at_version"],
-                filter=f"`{first}` IN ({literal})",
+                filter=f"{_lance_ident(first)} IN ({literal})",
             )
             if found.num_rows < 2:
                 continue
@@ -408,10 +425,50 @@ class LanceStore:
         return table
 
     # -- maintenance ------------------------------------------------------------------------
-    def optimize(self, zorder: Sequence[str] | None = None) -> dict[str, Any]:
-        """Compact small fragments, then fold new rows into every index."""
+    def optimize(
+        self, zorder: Sequence[str] | None = None, *, retries: int | None = None
+    ) -> dict[str, Any]:
+        """Compact small fragments, then fold new rows into every index.
+
+        Lance commits a compaction (a ``Rewrite``) only if no concurrent commit touched its
+        fragments: a second compaction of the same fragments, or a delete/update in them, makes
+        it fail with a retryable conflict (``tests/storage/test_lance_tables.py`` pins this);
+        appends never conflict with it. A lost race is retried on a fresh version up to
+        ``retries`` times (default ``commit_retries``), then raises ``ConcurrentWriteError``.
+        """
+        from tenacity import (
+            RetryError,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         if zorder:
             raise NotSupported("ZORDER BY is available on Delta tables only")
+        retries = self.commit_retries if retries is None else retries
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(ConcurrentWriteError),
+                stop=stop_after_attempt(retries + 1),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            ):
+                with attempt:
+                    stats = self._compact()
+        except RetryError as e:
+            raise ConcurrentWriteError(
+                f"optimize of {self.location} conflicted with concurrent writers "
+                f"{retries + 1} times; nothing was written",
+                hint="retry later, or raise MATRIXOS_COMMIT_RETRIES",
+            ) from e
+        return {
+            "fragments_removed": int(getattr(stats, "fragments_removed", 0)),
+            "fragments_added": int(getattr(stats, "fragments_added", 0)),
+            "files_removed": int(getattr(stats, "files_removed", 0)),
+            "files_added": int(getattr(stats, "files_added", 0)),
+        }
+
+    def _compact(self) -> Any:
         ds = self.open()
         try:
             stats = ds.optimize.compact_files()
@@ -420,12 +477,7 @@ class LanceStore:
                 ds.optimize.optimize_indices()
         except Exception as e:
             raise _translate(e, f"optimize of {self.location} failed", self) from e
-        return {
-            "fragments_removed": int(getattr(stats, "fragments_removed", 0)),
-            "fragments_added": int(getattr(stats, "fragments_added", 0)),
-            "files_removed": int(getattr(stats, "files_removed", 0)),
-            "files_added": int(getattr(stats, "files_added", 0)),
-        }
+        return stats
 
     def vacuum(
         self, retention_hours: int | None = None, *, dry_run: bool = False, enforce: bool = True
@@ -462,7 +514,10 @@ class LanceStore:
             return None
         log.info("auto-compacting %s", self.location)
         try:
-            return self.optimize()
+            return self.optimize(retries=1)  # a loser leaves the work to the next append
+        except ConcurrentWriteError as e:  # a concurrent writer won: expected, not a fault
+            log.info("auto-compaction of %s skipped: %s", self.location, e)
+            return None
         except MatrixOSError as e:
             log.warning("auto-compaction of %s skipped: %s", self.location, e)
             return None
@@ -474,6 +529,14 @@ def _system_columns(ds: LanceDataset) -> set[str]:
     except Exception:
         return set()
     return {"_row_created_at_version"}
+
+
+def _lance_ident(name: str) -> str:
+    """``name`` as a backtick-quoted identifier of Lance's filter SQL (a key column's name is
+    user input: quoted by sqlglot, never pasted)."""
+    from sqlglot import exp
+
+    return str(exp.to_identifier(name, quoted=True).sql(dialect="spark"))
 
 
 def _sql_literal(v: Any) -> str:

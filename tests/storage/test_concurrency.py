@@ -550,3 +550,35 @@ def test_writes_on_a_snapshot_a_compaction_replaced(small: Any, op: str) -> None
     assert len(table) == len(want)
     assert {r["id"]: r["v"] for r in table} == want
     assert "OPTIMIZE" in [h["operation"] for h in DeltaTable(loc, storage_options=opts).history()]
+
+
+def test_lance_two_compactions_of_one_version_commit_once(
+    warehouse_root: Any, tmp_path: Any
+) -> None:
+    """Lance's own conflict check (pinned): of two compactions planned on one version, the
+    second commit fails with a retryable conflict instead of re-adding the rows."""
+    import lance
+    from lance.optimize import Compaction
+
+    from matrixos.storage.lance import LanceStore
+
+    loc = (str(tmp_path) if warehouse_root.kind == "local" else warehouse_root.uri) + "/frag"
+    opts = {k.lower(): v for k, v in (warehouse_root.storage_options or {}).items()} or None
+    store = LanceStore(loc, opts)
+    store.create(pa.table({"id": list(range(10))}))
+    for i in range(1, 8):
+        store.append(pa.table({"id": list(range(i * 10, i * 10 + 10))}))
+    first = lance.dataset(loc, storage_options=opts)
+    second = lance.dataset(loc, storage_options=opts)
+    plans = [Compaction.plan(ds, {}) for ds in (first, second)]
+    done = [
+        [task.execute(ds) for task in p.tasks] for ds, p in zip((first, second), plans, strict=True)
+    ]
+    assert Compaction.commit(first, done[0]).fragments_removed == 8
+    with pytest.raises(OSError, match=r"(?i)conflict"):
+        Compaction.commit(second, done[1])
+    ids = sorted(store.open().to_table(columns=["id"])["id"].to_pylist())
+    assert ids == list(range(80))
+    # through the store: a compaction that finds nothing left reports so, rows unchanged
+    assert store.optimize()["fragments_removed"] == 0
+    assert sorted(store.open().to_table(columns=["id"])["id"].to_pylist()) == list(range(80))
