@@ -26,6 +26,7 @@ functions, Lance tables, …) runs locally, and ``EXPLAIN`` says which engine ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -928,6 +929,7 @@ def gather(refs: list[Any], what: str) -> list[Any]:
     try:
         return list(ray.get(refs))
     except ray.exceptions.RayTaskError as e:
+        consume(refs)
         cause = e.cause
         if isinstance(cause, FragmentError):
             raise _fragment_error(cause) from None
@@ -935,10 +937,43 @@ def gather(refs: list[Any], what: str) -> list[Any]:
             raise cause from None
         raise ComputeError(f"{what} failed: {cause}") from e
     except ray.exceptions.RayError as e:
+        consume(refs)
         raise ComputeError(
             f"{what} could not run on the Ray pool: {e}",
             hint=f"each task is retried {_MAX_RETRIES} times when its worker dies",
         ) from e
+
+
+def consume(refs: list[Any], wait_s: float = 2.0) -> None:
+    """Take the outcome of every task in ``refs`` and drop it.
+
+    ``ray.get`` of a list stops at the first failed task, and Ray logs a failure nobody
+    fetched, with its traceback, as an "Unhandled error" when its reference goes away. After
+    one failure the other outcomes are not needed, but they are fetched so that nothing spills
+    into the log: those done within ``wait_s`` here, the rest by a background thread as they
+    finish (the error that is raised now is not held up)."""
+    import threading
+
+    import ray
+
+    with contextlib.suppress(Exception):
+        ready, rest = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        for ref in ready:
+            with contextlib.suppress(Exception):
+                ray.get(ref)
+        if not rest:
+            return
+        # Not ray.get itself: after a shutdown it would start a new local Ray runtime.
+        get = getattr(ray.get, "__wrapped__", None)
+        if get is None:
+            return
+
+        def fetch() -> None:
+            for ref in rest:
+                with contextlib.suppress(Exception):
+                    get(ref)
+
+        threading.Thread(target=fetch, name="matrixos-consume", daemon=True).start()
 
 
 def _fragment_error(err: FragmentError) -> MatrixOSError:
