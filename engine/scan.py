@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from sqlglot import exp
 
 from matrixos.storage.delta import check_readable
 from matrixos.storage.warehouse import is_remote
@@ -322,7 +323,7 @@ def duckdb_type(t: pa.DataType) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return duckdb_type(t.value_type) + "[]"  # type: ignore[attr-defined]
     if pa.types.is_struct(t):
-        inner = ", ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in t)  # type: ignore[attr-defined]
+        inner = ", ".join(f"{_ident(f.name)} {duckdb_type(f.type)}" for f in t)  # type: ignore[attr-defined]
         return f"STRUCT({inner})"
     if pa.types.is_map(t):
         return f"MAP({duckdb_type(t.key_type)}, {duckdb_type(t.item_type)})"  # type: ignore[attr-defined]
@@ -338,11 +339,13 @@ def _literal(value: Any, t: pa.DataType) -> str:
         text = value.isoformat()
     else:
         text = str(value)
-    return "CAST('" + text.replace("'", "''") + f"' AS {duckdb_type(t)})"
+    return f"CAST({exp.Literal.string(text).sql(dialect='duckdb')} AS {duckdb_type(t)})"
 
 
 def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """``name`` as a quoted DuckDB identifier: column and struct field names are data (a
+    table's schema is user input), never SQL."""
+    return exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
 
 
 def render_scan(scan: PrunedScan, ctx: ScanContext, columns: Iterable[str] | None = None) -> str:
@@ -394,7 +397,7 @@ def _source(snap: Snapshot, paths: list[str], ctx: ScanContext) -> str:
         keys = [p.split("://", 1)[1] for p in paths]
         dataset = ds.dataset(keys, schema=physical, format="parquet", filesystem=ctx.filesystem)
         return ctx.register(dataset)
-    listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    listing = ", ".join(exp.Literal.string(p).sql(dialect="duckdb") for p in paths)
     if not snap.read_by_name:
         return f"read_parquet([{listing}])"
     # union_by_name only yields columns that at least one of these files has; when every file

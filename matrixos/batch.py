@@ -539,32 +539,49 @@ def _open_source(
     filter: str | None,
     version: int | None,
 ) -> _Source:
-    cols = ", ".join(_quote(c) for c in columns) if columns else "*"
-    where = f" WHERE {filter}" if filter else ""
-    if _is_query(source):
-        return _Source(
-            "query", source.strip(), None, "delta", f"SELECT {cols} FROM ({source}) AS s{where}"
-        )
+    # Built as a tree (sqlglot imported here: not needed at ``import matrixos``): the source
+    # query and the filter must each parse as one query and one condition, and column names
+    # are quoted identifiers, so none of them can change the statement's shape.
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+
+    from matrixos.errors import SQLError
+
+    projection = [exp.column(c, quoted=True) for c in columns] if columns else [exp.Star()]
+    try:
+        where = sqlglot.condition(filter, dialect="duckdb") if filter else None
+        if _is_query(source):
+            inner = sqlglot.parse_one(source, read="duckdb")
+            if not isinstance(inner, exp.Query):
+                raise SQLError(f"the source must be a query, got {source!r}")
+            query = exp.select(*projection).from_(inner.subquery("s"))
+            return _Source("query", source.strip(), None, "delta", _where(query, where))
+    except SqlglotError as e:
+        raise SQLError(f"cannot parse the source or filter: {e}") from e
     t = lh.table(source)
     v = version if version is not None else _table_version(t)
-    name = t._sql_name
+    table = exp.to_table(t._sql_name, dialect="duckdb")
+    table.set(
+        "version", exp.Version(this="VERSION", kind="AS OF", expression=exp.Literal.number(v))
+    )
     return _Source(
         t.name,
         t.name,
         v,
         "lance" if t.info.format == "lance" else "delta",
-        f"SELECT {cols} FROM {name} VERSION AS OF {v}{where}",
+        _where(exp.select(*projection).from_(table), where),
     )
+
+
+def _where(query: Any, condition: Any) -> str:
+    return str((query.where(condition) if condition is not None else query).sql("duckdb"))
 
 
 def _table_version(t: Table) -> int:
     if t.info.format == "lance":
         return int(t.store.version())  # type: ignore[union-attr]
     return int(t.version)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def rebatch(reader: Iterable[pa.RecordBatch], size: int) -> Iterator[tuple[int, pa.Table, bool]]:

@@ -103,8 +103,10 @@ class Table:
 
     @property
     def _sql_name(self) -> str:
+        from sqlglot import exp  # not at import time: ``import matrixos`` stays light
+
         i = self.info.ident
-        return f'"{i.catalog}"."{i.schema}"."{i.name}"'
+        return exp.table_(i.name, db=i.schema, catalog=i.catalog, quoted=True).sql("duckdb")
 
     # -- writing ----------------------------------------------------------------------------
     def _done(self, result: WriteResult) -> WriteResult:

@@ -726,3 +726,29 @@ def test_select_into_creates_nothing_in_the_engine_database(
 def test_snowflake_generator_is_a_table_function(box: Box, sql: str) -> None:
     err = refused(box.lh, sql, "snowflake")
     assert "generator()" in str(err), str(err)
+
+
+def test_schema_names_are_quoted_wherever_the_engine_writes_sql(lh: mx.Lakehouse) -> None:
+    # Struct field names, column names and partition values end up in the SQL that scans a
+    # table (typed empty scans, casts, partition literals); each is data, never SQL.
+    from matrixos.engine.sandbox import spill_directory
+
+    spill = Path(spill_directory())
+    before = tree(spill)
+    evil = (
+        'x" INT)) AS s FROM (SELECT 1) WHERE false UNION ALL SELECT CAST(current_setting('
+        f"'memory_limit') AS INT); COPY (SELECT 1) TO '{spill}/struct.csv'; SELECT (\"y"
+    )
+    struct = pa.struct([(evil, pa.int64())])
+    empty = lh.create_table("st_empty", pa.table({"s": pa.array([], struct)}))
+    assert lh.sql("SELECT * FROM st_empty").fetchall() == []
+    assert empty.schema.field("s").type == struct
+    full = lh.create_table(
+        "st_full",
+        pa.table({"s": pa.array([{evil: 1}], struct), evil: ["it's"], "p": ["a'b\"c"]}),
+        partition_by=["p"],
+    )
+    assert lh.sql("SELECT * FROM st_full").fetchall() == [({evil: 1}, "it's", "a'b\"c")]
+    assert lh.sql("SELECT count(*) FROM st_full WHERE p = 'a''b\"c'").scalar() == 1
+    assert full.count() == 1
+    assert tree(spill) == before
