@@ -21,10 +21,10 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedError
-from sqlglot.tokens import TokenType
 
-from matrixos.catalog import DEFAULT_CATALOG, TableIdent, TableInfo
+from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.names import check_part
+from matrixos.engine._syntax import statement_starts, syntax_error
 from matrixos.engine.functions import expand_functions, is_function_result
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import (
@@ -142,14 +142,7 @@ class SQLEngine:
             denied = _denied_statement(sql, dialect)
             if denied:
                 raise AccessDenied(f"{denied} statements are not allowed", sql=sql) from e
-            err = e.errors[0] if e.errors else {}
-            raise SQLError(
-                f"syntax error: {err.get('description', str(e))}"
-                + (f" near {err['highlight']!r}" if err.get("highlight") else ""),
-                sql=sql,
-                line=err.get("line"),
-                col=err.get("col"),
-            ) from e
+            raise syntax_error(e, sql, dialect) from e
         except SqlglotError as e:
             raise SQLError(f"cannot parse SQL: {e}", sql=sql) from e
         return [_integer_division(t) for t in trees if t is not None]
@@ -705,7 +698,8 @@ class SQLEngine:
             comment=comment,
             properties=properties,
             mode=mode,  # type: ignore[arg-type]
-            create_schema=ident.schema == "default" or ident.catalog != DEFAULT_CATALOG,
+            # one rule everywhere: like create_table() and ingest, SQL creates the schema
+            create_schema=True,
         )
         return _ok("CREATE TABLE", version=table.version)
 
@@ -1059,18 +1053,9 @@ def _check_translation(stmt: exp.Expr, dialect: str) -> None:
 
 def _denied_statement(sql: str, dialect: str) -> str | None:
     """The leading keyword of a never-allowed statement in ``sql``, if any."""
-    try:
-        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(sql)
-    except SqlglotError:
-        return None
-    at_start = True
-    for tok in tokens:
-        if tok.token_type == TokenType.SEMICOLON:
-            at_start = True
-        elif at_start:
-            if tok.text.upper() in _DENIED_STATEMENTS:
-                return tok.text.upper()
-            at_start = False
+    for tok in statement_starts(sql, dialect):
+        if tok.text.upper() in _DENIED_STATEMENTS:
+            return tok.text.upper()
     return None
 
 

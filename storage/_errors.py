@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from matrixos.errors import StorageError
+from matrixos.errors import StorageError, VersionNotFound
 from matrixos.storage.options import StorageOptions
 
 # Words only a storage client's error contains (a predicate's "403" must not count).
@@ -150,4 +150,23 @@ def storage_error(
         bucket=bucket,
         endpoint=endpoint,
         detail=detail,
+    )
+
+
+def version_not_found(what: str, version: int, earliest: int, latest: int) -> VersionNotFound:
+    """``what`` (a table) has no ``version``: past its latest, or older than its history keeps.
+
+    Example:
+        >>> print(version_not_found("table raw.events", 99, 0, 3))
+        table raw.events has versions 0 to 3; there is no version 99
+        Hint: time travel to a version from 0 to 3 (DESCRIBE HISTORY lists them)
+    """
+    have = f"version {earliest}" if earliest == latest else f"versions {earliest} to {latest}"
+    if 0 <= version < earliest:
+        message = f"{what} has {have}; version {version} is no longer kept (its log was cleaned up)"
+    else:
+        message = f"{what} has {have}; there is no version {version}"
+    return VersionNotFound(
+        message,
+        hint=f"time travel to a version from {earliest} to {latest} (DESCRIBE HISTORY lists them)",
     )

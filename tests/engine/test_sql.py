@@ -33,6 +33,7 @@ from matrixos.errors import (
     SQLError,
     TableExists,
     TableNotFound,
+    VersionNotFound,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -241,10 +242,7 @@ def test_create_table_with_columns_partitioned_by(lh: mx.Lakehouse) -> None:
         "CREATE TABLE sales.orders (id BIGINT NOT NULL, customer VARCHAR, amount DECIMAL(10, 2),"
         " day DATE) PARTITIONED BY (day)"
     )
-    with pytest.raises(TableNotFound, match="sales"):  # like Spark, SQL does not invent schemas
-        lh.sql(create)
-    lh.sql("CREATE SCHEMA sales")
-    lh.sql(create)
+    lh.sql(create)  # creates the schema, as create_table() and ingest do
     t = lh.table("sales.orders")
     assert t.partition_by == ["day"]
     assert t.schema == pa.schema(
@@ -569,8 +567,15 @@ def test_version_and_timestamp_as_of(items: mx.Lakehouse) -> None:
         dialect="bigquery",
     ).fetchall() == [(1,), (2,)]
     assert items.sql("SELECT id FROM items TIMESTAMP AS OF now()").fetchall() == [(2,)]
-    with pytest.raises(MatrixOSError):
+    latest = items.table("items").version
+    with pytest.raises(VersionNotFound) as err:  # not delta-kernel's "LogSegment end version"
         items.sql("SELECT * FROM items VERSION AS OF 99")
+    assert err.value.message == (
+        f"table main.default.items has versions 0 to {latest}; there is no version 99"
+    )
+    assert err.value.hint is not None and "DESCRIBE HISTORY" in err.value.hint
+    with pytest.raises(VersionNotFound, match="there is no version -1"):
+        items.table("items").to_arrow(version=-1)
     with pytest.raises(SQLError, match="integer"):
         items.sql("SELECT * FROM items VERSION AS OF 'x'")
 
@@ -747,7 +752,7 @@ def test_parse_error_has_line_and_column(lake: mx.Lakehouse) -> None:
     assert err.sql is not None and "WHERE" in err.sql
     with pytest.raises(SQLError) as info:
         lake.sql("SELECT id FROM orders WHERE id = 1 AND")
-    assert (info.value.line, info.value.col) == (1, 38)  # sqlglot: end of the token
+    assert (info.value.line, info.value.col) == (1, 36)  # where AND starts
     # a refused keyword inside a string literal does not turn a typo into an access error
     with pytest.raises(SQLError) as info:
         lake.sql("SELECT 'a; EXPORT DATABASE' FROM")
@@ -858,3 +863,41 @@ def test_constructs_duckdb_cannot_express_are_errors_not_warnings(tmp_path: Any)
         lh.create_table("s.t", {"b": ["x", "y"]})
         with pytest.raises(SQLError, match="APPROX_TOP_K"):
             lh.sql("SELECT APPROX_TOP_K(b, 2) FROM s.t", dialect="bigquery")
+
+
+@pytest.mark.parametrize(
+    ("sql", "message", "line", "col", "hint"),
+    [
+        ("SELEC * FROM raw.events", "unknown statement 'SELEC'", 1, 1, "did you mean SELECT?"),
+        ("SELECT 1;\n  DELET FROM t", "unknown statement 'DELET'", 2, 3, "did you mean DELETE?"),
+        ("SELECT * FROM t\nWHERE x = = 1", "syntax error at or near '='", 2, 11, None),
+        ("SELECT * FROM t WHERE", "the statement ends early, after 'WHERE'", 1, 17, None),
+        ("SELECT (1", "syntax error at or near '1': expecting )", 1, 9, None),
+    ],
+)
+def test_syntax_errors_name_the_word_and_its_position(
+    lake: mx.Lakehouse, sql: str, message: str, line: int, col: int, hint: str | None
+) -> None:
+    with pytest.raises(SQLError) as err:
+        lake.sql(sql)
+    e = err.value
+    assert message in e.message and (e.line, e.col) == (line, col)
+    assert "sqlglot" not in str(e) and "<class" not in str(e) and "Required keyword" not in str(e)
+    assert e.hint == hint
+
+
+def test_lance_time_travel_names_the_versions(lh: mx.Lakehouse) -> None:
+    t = lh.create_table("kb.docs", pa.table({"id": [1]}), format="lance")
+    t.append(pa.table({"id": [2]}))
+    with pytest.raises(
+        VersionNotFound, match=r"table main\.kb\.docs has versions 1 to 2; there is no"
+    ):
+        lh.sql("SELECT * FROM kb.docs VERSION AS OF 99")
+    assert lh.sql("SELECT count(*) FROM kb.docs VERSION AS OF 1").scalar() == 1
+
+
+def test_create_table_in_sql_creates_its_schema(lh: mx.Lakehouse) -> None:
+    lh.sql("CREATE TABLE sales.orders (id INT)")  # like create_table() and ingest
+    assert "main.sales" in lh.schemas()
+    lh.sql("INSERT INTO sales.orders VALUES (1)")
+    assert lh.sql("SELECT count(*) FROM sales.orders").scalar() == 1
