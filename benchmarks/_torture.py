@@ -73,6 +73,8 @@ class Report:
     half_visible: int = 0
     compactions: int = 0
     kills_mid_op: dict[str, int] = field(default_factory=dict)
+    conflicts_by_op: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
     rows: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -90,6 +92,8 @@ class Report:
             "operations_acknowledged": dict(sorted(self.operations.items())),
             "operations_total": sum(self.operations.values()),
             "conflicts_surfaced": self.conflicts,
+            "conflicts_by_operation": dict(sorted(self.conflicts_by_op.items())),
+            "seconds_per_acknowledged_operation": self.latency,
             "errors": self.errors[:20],
             "duplicates": self.duplicates,
             "losses": self.losses,
@@ -134,6 +138,8 @@ class Replay:
     conflicts: int
     kills_mid_op: dict[str, int]
     errors: list[str]
+    seconds: dict[str, list[float]]  # per operation kind: how long acknowledged calls took
+    failed: dict[str, int]  # per operation kind: ConcurrentWriteErrors
 
 
 def replay(path: Path) -> Replay:
@@ -141,6 +147,8 @@ def replay(path: Path) -> Replay:
     state: dict[int, int] = {}
     pending: dict[str, Any] | None = None
     acked: dict[str, int] = {}
+    seconds: dict[str, list[float]] = {}
+    failed: dict[str, int] = {}
     kills: dict[str, int] = {}
     conflicts = 0
     errors: list[str] = []
@@ -157,9 +165,11 @@ def replay(path: Path) -> Replay:
             elif "ack" in e and pending is not None and e["ack"] == pending["intent"]:
                 state = _apply(state, pending["effect"])
                 acked[pending["op"]] = acked.get(pending["op"], 0) + 1
+                seconds.setdefault(pending["op"], []).append(float(e.get("s") or 0))
                 pending = None
             elif "fail" in e and pending is not None and e["fail"] == pending["intent"]:
                 conflicts += 1
+                failed[pending["op"]] = failed.get(pending["op"], 0) + 1
                 pending = None
             elif "error" in e:
                 errors.append(str(e.get("message")))
@@ -168,7 +178,7 @@ def replay(path: Path) -> Replay:
                 if e["applied"]:
                     state = _apply(state, pending["effect"])
                 pending = None
-    return Replay(state, pending, n, acked, conflicts, kills, errors)
+    return Replay(state, pending, n, acked, conflicts, kills, errors, seconds, failed)
 
 
 # ------------------------------------------------------------------------------- the writer
@@ -230,16 +240,18 @@ def writer_main(target: Target, w: int, seed: int) -> None:
                 continue  # update/delete with no rows of ours yet
             effect, call = op
             _record(path, {"intent": n, "op": kind, "effect": effect})
+            t0 = time.monotonic()
             try:
                 res = call()
             except ConcurrentWriteError as e:
-                _record(path, {"fail": n, "error": str(e)[:200]})
+                took = round(time.monotonic() - t0, 3)
+                _record(path, {"fail": n, "s": took, "error": str(e)[:200]})
             except Exception as e:  # anything else: the parent resolves it as after a kill
                 _record(path, {"error": n, "message": f"{type(e).__name__}: {e}"[:300]})
                 os._exit(3)
             else:
                 version = getattr(res, "version", None)
-                _record(path, {"ack": n, "version": version})
+                _record(path, {"ack": n, "version": version, "s": round(time.monotonic() - t0, 3)})
                 state = _apply(state, effect)
             n += 1
 
@@ -473,16 +485,33 @@ def _summary(target: Target, writers: int, report: Report) -> dict[str, Any]:
     kills: dict[str, int] = {}
     conflicts = 0
     report.errors = []
+    seconds: dict[str, list[float]] = {}
+    failed: dict[str, int] = {}
     for w in range(writers):
         r = replay(_ledger(target, w))
         report.errors.extend(r.errors)
+        for k, v in r.failed.items():
+            failed[k] = failed.get(k, 0) + v
+        for k, xs in r.seconds.items():
+            seconds.setdefault(k, []).extend(xs)
         for k, v in r.acked.items():
             ops[k] = ops.get(k, 0) + v
         for k, v in r.kills_mid_op.items():
             kills[k] = kills.get(k, 0) + v
         conflicts += r.conflicts
     report.operations, report.kills_mid_op, report.conflicts = ops, kills, conflicts
+    report.conflicts_by_op = failed
+    report.latency = {k: _percentiles(xs) for k, xs in sorted(seconds.items())}
     return report.as_dict()
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {
+        "p50": round(xs[len(xs) // 2], 3),
+        "p99": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))], 3),
+        "max": round(xs[-1], 3),
+    }
 
 
 def _vacuum_everything(target: Target) -> None:

@@ -1,17 +1,20 @@
 """Delta compaction committed by MatrixOS itself, so that two compactions can never both win.
 
-Why not ``DeltaTable.optimize.compact()``: delta-rs (checked on 1.6.6) rebases a commit that lost
-the race for its version over the winner, and its conflict checker ignores the winner's removes
-when those carry ``dataChange=false``. Two compactions that read the same version therefore both
-commit: the second removes files the first already removed and re-adds their rows, duplicating
-every one of them (``tests/storage/test_concurrency.py`` pins this). A full overwrite rebased over
-a compaction likewise leaves the compacted file, with the old rows, in place.
+Why not ``DeltaTable.optimize.compact()`` / ``z_order()``: delta-rs (checked on 1.6.6) rebases
+a commit that lost the race for its version over the winner, and its conflict checker ignores
+the winner's removes when those carry ``dataChange=false``. Two compactions that read the same
+version therefore both commit: the second removes files the first already removed and re-adds
+their rows, duplicating every one of them (``tests/storage/test_concurrency.py`` pins this).
+Its optimize also ignores ``CommitProperties(max_commit_retries=0)``, so it cannot be told not
+to rebase. A full overwrite rebased over a compaction likewise keeps the compacted file.
 
 What this module does instead, for one snapshot at version ``v``:
 
-1. pick the small files (no deletion vector) and bin-pack them per partition, as delta-rs does;
-2. read each bin's files and write one Snappy Parquet file per bin, with statistics computed
-   from the rows (the same JSON shape delta-rs writes, bounds rounded outward);
+1. pick the small files and bin-pack them per partition, as delta-rs does (Z-order: every file
+   of each partition);
+2. read each bin's files and write one Snappy Parquet file per bin (Z-order: rows sorted on the
+   Morton curve of the columns, cut at the target size), with statistics computed from the rows
+   (the JSON shape delta-rs writes, bounds rounded outward, none where unsure);
 3. write the commit (``commitInfo``, ``remove`` and ``add`` actions, all ``dataChange=false``)
    as ``_delta_log/<v+1>.json`` with put-if-absent: a hard link of a finished temporary file on a
    local disk, ``If-None-Match: *`` on S3 (the conditional PUT delta-rs itself relies on);
@@ -21,9 +24,13 @@ What this module does instead, for one snapshot at version ``v``:
    try the next version. A blind append therefore never conflicts with a compaction, and a
    compaction never removes a file twice.
 
-Tables using writer features whose invariants a plain rewrite could break (column mapping, row
-tracking, clustering, in-commit timestamps, …) return ``None``: the caller then lets delta-rs
-compact with ``max_commit_retries=0``, which only commits at ``v + 1`` and so can never rebase.
+No lease: correctness does not need one, and a lease needs expiry and takeover of a dead
+holder's lease, which on S3 needs a conditional delete. Two writers compacting at once waste
+one rewrite, never a row; an auto-compaction that loses simply leaves the work to the winner.
+
+Tables whose features a plain rewrite could break (column mapping, row tracking, clustering,
+in-commit timestamps, deletion vectors in use, …) are refused (``NotSupported``) rather than
+handed to delta-rs's unsafe optimize.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from matrixos.errors import MatrixOSError
+from matrixos.errors import MatrixOSError, NotSupported, SchemaMismatch
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -91,15 +98,33 @@ def compact(
     storage_options: Mapping[str, str] | None,
     *,
     target_size: int,
-) -> dict[str, Any] | None:
-    """Compact ``dt``'s small files and commit; the metrics, or None when the table's features
-    need delta-rs's own writer. Raises :class:`CompactionConflict` when a concurrent commit
-    removed one of the inputs (or changed the schema) first."""
-    if not _supported(dt):
-        return None
+    zorder: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Compact ``dt``'s small files (with ``zorder``: rewrite every file of each partition,
+    rows in Z-order of those columns) and commit; returns the metrics.
+
+    Raises :class:`CompactionConflict` when a concurrent commit removed one of the inputs (or
+    changed the schema) first, ``NotSupported`` for tables whose features this writer does not
+    honour (see :func:`supported`)."""
+    why = unsupported(dt)
+    if why:
+        raise NotSupported(
+            f"OPTIMIZE of the Delta table at {location} is not available: it {why}",
+            hint="compact it with the engine that wrote it (e.g. Spark)",
+        )
     store = _Store(location, storage_options)
     read_version = dt.version()
-    bins = _plan(dt, target_size)
+    schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
+    parts = set(dt.metadata().partition_columns)
+    data_schema = pa.schema([f for f in schema if f.name not in parts])
+    cols = list(zorder or [])
+    bad = [c for c in cols if c not in data_schema.names]
+    if bad:
+        raise SchemaMismatch(
+            f"ZORDER BY column(s) {bad} are not data columns of the table "
+            f"(data columns: {data_schema.names}; partition columns cannot be z-ordered)"
+        )
+    bins = _plan(dt, target_size, every_file=bool(cols))
     metrics: dict[str, Any] = {
         "numFilesAdded": 0,
         "numFilesRemoved": 0,
@@ -107,12 +132,9 @@ def compact(
         "totalConsideredFiles": sum(len(b) for b in bins),
         "readVersion": read_version,
     }
-    bins = [b for b in bins if len(b) > 1]
+    bins = [b for b in bins if len(b) > 1 or cols]
     if not bins:
         return metrics
-    schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
-    parts = set(dt.metadata().partition_columns)
-    data_schema = pa.schema([f for f in schema if f.name not in parts])
     now = int(time.time() * 1000)
     removes: list[dict[str, Any]] = []
     adds: list[dict[str, Any]] = []
@@ -123,20 +145,21 @@ def compact(
                 [_conform(store.read_parquet(f.path), data_schema) for f in files]
             )
             folder = files[0].path.rpartition("/")[0]
-            name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
-            path = f"{folder}/{name}" if folder else name
-            written.append(path)
-            size = store.write_parquet(path, table)
-            adds.append(
-                {
-                    "path": path,
-                    "partitionValues": files[0].partition,
-                    "size": size,
-                    "modificationTime": now,
-                    "dataChange": False,
-                    "stats": json.dumps(_stats(table), separators=(",", ":")),
-                }
-            )
+            for chunk in _chunks(table, cols, sum(f.size for f in files), target_size):
+                name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+                path = f"{folder}/{name}" if folder else name
+                written.append(path)
+                size = store.write_parquet(path, chunk)
+                adds.append(
+                    {
+                        "path": path,
+                        "partitionValues": files[0].partition,
+                        "size": size,
+                        "modificationTime": now,
+                        "dataChange": False,
+                        "stats": json.dumps(_stats(chunk), separators=(",", ":")),
+                    }
+                )
             removes.extend(
                 {
                     "path": f.path,
@@ -156,7 +179,11 @@ def compact(
         info = {
             "timestamp": now,
             "operation": "OPTIMIZE",
-            "operationParameters": {"targetSize": str(target_size), "predicate": "[]"},
+            "operationParameters": {
+                "targetSize": str(target_size),
+                "predicate": "[]",
+                **({"zOrderBy": json.dumps(cols)} if cols else {}),
+            },
             "operationMetrics": {
                 k: metrics[k] for k in ("numFilesAdded", "numFilesRemoved", "partitionsOptimized")
             },
@@ -193,32 +220,37 @@ def _commit_name(version: int) -> str:
     return f"_delta_log/{version:020d}.json"
 
 
-def _supported(dt: DeltaTable) -> bool:
+def unsupported(dt: DeltaTable) -> str | None:
+    """Why this writer cannot compact ``dt`` (a phrase), or None when it can."""
     proto = dt.protocol()
-    if proto.min_writer_version > 7:
-        return False
     if proto.min_writer_version == 7:
-        if not set(proto.writer_features or []) <= _SAFE_WRITER_FEATURES:
-            return False
+        extra = sorted(set(proto.writer_features or []) - _SAFE_WRITER_FEATURES)
+        if extra:
+            return f"uses writer feature(s) {', '.join(extra)}"
     elif proto.min_writer_version > _MAX_LEGACY_WRITER:
-        return False
+        return f"needs writer version {proto.min_writer_version}"
     config = dt.metadata().configuration or {}
     if str(config.get("delta.columnMapping.mode", "none")).lower() != "none":
-        return False
-    return not _has_deletion_vectors(dt)  # rows hidden by a DV must not come back
+        return "uses column mapping"
+    if _has_deletion_vectors(dt):
+        return "has deletion vectors (the rows they hide must not come back)"
+    return None
 
 
-def _plan(dt: DeltaTable, target_size: int) -> list[list[_File]]:
+def _plan(dt: DeltaTable, target_size: int, *, every_file: bool) -> list[list[_File]]:
     """Bins of small files per partition (delta-rs's rule: files below ``target_size``,
-    consecutive in commit order, packed until a bin would exceed ``target_size``)."""
+    consecutive in commit order, packed until a bin would exceed ``target_size``); with
+    ``every_file`` (Z-order) one bin of all files per partition."""
     actions = pa.table(dt.get_add_actions(flatten=True))  # type: ignore[arg-type]
     part_cols = [c for c in actions.column_names if c.startswith("partition.")]
     raw = _raw_partitions(dt)
     groups: dict[str, list[_File]] = {}
     for row in actions.to_pylist():
         path = row["path"]
-        if row["size_bytes"] >= target_size or "://" in path or path.startswith("/"):
-            continue  # big enough, or a file outside the table's folder (left alone)
+        if "://" in path or path.startswith("/"):
+            continue  # a file outside the table's folder: left alone
+        if row["size_bytes"] >= target_size and not every_file:
+            continue  # big enough
         typed = {c[len("partition.") :]: row[c] for c in part_cols}
         values = {k: _partition_string(v) for k, v in typed.items()}
         if values and values not in raw:
@@ -231,7 +263,7 @@ def _plan(dt: DeltaTable, target_size: int) -> list[list[_File]]:
         current: list[_File] = []
         size = 0
         for f in files:
-            if current and size + f.size > target_size:
+            if current and size + f.size > target_size and not every_file:
                 bins.append(current)
                 current, size = [], 0
             current.append(f)
@@ -277,6 +309,38 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _chunks(table: pa.Table, zorder: list[str], in_bytes: int, target_size: int) -> list[pa.Table]:
+    """The rows to write: one table, or with ``zorder`` sorted in Z-order and cut into files of
+    about ``target_size`` bytes (sized by the inputs' bytes per row)."""
+    if not zorder or table.num_rows == 0:
+        return [table]
+    table = table.take(_zorder_indices(table, zorder))
+    per_file = max(1, int(target_size / max(in_bytes / table.num_rows, 1.0)))
+    return [table.slice(i, per_file) for i in range(0, table.num_rows, per_file)]
+
+
+def _zorder_indices(table: pa.Table, cols: list[str]) -> pa.Array:
+    """Row order by the Z-order (Morton) curve over ``cols``: each column's dense rank scaled to
+    32 bits, the bits interleaved most significant first, rows sorted by the result."""
+    import numpy as np
+
+    n = table.num_rows
+    ranks = []
+    for c in cols:
+        r = pc.rank(table.column(c), tiebreaker="dense")  # nulls rank last
+        r = r.to_numpy().astype(np.float64) - 1
+        top = max(float(r.max()), 1.0)
+        ranks.append((r / top * (2**32 - 1)).astype(np.uint64))
+    words = np.zeros((math.ceil(32 * len(cols) / 64), n), dtype=np.uint64)
+    pos = 0
+    for bit in range(31, -1, -1):
+        for r in ranks:
+            w, off = divmod(pos, 64)
+            words[w] |= ((r >> np.uint64(bit)) & np.uint64(1)) << np.uint64(63 - off)
+            pos += 1
+    return pa.array(np.lexsort(words[::-1]))
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -404,6 +468,8 @@ class _Store:
         return pq.read_table(self._path(log_path))
 
     def write_parquet(self, log_path: str, table: pa.Table) -> int:
+        # Snappy, as write_deltalake writes: DuckDB scanned a ZSTD-compacted IoT table (delta-rs
+        # optimize's default) 1.55x slower than the same rows written at once.
         path = self._path(log_path)
         if self.remote:
             pq.write_table(table, path, filesystem=self.arrow_fs, compression="snappy")

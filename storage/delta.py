@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
@@ -43,6 +43,7 @@ from matrixos.errors import (
     VersionNotFound,
 )
 from matrixos.storage._delta_compaction import CompactionConflict, compact
+from matrixos.storage._delta_compaction import unsupported as compaction_unsupported
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 
@@ -89,6 +90,7 @@ class DeltaStore:
         *,
         commit_retries: int = 10,
         auto_compact_min_files: int = 0,
+        name: str | None = None,
         small_file_bytes: int = 16 * 1024 * 1024,
         target_file_bytes: int = 128 * 1024 * 1024,
     ) -> None:
@@ -96,6 +98,8 @@ class DeltaStore:
         self.storage_options = dict(storage_options) if storage_options else None
         self.commit_retries = commit_retries
         self.auto_compact_min_files = auto_compact_min_files
+        # The catalog name, for messages ("table raw.events has versions 0 to 3").
+        self.label = f"table {name}" if name else f"the Delta table at {location}"
         self.small_file_bytes = small_file_bytes
         self.target_file_bytes = target_file_bytes
 
@@ -142,7 +146,7 @@ class DeltaStore:
             earliest = min((int(h["version"]) for h in dt.history() if "version" in h), default=0)
         except Exception:
             return None
-        return version_not_found(f"the Delta table at {self.location}", version, earliest, latest)
+        return version_not_found(self.label, version, earliest, latest)
 
     def _load_as_of(self, dt: DeltaTable, timestamp: datetime | str) -> None:
         """Load the last version committed at or before ``timestamp``.
@@ -335,7 +339,7 @@ class DeltaStore:
                 source_alias="s",
                 target_alias="t",
                 merge_schema=evolve,
-                commit_properties=_commit_properties(0, commit_metadata),
+                commit_properties=_commit_properties(self.commit_retries, commit_metadata),
             )
             if when_matched == "update":
                 m = m.when_matched_update_all()
@@ -356,7 +360,7 @@ class DeltaStore:
         return self.run_with_retries(
             "delete",
             lambda dt: dt.delete(
-                predicate, commit_properties=CommitProperties(max_commit_retries=0)
+                predicate, commit_properties=_commit_properties(self.commit_retries, None)
             ),
         )
 
@@ -369,7 +373,7 @@ class DeltaStore:
             lambda dt: dt.update(
                 updates=dict(updates),
                 predicate=where,
-                commit_properties=CommitProperties(max_commit_retries=0),
+                commit_properties=_commit_properties(self.commit_retries, None),
             ),
         )
 
@@ -428,44 +432,24 @@ class DeltaStore:
     ) -> dict[str, Any]:
         """Compact small files (and z-order by ``zorder`` columns when given).
 
-        A compaction never removes a file a concurrent commit already removed: plain compaction
-        is committed by :mod:`matrixos.storage._delta_compaction` (put-if-absent, conflicts
-        checked against every commit that landed meanwhile); Z-order, and tables whose features
-        need delta-rs's writer, run through delta-rs with ``max_commit_retries=0`` so that they
-        commit only right after the snapshot they read. A lost race is retried on a fresh
-        snapshot up to ``retries`` times (default ``commit_retries``), then raises
-        ``ConcurrentWriteError``.
+        Committed by :mod:`matrixos.storage._delta_compaction`, never by delta-rs's optimize
+        (which rebases over a concurrent compaction and duplicates its rows): the commit is a
+        put-if-absent, checked against every commit that landed meanwhile, so a compaction
+        never removes a file a concurrent commit already removed and blind appends never
+        conflict with it. A lost race is retried on a fresh snapshot up to ``retries`` times
+        (default ``commit_retries``), then raises ``ConcurrentWriteError``.
         """
-        # Snappy, as write_deltalake writes: delta-rs's optimize defaults to ZSTD, which
-        # DuckDB decompresses ~1.5x slower (a compacted IoT table scanned 1.55x slower
-        # than the same rows written at once).
-        props = WriterProperties(compression="SNAPPY")
-        no_rebase = CommitProperties(max_commit_retries=0)
-
-        def run(dt: DeltaTable) -> dict[str, Any]:
-            if zorder:
-                return dict(
-                    dt.optimize.z_order(
-                        list(zorder),
-                        target_size=self.target_file_bytes,
-                        writer_properties=props,
-                        commit_properties=no_rebase,
-                    )
-                )
-            ours = compact(
-                dt, self.location, self.storage_options, target_size=self.target_file_bytes
-            )
-            if ours is not None:
-                return ours
-            return dict(
-                dt.optimize.compact(
-                    target_size=self.target_file_bytes,
-                    writer_properties=props,
-                    commit_properties=no_rebase,
-                )
-            )
-
-        return self.run_with_retries("optimize", run, retries=retries).metrics
+        return self.run_with_retries(
+            "optimize",
+            lambda dt: compact(
+                dt,
+                self.location,
+                self.storage_options,
+                target_size=self.target_file_bytes,
+                zorder=zorder,
+            ),
+            retries=retries,
+        ).metrics
 
     def vacuum(
         self, retention_hours: int | None = None, *, dry_run: bool = False, enforce: bool = True
@@ -494,7 +478,8 @@ class DeltaStore:
         """Compact when the table has at least ``auto_compact_min_files`` small files."""
         if self.auto_compact_min_files <= 0:
             return None
-        if self.small_files(dt) < self.auto_compact_min_files:
+        dt = dt or self.open()
+        if self.small_files(dt) < self.auto_compact_min_files or compaction_unsupported(dt):
             return None
         log.info("auto-compacting %s", self.location)
         try:
@@ -510,6 +495,14 @@ class DeltaStore:
 
 
 def _commit_properties(retries: int, metadata: Mapping[str, str] | None) -> CommitProperties:
+    """``retries``: how often delta-rs may rebase the commit over commits that beat it.
+
+    Rebasing MERGE/UPDATE/DELETE and appends is safe: delta-rs's checker refuses a rebase over
+    a commit that removed or rewrote files they read (a compaction's new files count as
+    changed data, so a DML that read the compacted files conflicts), and lets a blind append
+    or a DML on other files through, the conflicts that used to fail a whole attempt. It is
+    not safe for compactions and full overwrites (see ``optimize`` and ``_write``).
+    """
     return CommitProperties(
         max_commit_retries=retries, custom_metadata=dict(metadata) if metadata else None
     )

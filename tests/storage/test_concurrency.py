@@ -22,6 +22,8 @@ import matrixos as mx
 from matrixos.errors import (
     ConcurrentWriteError,
     MatrixOSError,
+    NotSupported,
+    SchemaMismatch,
     SQLError,
     TableExists,
     TableNotFound,
@@ -422,6 +424,14 @@ def test_upstream_delta_rs_rebases_a_compaction_over_a_compaction(tmp_path: Any)
     got = ids_of(loc, None)
     assert len(got) == 800 and len(set(got)) == 400  # every row twice
 
+    # z_order (and compact) ignore max_commit_retries=0: they still rebase
+    loc3 = str(tmp_path / "t3")
+    small_files_table(loc3, None, 4)
+    first, second = DeltaTable(loc3), DeltaTable(loc3)
+    first.optimize.compact()
+    second.optimize.z_order(["id"], commit_properties=CommitProperties(max_commit_retries=0))
+    assert len(ids_of(loc3, None)) == 80
+
     loc2 = str(tmp_path / "t2")
     small_files_table(loc2, None, 4)
     compactor, writer = DeltaTable(loc2), DeltaTable(loc2)
@@ -470,21 +480,28 @@ def small(warehouse_root: Any, tmp_path: Any) -> tuple[str, dict[str, str] | Non
     return loc, warehouse_root.storage_options
 
 
-def test_two_compactions_of_one_snapshot_commit_once(small: Any) -> None:
+@pytest.mark.parametrize(
+    ("mine", "theirs"),
+    [("compact", "compact"), ("zorder", "compact"), ("compact", "zorder"), ("zorder", "zorder")],
+)
+def test_two_compactions_of_one_snapshot_commit_once(small: Any, mine: str, theirs: str) -> None:
     loc, opts = small
     a = _StaleOnce(loc, opts)
     b = DeltaStore(loc, opts)
-    a.rival = b.optimize  # b compacts after a read its snapshot, before a commits
+    zorder = {"compact": None, "zorder": ["v", "id"]}
+    # b compacts after a read its snapshot, before a commits
+    a.rival = lambda: b.optimize(zorder[theirs])
     with pytest.raises(ConcurrentWriteError, match="conflicted"):
-        a.optimize(retries=0)
+        a.optimize(zorder[mine], retries=0)
     assert not orphans(loc, opts)  # the loser deleted the file it wrote
     got = ids_of(loc, opts)
     assert got == list(range(120))  # once each
     h = DeltaTable(loc, storage_options=opts).history()
     assert [x["operation"] for x in h[:2]] == ["OPTIMIZE", "WRITE"]  # one compaction only
-    # with a retry, the loser re-reads the table and finds nothing left to compact
+    # with a retry, the loser re-reads the table and compacts what is left (nothing, or for
+    # Z-order the one file again)
     a.rival = b.optimize
-    assert a.optimize(retries=1)["numFilesRemoved"] == 0
+    assert a.optimize(zorder[mine], retries=1)["numFilesRemoved"] == (mine == "zorder")
     assert ids_of(loc, opts) == list(range(120))
 
 
@@ -582,3 +599,42 @@ def test_lance_two_compactions_of_one_version_commit_once(
     # through the store: a compaction that finds nothing left reports so, rows unchanged
     assert store.optimize()["fragments_removed"] == 0
     assert sorted(store.open().to_table(columns=["id"])["id"].to_pylist()) == list(range(80))
+
+
+def test_zorder_orders_rows_and_keeps_them(tmp_path: Any) -> None:
+    loc = str(tmp_path / "z")
+    for i in range(4):
+        write_deltalake(
+            loc,
+            pa.table({"x": [(i * 37 + j * 11) % 64 for j in range(64)], "y": list(range(64))}),
+            mode="append",
+        )
+    store = DeltaStore(loc, target_file_bytes=1 << 30)
+    before = sorted(DeltaTable(loc).to_pyarrow_table().to_pylist(), key=lambda r: (r["x"], r["y"]))
+    out = store.optimize(["x", "y"])
+    assert (out["numFilesRemoved"], out["numFilesAdded"]) == (4, 1)
+    after = DeltaTable(loc).to_pyarrow_table().to_pylist()
+    assert sorted(after, key=lambda r: (r["x"], r["y"])) == before
+    # Morton order: the first quarter of rows holds the small-x, small-y quadrant only
+    quarter = after[: len(after) // 4]
+    assert max(r["x"] for r in quarter) < 32 and max(r["y"] for r in quarter) < 32
+    h = DeltaTable(loc).history(1)[0]
+    assert h["operation"] == "OPTIMIZE" and "zOrderBy" in h["operationParameters"]
+    with pytest.raises(SchemaMismatch, match="ZORDER"):
+        store.optimize(["nope"])
+
+
+def test_compaction_refuses_tables_it_cannot_rewrite_safely(tmp_path: Any) -> None:
+    loc = str(tmp_path / "cm")
+    DeltaTable.create(
+        loc,
+        pa.schema([("id", pa.int64())]),
+        configuration={"delta.columnMapping.mode": "name"},
+    )
+    for i in range(3):
+        write_deltalake(loc, pa.table({"id": [i]}), mode="append")
+    store = DeltaStore(loc, auto_compact_min_files=2)
+    with pytest.raises(NotSupported, match="column mapping"):
+        store.optimize()
+    assert store.maybe_autocompact() is None  # auto-compaction leaves such tables alone
+    assert DeltaTable(loc).history(1)[0]["operation"] == "WRITE"
