@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from matrixos.errors import ConfigError, NotSupported, SchemaMismatch
+from matrixos.errors import ConfigError, NotSupported, SchemaMismatch, TableNotFound
 from matrixos.storage.arrow import to_arrow_table
 from matrixos.table import Table
 
@@ -49,7 +49,12 @@ class LanceTable(Table):
         self, version: int | None = None, timestamp: datetime | str | None = None
     ) -> LanceDataset:
         """The underlying ``lance.LanceDataset`` (latest, or as of a version/timestamp)."""
-        return self.store.open(version=version, timestamp=timestamp)
+        try:
+            return self.store.open(version=version, timestamp=timestamp)
+        except TableNotFound as e:
+            if self.info.external or version is not None or timestamp is not None:
+                raise
+            raise self._lh._no_data(self.info) from e
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from matrixos.catalog import Catalog, TableIdent, TableInfo, parse_schema
-from matrixos.config import Settings, resolve_settings
+from matrixos.catalog import TableIdent, TableInfo, catalog_for, parse_schema
+from matrixos.config import Settings, check_names, resolve_settings
 from matrixos.errors import ConfigError, NotSupported, TableExists, TableNotFound
+from matrixos.storage.options import StorageOptions
 from matrixos.storage.warehouse import Warehouse, normalize_uri
 
 if TYPE_CHECKING:
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
 
 
 MIN_FILES_PROPERTY = "matrixos.autoCompact.minFiles"
+# A catalog entry is written before its table's first file (the entry is the lock on the name):
+# an entry younger than this with nothing at its location may be a creation in progress.
+CREATING_GRACE = timedelta(minutes=10)
+
+log = logging.getLogger(__name__)
 
 
 def connect(
@@ -42,6 +49,7 @@ def connect(
     storage_options: Mapping[str, Any] | None = None,
     catalog_url: str | None = None,
     compute: str | None = None,
+    create: bool = True,
     **settings: Any,
 ) -> Lakehouse:
     """Open a lakehouse: a warehouse folder or bucket, its catalog, and a SQL engine.
@@ -51,10 +59,18 @@ def connect(
             ``./warehouse``.
         storage_options: deltalake-style keys (``AWS_ENDPOINT_URL``, ``AWS_REGION``, …);
             missing keys fall back to the ``AWS_*`` environment variables.
-        catalog_url: SQLAlchemy URL of the catalog; default SQLite (see ``Settings``).
+        catalog_url: where the catalog lives: ``sqlite:///…``, ``postgresql://…`` or
+            ``s3://…``; default the warehouse's own (see ``matrixos.catalog.registry``).
         compute: ``local`` (default), ``ray``, ``ray://host:port`` or ``host:port`` (see
             ``matrixos.compute``).
+        create: make the warehouse when there is none at ``warehouse`` (the default);
+            ``False`` raises ``WarehouseNotFound`` instead, so a mistyped path is an error,
+            not a new empty warehouse (the CLI's reading commands use this).
         **settings: any other ``Settings`` field.
+
+    Raises:
+        ConfigError: an unknown argument (naming the closest valid one) or a bad setting.
+        WarehouseNotFound: ``create=False`` and no warehouse is there.
 
     Example:
         >>> import matrixos as mx, tempfile
@@ -62,23 +78,36 @@ def connect(
         >>> lh.sql("SELECT 1 + 1 AS two").fetchall()
         [(2,)]
     """
+    # connect(catalog=…) is a ConfigError naming catalog_url, not pydantic's ValidationError.
+    check_names(settings, [*Settings.model_fields, *_CONNECT_ARGS], what="argument")
     cfg = resolve_settings(
         warehouse=warehouse, catalog_url=catalog_url, compute=compute, **settings
     )
-    return Lakehouse(cfg, storage_options=storage_options)
+    return Lakehouse(cfg, storage_options=storage_options, create=create)
+
+
+_CONNECT_ARGS = ("storage_options", "create")
 
 
 class Lakehouse:
     """A session over one warehouse and catalog. Thread-safe; cheap to create."""
 
-    def __init__(self, settings: Settings, *, storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        create: bool = True,
+    ):
         from matrixos.compute import parse_compute
 
         parse_compute(settings.compute)  # a bad target fails here, not at the first query
         self.settings = settings
-        self.warehouse = Warehouse(settings.warehouse, storage_options)
-        url = settings.catalog_url or self.warehouse.default_catalog_url(settings.home)
-        self.catalog = Catalog(url)
+        options = StorageOptions.from_mapping(storage_options, **settings.storage_limits())
+        if not create:
+            _require_warehouse(settings.warehouse, settings.catalog_url, options)
+        self.warehouse = Warehouse(settings.warehouse, options)
+        self.catalog = catalog_for(self.warehouse, settings.catalog_url, settings.home)
         self.user = settings.user or _whoami()
         self._lock = threading.Lock()
         self._tables: dict[str, DeltaTable] = {}
@@ -210,7 +239,7 @@ class Lakehouse:
         if format not in ("delta", "lance"):
             raise NotSupported(f"format={format!r} is not supported; use 'delta' or 'lance'")
         ident = TableIdent.parse(name)
-        existing = self.catalog.find_table(ident)
+        existing = self._unless_stale(self.catalog.find_table(ident))
         if existing is not None:
             if mode == "ignore":
                 return self.table(ident)
@@ -293,6 +322,7 @@ class Lakehouse:
             self.catalog.create_schema(
                 ident.catalog, ident.schema, owner=self.user, if_not_exists=True
             )
+        self._unless_stale(self.catalog.find_table(ident))
         info = TableInfo(
             ident=ident,
             format=format,
@@ -416,19 +446,26 @@ class Lakehouse:
         mode: Literal["vector", "text", "hybrid"] = "vector",
         filter: str | None = None,
         columns: Sequence[str] | None = None,
-    ) -> pa.Table:
+    ) -> Result:
         """Top ``k`` rows of a Lance table for ``query`` (text or a vector) plus ``_score``.
 
         ``mode``: ``vector`` (ANN over the embedding), ``text`` (BM25) or ``hybrid``
         (reciprocal rank fusion of both). ``filter`` is a SQL predicate applied before top-k.
 
+        Returns:
+            a ``Result``, as ``sql()`` does: ``to_arrow()``, ``to_polars()``, ``to_pandas()``,
+            ``to_pylist()``, ``column(name)``, and ``__arrow_c_stream__`` for pyarrow, Polars
+            and DuckDB.
+
         Example:
             >>> lh.search("kb.chunks", "vacuum a table", k=5, mode="hybrid")  # doctest: +SKIP
         """
+        from matrixos.engine.result import Result
         from matrixos.lance_table import lance_table_or_error
 
         t = lance_table_or_error(self.table(table))
-        return t.search(query, k=k, mode=mode, filter=filter, columns=columns)
+        hits = t.search(query, k=k, mode=mode, filter=filter, columns=columns)
+        return Result.from_table(hits, statement="SEARCH")
 
     # -- volumes ----------------------------------------------------------------------------
     def volumes(self, schema: str | None = None) -> list[str]:
@@ -567,6 +604,48 @@ class Lakehouse:
         )
 
     # -- internals shared by Table and the SQL engine ---------------------------------------
+    def _storage_gone(self, info: TableInfo) -> bool:
+        """True when nothing is at the entry's location and the entry is too old to be a
+        creation in progress: its files were deleted, or the bucket emptied or re-created."""
+        from matrixos.storage.warehouse import filesystem_for
+
+        if datetime.now(UTC) - info.created_at < CREATING_GRACE:
+            return False
+        return not filesystem_for(info.location, self.warehouse.options).exists(info.location)
+
+    def _unless_stale(self, info: TableInfo | None) -> TableInfo | None:
+        """``info``, or None after removing it from the catalog when its storage is gone
+        (only that entry: a newer table of the same name is never touched)."""
+        if info is None or not self._storage_gone(info):
+            return info
+        log.warning(
+            "table %s: replacing its catalog entry, whose storage at %s is gone",
+            info.ident,
+            info.location,
+        )
+        with contextlib.suppress(TableNotFound):  # another process replaced it first
+            self.catalog.drop_table(info.ident, location=info.location)
+        self._tables.pop(info.location, None)
+        return None
+
+    def _no_data(self, info: TableInfo) -> TableNotFound:
+        """The error for a managed table whose location holds no committed table."""
+        if self._storage_gone(info):
+            return TableNotFound(
+                f"table {info.ident} is in the catalog, but its storage at {info.location} is "
+                "gone: its files were deleted, or the bucket was emptied or re-created",
+                hint=f"DROP TABLE {info.ident} removes the stale entry; creating the table "
+                "again replaces it",
+            )
+        # The catalog row is written first (it is the lock on the name); a creator that
+        # died before its first commit leaves the row without data.
+        return TableNotFound(
+            f"table {info.ident} is in the catalog but holds no committed data at "
+            f"{info.location}: it is still being created, its creator stopped before the first "
+            "commit, or its files were deleted",
+            hint=f"DROP TABLE {info.ident} removes the entry (the name can then be reused)",
+        )
+
     def _store(self, info: TableInfo) -> DeltaStore | LanceStore:
         from matrixos.storage.delta import DeltaStore
 
@@ -579,12 +658,14 @@ class Lakehouse:
                 self.warehouse.lance_options(info.location),
                 commit_retries=s.commit_retries,
                 auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
+                name=str(info.ident),
             )
         return DeltaStore(
             info.location,
             self.warehouse.delta_options(info.location),
             commit_retries=s.commit_retries,
             auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
+            name=str(info.ident),
             small_file_bytes=s.small_file_bytes,
             target_file_bytes=s.target_file_bytes,
         )
@@ -610,13 +691,7 @@ class Lakehouse:
             except TableNotFound as e:
                 if info.external:
                     raise
-                # The catalog row is written first (it is the lock on the name); a creator that
-                # died before its first commit leaves the row without data.
-                raise TableNotFound(
-                    f"table {info.ident} is in the catalog but holds no committed data: it is "
-                    "still being created, or its creator stopped before the first commit",
-                    hint=f"DROP TABLE {info.ident} removes the entry (the name can then be reused)",
-                ) from e
+                raise self._no_data(info) from e
             self._tables[info.location] = dt
         else:
             try:
@@ -625,6 +700,34 @@ class Lakehouse:
                 dt = store.open()
                 self._tables[info.location] = dt
         return dt
+
+
+def _require_warehouse(uri: str, catalog_url: str | None, options: StorageOptions) -> None:
+    """Raise ``WarehouseNotFound`` unless a warehouse is at ``uri``: a local folder holding
+    its catalog (or any folder, with a separate catalog), or an object-store prefix holding
+    objects."""
+    from matrixos.errors import WarehouseNotFound
+    from matrixos.storage.warehouse import filesystem_for, is_remote
+
+    root = normalize_uri(uri)
+    if is_remote(root):
+        try:
+            found = catalog_url is not None or bool(filesystem_for(root, options).exists(root))
+        except Exception as e:
+            from matrixos.storage._errors import storage_error
+
+            raise storage_error(
+                e, f"cannot look for a warehouse at {root}", root, options=options
+            ) from e
+    else:
+        folder = Path(root)
+        found = folder.is_dir() and (catalog_url is not None or (folder / "_catalog.db").exists())
+    if not found:
+        raise WarehouseNotFound(
+            f"no warehouse at {root}",
+            hint="check the path (--warehouse or MATRIXOS_WAREHOUSE); a command that writes "
+            "(ingest, sql CREATE TABLE …) or mx.connect() in Python creates one",
+        )
 
 
 def _min_files(info: TableInfo, default: int) -> int:

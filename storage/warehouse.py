@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import uuid
@@ -51,9 +50,15 @@ class Warehouse:
         '/tmp/wh/main/default/t-0f3a9c2e51b7'
     """
 
-    def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, uri: str, storage_options: StorageOptions | Mapping[str, Any] | None = None
+    ) -> None:
         self.uri = normalize_uri(uri)
-        self.options = StorageOptions.from_mapping(storage_options)
+        self.options = (
+            storage_options
+            if isinstance(storage_options, StorageOptions)
+            else StorageOptions.from_mapping(storage_options)
+        )
         if not self.is_remote:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
 
@@ -91,16 +96,6 @@ class Warehouse:
         """An fsspec filesystem for the warehouse."""
         return filesystem_for(self.uri, self.options)
 
-    def default_catalog_url(self, home: str) -> str:
-        """SQLite inside a local warehouse; for an object store, one file per warehouse URI
-        under ``home`` so that every process on this machine finds the same catalog."""
-        if not self.is_remote:
-            return f"sqlite:///{self.join('_catalog.db')}"
-        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        folder = Path(home).expanduser() / "catalogs"
-        folder.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{folder / (digest + '.db')}"
-
     def remove(self, location: str) -> None:
         """Delete a folder of data (a dropped managed table)."""
         fs = filesystem_for(location, self.options)
@@ -114,7 +109,7 @@ def filesystem_for(uri: str, options: StorageOptions) -> fsspec.AbstractFileSyst
     import fsspec
 
     if uri.startswith("s3://"):
-        return fsspec.filesystem("s3", **options.to_s3fs())
+        return options.s3fs()
     if uri.startswith("memory://"):
         return fsspec.filesystem("memory")
     return fsspec.filesystem("file")

@@ -1,4 +1,4 @@
-"""The catalog database: catalogs, schemas and tables, on SQLite or PostgreSQL (SQLAlchemy).
+"""The catalog in a database: catalogs, schemas and tables, on SQLite or PostgreSQL (SQLAlchemy).
 
 Many processes may share one catalog: every change is one short transaction, names are primary
 keys (two creators of one name: one wins, the other gets ``TableExists``), and SQLite runs in WAL
@@ -8,22 +8,26 @@ mode with a busy timeout so writers queue instead of failing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
-from matrixos.errors import (
-    ConfigError,
-    SchemaNotFound,
-    StorageError,
-    TableExists,
-    TableNotFound,
-    VolumeNotFound,
+from matrixos.catalog.base import (
+    Catalog,
+    TableInfo,
+    VolumeInfo,
+    no_schema,
+    no_table,
+    schema_not_empty,
 )
+from matrixos.catalog.base import now as _now
+from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
+from matrixos.errors import ConfigError, SchemaNotFound, StorageError, TableExists, VolumeNotFound
+
+__all__ = ["SQLCatalog", "TableInfo", "VolumeInfo"]
 
 _meta = sa.MetaData()
 _catalogs = sa.Table(
@@ -73,55 +77,16 @@ _volumes = sa.Table(
 )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _aware(ts: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything we store is UTC.
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class TableInfo:
-    """What the catalog knows of one table."""
-
-    ident: TableIdent
-    format: str
-    location: str
-    external: bool = False
-    comment: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
-    owner: str | None = None
-    created_at: datetime = field(default_factory=_now)
-    updated_at: datetime = field(default_factory=_now)
-
-    @property
-    def name(self) -> str:
-        return str(self.ident)
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    """What the catalog knows of one volume."""
-
-    ident: TableIdent
-    location: str
-    external: bool = False
-    comment: str | None = None
-    owner: str | None = None
-    created_at: datetime = field(default_factory=_now)
-
-    @property
-    def name(self) -> str:
-        return str(self.ident)
-
-
-class Catalog:
-    """Catalogs, schemas and tables in a SQL database.
+class SQLCatalog(Catalog):
+    """Catalogs, schemas and tables in a SQL database (``sqlite://…``, ``postgresql://…``).
 
     Example:
-        >>> cat = Catalog("sqlite://")
+        >>> cat = SQLCatalog("sqlite://")
         >>> cat.create_schema("main", "sales")
         >>> [s for _, s in cat.list_schemas()]
         ['default', 'sales']
@@ -141,7 +106,7 @@ class Catalog:
         self._ensure_defaults()
 
     def __repr__(self) -> str:
-        return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"SQLCatalog({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
         self.engine.dispose()
@@ -151,7 +116,9 @@ class Catalog:
         self.create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, if_not_exists=True)
 
     # -- catalogs and schemas ---------------------------------------------------------------
-    def create_catalog(self, name: str, *, comment: str | None = None, if_not_exists=False) -> None:
+    def create_catalog(
+        self, name: str, *, comment: str | None = None, if_not_exists: bool = False
+    ) -> None:
         self._insert(
             _catalogs,
             {"name": name, "comment": comment, "created_at": _now()},
@@ -202,20 +169,14 @@ class Catalog:
                 .where(_tables.c.catalog == catalog, _tables.c.schema == schema)
             ).scalar_one()
             if left:
-                raise TableExists(
-                    f"schema {catalog}.{schema} still holds {left} table(s)",
-                    hint="drop its tables first",
-                )
+                raise schema_not_empty(catalog, schema, left, "table")
             volumes = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(_volumes)
                 .where(_volumes.c.catalog == catalog, _volumes.c.schema == schema)
             ).scalar_one()
             if volumes:
-                raise TableExists(
-                    f"schema {catalog}.{schema} still holds {volumes} volume(s)",
-                    hint="drop its volumes first",
-                )
+                raise schema_not_empty(catalog, schema, volumes, "volume")
             n = conn.execute(
                 _schemas.delete().where(_schemas.c.catalog == catalog, _schemas.c.name == schema)
             ).rowcount
@@ -227,10 +188,7 @@ class Catalog:
         """Record a table; raises ``TableExists`` if the name is taken."""
         ident = info.ident
         if not self.schema_exists(ident.catalog, ident.schema):
-            raise SchemaNotFound(
-                f"schema {ident.catalog}.{ident.schema} does not exist",
-                hint=f"CREATE SCHEMA {ident.catalog}.{ident.schema}",
-            )
+            raise no_schema(ident.catalog, ident.schema)
         self._insert(_tables, _to_row(info), f"table {ident} already exists", False)
 
     def get_table(self, ident: TableIdent) -> TableInfo:
@@ -238,14 +196,8 @@ class Catalog:
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
         if row is None:
-            raise TableNotFound(f"table {ident} does not exist")
+            raise no_table(ident)
         return _from_row(row)
-
-    def find_table(self, ident: TableIdent) -> TableInfo | None:
-        try:
-            return self.get_table(ident)
-        except TableNotFound:
-            return None
 
     def list_tables(self, catalog: str | None = None, schema: str | None = None) -> list[TableInfo]:
         q = sa.select(_tables).order_by(_tables.c.catalog, _tables.c.schema, _tables.c.name)
@@ -262,20 +214,22 @@ class Catalog:
         with self.engine.begin() as conn:
             n = conn.execute(_tables.update().where(*_match(info.ident)).values(**row)).rowcount
         if not n:
-            raise TableNotFound(f"table {info.ident} does not exist")
+            raise no_table(info.ident)
         return new
 
     def touch(self, ident: TableIdent) -> None:
         with self.engine.begin() as conn:
             conn.execute(_tables.update().where(*_match(ident)).values(updated_at=_now()))
 
-    def drop_table(self, ident: TableIdent) -> TableInfo:
-        """Remove a table's entry and return what it was."""
+    def drop_table(self, ident: TableIdent, *, location: str | None = None) -> TableInfo:
+        where = _match(ident)
+        if location is not None:
+            where.append(_tables.c.location == location)
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(_tables).where(*_match(ident))).mappings().first()
+            row = conn.execute(sa.select(_tables).where(*where)).mappings().first()
             if row is None:
-                raise TableNotFound(f"table {ident} does not exist")
-            conn.execute(_tables.delete().where(*_match(ident)))
+                raise no_table(ident, location)
+            conn.execute(_tables.delete().where(*where))
         return _from_row(row)
 
     # -- volumes ----------------------------------------------------------------------------
@@ -283,10 +237,7 @@ class Catalog:
         """Record a volume; raises ``TableExists`` if the name is taken."""
         ident = info.ident
         if not self.schema_exists(ident.catalog, ident.schema):
-            raise SchemaNotFound(
-                f"schema {ident.catalog}.{ident.schema} does not exist",
-                hint=f"CREATE SCHEMA {ident.catalog}.{ident.schema}",
-            )
+            raise no_schema(ident.catalog, ident.schema)
         row = {
             "catalog": ident.catalog,
             "schema": ident.schema,
@@ -306,12 +257,6 @@ class Catalog:
         if row is None:
             raise VolumeNotFound(f"volume {ident} does not exist")
         return _volume_from_row(row)
-
-    def find_volume(self, ident: TableIdent) -> VolumeInfo | None:
-        try:
-            return self.get_volume(ident)
-        except VolumeNotFound:
-            return None
 
     def list_volumes(
         self, catalog: str | None = None, schema: str | None = None
