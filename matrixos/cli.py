@@ -98,7 +98,8 @@ def _root(
             show_envvar=True,
             # The URL may hold a password: never echo its value in --help.
             show_default=False,
-            help="SQLAlchemy URL of the catalog. Default: SQLite inside the warehouse.",
+            help="Catalog URL (sqlite:///…, postgresql://…, s3://…). Default: the warehouse's "
+            "own (SQLite in a local one, a commit log in <warehouse>/_catalog/ in a bucket).",
         ),
     ] = None,
     version: Annotated[
