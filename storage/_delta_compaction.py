@@ -78,6 +78,7 @@ _SAFE_WRITER_FEATURES = frozenset(
 # Legacy protocol versions: 5 brings column mapping, 6 identity columns (checked by property).
 _MAX_LEGACY_WRITER = 6
 _CHECKPOINT_INTERVAL = 100  # delta-rs's default ``delta.checkpointInterval``
+_MAX_STRING_BOUND = 64  # characters of a string min/max kept in the statistics
 
 
 class CompactionConflict(MatrixOSError):
@@ -374,6 +375,8 @@ def _column_stats(
     nulls[name] = int(col.null_count)
     if col.null_count == len(col) or not _has_bounds(t):
         return
+    if pa.types.is_floating(t) and pc.any(pc.is_nan(col)).as_py():
+        return  # engines order NaN differently: no bounds is always right
     mm = pc.min_max(col)
     lo, hi = _render(mm["min"].as_py(), t, up=False), _render(mm["max"].as_py(), t, up=True)
     if lo is not None and hi is not None:
@@ -400,6 +403,10 @@ def _render(v: Any, t: pa.DataType, *, up: bool) -> Any:
         return None
     if pa.types.is_floating(t):
         return float(v) if math.isfinite(v) else None
+    if isinstance(v, str) and len(v) > _MAX_STRING_BOUND:
+        # A prefix is still a lower bound; a cut upper bound would be wrong: leave it out
+        # (long texts would also bloat the log).
+        return None if up else v[:_MAX_STRING_BOUND]
     if pa.types.is_timestamp(t):
         if not isinstance(v, datetime):
             return None
