@@ -330,7 +330,9 @@ class DeltaStore:
         if missing:
             raise SchemaMismatch(f"merge key column(s) {missing} missing from the table or data")
         check_merge_source(source, on, inserts=when_not_matched == "insert")
-        predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in on)
+        predicate = " AND ".join(
+            [f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in on] + _key_ranges(source, on)
+        )
 
         def run(dt: DeltaTable) -> dict[str, Any]:
             m = dt.merge(
@@ -506,6 +508,32 @@ def _commit_properties(retries: int, metadata: Mapping[str, str] | None) -> Comm
     return CommitProperties(
         max_commit_retries=retries, custom_metadata=dict(metadata) if metadata else None
     )
+
+
+def _key_ranges(source: pa.Table, on: Sequence[str]) -> list[str]:
+    """``t.k BETWEEN min AND max`` of the source's keys, for integer and string keys.
+
+    The same rows match with or without it (every source key lies in its range), but delta-rs
+    then knows which files the MERGE read: a concurrent commit that only touched files outside
+    the range (another writer's appends, say) no longer fails it.
+    """
+    out = []
+    for k in on:
+        col = source.column(k)
+        t = col.type
+        if col.null_count == len(col) or not (
+            pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+        ):
+            continue
+        from sqlglot import exp
+
+        mm = pc.min_max(col)
+        lo, hi = (
+            exp.Literal.string(v) if isinstance(v, str) else exp.Literal.number(v)
+            for v in (mm["min"].as_py(), mm["max"].as_py())
+        )
+        out.append(f"t.{quote_ident(k)} BETWEEN {lo.sql('postgres')} AND {hi.sql('postgres')}")
+    return out
 
 
 def check_readable(dt: DeltaTable) -> None:

@@ -682,3 +682,45 @@ def test_compacted_files_carry_statistics_that_prune_correctly(lh: mx.Lakehouse)
 
 def active_files(t: Any) -> int:
     return len(DeltaTable(t.location, storage_options=t.store.storage_options).file_uris())
+
+
+class _CountingStore(DeltaStore):
+    """Counts snapshots taken; the second one (the merge's first attempt; the first is its
+    schema check) lets ``rival`` commit before the attempt does."""
+
+    opens = 0
+    rival: Callable[[], object] | None = None
+
+    def open(self, version: int | None = None, timestamp: Any = None) -> DeltaTable:
+        dt = super().open(version, timestamp)
+        self.opens += 1
+        if self.opens == 2 and self.rival is not None:
+            self.rival()
+        return dt
+
+
+@pytest.mark.parametrize(("appended", "attempts"), [(9_000_000, 1), (150, 2)])
+def test_merge_rebases_over_appends_outside_its_keys(
+    small: Any, appended: int, attempts: int
+) -> None:
+    """A MERGE names the key range it reads, so delta-rs lets it past a concurrent append of
+    other keys (one attempt); an append inside the range sends it round again."""
+    loc, opts = small
+    m = _CountingStore(loc, opts, commit_retries=3)
+    appender = DeltaStore(loc, opts)
+    m.rival = lambda: appender.append(pa.table({"id": [appended], "v": [1]}))
+    m.merge(pa.table({"id": [15, 5001], "v": [7, 7]}), on=["id"])
+    assert m.opens == 1 + attempts
+    rows = DeltaTable(loc, storage_options=opts).to_pyarrow_table().to_pylist()
+    got = {r["id"]: r["v"] for r in rows}
+    assert len(rows) == len(got) == 122
+    assert got[15] == got[5001] == 7 and got[appended] == 1
+
+
+def test_merge_key_ranges_keep_string_keys_exact(tmp_path: Any) -> None:
+    loc = str(tmp_path / "sk")
+    write_deltalake(loc, pa.table({"k": ["a'b", "c\\\\d", "e"], "v": [0, 0, 0]}))
+    store = DeltaStore(loc)
+    store.merge(pa.table({"k": ["a'b", "c\\\\d", "z'"], "v": [1, 1, 1]}), on=["k"])
+    got = {r["k"]: r["v"] for r in DeltaTable(loc).to_pyarrow_table().to_pylist()}
+    assert got == {"a'b": 1, "c\\\\d": 1, "e": 0, "z'": 1}
