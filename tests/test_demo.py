@@ -18,7 +18,7 @@ from rich.console import Console
 
 import matrixos as mx
 from matrixos import _tpch
-from matrixos.demo import run_demo
+from matrixos.demo import next_steps, run_demo
 
 SCALE = 0.01
 
@@ -47,6 +47,12 @@ def test_demo_loads_tpch_and_merges(tmp_path: Path, tpch: _tpch.TpchData) -> Non
     text = _run(tmp_path / "wh")
     for step in ("Load", "A join", "TPC-H Q1", "MERGE", "Time travel", "History", "Polars"):
         assert step in text
+    # The closing hints are code to copy: longer than the console is wide, yet never broken.
+    hints = next_steps(str((tmp_path / "wh").resolve()))
+    assert max(len(h) for h in hints) > 120
+    lines = [line.strip() for line in text.splitlines()]
+    for hint in hints:
+        assert hint in lines, hint
     with mx.connect(str(tmp_path / "wh")) as lh:
         assert sorted(lh.tables("tpch")) == sorted(f"main.tpch.{t}" for t in _tpch.TABLES)
         for t in _tpch.TABLES:
