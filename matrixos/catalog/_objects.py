@@ -128,7 +128,7 @@ class _S3Objects(Objects):
         except OSError as e:
             # S3 answers 409 ConditionalRequestConflict while another conditional write of the
             # same key is in flight: that writer wins or fails; either way, read and retry.
-            if "ConditionalRequestConflict" in str(e) or "409" in str(e):
+            if _s3_code(e) in ("ConditionalRequestConflict", "PreconditionFailed"):
                 return None
             raise self._error("write", e) from e
         return str(out["ETag"])
@@ -155,6 +155,17 @@ class _S3Objects(Objects):
                 args["ContinuationToken"] = page["NextContinuationToken"]
         except Exception as e:
             raise self._error("list", e) from e
+
+
+def _s3_code(e: BaseException) -> str | None:
+    """The S3 error code behind an exception s3fs translated (it keeps botocore's as cause)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code"))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class _LocalObjects(Objects):

@@ -23,6 +23,7 @@ the state is read afresh, so no process keeps entries whose storage is gone. A c
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import threading
@@ -51,6 +52,8 @@ from matrixos.errors import (
     TableExists,
     VolumeNotFound,
 )
+
+log = logging.getLogger(__name__)
 
 # A new process reads the newest checkpoint and up to this many commits after it (one batch of
 # concurrent GETs); a checkpoint is one more PUT per this many commits.
@@ -356,7 +359,12 @@ class ObjectStoreCatalog(Catalog):
         self._version, self._tag = version, tag
         if version > 0 and version % CHECKPOINT_EVERY == 0:
             cp = {"version": version, "actions": self._state.to_json()}
-            self._objects.write(_key("checkpoints", version), json.dumps(cp).encode())
+            try:
+                self._objects.write(_key("checkpoints", version), json.dumps(cp).encode())
+            except StorageError as e:
+                # The change is committed; a missing checkpoint only makes new readers replay
+                # a few more commits.
+                log.warning("catalog %s: checkpoint %d not written: %s", self.url, version, e)
 
     # -- catalogs and schemas ---------------------------------------------------------------
     def create_catalog(
