@@ -24,11 +24,14 @@ _MAX_PROBLEMS = 5
 
 
 def read_answer(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Column names and rows (as text) of a reference answer: pipe-separated, with a header."""
+    """Column names and rows (as text) of a reference answer: pipe-separated, with a header.
+
+    An empty line is a row of one NULL where the answer has one column (Q17 at SF 0.01 is
+    ``avg_yearly`` over no rows); the file's final newline ends the last row."""
     with path.open(newline="") as f:
         rows = list(csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE))
-    rows = [r for r in rows if r]
-    return rows[0], rows[1:]
+    names, body = rows[0], rows[1:]
+    return names, [r if r else [""] * len(names) for r in body if r or len(names) == 1]
 
 
 def rows_of(table: pa.Table) -> list[list[Any]]:
