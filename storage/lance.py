@@ -66,11 +66,14 @@ class LanceStore:
         *,
         commit_retries: int = 10,
         auto_compact_min_files: int = 0,
+        name: str | None = None,
     ) -> None:
         self.location = location
         self.storage_options = dict(storage_options) if storage_options else None
         self.commit_retries = commit_retries
         self.auto_compact_min_files = auto_compact_min_files
+        # The catalog name, for messages ("table raw.events has versions 0 to 3").
+        self.label = f"table {name}" if name else f"the Lance table at {location}"
 
     def __repr__(self) -> str:
         return f"LanceStore({self.location!r})"
@@ -113,9 +116,7 @@ class LanceStore:
             versions = [int(v["version"]) for v in latest.versions()]
         except Exception:
             return None
-        return version_not_found(
-            f"the Lance table at {self.location}", version, min(versions), max(versions)
-        )
+        return version_not_found(self.label, version, min(versions), max(versions))
 
     def _version_as_of(self, ds: LanceDataset, timestamp: datetime | str) -> int:
         when = (

@@ -79,7 +79,9 @@ def test_index_writes_chunks_with_lineage_and_searches(lh: mx.Lakehouse, corpus:
     assert status["text"]["index_type"].upper().startswith("INVERTED")
     assert status["text"]["num_unindexed_rows"] == 0
     hits = lh.search("kb.chunks", "weekly VACUUM ANALYZE orders table", k=3, mode="hybrid")
+    assert isinstance(hits, mx.Result)  # one result type for sql() and search()
     assert hits.column("doc_uri")[0].as_py().endswith("notes.md")
+    assert pa.table(hits).num_rows == hits.to_polars().height == 3
     text_hits = lh.search("kb.chunks", "orders weekly", k=3, mode="text")
     assert text_hits.column("doc_uri")[0].as_py().endswith("notes.md")
 
