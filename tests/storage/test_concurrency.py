@@ -145,6 +145,21 @@ def test_concurrent_blind_appends_never_conflict(lh: mx.Lakehouse, warehouse_roo
     ]
 
 
+@pytest.mark.parametrize("fmt", ["delta", "lance"])
+def test_appenders_crossing_the_autocompaction_line_together_duplicate_nothing(
+    lh: mx.Lakehouse, warehouse_root: Any, fmt: str
+) -> None:
+    """Issue 9's reproducer: writers that each append small batches all auto-compact at once
+    (here every 3 small files); every row stays exactly once."""
+    t = lh.create_table("s.auto", pa.table({"id": [-1], "v": [0], "who": [-1]}), format=fmt)
+    results = run_writers(warehouse_root, "s.auto", ["append"] * 3, {"auto_compact_min_files": 3})
+    assert [r["error"] for r in results] == [None] * 3
+    ids = t.to_arrow().column("id").to_pylist()
+    want = [-1] + [me * 1000 + i * 10 + j for me in range(3) for i in range(OPS) for j in range(10)]
+    assert sorted(ids) == sorted(want)
+    assert "OPTIMIZE" in [h["operation"] for h in t.history()]
+
+
 def test_concurrent_dml_and_appends_all_succeed(lh: mx.Lakehouse, warehouse_root: Any) -> None:
     t = lh.create_table(
         "s.busy", pa.table({"id": list(range(100)), "v": [0] * 100, "who": [-1] * 100})
