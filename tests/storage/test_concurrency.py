@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pytest
@@ -147,7 +147,7 @@ def test_concurrent_blind_appends_never_conflict(lh: mx.Lakehouse, warehouse_roo
 
 @pytest.mark.parametrize("fmt", ["delta", "lance"])
 def test_appenders_crossing_the_autocompaction_line_together_duplicate_nothing(
-    lh: mx.Lakehouse, warehouse_root: Any, fmt: str
+    lh: mx.Lakehouse, warehouse_root: Any, fmt: Literal["delta", "lance"]
 ) -> None:
     """Issue 9's reproducer: writers that each append small batches all auto-compact at once
     (here every 3 small files); every row stays exactly once."""
