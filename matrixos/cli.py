@@ -87,7 +87,8 @@ def _root(
             "-w",
             envvar="MATRIXOS_WAREHOUSE",
             show_envvar=True,
-            help="Warehouse root: a folder or s3://bucket/prefix. Default: ./warehouse.",
+            help="Warehouse root: a folder or s3://bucket/prefix. Default: ./warehouse. "
+            "May also follow the command.",
         ),
     ] = None,
     catalog_url: Annotated[
@@ -113,11 +114,47 @@ def _root(
     ctx.obj = _Options(warehouse=warehouse, catalog_url=catalog_url)
 
 
-def _connect(ctx: typer.Context) -> Lakehouse:
+def _connect(ctx: typer.Context, *, create: bool = False) -> Lakehouse:
+    """A session on the warehouse of the global options. Only commands that write pass
+    ``create=True``: a reading command on a mistyped ``--warehouse`` says that no warehouse
+    is there instead of creating an empty one and listing its "(no tables)"."""
     from matrixos.session import connect
 
     opts: _Options = ctx.obj or _Options(None, None)
-    return connect(opts.warehouse, catalog_url=opts.catalog_url)
+    return connect(opts.warehouse, catalog_url=opts.catalog_url, create=create)
+
+
+# The global options are also taken after the sub-command (`matrixos tables --warehouse X`, as
+# the README's examples read): they are moved in front of it before parsing, keeping their
+# order, so the last one given wins as usual.
+_GLOBAL_FLAGS = ("--warehouse", "-w", "--catalog-url")
+
+
+def _hoist_global_options(argv: list[str]) -> list[str]:
+    """``argv`` with every global option (and its value) moved to the front.
+
+    Example:
+        >>> _hoist_global_options(["tables", "--warehouse", "wh", "-f", "json"])
+        ['--warehouse', 'wh', 'tables', '-f', 'json']
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":  # what follows is positional
+            rest += argv[i:]
+            break
+        if arg in _GLOBAL_FLAGS and i + 1 < len(argv):
+            front += argv[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith(("--warehouse=", "--catalog-url=")):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
 
 
 # -- sql --------------------------------------------------------------------------------------
@@ -146,9 +183,16 @@ def sql(
 ) -> None:
     """Run SQL and print its rows (a table, CSV or JSON) or its status."""
     text = _read_sql(query)
-    with _connect(ctx) as lh:
+    with _connect(ctx, create=_creates(text, dialect)) as lh:
         result = lh.sql(text, dialect=dialect)
         _emit(result, format, limit)
+
+
+def _creates(sql: str, dialect: str | None) -> bool:
+    """True when ``sql`` holds a CREATE statement: only those may make a new warehouse."""
+    from matrixos.engine._syntax import statement_starts
+
+    return any(t.text.upper() == "CREATE" for t in statement_starts(sql, dialect or "duckdb"))
 
 
 def _read_sql(query: str | None) -> str:
@@ -208,7 +252,7 @@ def ingest(
     """
     from matrixos.connectors.media import has_tabular_files
 
-    with _connect(ctx) as lh:
+    with _connect(ctx, create=True) as lh:
         if format is SourceFormat.media or (
             format is None and not has_tabular_files(paths, lh.warehouse.options)
         ):
@@ -526,8 +570,9 @@ def main(argv: list[str] | None = None) -> None:
     from matrixos import cli_compute  # noqa: F401  (registers `compute`)
     from matrixos.errors import MatrixOSError
 
+    args = _hoist_global_options(sys.argv[1:] if argv is None else list(argv))
     try:
-        app(args=argv, prog_name="matrixos")
+        app(args=args, prog_name="matrixos")
     except MatrixOSError as e:
         _fail(e.message, hint=e.hint)
     except BrokenPipeError:

@@ -40,7 +40,7 @@ def rag_index(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Parse, chunk, embed and index documents; a re-run embeds only new or changed ones."""
-    with _connect(ctx) as lh:
+    with _connect(ctx, create=True) as lh:
         summary = lh.rag.index(
             source if len(source) > 1 else source[0],
             table,

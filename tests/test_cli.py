@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import matrixos as mx
+
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -27,7 +29,10 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Path:
-    return tmp_path / "wh"
+    """An empty warehouse (reading commands refuse a location that holds none)."""
+    path = tmp_path / "wh"
+    mx.connect(str(path)).close()
+    return path
 
 
 @pytest.fixture
@@ -151,8 +156,10 @@ def test_sql_bad_sql(cli: Run) -> None:
     p = cli("sql", "SELEC 1 FROM nowhere")
     err = fails(p)
     assert err.startswith("error:")
-    assert "syntax error" in err and "line 1" in err and "column" in err
+    assert "unknown statement 'SELEC' (line 1, column 1)" in err and "did you mean SELECT?" in err
     assert p.stdout == ""
+    err = fails(cli("sql", "SELECT * FROM t\nWHERE x = = 1"))
+    assert "syntax error at or near '=' (line 2, column 11)" in err and "sqlglot" not in err
     err = fails(cli("sql", "SELECT * FROM no_such_table"))
     assert "no_such_table" in err and "does not exist" in err
 
@@ -278,3 +285,44 @@ def test_describe_and_history(cli: Run, orders: None) -> None:
     assert "WRITE" in ok(cli("history", "sales.orders"))
     err = fails(cli("history", "sales.missing"))
     assert "does not exist" in err
+
+
+# -- a new user's mistakes -----------------------------------------------------------------------
+def test_reading_commands_never_create_a_warehouse(cli: Run, tmp_path: Path) -> None:
+    typo = tmp_path / "wharehouse"
+    for args in (
+        ["tables"],
+        ["sql", "SELECT 1"],
+        ["describe", "s.t"],
+        ["history", "s.t"],
+        ["search", "kb.chunks", "dead tuples"],
+        ["rag", "eval", "--table", "kb.chunks", "--queries", "q.jsonl"],
+    ):
+        err = fails(cli(*args, "--warehouse", str(typo)))
+        assert f"no warehouse at {typo}" in err and "hint:" in err, args
+        assert "(no tables)" not in err
+    assert not typo.exists()
+    # a statement that creates does create it, with the option before or after the command
+    ok(cli("sql", "CREATE TABLE s.t AS SELECT 1 AS x", "-w", str(typo)))
+    assert "main.s.t" in ok(cli("tables", "--warehouse", str(typo)))
+    assert "main.s.t" in ok(cli("--warehouse", str(typo), "tables"))
+
+
+def test_global_options_after_the_command_win(cli: Run, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    ok(cli("sql", "CREATE TABLE here AS SELECT 1 AS x"))  # the fixture's --warehouse
+    ok(cli("sql", "CREATE TABLE there AS SELECT 2 AS x", "--warehouse", str(other)))
+    assert "main.default.there" in ok(cli("tables", "--warehouse", str(other)))
+    listed = ok(cli("tables", "-f", "json", f"--warehouse={other}"))
+    assert [r["name"] for r in json.loads(listed)] == ["main.default.there"]
+    # `--` ends the options: what follows is positional even when it looks like one
+    assert "--warehouse" in ok(cli("sql", "-f", "csv", "--", "SELECT '--warehouse' AS w"))
+
+
+def test_rag_errors_name_the_path(cli: Run, tmp_path: Path) -> None:
+    err = fails(cli("rag", "index", "./nonexistent", "--table", "kb.chunks"))
+    assert f"no such folder or file {tmp_path / 'nonexistent'}" in err
+    assert "invalid table name" not in err
+    err = fails(cli("rag", "eval", "--table", "kb.chunks", "--queries", "missing.jsonl"))
+    assert f"cannot read the queries file {tmp_path / 'missing.jsonl'}" in err
+    assert "internal error" not in err

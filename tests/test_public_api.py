@@ -126,3 +126,17 @@ def test_storage_limits_reach_every_client(tmp_path) -> None:
     cfg = o.to_s3fs()["config_kwargs"]
     assert (cfg["read_timeout"], cfg["retries"]["max_attempts"]) == (7, 2)
     lh.close()
+
+
+def test_connect_without_create_refuses_a_missing_warehouse(tmp_path) -> None:
+    from matrixos.errors import WarehouseNotFound
+
+    with pytest.raises(WarehouseNotFound, match="no warehouse at"):
+        mx.connect(str(tmp_path / "typo"), create=False)
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()  # a folder is not a warehouse until it holds a catalog
+    with pytest.raises(WarehouseNotFound):
+        mx.connect(str(tmp_path / "empty"), create=False)
+    mx.connect(str(tmp_path / "wh")).close()
+    with mx.connect(str(tmp_path / "wh"), create=False) as lh:
+        assert lh.tables() == []

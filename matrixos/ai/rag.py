@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from matrixos.errors import ConfigError, IngestError, MatrixOSError, TableNotFound
+from matrixos.errors import ConfigError, FileNotFound, IngestError, MatrixOSError, TableNotFound
 
 if TYPE_CHECKING:
     from matrixos.ai.chunk import Chunk
@@ -237,10 +237,17 @@ class RAG:
             return
         try:
             docs_table = self._lh.table(source)
-        except TableNotFound:
+        except MatrixOSError:  # no such table, or not a table name at all ("./docs")
+            if _looks_like_path(source):
+                raise FileNotFound(
+                    f"RAG source {source!r}: no such folder or file {path.resolve()}",
+                    hint="check the path; a folder of documents, an s3:// prefix, a volume or "
+                    "a table can be indexed",
+                ) from None
             raise ConfigError(
                 f"RAG source {source!r} is not a folder, an object-store prefix, a volume or a "
-                "table"
+                "table",
+                hint="lh.volumes() and lh.tables() list what this warehouse has",
             ) from None
         yield from _table_docs(docs_table.to_arrow(), source, text_column, uri_column)
 
@@ -541,11 +548,28 @@ def _table_docs(
         yield SourceDoc(str(uri), len(data), (lambda d=data: d), mime)
 
 
+def _looks_like_path(source: str) -> bool:
+    """``./docs``, ``/data/docs``, ``~/docs``, ``docs/`` or ``notes.md``: a path, not a name."""
+    return (
+        source.startswith((".", "/", "~"))
+        or "/" in source
+        or "\\" in source
+        or Path(source).suffix.lower() in DOC_SUFFIXES
+    )
+
+
 def _read_queries(queries: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if not isinstance(queries, str | Path):
         return [dict(q) for q in queries]
     rows = []
-    with open(queries, encoding="utf-8") as f:
+    try:
+        f = open(queries, encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise FileNotFound(
+            f"cannot read the queries file {Path(queries).resolve()}: {e.strerror or e}",
+            hint='give a JSONL file of {"query": "...", "relevant": ["doc uri", ...]} lines',
+        ) from e
+    with f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
