@@ -247,6 +247,13 @@ class Lakehouse:
                 t = self.table(ident)
                 t.overwrite(data if data is not None else schema.empty_table(), evolve=True)  # type: ignore[union-attr]
                 return t
+            if not self._has_storage(existing):  # its creator is still at it, or it is gone
+                raise TableExists(
+                    f"table {ident} already exists in the catalog, but nothing is stored at "
+                    f"{existing.location} yet: it is being created right now, or its files were "
+                    "deleted",
+                    hint=f"if no one is creating it, DROP TABLE {ident} removes the entry",
+                )
             raise TableExists(f"table {ident} already exists", hint="use mode='overwrite'")
         # Delta's own table properties (delta.appendOnly, delta.logRetentionDuration…) go into
         # the table's metadata, where every Delta engine honours them; Lance has none of them.
@@ -607,11 +614,17 @@ class Lakehouse:
     def _storage_gone(self, info: TableInfo) -> bool:
         """True when nothing is at the entry's location and the entry is too old to be a
         creation in progress: its files were deleted, or the bucket emptied or re-created."""
-        from matrixos.storage.warehouse import filesystem_for
-
         if datetime.now(UTC) - info.created_at < CREATING_GRACE:
             return False
-        return not filesystem_for(info.location, self.warehouse.options).exists(info.location)
+        return not self._has_storage(info)
+
+    def _has_storage(self, info: TableInfo) -> bool:
+        from matrixos.storage.warehouse import filesystem_for
+
+        fs = filesystem_for(info.location, self.warehouse.options)
+        # s3fs answers from listings it cached; another process may have written since.
+        fs.invalidate_cache(info.location)
+        return bool(fs.exists(info.location))
 
     def _unless_stale(self, info: TableInfo | None) -> TableInfo | None:
         """``info``, or None after removing it from the catalog when its storage is gone

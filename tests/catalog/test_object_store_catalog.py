@@ -131,8 +131,9 @@ def test_entries_whose_storage_is_gone(s3_server: S3Server, tmp_path: Path) -> N
         # just created: it may be a creation in progress, so both are named and nothing healed
         with pytest.raises(TableNotFound, match=r"still being created.*files were deleted"):
             lh.table("s.t").to_arrow()
-        with pytest.raises(TableExists):
+        with pytest.raises(TableExists, match="nothing is stored at") as exists:
             lh.create_table("s.t", pa.table({"x": [2]}))
+        assert exists.value.hint and "DROP TABLE main.s.t" in exists.value.hint
 
         info = lh.catalog.get_table(TableIdent.parse("s.t"))
         lh.catalog.update_table(dataclasses.replace(info, created_at=OLD))
