@@ -266,6 +266,7 @@ class ObjectStoreCatalog(Catalog):
 
     def _load(self) -> None:
         """Read the state from the newest checkpoint and the commits after it."""
+        self._loaded = False  # until it is complete: a failed load is retried by the next call
         state, version = _State.initial(), -1
         for key, _ in reversed(self._list("checkpoints")):
             raw = self._objects.read(key)
