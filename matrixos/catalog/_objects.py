@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from matrixos.errors import ConfigError, StorageError
+from matrixos.storage._errors import storage_error
 from matrixos.storage.options import StorageOptions
 
 
@@ -88,9 +89,9 @@ class _S3Objects(Objects):
                 f"cannot {what} the catalog at {self.uri}: access denied by {self.endpoint}",
                 hint="check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
             )
-        return StorageError(
-            f"cannot {what} the catalog at {self.uri} ({self.endpoint}): {e}",
-            hint="check that the endpoint is reachable and the credentials are valid",
+        # Missing credentials, a silent endpoint…: named and hinted as for tables.
+        return storage_error(
+            e, f"cannot {what} the catalog at {self.uri}", self.uri, endpoint=self.endpoint
         )
 
     def read_many(self, keys: list[str]) -> dict[str, bytes]:

@@ -98,8 +98,21 @@ def test_missing_credentials(
     assert "\x1b[" not in str(e) and ".rs:" not in str(e)  # no colour codes, no Rust sources
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_missing_bucket(s3_server: S3Server, tmp_path: Path, fmt: str) -> None:
+def test_missing_credentials_with_the_catalog_in_the_bucket(
+    s3_server: S3Server, no_ambient_credentials: None
+) -> None:
+    """The default catalog of an s3:// warehouse is its first request: the same error."""
+    bucket = s3_server.make_bucket()
+    options = {k: v for k, v in s3_server.storage_options.items() if "KEY" not in k}
+    with (
+        pytest.raises(StorageError, match="no S3 credentials were found") as err,
+        mx.connect(f"s3://{bucket}/wh", storage_options=options) as lh,
+    ):
+        lh.create_table("raw.events", pa.table({"id": [1]}))
+    assert err.value.bucket == bucket and err.value.endpoint == s3_server.endpoint_url
+
+
+def test_missing_bucket(s3_server: S3Server, tmp_path: Path) -> None:
     with (
         mx.connect(
             "s3://no-such-bucket-here/wh",
@@ -109,7 +122,7 @@ def test_missing_bucket(s3_server: S3Server, tmp_path: Path, fmt: str) -> None:
         ) as lh,
         pytest.raises(StorageError, match="bucket does not exist") as err,
     ):
-        lh.create_table("raw.events", pa.table({"id": [1]}), format=fmt)
+        lh.create_table("raw.events", pa.table({"id": [1]}))  # lance retries this for seconds
     assert err.value.bucket == "no-such-bucket-here"
     assert err.value.hint is not None and "create the bucket" in err.value.hint
 
