@@ -180,3 +180,13 @@ def test_cli_reports_storage_errors_without_rust_logs(silent_endpoint: str, tmp_
     assert silent_endpoint in p.stderr
     assert "internal error" not in p.stderr and "Traceback" not in p.stderr
     assert " WARN " not in p.stderr and " ERROR " not in p.stderr
+
+
+def test_rust_logs_show_errors_only_unless_asked() -> None:
+    code = "import os, matrixos.storage; print(os.environ['RUST_LOG'], os.environ['LANCE_LOG'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "LANCE_LOG")}
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert quiet.stdout.split() == ["error", "error"]
+    env["LANCE_LOG"] = "debug"  # asked for: kept
+    loud = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert loud.stdout.split() == ["error", "debug"]
