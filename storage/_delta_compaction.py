@@ -106,7 +106,7 @@ def compact(
 
     Raises :class:`CompactionConflict` when a concurrent commit removed one of the inputs (or
     changed the schema) first, ``NotSupported`` for tables whose features this writer does not
-    honour (see :func:`supported`)."""
+    honour (see :func:`unsupported`)."""
     why = unsupported(dt)
     if why:
         raise NotSupported(
@@ -140,6 +140,8 @@ def compact(
     removes: list[dict[str, Any]] = []
     adds: list[dict[str, Any]] = []
     written: list[str] = []
+    txn = uuid.uuid4().hex
+    committing = False
     try:
         for files in bins:
             table = pa.concat_tables(
@@ -193,6 +195,7 @@ def compact(
             "isBlindAppend": False,
             "engineInfo": "matrixos",
             "clientVersion": "matrixos",
+            "txnId": txn,
         }
         body = "\n".join(
             json.dumps(a, separators=(",", ":"))
@@ -204,12 +207,17 @@ def compact(
         )
         inputs = {r["path"] for r in removes}
         version = read_version + 1
+        committing = True
         while not store.put_if_absent(_commit_name(version), body.encode()):
-            _check_no_conflict(store, version, inputs)
+            if _ours_or_compatible(store, version, inputs, txn):
+                break  # a retried PUT found its own first try, which had landed
             version += 1
-    except BaseException:
-        for path in written:
-            store.remove(path)
+    except BaseException as e:
+        # Our files go only when the commit surely did not land: an error during the PUT
+        # (a timeout, say) may hide a commit that did, and that commit needs them.
+        if not committing or isinstance(e, CompactionConflict):
+            for path in written:
+                store.remove(path)
         raise
     metrics["version"] = version
     if version % _CHECKPOINT_INTERVAL == 0:
@@ -423,13 +431,14 @@ def _render(v: Any, t: pa.DataType, *, up: bool) -> Any:
 
 
 # ------------------------------------------------------------------------- conflict check
-def _check_no_conflict(store: _Store, version: int, inputs: set[str]) -> None:
-    """Raise unless the commit at ``version`` leaves our compaction valid on top of it."""
+def _ours_or_compatible(store: _Store, version: int, inputs: set[str], txn: str) -> bool:
+    """True when the commit at ``version`` is ours (transaction id ``txn``); False when it
+    leaves our compaction valid on top of it; raises :class:`CompactionConflict` otherwise."""
     raw = store.read(_commit_name(version))
-    for line in raw.decode().splitlines():
-        if not line.strip():
-            continue
-        action = json.loads(line)
+    actions = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    if any(a.get("commitInfo", {}).get("txnId") == txn for a in actions):
+        return True
+    for action in actions:
         if "metaData" in action or "protocol" in action:
             raise CompactionConflict(
                 f"version {version} changed the table's schema or protocol; compaction dropped"
@@ -440,6 +449,7 @@ def _check_no_conflict(store: _Store, version: int, inputs: set[str]) -> None:
                 f"version {version} already removed {removed['path']}, a file this compaction "
                 "rewrote; compaction dropped (committing it would duplicate rows)"
             )
+    return False
 
 
 def _checkpoint(location: str, storage_options: Mapping[str, str] | None, version: int) -> None:

@@ -739,3 +739,30 @@ def test_merge_key_ranges_keep_string_keys_exact(tmp_path: Any) -> None:
     store.merge(pa.table({"k": ["a'b", "c\\\\d", "z'"], "v": [1, 1, 1]}), on=["k"])
     got = {r["k"]: r["v"] for r in DeltaTable(loc).to_pyarrow_table().to_pylist()}
     assert got == {"a'b": 1, "c\\\\d": 1, "e": 0, "z'": 1}
+
+
+def test_commit_check_tells_ours_compatible_and_conflicting_commits(tmp_path: Any) -> None:
+    """What a compaction concludes from the commit that took the version it wanted: its own
+    (an S3 PUT retried after a lost response finds its first try), harmless, or a conflict."""
+    from matrixos.storage._delta_compaction import (
+        CompactionConflict,
+        _ours_or_compatible,
+        _Store,
+    )
+
+    loc = str(tmp_path / "t")
+    small_files_table(loc, None, 3)  # versions 0..2
+    store = _Store(loc, None)
+    log = tmp_path / "t" / "_delta_log"
+    inputs = set(pa.table(DeltaTable(loc).get_add_actions()).column("path").to_pylist())
+    mine = '{"commitInfo":{"operation":"OPTIMIZE","txnId":"t1"}}\n{"remove":{"path":"x"}}\n'
+    (log / f"{3:020d}.json").write_text(mine)
+    assert _ours_or_compatible(store, 3, inputs, "t1") is True
+    assert _ours_or_compatible(store, 2, inputs, "t1") is False  # a blind append
+    gone = next(iter(inputs))
+    (log / f"{4:020d}.json").write_text(f'{{"remove":{{"path":"{gone}"}}}}\n')
+    with pytest.raises(CompactionConflict, match="already removed"):
+        _ours_or_compatible(store, 4, inputs, "t1")
+    (log / f"{5:020d}.json").write_text('{"metaData":{}}\n')
+    with pytest.raises(CompactionConflict, match="schema"):
+        _ours_or_compatible(store, 5, inputs, "t1")
