@@ -281,7 +281,12 @@ def statement(pick: Pick, p: Places) -> tuple[str, str]:
         "platform": [
             f"SELECT * FROM {fn}(t, 'q', {arg} => {expr})",
             f"SELECT * FROM {fn}(t, {expr})",
+            f"SELECT * FROM {fn}(kb, 'vacuum', {arg} => {expr})",
+            f"SELECT * FROM {fn}(kb, {expr})",
+            f"SELECT * FROM {fn}({source}, 'q')",
             f"SELECT embed({expr})",
+            f"SELECT embed('x', {expr})",
+            f"SELECT embed(s, {expr}) FROM t",
             f"SELECT * FROM t VERSION AS OF {expr}",
             f"SELECT * FROM t TIMESTAMP AS OF {expr}",
             f"SELECT * FROM t AT (VERSION => {expr})",
@@ -310,7 +315,8 @@ class Box:
 
 @contextmanager
 def box() -> Iterator[Box]:
-    """A lakehouse with one table ``t``, a private $HOME and planted secrets."""
+    """A lakehouse with a Delta table ``t`` and a Lance table ``kb``, a private $HOME and
+    planted secrets."""
     root = Path(tempfile.mkdtemp(prefix="sandbox-fuzz-"))
     spill = Path(spill_directory())
     home = root / HOME_MARK
@@ -324,6 +330,11 @@ def box() -> Iterator[Box]:
     try:
         with mx.connect(str(warehouse)) as lh:
             lh.create_table("t", pa.table({"id": [1, 2, 3], "s": ["a", "b", "c"]}))
+            lh.create_table(
+                "kb",
+                pa.table({"id": [1, 2], "text": ["vacuum a table", "time travel"]}),
+                format="lance",
+            )
             # One secret outside everything, one in the spill folder (a locked connection
             # may read it), one in the warehouse (where table files are readable).
             for folder in (out, spill, warehouse):

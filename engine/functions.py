@@ -84,6 +84,12 @@ def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
         if len(args) not in (1, 2):
             raise SQLError("embed(text [, embedder]) takes one or two arguments", sql=call.sql())
         embedder = engine._constant(args[1]) if len(args) == 2 else None
+        if embedder is not None and not isinstance(embedder, str):
+            raise SQLError(
+                f"embed()'s second argument names an embedder, got {embedder!r}",
+                sql=call.sql(),
+                hint="e.g. embed(text, 'minilm')",
+            )
         text = args[0]
         if not text.find(exp.Column, exp.Query):
             call.replace(_vector_literal(engine, engine._constant(text), embedder))
@@ -147,6 +153,9 @@ def _run_search(engine: SQLEngine, fn: exp.Func, mode: str, out: FunctionResults
     k = kwargs.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise SQLError(f"k must be a positive integer, got {k!r}", sql=fn.sql())
+    for key in ("filter", "columns"):
+        if kwargs.get(key) is not None and not isinstance(kwargs[key], str):
+            raise SQLError(f"{key} must be text, got {kwargs[key]!r}", sql=fn.sql())
     table = lance_table_or_error(engine.lh.table(_table_name(positional[0])))
     columns = kwargs.get("columns")
     result = table.search(

@@ -660,6 +660,9 @@ def test_create_table_odd_but_valid_names_and_types(lh: mx.Lakehouse) -> None:
     assert schema.field("s").type.field(0).name == 'k"1'
     with pytest.raises(SQLError, match="no type"):
         lh.sql("CREATE TABLE untyped (a, b INT)")
+    # Once a second column in the schema query, then ``ValueError: zip()``.
+    lh.sql('CREATE TABLE zipped ("a"", 1 AS ""b" INT)')
+    assert lh.table("zipped").schema.names == ['a", 1 AS "b']
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
@@ -681,6 +684,19 @@ def test_platform_function_arguments_are_checked_before_evaluation(
         box.lh.sql(f"SELECT * FROM {fn}(t, 'q', {argument})", engine=engine)  # type: ignore[arg-type]
     assert what in str(info.value), str(info.value)
     assert "GiB" not in str(info.value) and "matrixos-spill" not in str(info.value)
+
+
+def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(lh: mx.Lakehouse) -> None:
+    # Once raw AttributeErrors from deep inside the embedder registry and Lance.
+    lh.create_table("kb", pa.table({"id": [1], "text": ["vacuum"]}), format="lance")
+    for sql, match in (
+        ("SELECT embed('x', 5)", "names an embedder, got 5"),
+        ("SELECT embed(s, 5) FROM t", "names an embedder, got 5"),
+        ("SELECT * FROM text_search(kb, 'vacuum', filter => 5)", "filter must be text"),
+        ("SELECT * FROM text_search(kb, 'vacuum', columns => 5)", "columns must be text"),
+    ):
+        with pytest.raises(SQLError, match=match):
+            lh.sql(sql)
 
 
 def test_embed_arguments_are_checked_before_evaluation(box: Box) -> None:
