@@ -112,6 +112,35 @@ def test_missing_credentials_with_the_catalog_in_the_bucket(
     assert err.value.bucket == bucket and err.value.endpoint == s3_server.endpoint_url
 
 
+@pytest.fixture(scope="module")
+def checking_s3() -> Iterator[S3Server]:
+    """A moto server that checks signatures: it knows no access key, so every one is wrong."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # read by the moto child at start
+        server = S3Server()
+        server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_wrong_credentials(checking_s3: S3Server, tmp_path: Path, fmt: str) -> None:
+    options = {**checking_s3.storage_options, "AWS_ACCESS_KEY_ID": "AKIAWRONG"}
+    with (
+        mx.connect(
+            "s3://bucket/wh",
+            storage_options=options,
+            catalog_url=f"sqlite:///{tmp_path}/c.db",
+            storage_max_retries=0,
+        ) as lh,
+        pytest.raises(StorageError, match="the endpoint refused the credentials") as err,
+    ):
+        lh.create_table("raw.events", pa.table({"id": [1]}), format=fmt)
+    assert err.value.endpoint == checking_s3.endpoint_url and err.value.bucket == "bucket"
+    assert err.value.hint is not None and "AWS_SECRET_ACCESS_KEY" in err.value.hint
+    assert err.value.detail is not None and "403" in err.value.detail
+
+
 def test_missing_bucket(s3_server: S3Server, tmp_path: Path) -> None:
     with (
         mx.connect(
