@@ -138,8 +138,8 @@ class WarehouseNotFound(MatrixOSError, LookupError):
     sqlstate = "3D000"
 
 
-class VersionNotFound(MatrixOSError, LookupError):
-    """A table has no such version (time travel past its history)."""
+class VersionNotFound(TableNotFound):
+    """A table has no such version, or none as of a time (time travel past its history)."""
 
     sqlstate = "22023"
 

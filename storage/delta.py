@@ -177,8 +177,8 @@ class DeltaStore:
         if not versions:
             first = min(stamps)
             created = datetime.fromtimestamp(stamps[first] / 1000, UTC)
-            raise TableNotFound(
-                f"the Delta table at {self.location} has no version as of {when.isoformat()}: "
+            raise VersionNotFound(
+                f"{self.label} has no version as of {when.isoformat()}: "
                 f"its earliest version {first} was committed at {created.isoformat()}"
             )
         dt.load_as_version(max(versions))

@@ -130,8 +130,8 @@ class LanceStore:
         versions = [v for v, ts in stamps.items() if ts <= when]
         if not versions:
             first = min(stamps)
-            raise TableNotFound(
-                f"the Lance table at {self.location} has no version as of {when.isoformat()}: "
+            raise VersionNotFound(
+                f"{self.label} has no version as of {when.isoformat()}: "
                 f"its earliest version {first} was committed at {stamps[first].isoformat()}"
             )
         return max(versions)
