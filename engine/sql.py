@@ -405,6 +405,8 @@ class SQLEngine:
         if kind == "VERSION":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SQLError(f"{text} needs an integer version", sql=node.sql())
+            if where == "BEFORE" and value <= 0:
+                raise SQLError(f"{text}: there is no version before {value}", sql=node.sql())
             return (value - 1 if where == "BEFORE" else value), None
         if kind == "OFFSET":
             if not isinstance(value, int | float | Decimal) or isinstance(value, bool):
@@ -429,12 +431,11 @@ class SQLEngine:
             return value
         # Callers check their statements first; checked again here because this connection
         # runs the expression as it stands.
-        check_query(exp.select(node.copy()))
+        select = exp.select(node.copy())
+        check_query(select)
         try:
             # Through Arrow: DuckDB's own Python conversion of TIMESTAMPTZ needs pytz.
-            table = (
-                self._consts.cursor().sql("SELECT " + node.sql(dialect="duckdb")).to_arrow_table()
-            )
+            table = self._consts.cursor().sql(select.sql(dialect="duckdb")).to_arrow_table()
         except duckdb.Error as e:
             raise _engine_error(e, node.sql()) from e
         return table.column(0)[0].as_py() if table.num_rows else None

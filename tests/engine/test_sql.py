@@ -625,6 +625,8 @@ def test_snowflake_at_and_before_travel_in_time_or_are_refused(items: mx.Lakehou
             ids(sql)
     with pytest.raises(SQLError, match="integer"):
         ids("SELECT id FROM items AT (VERSION => 'x')")
+    with pytest.raises(SQLError, match="no version before 0"):
+        ids("SELECT id FROM items BEFORE (VERSION => 0)")
     with pytest.raises(SQLError, match="seconds"):
         ids("SELECT id FROM items AT (OFFSET => 'x')")
     with pytest.raises(NotSupported, match="CHANGES"):
