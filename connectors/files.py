@@ -357,7 +357,7 @@ def _read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) 
         raise _locate_csv_error(path, data, delimiter, str(exc)) from None
     # pyarrow reads an unterminated quote as a field running to the end of the file (one
     # row where there were many, no error).
-    if _may_leave_a_quote_open(body, delimiter):
+    if _may_leave_a_quote_open(body, delimiter) or _last_value_spans_lines(table):
         _refuse_unterminated_quote(path, body, delimiter)
     names = table.column_names
     if "" in names:
@@ -390,8 +390,8 @@ def _may_leave_a_quote_open(body: bytes, delimiter: str) -> bool:
     Quoted fields hold an even number of quote characters (opening, closing, doubled ones
     inside), so with no quote in the middle of a bare field (``5"3``, text to pyarrow) an
     odd count is exactly an open quote. A mid-field quote, found here by one regular
-    expression over the text without its ``""`` pairs, sends the file to the scan too. Left
-    undetected: an even count whose only literal quote ends a bare field (``ab"``).
+    expression over the text without its ``""`` pairs, sends the file to the scan too, and so
+    does a last value with a line break (``_last_value_spans_lines``).
     """
     if b'"' not in body:
         return False
@@ -400,6 +400,19 @@ def _may_leave_a_quote_open(body: bytes, delimiter: str) -> bool:
     bound = re.escape(delimiter.encode())
     mid_field = re.compile(rb'[^\r\n"' + bound + rb']"[^\r\n"' + bound + rb"]")
     return mid_field.search(body.replace(b'""', b"")) is not None
+
+
+def _last_value_spans_lines(table: pa.Table) -> bool:
+    """Whether a text value of the last row holds a line break: what a quote left open to
+    the end of the file leaves behind (also when the quote count is even)."""
+    if table.num_rows == 0:
+        return False
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            value = col[table.num_rows - 1].as_py()
+            if value is not None and ("\n" in value or "\r" in value):
+                return True
+    return False
 
 
 def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:

@@ -278,6 +278,7 @@ def test_csv_duplicate_header(tmp_path: Path) -> None:
         ('id,s\n1,"two\nlines"\n2,x\n"3,y\n', 5, 1),
         ('"id,s\n1,a\n', 1, 1),
         ('id,s\r\n1,5"3\r\n2,"never\r\n', 3, 2),  # a quote inside a bare field is text
+        ('id,s\n1,ab"\n2,"x\n', 3, 2),  # an even count: the last value holds a line break
     ],
 )
 def test_csv_unterminated_quote(tmp_path: Path, content: str, line: int, col: int) -> None:
