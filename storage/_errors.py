@@ -26,7 +26,8 @@ _STORAGE_MARKERS = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+")
 
-# (substrings of the lower-cased message, reason, hint); the first match wins.
+# (substrings of the lower-cased message, reason, hint); the first match wins, so the most
+# specific causes come first.
 _CAUSES: list[tuple[tuple[str, ...], str, str]] = [
     (
         (
@@ -45,23 +46,23 @@ _CAUSES: list[tuple[tuple[str, ...], str, str]] = [
         "environment (or run where an instance role provides them)",
     ),
     (
+        ("nosuchbucket", "bucket does not exist", "specified bucket does not exist"),
+        "the bucket does not exist",
+        "create the bucket, or check the warehouse URI and AWS_ENDPOINT_URL",
+    ),
+    (
         (
             "invalidaccesskeyid",
             "signaturedoesnotmatch",
             "accessdenied",
             "access denied",
-            "403",
+            "403 forbidden",  # not a bare "403": request ids are random letters and digits
             "forbidden",
             "expiredtoken",
         ),
         "the endpoint refused the credentials",
         "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and the "
         "bucket's permissions",
-    ),
-    (
-        ("nosuchbucket", "bucket does not exist", "specified bucket does not exist"),
-        "the bucket does not exist",
-        "create the bucket, or check the warehouse URI and AWS_ENDPOINT_URL",
     ),
     (
         ("timed out", "timeout", "deadline has elapsed"),
