@@ -88,7 +88,7 @@ class DeltaStore:
         location: str,
         storage_options: Mapping[str, str] | None = None,
         *,
-        commit_retries: int = 10,
+        commit_retries: int = 20,
         auto_compact_min_files: int = 0,
         name: str | None = None,
         small_file_bytes: int = 16 * 1024 * 1024,

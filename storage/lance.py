@@ -64,7 +64,7 @@ class LanceStore:
         location: str,
         storage_options: Mapping[str, str] | None = None,
         *,
-        commit_retries: int = 10,
+        commit_retries: int = 20,
         auto_compact_min_files: int = 0,
         name: str | None = None,
     ) -> None:
