@@ -122,7 +122,7 @@ def compute_start(
     and the node's zone as a resource and label.
 
     The node runs in the background (its log and a record of its processes in
-    ``$MATRIXOS_HOME/ray/nodes/``) until ``matrixos compute stop``. Copy the head's token file
+    $MATRIXOS_HOME/ray/nodes/) until 'matrixos compute stop'. Copy the head's token file
     to every other node (and driver) before starting it there.
     """
     from matrixos._ray_nodes import start_node
@@ -169,9 +169,9 @@ def compute_stop(
         typer.Option("--grace", min=0.0, help="Seconds to let a node stop before SIGKILL."),
     ] = 30.0,
 ) -> None:
-    """Stop the Ray nodes that ``matrixos compute start`` started on this machine (as recorded
-    in ``$MATRIXOS_HOME/ray/nodes/``), and nothing else: unlike ``ray stop``, other Ray
-    instances on the machine keep running."""
+    """Stop the Ray nodes that 'matrixos compute start' started on this machine (as recorded
+    in $MATRIXOS_HOME/ray/nodes/), and nothing else: unlike 'ray stop', other Ray instances
+    on the machine keep running."""
     from matrixos._ray_nodes import stop_nodes
     from matrixos.config import resolve_settings
 
