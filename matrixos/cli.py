@@ -251,11 +251,14 @@ def ingest(
     per file, their bytes copied to a volume; re-running adds only new or changed files.
     """
     from matrixos.connectors.media import has_tabular_files
+    from matrixos.storage._errors import source_errors
 
     with _connect(ctx, create=True) as lh:
-        if format is SourceFormat.media or (
-            format is None and not has_tabular_files(paths, lh.warehouse.options)
-        ):
+        with source_errors(paths, lh.warehouse.options):
+            media = format is SourceFormat.media or (
+                format is None and not has_tabular_files(paths, lh.warehouse.options)
+            )
+        if media:
             if mode is not IngestMode.append or on or evolve or partition_by:
                 _fail("--mode, --on, --evolve and --partition-by do not apply to media files")
             typer.echo(str(lh.ingest_media(paths, table)))

@@ -567,17 +567,19 @@ class Lakehouse:
     ) -> IngestSummary:
         """Load CSV, JSON/NDJSON or Parquet files or folders (local or s3://) into a table."""
         from matrixos.connectors.ingest import ingest
+        from matrixos.storage._errors import source_errors
 
-        return ingest(
-            self,
-            [paths] if isinstance(paths, str) else list(paths),
-            table,
-            mode=mode,
-            on=on,
-            format=format,
-            evolve=evolve,
-            partition_by=partition_by,
-        )
+        with source_errors(paths, self.warehouse.options):
+            return ingest(
+                self,
+                [paths] if isinstance(paths, str) else list(paths),
+                table,
+                mode=mode,
+                on=on,
+                format=format,
+                evolve=evolve,
+                partition_by=partition_by,
+            )
 
     def ingest_media(
         self,
@@ -599,16 +601,18 @@ class Lakehouse:
             >>> print(lh.ingest_media("./photos", "media.photos"))  # doctest: +SKIP
         """
         from matrixos.connectors.media import ingest_media
+        from matrixos.storage._errors import source_errors
 
-        return ingest_media(
-            self,
-            paths,
-            table,
-            volume=volume,
-            recursive=recursive,
-            thumbnail_size=thumbnail_size,
-            progress=progress,
-        )
+        with source_errors(paths, self.warehouse.options):
+            return ingest_media(
+                self,
+                paths,
+                table,
+                volume=volume,
+                recursive=recursive,
+                thumbnail_size=thumbnail_size,
+                progress=progress,
+            )
 
     # -- internals shared by Table and the SQL engine ---------------------------------------
     def _storage_gone(self, info: TableInfo) -> bool:

@@ -10,8 +10,10 @@ unreachable or silent endpoint) and gives a hint. The library's error stays the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-from matrixos.errors import StorageError, VersionNotFound
+from matrixos.errors import MatrixOSError, StorageError, VersionNotFound
 from matrixos.storage.options import StorageOptions
 
 # Words only a storage client's error contains (a predicate's "403" must not count).
@@ -96,6 +98,44 @@ def is_storage_failure(e: BaseException) -> bool:
         return True
     low = str(e).lower()
     return any(n in low for n in _STORAGE_MARKERS)
+
+
+@contextmanager
+def storage_errors(
+    operation: str, location: str, options: StorageOptions | None = None
+) -> Iterator[None]:
+    """Turn an object-store client's error raised inside into a ``StorageError`` (s3fs and
+    botocore raise their own types: ``NoCredentialsError`` is not even an ``OSError``).
+
+    Example:
+        >>> with storage_errors("cannot list s3://b/in", "s3://b/in"):
+        ...     raise OSError("Unable to locate credentials")
+        Traceback (most recent call last):
+        ...
+        matrixos.errors.StorageError: cannot list s3://b/in: no S3 credentials were found (bucket 'b' at AWS S3)
+        Hint: pass AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in storage_options or the environment (or run where an instance role provides them)
+    """  # noqa: E501
+    try:
+        yield
+    except MatrixOSError:
+        raise
+    except Exception as e:
+        client = type(e).__module__.split(".", 1)[0] in ("botocore", "aiobotocore", "s3fs")
+        if client or is_storage_failure(e):
+            raise storage_error(e, operation, location, options=options) from e
+        raise
+
+
+def source_errors(
+    paths: str | Sequence[str], options: StorageOptions
+) -> AbstractContextManager[None]:
+    """``storage_errors`` for reading sources (files to ingest) of which some may be remote:
+    failures are named after the first remote one."""
+    remote = [str(p) for p in ([paths] if isinstance(paths, str) else paths) if "://" in str(p)]
+    remote = [p for p in remote if not p.startswith("file://")]
+    if not remote:
+        return nullcontext()
+    return storage_errors(f"cannot ingest {remote[0]}", remote[0], options)
 
 
 def describe_cause(e: BaseException) -> str:

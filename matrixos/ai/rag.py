@@ -511,11 +511,14 @@ def _folder_docs(path: Path) -> Iterator[SourceDoc]:
 
 
 def _object_store_docs(lh: Lakehouse, prefix: str) -> Iterator[SourceDoc]:
+    from matrixos.storage._errors import storage_errors
     from matrixos.storage.warehouse import filesystem_for
 
     fs = filesystem_for(prefix, lh.warehouse.options)
     scheme = prefix.split("://", 1)[0]
-    for key, info in sorted(fs.find(prefix, detail=True).items()):
+    with storage_errors(f"cannot list the documents at {prefix}", prefix, lh.warehouse.options):
+        found = fs.find(prefix, detail=True)
+    for key, info in sorted(found.items()):
         if info.get("type") == "directory" or Path(key).suffix.lower() not in DOC_SUFFIXES:
             continue
         uri = f"{scheme}://{key}" if "://" not in key else key

@@ -112,6 +112,25 @@ def test_missing_credentials_with_the_catalog_in_the_bucket(
     assert err.value.bucket == bucket and err.value.endpoint == s3_server.endpoint_url
 
 
+def test_reading_sources_without_credentials(
+    s3_server: S3Server, no_ambient_credentials: None, tmp_path: Path
+) -> None:
+    """Files to ingest or index on S3: s3fs/botocore's own errors become StorageError too."""
+    bucket = s3_server.make_bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="in/e.csv", Body=b"id\n1\n")
+    options = {k: v for k, v in s3_server.storage_options.items() if "KEY" not in k}
+    with mx.connect(str(tmp_path / "wh"), storage_options=options) as lh:
+        for call in (
+            lambda: lh.ingest(f"s3://{bucket}/in/e.csv", "raw.events"),
+            lambda: lh.ingest_media(f"s3://{bucket}/in/", "raw.files"),
+            lambda: lh.rag.index(f"s3://{bucket}/in/", "kb.chunks", embedder="hash"),
+        ):
+            with pytest.raises(StorageError, match="no S3 credentials were found") as err:
+                call()
+            assert err.value.bucket == bucket and err.value.endpoint == s3_server.endpoint_url
+        assert lh.tables() == []
+
+
 @pytest.fixture(scope="module")
 def checking_s3() -> Iterator[S3Server]:
     """A moto server that checks signatures: it knows no access key, so every one is wrong."""
