@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from matrixos.errors import AccessDenied, FileNotFound, NotSupported, StorageError
+from matrixos.errors import AccessDenied, FileNotFound, NotSupported
+from matrixos.storage._errors import storage_error
 from matrixos.storage.warehouse import filesystem_for, is_remote, normalize_uri
 
 if TYPE_CHECKING:
@@ -195,7 +196,12 @@ class Volume:
         except FileNotFoundError as e:
             raise FileNotFound(f"no such file: {source}") from e
         except OSError as e:
-            raise StorageError(f"cannot write {dest_name} to volume {self.name}: {e}") from e
+            raise storage_error(
+                e,
+                f"cannot write {dest_name} to volume {self.name}",
+                self.uri,
+                options=self._options,
+            ) from e
         return dest
 
     def _put_local(self, dest: str, data: bytes | None, source: str | None) -> None:
@@ -269,7 +275,9 @@ class Volume:
             if not missing_ok:
                 raise FileNotFound(f"no file {name!r} in volume {self.name}") from None
         except OSError as e:
-            raise StorageError(f"cannot delete {name} from volume {self.name}: {e}") from e
+            raise storage_error(
+                e, f"cannot delete {name} from volume {self.name}", self.uri, options=self._options
+            ) from e
 
     # -- reading ----------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -291,7 +299,9 @@ class Volume:
         except FileNotFoundError:
             return []
         except OSError as e:
-            raise StorageError(f"cannot list volume {self.name}: {e}") from e
+            raise storage_error(
+                e, f"cannot list volume {self.name}", self.uri, options=self._options
+            ) from e
         out = []
         for path, info in found.items():
             if not path.startswith(self._root + "/") or path.endswith("/"):
@@ -324,7 +334,9 @@ class Volume:
         except FileNotFoundError:
             raise FileNotFound(f"no file {name!r} in volume {self.name}") from None
         except OSError as e:
-            raise StorageError(f"cannot open {name} in volume {self.name}: {e}") from e
+            raise storage_error(
+                e, f"cannot open {name} in volume {self.name}", self.uri, options=self._options
+            ) from e
 
     def read_bytes(self, name: str) -> bytes:
         """The whole content of file ``name``."""
