@@ -3,7 +3,9 @@
 Atomicity comes from Delta's commit protocol: data files are written first and become visible
 only when the JSON commit lands (a conditional PUT on S3), so a crash leaves the previous version.
 Blind appends never conflict; MERGE/UPDATE/DELETE that lose a race to another commit are retried
-within a bounded budget and then fail with ``ConcurrentWriteError``.
+within a bounded budget and then fail with ``ConcurrentWriteError``. Compactions (OPTIMIZE,
+ZORDER, auto-compaction) are committed by ``_delta_compaction``, not by delta-rs, whose rebase
+let two compactions both commit and duplicate rows; docs/architecture.md has the whole story.
 """
 
 from __future__ import annotations
