@@ -130,9 +130,9 @@ class Result:
         """The stream without keeping it (after any batches already kept)."""
         with self._lock:
             self._check_replayable()
-            kept = list(self._batches)
+            kept, complete = list(self._batches), self._done
         yield from kept
-        while True:
+        while not complete:  # a result already held whole stays whole
             with self._lock:
                 self._dropped = True
                 self._batches = []

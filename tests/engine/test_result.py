@@ -49,6 +49,11 @@ def test_a_stream_read_without_keeping_cannot_be_replayed(lh: mx.Lakehouse) -> N
     with pytest.raises(ResultConsumed, match="keep=False") as err:
         res.to_arrow()
     assert err.value.hint is not None and "again" in err.value.hint
+    # a result already held whole gives nothing up
+    res = lh.sql("SELECT i FROM s.big")
+    assert res.num_rows == 250_000
+    assert res.to_arrow_reader(keep=False).read_all().num_rows == 250_000
+    assert pa.table(res).num_rows == 250_000
 
 
 def test_a_failed_stream_says_so_to_every_reader() -> None:
