@@ -154,6 +154,19 @@ class Predicate:
     op: str  # = < <= > >= in isnull notnull
     value: Any = None
 
+    def describe(self) -> str:
+        """The predicate as EXPLAIN shows it.
+
+        Example:
+            >>> Predicate("year", ">=", 2024).describe()
+            'year >= 2024'
+        """
+        if self.op == "isnull":
+            return f"{self.column} IS NULL"
+        if self.op == "notnull":
+            return f"{self.column} IS NOT NULL"
+        return f"{self.column} {self.op.upper()} {self.value!r}"
+
 
 @dataclass
 class PrunedScan:

@@ -25,6 +25,8 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedErro
 from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.names import check_part
 from matrixos.engine._syntax import statement_starts, syntax_error
+from matrixos.engine.context import EngineSession, QueryContext
+from matrixos.engine.dist import route
 from matrixos.engine.functions import expand_functions, is_function_result
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import (
@@ -48,6 +50,7 @@ from matrixos.storage.delta import check_merge_source
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
+    from matrixos.engine.functions import FunctionResults
     from matrixos.session import Lakehouse
 
 _CMP: dict[type[exp.Expr], str] = {
@@ -166,6 +169,27 @@ class SQLEngine:
         result: Result = handler(stmt, dialect)
         return result
 
+    def _query_context(
+        self, tree: exp.Expr, bound: list[tuple[TableIdent, Any]], functions: FunctionResults
+    ) -> QueryContext:
+        """The query as the distributed engine takes it, with the narrow engine interface."""
+        from matrixos.compute import parse_compute
+
+        lh = self.lh
+        session = EngineSession(
+            settings=lh.settings,
+            storage_options=lh.warehouse.options,
+            remote_warehouse=lh.warehouse.is_remote,
+            is_ray=parse_compute(lh.settings.compute).kind == "ray",
+            planning_cursor=self._consts.cursor,
+            cursor=lambda: self._cursor([]),
+            install=self._install,
+            num_cpus=lambda: lh.compute.num_cpus(),
+            engine_error=_engine_error,
+            without_scan_excerpt=_without_scan_excerpt,
+        )
+        return QueryContext(session, tree, bound, functions)
+
     # -- queries ----------------------------------------------------------------------------
     def query(
         self, tree: exp.Expr, *, explain: bool = False, analyze: bool = False, engine: str = "local"
@@ -179,11 +203,8 @@ class SQLEngine:
         bound = self._bind(tree, refs)
         notes: list[str] = []
         if engine != "local":
-            from matrixos.engine.distributed import route
-
-            routed = route(
-                self, tree, bound, functions, engine=engine, explain=explain, analyze=analyze
-            )
+            query = self._query_context(tree, bound, functions)
+            routed = route(query, engine=engine, explain=explain, analyze=analyze)
             if routed.result is not None:
                 return routed.result
             notes = routed.notes

@@ -84,7 +84,6 @@ log = logging.getLogger(__name__)
 #: Commit-metadata key under which each commit of a job records what it holds.
 MARKER_KEY = "matrixos.map_batches"
 BatchFormat = Literal["pyarrow", "pandas", "numpy"]
-_MAX_RETRIES = 3  # a task whose worker died; an actor that died (restarts, then calls retried)
 
 
 # -- the summary ----------------------------------------------------------------------------
@@ -282,6 +281,9 @@ class _RayExecutor(_Executor):
     ) -> None:
         import ray
 
+        # The retry policy of every Ray job (the distributed engine's too).
+        from matrixos.engine.dist.runtime import ACTOR_RETRIES, TASK_RETRIES
+
         self.ray = ray
         self.batch_format = batch_format
         self.num_gpus = num_gpus
@@ -296,8 +298,7 @@ class _RayExecutor(_Executor):
         self.method_name = f"MapBatchesWorker.run:{udf}"
         if is_class:
             actor: Any = ray.remote(MapBatchesWorker).options(
-                max_restarts=_MAX_RETRIES,
-                max_task_retries=_MAX_RETRIES,
+                **ACTOR_RETRIES,
                 scheduling_strategy="SPREAD",
                 **opts,
             )
@@ -316,7 +317,7 @@ class _RayExecutor(_Executor):
             # A plain function goes to the object store once, owned by the driver.
             self.fn_ref = ray.put(fn)
             self.task = ray.remote(map_batch).options(
-                name=f"map_batch:{udf}", max_retries=_MAX_RETRIES, retry_exceptions=False, **opts
+                name=f"map_batch:{udf}", **TASK_RETRIES, **opts
             )
             self.slots = concurrency
             self.description = f"ray: tasks, {concurrency} at a time{gpu}"

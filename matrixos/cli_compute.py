@@ -90,7 +90,7 @@ def _node_caches() -> dict[str, dict[str, Any]]:
 def _cache_text(cache: dict[str, Any] | None) -> str | None:
     if not cache:
         return None
-    from matrixos.engine.distributed import _size
+    from matrixos.engine.dist.explain import format_size as _size
 
     return f"{_size(cache['bytes'])} of {_size(cache['max_bytes'])} in {cache['dir']}"
 
