@@ -169,7 +169,7 @@ class SQLEngine:
         result: Result = handler(stmt, dialect)
         return result
 
-    def _query_context(
+    def query_context(
         self, tree: exp.Expr, bound: list[tuple[TableIdent, Any]], functions: FunctionResults
     ) -> QueryContext:
         """The query as the distributed engine takes it, with the narrow engine interface."""
@@ -203,7 +203,7 @@ class SQLEngine:
         bound = self._bind(tree, refs)
         notes: list[str] = []
         if engine != "local":
-            query = self._query_context(tree, bound, functions)
+            query = self.query_context(tree, bound, functions)
             routed = route(query, engine=engine, explain=explain, analyze=analyze)
             if routed.result is not None:
                 return routed.result

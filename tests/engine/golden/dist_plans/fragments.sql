@@ -1,0 +1,100 @@
+-- Golden plans of the distributed planner (tests/engine/test_dist_plans.py): statistics + SQL in,
+-- EXPLAIN text out. Regenerate with MATRIXOS_UPDATE_GOLDEN=1 and review the diff.
+
+-- GROUP BY over one table: partial aggregates per fragment, merged on the coordinator.
+-- name: partial_aggregate
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT l_returnflag, sum(l_quantity) AS qty, count(*) AS n FROM lineitem GROUP BY l_returnflag ORDER BY l_returnflag
+-- plan:
+-- Engine: ray (distributed, 2 stages)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Stage 1: 4 fragment task(s) on the Ray pool, one DuckDB each; projection, filter and partial aggregate pushed down; placement: next to the data (the node caching a fragment's files, else their storage zone, else spread)
+--   fragment 0: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 1: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 2: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 3: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   per fragment: SELECT l_returnflag AS __mx_g0, SUM(l_quantity) AS __mx_a0, COUNT(*) AS __mx_a1 FROM <files> AS lineitem GROUP BY 1
+-- Stage 2: merge on the coordinator (DuckDB over the fragments' Arrow results)
+--   merge: SELECT __mx_g0, CAST(sum(__mx_a0) AS DOUBLE) AS __mx_a0, CAST(sum(__mx_a1) AS BIGINT) AS __mx_a1 FROM __mx_partials GROUP BY __mx_g0
+--   final: SELECT __mx_g0, __mx_a0 AS qty, __mx_a1 AS n FROM __mx_merged ORDER BY __mx_g0
+
+-- avg() splits into sum and count and is finalized as DuckDB's avg aggregate does.
+-- name: partial_aggregate_avg
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT l_returnflag, avg(l_discount) AS d, max(l_extendedprice) AS m FROM lineitem WHERE l_quantity > 10 GROUP BY 1 HAVING count(*) > 5
+-- plan:
+-- Engine: ray (distributed, 2 stages)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Stage 1: 4 fragment task(s) on the Ray pool, one DuckDB each; projection, filter and partial aggregate pushed down; placement: next to the data (the node caching a fragment's files, else their storage zone, else spread)
+--   fragment 0: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 1: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 2: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 3: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   per fragment: SELECT l_returnflag AS __mx_g0, SUM(l_discount) AS __mx_a0_sum, COUNT(l_discount) AS __mx_a0_count, MAX(l_extendedprice) AS __mx_a1, COUNT(*) AS __mx_a2 FROM <files> AS lineitem WHERE l_quantity > 10 GROUP BY 1
+-- Stage 2: merge on the coordinator (DuckDB over the fragments' Arrow results)
+--   merge: SELECT __mx_g0, CAST(sum(__mx_a0_sum) AS DOUBLE) AS __mx_a0_sum, CAST(sum(__mx_a0_count) AS BIGINT) AS __mx_a0_count, CAST(max(__mx_a1) AS DOUBLE) AS __mx_a1, CAST(sum(__mx_a2) AS BIGINT) AS __mx_a2 FROM __mx_partials GROUP BY __mx_g0
+--   avg() finalized as DuckDB does: 1
+--   final: SELECT __mx_g0, __mx_a0 AS d, __mx_a1 AS m FROM __mx_merged WHERE __mx_a2 > 5
+
+-- ORDER BY ... LIMIT: each fragment keeps its top LIMIT + OFFSET rows.
+-- name: top_k
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT l_orderkey, l_extendedprice FROM lineitem ORDER BY l_extendedprice DESC LIMIT 10 OFFSET 5
+-- plan:
+-- Engine: ray (distributed, 2 stages)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Stage 1: 4 fragment task(s) on the Ray pool, one DuckDB each; projection, filter and per-fragment top-k pushed down; placement: next to the data (the node caching a fragment's files, else their storage zone, else spread)
+--   fragment 0: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 1: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 2: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 3: 2 file(s), 200.0 MiB; placement: any node (spread; nothing cached yet)
+--   per fragment: SELECT l_orderkey AS __mx_p0, l_extendedprice AS __mx_p1, l_extendedprice AS __mx_k0 FROM <files> AS lineitem ORDER BY __mx_k0 DESC LIMIT 15
+-- Stage 2: merge on the coordinator (DuckDB over the fragments' Arrow results)
+--   final: SELECT __mx_p0, __mx_p1 FROM __mx_partials ORDER BY __mx_k0 DESC LIMIT 10 OFFSET 5
+
+-- File statistics prune the scan before it is split (clustered on l_orderkey).
+-- name: pruned_scan
+-- cpus: 4
+-- prune: lineitem l_orderkey >= 4500001
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT l_orderkey, l_quantity FROM lineitem WHERE l_orderkey >= 4500001
+-- plan:
+-- Engine: ray (distributed, 2 stages)
+-- Scan lake.main.lineitem (delta, version 1): 2 of 8 files after pruning on l_orderkey >= 4500001, 200.0 MiB
+-- Stage 1: 2 fragment task(s) on the Ray pool, one DuckDB each; projection and filter pushed down; placement: next to the data (the node caching a fragment's files, else their storage zone, else spread)
+--   fragment 0: 1 file(s), 100.0 MiB; placement: any node (spread; nothing cached yet)
+--   fragment 1: 1 file(s), 100.0 MiB; placement: any node (spread; nothing cached yet)
+--   per fragment: SELECT l_orderkey AS __mx_p0, l_quantity AS __mx_p1 FROM <files> AS lineitem WHERE l_orderkey >= 4500001
+-- Stage 2: merge on the coordinator (DuckDB over the fragments' Arrow results)
+--   final: SELECT __mx_p0, __mx_p1 FROM __mx_partials

@@ -1,0 +1,364 @@
+-- Golden plans of the distributed planner (tests/engine/test_dist_plans.py): statistics + SQL in,
+-- EXPLAIN text out. Regenerate with MATRIXOS_UPDATE_GOLDEN=1 and review the diff.
+
+-- A large table joined to a small one: the small side is broadcast to every fragment.
+-- name: broadcast_join
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+-- table: nation files=1 rows=25 bytes=4KiB
+--   n_nationkey BIGINT 0..24
+--   n_name VARCHAR
+SELECT n_name, count(*) AS n FROM lineitem JOIN nation ON l_partkey = n_nationkey GROUP BY n_name
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Scan lake.main.nation (delta, version 1): 1 of 1 files after pruning, 4.0 KiB
+-- Stage 1: partial aggregate, partition by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash("__mx_g0") % 4; estimated 40.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files, 800.0 MiB
+--   input lake.main.nation (delta, version 1): broadcast (every task reads all of it), 4.0 KiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "nation"."n_name" AS "__mx_g0", COUNT(*) AS "__mx_a0" FROM <in> AS "lineitem" CROSS JOIN <in> AS "nation" WHERE "lineitem"."l_partkey" = "nation"."n_nationkey" GROUP BY "nation"."n_name"
+-- Stage 2: aggregate and project: 4 task(s), output 4 partition(s); estimated 4.0 MiB
+--   input stage output (partial aggregate, partition by GROUP BY): partitioned (4 parts, hashed on __mx_g0), 40.0 MiB
+--   per task: SELECT "__mx_rows"."__mx_g0" AS "__mx_p0", CAST(SUM("__mx_rows"."__mx_a0") AS BIGINT) AS "__mx_p1" FROM <in> AS "__mx_rows" GROUP BY "__mx_rows"."__mx_g0"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 800.0 MiB
+
+-- Two large tables not clustered on their join key: both hash-partitioned by a shuffle stage.
+-- name: hash_join
+-- cpus: 4
+-- setting: broadcast_max_bytes=16MiB
+-- table: orders files=4 rows=1500000 bytes=200MiB
+--   o_orderkey BIGINT 1..6000000
+--   o_custkey BIGINT 1..150000
+--   o_totalprice DOUBLE
+--   o_orderpriority VARCHAR
+-- table: customer files=2 rows=150000 bytes=64MiB
+--   c_custkey BIGINT 1..150000
+--   c_nationkey BIGINT 0..24
+--   c_name VARCHAR
+--   c_acctbal DOUBLE
+SELECT c_name, sum(o_totalprice) AS total FROM orders JOIN customer ON o_custkey = c_custkey GROUP BY c_name ORDER BY total DESC LIMIT 5
+-- plan:
+-- Engine: ray (distributed, 3 stages, 10 tasks; planned from estimates, not run)
+-- Scan lake.main.orders (delta, version 1): 4 of 4 files after pruning, 200.0 MiB
+-- Scan lake.main.customer (delta, version 1): 2 of 2 files after pruning, 64.0 MiB
+-- Stage 1: shuffle customer on c_custkey: 2 task(s), output hash-partitioned into 4 buckets on hash(CAST("c_custkey" AS BIGINT)) % 4; estimated 64.0 MiB
+--   input lake.main.customer (delta, version 1): split into 2 fragment(s) of its files, 64.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "customer"."c_custkey" AS "c_custkey", "customer"."c_name" AS "c_name" FROM <in> AS "customer"
+-- Stage 2: shuffle orders on o_custkey: 4 task(s), output hash-partitioned into 4 buckets on hash(CAST("o_custkey" AS BIGINT)) % 4; estimated 200.0 MiB
+--   input lake.main.orders (delta, version 1): split into 4 fragment(s) of its files, 200.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "orders"."o_custkey" AS "o_custkey", "orders"."o_totalprice" AS "o_totalprice" FROM <in> AS "orders"
+-- Stage 3: partial aggregate, partition by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash("__mx_g0") % 4; estimated 13.2 MiB
+--   input stage output (shuffle orders on o_custkey): partitioned (4 parts, hashed on o_custkey), 200.0 MiB
+--   input stage output (shuffle customer on c_custkey): partitioned (4 parts, hashed on c_custkey), 64.0 MiB
+--   per task: SELECT "customer"."c_name" AS "__mx_g0", SUM("orders"."o_totalprice") AS "__mx_a0" FROM <in> AS "orders" CROSS JOIN <in> AS "customer" WHERE "customer"."c_custkey" = "orders"."o_custkey" GROUP BY "customer"."c_name"
+-- Coordinator: aggregate and project over stage outputs (13.2 MiB), then:
+--   SELECT "__mx_rows"."__mx_g0" AS "__mx_p0", SUM("__mx_rows"."__mx_a0") AS "__mx_p1", SUM("__mx_rows"."__mx_a0") AS "__mx_k0" FROM <in> AS "__mx_rows" GROUP BY "__mx_rows"."__mx_g0" ORDER BY "__mx_k0" DESC LIMIT 5
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 264.0 MiB
+
+-- Two large tables clustered on the join key: split by key ranges from file statistics, no shuffle.
+-- name: key_range_join
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+-- table: orders files=4 rows=1500000 bytes=200MiB
+--   o_orderkey BIGINT 1..6000000 clustered
+--   o_custkey BIGINT 1..150000
+--   o_totalprice DOUBLE
+--   o_orderpriority VARCHAR
+SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem ON l_orderkey = o_orderkey GROUP BY o_orderpriority
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.orders (delta, version 1): 4 of 4 files after pruning, 200.0 MiB
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Stage 1: partial aggregate, partition by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash("__mx_g0") % 4; estimated 50.0 MiB
+--   input lake.main.orders (delta, version 1): split into 4 fragment(s) of its files by ranges of o_orderkey (file statistics), 200.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files by ranges of l_orderkey (file statistics), 800.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "orders"."o_orderpriority" AS "__mx_g0", COUNT(*) AS "__mx_a0" FROM <in> AS "orders" CROSS JOIN <in> AS "lineitem" WHERE "lineitem"."l_orderkey" = "orders"."o_orderkey" GROUP BY "orders"."o_orderpriority"
+-- Stage 2: aggregate and project: 4 task(s), output 4 partition(s); estimated 5.0 MiB
+--   input stage output (partial aggregate, partition by GROUP BY): partitioned (4 parts, hashed on __mx_g0), 50.0 MiB
+--   per task: SELECT "__mx_rows"."__mx_g0" AS "__mx_p0", CAST(SUM("__mx_rows"."__mx_a0") AS BIGINT) AS "__mx_p1" FROM <in> AS "__mx_rows" GROUP BY "__mx_rows"."__mx_g0"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 1000.0 MiB
+
+-- count(DISTINCT) is not decomposed: the rows move to their group's task.
+-- name: distinct_aggregate
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT l_returnflag, count(DISTINCT l_partkey) AS parts FROM lineitem GROUP BY l_returnflag
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Stage 1: partition rows by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash("lineitem.l_returnflag") % 4; estimated 800.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files, 800.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "lineitem"."l_partkey" AS "lineitem.l_partkey", "lineitem"."l_returnflag" AS "lineitem.l_returnflag" FROM <in> AS "lineitem"
+-- Stage 2: aggregate and project: 4 task(s), output 4 partition(s); estimated 80.0 MiB
+--   input stage output (partition rows by GROUP BY): partitioned (4 parts, hashed on lineitem.l_returnflag), 800.0 MiB
+--   per task: SELECT __mx_rows."lineitem.l_returnflag" AS "__mx_p0", COUNT(DISTINCT __mx_rows."lineitem.l_partkey") AS "__mx_p1" FROM <in> AS "__mx_rows" GROUP BY __mx_rows."lineitem.l_returnflag"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 800.0 MiB
+
+-- UNION ALL concatenates the sides' partitions.
+-- name: union_all
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+-- table: orders files=4 rows=1500000 bytes=200MiB
+--   o_orderkey BIGINT 1..6000000 clustered
+--   o_custkey BIGINT 1..150000
+--   o_totalprice DOUBLE
+--   o_orderpriority VARCHAR
+SELECT l_orderkey AS k FROM lineitem UNION ALL SELECT o_orderkey FROM orders
+-- plan:
+-- Engine: ray (distributed, 3 stages, 12 tasks; planned from estimates, not run)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Scan lake.main.orders (delta, version 1): 4 of 4 files after pruning, 200.0 MiB
+-- Stage 1: project: 4 task(s), output 4 partition(s); estimated 800.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files, 800.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "lineitem"."l_orderkey" AS "k" FROM <in> AS "lineitem"
+-- Stage 2: project: 4 task(s), output 4 partition(s); estimated 200.0 MiB
+--   input lake.main.orders (delta, version 1): split into 4 fragment(s) of its files, 200.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "orders"."o_orderkey" AS "o_orderkey" FROM <in> AS "orders"
+-- UNION ALL: the sides' partitions concatenated (cast alike):
+-- Stage 3: UNION ALL per partition: 4 task(s), output 4 partition(s); estimated 1000.0 MiB
+--   input stage output (project): partitioned (4 parts), 800.0 MiB
+--   input stage output (project): partitioned (4 parts), 200.0 MiB
+--   per task: SELECT "__mx_u"."k" AS "__mx_p0" FROM (SELECT "k" AS "k" FROM <in> UNION ALL SELECT "o_orderkey" AS "k" FROM <in>) AS "__mx_u"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 1000.0 MiB
+
+-- EXCEPT hash-partitions both sides on all their columns.
+-- name: except_distinct
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+-- table: orders files=4 rows=1500000 bytes=200MiB
+--   o_orderkey BIGINT 1..6000000 clustered
+--   o_custkey BIGINT 1..150000
+--   o_totalprice DOUBLE
+--   o_orderpriority VARCHAR
+SELECT l_orderkey AS k FROM lineitem EXCEPT SELECT o_orderkey FROM orders
+-- plan:
+-- Engine: ray (distributed, 5 stages, 20 tasks; planned from estimates, not run)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Scan lake.main.orders (delta, version 1): 4 of 4 files after pruning, 200.0 MiB
+-- Stage 1: project: 4 task(s), output 4 partition(s); estimated 800.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files, 800.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "lineitem"."l_orderkey" AS "k" FROM <in> AS "lineitem"
+-- Stage 2: project: 4 task(s), output 4 partition(s); estimated 200.0 MiB
+--   input lake.main.orders (delta, version 1): split into 4 fragment(s) of its files, 200.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "orders"."o_orderkey" AS "o_orderkey" FROM <in> AS "orders"
+-- Stage 3: shuffle EXCEPT side 1 on all columns: 4 task(s), output hash-partitioned into 4 buckets on hash(CAST("k" AS BIGINT)) % 4; estimated 800.0 MiB
+--   input stage output (project): partitioned (4 parts), 800.0 MiB
+--   per task: SELECT "k" AS "k" FROM <in>
+-- Stage 4: shuffle EXCEPT side 2 on all columns: 4 task(s), output hash-partitioned into 4 buckets on hash(CAST("k" AS BIGINT)) % 4; estimated 200.0 MiB
+--   input stage output (project): partitioned (4 parts), 200.0 MiB
+--   per task: SELECT "o_orderkey" AS "k" FROM <in>
+-- EXCEPT: both sides hash-partitioned on all columns, per bucket:
+-- Stage 5: EXCEPT per partition: 4 task(s), output 4 partition(s); estimated 1000.0 MiB
+--   input stage output (shuffle EXCEPT side 1 on all columns): partitioned (4 parts, hashed on k), 800.0 MiB
+--   input stage output (shuffle EXCEPT side 2 on all columns): partitioned (4 parts, hashed on k), 200.0 MiB
+--   per task: SELECT "__mx_u"."k" AS "__mx_p0" FROM (SELECT "k" AS "k" FROM <in> EXCEPT SELECT "k" AS "k" FROM <in>) AS "__mx_u"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 1000.0 MiB
+
+-- A window partitioned by a key: rows hash-partitioned on it, windows per bucket.
+-- name: window_partitioned
+-- cpus: 4
+-- table: events files=6 rows=3000000 bytes=300MiB
+--   e_id BIGINT 1..3000000 clustered
+--   e_user BIGINT 1..50000
+--   e_value DOUBLE
+SELECT e_user, e_value, row_number() OVER (PARTITION BY e_user ORDER BY e_value) AS rn FROM events
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.events (delta, version 1): 6 of 6 files after pruning, 300.0 MiB
+-- Window functions partitioned by "events"."e_user": their rows hash-partitioned on it by the stage that makes them:
+-- Stage 1: project: 4 task(s), output hash-partitioned into 4 buckets on hash("__mx_e0") % 4; estimated 300.0 MiB
+--   input lake.main.events (delta, version 1): split into 4 fragment(s) of its files, 300.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "events"."e_user" AS "__mx_e0", "events"."e_value" AS "__mx_e1" FROM <in> AS "events"
+-- Stage 2: window functions: 4 task(s), output 4 partition(s); estimated 300.0 MiB
+--   input stage output (project): partitioned (4 parts, hashed on __mx_e0), 300.0 MiB
+--   per task: SELECT "__mx_w"."__mx_e0" AS "__mx_p0", "__mx_w"."__mx_e1" AS "__mx_p1", ROW_NUMBER() OVER (PARTITION BY "__mx_w"."__mx_e0" ORDER BY "__mx_w"."__mx_e1") AS "__mx_p2" FROM <in> AS "__mx_w"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 300.0 MiB
+
+-- A window with no PARTITION BY: rows gathered into one task.
+-- name: window_global
+-- cpus: 4
+-- table: events files=6 rows=3000000 bytes=300MiB
+--   e_id BIGINT 1..3000000 clustered
+--   e_user BIGINT 1..50000
+--   e_value DOUBLE
+SELECT e_id, sum(e_value) OVER (ORDER BY e_id) AS running FROM events
+-- plan:
+-- Engine: ray (distributed, 2 stages, 5 tasks; planned from estimates, not run)
+-- Scan lake.main.events (delta, version 1): 6 of 6 files after pruning, 300.0 MiB
+-- Stage 1: project: 4 task(s), output 4 partition(s); estimated 300.0 MiB
+--   input lake.main.events (delta, version 1): split into 4 fragment(s) of its files, 300.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "events"."e_id" AS "__mx_e0", "events"."e_value" AS "__mx_e1" FROM <in> AS "events"
+-- Window functions without a common PARTITION BY: their rows gathered into one task on the pool (the coordinator when small):
+-- Stage 2: window functions: 1 task(s), output gathered into 1 partition; estimated 300.0 MiB
+--   input stage output (project): partitioned (1 parts), 300.0 MiB
+--   per task: SELECT "__mx_w"."__mx_e0" AS "__mx_p0", SUM("__mx_w"."__mx_e1") OVER (ORDER BY "__mx_w"."__mx_e0") AS "__mx_p1" FROM <in> AS "__mx_w"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 300.0 MiB
+
+-- A correlated EXISTS kept in the stage that filters on it, partitioned on the correlation key.
+-- name: correlated_exists
+-- cpus: 4
+-- table: orders files=4 rows=1500000 bytes=200MiB
+--   o_orderkey BIGINT 1..6000000 clustered
+--   o_custkey BIGINT 1..150000
+--   o_totalprice DOUBLE
+--   o_orderpriority VARCHAR
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+SELECT o_orderpriority, count(*) AS n FROM orders WHERE EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND l_quantity > 40) GROUP BY 1 ORDER BY 1
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.orders (delta, version 1): 4 of 4 files after pruning, 200.0 MiB
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Kept correlated subquery (evaluated in the stage that filters on it, its tables partitioned with the outer rows): EXISTS(SELECT 1 FROM "__mx_t1" AS "__mx_h0_0" WHERE "__mx_h0_0"."l_orderkey" = "orders"."o_orderkey" AND "__mx_h0_0"."l_quantity" > 40)
+-- Stage 1: partial aggregate, partition by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash("__mx_g0") % 4; estimated 50.0 MiB
+--   input lake.main.orders (delta, version 1): split into 4 fragment(s) of its files by ranges of o_orderkey (file statistics), 200.0 MiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files by ranges of l_orderkey (file statistics), 800.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "orders"."o_orderpriority" AS "__mx_g0", COUNT(*) AS "__mx_a0" FROM <in> AS "orders" WHERE EXISTS(SELECT 1 FROM <in> AS "__mx_h0_0" WHERE "__mx_h0_0"."l_orderkey" = "orders"."o_orderkey" AND "__mx_h0_0"."l_quantity" > 40) GROUP BY "orders"."o_orderpriority"
+-- Stage 2: aggregate and project: 4 task(s), output 4 partition(s); estimated 5.0 MiB
+--   input stage output (partial aggregate, partition by GROUP BY): partitioned (4 parts, hashed on __mx_g0), 50.0 MiB
+--   per task: SELECT "__mx_rows"."__mx_g0" AS "__mx_p0", CAST(SUM("__mx_rows"."__mx_a0") AS BIGINT) AS "__mx_p1", "__mx_rows"."__mx_g0" AS "__mx_k0" FROM <in> AS "__mx_rows" GROUP BY "__mx_rows"."__mx_g0"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 1000.0 MiB
+
+-- An uncorrelated subquery in an expression runs first and is broadcast (or folded when small).
+-- name: uncorrelated_in
+-- cpus: 4
+-- table: lineitem files=8 rows=6000000 bytes=800MiB
+--   l_orderkey BIGINT 1..6000000 clustered
+--   l_partkey BIGINT 1..200000
+--   l_quantity DOUBLE
+--   l_extendedprice DOUBLE
+--   l_discount DOUBLE
+--   l_returnflag VARCHAR
+--   l_shipdate DATE
+-- table: nation files=1 rows=25 bytes=4KiB
+--   n_nationkey BIGINT 0..24
+--   n_name VARCHAR
+SELECT count(*) AS n FROM lineitem WHERE l_partkey IN (SELECT n_nationkey FROM nation WHERE n_name = 'FRANCE')
+-- plan:
+-- Engine: ray (distributed, 1 stages, 4 tasks; planned from estimates, not run)
+-- Scan lake.main.lineitem (delta, version 1): 8 of 8 files after pruning, 800.0 MiB
+-- Scan lake.main.nation (delta, version 1): 1 of 1 files after pruning, 4.0 KiB
+-- Derived table folded into its readers: SELECT "__mx_s0"."n_nationkey" AS "n_nationkey" FROM "__mx_t1" AS "__mx_s0" WHERE "__mx_s0"."n_name" = 'FRANCE' GROUP BY "__mx_s0"."n_nationkey"
+-- Stage 1: partial aggregate, gather: 4 task(s), output gathered into 1 partition; estimated 1.0 KiB
+--   input lake.main.lineitem (delta, version 1): split into 4 fragment(s) of its files, 800.0 MiB
+--   input lake.main.nation (delta, version 1): broadcast (every task reads all of it), 4.0 KiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT COUNT(*) AS "__mx_a0" FROM <in> AS "lineitem" CROSS JOIN (SELECT "__mx_s0"."n_nationkey" AS "n_nationkey" FROM <in> AS "__mx_s0" WHERE "__mx_s0"."n_name" = 'FRANCE' GROUP BY "__mx_s0"."n_nationkey") AS "_u_0" WHERE NOT _u_0.n_nationkey IS NULL AND "lineitem"."l_partkey" = _u_0.n_nationkey
+-- Coordinator: aggregate and project over stage outputs (1.0 KiB), then:
+--   SELECT CAST(SUM("__mx_rows"."__mx_a0") AS BIGINT) AS "__mx_p0" FROM <in> AS "__mx_rows"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 800.0 MiB
+
+-- A CTE read twice is one stage (or folded) whose output both readers take.
+-- name: cte_reused
+-- cpus: 4
+-- table: events files=6 rows=3000000 bytes=300MiB
+--   e_id BIGINT 1..3000000 clustered
+--   e_user BIGINT 1..50000
+--   e_value DOUBLE
+WITH per_user AS (SELECT e_user, sum(e_value) AS v FROM events GROUP BY e_user) SELECT count(*) FROM per_user a JOIN per_user b ON a.e_user = b.e_user
+-- plan:
+-- Engine: ray (distributed, 2 stages, 8 tasks; planned from estimates, not run)
+-- Scan lake.main.events (delta, version 1): 6 of 6 files after pruning, 300.0 MiB
+-- Stage 1: partial aggregate, partition by GROUP BY: 4 task(s), output hash-partitioned into 4 buckets on hash(CAST("__mx_g0" AS BIGINT)) % 4; estimated 30.0 MiB
+--   input lake.main.events (delta, version 1): split into 4 fragment(s) of its files, 300.0 MiB
+--   task 0: placement: any node (spread; nothing cached yet)
+--   task 1: placement: any node (spread; nothing cached yet)
+--   task 2: placement: any node (spread; nothing cached yet)
+--   task 3: placement: any node (spread; nothing cached yet)
+--   per task: SELECT "events"."e_user" AS "__mx_g0" FROM <in> AS "events" GROUP BY "events"."e_user"
+-- Stage 2: aggregate and project: 4 task(s), output 4 partition(s); estimated 3.0 MiB
+--   input stage output (partial aggregate, partition by GROUP BY): partitioned (4 parts, hashed on __mx_g0), 30.0 MiB
+--   per task: SELECT "__mx_rows"."__mx_g0" AS "e_user" FROM <in> AS "__mx_rows" GROUP BY "__mx_rows"."__mx_g0"
+-- Coordinator: aggregate and project over stage outputs (6.0 MiB), then:
+--   SELECT COUNT(*) AS "__mx_p0" FROM <in> AS "a" CROSS JOIN <in> AS "b" WHERE "a"."e_user" = "b"."e_user"
+-- Final: merged on the coordinator (ORDER BY/LIMIT/DISTINCT); 300.0 MiB
