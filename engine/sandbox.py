@@ -3,11 +3,19 @@
 Two layers, either of which alone would stop the listed escapes:
 
 1. ``check_query`` walks the parsed statement: only catalog tables (and the query's own CTEs),
-   no table functions, no file paths or URIs in place of table names, no functions that touch
-   files, settings, secrets or extensions.
+   no table functions but the platform's search functions, no file paths or URIs in place of
+   table names, no functions that touch files, settings, secrets or extensions, no statement
+   nested in a query (``SELECT … INTO``, data-modifying CTEs). It runs before anything in the
+   statement is evaluated (the platform functions' arguments included), and again on the
+   DuckDB translation of a statement written in another dialect.
 2. ``locked_connection`` gives DuckDB no way out: external access off (with the warehouse as the
    only allowed directory, set first), Python replacement scans off, extension autoload off, and
-   the configuration locked so SQL cannot turn any of it back on.
+   the configuration locked so SQL cannot turn any of it back on. Every connection user text
+   reaches is made by it, and the one that folds constants has no directory at all.
+
+User text never becomes SQL by concatenation: names are quoted and values written as literals
+by sqlglot, or statements are built as trees (``tests/engine/test_sandbox_fuzz.py`` and
+``python -m benchmarks.sandbox_fuzz`` attack both layers through ``lh.sql``).
 """
 
 from __future__ import annotations
