@@ -247,7 +247,11 @@ def writer_main(target: Target, w: int, seed: int) -> None:
                 took = round(time.monotonic() - t0, 3)
                 _record(path, {"fail": n, "s": took, "error": str(e)[:200]})
             except Exception as e:  # anything else: the parent resolves it as after a kill
-                _record(path, {"error": n, "message": f"{type(e).__name__}: {e}"[:300]})
+                cause = e.__cause__ or e.__context__
+                message = f"{type(e).__name__}: {e}"[:300]
+                if cause is not None:  # what the engine said, before any translation
+                    message += f" <- {type(cause).__name__}: {cause}"[:500]
+                _record(path, {"error": n, "message": message})
                 os._exit(3)
             else:
                 version = getattr(res, "version", None)
