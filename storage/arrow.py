@@ -29,12 +29,13 @@ def to_arrow_table(data: Any) -> pa.Table:
         return data.read_all()
     if hasattr(data, "to_arrow") and type(data).__module__.startswith("polars"):
         return data.to_arrow()
-    if hasattr(data, "__arrow_c_stream__"):
-        return pa.table(data)
-    if type(data).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(data, preserve_index=False)
+    pandas = type(data).__module__.startswith("pandas")
     rows: list[Any] = []
     try:
+        if hasattr(data, "__arrow_c_stream__"):  # pandas >= 2.2 frames too
+            return pa.table(data)
+        if pandas:
+            return pa.Table.from_pandas(data, preserve_index=False)
         if isinstance(data, Mapping):
             return pa.table(dict(data))
         if isinstance(data, Sequence) and not isinstance(data, str | bytes):
@@ -42,7 +43,12 @@ def to_arrow_table(data: Any) -> pa.Table:
             return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as e:
         # pa.ArrowTypeError is a TypeError; a plain one comes from a row that is not a dict.
-        where = _bad_column(data) if isinstance(data, Mapping) else _bad_row_value(rows)
+        if pandas:
+            where = _bad_column({c: data[c].tolist() for c in data.columns})
+        elif isinstance(data, Mapping):
+            where = _bad_column(data)
+        else:
+            where = _bad_row_value(rows) if rows else None
         raise SchemaMismatch(
             f"the values do not make a table: {where or e}; nothing was written",
             hint="give each column values of one type (e.g. all integers, or all strings)",

@@ -364,6 +364,7 @@ def test_values_are_never_silently_turned_into_text(
         ([{"id": 11}, {"id": "12"}], r"column 'id' is int in row 1 but str \('12'\) in row 2"),
         ({"id": [11, "12"]}, r"column 'id'"),
         ([{"id": 11}, 12], r"row 2 is a int"),
+        (pd.DataFrame({"id": [11, "12"]}), r"column 'id'"),
     ],
 )
 def test_values_that_make_no_table_are_a_schema_mismatch(
