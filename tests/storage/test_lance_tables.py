@@ -230,6 +230,10 @@ def test_merge_refuses_ambiguous_source_keys_on_lance(lh: mx.Lakehouse) -> None:
             dialect="databricks",
         )
     assert t.version == 1 and sorted(r["id"] for r in t.to_arrow().to_pylist()) == [1, 2]
+    # Numbers are never stored as text in a string column (on Lance as on Delta).
+    with pytest.raises(SchemaMismatch, match="'v' is string in the table but int64"):
+        t.append(pa.table({"id": [9], "v": [7]}))
+    assert t.version == 1
 
 
 def test_sql_merge_into_lance(lh: mx.Lakehouse) -> None:
