@@ -27,9 +27,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from matrixos.errors import IngestError
+from matrixos.errors import ConfigError, IngestError
 
-__all__ = ["FORMATS", "infer_format", "list_files", "read_files"]
+__all__ = ["FORMATS", "infer_format", "list_files", "normalize_format", "read_files"]
 
 #: The formats ``read_files`` understands (values of ``format=`` and of ``infer_format``).
 FORMATS: tuple[str, ...] = ("csv", "tsv", "json", "ndjson", "parquet")
@@ -158,7 +158,7 @@ def read_files(
     if not paths:
         raise IngestError("no paths given", path="")
     fs = filesystem if filesystem is not None else fsspec.core.url_to_fs(paths[0])[0]
-    fixed = _normalize_format(format) if format is not None else None
+    fixed = normalize_format(format) if format is not None else None
     files = list_files(paths, fs)
     formats = [fixed or infer_format(item) for item in files]  # fail fast, before any reading
     tables: list[pa.Table] = []
@@ -196,10 +196,18 @@ def _walk(filesystem: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     return sorted(out)
 
 
-def _normalize_format(fmt: str) -> str:
-    key = fmt.lower().lstrip(".")
-    if key not in _FORMAT_ALIASES:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+def normalize_format(fmt: str) -> str:
+    """The canonical name of a ``format=`` value (``"JSONL"`` is ``"ndjson"``).
+
+    Raises :class:`ConfigError` naming the valid formats for anything else.
+    """
+    key = fmt.lower().lstrip(".") if isinstance(fmt, str) else None
+    if key is None or key not in _FORMAT_ALIASES:
+        raise ConfigError(
+            f"unknown file format {fmt!r}; expected one of {', '.join(FORMATS)}",
+            hint="leave format out to infer it from each file's extension "
+            f"({', '.join(sorted(_EXTENSIONS))})",
+        )
     return _FORMAT_ALIASES[key]
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 
 from matrixos.catalog import TableIdent
-from matrixos.connectors.files import list_files, read_files
+from matrixos.connectors.files import list_files, normalize_format, read_files
 from matrixos.errors import SchemaMismatch
 from matrixos.storage.delta import conform
 from matrixos.storage.warehouse import filesystem_for
@@ -61,6 +61,8 @@ def ingest(
         raise SchemaMismatch(f"unknown ingest mode {mode!r}: use append, overwrite or merge")
     if mode == "merge" and not on:
         raise SchemaMismatch("merge mode needs key columns (--on id)")
+    if format is not None:
+        format = normalize_format(format)  # an unknown one fails before any file is listed
     start = time.perf_counter()
     fs = filesystem_for(paths[0], lh.warehouse.options)
     files = list_files(list(paths), fs)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from matrixos._filelock import locked
 from matrixos.catalog import TableIdent
-from matrixos.errors import MatrixOSError
+from matrixos.errors import TpchError
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -48,10 +48,6 @@ REQUIREMENTS = (f"duckdb=={DUCKDB_VERSION}", f"duckdb-ext-tpch=={DUCKDB_VERSION}
 _SCRIPT = Path(__file__).with_name("_tpchgen.py")
 _STAMP = ".complete"
 _TAIL = 15  # lines of a failed command's output quoted in the error
-
-
-class TpchError(MatrixOSError, RuntimeError):
-    """The TPC-H sample data could not be generated."""
 
 
 @dataclass(frozen=True)

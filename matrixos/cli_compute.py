@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from matrixos.cli import OutputFormat, _emit_table, app
+from matrixos.errors import ComputeError
 
 compute_app = typer.Typer(help="The compute pool (local, or a Ray cluster).", no_args_is_help=True)
 app.add_typer(compute_app, name="compute")
@@ -126,7 +127,7 @@ def compute_start(
     to every other node (and driver) before starting it there.
     """
     from matrixos._ray_nodes import start_node
-    from matrixos.compute import ComputeError, ensure_token, node_env, ray_start_command
+    from matrixos.compute import ensure_token, node_env, ray_start_command
     from matrixos.config import resolve_settings
 
     settings = resolve_settings()

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from matrixos.errors import ConfigError, MatrixOSError
+from matrixos.errors import ComputeError, ConfigError
 
 if TYPE_CHECKING:
     from matrixos.config import Settings
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ZONE_LABEL",
     "ZONE_RESOURCE_PREFIX",
-    "ComputeError",
     "ComputePool",
     "ComputeTarget",
     "ensure_token",
@@ -87,12 +86,6 @@ _RAY_ENV = (
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
     "RAY_USAGE_STATS_ENABLED",
 )
-
-
-class ComputeError(MatrixOSError, RuntimeError):
-    """The compute pool could not be started or reached, or a task on it failed."""
-
-    sqlstate = "58000"
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def run_demo(
 
     Raises:
         ConfigError: ``scale`` is not positive.
-        matrixos._tpch.TpchError: the TPC-H data could not be generated (the first run needs
+        matrixos.errors.TpchError: the TPC-H data could not be generated (the first run needs
             the package index, to install ``duckdb==1.4.4`` and ``duckdb-ext-tpch`` into the
             generator's own venv in the cache).
 

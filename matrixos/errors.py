@@ -201,9 +201,20 @@ class BatchError(MatrixOSError, RuntimeError):
         self.rows = rows
 
 
+class ComputeError(MatrixOSError, RuntimeError):
+    """The compute pool could not be started or reached, or a task on it failed."""
+
+    sqlstate = "58000"
+
+
+class TpchError(MatrixOSError, RuntimeError):
+    """The TPC-H sample data could not be generated (``matrixos demo``, the benchmarks)."""
+
+
 __all__ = [
     "AccessDenied",
     "BatchError",
+    "ComputeError",
     "ConcurrentWriteError",
     "ConfigError",
     "FileNotFound",
@@ -217,6 +228,7 @@ __all__ = [
     "StorageError",
     "TableExists",
     "TableNotFound",
+    "TpchError",
     "VersionNotFound",
     "VolumeNotFound",
     "WarehouseNotFound",

@@ -19,6 +19,7 @@ from rich.console import Console
 import matrixos as mx
 from matrixos import _tpch
 from matrixos.demo import next_steps, run_demo
+from matrixos.errors import TpchError
 
 SCALE = 0.01
 
@@ -100,11 +101,11 @@ def test_generator_failure_is_explained(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("MATRIXOS_TPCH_DIR", str(cache))  # an empty cache: the venv is built
     _no_package_index(monkeypatch, tmp_path)
     lines: list[str] = []
-    with pytest.raises(_tpch.TpchError, match="could not install the TPC-H generator") as err:
+    with pytest.raises(TpchError, match="could not install the TPC-H generator") as err:
         run_demo(str(tmp_path / "wh"), SCALE, console=Console(file=io.StringIO()))
     assert "duckdb==1.4.4" in str(err.value)  # pip's own last lines are quoted
     assert err.value.hint is not None and "package index" in err.value.hint
-    with pytest.raises(_tpch.TpchError):
+    with pytest.raises(TpchError):
         _tpch.cached(SCALE, log=lines.append)
     assert any("installing duckdb==1.4.4" in line for line in lines)  # progress was shown
     # Nothing half-written: no venv, no data set, no temporary folder left behind.
@@ -136,6 +137,6 @@ def test_generation_is_offline_once_cached(
 
 
 def test_bad_scale_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(_tpch.TpchError, match="must be positive"):
+    with pytest.raises(TpchError, match="must be positive"):
         _tpch.generate(tmp_path / "x", 0)
     assert not (tmp_path / "x").exists()

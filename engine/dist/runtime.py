@@ -22,7 +22,7 @@ import pyarrow as pa
 from matrixos.engine.filecache import ReadStats, localize, readable_dirs
 from matrixos.engine.sandbox import locked_connection
 from matrixos.engine.scan import FileEntry, PrunedScan, make_context, render_scan
-from matrixos.errors import MatrixOSError
+from matrixos.errors import ComputeError, MatrixOSError
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
@@ -112,8 +112,6 @@ def gather(
     task as ``fragment_error`` maps it (as the local engine reports it), a worker lost past its
     retries as ``ComputeError``."""
     import ray
-
-    from matrixos.compute import ComputeError
 
     try:
         return list(ray.get(refs))

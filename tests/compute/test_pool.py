@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 import matrixos as mx
 from matrixos.compute import (
-    ComputeError,
     ComputePool,
     ComputeTarget,
     ensure_token,
@@ -27,7 +26,7 @@ from matrixos.compute import (
     token_path,
 )
 from matrixos.config import Settings
-from matrixos.errors import ConfigError
+from matrixos.errors import ComputeError, ConfigError
 
 RayCluster = Any  # tests/compute/conftest.py
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from matrixos.errors import IngestError, SchemaMismatch
+from matrixos.errors import ConfigError, IngestError, SchemaMismatch
 
 
 def test_ingest_modes_and_bad_file(lh, tmp_path) -> None:
@@ -52,3 +52,13 @@ def test_ingest_new_column_needs_evolve(lh, tmp_path) -> None:
         lh.ingest(str(tmp_path / "b.csv"), "raw.e")
     lh.ingest(str(tmp_path / "b.csv"), "raw.e", evolve=True)
     assert sorted(lh.sql("SELECT id, extra FROM raw.e").fetchall()) == [(1, None), (2, "x")]
+
+
+def test_ingest_unknown_format_names_the_valid_ones(lh, tmp_path) -> None:
+    (tmp_path / "a.txt").write_text('{"id": 1}\n')
+    with pytest.raises(ConfigError, match=r"'bogus'.*csv, tsv, json, ndjson, parquet") as err:
+        lh.ingest(str(tmp_path / "a.txt"), "raw.f", format="bogus")
+    assert err.value.hint is not None and ".jsonl" in err.value.hint
+    assert lh.tables("raw") == []
+    # An alias, in any case, names a real format: the same file reads as NDJSON.
+    assert lh.ingest(str(tmp_path / "a.txt"), "raw.f", format="JSONL").rows == 1
