@@ -9,6 +9,7 @@ sqlglot reports ``SELEC * FROM t`` as "Required keyword: 'expression' missing fo
 from __future__ import annotations
 
 import difflib
+import re
 
 from sqlglot import Dialect
 from sqlglot.errors import ParseError, SqlglotError
@@ -135,3 +136,65 @@ def _position(sql: str, tok: Token) -> tuple[int, int]:
     line = sql.count("\n", 0, tok.start) + 1
     col = tok.start - (sql.rfind("\n", 0, tok.start) + 1) + 1
     return line, col
+
+
+# Names DuckDB's binder and catalog errors quote: (pattern, the name is a function).
+_NAMED = (
+    (re.compile(r'Referenced column "([^"]+)" not found'), False),
+    (re.compile(r'does not have a column named "([^"]+)"'), False),
+    (re.compile(r'Referenced table "([^"]+)" not found'), False),
+    (re.compile(r"(?:Scalar|Aggregate|Table) Function with name (\S+) does not exist"), True),
+)
+
+
+def locate_engine_error(err: SQLError, sql: str, dialect: str) -> SQLError:
+    """Put the user's line and column on an engine error that names an identifier.
+
+    DuckDB runs a translation of the user's statement (tables inlined as scans, functions
+    expanded), so the position in its ``LINE n:`` excerpt is not the user's. The identifier it
+    names is searched for in the user's ``sql`` instead (string literals and comments are not
+    searched); only when it occurs exactly once is the position faithful, and only then is it
+    set. Returns ``err``, changed in place (its DuckDB excerpt dropped when a position is set).
+
+    Example:
+        >>> err = SQLError('Binder Error: Referenced column "nme" not found in FROM clause!')
+        >>> print(locate_engine_error(err, "SELECT id,\\n  nme FROM t WHERE id > 'nme'", "duckdb"))
+        Binder Error: Referenced column "nme" not found in FROM clause! (line 2, column 3)
+        >>> (err.line, err.col)
+        (2, 3)
+    """
+    if err.line is not None:
+        return err
+    named = next(((m, f) for p, f in _NAMED if (m := p.search(err.message))), None)
+    if named is None:
+        return err
+    found, function = named
+    name = found.group(1)
+    try:
+        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    except SqlglotError:
+        return err
+    hits = [
+        tok
+        for i, tok in enumerate(tokens)
+        if tok.token_type in (TokenType.VAR, TokenType.IDENTIFIER)
+        and (
+            tok.text == name
+            if tok.token_type == TokenType.IDENTIFIER
+            else tok.text.lower() == name.lower()
+        )
+        and (
+            not function or (i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN)
+        )
+    ]
+    if len(hits) != 1:
+        return err
+    line, col = _position(sql, hits[0])
+    message = err.message
+    cut = message.find("\n\nLINE ")
+    if cut >= 0:
+        message = message[:cut]  # DuckDB's excerpt of its translation, not the user's text
+    err.message = f"{message} (line {line}, column {col})"
+    err.args = (err.message,)
+    err.line, err.col, err.sql = line, col, sql
+    return err

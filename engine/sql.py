@@ -24,15 +24,15 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedErro
 
 from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.names import check_part
-from matrixos.engine._syntax import statement_starts, syntax_error
+from matrixos.engine._syntax import locate_engine_error, statement_starts, syntax_error
 from matrixos.engine.context import EngineSession, QueryContext
+from matrixos.engine.context import table_refs as _table_refs
 from matrixos.engine.dist import route
 from matrixos.engine.functions import expand_functions, is_function_result
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import (
     check_query,
     check_table_name,
-    is_cte_reference,
     locked_connection,
 )
 from matrixos.engine.scan import (
@@ -115,7 +115,7 @@ class SQLEngine:
     # -- entry point ------------------------------------------------------------------------
     def execute(self, sql: str, dialect: str, *, engine: str = "auto") -> Result:
         """Run ``sql``; ``engine`` (``auto``/``local``/``ray``) picks where queries run
-        (see ``engine.distributed``)."""
+        (see ``engine.dist``)."""
         try:
             statements = self.parse(sql, dialect)
             if not statements:
@@ -123,6 +123,8 @@ class SQLEngine:
             result: Result | None = None
             for stmt in statements:
                 result = self._run(stmt, dialect, engine)
+        except SQLError as e:
+            raise locate_engine_error(e, sql, dialect) from e.__cause__
         except RecursionError as e:
             # sqlglot parses, checks and generates recursively: ~100 nested parentheses or
             # subqueries exhaust Python's stack before any statement runs.
@@ -226,7 +228,7 @@ class SQLEngine:
                         f"Scan {ident} (delta, version {scan.snapshot.version}): "
                         f"{len(scan.files)} of {len(scan.snapshot.files)} files after pruning"
                         + (
-                            " on " + ", ".join(_describe_pred(p) for p in scan.predicates)
+                            " on " + ", ".join(p.describe() for p in scan.predicates)
                             if scan.predicates
                             else ""
                         )
@@ -1005,17 +1007,6 @@ class SQLEngine:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _table_refs(tree: exp.Expr) -> list[exp.Table]:
-    # Must list the same nodes, in the same order, as ``check_query`` returns.
-    return [
-        t
-        for t in tree.find_all(exp.Table)
-        if isinstance(t.this, exp.Identifier)
-        and not is_cte_reference(t)
-        and not is_function_result(t)
-    ]
-
-
 class _CommandFallback(logging.Filter):
     """Drops sqlglot's warning that a statement is parsed as a ``Command``: that is how
     EXPLAIN, OPTIMIZE, VACUUM, DESCRIBE HISTORY and the volume DDL arrive, on purpose; a
@@ -1154,14 +1145,6 @@ def _literal_value(node: exp.Expr) -> Any:
 
 def _is_const(e: exp.Expr | None) -> bool:
     return e is not None and e.find(exp.Column, exp.Query, exp.Placeholder) is None
-
-
-def _describe_pred(p: Predicate) -> str:
-    if p.op == "isnull":
-        return f"{p.column} IS NULL"
-    if p.op == "notnull":
-        return f"{p.column} IS NOT NULL"
-    return f"{p.column} {p.op.upper()} {p.value!r}"
 
 
 # Table-reference modifiers ``_stand_in`` keeps: they apply to the rows read.
@@ -1313,5 +1296,13 @@ def _engine_error(e: Exception, sql: str) -> MatrixOSError:
     if isinstance(e, duckdb.ConversionException | duckdb.InvalidInputException):
         return SQLError(msg, sql=sql, sqlstate="22000")
     if isinstance(e, duckdb.OutOfMemoryException):
-        return SQLError(msg, sql=sql, sqlstate="53200")
+        # DuckDB's own advice (SET memory_limit/threads) is a statement user SQL may not run.
+        return SQLError(
+            msg.split("\n\nPossible solutions:", 1)[0],
+            sql=sql,
+            sqlstate="53200",
+            hint="the engine's memory limit is the duckdb_memory_limit setting "
+            "(MATRIXOS_DUCKDB_MEMORY_LIMIT, or mx.connect(..., duckdb_memory_limit='8GB')): "
+            "raise it, lower duckdb_threads, or filter and project before joining or sorting",
+        )
     return SQLError(msg, sql=sql)
