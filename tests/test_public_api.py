@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,21 +10,253 @@ import pyarrow as pa
 import pytest
 
 import matrixos as mx
+from matrixos import errors
+from matrixos.ai.rag import RAG, IndexSummary
+from matrixos.batch import MapBatchesSummary
+from matrixos.config import Settings
+from matrixos.connectors.ingest import IngestSummary
+from matrixos.connectors.media import MediaIngestSummary
+from matrixos.engine.result import Result
 from matrixos.errors import (
     AccessDenied,
     MatrixOSError,
     SQLError,
     TableNotFound,
 )
+from matrixos.lance_table import LanceTable
+from matrixos.session import Lakehouse, connect
+from matrixos.storage.delta import WriteResult
 from matrixos.storage.options import StorageOptions
+from matrixos.storage.volume import FileInfo, Volume
+from matrixos.table import Table
+
+
+def _public(cls: type) -> set[str]:
+    """A class's public attributes: methods, properties and class attributes, inherited ones too."""
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def test_surface() -> None:
     assert sorted(mx.__all__) == sorted(
         ["Lakehouse", "MatrixOSError", "Result", "Settings", "Table", "connect", "errors"]
     )
-    for name in mx.__all__:
-        assert getattr(mx, name) is not None
+    # Each lazy name is the object it stands for, not merely something.
+    assert mx.Lakehouse is Lakehouse and mx.Table is Table and mx.Result is Result
+    assert mx.MatrixOSError is MatrixOSError and mx.errors is errors
+    assert mx.Settings is Settings and mx.connect is connect
+
+
+def test_errors_surface() -> None:
+    assert set(errors.__all__) == {
+        "AccessDenied",
+        "BatchError",
+        "ComputeError",
+        "ConcurrentWriteError",
+        "ConfigError",
+        "FileNotFound",
+        "IngestError",
+        "MatrixOSError",
+        "NotSupported",
+        "ResultConsumed",
+        "SQLError",
+        "SchemaMismatch",
+        "SchemaNotFound",
+        "StorageError",
+        "TableExists",
+        "TableNotFound",
+        "TpchError",
+        "VersionNotFound",
+        "VolumeNotFound",
+        "WarehouseNotFound",
+    }
+    exported = {getattr(errors, n) for n in errors.__all__}
+    assert all(issubclass(c, MatrixOSError) for c in exported)
+    # Every error class the module defines is exported: none is public by accident.
+    defined = {
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, MatrixOSError) and c.__module__ == errors.__name__
+    }
+    assert defined == exported
+
+
+def test_lakehouse_surface() -> None:
+    assert _public(Lakehouse) == {
+        "close",
+        "compute",
+        "create_schema",
+        "create_table",
+        "create_volume",
+        "drop_schema",
+        "drop_table",
+        "drop_volume",
+        "ingest",
+        "ingest_media",
+        "map_batches",
+        "open_uri",
+        "rag",
+        "register_table",
+        "schemas",
+        "search",
+        "sql",
+        "table",
+        "tables",
+        "volume",
+        "volumes",
+    }
+    # The types users receive, tied to the calls that return them.
+    returns = {
+        "create_table": "Table",
+        "table": "Table",
+        "sql": "Result",
+        "search": "Result",
+        "volume": "Volume",
+        "create_volume": "Volume",
+        "ingest": "IngestSummary",
+        "ingest_media": "MediaIngestSummary",
+        "map_batches": "MapBatchesSummary",
+    }
+    for name, annotation in returns.items():
+        assert getattr(Lakehouse, name).__annotations__["return"] == annotation, name
+    assert vars(Lakehouse)["rag"].fget.__annotations__["return"] == "RAG"
+
+
+_TABLE = {
+    "append",
+    "count",
+    "delete",
+    "describe",
+    "history",
+    "location",
+    "merge",
+    "name",
+    "optimize",
+    "overwrite",
+    "partition_by",
+    "schema",
+    "store",
+    "to_arrow",
+    "to_pandas",
+    "to_polars",
+    "update",
+    "vacuum",
+    "version",
+}
+
+
+def test_table_surfaces() -> None:
+    assert _public(Table) == _TABLE
+    assert _public(LanceTable) == _TABLE | {
+        "create_index",
+        "create_text_index",
+        "dataset",
+        "embed_query",
+        "embedding",
+        "indexes",
+        "search",
+        "set_embedding",
+    }
+    assert _fields(WriteResult) == ["version", "metrics"]
+
+
+def test_result_surface() -> None:
+    assert _public(Result) == {
+        "column",
+        "columns",
+        "fetchall",
+        "fetchone",
+        "from_table",
+        "num_rows",
+        "scalar",
+        "to_arrow",
+        "to_arrow_reader",
+        "to_pandas",
+        "to_polars",
+        "to_pylist",
+    }
+
+
+def test_volume_surface() -> None:
+    assert _public(Volume) == {
+        "delete",
+        "exists",
+        "is_remote",
+        "list",
+        "name",
+        "name_of",
+        "open",
+        "open_uri",
+        "put",
+        "put_folder",
+        "read_bytes",
+        "uri_of",
+    }
+    assert _fields(FileInfo) == ["name", "uri", "size", "modified"]
+
+
+def test_summary_surfaces() -> None:
+    assert _fields(IngestSummary) == ["table", "mode", "files", "rows", "version", "seconds"]
+    assert _fields(MediaIngestSummary) == [
+        "table",
+        "volume",
+        "files",
+        "added",
+        "changed",
+        "unchanged",
+        "failed",
+        "version",
+        "seconds",
+        "errors",
+    ]
+    assert _fields(MapBatchesSummary) == [
+        "output",
+        "source",
+        "job",
+        "run",
+        "source_version",
+        "resumed",
+        "batches",
+        "batches_run",
+        "batches_skipped",
+        "rows_in",
+        "rows_out",
+        "commits",
+        "seconds",
+        "executor",
+        "num_gpus",
+        "gpu_utilization",
+        "gpu_note",
+        "max_in_flight",
+        "peak_in_flight",
+        "notes",
+    ]
+    assert _public(MapBatchesSummary) - set(_fields(MapBatchesSummary)) == {
+        "gpu_text",
+        "rows_per_s",
+    }
+    assert _public(RAG) == {"eval", "index"}
+    assert RAG.index.__annotations__["return"] == "IndexSummary"
+    assert _fields(IndexSummary) == [
+        "table",
+        "documents",
+        "unchanged",
+        "added",
+        "changed",
+        "deleted",
+        "failed",
+        "chunks_written",
+        "chunks_deleted",
+        "seconds",
+        "embed_seconds",
+        "compute",
+        "errors",
+        "indexes",
+    ]
+    assert _public(IndexSummary) - set(_fields(IndexSummary)) == {"chunks_per_s", "docs_per_s"}
 
 
 def test_error_hierarchy() -> None:
