@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -37,10 +37,14 @@ def to_arrow_table(data: Any) -> pa.Table:
         if pandas:
             return pa.Table.from_pandas(data, preserve_index=False)
         if isinstance(data, Mapping):
+            _check_nesting(data.values())
             return pa.table(dict(data))
         if isinstance(data, Sequence) and not isinstance(data, str | bytes):
             rows = list(data)
+            _check_nesting(rows)
             return pa.Table.from_pylist(rows)
+    except SchemaMismatch:
+        raise  # a TypeError too, and already says what is wrong
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as e:
         # pa.ArrowTypeError is a TypeError; a plain one comes from a row that is not a dict.
         if pandas:
@@ -56,6 +60,27 @@ def to_arrow_table(data: Any) -> pa.Table:
     except RecursionError as e:
         raise SchemaMismatch("the values are nested too deeply to store") from e
     raise SchemaMismatch(f"cannot turn a {type(data).__name__} into a table")
+
+
+#: Levels of nested dicts and lists Python values may have: pyarrow's type inference runs out
+#: of memory (std::bad_alloc, the process dies) on a few thousand.
+MAX_VALUE_NESTING = 64
+
+
+def _check_nesting(values: Iterable[Any]) -> None:
+    """Refuse Python values nested deeper than ``MAX_VALUE_NESTING`` (checked iteratively,
+    before pyarrow sees them; scalars cost one type test)."""
+    todo: list[tuple[Any, int]] = [(v, 1) for v in values if isinstance(v, dict | list | tuple)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_VALUE_NESTING:
+            raise SchemaMismatch(
+                f"the values are nested more than {MAX_VALUE_NESTING} levels deep; "
+                "nothing was written",
+                hint="store the deep part as a JSON string",
+            )
+        items = value.values() if isinstance(value, dict) else value
+        todo += [(v, depth + 1) for v in items if isinstance(v, dict | list | tuple)]
 
 
 def _bad_column(columns: Mapping[Any, Any]) -> str | None:
@@ -100,6 +125,14 @@ def normalize_for_delta(table: pa.Table) -> pa.Table:
     fields = []
     changed = False
     for f in table.schema:
+        if _depth(f.type) > MAX_DELTA_NESTING:
+            # delta-rs writes a deeper schema, then panics reading it back (its JSON decoder
+            # stops at 128 levels, ~42 nested structs): a table nobody could open.
+            raise SchemaMismatch(
+                f"column {f.name!r} is nested more than {MAX_DELTA_NESTING} levels deep, more "
+                "than a Delta table can hold; nothing was written",
+                hint="store the deep part as a JSON string",
+            )
         t = _delta_type(f.type)
         changed |= t != f.type
         fields.append(pa.field(f.name, t, f.nullable, f.metadata))
@@ -109,6 +142,25 @@ def normalize_for_delta(table: pa.Table) -> pa.Table:
         return table.cast(pa.schema(fields, table.schema.metadata))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise SchemaMismatch(f"data does not fit a Delta type: {e}; nothing was written") from e
+
+
+#: Struct/list/map levels a Delta column may have (delta-rs reads up to ~42 nested structs).
+MAX_DELTA_NESTING = 32
+
+
+def _depth(t: pa.DataType) -> int:
+    """How many struct, list and map levels ``t`` has (iterative: any depth is measured)."""
+    deepest, todo = 0, [(t, 0)]
+    while todo:
+        t, d = todo.pop()
+        deepest = max(deepest, d)
+        if pa.types.is_struct(t):
+            todo += [(f.type, d + 1) for f in t]  # type: ignore[attr-defined]
+        elif pa.types.is_map(t):
+            todo += [(t.key_type, d + 1), (t.item_type, d + 1)]  # type: ignore[attr-defined]
+        elif hasattr(t, "value_type"):  # list, large/fixed-size list, list view, dictionary
+            todo.append((t.value_type, d + 1))
+    return deepest
 
 
 def _delta_type(t: pa.DataType) -> pa.DataType:

@@ -379,6 +379,29 @@ def test_values_that_make_no_table_are_a_schema_mismatch(
     assert t.version == 0 and rows(t) == [{"id": 1}]
 
 
+def test_deeply_nested_values_are_a_schema_mismatch(lh: mx.Lakehouse) -> None:
+    # delta-rs wrote a schema 45 structs deep and then panicked (a raw PanicException, a
+    # BaseException) reading it back; a few thousand levels made pyarrow abort the process.
+    def nested(depth: int, leaf: Any, wrap: Any) -> Any:
+        for _ in range(depth):
+            leaf = wrap(leaf)
+        return leaf
+
+    ok = lh.create_table("s.nest32", [{"a": nested(32, 1, lambda v: {"b": v})}])
+    assert ok.count() == 1
+    for depth, wrap, match in (
+        (33, lambda v: {"b": v}, "more than 32 levels deep"),
+        (45, lambda v: [v], "more than 32 levels deep"),
+        (5000, lambda v: {"b": v}, "more than 64 levels deep"),
+        (5000, lambda v: [v], "more than 64 levels deep"),
+    ):
+        with pytest.raises(SchemaMismatch, match=match):
+            lh.create_table("s.nest", [{"a": nested(depth, 1, wrap)}])
+        with pytest.raises(SchemaMismatch, match=match):
+            ok.append([{"a": nested(depth, 1, wrap)}])
+    assert "main.s.nest" not in lh.tables() and ok.count() == 1
+
+
 def test_merge_refuses_ambiguous_source_keys(lh: mx.Lakehouse) -> None:
     t = lh.create_table("s.upsert", pa.table({"id": [1, 2], "v": ["a", "b"]}))
     for source, match in (
