@@ -544,7 +544,8 @@ def _settle(target: Target) -> None:
 # are serialized because moto checks If-None-Match and stores the object in two steps, so
 # without the lock two conditional commits could both win — a fake-S3 artefact, not ours.
 _MOTO = """
-import sys, threading
+import logging, sys, threading
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 lock = threading.Lock()

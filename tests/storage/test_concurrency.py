@@ -766,3 +766,17 @@ def test_commit_check_tells_ours_compatible_and_conflicting_commits(tmp_path: An
     (log / f"{5:020d}.json").write_text('{"metaData":{}}\n')
     with pytest.raises(CompactionConflict, match="schema"):
         _ours_or_compatible(store, 5, inputs, "t1")
+
+
+def test_lance_commit_retries_running_out_is_a_conflict_not_a_timeout() -> None:
+    """Lance's words when its commit retries run out under churn (seen in the torture run on
+    S3) mention a timeout; the caller must get a ConcurrentWriteError, not 'endpoint slow'."""
+    from matrixos.storage.lance import _translate
+
+    raw = OSError(
+        "Too many concurrent writers. Attempted 6 times, but failed on retry_timeout of "
+        "30.000 seconds., /home/runner/work/lance/lance/rust/lance/src/io/commit.rs:130:5"
+    )
+    err = _translate(raw, "update of s3://b/wh/t failed")
+    assert isinstance(err, ConcurrentWriteError)
+    assert "commit.rs" not in str(err)
