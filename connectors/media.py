@@ -30,9 +30,18 @@ file whose source, size and modification time are unchanged, and otherwise compa
 only new or changed files are written (files that failed before are retried).
 
 Example:
-    >>> summary = ingest_media(lh, ["./photos", "./papers"], "media.files")  # doctest: +SKIP
-    >>> print(summary)                                                       # doctest: +SKIP
-    media.files: 12 file(s): 11 added, 0 changed, 0 unchanged, 1 failed (version 0, 0.84s)
+    >>> import tempfile, matrixos as mx
+    >>> lh = mx.connect(tempfile.mkdtemp())
+    >>> import os
+    >>> os.makedirs("papers")
+    >>> with open("papers/notes.md", "w") as f:
+    ...     _ = f.write("# Notes\\nVACUUM removes old files.\\n")
+    >>> with open("papers/broken.png", "w") as f:  # text named .png
+    ...     _ = f.write("not a png")
+    >>> summary = ingest_media(lh, ["./papers"], "media.files")
+    >>> print(summary)
+    main.media.files: 2 file(s): 1 added, 0 changed, 0 unchanged, 1 failed (version ..., ...s)
+      failed: .../papers/broken.png: ValueError: not a readable image: ...
 """
 
 from __future__ import annotations
@@ -196,8 +205,16 @@ def ingest_media(
             media table (``SchemaMismatch``); the table is unchanged.
 
     Example:
-        >>> ingest_media(lh, "./scans", "media.scans").added  # doctest: +SKIP
-        42
+        >>> import tempfile, matrixos as mx
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> import os
+        >>> os.makedirs("scans")
+        >>> with open("scans/page1.txt", "w") as f:
+        ...     _ = f.write("scanned text")
+        >>> ingest_media(lh, "./scans", "media.scans").added
+        1
+        >>> ingest_media(lh, "./scans", "media.scans").unchanged  # nothing new: nothing written
+        1
     """
     start = time.perf_counter()
     if isinstance(paths, str | os.PathLike):

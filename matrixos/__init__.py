@@ -5,7 +5,9 @@ catalog (SQLAlchemy), settings (pydantic) and engines load when a session needs 
 
 Example:
     >>> import matrixos as mx
-    >>> lh = mx.connect()  # doctest: +SKIP
+    >>> lh = mx.connect()  # ./warehouse, or $MATRIXOS_WAREHOUSE
+    >>> lh.sql("SELECT 1 + 1").scalar()
+    2
 """
 
 from __future__ import annotations

@@ -36,9 +36,14 @@ class LanceTable(Table):
     """A Lance table: multimodal rows, vectors and text indexes.
 
     Example:
-        >>> t = lh.create_table("kb.docs", rows, format="lance")           # doctest: +SKIP
-        >>> t.set_embedding("text", embedder="minilm")                      # doctest: +SKIP
-        >>> t.search("how do I vacuum?", k=5, mode="hybrid").to_pylist()    # doctest: +SKIP
+        >>> import tempfile, matrixos as mx
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> rows = [{"id": 1, "text": "VACUUM removes old files"},
+        ...         {"id": 2, "text": "OPTIMIZE compacts small files"}]
+        >>> t = lh.create_table("kb.docs", rows, format="lance")
+        >>> t.set_embedding("text", embedder="hash")  # "minilm" for real semantic search
+        >>> [r["id"] for r in t.search("how do I vacuum?", k=1, mode="hybrid").to_pylist()]
+        [1]
     """
 
     @property

@@ -137,8 +137,10 @@ class Lakehouse:
         """The compute pool (``Settings.compute``), started on first use.
 
         Example:
-            >>> lh.compute.status()["mode"]  # doctest: +SKIP
-            'ray'
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> lh.compute.status()["mode"]  # "ray" with compute="ray" or "ray://host:port"
+            'local'
         """
         if self._compute is None:
             from matrixos.compute import ComputePool
@@ -178,7 +180,11 @@ class Lakehouse:
         ``Settings.distributed_min_bytes``. Results do not depend on the engine.
 
         Example:
-            >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> _ = lh.create_table("sales.orders", [{"id": 1}, {"id": 2}])
+            >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()
+            2
         """
         return self._engine.execute(query, dialect or self.settings.default_dialect, engine=engine)
 
@@ -234,7 +240,11 @@ class Lakehouse:
         to replace its rows (and schema).
 
         Example:
-            >>> lh.create_table("iot.readings", rows, partition_by=["day"])  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> rows = [{"day": "2024-05-01", "sensor": "a", "value": 20.5}]
+            >>> lh.create_table("iot.readings", rows, partition_by=["day"]).partition_by
+            ['day']
         """
         if format not in ("delta", "lance"):
             raise NotSupported(f"format={format!r} is not supported; use 'delta' or 'lance'")
@@ -415,6 +425,19 @@ class Lakehouse:
             BatchError: ``fn`` failed; names the batch and its rows (committed batches stay).
 
         Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> import pyarrow.compute as pc
+            >>> _ = lh.create_table("iot.c", [{"celsius": 20.0}, {"celsius": 25.0}])
+            >>> def to_f(batch):
+            ...     return batch.append_column("f", pc.add(pc.multiply(batch["celsius"], 1.8), 32))
+            >>> lh.map_batches("iot.c", to_f, output="iot.f", progress=False).rows_out
+            2
+            >>> lh.sql("SELECT f FROM iot.f ORDER BY f").fetchall()
+            [(68.0,), (77.0,)]
+
+            On a Ray pool with GPUs (``compute="ray://…"``), one GPU per batch:
+
             >>> lh.map_batches("media.images", fn, output="media.tags", num_gpus=1,
             ...                batch_size=64)  # doctest: +SKIP
         """
@@ -465,7 +488,19 @@ class Lakehouse:
             and DuckDB.
 
         Example:
-            >>> lh.search("kb.chunks", "vacuum a table", k=5, mode="hybrid")  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> docs = [{"id": 1, "text": "VACUUM removes old files"},
+            ...         {"id": 2, "text": "OPTIMIZE compacts small files"}]
+            >>> lh.create_table("kb.chunks", docs, format="lance").set_embedding(
+            ...     "text", embedder="hash")
+            >>> lh.search("kb.chunks", "vacuum a table", k=1, mode="hybrid").column("id")
+            <pyarrow.lib.ChunkedArray object at ...>
+            [
+              [
+                1
+              ]
+            ]
         """
         from matrixos.engine.result import Result
         from matrixos.lance_table import lance_table_or_error
@@ -484,7 +519,11 @@ class Lakehouse:
         """An existing volume (a governed folder of raw files); raises ``VolumeNotFound``.
 
         Example:
-            >>> lh.volume("raw.docs").list()  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> _ = lh.create_volume("raw.docs").put(b"%PDF-1.4 ...", "scan.pdf")
+            >>> [f.name for f in lh.volume("raw.docs").list()]
+            ['scan.pdf']
         """
         from matrixos.storage.volume import Volume
 
@@ -501,7 +540,10 @@ class Lakehouse:
         """Create a managed volume at ``<warehouse>/<catalog>/<schema>/.volumes/<name>/``.
 
         Example:
-            >>> lh.create_volume("raw.docs").put("scan.pdf")  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> lh.create_volume("raw.docs").put(b"%PDF-1.4 ...", "scan.pdf")
+            '.../main/raw/.volumes/docs/scan.pdf'
         """
         from matrixos.catalog.store import VolumeInfo
         from matrixos.storage.volume import volume_location
@@ -598,7 +640,14 @@ class Lakehouse:
         See ``matrixos.connectors.media.ingest_media``.
 
         Example:
-            >>> print(lh.ingest_media("./photos", "media.photos"))  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> import os
+            >>> os.makedirs("photos")
+            >>> with open("photos/caption.txt", "w") as f:
+            ...     _ = f.write("a cat on a mat")
+            >>> print(lh.ingest_media("./photos", "media.photos"))
+            main.media.photos: 1 file(s): 1 added, 0 changed, 0 unchanged, 0 failed (version ...)
         """
         from matrixos.connectors.media import ingest_media
         from matrixos.storage._errors import source_errors

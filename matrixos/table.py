@@ -37,8 +37,13 @@ class Table:
     """A table in the catalog (Delta; ``LanceTable`` adds search for Lance tables).
 
     Example:
-        >>> t = lh.table("sales.orders")                       # doctest: +SKIP
-        >>> t.merge([{"id": 7, "status": "done"}], on=["id"])  # doctest: +SKIP
+        >>> import tempfile, matrixos as mx
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> t = lh.create_table("sales.orders", [{"id": 7, "status": "open"}])
+        >>> t.merge([{"id": 7, "status": "done"}], on=["id"]).version
+        1
+        >>> lh.table("sales.orders").to_arrow().to_pylist()
+        [{'id': 7, 'status': 'done'}]
     """
 
     def __init__(self, lh: Lakehouse, info: TableInfo) -> None:

@@ -19,9 +19,13 @@ folder and renamed into place; on S3 an object appears only when its (single or 
 upload completes. Readers never see half a file.
 
 Example:
-    >>> vol = lh.create_volume("raw.docs")                  # doctest: +SKIP
-    >>> uri = vol.put("report.pdf")                         # doctest: +SKIP
-    >>> [f.name for f in vol.list()]                        # doctest: +SKIP
+    >>> import tempfile, matrixos as mx
+    >>> lh = mx.connect(tempfile.mkdtemp())
+    >>> vol = lh.create_volume("raw.docs")
+    >>> with open("report.pdf", "wb") as f:
+    ...     _ = f.write(b"%PDF-1.4 ...")
+    >>> uri = vol.put("report.pdf")
+    >>> [f.name for f in vol.list()]
     ['report.pdf']
 """
 
@@ -119,10 +123,12 @@ class Volume:
     are relative POSIX paths (``"2024/scan.pdf"``) that may not leave the volume.
 
     Example:
-        >>> vol = lh.volume("raw.docs")                      # doctest: +SKIP
-        >>> vol.put(b"%PDF-1.4 ...", "a/b.pdf")              # doctest: +SKIP
-        '/wh/main/raw/.volumes/docs/a/b.pdf'
-        >>> vol.read_bytes("a/b.pdf")[:4]                    # doctest: +SKIP
+        >>> import tempfile, matrixos as mx
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> vol = lh.create_volume("raw.docs")
+        >>> vol.put(b"%PDF-1.4 ...", "a/b.pdf")
+        '.../main/raw/.volumes/docs/a/b.pdf'
+        >>> vol.read_bytes("a/b.pdf")[:4]
         b'%PDF'
     """
 

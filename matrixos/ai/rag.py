@@ -153,7 +153,12 @@ class RAG:
         either way.
 
         Example:
-            >>> lh.rag.index(source="raw.docs", table="kb.chunks")  # doctest: +SKIP
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> _ = lh.create_table("raw.docs", [{"uri": "a", "text": "VACUUM removes old files."}])
+            >>> s = lh.rag.index(source="raw.docs", table="kb.chunks", embedder="hash")
+            >>> (s.documents, s.added, s.chunks_written)
+            (1, 1, 1)
         """
         from matrixos.ai.embed import get_embedder
 
