@@ -2,7 +2,7 @@
 
 Two layers are tested separately, because either alone must hold:
 
-1. ``lh.sql`` refuses every escape with ``AccessDenied`` (a ``MatrixOSError``) that names what
+1. ``sandbox_lh.sql`` refuses every escape with ``AccessDenied`` (a ``MatrixOSError``) that names what
    is not allowed, and nothing changes on disk (no file written, no table created).
 2. The engine's DuckDB connection itself is locked: even raw SQL on it cannot read outside the
    warehouse, change a setting or install/load an extension.
@@ -54,7 +54,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def lh(tmp_path: Path, home: Path) -> Iterator[mx.Lakehouse]:
+def sandbox_lh(tmp_path: Path, home: Path) -> Iterator[mx.Lakehouse]:
     with mx.connect(str(tmp_path / "wh")) as lake:
         lake.create_table("t", pa.table({"id": [1, 2, 3], "s": ["a", "b", "c"]}))
         yield lake
@@ -77,7 +77,7 @@ class Box:
 
     root: Path  # holds wh/ (the warehouse) and home/
     home: Path
-    lh: mx.Lakehouse
+    sandbox_lh: mx.Lakehouse
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +102,16 @@ def untouched(box: Box, tmp_path: Path) -> Iterator[None]:
     assert box.lh.sql("SELECT * FROM t ORDER BY id").fetchall() == rows
 
 
-def refused(lh: mx.Lakehouse, sql: str, dialect: str | None = None) -> AccessDenied:
+def refused(sandbox_lh: mx.Lakehouse, sql: str, dialect: str | None = None) -> AccessDenied:
     with pytest.raises(AccessDenied) as info:
-        lh.sql(sql, dialect=dialect)
+        sandbox_lh.sql(sql, dialect=dialect)
     err = info.value
     assert isinstance(err, MatrixOSError)
     assert REFUSED.search(str(err)), str(err)
     return err
 
 
-# ------------------------------------------------------------------------ layer 1: lh.sql
+# ------------------------------------------------------------------------ layer 1: sandbox_lh.sql
 # (sql, dialect, what the message must name)
 ESCAPES = [
     ("SELECT * FROM read_csv('/etc/passwd')", None, "read_csv()"),
@@ -226,16 +226,16 @@ def test_escape_is_refused(box: Box, sql: str, dialect: str | None, what: str) -
 
 @pytest.mark.usefixtures("untouched")
 def test_read_parquet_of_a_warehouse_file_bypassing_the_catalog_is_refused(box: Box) -> None:
-    lh = box.lh
-    files = [p for p in Path(lh.table("t").location).glob("*.parquet")]
+    sandbox_lh = box.lh
+    files = [p for p in Path(sandbox_lh.table("t").location).glob("*.parquet")]
     assert files  # the table really has a file that layer 2 alone would let DuckDB read
     for sql in (
         f"SELECT * FROM read_parquet('{files[0]}')",
         f"SELECT * FROM '{files[0]}'",
         f"SELECT * FROM parquet_metadata('{files[0]}')",
-        f"SELECT * FROM read_parquet('{lh.table('t').location}/*.parquet')",
+        f"SELECT * FROM read_parquet('{sandbox_lh.table('t').location}/*.parquet')",
     ):
-        err = refused(lh, sql)
+        err = refused(sandbox_lh, sql)
         assert str(files[0].parent) in str(err) or "parquet" in str(err).lower()
 
 
@@ -282,18 +282,18 @@ def test_writing_statement_is_refused_and_writes_nothing(
     assert not Path(target.format(**places)).exists()
 
 
-def test_python_replacement_scan_does_not_read_caller_variables(lh: mx.Lakehouse) -> None:
+def test_python_replacement_scan_does_not_read_caller_variables(sandbox_lh: mx.Lakehouse) -> None:
     secret_df = pd.DataFrame({"secret": ["hunter2"]})  # what DuckDB would find by name
     secret_arrow = pa.table({"secret": ["hunter2"]})
     for name in ("secret_df", "secret_arrow"):
         with pytest.raises(TableNotFound) as info:
-            lh.sql(f"SELECT * FROM {name}")
+            sandbox_lh.sql(f"SELECT * FROM {name}")
         assert isinstance(info.value, LookupError)
         assert "hunter2" not in str(info.value)
     del secret_df, secret_arrow
 
 
-def test_duckdb_internal_schemas_are_not_reachable(lh: mx.Lakehouse) -> None:
+def test_duckdb_internal_schemas_are_not_reachable(sandbox_lh: mx.Lakehouse) -> None:
     for sql in (
         "SELECT * FROM information_schema.tables",
         "SELECT * FROM duckdb_tables",
@@ -302,31 +302,31 @@ def test_duckdb_internal_schemas_are_not_reachable(lh: mx.Lakehouse) -> None:
         "SELECT * FROM temp.main.t",
     ):
         with pytest.raises(TableNotFound):
-            lh.sql(sql)
+            sandbox_lh.sql(sql)
 
 
-def test_refusal_comes_before_any_statement_runs(lh: mx.Lakehouse) -> None:
+def test_refusal_comes_before_any_statement_runs(sandbox_lh: mx.Lakehouse) -> None:
     # A script is checked as it runs: statements before the escape take effect, the escape
     # itself and anything after it do not.
     refused(
-        lh, "INSERT INTO t VALUES (4, 'd'); COPY t TO '/tmp/x.csv'; INSERT INTO t VALUES (5, 'e')"
+        sandbox_lh, "INSERT INTO t VALUES (4, 'd'); COPY t TO '/tmp/x.csv'; INSERT INTO t VALUES (5, 'e')"
     )
-    assert lh.sql("SELECT max(id) FROM t").scalar() == 4
+    assert sandbox_lh.sql("SELECT max(id) FROM t").scalar() == 4
 
 
-def test_table_named_like_an_internal_view_is_just_a_table(lh: mx.Lakehouse) -> None:
+def test_table_named_like_an_internal_view_is_just_a_table(sandbox_lh: mx.Lakehouse) -> None:
     # The engine's own stand-ins for tables are named __mx_…; a user table of such a name must
     # neither be mistaken for one of them nor break the query.
-    lh.sql("CREATE TABLE __mx_scan_1 (a INT)")
-    lh.sql("INSERT INTO __mx_scan_1 VALUES (42)")
-    assert lh.sql("SELECT a FROM __mx_scan_1").fetchall() == [(42,)]
-    assert lh.sql("SELECT t.id, x.a FROM t JOIN __mx_scan_1 x ON t.id = 1").fetchall() == [(1, 42)]
+    sandbox_lh.sql("CREATE TABLE __mx_scan_1 (a INT)")
+    sandbox_lh.sql("INSERT INTO __mx_scan_1 VALUES (42)")
+    assert sandbox_lh.sql("SELECT a FROM __mx_scan_1").fetchall() == [(42,)]
+    assert sandbox_lh.sql("SELECT t.id, x.a FROM t JOIN __mx_scan_1 x ON t.id = 1").fetchall() == [(1, 42)]
 
 
-def test_allowed_sql_still_runs(lh: mx.Lakehouse) -> None:
+def test_allowed_sql_still_runs(sandbox_lh: mx.Lakehouse) -> None:
     # The sandbox is not a blanket refusal: ordinary functions that happen to share a prefix
     # or look like paths in string literals are fine.
-    row = lh.sql(
+    row = sandbox_lh.sql(
         "SELECT count(*), string_agg(s, '/' ORDER BY s), '/etc/passwd' AS p, "
         "regexp_replace('a/b', '/', '.') AS r FROM t"
     ).fetchone()
@@ -335,8 +335,8 @@ def test_allowed_sql_still_runs(lh: mx.Lakehouse) -> None:
 
 # --------------------------------------------------------- layer 2: the locked connection
 @pytest.fixture
-def raw(lh: mx.Lakehouse) -> Iterator[duckdb.DuckDBPyConnection]:
-    cur = lh._engine._cursor()
+def raw(sandbox_lh: mx.Lakehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    cur = sandbox_lh._engine._cursor()
     yield cur
     cur.close()
 
@@ -359,7 +359,7 @@ def test_raw_connection_cannot_read_outside_the_warehouse(
 
 
 def test_raw_connection_is_confined_to_the_warehouse_folder_exactly(
-    raw: duckdb.DuckDBPyConnection, lh: mx.Lakehouse, tmp_path: Path
+    raw: duckdb.DuckDBPyConnection, sandbox_lh: mx.Lakehouse, tmp_path: Path
 ) -> None:
     wh = tmp_path / "wh"
     # Inside the warehouse the connection can read (that is how tables are scanned) ...
@@ -440,11 +440,11 @@ def test_every_statement_runs_in_utc_whatever_the_machine_time_zone(tmp_path: Pa
     # otherwise take the machine's zone (and the locked configuration would keep it).
     script = f"""
 import pyarrow as pa, matrixos as mx
-lh = mx.connect({str(tmp_path / "wh")!r})
-lh.create_table("t", pa.table({{"ts": pa.array([0], pa.timestamp("us", "UTC"))}}))
-print(lh.sql("SELECT CAST(TIMESTAMPTZ '2024-01-01 03:00:00+00' AS DATE)::VARCHAR").scalar())
-print(lh.sql("SELECT ts FROM t").to_arrow().schema.field("ts").type.tz)
-print(lh.sql("SELECT hour(ts) FROM t").scalar())
+sandbox_lh = mx.connect({str(tmp_path / "wh")!r})
+sandbox_lh.create_table("t", pa.table({{"ts": pa.array([0], pa.timestamp("us", "UTC"))}}))
+print(sandbox_lh.sql("SELECT CAST(TIMESTAMPTZ '2024-01-01 03:00:00+00' AS DATE)::VARCHAR").scalar())
+print(sandbox_lh.sql("SELECT ts FROM t").to_arrow().schema.field("ts").type.tz)
+print(sandbox_lh.sql("SELECT hour(ts) FROM t").scalar())
 """
     env = {**os.environ, "TZ": "America/New_York"}
     out = subprocess.run(
@@ -494,12 +494,12 @@ def test_raw_connection_has_no_python_replacement_scans(raw: duckdb.DuckDBPyConn
 
 
 def test_constant_folding_connection_has_no_file_access_at_all(
-    lh: mx.Lakehouse, tmp_path: Path
+    sandbox_lh: mx.Lakehouse, tmp_path: Path
 ) -> None:
     # The connection that folds constants (time travel, pruning) allows no directory.
     files = list((tmp_path / "wh").rglob("*.parquet"))
     assert files
-    cur = lh._engine._consts.cursor()
+    cur = sandbox_lh._engine._consts.cursor()
     with pytest.raises(duckdb.PermissionException):
         cur.execute(f"SELECT * FROM read_parquet('{files[0]}')").fetchall()
     with pytest.raises(duckdb.InvalidInputException):
@@ -557,13 +557,13 @@ def test_larger_than_memory_sort_spills_to_the_private_folder(
 # CREATE TABLE's column names and types, and the arguments of the platform's own functions,
 # once reached DuckDB as SQL on the constant-folding connection, where no check looked
 # (issue 9 §2, §3). Each payload below escaped then; now each must change nothing.
-def engine_objects(lh: mx.Lakehouse) -> dict[str, list[Any]]:
+def engine_objects(sandbox_lh: mx.Lakehouse) -> dict[str, list[Any]]:
     """What the engine's DuckDB connections hold besides MatrixOS's own registrations.
 
     (``duckdb_secrets()`` and ``duckdb_extensions()`` read folders under $HOME, which the
     locked connection may not: secrets are not listed, and extensions show as functions.)"""
     out: dict[str, list[Any]] = {}
-    engine = lh._engine
+    engine = sandbox_lh._engine
     for name, cur in (("consts", engine._consts.cursor()), ("main", engine._cursor())):
         try:
             out[name] = [
@@ -588,14 +588,19 @@ def column_named(payload: str) -> str:
     return '"' + payload.replace('"', '""') + '"'
 
 
+def spill_files(spill: Path, tag: str) -> list[str]:
+    """This test's files in the spill folder, which other processes use at the same time."""
+    return sorted(p.name for p in spill.iterdir() if p.name.startswith(tag))
+
+
 INJECTED_STATEMENTS = [
-    "COPY (SELECT 'written by user SQL' AS x) TO '{spill}/pwn.csv'",
+    "COPY (SELECT 'written by user SQL' AS x) TO '{spill}/{tag}.csv'",
     "COPY (SELECT 1 AS x) TO '{out}/pwn.csv'",
-    "SELECT CAST(content AS INT) FROM read_text('{spill}/secret.txt')",
+    "SELECT CAST(content AS INT) FROM read_text('{spill}/{tag}-secret.txt')",
     "SELECT CAST(current_setting('temp_directory') AS INT)",
     "SELECT CAST(current_setting('memory_limit') AS INT)",
     "ATTACH ':memory:' AS pwn",
-    "ATTACH '{spill}/pwn.db' AS pwn2",
+    "ATTACH '{spill}/{tag}.db' AS pwn2",
     "CREATE MACRO abs(x) AS 42",
     "CREATE TABLE pwn AS SELECT 1 AS x",
     "CREATE SECRET pwn (TYPE s3, KEY_ID 'k', SECRET 'v')",
@@ -604,27 +609,31 @@ INJECTED_STATEMENTS = [
 
 @pytest.mark.parametrize("statement", INJECTED_STATEMENTS)
 def test_create_table_column_name_is_a_name_never_sql(
-    lh: mx.Lakehouse, tmp_path: Path, statement: str
+    sandbox_lh: mx.Lakehouse, tmp_path: Path, statement: str
 ) -> None:
     from matrixos.engine.sandbox import spill_directory
 
     spill = Path(spill_directory())
+    tag = f"pwn-{os.getpid()}-{tmp_path.name}"
     out = tmp_path / "out"
     out.mkdir()
-    (spill / "secret.txt").write_text("4242")  # readable by DuckDB's spill allowance
-    before = (tree(spill), tree(out), engine_objects(lh))
+    secret = spill / f"{tag}-secret.txt"
+    secret.write_text("4242")  # readable by DuckDB's spill allowance
+    before = (spill_files(spill, tag), tree(out), engine_objects(sandbox_lh))
     try:
-        payload = 'a" LIMIT 0; ' + statement.format(spill=spill, out=out) + '; SELECT 1 AS "b'
-        lh.sql(f"CREATE TABLE inj ({column_named(payload)} INT, ok INT)")
+        smuggled = statement.format(spill=spill, out=out, tag=tag)
+        payload = 'a" LIMIT 0; ' + smuggled + '; SELECT 1 AS "b'
+        sandbox_lh.sql(f"CREATE TABLE inj ({column_named(payload)} INT, ok INT)")
         # The name is just a (strange) name: the table has exactly it and can be used.
-        assert lh.table("inj").schema.names == [payload, "ok"]
-        lh.sql("INSERT INTO inj VALUES (1, 2)")
-        assert lh.sql("SELECT * FROM inj").fetchall() == [(1, 2)]
-        assert (tree(spill), tree(out), engine_objects(lh)) == before
+        assert sandbox_lh.table("inj").schema.names == [payload, "ok"]
+        sandbox_lh.sql("INSERT INTO inj VALUES (1, 2)")
+        assert sandbox_lh.sql("SELECT * FROM inj").fetchall() == [(1, 2)]
+        assert (spill_files(spill, tag), tree(out), engine_objects(sandbox_lh)) == before
         # A poisoned abs() would fold to 42 and prune every file away.
-        assert lh.sql("SELECT id FROM t WHERE id = abs(-2)").fetchall() == [(2,)]
+        assert sandbox_lh.sql("SELECT id FROM t WHERE id = abs(-2)").fetchall() == [(2,)]
     finally:
-        (spill / "secret.txt").unlink()
+        for name in spill_files(spill, tag):
+            (spill / name).unlink()
 
 
 @pytest.mark.parametrize(
@@ -638,31 +647,31 @@ def test_create_table_column_name_is_a_name_never_sql(
     ],
 )
 def test_create_table_column_type_is_a_built_in_type_never_sql(
-    lh: mx.Lakehouse, coldef: str
+    sandbox_lh: mx.Lakehouse, coldef: str
 ) -> None:
-    before = engine_objects(lh)
+    before = engine_objects(sandbox_lh)
     with pytest.raises(SQLError) as info:
-        lh.sql(f"CREATE TABLE inj (a {coldef})")
+        sandbox_lh.sql(f"CREATE TABLE inj (a {coldef})")
     assert "type" in str(info.value) or REFUSED.search(str(info.value)), str(info.value)
-    assert "inj" not in [n.split(".")[-1] for n in lh.tables()]
-    assert engine_objects(lh) == before
+    assert "inj" not in [n.split(".")[-1] for n in sandbox_lh.tables()]
+    assert engine_objects(sandbox_lh) == before
 
 
-def test_create_table_odd_but_valid_names_and_types(lh: mx.Lakehouse) -> None:
-    lh.sql(
+def test_create_table_odd_but_valid_names_and_types(sandbox_lh: mx.Lakehouse) -> None:
+    sandbox_lh.sql(
         'CREATE TABLE odd ("a b" INT NOT NULL, "x""y" VARCHAR, "; --" DECIMAL(10, 2), '
         's STRUCT("k""1" INT, v VARCHAR[]), m MAP(VARCHAR, INT))'
     )
-    schema = lh.table("odd").schema
+    schema = sandbox_lh.table("odd").schema
     assert schema.names == ["a b", 'x"y', "; --", "s", "m"]
     assert not schema.field("a b").nullable
     assert schema.field("; --").type == pa.decimal128(10, 2)
     assert schema.field("s").type.field(0).name == 'k"1'
     with pytest.raises(SQLError, match="no type"):
-        lh.sql("CREATE TABLE untyped (a, b INT)")
+        sandbox_lh.sql("CREATE TABLE untyped (a, b INT)")
     # Once a second column in the schema query, then ``ValueError: zip()``.
-    lh.sql('CREATE TABLE zipped ("a"", 1 AS ""b" INT)')
-    assert lh.table("zipped").schema.names == ['a", 1 AS "b']
+    sandbox_lh.sql('CREATE TABLE zipped ("a"", 1 AS ""b" INT)')
+    assert sandbox_lh.table("zipped").schema.names == ['a", 1 AS "b']
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
@@ -686,9 +695,9 @@ def test_platform_function_arguments_are_checked_before_evaluation(
     assert "GiB" not in str(info.value) and "matrixos-spill" not in str(info.value)
 
 
-def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(lh: mx.Lakehouse) -> None:
+def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(sandbox_lh: mx.Lakehouse) -> None:
     # Once raw AttributeErrors from deep inside the embedder registry and Lance.
-    lh.create_table("kb", pa.table({"id": [1], "text": ["vacuum"]}), format="lance")
+    sandbox_lh.create_table("kb", pa.table({"id": [1], "text": ["vacuum"]}), format="lance")
     for sql, match in (
         ("SELECT embed('x', 5)", "names an embedder, got 5"),
         ("SELECT embed(s, 5) FROM t", "names an embedder, got 5"),
@@ -696,7 +705,7 @@ def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(lh: mx.Lak
         ("SELECT * FROM text_search(kb, 'vacuum', columns => 5)", "columns must be text"),
     ):
         with pytest.raises(SQLError, match=match):
-            lh.sql(sql)
+            sandbox_lh.sql(sql)
 
 
 def test_embed_arguments_are_checked_before_evaluation(box: Box) -> None:
@@ -744,27 +753,27 @@ def test_snowflake_generator_is_a_table_function(box: Box, sql: str) -> None:
     assert "generator()" in str(err), str(err)
 
 
-def test_schema_names_are_quoted_wherever_the_engine_writes_sql(lh: mx.Lakehouse) -> None:
+def test_schema_names_are_quoted_wherever_the_engine_writes_sql(sandbox_lh: mx.Lakehouse) -> None:
     # Struct field names, column names and partition values end up in the SQL that scans a
     # table (typed empty scans, casts, partition literals); each is data, never SQL.
     from matrixos.engine.sandbox import spill_directory
 
     spill = Path(spill_directory())
-    before = tree(spill)
+    tag = f"pwn-{os.getpid()}-struct"
     evil = (
         'x" INT)) AS s FROM (SELECT 1) WHERE false UNION ALL SELECT CAST(current_setting('
-        f"'memory_limit') AS INT); COPY (SELECT 1) TO '{spill}/struct.csv'; SELECT (\"y"
+        f"'memory_limit') AS INT); COPY (SELECT 1) TO '{spill}/{tag}.csv'; SELECT (\"y"
     )
     struct = pa.struct([(evil, pa.int64())])
-    empty = lh.create_table("st_empty", pa.table({"s": pa.array([], struct)}))
-    assert lh.sql("SELECT * FROM st_empty").fetchall() == []
+    empty = sandbox_lh.create_table("st_empty", pa.table({"s": pa.array([], struct)}))
+    assert sandbox_lh.sql("SELECT * FROM st_empty").fetchall() == []
     assert empty.schema.field("s").type == struct
-    full = lh.create_table(
+    full = sandbox_lh.create_table(
         "st_full",
         pa.table({"s": pa.array([{evil: 1}], struct), evil: ["it's"], "p": ["a'b\"c"]}),
         partition_by=["p"],
     )
-    assert lh.sql("SELECT * FROM st_full").fetchall() == [({evil: 1}, "it's", "a'b\"c")]
-    assert lh.sql("SELECT count(*) FROM st_full WHERE p = 'a''b\"c'").scalar() == 1
+    assert sandbox_lh.sql("SELECT * FROM st_full").fetchall() == [({evil: 1}, "it's", "a'b\"c")]
+    assert sandbox_lh.sql("SELECT count(*) FROM st_full WHERE p = 'a''b\"c'").scalar() == 1
     assert full.count() == 1
-    assert tree(spill) == before
+    assert spill_files(spill, tag) == []
