@@ -13,9 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlglot import exp
+
+from matrixos.engine.functions import is_function_result
+from matrixos.engine.sandbox import is_cte_reference
+
 if TYPE_CHECKING:
     import duckdb
-    from sqlglot import exp
 
     from matrixos.catalog import TableIdent
     from matrixos.config import Settings
@@ -90,3 +94,15 @@ class QueryContext:
     bound: Bound
     functions: FunctionResults
     principal: Principal = field(default=EMBEDDED_USER)
+
+
+def table_refs(tree: exp.Expr) -> list[exp.Table]:
+    """The statement's catalog table references, in the order ``QueryContext.bound`` holds
+    their scans (the same nodes, in the same order, as ``sandbox.check_query`` returns)."""
+    return [
+        t
+        for t in tree.find_all(exp.Table)
+        if isinstance(t.this, exp.Identifier)
+        and not is_cte_reference(t)
+        and not is_function_result(t)
+    ]

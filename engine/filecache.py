@@ -1,6 +1,6 @@
 """Node-local cache of table files and locality-aware placement ("next to the data").
 
-Contract shared by the distributed planner (engine/distributed.py and any stage executor) and
+Contract shared by the distributed engine (engine/dist/: its planner and runtime) and
 the cache implementation:
 
 Worker side (inside a Ray task that reads table files):
@@ -51,7 +51,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -59,6 +58,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matrixos.engine.lru import LRU
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ def readable_dirs(scan: PrunedScan) -> tuple[str, ...]:
 
 # -- driver side --------------------------------------------------------------------------------
 _MAX_REMEMBERED = 200_000
-_LOCATIONS: OrderedDict[str, dict[str, int]] = OrderedDict()  # path → node id → bytes
+_LOCATIONS: LRU[str, dict[str, int]] = LRU(_MAX_REMEMBERED)  # path → node id → bytes
 _LOCATIONS_LOCK = threading.Lock()
 
 
@@ -522,7 +522,7 @@ def plan_placement(
         for files in fragments:
             by_node: dict[str, int] = {}
             for f in files:
-                for node_id in _LOCATIONS.get(f.path, {}):
+                for node_id in _LOCATIONS.get(f.path) or {}:
                     if node_id in nodes:
                         by_node[node_id] = by_node.get(node_id, 0) + f.size
             held.append(by_node)
@@ -675,11 +675,9 @@ def observe(stats: ReadStats, planned: Placement | None = None) -> None:
     if stats.node_id:
         with _LOCATIONS_LOCK:
             for path in stats.cached:
-                nodes = _LOCATIONS.pop(path, {})
+                nodes = _LOCATIONS.get(path) or {}
                 nodes[stats.node_id] = stats.cached_bytes.get(path, 0)
-                _LOCATIONS[path] = nodes
-            while len(_LOCATIONS) > _MAX_REMEMBERED:
-                _LOCATIONS.popitem(last=False)
+                _LOCATIONS.put(path, nodes)  # the most recently used; the oldest go first
     report = _REPORT.get()
     if report is not None:
         report.add(stats, planned)

@@ -1,4 +1,5 @@
-"""A small thread-safe LRU map for per-process memos (plans, optimized trees, schemas)."""
+"""The one LRU map of MatrixOS: small, thread-safe, for per-process memos (plans, optimized
+trees, schemas, dataset handles, which node caches which file)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ class LRU(Generic[K, V]):
             if value is not None:
                 self._items.move_to_end(key)
             return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
     def put(self, key: K, value: V) -> None:
         with self._lock:

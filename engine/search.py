@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from matrixos.engine.lru import LRU
 from matrixos.errors import (
     ConfigError,
     MatrixOSError,
@@ -154,9 +155,7 @@ def _filter_problem(ds: LanceDataset, predicate: str) -> str | None:
 
 # --- Opening datasets --------------------------------------------------------------------------
 
-_HANDLES: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], LanceDataset] = OrderedDict()
-_HANDLES_MAX = 64
-_HANDLES_LOCK = threading.Lock()
+_HANDLES: LRU[tuple[str, tuple[tuple[str, str], ...]], LanceDataset] = LRU(64)
 
 
 def _freeze(options: StorageOptions) -> tuple[tuple[str, str], ...]:
@@ -172,10 +171,7 @@ def _open(uri: str, storage_options: StorageOptions, version: int | None) -> Lan
     import lance
 
     key = (uri, _freeze(storage_options))
-    with _HANDLES_LOCK:
-        ds = _HANDLES.get(key)
-        if ds is not None:
-            _HANDLES.move_to_end(key)
+    ds = _HANDLES.get(key)
     try:
         if ds is None:
             ds = lance.dataset(uri, storage_options=dict(storage_options or {}) or None)
@@ -184,11 +180,7 @@ def _open(uri: str, storage_options: StorageOptions, version: int | None) -> Lan
             ds = ds.checkout_version(latest)
     except Exception as e:
         raise _wrap(e, "opening the dataset", uri=uri) from e
-    with _HANDLES_LOCK:
-        _HANDLES[key] = ds
-        _HANDLES.move_to_end(key)
-        while len(_HANDLES) > _HANDLES_MAX:
-            _HANDLES.popitem(last=False)
+    _HANDLES.put(key, ds)
     if version is None or version == ds.version:
         return ds
     try:

@@ -19,6 +19,7 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from matrixos.engine.context import table_refs
 from matrixos.engine.lru import LRU
 from matrixos.engine.scan import FileEntry, PrunedScan, duckdb_type
 
@@ -55,7 +56,7 @@ class Rel:
     # the first); a scan split so has a filter per fragment (``wheres``).
     bounds: tuple[int, ...] | None = None
     wheres: list[str] = field(default_factory=list)
-    # A folded derived table (``Executor._folded``): its SQL over ``inlined`` (alias → scan),
+    # A folded derived table (``StagePlanner._folded``): its SQL over ``inlined`` (alias → scan),
     # rendered as a subquery in its readers' FROM.
     inline: exp.Select | None = None
     inlined: dict[str, Rel] = field(default_factory=dict)
@@ -76,8 +77,8 @@ class Source:
     alias: str
     rel: Rel
     on: exp.Expr | None = None  # a LEFT JOIN's condition; None: an inner source
-    # A table of a subquery kept in an expression (``KeptSubquery``, ``Executor._inline``): not in
-    # the FROM; its own filters (conjuncts on it alone) may apply before its rows move.
+    # A table of a subquery kept in an expression (``KeptSubquery``, ``StagePlanner._inline``):
+    # not in the FROM; its own filters (conjuncts on it alone) may apply before its rows move.
     sub: bool = False
     filters: list[exp.Expr] = field(default_factory=list)
 
@@ -92,7 +93,7 @@ class Block:
     sel: exp.Select
     # ``hidden.k = outer.c`` of kept subqueries: partitioning keys only, never rendered
     links: list[exp.Expr] = field(default_factory=list)
-    # A set operation's FROM (``Executor.setop``): a subquery over its sides' placeholders
+    # A set operation's FROM (``StagePlanner.setop``): a subquery over its sides' placeholders
     # (the sources' aliases), each task reading the same partition of every side.
     body: exp.Expr | None = None
     _columns: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
@@ -324,8 +325,6 @@ def optimize_tree(
     )
     from sqlglot.optimizer.optimizer import optimize
 
-    from matrixos.engine.sql import _table_refs
-
     key = (
         tree.sql(dialect="duckdb"),
         tuple(tuple(s.snapshot.schema.names) for s in scans),
@@ -338,7 +337,7 @@ def optimize_tree(
         return hit[0].copy(), hit[1]
     work = tree.copy()
     schema: dict[str, object] = {}
-    for i, (node, scan) in enumerate(zip(_table_refs(work), scans, strict=True)):
+    for i, (node, scan) in enumerate(zip(table_refs(work), scans, strict=True)):
         name = f"{TABLE_PREFIX}{i}"
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
         node.replace(exp.Table(this=exp.to_identifier(name), alias=alias))

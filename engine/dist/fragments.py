@@ -113,13 +113,13 @@ def plan_fragments(query: QueryContext) -> FragmentPlan | str:
             return plan
         # Every stage bound and run over no rows: what does not split cleanly runs locally
         # rather than failing (or differing) at run time.
-        problem = _dry_run(ctx, plan)
+        problem = _merges_over_no_rows(ctx, plan)
     except (SqlglotError, duckdb.Error, KeyError, ValueError) as e:
         return f"cannot split it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     return problem or plan
 
 
-def _dry_run(ctx: _Ctx, plan: FragmentPlan) -> str | None:
+def _merges_over_no_rows(ctx: _Ctx, plan: FragmentPlan) -> str | None:
     try:
         partials = ctx.probe(plan.fragment_sql).to_arrow_table()
         cur = ctx.session.planning_cursor()

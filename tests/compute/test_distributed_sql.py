@@ -144,7 +144,7 @@ STAGED = {
 
 @pytest.mark.parametrize("what", list(STAGED))
 def test_other_queries_run_as_stages(lh: mx.Lakehouse, what: str) -> None:
-    """What one table's fragments and a merge cannot do runs as stages (engine.stages)."""
+    """What one table's fragments and a merge cannot do runs as stages (engine.dist.stages)."""
     sql = STAGED[what]
     _same(lh, sql)
     first = _plan(lh, sql)[0]
@@ -210,7 +210,7 @@ def test_worker_killed_mid_query_still_gives_the_right_answer(
     is killed; the server then resumes. The worker killed is one running a fragment task and
     connected to that server, so it is this query's (other tests' queries may run beside it).
     """
-    q = tpch.query(n)  # Q1: one table's fragments; Q4 (EXISTS): stages (engine.stages)
+    q = tpch.query(n)  # Q1: one table's fragments; Q4 (EXISTS): stages (engine.dist.stages)
     with S3Server() as s3:
         uri = f"s3://{s3.make_bucket()}/wh"
         opts = s3.storage_options
