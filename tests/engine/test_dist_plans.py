@@ -251,3 +251,21 @@ def _rewrite(case: Case, plan: list[str]) -> None:
     end = len(text.rstrip("\n")) if end < 0 else end
     body = "\n".join(f"-- {line}" for line in plan)
     case.path.write_text(text[:at] + body + text[end:].rstrip("\n") + "\n", encoding="utf-8")
+
+
+def test_dist_package_imports_point_down() -> None:
+    """engine/dist takes the SQL engine through ``QueryContext``: none of its modules imports
+    engine.sql or the session layer, nor another module's ``_private`` name."""
+    import ast
+
+    import matrixos.engine.dist as dist
+
+    found = []
+    for path in sorted(Path(dist.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                private = [a.name for a in node.names if re.match(r"_[^_]", a.name)]
+                upward = node.module in ("matrixos.engine.sql", "matrixos.session")
+                if private or upward:
+                    found.append(f"{path.name}: from {node.module} import {private or '…'}")
+    assert found == []
