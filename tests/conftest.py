@@ -53,7 +53,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
-@pytest.fixture(params=["local", "s3"], ids=["local", "s3"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``warehouse_root`` (and so ``lh``) runs on each storage backend, or on those a module
+    names in ``WAREHOUSES`` (``WAREHOUSES = ("local",)``)."""
+    if "warehouse_root" in metafunc.fixturenames:
+        kinds = list(getattr(metafunc.module, "WAREHOUSES", ("local", "s3")))
+        metafunc.parametrize("warehouse_root", kinds, ids=kinds, indirect=True)
+
+
+@pytest.fixture
 def warehouse_root(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseTarget:
     """A fresh, empty warehouse location: a local folder, then ``s3://<new bucket>/wh``."""
     if request.param == "local":
@@ -78,6 +86,15 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def lh(warehouse_root: WarehouseTarget) -> Iterator[mx.Lakehouse]:
-    """A session on a fresh warehouse, local or on the S3 server (per ``warehouse_root``)."""
+    """``lh`` everywhere: an embedded session on a fresh, empty warehouse (per
+    ``warehouse_root``: a local folder, then the S3 server).
+
+    A module that needs the local folder only narrows it, keeping the name's meaning:
+    ``WAREHOUSES = ("local",)``.
+
+    Sessions that mean something else have their own names: ``catalog_lh`` (per catalog
+    backend), ``sample_lh``, ``shared_lh``, ``sandbox_lh``, ``shell_lh``, and on the Ray
+    cluster ``ray_lh``, ``tpch_ray_lh`` and ``modes_lh`` (tests/compute/conftest.py).
+    """
     with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
         yield lh

@@ -27,37 +27,37 @@ UTC = dt.UTC
 
 
 @pytest.fixture
-def lh(tmp_path: Path, catalog_url: str) -> Iterator[mx.Lakehouse]:
+def catalog_lh(tmp_path: Path, catalog_url: str) -> Iterator[mx.Lakehouse]:
     with mx.connect(str(tmp_path / "wh"), catalog_url=catalog_url, user="alice") as lh:
         yield lh
 
 
 # --------------------------------------------------------------------------------------- names
-def test_three_level_names_and_defaults(lh: mx.Lakehouse) -> None:
-    a = lh.create_table("t", pa.table({"x": [1]}))
-    b = lh.create_table("s.t", pa.table({"x": [2]}))
-    c = lh.create_table("other.s.t", pa.table({"x": [3]}))
+def test_three_level_names_and_defaults(catalog_lh: mx.Lakehouse) -> None:
+    a = catalog_lh.create_table("t", pa.table({"x": [1]}))
+    b = catalog_lh.create_table("s.t", pa.table({"x": [2]}))
+    c = catalog_lh.create_table("other.s.t", pa.table({"x": [3]}))
     assert (a.name, b.name, c.name) == ("main.default.t", "main.s.t", "other.s.t")
-    wh = lh.warehouse.uri
+    wh = catalog_lh.warehouse.uri
     # managed tables live under <catalog>/<schema>/, in a folder of their own per creation
     assert re.fullmatch(re.escape(f"{wh}/main/default/t-") + "[0-9a-f]{12}", a.location)
     assert re.fullmatch(re.escape(f"{wh}/main/s/t-") + "[0-9a-f]{12}", b.location)
     assert re.fullmatch(re.escape(f"{wh}/other/s/t-") + "[0-9a-f]{12}", c.location)
-    assert lh.tables() == ["main.default.t", "main.s.t", "other.s.t"]
-    assert lh.tables("s") == ["main.s.t"]
-    assert lh.tables("other.s") == ["other.s.t"]
+    assert catalog_lh.tables() == ["main.default.t", "main.s.t", "other.s.t"]
+    assert catalog_lh.tables("s") == ["main.s.t"]
+    assert catalog_lh.tables("other.s") == ["other.s.t"]
     for name in ("t", "default.t", "main.default.t", "MAIN.Default.T"):
-        assert lh.table(name).name == "main.default.t"
-        assert lh.sql(f"SELECT x FROM {name}").fetchall() == [(1,)]
-    assert lh.sql("SELECT x FROM s.t").fetchall() == [(2,)]
-    assert lh.sql("SELECT x FROM main.s.t").fetchall() == [(2,)]
-    assert lh.sql("SELECT x FROM other.s.t").fetchall() == [(3,)]
+        assert catalog_lh.table(name).name == "main.default.t"
+        assert catalog_lh.sql(f"SELECT x FROM {name}").fetchall() == [(1,)]
+    assert catalog_lh.sql("SELECT x FROM s.t").fetchall() == [(2,)]
+    assert catalog_lh.sql("SELECT x FROM main.s.t").fetchall() == [(2,)]
+    assert catalog_lh.sql("SELECT x FROM other.s.t").fetchall() == [(3,)]
     assert str(TableIdent.parse("s.t")) == "main.s.t"
-    assert "main.s" in lh.schemas() and "other.s" in lh.schemas("other")
+    assert "main.s" in catalog_lh.schemas() and "other.s" in catalog_lh.schemas("other")
     with pytest.raises(TableNotFound):
-        lh.table("s.nope")
+        catalog_lh.table("s.nope")
     with pytest.raises(TableNotFound):
-        lh.sql("SELECT * FROM nope.t")
+        catalog_lh.sql("SELECT * FROM nope.t")
 
 
 BAD_NAMES = [
@@ -77,81 +77,85 @@ BAD_NAMES = [
 ]
 
 
-def test_invalid_names_are_refused(lh: mx.Lakehouse) -> None:
-    before = sorted(p.name for p in Path(lh.warehouse.uri).iterdir())
+def test_invalid_names_are_refused(catalog_lh: mx.Lakehouse) -> None:
+    before = sorted(p.name for p in Path(catalog_lh.warehouse.uri).iterdir())
     for name in BAD_NAMES:
         with pytest.raises(SQLError) as err:
-            lh.create_table(name, pa.table({"x": [1]}))
+            catalog_lh.create_table(name, pa.table({"x": [1]}))
         # the message names what the user wrote, not just the part that failed
         assert str(err.value).startswith(f"invalid table name {name!r}"), (name, str(err.value))
         with pytest.raises(SQLError):
-            lh.table(name)
-    assert sorted(p.name for p in Path(lh.warehouse.uri).iterdir()) == before
-    assert lh.tables() == []
+            catalog_lh.table(name)
+    assert sorted(p.name for p in Path(catalog_lh.warehouse.uri).iterdir()) == before
+    assert catalog_lh.tables() == []
 
 
-def test_invalid_schema_and_sql_names(lh: mx.Lakehouse) -> None:
+def test_invalid_schema_and_sql_names(catalog_lh: mx.Lakehouse) -> None:
     for bad in ("../x", "a/b", "a.b.c", "x y"):
         with pytest.raises(SQLError, match="invalid"):
-            lh.create_schema(bad)
+            catalog_lh.create_schema(bad)
     with pytest.raises(SQLError):
-        lh.sql('CREATE TABLE "../evil" (id INT)')
+        catalog_lh.sql('CREATE TABLE "../evil" (id INT)')
     with pytest.raises(SQLError):
-        lh.sql('CREATE TABLE "a/b".t (id INT)')
+        catalog_lh.sql('CREATE TABLE "a/b".t (id INT)')
     with pytest.raises(SQLError):
-        lh.sql("SELECT * FROM a.b.c.d")
-    assert lh.tables() == []
-    assert lh.schemas() == ["main.default"]
-    assert not (Path(lh.warehouse.uri).parent / "evil").exists()
+        catalog_lh.sql("SELECT * FROM a.b.c.d")
+    assert catalog_lh.tables() == []
+    assert catalog_lh.schemas() == ["main.default"]
+    assert not (Path(catalog_lh.warehouse.uri).parent / "evil").exists()
 
 
 # ------------------------------------------------------------------------------------- schemas
-def test_schemas_create_list_drop(lh: mx.Lakehouse) -> None:
-    assert lh.schemas() == ["main.default"]
-    lh.create_schema("sales", comment="money")
-    lh.create_schema("lab.raw")
-    lh.create_schema("sales")  # if_not_exists by default
+def test_schemas_create_list_drop(catalog_lh: mx.Lakehouse) -> None:
+    assert catalog_lh.schemas() == ["main.default"]
+    catalog_lh.create_schema("sales", comment="money")
+    catalog_lh.create_schema("lab.raw")
+    catalog_lh.create_schema("sales")  # if_not_exists by default
     with pytest.raises(TableExists):
-        lh.create_schema("sales", if_not_exists=False)
-    assert lh.schemas() == ["lab.raw", "main.default", "main.sales"]
-    assert lh.schemas("lab") == ["lab.raw"]
+        catalog_lh.create_schema("sales", if_not_exists=False)
+    assert catalog_lh.schemas() == ["lab.raw", "main.default", "main.sales"]
+    assert catalog_lh.schemas("lab") == ["lab.raw"]
 
-    lh.create_table("sales.orders", pa.table({"id": [1]}))
+    catalog_lh.create_table("sales.orders", pa.table({"id": [1]}))
     with pytest.raises(TableExists, match="still holds 1 table"):
-        lh.drop_schema("sales")
-    assert "main.sales" in lh.schemas()
-    lh.drop_table("sales.orders")
-    lh.drop_schema("sales")
-    assert lh.schemas() == ["lab.raw", "main.default"]
+        catalog_lh.drop_schema("sales")
+    assert "main.sales" in catalog_lh.schemas()
+    catalog_lh.drop_table("sales.orders")
+    catalog_lh.drop_schema("sales")
+    assert catalog_lh.schemas() == ["lab.raw", "main.default"]
     with pytest.raises(SchemaNotFound):
-        lh.drop_schema("sales")
-    lh.drop_schema("sales", if_exists=True)
+        catalog_lh.drop_schema("sales")
+    catalog_lh.drop_schema("sales", if_exists=True)
 
     # SQL spells the same things
-    lh.sql("CREATE SCHEMA mart")
-    lh.sql("CREATE SCHEMA IF NOT EXISTS mart")
+    catalog_lh.sql("CREATE SCHEMA mart")
+    catalog_lh.sql("CREATE SCHEMA IF NOT EXISTS mart")
     with pytest.raises(TableExists):
-        lh.sql("CREATE SCHEMA mart")
-    shown = lh.sql("SHOW SCHEMAS").to_arrow().column("schema").to_pylist()
+        catalog_lh.sql("CREATE SCHEMA mart")
+    shown = catalog_lh.sql("SHOW SCHEMAS").to_arrow().column("schema").to_pylist()
     assert shown == ["lab.raw", "main.default", "main.mart"]
-    lh.sql("DROP SCHEMA mart")
-    assert "main.mart" not in lh.schemas()
+    catalog_lh.sql("DROP SCHEMA mart")
+    assert "main.mart" not in catalog_lh.schemas()
     # one rule for SQL and the SDK: creating a table creates its schema
-    lh.sql("CREATE TABLE nowhere.t (id INT)")
-    assert "main.nowhere" in lh.schemas() and lh.tables("nowhere") == ["main.nowhere.t"]
-    lh.sql("CREATE TABLE built.t AS SELECT 1 AS id")
-    assert lh.sql("SELECT id FROM built.t").scalar() == 1
-    lh.create_table("made.t", pa.table({"id": [1]}))
-    assert "main.made" in lh.schemas()
+    catalog_lh.sql("CREATE TABLE nowhere.t (id INT)")
+    assert "main.nowhere" in catalog_lh.schemas() and catalog_lh.tables("nowhere") == [
+        "main.nowhere.t"
+    ]
+    catalog_lh.sql("CREATE TABLE built.t AS SELECT 1 AS id")
+    assert catalog_lh.sql("SELECT id FROM built.t").scalar() == 1
+    catalog_lh.create_table("made.t", pa.table({"id": [1]}))
+    assert "main.made" in catalog_lh.schemas()
     with pytest.raises(SchemaNotFound):
-        lh.create_table("absent.t", pa.table({"id": [1]}), create_schema=False)
-    assert lh.tables("absent") == []
+        catalog_lh.create_table("absent.t", pa.table({"id": [1]}), create_schema=False)
+    assert catalog_lh.tables("absent") == []
 
 
 # ---------------------------------------------------------------------------------- table facts
-def test_table_comment_properties_owner_and_times(lh: mx.Lakehouse, catalog_url: str) -> None:
+def test_table_comment_properties_owner_and_times(
+    catalog_lh: mx.Lakehouse, catalog_url: str
+) -> None:
     start = dt.datetime.now(UTC)
-    t = lh.create_table(
+    t = catalog_lh.create_table(
         "s.facts",
         pa.table({"id": [1]}),
         comment="facts about things",
@@ -172,22 +176,22 @@ def test_table_comment_properties_owner_and_times(lh: mx.Lakehouse, catalog_url:
     log = catalog_url.startswith("file://")
     time.sleep(0.01)
     t.append(pa.table({"id": [2]}))
-    after = lh.table("s.facts").describe()
+    after = catalog_lh.table("s.facts").describe()
     assert after["updated_at"] == updated if log else after["updated_at"] > updated
     assert after["created_at"] == created
     time.sleep(0.01)
-    lh.sql("DELETE FROM s.facts WHERE id = 1")
-    later = lh.table("s.facts").info.updated_at
+    catalog_lh.sql("DELETE FROM s.facts WHERE id = 1")
+    later = catalog_lh.table("s.facts").info.updated_at
     assert later == updated if log else later > after["updated_at"]
 
     # the per-table property is honoured: 3 small files trigger compaction
-    t = lh.table("s.facts")
+    t = catalog_lh.table("s.facts")
     t.append(pa.table({"id": [3]}))
     t.append(pa.table({"id": [4]}))
     assert "OPTIMIZE" in [h["operation"] for h in t.history()]
 
     # facts survive a new session (another process would see the same)
-    with mx.connect(lh.warehouse.uri, catalog_url=catalog_url) as again:
+    with mx.connect(catalog_lh.warehouse.uri, catalog_url=catalog_url) as again:
         d2 = again.table("s.facts").describe()
         assert d2["comment"] == "facts about things"
         assert d2["owner"] == "alice"
@@ -196,21 +200,21 @@ def test_table_comment_properties_owner_and_times(lh: mx.Lakehouse, catalog_url:
         assert sorted(again.table("s.facts").to_arrow().column("id").to_pylist()) == [2, 3, 4]
 
 
-def test_duplicate_table(lh: mx.Lakehouse) -> None:
-    lh.create_table("s.dup", pa.table({"id": [1]}))
+def test_duplicate_table(catalog_lh: mx.Lakehouse) -> None:
+    catalog_lh.create_table("s.dup", pa.table({"id": [1]}))
     with pytest.raises(TableExists, match=r"main\.s\.dup"):
-        lh.create_table("s.dup", pa.table({"id": [2]}))
+        catalog_lh.create_table("s.dup", pa.table({"id": [2]}))
     with pytest.raises(TableExists):
-        lh.sql("CREATE TABLE s.dup (id INT)")
-    assert lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
-    assert lh.create_table("s.dup", pa.table({"id": [9]}), mode="ignore").version == 0
-    assert lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
-    lh.sql("CREATE TABLE IF NOT EXISTS s.dup (id INT)")
-    t = lh.create_table("s.dup", pa.table({"id": [7], "v": ["x"]}), mode="overwrite")
+        catalog_lh.sql("CREATE TABLE s.dup (id INT)")
+    assert catalog_lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
+    assert catalog_lh.create_table("s.dup", pa.table({"id": [9]}), mode="ignore").version == 0
+    assert catalog_lh.table("s.dup").to_arrow().column("id").to_pylist() == [1]
+    catalog_lh.sql("CREATE TABLE IF NOT EXISTS s.dup (id INT)")
+    t = catalog_lh.create_table("s.dup", pa.table({"id": [7], "v": ["x"]}), mode="overwrite")
     assert t.to_arrow().to_pylist() == [{"id": 7, "v": "x"}]
-    assert lh.tables("s") == ["main.s.dup"]
+    assert catalog_lh.tables("s") == ["main.s.dup"]
     with pytest.raises(TableExists):
-        lh.register_table("s.dup", t.location)
+        catalog_lh.register_table("s.dup", t.location)
 
 
 def test_catalog_tables_are_created_once(sql_catalog_url: str) -> None:
@@ -230,13 +234,15 @@ def test_catalog_tables_are_created_once(sql_catalog_url: str) -> None:
 
 
 # ---------------------------------------------------------------------------- many processes
-def test_processes_share_the_catalog_and_race_safely(lh: mx.Lakehouse, catalog_url: str) -> None:
-    lh.create_table("shared.seed", pa.table({"x": [1, 2, 3]}))
+def test_processes_share_the_catalog_and_race_safely(
+    catalog_lh: mx.Lakehouse, catalog_url: str
+) -> None:
+    catalog_lh.create_table("shared.seed", pa.table({"x": [1, 2, 3]}))
     n = 4
-    results = run_workers(n, lh.warehouse.uri, catalog_url, None)
-    check_race(lh, results, n)
+    results = run_workers(n, catalog_lh.warehouse.uri, catalog_url, None)
+    check_race(catalog_lh, results, n)
     # the catalog database itself is intact
-    with mx.connect(lh.warehouse.uri, catalog_url=catalog_url) as fresh:
+    with mx.connect(catalog_lh.warehouse.uri, catalog_url=catalog_url) as fresh:
         assert len(fresh.tables("shared")) == n + 2
         for name in fresh.tables("shared"):
             assert fresh.table(name).to_arrow().num_rows in (3, 5)

@@ -90,7 +90,7 @@ def ids(lh: mx.Lakehouse, table: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def lh(
+def ray_lh(
     ray_pool: ComputePool, ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[mx.Lakehouse]:
     wh = str(tmp_path_factory.mktemp("wh"))
@@ -100,9 +100,9 @@ def lh(
 
 
 def test_function_and_class_udfs_equal_the_in_process_result(
-    lh: mx.Lakehouse, tmp_path: Path
+    ray_lh: mx.Lakehouse, tmp_path: Path
 ) -> None:
-    s = lh.map_batches("src.docs", add_len, output="out.lens", batch_size=50)
+    s = ray_lh.map_batches("src.docs", add_len, output="out.lens", batch_size=50)
     assert s.executor.startswith("ray: tasks") and (s.rows_in, s.rows_out) == (N, N)
     with mx.connect(str(tmp_path)) as local:
         local.create_table("src.docs", docs())
@@ -112,9 +112,9 @@ def test_function_and_class_udfs_equal_the_in_process_result(
             "src.docs", EmbedColumn, output="out.vec", fn_constructor_kwargs={"embedder": "hash"}
         )
         want_vec = local.table("out.vec").to_arrow().sort_by("id")
-    assert lh.table("out.lens").to_arrow().sort_by("id").equals(want)
+    assert ray_lh.table("out.lens").to_arrow().sort_by("id").equals(want)
 
-    s = lh.map_batches(
+    s = ray_lh.map_batches(
         "src.docs",
         EmbedColumn,
         output="out.vec",
@@ -122,7 +122,7 @@ def test_function_and_class_udfs_equal_the_in_process_result(
         batch_size=100,
     )
     assert s.executor == "ray: 3 actor(s)" and s.rows_out == N
-    got = lh.table("out.vec").to_arrow().sort_by("id")
+    got = ray_lh.table("out.vec").to_arrow().sort_by("id")
     assert got.select(["id", "text"]).equals(want_vec.select(["id", "text"]))
     assert np.allclose(
         np.stack(got["vector"].to_numpy(zero_copy_only=False)),
@@ -130,29 +130,33 @@ def test_function_and_class_udfs_equal_the_in_process_result(
     )
 
 
-def test_num_gpus_runs_on_the_node_with_a_gpu(lh: mx.Lakehouse, ray_cluster: RayCluster) -> None:
-    s = lh.map_batches("src.docs", WhereAmI, output="out.where", num_gpus=1, batch_size=200)
+def test_num_gpus_runs_on_the_node_with_a_gpu(
+    ray_lh: mx.Lakehouse, ray_cluster: RayCluster
+) -> None:
+    s = ray_lh.map_batches("src.docs", WhereAmI, output="out.where", num_gpus=1, batch_size=200)
     assert s.executor == "ray: 1 actor(s), 1 GPU each" and s.num_gpus == 1
     assert s.gpu_utilization is None and "n/a" in s.gpu_text  # nothing real to sample
-    rows = lh.table("out.where").to_arrow()
+    rows = ray_lh.table("out.where").to_arrow()
     gpu_node = next(n.ip for n in ray_cluster.nodes if n.zone == "c")
     assert set(rows["node"].to_pylist()) == {gpu_node}
     assert set(rows["gpu_ids"].to_pylist()) == {"0"}
     assert set(rows["device"].to_pylist()) == {"cpu"}
     # more GPUs than the pool has: CPUs instead, and the summary says so
-    s = lh.map_batches("src.docs", add_len, output="out.cpu", num_gpus=4, batch_size=300)
+    s = ray_lh.map_batches("src.docs", add_len, output="out.cpu", num_gpus=4, batch_size=300)
     assert s.num_gpus == 0 and "none free" in str(s) and s.rows_out == N
 
 
-def test_in_flight_batches_are_bounded(lh: mx.Lakehouse) -> None:
-    s = lh.map_batches("src.docs", slow_len, output="out.bounded", batch_size=20, max_in_flight=2)
+def test_in_flight_batches_are_bounded(ray_lh: mx.Lakehouse) -> None:
+    s = ray_lh.map_batches(
+        "src.docs", slow_len, output="out.bounded", batch_size=20, max_in_flight=2
+    )
     assert s.batches_run == 30 and s.max_in_flight == 2 and s.peak_in_flight == 2
-    assert ids(lh, "out.bounded") == list(range(N))
+    assert ids(ray_lh, "out.bounded") == list(range(N))
 
 
-def test_udf_error_names_the_batch(lh: mx.Lakehouse) -> None:
+def test_udf_error_names_the_batch(ray_lh: mx.Lakehouse) -> None:
     with pytest.raises(BatchError) as err:
-        lh.map_batches("src.docs", fails_on_300, output="out.err", batch_size=100)
+        ray_lh.map_batches("src.docs", fails_on_300, output="out.err", batch_size=100)
     assert err.value.batch == 3 and err.value.rows == (300, 400)
     assert "batch 3, rows 300-399 of main.src.docs@v0" in str(err.value)
     assert "RuntimeError: cannot handle row 300" in str(err.value)
@@ -165,7 +169,7 @@ def test_udf_error_names_the_batch(lh: mx.Lakehouse) -> None:
     [(slow_len, "map_batch:slow_len"), (SlowLen, "MapBatchesWorker.run:SlowLen")],
 )
 def test_worker_killed_mid_job_gives_every_row_once(
-    lh: mx.Lakehouse, ray_cluster: RayCluster, fn: Any, title: str
+    ray_lh: mx.Lakehouse, ray_cluster: RayCluster, fn: Any, title: str
 ) -> None:
     """A worker running a batch (a task's, or an actor's: restarted) is SIGKILLed."""
     output = f"out.kill_{title.split(':')[0].split('.')[0].lower()}"
@@ -173,7 +177,7 @@ def test_worker_killed_mid_job_gives_every_row_once(
 
     def job() -> None:
         try:
-            result["summary"] = lh.map_batches(
+            result["summary"] = ray_lh.map_batches(
                 "src.docs", fn, output=output, batch_size=20, commit_batches=2
             )
         except BaseException as e:  # surfaced by the assertion below
@@ -196,7 +200,7 @@ def test_worker_killed_mid_job_gives_every_row_once(
     assert "error" not in result, result.get("error")
     assert killed == 1
     assert result["summary"].rows_out == N
-    assert ids(lh, output) == list(range(N))  # every row exactly once
+    assert ids(ray_lh, output) == list(range(N))  # every row exactly once
 
 
 CHILD = textwrap.dedent(
@@ -213,14 +217,14 @@ CHILD = textwrap.dedent(
 
 
 def test_driver_killed_mid_job_resumes_without_duplicates(
-    lh: mx.Lakehouse, ray_cluster: RayCluster, tmp_path: Path
+    ray_lh: mx.Lakehouse, ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     root = Path(__file__).parents[__name__.count(".")]
     env = {**os.environ, **ray_cluster.env()}
     env.pop("RAY_ADDRESS", None)
-    wh = lh.warehouse.uri
+    wh = ray_lh.warehouse.uri
     args = [sys.executable, str(script), wh, ray_cluster.address, str(root), __name__]
     proc = subprocess.Popen(args, env=env)
     try:
@@ -228,7 +232,7 @@ def test_driver_killed_mid_job_resumes_without_duplicates(
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
             try:
-                if lh.table("out.driver").version >= 4:  # created + a few batches
+                if ray_lh.table("out.driver").version >= 4:  # created + a few batches
                     break
             except mx.errors.MatrixOSError:
                 continue
@@ -238,35 +242,35 @@ def test_driver_killed_mid_job_resumes_without_duplicates(
     finally:
         if proc.poll() is None:
             proc.kill()
-    partial = ids(lh, "out.driver")
+    partial = ids(ray_lh, "out.driver")
     assert 0 < len(partial) < N
-    s = lh.map_batches(
+    s = ray_lh.map_batches(
         "src.docs", slow_len, output="out.driver", batch_size=20, commit_batches=1,
         max_in_flight=2,
     )  # fmt: skip
     assert s.resumed and s.batches_skipped == len(partial) // 20
-    assert ids(lh, "out.driver") == list(range(N))
+    assert ids(ray_lh, "out.driver") == list(range(N))
 
 
 PG_DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
 
 
-def test_rag_index_embeds_on_the_pool(lh: mx.Lakehouse, tmp_path: Path) -> None:
+def test_rag_index_embeds_on_the_pool(ray_lh: mx.Lakehouse, tmp_path: Path) -> None:
     """On a Ray pool RAG indexing embeds on actors; the chunks equal an in-process run."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for name in sorted(p.name for p in PG_DOCS.glob("sql-*.html"))[:12]:
         (folder / name).write_bytes((PG_DOCS / name).read_bytes())
-    s = lh.rag.index(str(folder), "kb.chunks", embedder="hash", batch_chunks=64)
+    s = ray_lh.rag.index(str(folder), "kb.chunks", embedder="hash", batch_chunks=64)
     assert s.compute.startswith("ray: ") and s.added == 12 and s.chunks_written > 12
     with mx.connect(str(tmp_path / "local")) as local:
         assert local.rag.index(str(folder), "kb.chunks", embedder="hash").compute == "in-process"
         want = local.table("kb.chunks").to_arrow(columns=["chunk_id", "vector"]).sort_by("chunk_id")
-    got = lh.table("kb.chunks").to_arrow(columns=["chunk_id", "vector"]).sort_by("chunk_id")
+    got = ray_lh.table("kb.chunks").to_arrow(columns=["chunk_id", "vector"]).sort_by("chunk_id")
     assert got["chunk_id"].equals(want["chunk_id"])
     assert np.allclose(
         np.stack(got["vector"].to_numpy(zero_copy_only=False)),
         np.stack(want["vector"].to_numpy(zero_copy_only=False)),
     )
-    again = lh.rag.index(str(folder), "kb.chunks", embedder="hash")
+    again = ray_lh.rag.index(str(folder), "kb.chunks", embedder="hash")
     assert again.unchanged == 12 and again.chunks_written == 0  # still incremental

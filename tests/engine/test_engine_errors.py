@@ -3,7 +3,6 @@ user's own statement text."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,13 +11,12 @@ import pytest
 import matrixos as mx
 from matrixos.errors import SQLError
 
+# ``lh`` (tests/conftest.py) on the local folder only.
+WAREHOUSES = ("local",)
 
-@pytest.fixture
-def lh(tmp_path: Path) -> Iterator[mx.Lakehouse]:
-    """A local embedded lakehouse in a tmp warehouse."""
-    with mx.connect(str(tmp_path / "wh")) as lh:
-        lh.create_table("raw.t", pa.table({"id": [1, 2], "name": ["a", "b"]}))
-        yield lh
+
+def _table(lh: mx.Lakehouse) -> None:
+    lh.create_table("raw.t", pa.table({"id": [1, 2], "name": ["a", "b"]}))
 
 
 def test_out_of_memory_names_the_memory_setting(tmp_path: Path) -> None:
@@ -35,6 +33,7 @@ def test_out_of_memory_names_the_memory_setting(tmp_path: Path) -> None:
 
 
 def test_unknown_column_is_placed_in_the_users_text(lh: mx.Lakehouse) -> None:
+    _table(lh)
     sql = "SELECT id,\n       nme\nFROM raw.t\nWHERE name <> 'nme' -- nme\n"
     with pytest.raises(SQLError, match='column "nme"') as err:
         lh.sql(sql)
@@ -45,6 +44,7 @@ def test_unknown_column_is_placed_in_the_users_text(lh: mx.Lakehouse) -> None:
 
 
 def test_unknown_function_is_placed_and_other_errors_stay_unplaced(lh: mx.Lakehouse) -> None:
+    _table(lh)
     with pytest.raises(SQLError, match="foo") as err:
         lh.sql("SELECT upper(name),\n  foo(id) FROM raw.t")
     assert (err.value.line, err.value.col) == (2, 3)

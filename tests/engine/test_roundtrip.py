@@ -42,7 +42,7 @@ _NAMES = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def lh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mx.Lakehouse]:
+def shared_lh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mx.Lakehouse]:
     with mx.connect(str(tmp_path_factory.mktemp("roundtrip") / "wh")) as lake:
         yield lake
 
@@ -153,12 +153,12 @@ def assert_same(got: pa.Table, expected: pa.Table, schema: pa.Schema) -> None:
 
 @SETTINGS
 @given(case=tables())
-def test_create_table_round_trip(lh: mx.Lakehouse, case: tuple[pa.Table, pa.Schema]) -> None:
+def test_create_table_round_trip(shared_lh: mx.Lakehouse, case: tuple[pa.Table, pa.Schema]) -> None:
     data, schema = case
     name = f"rt.t{next(_NAMES)}"
-    t = lh.create_table(name, data)
+    t = shared_lh.create_table(name, data)
     assert [_zone(f.type) for f in t.schema] == [_zone(f.type) for f in schema]
-    via_sql = lh.sql(f"SELECT * FROM {name} ORDER BY rid").to_arrow()
+    via_sql = shared_lh.sql(f"SELECT * FROM {name} ORDER BY rid").to_arrow()
     assert_same(via_sql, data, schema)
     via_table = t.to_arrow().sort_by("rid")
     assert_same(via_table, data, schema)
@@ -207,7 +207,7 @@ _OPS = {"=": pc.equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=":
     data=st.data(),
 )
 def test_filtered_reads_match_pyarrow(
-    lh: mx.Lakehouse, kind: str, chunks: int, partitioned: bool, op: str, data: st.DataObject
+    shared_lh: mx.Lakehouse, kind: str, chunks: int, partitioned: bool, op: str, data: st.DataObject
 ) -> None:
     typ, values, back = TYPES[kind]
     pool = data.draw(st.lists(values, min_size=1, max_size=4), label="pool")
@@ -224,7 +224,7 @@ def test_filtered_reads_match_pyarrow(
     # decimals: see test_partition_by_negative_fractional_decimal
     use_partition = partitioned and not (pa.types.is_floating(typ) or pa.types.is_decimal(typ))
     name = f"rt.f{next(_NAMES)}"
-    t = lh.create_table(name, batches[0], partition_by=["v"] if use_partition else None)
+    t = shared_lh.create_table(name, batches[0], partition_by=["v"] if use_partition else None)
     for b in batches[1:]:
         t.append(b)
     whole = pa.concat_tables(batches)
@@ -234,7 +234,7 @@ def test_filtered_reads_match_pyarrow(
         whole = whole.set_column(1, "v", v)
     mask = _duckdb_comparison(whole.column("v"), op, probe, typ)
     expected = sorted(whole.filter(pc.fill_null(mask, False)).column("rid").to_pylist())
-    got = lh.sql(
+    got = shared_lh.sql(
         f"SELECT rid FROM {name} WHERE v {op} {_literal(probe, back)} ORDER BY rid"
     ).fetchall()
     assert [r[0] for r in got] == expected

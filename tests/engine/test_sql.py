@@ -92,10 +92,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mx.Lakehouse]:
         yield lh
 
 
-@pytest.fixture
-def lh(tmp_path: Path) -> Iterator[mx.Lakehouse]:
-    with mx.connect(str(tmp_path / "wh")) as lake:
-        yield lake
+# ``lh`` (tests/conftest.py) on the local folder only.
+WAREHOUSES = ("local",)
 
 
 def norm(value: Any) -> Any:

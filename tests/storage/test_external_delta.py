@@ -34,12 +34,6 @@ UTC = dt.UTC
 
 # ------------------------------------------------------------------------------------ helpers
 @pytest.fixture
-def lh(warehouse_root: Any) -> Iterator[mx.Lakehouse]:
-    with mx.connect(warehouse_root.uri, storage_options=warehouse_root.storage_options) as lh:
-        yield lh
-
-
-@pytest.fixture
 def local_lh(tmp_path: Path) -> Iterator[mx.Lakehouse]:
     with mx.connect(str(tmp_path / "warehouse")) as lh:
         yield lh
