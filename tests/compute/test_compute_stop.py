@@ -12,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from matrixos._ray_nodes import nodes_dir, session_pids, stop_nodes
 from matrixos.compute import free_port
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 
 IP = "127.0.0.5"  # a loopback address of its own, apart from the test cluster's nodes
 MATRIXOS = str(Path(sys.executable).with_name("matrixos"))

@@ -36,7 +36,10 @@ try:  # tests/ imported as a package
 except ModuleNotFoundError:  # pytest's default "prepend" import mode
     from _servers import S3Server  # type: ignore[no-redef]
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 FILES = 6
 ROWS = 60_000
 SQL = "SELECT k, count(*) AS n, sum(v) AS s, min(name) AS lo FROM t GROUP BY k ORDER BY k"

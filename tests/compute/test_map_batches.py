@@ -24,7 +24,10 @@ from matrixos.ai.embed import EmbedColumn
 from matrixos.compute import ComputePool
 from matrixos.errors import BatchError
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 N = 600
 WORDS = ["solar", "panel", "tax", "law", "river", "delta", "lance", "vector", "ray", "gpu"]
 

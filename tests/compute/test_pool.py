@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -28,7 +27,10 @@ from matrixos.compute import (
 from matrixos.config import Settings
 from matrixos.errors import ComputeError, ConfigError
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 
 
 # -- configuration (no Ray) -----------------------------------------------------------------

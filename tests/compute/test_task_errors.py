@@ -8,7 +8,6 @@ import gc
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -17,7 +16,10 @@ import matrixos as mx
 from matrixos.compute import ComputePool
 from matrixos.errors import SQLError
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 FILES = 4
 
 
