@@ -16,9 +16,21 @@ This module knows nothing about the catalog: ``Lakehouse.search`` and the SQL ta
 resolve a table to its URI and storage options and call in here.
 
 Example:
-    >>> create_vector_index(uri, "embedding", metric="cosine")            # doctest: +SKIP
-    >>> vector_search(uri, query_vec, k=5, filter="lang = 'en'")         # doctest: +SKIP
-    >>> hybrid_search(uri, "vacuum freeze", query_vec, k=10)             # doctest: +SKIP
+    >>> import tempfile, lance, numpy as np, pyarrow as pa
+    >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+    >>> uri = tempfile.mkdtemp() + "/docs.lance"
+    >>> _ = lance.write_dataset(pa.table({
+    ...     "id": range(300), "lang": ["en", "de"] * 150,
+    ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+    ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+    ... }), uri)
+    >>> create_vector_index(uri, "embedding", index_type="IVF_HNSW_SQ", metric="cosine")["name"]
+    'embedding_idx'
+    >>> vector_search(uri, vecs[8], k=2, filter="lang = 'en'", columns=["id"])["id"].to_pylist()
+    [8, ...]
+    >>> _ = create_text_index(uri, "text")
+    >>> hybrid_search(uri, "vacuum freeze", vecs[9], k=2, columns=["id"])["id"].to_pylist()
+    [9, ...]
 """
 
 from __future__ import annotations
@@ -374,7 +386,15 @@ def create_vector_index(
         SchemaMismatch (not a vector column), MatrixOSError (Lance failed).
 
     Example:
-        >>> create_vector_index(uri, "embedding", index_type="IVF_HNSW_SQ")  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> create_vector_index(uri, "embedding", index_type="IVF_HNSW_SQ")
         {'column': 'embedding', 'index_type': 'IVF_HNSW_SQ', 'metric': 'cosine', ...}
     """
     uri = _uri(uri)
@@ -460,7 +480,16 @@ def create_text_index(
         TableNotFound, ConfigError, SchemaMismatch, MatrixOSError.
 
     Example:
-        >>> create_text_index(uri, "text")  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> create_text_index(uri, "text")["index_type"]
+        'INVERTED'
     """
     uri = _uri(uri)
     ds = _open_for_write(uri, storage_options)
@@ -495,7 +524,16 @@ def index_status(uri: str, *, storage_options: StorageOptions = None) -> dict[st
         "num_unindexed_rows", "num_indexed_fragments", "num_unindexed_fragments"}}``.
 
     Example:
-        >>> index_status(uri)["embedding_idx"]["num_unindexed_rows"]  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> _ = create_vector_index(uri, "embedding", index_type="IVF_HNSW_SQ")
+        >>> index_status(uri)["embedding_idx"]["num_unindexed_rows"]
         0
     """
     uri = _uri(uri)
@@ -548,7 +586,19 @@ def optimize_indexes(
         ``index_status(uri)`` afterwards.
 
     Example:
-        >>> optimize_indexes(uri)["text_idx"]["num_unindexed_rows"]  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> _ = create_text_index(uri, "text")
+        >>> _ = lance.write_dataset(lance.dataset(uri).to_table().slice(0, 3), uri, mode="append")
+        >>> index_status(uri)["text_idx"]["num_unindexed_rows"]
+        3
+        >>> optimize_indexes(uri)["text_idx"]["num_unindexed_rows"]
         0
     """
     uri = _uri(uri)
@@ -1182,8 +1232,16 @@ def warm(
         fit in the cache budget; as ``vector_search`` otherwise.
 
     Example:
-        >>> warm(uri, "embedding")["kind"]  # doctest: +SKIP
-        'hnsw'
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> warm(uri, "embedding")["kind"]  # 300 rows: exact; "hnsw" for large columns
+        'flat'
     """
     uri = _uri(uri)
     if _faiss() is None:
@@ -1403,7 +1461,16 @@ def vector_search(
         ConfigError, MatrixOSError.
 
     Example:
-        >>> vector_search(uri, model.encode("vacuum"), k=3, columns=["text"])  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> vector_search(uri, vecs[7], k=3, columns=["id"])["id"].to_pylist()[0]
+        7
     """
     uri = _uri(uri)
     k = _check_k(k)
@@ -1495,7 +1562,17 @@ def text_search(
         TableNotFound, SQLError (bad filter or column), ConfigError, MatrixOSError.
 
     Example:
-        >>> text_search(uri, "autovacuum freeze", k=5, columns=["text"])  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> _ = create_text_index(uri, "text")
+        >>> text_search(uri, "freeze", k=2, columns=["text"])["text"].to_pylist()
+        ['vacuum freeze', 'vacuum freeze']
     """
     uri = _uri(uri)
     k = _check_k(k)
@@ -1559,7 +1636,17 @@ def hybrid_search(
         As ``vector_search`` and ``text_search``.
 
     Example:
-        >>> hybrid_search(uri, "vacuum", model.encode("vacuum"), k=5)  # doctest: +SKIP
+        >>> import tempfile, lance, numpy as np, pyarrow as pa
+        >>> vecs = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+        >>> uri = tempfile.mkdtemp() + "/docs.lance"
+        >>> _ = lance.write_dataset(pa.table({
+        ...     "id": range(300), "lang": ["en", "de"] * 150,
+        ...     "text": ["vacuum freeze" if i % 3 == 0 else "optimize" for i in range(300)],
+        ...     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 8),
+        ... }), uri)
+        >>> _ = create_text_index(uri, "text")
+        >>> hybrid_search(uri, "vacuum", vecs[9], k=1, columns=["id", "text"]).to_pylist()
+        [{'id': 9, 'text': 'vacuum freeze', '_score': ...}]
     """
     uri = _uri(uri)
     k = _check_k(k)
