@@ -42,7 +42,7 @@ PAGES = [
 
 
 @pytest.fixture
-def corpus(tmp_path: Path) -> Path:
+def docs_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "docs"
     folder.mkdir()
     for name in PAGES:
@@ -57,8 +57,8 @@ def chunk_rows(lh: mx.Lakehouse, table: str = "kb.chunks") -> list[dict[str, Any
     return lh.table(table).to_arrow(columns=["chunk_id", "doc_uri", "doc_hash"]).to_pylist()
 
 
-def test_index_writes_chunks_with_lineage_and_searches(lh: mx.Lakehouse, corpus: Path) -> None:
-    summary = lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+def test_index_writes_chunks_with_lineage_and_searches(lh: mx.Lakehouse, docs_folder: Path) -> None:
+    summary = lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     assert summary.added == len(PAGES) + 1 and summary.failed == 0
     t = lh.table("kb.chunks")
     rows = t.to_arrow().to_pylist()
@@ -86,18 +86,20 @@ def test_index_writes_chunks_with_lineage_and_searches(lh: mx.Lakehouse, corpus:
     assert text_hits.column("doc_uri")[0].as_py().endswith("notes.md")
 
 
-def test_rerun_is_incremental(lh: mx.Lakehouse, corpus: Path) -> None:
-    lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+def test_rerun_is_incremental(lh: mx.Lakehouse, docs_folder: Path) -> None:
+    lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     before = chunk_rows(lh)
-    again = lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+    again = lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     assert again.unchanged == len(PAGES) + 1
     assert again.added == again.changed == again.chunks_written == 0
     assert sorted(r["chunk_id"] for r in chunk_rows(lh)) == sorted(r["chunk_id"] for r in before)
     # change one, delete one, add one
-    (corpus / "notes.md").write_text("# Field notes\n\n## Backups\n\nUse pg_basebackup nightly.\n")
-    (corpus / "sql-copy.html").unlink()
-    shutil.copy(PG_DOCS / "sql-grant.html", corpus / "sql-grant.html")
-    third = lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+    (docs_folder / "notes.md").write_text(
+        "# Field notes\n\n## Backups\n\nUse pg_basebackup nightly.\n"
+    )
+    (docs_folder / "sql-copy.html").unlink()
+    shutil.copy(PG_DOCS / "sql-grant.html", docs_folder / "sql-grant.html")
+    third = lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     assert (third.added, third.changed, third.deleted) == (1, 1, 1)
     assert third.unchanged == len(PAGES) - 1
     rows = chunk_rows(lh)
@@ -111,21 +113,21 @@ def test_rerun_is_incremental(lh: mx.Lakehouse, corpus: Path) -> None:
     assert not any("ANALYZE weekly" in r["text"] for r in texts)
 
 
-def test_broken_documents_are_counted_not_fatal(lh: mx.Lakehouse, corpus: Path) -> None:
-    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(2000))
-    (corpus / "binary.txt").write_bytes(bytes(range(256)) * 20)
-    summary = lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+def test_broken_documents_are_counted_not_fatal(lh: mx.Lakehouse, docs_folder: Path) -> None:
+    (docs_folder / "broken.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(2000))
+    (docs_folder / "binary.txt").write_bytes(bytes(range(256)) * 20)
+    summary = lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     assert summary.failed >= 1
     assert any("broken.pdf" in e for e in summary.errors)
     assert summary.added == len(PAGES) + 1 + (2 - summary.failed)
     assert "failed" in str(summary)
 
 
-def test_sql_search_functions_join_delta_tables(lh: mx.Lakehouse, corpus: Path) -> None:
-    lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+def test_sql_search_functions_join_delta_tables(lh: mx.Lakehouse, docs_folder: Path) -> None:
+    lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     owners = pa.table(
         {
-            "doc_uri": [str((corpus / p).resolve()) for p in PAGES[:4]],
+            "doc_uri": [str((docs_folder / p).resolve()) for p in PAGES[:4]],
             "owner": ["ops", "dba", "analytics", "analytics"],
         }
     )
@@ -158,12 +160,12 @@ def test_sql_search_functions_join_delta_tables(lh: mx.Lakehouse, corpus: Path) 
     assert same == [(lh.table("kb.chunks").count(),)]
 
 
-def test_eval_reports_recall_and_mrr(lh: mx.Lakehouse, corpus: Path, tmp_path: Path) -> None:
-    lh.rag.index(str(corpus), "kb.chunks", embedder="hash")
+def test_eval_reports_recall_and_mrr(lh: mx.Lakehouse, docs_folder: Path, tmp_path: Path) -> None:
+    lh.rag.index(str(docs_folder), "kb.chunks", embedder="hash")
     queries = tmp_path / "q.jsonl"
     queries.write_text(
         "\n".join(
-            json.dumps({"query": q, "relevant": [str((corpus / p).resolve())]})
+            json.dumps({"query": q, "relevant": [str((docs_folder / p).resolve())]})
             for q, p in [
                 ("VACUUM garbage-collect and optionally analyze a database", "sql-vacuum.html"),
                 ("CREATE INDEX define a new index", "sql-createindex.html"),
@@ -259,11 +261,11 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path: Path) -> None
     assert sorted(ids) == expected
 
 
-def test_cli_rag_index_and_eval(tmp_path: Path, corpus: Path) -> None:
+def test_cli_rag_index_and_eval(tmp_path: Path, docs_folder: Path) -> None:
     env = {**os.environ, "MATRIXOS_WAREHOUSE": str(tmp_path / "wh")}
     run = [sys.executable, "-m", "matrixos.cli"]
     p = subprocess.run(
-        [*run, "rag", "index", str(corpus), "--table", "kb.chunks", "--embedder", "hash"],
+        [*run, "rag", "index", str(docs_folder), "--table", "kb.chunks", "--embedder", "hash"],
         capture_output=True,
         text=True,
         env=env,
@@ -272,7 +274,9 @@ def test_cli_rag_index_and_eval(tmp_path: Path, corpus: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert f"{len(PAGES) + 1} added" in p.stdout and "chunks/s" in p.stdout
     q = tmp_path / "q.jsonl"
-    q.write_text(json.dumps({"query": "VACUUM", "relevant": [str(corpus / "sql-vacuum.html")]}))
+    q.write_text(
+        json.dumps({"query": "VACUUM", "relevant": [str(docs_folder / "sql-vacuum.html")]})
+    )
     p = subprocess.run(
         [*run, "rag", "eval", "--table", "kb.chunks", "--queries", str(q), "--json"],
         capture_output=True,
@@ -293,11 +297,11 @@ def test_cli_rag_index_and_eval(tmp_path: Path, corpus: Path) -> None:
     assert len(json.loads(p.stdout)) == 2
 
 
-def test_sources_volume_object_store_prefix_and_table(lh: mx.Lakehouse, corpus: Path) -> None:
+def test_sources_volume_object_store_prefix_and_table(lh: mx.Lakehouse, docs_folder: Path) -> None:
     """The same documents from a volume, from an object-store prefix (or folder URI) and from a
     table of documents give the same chunks (by content)."""
     vol = lh.create_volume("raw.docs")
-    vol.put_folder(corpus)
+    vol.put_folder(docs_folder)
     from_volume = lh.rag.index("raw.docs", "kb.from_volume", embedder="hash")
     assert from_volume.added == len(PAGES) + 1 and from_volume.failed == 0
     uris = {r["doc_uri"] for r in chunk_rows(lh, "kb.from_volume")}
@@ -306,20 +310,20 @@ def test_sources_volume_object_store_prefix_and_table(lh: mx.Lakehouse, corpus: 
     if lh.warehouse.is_remote:  # the warehouse bucket: a plain s3:// prefix
         prefix = lh.warehouse.join("incoming")
         fs = lh.warehouse.fs
-        for p in corpus.iterdir():
+        for p in docs_folder.iterdir():
             fs.put_file(str(p), f"{prefix.split('://', 1)[1]}/{p.name}")
     else:
-        prefix = "file://" + str(corpus)
+        prefix = "file://" + str(docs_folder)
     from_prefix = lh.rag.index(prefix, "kb.from_prefix", embedder="hash")
     assert from_prefix.added == len(PAGES) + 1
 
     docs = pa.table(
         {
-            "uri": [f"doc://{p.name}" for p in sorted(corpus.iterdir())],
-            "text": [p.read_text() for p in sorted(corpus.iterdir())],
+            "uri": [f"doc://{p.name}" for p in sorted(docs_folder.iterdir())],
+            "text": [p.read_text() for p in sorted(docs_folder.iterdir())],
             "mime": [
                 "text/html" if p.suffix == ".html" else "text/markdown"
-                for p in sorted(corpus.iterdir())
+                for p in sorted(docs_folder.iterdir())
             ],
         }
     )
