@@ -2,7 +2,7 @@
 
 Two layers are tested separately, because either alone must hold:
 
-1. ``sandbox_lh.sql`` refuses every escape with ``AccessDenied`` (a ``MatrixOSError``) that names what
+1. ``lh.sql`` refuses every escape with ``AccessDenied`` (a ``MatrixOSError``) that names what
    is not allowed, and nothing changes on disk (no file written, no table created).
 2. The engine's DuckDB connection itself is locked: even raw SQL on it cannot read outside the
    warehouse, change a setting or install/load an extension.
@@ -77,7 +77,7 @@ class Box:
 
     root: Path  # holds wh/ (the warehouse) and home/
     home: Path
-    sandbox_lh: mx.Lakehouse
+    lh: mx.Lakehouse
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def refused(sandbox_lh: mx.Lakehouse, sql: str, dialect: str | None = None) -> A
     return err
 
 
-# ------------------------------------------------------------------------ layer 1: sandbox_lh.sql
+# ------------------------------------------------------------------------ layer 1: lh.sql
 # (sql, dialect, what the message must name)
 ESCAPES = [
     ("SELECT * FROM read_csv('/etc/passwd')", None, "read_csv()"),
@@ -309,7 +309,8 @@ def test_refusal_comes_before_any_statement_runs(sandbox_lh: mx.Lakehouse) -> No
     # A script is checked as it runs: statements before the escape take effect, the escape
     # itself and anything after it do not.
     refused(
-        sandbox_lh, "INSERT INTO t VALUES (4, 'd'); COPY t TO '/tmp/x.csv'; INSERT INTO t VALUES (5, 'e')"
+        sandbox_lh,
+        "INSERT INTO t VALUES (4, 'd'); COPY t TO '/tmp/x.csv'; INSERT INTO t VALUES (5, 'e')",
     )
     assert sandbox_lh.sql("SELECT max(id) FROM t").scalar() == 4
 
@@ -320,7 +321,9 @@ def test_table_named_like_an_internal_view_is_just_a_table(sandbox_lh: mx.Lakeho
     sandbox_lh.sql("CREATE TABLE __mx_scan_1 (a INT)")
     sandbox_lh.sql("INSERT INTO __mx_scan_1 VALUES (42)")
     assert sandbox_lh.sql("SELECT a FROM __mx_scan_1").fetchall() == [(42,)]
-    assert sandbox_lh.sql("SELECT t.id, x.a FROM t JOIN __mx_scan_1 x ON t.id = 1").fetchall() == [(1, 42)]
+    assert sandbox_lh.sql("SELECT t.id, x.a FROM t JOIN __mx_scan_1 x ON t.id = 1").fetchall() == [
+        (1, 42)
+    ]
 
 
 def test_allowed_sql_still_runs(sandbox_lh: mx.Lakehouse) -> None:
@@ -695,7 +698,9 @@ def test_platform_function_arguments_are_checked_before_evaluation(
     assert "GiB" not in str(info.value) and "matrixos-spill" not in str(info.value)
 
 
-def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(sandbox_lh: mx.Lakehouse) -> None:
+def test_platform_function_arguments_of_the_wrong_type_are_sql_errors(
+    sandbox_lh: mx.Lakehouse,
+) -> None:
     # Once raw AttributeErrors from deep inside the embedder registry and Lance.
     sandbox_lh.create_table("kb", pa.table({"id": [1], "text": ["vacuum"]}), format="lance")
     for sql, match in (
