@@ -249,9 +249,9 @@ def ray_pool(ray_cluster: RayCluster, _isolated_home: Path) -> Iterator[ComputeP
 
 @pytest.fixture(scope="module", params=["broadcast", "partitioned"])
 def modes_lh(
-    request: pytest.FixtureRequest, warehouse: str, ray_cluster: RayCluster
+    request: pytest.FixtureRequest, modes_warehouse: str, ray_cluster: RayCluster
 ) -> Iterator[Any]:
-    """A session on the cluster over the module's ``warehouse``, in two modes: ``broadcast``
+    """A session on the cluster over the module's ``modes_warehouse``, in two modes: ``broadcast``
     (default thresholds: small join sides broadcast) and ``partitioned``
     (``broadcast_max_bytes`` = the module's ``SMALL``: large sides hash-partitioned)."""
     import matrixos as mx
@@ -259,5 +259,5 @@ def modes_lh(
     settings: dict[str, Any] = {"compute": ray_cluster.address}
     if request.param == "partitioned":
         settings["broadcast_max_bytes"] = request.module.SMALL
-    with mx.connect(warehouse, **settings) as lh:
+    with mx.connect(modes_warehouse, **settings) as lh:
         yield lh

@@ -9,15 +9,16 @@ types, values and order (for queries with a total ORDER BY) or the same multiset
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 import pytest
 
 import matrixos as mx
 from matrixos.compute import ComputePool
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 N = 3000
 SMALL = 1  # broadcast_max_bytes of the "partitioned" session: every table is large
 
@@ -36,7 +37,7 @@ def _facts(n: int, seed: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def warehouse(
+def modes_warehouse(
     ray_pool: ComputePool, ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     uri = str(tmp_path_factory.mktemp("edges"))
@@ -51,11 +52,6 @@ def warehouse(
         lh.create_table("b_nonull", lh.sql("SELECT * FROM b WHERE k IS NOT NULL").to_arrow())
         lh.create_table("empty", _facts(0, 1))
     return uri
-
-
-@pytest.fixture(scope="module")
-def lh(modes_lh: mx.Lakehouse) -> mx.Lakehouse:
-    return modes_lh  # conftest: "broadcast" and "partitioned" (broadcast_max_bytes=SMALL)
 
 
 QUERIES = {
@@ -180,10 +176,10 @@ QUERIES = {
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
-def test_distributed_equals_local(lh: mx.Lakehouse, name: str) -> None:
+def test_distributed_equals_local(modes_lh: mx.Lakehouse, name: str) -> None:
     sql = QUERIES[name]
-    local = lh.sql(sql, engine="local").to_arrow()
-    dist = lh.sql(sql, engine="ray").to_arrow()
+    local = modes_lh.sql(sql, engine="local").to_arrow()
+    dist = modes_lh.sql(sql, engine="ray").to_arrow()
     assert dist.schema == local.schema, name
     if "ORDER BY" in sql:
         rows_l, rows_d = local.to_pylist(), dist.to_pylist()
@@ -210,8 +206,8 @@ def _plan(lh: mx.Lakehouse, sql: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
-def test_every_query_is_distributed(lh: mx.Lakehouse, name: str) -> None:
-    first = _plan(lh, QUERIES[name])[0]
+def test_every_query_is_distributed(modes_lh: mx.Lakehouse, name: str) -> None:
+    first = _plan(modes_lh, QUERIES[name])[0]
     assert first.startswith("Engine: ray (distributed,"), (name, first)
 
 
@@ -243,11 +239,11 @@ STAGE_SHAPES = {  # in the partitioned session: what EXPLAIN shows of each shape
 
 @pytest.mark.parametrize("name", sorted(STAGE_SHAPES))
 def test_explain_shows_set_operation_and_window_stages(
-    warehouse: str, ray_cluster: RayCluster, name: str
+    modes_warehouse: str, ray_cluster: RayCluster, name: str
 ) -> None:
     # The partitioned session's plans (a broadcast session runs small final steps on the
     # coordinator, so its plans show fewer stages).
-    with mx.connect(warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
+    with mx.connect(modes_warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
         text = "\n".join(_plan(lh, QUERIES[name]))
     for part in STAGE_SHAPES[name]:
         assert part in text, (part, text)

@@ -29,7 +29,10 @@ try:  # tests/ imported as a package
 except ModuleNotFoundError:  # pytest's default "prepend" import mode
     from _servers import S3Server  # type: ignore[no-redef]
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 SCALE = 0.01
 FILES = 6
 
@@ -52,7 +55,7 @@ def _load(lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
-def lh(
+def tpch_ray_lh(
     request: pytest.FixtureRequest,
     ray_pool: ComputePool,
     ray_cluster: RayCluster,
@@ -82,16 +85,16 @@ def _plan(lh: mx.Lakehouse, sql: str, engine: str = "ray") -> list[str]:
     return [str(x) for x in lh.sql("EXPLAIN " + sql, engine=engine).to_arrow()["plan"].to_pylist()]
 
 
-def test_tpch_q1_and_q6_equal_local(lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
-    q1 = _same(lh, tpch.query(1))
+def test_tpch_q1_and_q6_equal_local(tpch_ray_lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
+    q1 = _same(tpch_ray_lh, tpch.query(1))
     assert q1.num_rows == 4 and q1.column_names[0] == "l_returnflag"
-    q6 = _same(lh, tpch.query(6))
+    q6 = _same(tpch_ray_lh, tpch.query(6))
     assert q6.num_rows == 1 and q6.column(0)[0].as_py() > 0
-    plan = _plan(lh, tpch.query(1))
+    plan = _plan(tpch_ray_lh, tpch.query(1))
     assert plan[0] == "Engine: ray (distributed, 2 stages)"
     assert any(line.startswith("Stage 1: 3 fragment task(s)") for line in plan)
     # Q6's ship-date range prunes files before any task starts.
-    plan6 = _plan(lh, tpch.query(6))
+    plan6 = _plan(tpch_ray_lh, tpch.query(6))
     scan = next(line for line in plan6 if line.startswith("Scan main.default.lineitem"))
     assert f"of {FILES} files after pruning" in scan and f"{FILES} of {FILES}" not in scan
 
@@ -116,9 +119,9 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("sql", SHAPES, ids=[f"shape{i}" for i in range(len(SHAPES))])
-def test_shapes_equal_local(lh: mx.Lakehouse, sql: str) -> None:
-    _same(lh, sql)
-    assert _plan(lh, sql)[0].startswith("Engine: ray")
+def test_shapes_equal_local(tpch_ray_lh: mx.Lakehouse, sql: str) -> None:
+    _same(tpch_ray_lh, sql)
+    assert _plan(tpch_ray_lh, sql)[0].startswith("Engine: ray")
 
 
 STAGED = {
@@ -143,11 +146,11 @@ STAGED = {
 
 
 @pytest.mark.parametrize("what", list(STAGED))
-def test_other_queries_run_as_stages(lh: mx.Lakehouse, what: str) -> None:
+def test_other_queries_run_as_stages(tpch_ray_lh: mx.Lakehouse, what: str) -> None:
     """What one table's fragments and a merge cannot do runs as stages (engine.dist.stages)."""
     sql = STAGED[what]
-    _same(lh, sql)
-    first = _plan(lh, sql)[0]
+    _same(tpch_ray_lh, sql)
+    first = _plan(tpch_ray_lh, sql)[0]
     assert first.startswith("Engine: ray (distributed,") and "stages" in first, first
 
 
@@ -158,32 +161,34 @@ FALLBACKS = {
 
 
 @pytest.mark.parametrize("why", list(FALLBACKS))
-def test_other_queries_run_locally_and_explain_says_so(lh: mx.Lakehouse, why: str) -> None:
+def test_other_queries_run_locally_and_explain_says_so(tpch_ray_lh: mx.Lakehouse, why: str) -> None:
     sql = FALLBACKS[why]
-    _same(lh, sql)
-    first = _plan(lh, sql)[0]
+    _same(tpch_ray_lh, sql)
+    first = _plan(tpch_ray_lh, sql)[0]
     assert first.startswith("Engine: local (not distributed:"), first
     assert why.split()[0].lower() in first.lower()
 
 
-def test_auto_engine_picks_by_scanned_bytes(lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
+def test_auto_engine_picks_by_scanned_bytes(
+    tpch_ray_lh: mx.Lakehouse, tpch: _tpch.TpchData
+) -> None:
     q = tpch.query(1)
-    first = _plan(lh, q, engine="auto")[0]
+    first = _plan(tpch_ray_lh, q, engine="auto")[0]
     assert first.startswith("Engine: local (engine=auto:") and "below" in first
-    uri, options = lh.warehouse.uri, lh.warehouse.options.to_delta() or None
-    settings = {"compute": lh.settings.compute, "distributed_min_bytes": 0}
+    uri, options = tpch_ray_lh.warehouse.uri, tpch_ray_lh.warehouse.options.to_delta() or None
+    settings = {"compute": tpch_ray_lh.settings.compute, "distributed_min_bytes": 0}
     with mx.connect(uri, storage_options=options, **settings) as eager:
         assert _plan(eager, q, engine="auto")[0].startswith("Engine: ray")
-        assert eager.sql(q).to_arrow().equals(lh.sql(q, engine="local").to_arrow())
-    assert _plan(lh, q, engine="local")[0] != "Engine: ray (distributed, 2 stages)"
+        assert eager.sql(q).to_arrow().equals(tpch_ray_lh.sql(q, engine="local").to_arrow())
+    assert _plan(tpch_ray_lh, q, engine="local")[0] != "Engine: ray (distributed, 2 stages)"
 
 
-def test_errors_in_fragments_are_sql_errors(lh: mx.Lakehouse) -> None:
+def test_errors_in_fragments_are_sql_errors(tpch_ray_lh: mx.Lakehouse) -> None:
     sql = "SELECT sum(CAST(l_comment AS INTEGER)) FROM lineitem"
     with pytest.raises(SQLError) as local:
-        lh.sql(sql, engine="local").to_arrow()
+        tpch_ray_lh.sql(sql, engine="local").to_arrow()
     with pytest.raises(SQLError) as dist:
-        lh.sql(sql, engine="ray").to_arrow()
+        tpch_ray_lh.sql(sql, engine="ray").to_arrow()
     assert dist.value.sqlstate == local.value.sqlstate == "22000"
     assert "__mx_" not in str(dist.value) and "read_parquet" not in str(dist.value)
 

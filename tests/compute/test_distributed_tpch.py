@@ -10,8 +10,6 @@ aggregations, joins of large tables without a common key done pairwise).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 import pytest
 
@@ -19,7 +17,10 @@ import matrixos as mx
 from matrixos import _tpch
 from matrixos.compute import ComputePool
 
-RayCluster = Any  # tests/compute/conftest.py
+try:
+    from tests.compute._cluster import RayCluster
+except ModuleNotFoundError:
+    from _cluster import RayCluster  # type: ignore[no-redef]
 SCALE = 0.01
 FILES = 3
 SMALL = 4096  # broadcast_max_bytes of the "large tables" session
@@ -32,7 +33,7 @@ def tpch() -> _tpch.TpchData:
 
 
 @pytest.fixture(scope="module")
-def warehouse(
+def modes_warehouse(
     ray_pool: ComputePool,
     ray_cluster: RayCluster,
     tpch: _tpch.TpchData,
@@ -42,11 +43,6 @@ def warehouse(
     with mx.connect(uri, compute=ray_cluster.address) as lh:
         _tpch.load_split(lh, tpch, FILES)
     return uri
-
-
-@pytest.fixture(scope="module")
-def lh(modes_lh: mx.Lakehouse) -> mx.Lakehouse:
-    return modes_lh  # conftest: "broadcast" and "partitioned" (broadcast_max_bytes=SMALL)
 
 
 def _plan(lh: mx.Lakehouse, sql: str, *, analyze: bool = False) -> list[str]:
@@ -80,23 +76,23 @@ def _assert_same(local: pa.Table, dist: pa.Table, what: str) -> None:
 
 
 @pytest.mark.parametrize("n", _tpch.QUERIES, ids=[f"q{n:02d}" for n in _tpch.QUERIES])
-def test_tpch_query_equals_local(lh: mx.Lakehouse, tpch: _tpch.TpchData, n: int) -> None:
+def test_tpch_query_equals_local(modes_lh: mx.Lakehouse, tpch: _tpch.TpchData, n: int) -> None:
     sql = tpch.query(n)
-    local = lh.sql(sql, engine="local").to_arrow()
-    dist = lh.sql(sql, engine="ray").to_arrow()
+    local = modes_lh.sql(sql, engine="local").to_arrow()
+    dist = modes_lh.sql(sql, engine="ray").to_arrow()
     _assert_same(local, dist, f"Q{n}")
     assert local.num_rows > 0
-    first = _plan(lh, sql)[0]
+    first = _plan(modes_lh, sql)[0]
     assert first.startswith("Engine: ray (distributed"), f"Q{n}: {first}"
 
 
-def test_broadcast_join_shows_in_explain(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_broadcast_join_shows_in_explain(modes_warehouse: str, ray_cluster: RayCluster) -> None:
     q = (
         "SELECT n_name, count(*) AS n FROM customer JOIN nation ON c_nationkey = n_nationkey "
         "WHERE c_acctbal > 0 GROUP BY n_name ORDER BY n DESC, n_name"
     )
     # customer is large here, nation (25 rows) small: nation goes to every task.
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL)
     assert plan[0].startswith("Engine: ray")
     assert any("nation" in line and "broadcast" in line for line in plan), plan
     assert any("customer" in line and "fragment(s)" in line for line in plan), plan
@@ -105,13 +101,15 @@ def test_broadcast_join_shows_in_explain(warehouse: str, ray_cluster: RayCluster
     assert any("placement:" in line for line in plan), plan
 
 
-def test_hash_partitioned_join_shows_in_explain(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_hash_partitioned_join_shows_in_explain(
+    modes_warehouse: str, ray_cluster: RayCluster
+) -> None:
     q = (
         "SELECT ps_availqty > 5000 AS a, count(*) AS n, sum(l_quantity) AS q FROM lineitem "
         "JOIN partsupp ON l_partkey = ps_partkey AND l_suppkey = ps_suppkey "
         "WHERE l_shipdate >= DATE '1995-01-01' GROUP BY a ORDER BY a"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL)
     assert any(
         line.startswith("Stage") and "shuffle lineitem on l_partkey" in line for line in plan
     )
@@ -129,9 +127,9 @@ def _equal_to_local(lh: mx.Lakehouse, q: str) -> list[str]:
     return _plan(lh, q)
 
 
-def test_global_window_over_a_join_runs_in_one_task(lh: mx.Lakehouse) -> None:
+def test_global_window_over_a_join_runs_in_one_task(modes_lh: mx.Lakehouse) -> None:
     plan = _equal_to_local(
-        lh,
+        modes_lh,
         "SELECT o_orderkey, rank() OVER (ORDER BY o_totalprice) AS r FROM orders JOIN customer "
         "ON o_custkey = c_custkey ORDER BY r, o_orderkey LIMIT 5",
     )
@@ -139,9 +137,9 @@ def test_global_window_over_a_join_runs_in_one_task(lh: mx.Lakehouse) -> None:
     assert any(line.startswith("Window functions without a common PARTITION BY") for line in plan)
 
 
-def test_queries_it_cannot_split_run_locally(lh: mx.Lakehouse) -> None:
+def test_queries_it_cannot_split_run_locally(modes_lh: mx.Lakehouse) -> None:
     plan = _equal_to_local(
-        lh,
+        modes_lh,
         "SELECT c_mktsegment, count(o_orderkey) AS n FROM orders RIGHT JOIN customer "
         "ON o_custkey = c_custkey GROUP BY c_mktsegment ORDER BY c_mktsegment",
     )
@@ -149,7 +147,7 @@ def test_queries_it_cannot_split_run_locally(lh: mx.Lakehouse) -> None:
 
 
 def test_partial_aggregate_and_ranges_show_in_explain(
-    warehouse: str, ray_cluster: RayCluster
+    modes_warehouse: str, ray_cluster: RayCluster
 ) -> None:
     # lineitem and orders are loaded in o_orderkey order: their files' statistics split both
     # by the same key ranges (no shuffle); GROUP BY o_orderpriority aggregates per task first.
@@ -158,14 +156,16 @@ def test_partial_aggregate_and_ranges_show_in_explain(
         "FROM lineitem JOIN orders ON l_orderkey = o_orderkey WHERE l_quantity > 10 "
         "GROUP BY o_orderpriority ORDER BY o_orderpriority"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL)
     assert any("by ranges of l_orderkey (file statistics)" in line for line in plan), plan
     assert any("by ranges of o_orderkey (file statistics)" in line for line in plan), plan
     assert not any("shuffle" in line for line in plan), plan
     assert any("partial aggregate, partition by GROUP BY" in line for line in plan), plan
 
 
-def test_filtered_side_measured_small_is_broadcast(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_filtered_side_measured_small_is_broadcast(
+    modes_warehouse: str, ray_cluster: RayCluster
+) -> None:
     # customer is large by its files, but few rows pass its filter: once shuffled (and
     # measured) it is broadcast, and orders (not clustered on o_custkey) is not shuffled.
     q = (
@@ -173,7 +173,7 @@ def test_filtered_side_measured_small_is_broadcast(warehouse: str, ray_cluster: 
         "JOIN orders ON c_custkey = o_custkey WHERE c_acctbal > 9950 "
         "GROUP BY c_mktsegment ORDER BY c_mktsegment"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL, analyze=True)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL, analyze=True)
     assert plan[0].endswith("stages as run, sizes measured)"), plan[0]
     assert any("shuffle customer on c_custkey" in line for line in plan), plan
     assert any(
@@ -182,7 +182,7 @@ def test_filtered_side_measured_small_is_broadcast(warehouse: str, ray_cluster: 
     assert not any("shuffle orders" in line for line in plan), plan
 
 
-def test_semi_join_reduction_before_shuffle(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_semi_join_reduction_before_shuffle(modes_warehouse: str, ray_cluster: RayCluster) -> None:
     # part (filtered) is small: lineitem's rows without a matching part are dropped before
     # lineitem moves (an IN over the broadcast part in the shuffle stage).
     q = (
@@ -190,19 +190,19 @@ def test_semi_join_reduction_before_shuffle(warehouse: str, ray_cluster: RayClus
         "p_partkey JOIN partsupp ON ps_partkey = l_partkey AND ps_suppkey = l_suppkey "
         "WHERE p_size < 10 GROUP BY ps_suppkey ORDER BY ps_suppkey"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, 32 * 1024)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, 32 * 1024)
     shuffles = [line for line in plan if "per task" in line and "IN (SELECT" in line]
     assert shuffles, plan
 
 
-def test_explain_plans_without_running(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_explain_plans_without_running(modes_warehouse: str, ray_cluster: RayCluster) -> None:
     # The cast fails on every row: EXPLAIN, which runs no stage, still shows the plan;
     # EXPLAIN ANALYZE runs the stages and fails as the query does.
     q = (
         "SELECT c_mktsegment, sum(CAST(c_name AS INTEGER)) AS s FROM customer JOIN orders "
         "ON c_custkey = o_custkey GROUP BY c_mktsegment"
     )
-    with mx.connect(warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
+    with mx.connect(modes_warehouse, compute=ray_cluster.address, broadcast_max_bytes=SMALL) as lh:
         plan = _plan(lh, q)
         assert plan[0].startswith("Engine: ray (distributed"), plan[0]
         assert plan[0].endswith("planned from estimates, not run)"), plan[0]
@@ -215,32 +215,32 @@ def test_explain_plans_without_running(warehouse: str, ray_cluster: RayCluster) 
 
 
 def test_kept_exists_runs_per_key_range(
-    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
 ) -> None:
     # Q21: EXISTS / NOT EXISTS correlated on l_orderkey stay in the per-task SQL (DuckDB's
     # semi and anti joins); their lineitem is split by the outer lineitem's key ranges
     # (supplier and nation broadcast).
     for broadcast in (MEDIUM, MEDIUM * 2):
-        plan = _checked_plan(warehouse, ray_cluster, tpch.query(21), broadcast)
+        plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(21), broadcast)
         kept = [line for line in plan if line.startswith("Kept correlated subquery")]
         assert len(kept) == 2, plan
         assert not any("ARRAY_AGG" in line or "shuffle" in line for line in plan), plan
         assert sum("by ranges of l_orderkey" in line for line in plan) == 3, plan
         assert any("per task" in line and "NOT EXISTS(SELECT 1" in line for line in plan), plan
     # Q4: one EXISTS, orders and lineitem split by the same ranges.
-    plan = _checked_plan(warehouse, ray_cluster, tpch.query(4), SMALL)
+    plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(4), SMALL)
     assert any("by ranges of o_orderkey" in line for line in plan), plan
     assert any("by ranges of l_orderkey" in line for line in plan), plan
     assert any("per task" in line and "EXISTS(SELECT 1" in line for line in plan), plan
 
 
 def test_kept_scalar_subquery_shuffles_on_correlation_key(
-    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
 ) -> None:
     # Q17: the correlated avg stays in the per-task SQL. lineitem is not clustered on
     # l_partkey: both references are hash-partitioned on it, each reduced to the parts that
     # pass part's filters (part is broadcast) before it moves.
-    plan = _checked_plan(warehouse, ray_cluster, tpch.query(17), MEDIUM)
+    plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(17), MEDIUM)
     assert any(line.startswith("Kept correlated subquery") for line in plan), plan
     shuffles = [line for line in plan if line.startswith("Stage") and "shuffle" in line]
     assert len(shuffles) == 2 and all("on l_partkey" in line for line in shuffles), plan
@@ -248,12 +248,12 @@ def test_kept_scalar_subquery_shuffles_on_correlation_key(
     assert len(reduced) == 2, plan
     assert any("per task" in line and "< (SELECT 0.2 * AVG(" in line for line in plan), plan
     # Broadcast-sized: the subquery's lineitem goes to every task, no shuffle.
-    plan = _checked_plan(warehouse, ray_cluster, tpch.query(17), 32 * 1024 * 1024)
+    plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(17), 32 * 1024 * 1024)
     assert not any("shuffle" in line for line in plan), plan
 
 
 def test_kept_subquery_without_common_key_is_unnested(
-    warehouse: str, ray_cluster: RayCluster
+    modes_warehouse: str, ray_cluster: RayCluster
 ) -> None:
     # partsupp (large) correlates on l_partkey, but lineitem and orders join on the order
     # key: no key partitions all three, so the EXISTS is unnested as sqlglot does it.
@@ -263,24 +263,24 @@ def test_kept_subquery_without_common_key_is_unnested(
         "ps_partkey = l_partkey AND ps_availqty < 100) GROUP BY o_orderpriority "
         "ORDER BY o_orderpriority"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL)
     assert any(line.startswith("Correlated subqueries unnested") for line in plan), plan
     assert not any(line.startswith("Kept correlated subquery") for line in plan), plan
 
 
 def test_small_subqueries_fold_into_their_readers(
-    warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
 ) -> None:
     # Q16: NOT IN (SELECT s_suppkey FROM supplier …) stays in the per-task SQL (supplier is
     # broadcast), no stage of its own.
-    plan = _checked_plan(warehouse, ray_cluster, tpch.query(16), MEDIUM)
+    plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(16), MEDIUM)
     assert any(line.startswith("Uncorrelated subquery kept") for line in plan), plan
     assert any("per task" in line and 'IN (SELECT "__mx_s' in line for line in plan), plan
     # Q22: the unnested avg over customer is a small derived table: folded into the FROM of
     # the stage that reads it (no stage of its own); the NOT EXISTS is kept, orders and
     # customer hash-partitioned on the customer key; the top block's aggregate over the
     # partial aggregates runs on the coordinator.
-    plan = _checked_plan(warehouse, ray_cluster, tpch.query(22), MEDIUM)
+    plan = _checked_plan(modes_warehouse, ray_cluster, tpch.query(22), MEDIUM)
     assert any(line.startswith("Derived table folded into its readers") for line in plan), plan
     per_task = [line for line in plan if line.startswith("  per task")]
     assert any("CROSS JOIN (SELECT AVG(" in line for line in per_task), plan
@@ -289,12 +289,14 @@ def test_small_subqueries_fold_into_their_readers(
     assert any(line.startswith("Coordinator: aggregate and project") for line in plan), plan
 
 
-def test_explain_analyze_shows_measured_stages(warehouse: str, ray_cluster: RayCluster) -> None:
+def test_explain_analyze_shows_measured_stages(
+    modes_warehouse: str, ray_cluster: RayCluster
+) -> None:
     q = (
         "SELECT o_orderpriority, count(*) AS n FROM lineitem JOIN orders ON l_orderkey = "
         "o_orderkey GROUP BY o_orderpriority ORDER BY o_orderpriority"
     )
-    plan = _checked_plan(warehouse, ray_cluster, q, SMALL, analyze=True)
+    plan = _checked_plan(modes_warehouse, ray_cluster, q, SMALL, analyze=True)
     assert plan[0].endswith("stages as run, sizes measured)"), plan[0]
     stages = [line for line in plan if line.startswith("Stage")]
     assert stages and all(" rows, " in line and line.endswith(" ms") for line in stages), plan
