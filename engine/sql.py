@@ -1203,7 +1203,10 @@ def _ident_of(node: exp.Expr) -> TableIdent:
 
 
 def _name(text: str, dialect: str) -> str:
-    node = sqlglot.parse_one(text, read=dialect, into=exp.Table)
+    try:
+        node = sqlglot.parse_one(text, read=dialect, into=exp.Table)
+    except SqlglotError as e:
+        raise SQLError(f"{text!r} is not a table name", sql=text) from e
     return str(_ident_of(node))
 
 

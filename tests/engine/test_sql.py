@@ -644,6 +644,13 @@ def test_table_modifiers_apply_or_are_refused(items: mx.Lakehouse) -> None:
     assert hinted.scalar() == 3  # a locking hint changes no result
 
 
+def test_unparsable_table_names_in_commands_are_sql_errors(lh: mx.Lakehouse) -> None:
+    # Found by the sandbox fuzzer: a raw sqlglot ParseError from OPTIMIZE's table name.
+    for sql in ("OPTIMIZE ``))/--`", "DROP VOLUME ((", "VACUUM ))"):
+        with pytest.raises(SQLError):
+            lh.sql(sql, dialect="bigquery")
+
+
 def test_deep_nesting_is_an_sql_error_not_a_recursion_error(lh: mx.Lakehouse) -> None:
     for sql in (
         "SELECT " + "(" * 300 + "1" + ")" * 300,
