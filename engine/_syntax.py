@@ -143,18 +143,26 @@ _NAMED = (
     (re.compile(r'Referenced column "([^"]+)" not found'), False),
     (re.compile(r'does not have a column named "([^"]+)"'), False),
     (re.compile(r'Referenced table "([^"]+)" not found'), False),
+    (re.compile(r'column "([^"]+)" must appear in the GROUP BY clause'), False),
     (re.compile(r"(?:Scalar|Aggregate|Table) Function with name (\S+) does not exist"), True),
+    (re.compile(r"No function matches the given name and argument types '([^'(]+)\("), True),
 )
+# DuckDB's excerpt of the statement it ran: "LINE n: <text>" and a caret line under it.
+_EXCERPT = re.compile(r"\n\nLINE (\d+): (?P<text>[^\n]*)\n(?P<pad> *)\^[^\n]*")
+_CUT = "..."  # DuckDB's mark for an excerpt cut short
+_LITERALS = frozenset(t for t in TokenType if t.name.endswith("STRING")) | {TokenType.NUMBER}
 
 
 def locate_engine_error(err: SQLError, sql: str, dialect: str) -> SQLError:
-    """Put the user's line and column on an engine error that names an identifier.
+    """Put the user's line and column on an engine error, where they can be known faithfully.
 
-    DuckDB runs a translation of the user's statement (tables inlined as scans, functions
-    expanded), so the position in its ``LINE n:`` excerpt is not the user's. The identifier it
-    names is searched for in the user's ``sql`` instead (string literals and comments are not
-    searched); only when it occurs exactly once is the position faithful, and only then is it
-    set. Returns ``err``, changed in place (its DuckDB excerpt dropped when a position is set).
+    DuckDB runs a translation of the user's statement (tables inlined as scans of their files,
+    functions expanded), so its ``LINE n:`` excerpt and caret are positions in that text, not
+    the user's. Two faithful mappings: the identifier the error names (an unknown column, table
+    or function) occurs exactly once in the user's ``sql`` (string literals and comments are
+    not searched), or DuckDB's excerpt is the user's own text, found once. Otherwise no
+    position is set. An excerpt that is not the user's text is dropped (it would show the
+    translation: file paths of the scans). Returns ``err``, changed in place.
 
     Example:
         >>> err = SQLError('Binder Error: Referenced column "nme" not found in FROM clause!')
@@ -165,36 +173,67 @@ def locate_engine_error(err: SQLError, sql: str, dialect: str) -> SQLError:
     """
     if err.line is not None:
         return err
-    named = next(((m, f) for p, f in _NAMED if (m := p.search(err.message))), None)
-    if named is None:
+    message, offset = err.message, None
+    excerpt = _EXCERPT.search(message)
+    if excerpt is not None:
+        message = message[: excerpt.start()] + message[excerpt.end() :]
+        offset = _excerpt_offset(excerpt, sql)
+    start = _named_offset(message, sql, dialect)
+    if start is None:
+        start = offset
+    if start is None:
+        if excerpt is not None and offset is None and _excerpt_text(excerpt) not in sql:
+            err.message = message  # the translation's text: not shown
+            err.args = (message,)
         return err
+    line = sql.count("\n", 0, start) + 1
+    col = start - (sql.rfind("\n", 0, start) + 1) + 1
+    err.message = f"{message} (line {line}, column {col})"
+    err.args = (err.message,)
+    err.line, err.col, err.sql = line, col, sql
+    return err
+
+
+def _named_offset(message: str, sql: str, dialect: str) -> int | None:
+    """Where the identifier the message names is in ``sql``, when it occurs there once."""
+    named = next(((m, f) for p, f in _NAMED if (m := p.search(message))), None)
+    if named is None:
+        return None
     found, function = named
     name = found.group(1)
     try:
         tokens = Dialect.get_or_raise(dialect).tokenize(sql)
     except SqlglotError:
-        return err
+        return None
     hits = [
         tok
         for i, tok in enumerate(tokens)
-        if tok.token_type in (TokenType.VAR, TokenType.IDENTIFIER)
-        and (
+        if (
             tok.text == name
             if tok.token_type == TokenType.IDENTIFIER
-            else tok.text.lower() == name.lower()
+            else tok.text.lower() == name.lower() and tok.token_type not in _LITERALS
         )
         and (
             not function or (i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN)
         )
     ]
-    if len(hits) != 1:
-        return err
-    line, col = _position(sql, hits[0])
-    message = err.message
-    cut = message.find("\n\nLINE ")
-    if cut >= 0:
-        message = message[:cut]  # DuckDB's excerpt of its translation, not the user's text
-    err.message = f"{message} (line {line}, column {col})"
-    err.args = (err.message,)
-    err.line, err.col, err.sql = line, col, sql
-    return err
+    return hits[0].start if len(hits) == 1 else None
+
+
+def _excerpt_text(excerpt: re.Match[str]) -> str:
+    text = excerpt.group("text")
+    text = text[len(_CUT) :] if text.startswith(_CUT) else text
+    return text[: -len(_CUT)] if text.endswith(_CUT) else text
+
+
+def _excerpt_offset(excerpt: re.Match[str], sql: str) -> int | None:
+    """The caret's offset in ``sql`` when DuckDB's excerpt is the user's text, found once."""
+    text = _excerpt_text(excerpt)
+    at = sql.find(text) if text.strip() else -1
+    if at < 0 or sql.find(text, at + 1) >= 0:
+        return None
+    # The caret line is indented past "LINE n: " and any leading cut mark.
+    lead = len(f"LINE {excerpt.group(1)}: ")
+    lead += len(_CUT) if excerpt.group("text").startswith(_CUT) else 0
+    caret = len(excerpt.group("pad")) - lead
+    return at + caret if 0 <= caret <= len(text) else None

@@ -53,3 +53,31 @@ def test_unknown_function_is_placed_and_other_errors_stay_unplaced(lh: mx.Lakeho
         lh.sql("SELECT nme FROM raw.t WHERE nme > 1")
     assert (err.value.line, err.value.col) == (None, None)
     assert "(line" not in str(err.value)
+
+
+def test_group_by_and_argument_type_errors_are_placed(lh: mx.Lakehouse) -> None:
+    _table(lh)
+    with pytest.raises(SQLError, match="GROUP BY") as err:
+        lh.sql("SELECT id, name FROM raw.t GROUP BY id")
+    assert (err.value.line, err.value.col) == (1, 12)
+    with pytest.raises(SQLError, match="No function matches") as err:
+        lh.sql("SELECT id,\n       lower(id) FROM raw.t")
+    assert (err.value.line, err.value.col) == (2, 8)
+
+
+def test_duckdb_excerpt_maps_only_when_it_is_the_users_text(lh: mx.Lakehouse) -> None:
+    # Nothing translated: DuckDB's excerpt is the user's text, so its caret is the user's.
+    with pytest.raises(SQLError, match="Could not convert string 'x'") as err:
+        lh.sql("SELECT 1, CAST('x' AS INT)")
+    assert (err.value.line, err.value.col) == (1, 11)
+    assert "LINE " not in str(err.value)
+    # Laid out differently from the text DuckDB ran (one line): no position rather than a guess.
+    with pytest.raises(SQLError, match="Could not convert string 'x'") as err:
+        lh.sql("SELECT 1,\n  CAST('x' AS INT)")
+    assert (err.value.line, err.value.col) == (None, None)
+    # A table read inlines a scan of its files: that excerpt is never shown, nor its position.
+    _table(lh)
+    with pytest.raises(SQLError, match="Could not convert string 'abc'") as err:
+        lh.sql("SELECT * FROM raw.t WHERE id = 'abc'")
+    assert (err.value.line, err.value.col) == (None, None)
+    assert "LINE " not in str(err.value) and ".parquet" not in str(err.value)
