@@ -117,7 +117,7 @@ def _unknown_statement(sql: str, dialect: str) -> SQLError | None:
     """An error for the first statement that starts with a word no statement starts with."""
     for tok in statement_starts(sql, dialect):
         if tok.token_type == TokenType.VAR and tok.text.upper() not in STATEMENT_WORDS:
-            line, col = _position(sql, tok)
+            line, col = _position(sql, tok.start)
             close = difflib.get_close_matches(tok.text.upper(), STATEMENT_WORDS, n=1)
             return SQLError(
                 f"unknown statement {tok.text!r}",
@@ -131,10 +131,10 @@ def _unknown_statement(sql: str, dialect: str) -> SQLError | None:
     return None
 
 
-def _position(sql: str, tok: Token) -> tuple[int, int]:
-    """1-based line and column of the token's first character."""
-    line = sql.count("\n", 0, tok.start) + 1
-    col = tok.start - (sql.rfind("\n", 0, tok.start) + 1) + 1
+def _position(sql: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``offset`` of ``sql``."""
+    line = sql.count("\n", 0, offset) + 1
+    col = offset - (sql.rfind("\n", 0, offset) + 1) + 1
     return line, col
 
 
@@ -186,8 +186,7 @@ def locate_engine_error(err: SQLError, sql: str, dialect: str) -> SQLError:
             err.message = message  # the translation's text: not shown
             err.args = (message,)
         return err
-    line = sql.count("\n", 0, start) + 1
-    col = start - (sql.rfind("\n", 0, start) + 1) + 1
+    line, col = _position(sql, start)
     err.message = f"{message} (line {line}, column {col})"
     err.args = (err.message,)
     err.line, err.col, err.sql = line, col, sql
