@@ -134,7 +134,7 @@ def test_parquet(tmp_path: Path) -> None:
 def test_format_override(tmp_path: Path) -> None:
     path = write(tmp_path / "export.txt", "a,b\n1,2\n")
     assert read_files([path], format="csv").to_pydict() == {"a": [1], "b": [2]}
-    with pytest.raises(ValueError, match="unknown file format .xml."):
+    with pytest.raises(ValueError, match="unknown file format 'xml'"):
         read_files([path], format="xml")
 
 
