@@ -68,21 +68,30 @@ class RayCluster:
         return out
 
     @staticmethod
-    def connected_to(pid: int, port: int) -> bool:
-        """Whether process ``pid`` has a TCP connection open to ``port`` on this machine."""
+    def waiting_on(pid: int, port: int) -> bool:
+        """Whether process ``pid`` has sent a request on a TCP connection to ``port`` on this
+        machine that the server has not read yet (the server's end holds unread bytes): it
+        waits on that server, for as long as the server is stopped (SIGSTOP)."""
         try:
-            inodes = {
-                os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:[") : -1]
-                for fd in os.listdir(f"/proc/{pid}/fd")
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
-            }
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             return False
+        inodes = set()
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+        rows = []  # (local address, remote address, bytes not yet read, inode)
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             with contextlib.suppress(OSError), open(table) as f:
                 for line in f.readlines()[1:]:
                     fields = line.split()
-                    remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                    if remote_port == port and fields[9] in inodes:
-                        return True
-        return False
+                    unread = int(fields[4].split(":")[1], 16)
+                    rows.append((fields[1], fields[2], unread, fields[9]))
+        mine = {
+            (local, remote)
+            for local, remote, _, inode in rows
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port
+        }
+        return any(unread and (remote, local) in mine for local, remote, unread, _ in rows)
