@@ -156,8 +156,9 @@ def consume(refs: list[Any], wait_s: float = 2.0) -> None:
             return
 
         def fetch() -> None:
+            # Ray ends a thread blocked in get with SystemExit when the driver shuts down.
             for ref in rest:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, SystemExit):
                     get(ref)
 
         threading.Thread(target=fetch, name="matrixos-consume", daemon=True).start()
