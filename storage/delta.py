@@ -29,10 +29,6 @@ from deltalake.exceptions import (
 )
 from tenacity import (
     RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
 )
 
 from matrixos.errors import (
@@ -48,6 +44,7 @@ from matrixos.errors import (
 from matrixos.storage._delta_compaction import CompactionConflict, compact
 from matrixos.storage._delta_compaction import unsupported as compaction_unsupported
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
+from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 
 log = logging.getLogger(__name__)
@@ -411,12 +408,7 @@ class DeltaStore:
         """
         retries = self.commit_retries if retries is None else retries
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type((CommitFailedError, CompactionConflict)),
-                stop=stop_after_attempt(retries + 1),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                reraise=False,
-            ):
+            for attempt in commit_retrying((CommitFailedError, CompactionConflict), retries):
                 with attempt:
                     dt = self.open()
                     try:
@@ -440,11 +432,7 @@ class DeltaStore:
                     # ``dt`` stands at our commit (see _write): its version is ours.
                     return WriteResult(dt.version(), dict(metrics or {}))
         except RetryError as e:
-            raise ConcurrentWriteError(
-                f"{op} on {self.location} conflicted with concurrent writers "
-                f"{retries + 1} times; nothing was written",
-                hint="retry later, or raise MATRIXOS_COMMIT_RETRIES",
-            ) from e
+            raise gave_up(op, self.location, retries) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- maintenance ------------------------------------------------------------------------

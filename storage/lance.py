@@ -28,6 +28,7 @@ from matrixos.errors import (
     VersionNotFound,
 )
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
+from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import to_arrow_table
 from matrixos.storage.delta import WriteResult, cast_to, check_merge_source, conform
 
@@ -462,28 +463,14 @@ class LanceStore:
     def _with_retries(self, op: str, fn: Callable[[], T], retries: int) -> T:
         """``fn()``, again after a ``ConcurrentWriteError`` (jittered exponential backoff, as
         ``DeltaStore.run_with_retries``), at most ``retries`` more times."""
-        from tenacity import (
-            RetryError,
-            Retrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_random_exponential,
-        )
+        from tenacity import RetryError
 
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(ConcurrentWriteError),
-                stop=stop_after_attempt(retries + 1),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            ):
+            for attempt in commit_retrying(ConcurrentWriteError, retries):
                 with attempt:
                     return fn()
         except RetryError as e:
-            raise ConcurrentWriteError(
-                f"{op} on {self.location} conflicted with concurrent writers "
-                f"{retries + 1} times; nothing was written",
-                hint="retry later, or raise MATRIXOS_COMMIT_RETRIES",
-            ) from e
+            raise gave_up(op, self.location, retries) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _compact(self) -> Any:
