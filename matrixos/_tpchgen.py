@@ -1,4 +1,4 @@
-"""TPC-H generator script, run by ``matrixos._tpch`` in the generator's own venv.
+"""TPC-H generator script, run by ``matrixos.tpch`` in the generator's own venv.
 
 Usage: ``python _tpchgen.py OUT_DIR SCALE``. It imports nothing but the standard library and
 DuckDB 1.4.4 (whose ``tpch`` extension binary comes from the ``duckdb-ext-tpch`` wheel and is

@@ -6,7 +6,7 @@ history and Polars interop. Re-running it on the same warehouse works: the table
 (a new version each), so every step starts from the same data.
 
 The sample data is generated once and cached under ``~/.cache/matrixos/tpch`` (or
-``$MATRIXOS_TPCH_DIR``); see ``matrixos._tpch``. Only that first run needs the package index.
+``$MATRIXOS_TPCH_DIR``); see ``matrixos.tpch``. Only that first run needs the package index.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matrixos import _tpch
+from matrixos import tpch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -118,13 +118,13 @@ def run_demo(
     con.print(f"warehouse [bold]{root}[/], TPC-H scale factor {scale:g}")
 
     with _step(con, "1. Sample data", "TPC-H, generated once and cached"):
-        data = _tpch.cached(scale, log=lambda m: con.print(f"[dim]{escape(m)}[/]"))
+        data = tpch.cached(scale, log=lambda m: con.print(f"[dim]{escape(m)}[/]"))
         con.print(f"[dim]{data.root}[/]")
 
     lh = mx.connect(root)
     try:
         with _step(con, "2. Load", f"eight tables into schema {SCHEMA!r} with lh.create_table"):
-            rows = _tpch.load(lh, data, SCHEMA, replace=True)
+            rows = tpch.load(lh, data, SCHEMA, replace=True)
             _print_rows(
                 con,
                 ["table", "rows", "version"],

@@ -1,7 +1,7 @@
 """``run_demo``: the Quickstart's tour on TPC-H sf=0.01 — tables, MERGE, idempotent re-runs —
 and the TPC-H generator behind it.
 
-The generated data and the generator's venv are cached in ``_tpch.default_cache()``
+The generated data and the generator's venv are cached in ``matrixos.tpch.default_cache()``
 (``~/.cache/matrixos/tpch``), so only the first run on a machine needs the package index.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 import matrixos as mx
-from matrixos import _tpch
+from matrixos import tpch as mx_tpch
 from matrixos.demo import next_steps, run_demo
 from matrixos.errors import TpchError
 
@@ -25,9 +25,9 @@ SCALE = 0.01
 
 
 @pytest.fixture(scope="module")
-def tpch() -> _tpch.TpchData:
+def tpch() -> mx_tpch.TpchData:
     # CI has the package index: a failure to generate is a real failure, not a skip.
-    return _tpch.cached(SCALE)
+    return mx_tpch.cached(SCALE)
 
 
 def _run(warehouse: Path) -> str:
@@ -44,7 +44,7 @@ def _customers(lh: mx.Lakehouse, version: int | None = None) -> list[tuple[objec
     ).fetchall()
 
 
-def test_demo_loads_tpch_and_merges(tmp_path: Path, tpch: _tpch.TpchData) -> None:
+def test_demo_loads_tpch_and_merges(tmp_path: Path, tpch: mx_tpch.TpchData) -> None:
     text = _run(tmp_path / "wh")
     for step in ("Load", "A join", "TPC-H Q1", "MERGE", "Time travel", "History", "Polars"):
         assert step in text
@@ -55,8 +55,8 @@ def test_demo_loads_tpch_and_merges(tmp_path: Path, tpch: _tpch.TpchData) -> Non
     for hint in hints:
         assert hint in lines, hint
     with mx.connect(str(tmp_path / "wh")) as lh:
-        assert sorted(lh.tables("tpch")) == sorted(f"main.tpch.{t}" for t in _tpch.TABLES)
-        for t in _tpch.TABLES:
+        assert sorted(lh.tables("tpch")) == sorted(f"main.tpch.{t}" for t in mx_tpch.TABLES)
+        for t in mx_tpch.TABLES:
             extra = 2 if t == "customer" else 0  # the MERGE inserted two customers
             assert lh.table(f"tpch.{t}").count() == tpch.num_rows(t) + extra, t
         customer = lh.table("tpch.customer")
@@ -71,7 +71,7 @@ def test_demo_loads_tpch_and_merges(tmp_path: Path, tpch: _tpch.TpchData) -> Non
         assert [r[0] for r in after[3:]] == [max_key + 1, max_key + 2]
 
 
-def test_demo_runs_again_on_the_same_warehouse(tmp_path: Path, tpch: _tpch.TpchData) -> None:
+def test_demo_runs_again_on_the_same_warehouse(tmp_path: Path, tpch: mx_tpch.TpchData) -> None:
     _run(tmp_path / "wh")
     with mx.connect(str(tmp_path / "wh")) as lh:
         first = _customers(lh)
@@ -106,37 +106,37 @@ def test_generator_failure_is_explained(tmp_path: Path, monkeypatch: pytest.Monk
     assert "duckdb==1.4.4" in str(err.value)  # pip's own last lines are quoted
     assert err.value.hint is not None and "package index" in err.value.hint
     with pytest.raises(TpchError):
-        _tpch.cached(SCALE, log=lines.append)
+        mx_tpch.cached(SCALE, log=lines.append)
     assert any("installing duckdb==1.4.4" in line for line in lines)  # progress was shown
     # Nothing half-written: no venv, no data set, no temporary folder left behind.
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
 
 
 def test_generation_is_offline_once_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpch: _tpch.TpchData
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpch: mx_tpch.TpchData
 ) -> None:
     _no_package_index(monkeypatch, tmp_path)  # the cached venv needs no index
     lines: list[str] = []
-    data = _tpch.generate(tmp_path / "sf0.01", SCALE, log=lines.append)
+    data = mx_tpch.generate(tmp_path / "sf0.01", SCALE, log=lines.append)
     assert data.complete() and data.root == (tmp_path / "sf0.01").resolve()
     assert not any("installing" in line for line in lines)
     assert any("lineitem: 60,175 rows" in line for line in lines)
-    rows = {t: data.num_rows(t) for t in _tpch.TABLES}
-    assert rows == {t: tpch.num_rows(t) for t in _tpch.TABLES}
+    rows = {t: data.num_rows(t) for t in mx_tpch.TABLES}
+    assert rows == {t: tpch.num_rows(t) for t in mx_tpch.TABLES}
     assert rows["nation"] == 25 and rows["region"] == 5 and rows["customer"] == 1500
     assert "l_returnflag" in data.query(1) and "FROM\n    lineitem" in data.query(1)
-    assert [data.answer(n) is not None for n in _tpch.QUERIES] == [True] * 22
+    assert [data.answer(n) is not None for n in mx_tpch.QUERIES] == [True] * 22
     first = (data.answer(6) or tmp_path).read_text().splitlines()
     assert first[0] == "revenue" and float(first[1]) > 0  # pipe-separated, with a header
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sf0.01-")]  # renamed
     # A complete data set is kept as it is.
     before = data.parquet("region").stat().st_mtime_ns
-    assert _tpch.generate(tmp_path / "sf0.01", SCALE).parquet("region").stat().st_mtime_ns == (
+    assert mx_tpch.generate(tmp_path / "sf0.01", SCALE).parquet("region").stat().st_mtime_ns == (
         before
     )
 
 
 def test_bad_scale_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TpchError, match="must be positive"):
-        _tpch.generate(tmp_path / "x", 0)
+        mx_tpch.generate(tmp_path / "x", 0)
     assert not (tmp_path / "x").exists()

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from benchmarks.tpch import extras
 from benchmarks.tpch.bench import QueryResult, prepare, run_queries
-from matrixos._tpch import QUERIES
+from matrixos.tpch import QUERIES
 
 
 def _parse_queries(text: str) -> list[int]:

@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 
 import matrixos as mx
 from benchmarks.tpch.compare import compare_answer, compare_tables
-from matrixos._tpch import TABLES, TpchData, generate, load
+from matrixos.tpch import TABLES, TpchData, generate, load
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import matrixos as mx
 from benchmarks.tpch.__main__ import _parse_queries
 from benchmarks.tpch.bench import DATA_ROOT, _timed
-from matrixos._tpch import QUERIES, generate, load_split
+from matrixos.tpch import QUERIES, generate, load_split
 
 
 def _run(lh: mx.Lakehouse, sql: str, engine: Literal["local", "ray"]) -> pa.Table:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import matrixos as mx
 from benchmarks.tpch.bench import duckdb_connection
 from benchmarks.tpch.compare import compare_tables
-from matrixos._tpch import TpchData
+from matrixos.tpch import TpchData
 
 SMALL_FILE_ROWS = 1_000_000
 SMALL_FILE_BATCH = 1_000

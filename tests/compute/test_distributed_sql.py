@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import matrixos as mx
-from matrixos import _tpch
+from matrixos import tpch as mx_tpch
 from matrixos.compute import ComputePool
 from matrixos.errors import ConfigError, SQLError
 
@@ -38,11 +38,11 @@ FILES = 6
 
 
 @pytest.fixture(scope="session")
-def tpch() -> _tpch.TpchData:
-    return _tpch.generate(_tpch.default_cache() / f"sf{SCALE:g}", SCALE)
+def tpch() -> mx_tpch.TpchData:
+    return mx_tpch.generate(mx_tpch.default_cache() / f"sf{SCALE:g}", SCALE)
 
 
-def _load(lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
+def _load(lh: mx.Lakehouse, tpch: mx_tpch.TpchData) -> None:
     rows = pq.read_table(tpch.parquet("lineitem")).sort_by("l_shipdate")
     step = -(-rows.num_rows // FILES)
     for i in range(FILES):
@@ -59,7 +59,7 @@ def tpch_ray_lh(
     request: pytest.FixtureRequest,
     ray_pool: ComputePool,
     ray_cluster: RayCluster,
-    tpch: _tpch.TpchData,
+    tpch: mx_tpch.TpchData,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[mx.Lakehouse]:
     """A warehouse (local folder, then S3) with lineitem and orders, on the Ray cluster."""
@@ -85,7 +85,7 @@ def _plan(lh: mx.Lakehouse, sql: str, engine: str = "ray") -> list[str]:
     return [str(x) for x in lh.sql("EXPLAIN " + sql, engine=engine).to_arrow()["plan"].to_pylist()]
 
 
-def test_tpch_q1_and_q6_equal_local(tpch_ray_lh: mx.Lakehouse, tpch: _tpch.TpchData) -> None:
+def test_tpch_q1_and_q6_equal_local(tpch_ray_lh: mx.Lakehouse, tpch: mx_tpch.TpchData) -> None:
     q1 = _same(tpch_ray_lh, tpch.query(1))
     assert q1.num_rows == 4 and q1.column_names[0] == "l_returnflag"
     q6 = _same(tpch_ray_lh, tpch.query(6))
@@ -170,7 +170,7 @@ def test_other_queries_run_locally_and_explain_says_so(tpch_ray_lh: mx.Lakehouse
 
 
 def test_auto_engine_picks_by_scanned_bytes(
-    tpch_ray_lh: mx.Lakehouse, tpch: _tpch.TpchData
+    tpch_ray_lh: mx.Lakehouse, tpch: mx_tpch.TpchData
 ) -> None:
     q = tpch.query(1)
     first = _plan(tpch_ray_lh, q, engine="auto")[0]
@@ -205,7 +205,7 @@ def test_engine_ray_needs_a_ray_pool(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("task", "n"), [("run_fragment", 1), ("run_stage", 4)])
 def test_worker_killed_mid_query_still_gives_the_right_answer(
-    ray_pool: ComputePool, ray_cluster: RayCluster, tpch: _tpch.TpchData, task: str, n: int
+    ray_pool: ComputePool, ray_cluster: RayCluster, tpch: mx_tpch.TpchData, task: str, n: int
 ) -> None:
     """A Ray worker running a fragment (or a stage's task) is killed (SIGKILL); the task is
     retried elsewhere.

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 import matrixos as mx
-from matrixos import _tpch
+from matrixos import tpch as mx_tpch
 from matrixos.compute import ComputePool
 
 try:
@@ -28,20 +28,20 @@ MEDIUM = 64 * 1024  # lineitem, orders (and partsupp) large; supplier, nation, p
 
 
 @pytest.fixture(scope="module")
-def tpch() -> _tpch.TpchData:
-    return _tpch.generate(_tpch.default_cache() / f"sf{SCALE:g}", SCALE)
+def tpch() -> mx_tpch.TpchData:
+    return mx_tpch.generate(mx_tpch.default_cache() / f"sf{SCALE:g}", SCALE)
 
 
 @pytest.fixture(scope="module")
 def modes_warehouse(
     ray_pool: ComputePool,
     ray_cluster: RayCluster,
-    tpch: _tpch.TpchData,
+    tpch: mx_tpch.TpchData,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
     uri = str(tmp_path_factory.mktemp("tpch"))
     with mx.connect(uri, compute=ray_cluster.address) as lh:
-        _tpch.load_split(lh, tpch, FILES)
+        mx_tpch.load_split(lh, tpch, FILES)
     return uri
 
 
@@ -75,8 +75,8 @@ def _assert_same(local: pa.Table, dist: pa.Table, what: str) -> None:
             assert b == a, f"{what}: {name}"
 
 
-@pytest.mark.parametrize("n", _tpch.QUERIES, ids=[f"q{n:02d}" for n in _tpch.QUERIES])
-def test_tpch_query_equals_local(modes_lh: mx.Lakehouse, tpch: _tpch.TpchData, n: int) -> None:
+@pytest.mark.parametrize("n", mx_tpch.QUERIES, ids=[f"q{n:02d}" for n in mx_tpch.QUERIES])
+def test_tpch_query_equals_local(modes_lh: mx.Lakehouse, tpch: mx_tpch.TpchData, n: int) -> None:
     sql = tpch.query(n)
     local = modes_lh.sql(sql, engine="local").to_arrow()
     dist = modes_lh.sql(sql, engine="ray").to_arrow()
@@ -215,7 +215,7 @@ def test_explain_plans_without_running(modes_warehouse: str, ray_cluster: RayClu
 
 
 def test_kept_exists_runs_per_key_range(
-    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: mx_tpch.TpchData
 ) -> None:
     # Q21: EXISTS / NOT EXISTS correlated on l_orderkey stay in the per-task SQL (DuckDB's
     # semi and anti joins); their lineitem is split by the outer lineitem's key ranges
@@ -235,7 +235,7 @@ def test_kept_exists_runs_per_key_range(
 
 
 def test_kept_scalar_subquery_shuffles_on_correlation_key(
-    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: mx_tpch.TpchData
 ) -> None:
     # Q17: the correlated avg stays in the per-task SQL. lineitem is not clustered on
     # l_partkey: both references are hash-partitioned on it, each reduced to the parts that
@@ -269,7 +269,7 @@ def test_kept_subquery_without_common_key_is_unnested(
 
 
 def test_small_subqueries_fold_into_their_readers(
-    modes_warehouse: str, ray_cluster: RayCluster, tpch: _tpch.TpchData
+    modes_warehouse: str, ray_cluster: RayCluster, tpch: mx_tpch.TpchData
 ) -> None:
     # Q16: NOT IN (SELECT s_suppkey FROM supplier …) stays in the per-task SQL (supplier is
     # broadcast), no stage of its own.
