@@ -58,6 +58,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matrixos.config import ZONE_LABEL
 from matrixos.engine.lru import LRU
 from matrixos.storage.warehouse import is_remote
 
@@ -482,8 +483,6 @@ def _alive_nodes() -> list[_NodeInfo]:
     stamp, nodes = _NODES
     if time.monotonic() - stamp < _NODES_TTL_S:
         return nodes
-    from matrixos.compute import ZONE_LABEL
-
     nodes = [
         _NodeInfo(
             n["NodeID"],
@@ -584,8 +583,6 @@ def _zone_of(files: Sequence[FileEntry], zones: Mapping[str, str] | None) -> str
 def _in_zone(zone: str, total: int) -> Placement:
     """Ray's label scheduling, soft: a node of ``zone`` when one has room, else any."""
     from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
-
-    from matrixos.compute import ZONE_LABEL
 
     strategy = NodeLabelSchedulingStrategy(hard={}, soft={ZONE_LABEL: In(zone)})
     return Placement(strategy, zone=zone, total_bytes=total)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -55,6 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from matrixos.config import ZONE_LABEL as ZONE_LABEL
+from matrixos.config import ZONE_RESOURCE_PREFIX as ZONE_RESOURCE_PREFIX
+from matrixos.config import ComputeTarget as ComputeTarget
+from matrixos.config import parse_compute as parse_compute
 from matrixos.errors import ComputeError, ConfigError
 
 if TYPE_CHECKING:
@@ -74,11 +77,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ZONE_RESOURCE_PREFIX = "zone:"
-ZONE_LABEL = "matrixos.io/zone"
 _ACCELERATOR_PREFIX = "accelerator_type:"
 _ACCELERATOR_LABEL = "ray.io/accelerator-type"
-_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 # Variables Ray reads for authentication and node addressing; restored on shutdown.
 _RAY_ENV = (
     "RAY_AUTH_MODE",
@@ -86,80 +86,6 @@ _RAY_ENV = (
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
     "RAY_USAGE_STATS_ENABLED",
 )
-
-
-# -- configuration ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ComputeTarget:
-    """What ``Settings.compute`` names: ``local``, a private Ray runtime, or a Ray cluster."""
-
-    kind: Literal["local", "ray"]
-    address: str | None = None  # None with kind "ray": a private runtime
-
-    @property
-    def private(self) -> bool:
-        return self.kind == "ray" and self.address is None
-
-    @property
-    def client(self) -> bool:
-        return bool(self.address and self.address.startswith("ray://"))
-
-    @property
-    def node_ip(self) -> str | None:
-        """The driver's node address when the cluster is on a loopback address.
-
-        Ray would otherwise look for the local raylet at the machine's interface address
-        (its ``resolve_ip_for_localhost``), where a loopback-only node is not.
-        """
-        if self.address is None or self.client:
-            return None
-        host = self.address.rsplit(":", 1)[0].strip("[]")
-        return host if _is_loopback(host) else None
-
-
-def parse_compute(value: str, env: Mapping[str, str] | None = None) -> ComputeTarget:
-    """The target ``value`` names; ``ray`` reads ``RAY_ADDRESS`` from ``env`` (default
-    ``os.environ``). Raises ``ConfigError`` for anything else.
-
-    Example:
-        >>> parse_compute("ray://10.0.0.5:10001", env={})
-        ComputeTarget(kind='ray', address='ray://10.0.0.5:10001')
-        >>> parse_compute("ray", env={}).private
-        True
-    """
-    env = os.environ if env is None else env
-    text = (value or "").strip()
-    if text.lower() == "local":
-        return ComputeTarget("local")
-    if text.lower() == "ray":
-        address = (env.get("RAY_ADDRESS") or "").strip()
-        if not address or address in ("local", "auto"):
-            return ComputeTarget("ray")
-        return ComputeTarget("ray", _check_address(address, "RAY_ADDRESS"))
-    if text.startswith("ray://") or _HOST_PORT.match(text):
-        return ComputeTarget("ray", _check_address(text, "compute"))
-    raise ConfigError(
-        f"compute={value!r} is not a compute target",
-        hint="use 'local', 'ray' (a private runtime, or the cluster in RAY_ADDRESS), "
-        "'ray://host:port' (Ray client) or 'host:port' (a cluster's GCS address)",
-    )
-
-
-def _check_address(address: str, what: str) -> str:
-    rest = address[len("ray://") :] if address.startswith("ray://") else address
-    m = _HOST_PORT.match(rest)
-    if not m or not 0 < int(m.group("port")) < 65536:
-        raise ConfigError(f"{what}={address!r} is not host:port or ray://host:port")
-    return address
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- the auth token -----------------------------------------------------------------------------

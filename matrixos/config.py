@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -16,6 +20,12 @@ from matrixos.storage.options import (
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT,
 )
+
+# Where a node's storage zone shows to Ray's schedulers: a resource ``zone:<name>`` and a node
+# label (see matrixos.compute's ``ray_start_command``; the engine's placement reads the label).
+ZONE_RESOURCE_PREFIX = "zone:"
+ZONE_LABEL = "matrixos.io/zone"
+_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 
 
 class Settings(BaseSettings):
@@ -183,3 +193,77 @@ def check_names(given: Iterable[str], valid: Iterable[str], *, what: str) -> Non
         raise ConfigError(
             f"unknown {what} {name!r}{guess}", hint=f"valid {what}s: {', '.join(names)}"
         )
+
+
+# -- the compute target ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ComputeTarget:
+    """What ``Settings.compute`` names: ``local``, a private Ray runtime, or a Ray cluster."""
+
+    kind: Literal["local", "ray"]
+    address: str | None = None  # None with kind "ray": a private runtime
+
+    @property
+    def private(self) -> bool:
+        return self.kind == "ray" and self.address is None
+
+    @property
+    def client(self) -> bool:
+        return bool(self.address and self.address.startswith("ray://"))
+
+    @property
+    def node_ip(self) -> str | None:
+        """The driver's node address when the cluster is on a loopback address.
+
+        Ray would otherwise look for the local raylet at the machine's interface address
+        (its ``resolve_ip_for_localhost``), where a loopback-only node is not.
+        """
+        if self.address is None or self.client:
+            return None
+        host = self.address.rsplit(":", 1)[0].strip("[]")
+        return host if _is_loopback(host) else None
+
+
+def parse_compute(value: str, env: Mapping[str, str] | None = None) -> ComputeTarget:
+    """The target ``value`` names; ``ray`` reads ``RAY_ADDRESS`` from ``env`` (default
+    ``os.environ``). Raises ``ConfigError`` for anything else.
+
+    Example:
+        >>> parse_compute("ray://10.0.0.5:10001", env={})
+        ComputeTarget(kind='ray', address='ray://10.0.0.5:10001')
+        >>> parse_compute("ray", env={}).private
+        True
+    """
+    env = os.environ if env is None else env
+    text = (value or "").strip()
+    if text.lower() == "local":
+        return ComputeTarget("local")
+    if text.lower() == "ray":
+        address = (env.get("RAY_ADDRESS") or "").strip()
+        if not address or address in ("local", "auto"):
+            return ComputeTarget("ray")
+        return ComputeTarget("ray", _check_compute_address(address, "RAY_ADDRESS"))
+    if text.startswith("ray://") or _HOST_PORT.match(text):
+        return ComputeTarget("ray", _check_compute_address(text, "compute"))
+    raise ConfigError(
+        f"compute={value!r} is not a compute target",
+        hint="use 'local', 'ray' (a private runtime, or the cluster in RAY_ADDRESS), "
+        "'ray://host:port' (Ray client) or 'host:port' (a cluster's GCS address)",
+    )
+
+
+def _check_compute_address(address: str, what: str) -> str:
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
+    m = _HOST_PORT.match(rest)
+    if not m or not 0 < int(m.group("port")) < 65536:
+        raise ConfigError(f"{what}={address!r} is not host:port or ray://host:port")
+    return address
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
