@@ -2,6 +2,18 @@
 
 Every file is read and checked before anything is written, so a malformed file is refused
 (``IngestError`` with its file, line and column) and the table stays at its previous version.
+
+The table is resolved and authorized through the ``TableService`` for the ``Principal`` who
+asks, before any file is read: an existing table needs ``MODIFY``, a new one ``CREATE`` on its
+schema (its creator owns it). Rows are written through the table's ``TableStore``.
+
+Example:
+    >>> import tempfile, matrixos as mx
+    >>> lh = mx.connect(tempfile.mkdtemp())
+    >>> with open("prices.csv", "w") as f:
+    ...     _ = f.write("id,price\\n1,9.5\\n2,3.25\\n")
+    >>> print(ingest(lh.service, lh.principal, ["prices.csv"], "shop.prices"))
+    create 2 rows from 1 file(s) into main.shop.prices (version 0, ...s)
 """
 
 from __future__ import annotations
@@ -9,18 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pyarrow as pa
 
-from matrixos.catalog import TableIdent
+from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog.access import Principal
+from matrixos.catalog.service import TableService
 from matrixos.connectors.files import list_files, normalize_format, read_files
-from matrixos.errors import SchemaMismatch
+from matrixos.errors import SchemaMismatch, TableNotFound
 from matrixos.storage.delta import conform
 from matrixos.storage.warehouse import filesystem_for
-
-if TYPE_CHECKING:
-    from matrixos.session import Lakehouse
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,34 @@ class IngestSummary:
         )
 
 
+def find_table(
+    service: TableService, principal: Principal, ident: TableIdent, *privileges: str
+) -> TableInfo | None:
+    """The catalog entry of ``ident`` checked for each of ``privileges`` (``AccessDenied``);
+    None when there is no such table, after checking that ``principal`` may create it."""
+    try:
+        info = service.resolve(principal, ident, privileges[0])
+    except TableNotFound:
+        principal.check("CREATE", f"{ident.catalog}.{ident.schema}")
+        return None
+    for privilege in privileges[1:]:
+        service.authorize(principal, privilege, info)
+    return info
+
+
+def table_schema(service: TableService, info: TableInfo) -> pa.Schema:
+    """The schema of the table's latest version; a managed table without data says why."""
+    try:
+        return service.store(info).schema()
+    except TableNotFound as e:
+        if info.external:
+            raise
+        raise service.no_data(info) from e
+
+
 def ingest(
-    lh: Lakehouse,
+    service: TableService,
+    principal: Principal,
     paths: Sequence[str],
     table: str,
     *,
@@ -52,10 +89,17 @@ def ingest(
     evolve: bool = False,
     partition_by: Sequence[str] | None = None,
 ) -> IngestSummary:
-    """Read ``paths`` (files, folders, globs; local or s3://) and write them to ``table``.
+    """Read ``paths`` (files, folders, globs; local or s3://) and write them to ``table``,
+    acting as ``principal``.
 
     A new table is created from the inferred schema; an existing table's schema guides parsing,
     so a value that does not fit its column is reported with its line and column.
+
+    Raises:
+        AccessDenied: ``principal`` may not write the table (``MODIFY``) or create it
+            (``CREATE`` on its schema); no file was read.
+        IngestError: a file is malformed (file, line, column); nothing was written.
+        SchemaMismatch: the data does not fit the table; nothing was written.
     """
     if mode not in ("append", "overwrite", "merge"):
         raise SchemaMismatch(f"unknown ingest mode {mode!r}: use append, overwrite or merge")
@@ -64,36 +108,39 @@ def ingest(
     if format is not None:
         format = normalize_format(format)  # an unknown one fails before any file is listed
     start = time.perf_counter()
-    fs = filesystem_for(paths[0], lh.warehouse.options)
-    files = list_files(list(paths), fs)
     ident = TableIdent.parse(table)
-    existing = lh.catalog.find_table(ident)
+    existing = find_table(service, principal, ident, "MODIFY")
+    fs = filesystem_for(paths[0], service.warehouse.options)
+    files = list_files(list(paths), fs)
     data = read_files(files, format=format, filesystem=fs)
-    if existing is not None and mode != "overwrite":
-        schema = lh.table(ident).schema
-        try:
-            conform(data, schema, evolve=evolve, overwrite=False)
-        except SchemaMismatch as e:
-            # Re-read guided by the table's types to say which file, line and column is wrong.
-            extra = [f for f in data.schema if f.name not in schema.names]
-            guided = pa.schema([*schema, *extra])
-            read_files(files, format=format, filesystem=fs, schema=guided)
-            raise e
     if existing is None:
-        t = lh.create_table(str(ident), data, partition_by=partition_by)
+        info = service.create_table(principal, ident, data, partition_by=partition_by)
+        version = service.store(info).version()
     else:
-        t = lh.table(ident)
+        if mode != "overwrite":
+            schema = table_schema(service, existing)
+            try:
+                conform(data, schema, evolve=evolve, overwrite=False)
+            except SchemaMismatch as e:
+                # Re-read guided by the table's types to say which file, line and column is wrong.
+                extra = [f for f in data.schema if f.name not in schema.names]
+                guided = pa.schema([*schema, *extra])
+                read_files(files, format=format, filesystem=fs, schema=guided)
+                raise e
+        store = service.store(existing)
         if mode == "append":
-            t.append(data, evolve=evolve)
+            result = store.append(data, evolve=evolve)
         elif mode == "overwrite":
-            t.overwrite(data, evolve=evolve)
+            result = store.overwrite(data, evolve=evolve)
         else:
-            t.merge(data, on=list(on or []), evolve=evolve)
+            result = store.merge(data, list(on or []), evolve=evolve)
+        service.touch(existing)
+        version = result.version
     return IngestSummary(
         table=str(ident),
         mode=mode if existing is not None else "create",
         files=len(files),
         rows=data.num_rows,
-        version=t.version,
+        version=version,
         seconds=time.perf_counter() - start,
     )

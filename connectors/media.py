@@ -29,6 +29,11 @@ never aborts the batch. The table write is one commit: all rows or none. Re-inge
 file whose source, size and modification time are unchanged, and otherwise compares SHA-256, so
 only new or changed files are written (files that failed before are retried).
 
+Who may do it: the table and the volume are resolved and authorized through the
+``TableService`` for the ``Principal`` who asks, before any file is read or copied. An existing
+table needs ``SELECT`` (its rows say what is already there) and ``MODIFY``; a new one ``CREATE``
+on its schema (its creator owns it and its default volume); the volume needs ``MODIFY``.
+
 Example:
     >>> import tempfile, matrixos as mx
     >>> lh = mx.connect(tempfile.mkdtemp())
@@ -38,7 +43,7 @@ Example:
     ...     _ = f.write("# Notes\\nVACUUM removes old files.\\n")
     >>> with open("papers/broken.png", "w") as f:  # text named .png
     ...     _ = f.write("not a png")
-    >>> summary = ingest_media(lh, ["./papers"], "media.files")
+    >>> summary = ingest_media(lh.service, lh.principal, ["./papers"], "media.files")
     >>> print(summary)
     main.media.files: 2 file(s): 1 added, 0 changed, 0 unchanged, 1 failed (version ..., ...s)
       failed: .../papers/broken.png: ValueError: not a readable image: ...
@@ -59,19 +64,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 
-from matrixos.catalog import TableIdent
+from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog.access import Principal
+from matrixos.catalog.service import TableService
 from matrixos.connectors.documents import DOCUMENT_MIMES, parse_document, sniff_mime
-from matrixos.errors import IngestError, NotSupported, SchemaMismatch, TableExists
+from matrixos.connectors.ingest import find_table, table_schema
+from matrixos.errors import (
+    IngestError,
+    NotSupported,
+    SchemaMismatch,
+    TableExists,
+    VolumeNotFound,
+)
+from matrixos.storage.options import StorageOptions
+from matrixos.storage.volume import Volume
 from matrixos.storage.warehouse import filesystem_for, is_remote
-
-if TYPE_CHECKING:
-    from matrixos.session import Lakehouse
-    from matrixos.storage.options import StorageOptions
-    from matrixos.storage.volume import Volume
 
 __all__ = [
     "MEDIA_FORMAT",
@@ -170,7 +181,8 @@ class _Previous:
 
 
 def ingest_media(
-    lh: Lakehouse,
+    service: TableService,
+    principal: Principal,
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     table: str,
     *,
@@ -183,7 +195,8 @@ def ingest_media(
     """Turn files (images, audio, PDF/HTML/Markdown/text, anything) into rows of ``table``.
 
     Args:
-        lh: the session.
+        service: the table service that resolves, authorizes and writes the table and volume.
+        principal: who is asking (see the module's docs for the privileges needed).
         paths: files, folders or glob patterns, local or ``s3://``. Hidden files and folders
             (``.name``) below a folder are skipped.
         table: ``[catalog.]schema.table``; created (format :data:`MEDIA_FORMAT`) when missing,
@@ -199,6 +212,8 @@ def ingest_media(
         A :class:`MediaIngestSummary`.
 
     Raises:
+        AccessDenied: ``principal`` lacks a privilege on the table or the volume (nothing
+            read, nothing written).
         IngestError: a path does not exist or nothing was found (nothing written).
         NotSupported: the ``media`` extra (Pillow, pypdf, mutagen, lxml) is missing.
         MatrixOSError: the volume or the table could not be written, or ``table`` is not a
@@ -211,9 +226,10 @@ def ingest_media(
         >>> os.makedirs("scans")
         >>> with open("scans/page1.txt", "w") as f:
         ...     _ = f.write("scanned text")
-        >>> ingest_media(lh, "./scans", "media.scans").added
+        >>> ingest_media(lh.service, lh.principal, "./scans", "media.scans").added
         1
-        >>> ingest_media(lh, "./scans", "media.scans").unchanged  # nothing new: nothing written
+        >>> again = ingest_media(lh.service, lh.principal, "./scans", "media.scans")
+        >>> again.unchanged  # nothing new: nothing written
         1
     """
     start = time.perf_counter()
@@ -223,10 +239,11 @@ def ingest_media(
     if not names:
         raise IngestError("no paths given", path="")
     ident = TableIdent.parse(table)
-    files = _discover(names, lh.warehouse.options, recursive)
-    existing = lh.catalog.find_table(ident)
-    previous = _previous_rows(lh, ident) if existing is not None else {}
-    vol = _volume_for(lh, ident, volume)
+    existing = find_table(service, principal, ident, "SELECT", "MODIFY")
+    options = service.warehouse.options
+    files = _discover(names, options, recursive)
+    previous = _previous_rows(service, existing) if existing is not None else {}
+    vol = _volume_for(service, principal, ident, volume)
     counts = {"added": 0, "changed": 0, "unchanged": 0, "failed": 0}
     errors: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
@@ -234,7 +251,7 @@ def ingest_media(
     n_workers = workers or min(8, 2 * (os.cpu_count() or 1))
 
     def work(f: _File) -> tuple[dict[str, Any] | None, str]:
-        return _process(f, previous.get(f.source), vol, lh.warehouse.options, size)
+        return _process(f, previous.get(f.source), vol, options, size)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
         for i, (f, (row, status)) in enumerate(zip(files, pool.map(work, files), strict=True)):
@@ -251,9 +268,9 @@ def ingest_media(
     version: int | None = None
     if rows:
         data = pa.Table.from_pylist(rows, schema=MEDIA_SCHEMA)
-        version = _write(lh, ident, data, create=existing is None)
+        version = _write(service, principal, ident, data, existing)
     elif existing is not None:
-        version = lh.table(ident).version
+        version = service.store(existing).version()
     return MediaIngestSummary(
         table=str(ident),
         volume=vol.name,
@@ -276,8 +293,6 @@ def has_tabular_files(
     The CLI sends paths without any to :func:`ingest_media`. Paths that do not exist count as
     tabular, so that the tabular ingest reports them.
     """
-    from matrixos.storage.options import StorageOptions
-
     opts = options or StorageOptions.from_mapping(None)
     try:
         files = _discover([os.fspath(p) for p in paths], opts, recursive=True)
@@ -634,27 +649,31 @@ def _wave(data: bytes) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _volume_for(lh: Lakehouse, ident: TableIdent, volume: str | Volume | None) -> Volume:
-    from matrixos.storage.volume import Volume
-
+def _volume_for(
+    service: TableService, principal: Principal, ident: TableIdent, volume: str | Volume | None
+) -> Volume:
+    """The volume the files go to, checked for ``MODIFY``; created when missing (which needs
+    ``CREATE`` on its schema, an existing one does not)."""
     if isinstance(volume, Volume):
-        return volume
-    if volume is None:
-        name = f"{ident.catalog}.{ident.schema}.{ident.name}_files"
-        return lh.create_volume(name, comment=f"files of table {ident}")
-    return lh.create_volume(volume)
+        return service.volume(principal, volume.name, "MODIFY")
+    name = volume or f"{ident.catalog}.{ident.schema}.{ident.name}_files"
+    try:
+        return service.volume(principal, name, "MODIFY")
+    except VolumeNotFound:
+        comment = f"files of table {ident}" if volume is None else None
+        service.create_volume(principal, name, comment=comment)
+    return service.volume(principal, name, "MODIFY")
 
 
-def _previous_rows(lh: Lakehouse, ident: TableIdent) -> dict[str, _Previous]:
-    table = lh.table(ident)
-    missing = [n for n in MEDIA_SCHEMA.names if n not in table.schema.names]
+def _previous_rows(service: TableService, info: TableInfo) -> dict[str, _Previous]:
+    missing = [n for n in MEDIA_SCHEMA.names if n not in table_schema(service, info).names]
     if missing:
         raise SchemaMismatch(
-            f"table {ident} is not a media table: it lacks {', '.join(missing)}",
+            f"table {info.ident} is not a media table: it lacks {', '.join(missing)}",
             hint="ingest media into a new table, or one an earlier ingest_media created",
         )
     columns = ["source", "size", "modified", "sha256", "error"]
-    rows = table.to_arrow(columns=columns).to_pylist()
+    rows = service.store(info).scan(columns=columns).to_pylist()
     out = {}
     for r in rows:
         modified = r["modified"]
@@ -664,13 +683,20 @@ def _previous_rows(lh: Lakehouse, ident: TableIdent) -> dict[str, _Previous]:
     return out
 
 
-def _write(lh: Lakehouse, ident: TableIdent, data: pa.Table, *, create: bool) -> int:
-    if create:
+def _write(
+    service: TableService,
+    principal: Principal,
+    ident: TableIdent,
+    data: pa.Table,
+    existing: TableInfo | None,
+) -> int:
+    if existing is None:
         try:
-            t = lh.create_table(str(ident), data, format=MEDIA_FORMAT)
-            return t.version
+            info = service.create_table(principal, ident, data, format=MEDIA_FORMAT)
+            return service.store(info).version()
         except TableExists:
-            pass  # another ingest created it a moment ago: upsert into it instead
-    t = lh.table(ident)
-    t.merge(data, on=["source"])
-    return t.version
+            # Another ingest created it a moment ago: upsert into it instead.
+            existing = service.resolve(principal, ident, "MODIFY")
+    result = service.store(existing).merge(data, ["source"])
+    service.touch(existing)
+    return result.version

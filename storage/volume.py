@@ -49,8 +49,7 @@ from matrixos.storage.warehouse import filesystem_for, is_remote, normalize_uri
 if TYPE_CHECKING:
     import fsspec
 
-    from matrixos.catalog import TableIdent
-    from matrixos.catalog.store import VolumeInfo
+    from matrixos.storage.options import StorageOptions
     from matrixos.storage.warehouse import Warehouse
 
 __all__ = ["VOLUMES_DIR", "FileInfo", "Volume", "volume_location"]
@@ -62,9 +61,17 @@ VOLUMES_DIR = ".volumes"
 _TMP_PREFIX = ".mx-upload-"
 
 
-def volume_location(warehouse: Warehouse, ident: TableIdent) -> str:
-    """Where a managed volume lives: ``<warehouse>/<catalog>/<schema>/.volumes/<volume>``."""
-    return warehouse.join(ident.catalog, ident.schema, VOLUMES_DIR, ident.name)
+def volume_location(warehouse: Warehouse, catalog: str, schema: str, name: str) -> str:
+    """Where a managed volume lives: ``<warehouse>/<catalog>/<schema>/.volumes/<volume>``.
+
+    Example:
+        >>> import tempfile
+        >>> from matrixos.storage.warehouse import Warehouse
+        >>> wh = Warehouse(tempfile.mkdtemp())
+        >>> volume_location(wh, "main", "raw", "docs") == wh.uri + "/main/raw/.volumes/docs"
+        True
+    """
+    return warehouse.join(catalog, schema, VOLUMES_DIR, name)
 
 
 @dataclass(frozen=True)
@@ -132,11 +139,13 @@ class Volume:
         b'%PDF'
     """
 
-    def __init__(self, info: VolumeInfo, warehouse: Warehouse) -> None:
-        self.info = info
-        self.uri = normalize_uri(info.location)
-        self._options = warehouse.options
-        self.fs: fsspec.AbstractFileSystem = filesystem_for(self.uri, warehouse.options)
+    def __init__(self, name: str, location: str, options: StorageOptions) -> None:
+        """The volume called ``name`` (``catalog.schema.volume``) whose files are under
+        ``location``, reached with the warehouse's storage ``options``."""
+        self._name = name
+        self.uri = normalize_uri(location)
+        self._options = options
+        self.fs: fsspec.AbstractFileSystem = filesystem_for(self.uri, options)
         self._root = self.fs._strip_protocol(self.uri).rstrip("/")
 
     def __repr__(self) -> str:
@@ -145,7 +154,7 @@ class Volume:
     @property
     def name(self) -> str:
         """The fully qualified name, ``catalog.schema.volume``."""
-        return self.info.name
+        return self._name
 
     @property
     def is_remote(self) -> bool:

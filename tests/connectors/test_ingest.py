@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from matrixos.errors import ConfigError, IngestError, SchemaMismatch
+from matrixos.catalog.access import Principal
+from matrixos.errors import AccessDenied, ConfigError, IngestError, SchemaMismatch
 
 
 def test_ingest_modes_and_bad_file(lh, tmp_path) -> None:
@@ -62,3 +63,39 @@ def test_ingest_unknown_format_names_the_valid_ones(lh, tmp_path) -> None:
     assert lh.tables("raw") == []
     # An alias, in any case, names a real format: the same file reads as NDJSON.
     assert lh.ingest(str(tmp_path / "a.txt"), "raw.f", format="JSONL").rows == 1
+
+
+def test_ingest_without_modify_is_refused_and_changes_nothing(lh, tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("id,name\n1,a\n2,b\n")
+    lh.ingest(str(tmp_path / "a.csv"), "raw.items")
+    version = lh.table("raw.items").version
+    reader = lh.with_principal(Principal("bob", frozenset({"SELECT ON main.raw.*"})))
+    (tmp_path / "b.csv").write_text("id,name\n3,c\n")
+    for mode in ("append", "overwrite", "merge"):
+        with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.raw\.items"):
+            reader.ingest(str(tmp_path / "b.csv"), "raw.items", mode=mode, on=["id"])
+    # Refused before any file is read: a missing path is not what it reports.
+    with pytest.raises(AccessDenied):
+        reader.ingest(str(tmp_path / "missing.csv"), "raw.items")
+    assert lh.table("raw.items").version == version
+    assert sorted(lh.sql("SELECT id FROM raw.items").fetchall()) == [(1,), (2,)]
+    # MODIFY alone (no SELECT) is enough to append, as for Table.append.
+    writer = lh.with_principal(Principal("wendy", frozenset({"MODIFY ON main.raw.items"})))
+    s = writer.ingest(str(tmp_path / "b.csv"), "raw.items")
+    assert (s.mode, s.rows, s.version) == ("append", 1, version + 1)
+    assert lh.table("raw.items").version == version + 1
+
+
+def test_ingest_into_a_new_table_needs_create_and_makes_an_owner(lh, tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("id\n1\n2\n")
+    carol = lh.with_principal(Principal("carol", frozenset({"CREATE ON main.raw"})))
+    s = carol.ingest(str(tmp_path / "a.csv"), "raw.x")
+    assert (s.mode, s.rows) == ("create", 2)
+    assert lh.table("raw.x").info.owner == "carol"
+    # The owner may write its table without any other grant.
+    assert carol.ingest(str(tmp_path / "a.csv"), "raw.x").version == s.version + 1
+    assert lh.sql("SELECT count(*) FROM raw.x").scalar() == 4
+    with pytest.raises(AccessDenied, match=r"carol has no CREATE privilege on main\.other"):
+        carol.ingest(str(tmp_path / "a.csv"), "other.y")
+    assert lh.tables("other") == []
+    assert "main.other" not in lh.schemas()

@@ -22,6 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import matrixos as mx
+from matrixos.catalog import TableIdent
+from matrixos.catalog.access import Principal
 from matrixos.cli import app
 from matrixos.connectors.media import (
     MEDIA_FORMAT,
@@ -29,7 +31,7 @@ from matrixos.connectors.media import (
     has_tabular_files,
     ingest_media,
 )
-from matrixos.errors import MatrixOSError, SchemaMismatch
+from matrixos.errors import AccessDenied, MatrixOSError, SchemaMismatch
 
 SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
 WAV = Path("/usr/share/sounds/alsa/Front_Center.wav")
@@ -197,9 +199,9 @@ def test_ingest_media_extracts_each_kind(lh: mx.Lakehouse, media_dir: Path) -> N
 
 
 def test_reingest_writes_only_new_and_changed(lh: mx.Lakehouse, media_dir: Path) -> None:
-    first = ingest_media(lh, media_dir, "media.files")
+    first = ingest_media(lh.service, lh.principal, media_dir, "media.files")
     v1 = first.version
-    again = ingest_media(lh, [str(media_dir)], "media.files")
+    again = ingest_media(lh.service, lh.principal, [str(media_dir)], "media.files")
     assert (again.added, again.changed, again.unchanged, again.failed) == (0, 0, 10, 5)
     assert again.version == v1  # nothing new: no commit (the same failures are not rewritten)
     assert lh.table("media.files").version == v1
@@ -214,7 +216,7 @@ def test_reingest_writes_only_new_and_changed(lh: mx.Lakehouse, media_dir: Path)
     with Image.open(SKLEARN_IMAGES / "china.jpg") as im:  # the broken PNG gets fixed
         im.resize((64, 43)).save(media_dir / "broken" / "fake.png", "PNG")
 
-    third = ingest_media(lh, str(media_dir), "media.files")
+    third = ingest_media(lh.service, lh.principal, str(media_dir), "media.files")
     assert (third.files, third.added, third.changed, third.unchanged, third.failed) == (
         16,
         1,
@@ -248,7 +250,7 @@ def test_failed_write_changes_nothing(lh: mx.Lakehouse, media_dir: Path) -> None
     )
     version = t.version
     with pytest.raises(MatrixOSError):
-        ingest_media(lh, media_dir, "media.strict")
+        ingest_media(lh.service, lh.principal, media_dir, "media.strict")
     assert lh.table("media.strict").version == version
     assert lh.table("media.strict").to_arrow().column("source").to_pylist() == ["/elsewhere/x.jpg"]
 
@@ -256,7 +258,7 @@ def test_failed_write_changes_nothing(lh: mx.Lakehouse, media_dir: Path) -> None
 def test_refuses_a_table_that_is_not_media(lh: mx.Lakehouse, media_dir: Path) -> None:
     t = lh.create_table("media.other", pa.table({"source": [1], "note": ["not media"]}))
     with pytest.raises(SchemaMismatch, match="not a media table"):
-        ingest_media(lh, media_dir, "media.other")
+        ingest_media(lh.service, lh.principal, media_dir, "media.other")
     assert lh.table("media.other").version == t.version
 
 
@@ -269,7 +271,9 @@ def test_ingest_from_object_store_or_folder_uri(
     for name in ("images/china.jpg", "sounds/bell.oga", "docs/notes.md"):
         fs.makedirs(f"{src}/{name.split('/')[0]}", exist_ok=True)
         fs.put_file(str(media_dir / name), f"{src}/{name}")
-    summary = ingest_media(lh, src, "media.remote", volume="media.inbox", thumbnail_size=32)
+    summary = ingest_media(
+        lh.service, lh.principal, src, "media.remote", volume="media.inbox", thumbnail_size=32
+    )
     assert (summary.added, summary.failed, summary.volume) == (3, 0, "main.media.inbox")
     rows = rows_by_name(lh, "media.remote")
     assert rows["china.jpg"]["source"] == f"{src}/images/china.jpg"
@@ -278,7 +282,7 @@ def test_ingest_from_object_store_or_folder_uri(
         assert max(thumb.size) == 32
     assert rows["bell.oga"]["channels"] == 2
     assert lh.volume("media.inbox").uri in rows["notes.md"]["uri"]
-    again = ingest_media(lh, src, "media.remote", volume="media.inbox")
+    again = ingest_media(lh.service, lh.principal, src, "media.remote", volume="media.inbox")
     assert (again.added, again.changed, again.unchanged) == (0, 0, 3)
 
 
@@ -356,3 +360,56 @@ def test_cli_ingests_media_folders(tmp_path: Path, media_dir: Path) -> None:
         kinds = dict(lh.sql("SELECT name, kind FROM media.mixed").fetchall())
         assert kinds == {"people.csv": "other", "Front_Center.wav": "audio"}
         assert lh.table("media.cli").count() == 15
+
+
+def test_ingest_media_checks_privileges(lh: mx.Lakehouse, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    first = lh.ingest_media(str(src), "media.files")
+    (src / "b.txt").write_text("beta\n")
+    vol = lh.volume("media.files_files")
+    stored = [f.name for f in vol.list()]
+
+    def unchanged() -> None:
+        assert lh.table("media.files").version == first.version
+        assert lh.table("media.files").to_arrow(columns=["name"]).column(0).to_pylist() == ["a.txt"]
+        assert [f.name for f in vol.list()] == stored  # no file was copied either
+
+    reader = lh.with_principal(Principal("bob", frozenset({"SELECT ON main.media.*"})))
+    with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.media\.files"):
+        reader.ingest_media(str(src), "media.files")
+    unchanged()
+    # MODIFY on the table, but only SELECT on the volume its files go to.
+    table_only = Principal(
+        "tom", frozenset({"SELECT ON main.media.*", "MODIFY ON main.media.files"})
+    )
+    with pytest.raises(
+        AccessDenied, match=r"tom has no MODIFY privilege on main\.media\.files_files"
+    ):
+        lh.with_principal(table_only).ingest_media(str(src), "media.files")
+    unchanged()
+    # Without SELECT its previous rows cannot be read, so nothing is.
+    blind = Principal("ben", frozenset({"MODIFY ON main.media.*"}))
+    with pytest.raises(AccessDenied, match=r"ben has no SELECT privilege on main\.media\.files"):
+        lh.with_principal(blind).ingest_media(str(src), "media.files")
+    unchanged()
+    # A new table needs CREATE on its schema: no table, no volume appears.
+    with pytest.raises(AccessDenied, match=r"bob has no CREATE privilege on main\.media"):
+        reader.ingest_media(str(src), "media.new")
+    assert (lh.tables(), lh.volumes()) == (
+        ["main.media.files"],
+        ["main.media.files_files"],
+    )
+
+    editor = Principal("eve", frozenset({"SELECT ON main.media.*", "MODIFY ON main.media.*"}))
+    again = lh.with_principal(editor).ingest_media(str(src), "media.files")
+    assert (again.added, again.unchanged) == (1, 1)
+    assert lh.table("media.files").count() == 2
+
+    carol = lh.with_principal(Principal("carol", frozenset({"CREATE ON main.media"})))
+    mine = carol.ingest_media(str(src), "media.carols")
+    assert (mine.added, mine.volume) == (2, "main.media.carols_files")
+    assert lh.table("media.carols").info.owner == "carol"
+    assert lh.catalog.get_volume(TableIdent.parse("media.carols_files")).owner == "carol"
+    assert carol.ingest_media(str(src), "media.carols").unchanged == 2  # its owner reads it

@@ -3,6 +3,7 @@ the catalog (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 
 import matrixos as mx
 from matrixos.catalog import TableIdent, open_catalog
+from matrixos.catalog.access import Principal
 from matrixos.catalog.store import VolumeInfo
 from matrixos.errors import (
     AccessDenied,
@@ -22,7 +24,9 @@ from matrixos.errors import (
     TableNotFound,
     VolumeNotFound,
 )
-from matrixos.storage.volume import VOLUMES_DIR
+from matrixos.storage import volume as volume_module
+from matrixos.storage.volume import VOLUMES_DIR, Volume, volume_location
+from matrixos.storage.warehouse import Warehouse
 
 WAV = Path("/usr/share/sounds/alsa/Front_Center.wav")
 OGA = Path("/usr/share/sounds/freedesktop/stereo/bell.oga")
@@ -235,3 +239,44 @@ def test_catalog_volume_entries(catalog_url: str) -> None:
             cat.drop_volume(ident)
     finally:
         cat.close()
+
+
+def test_volume_privileges(lh: mx.Lakehouse) -> None:
+    vol = lh.create_volume("raw.docs")
+    vol.put(b"%PDF-1.4", "a.pdf")
+    bob = Principal("bob", frozenset({"SELECT ON main.raw.*"}))
+    assert lh.with_principal(bob).volume("raw.docs").read_bytes("a.pdf") == b"%PDF-1.4"
+    assert lh.with_principal(bob).volumes() == ["main.raw.docs"]
+    with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.raw\.docs"):
+        lh.service.volume(bob, "raw.docs", "MODIFY")
+    with pytest.raises(AccessDenied, match=r"bob has no CREATE privilege on schema main\.raw"):
+        lh.with_principal(bob).create_volume("raw.more")
+    with pytest.raises(AccessDenied, match=r"bob has no MANAGE privilege on main\.raw\.docs"):
+        lh.with_principal(bob).drop_volume("raw.docs")
+    stranger = lh.with_principal(Principal("sam", frozenset()))
+    with pytest.raises(AccessDenied):
+        stranger.volume("raw.docs")
+    with pytest.raises(AccessDenied):
+        stranger.open_uri(f"{vol.uri}/a.pdf")
+    assert stranger.volumes() == []
+    assert lh.volumes() == ["main.raw.docs"] and vol.exists("a.pdf")
+    # Its creator owns it: MODIFY without a grant.
+    carol = Principal("carol", frozenset({"CREATE ON main.raw"}))
+    lh.with_principal(carol).create_volume("raw.carols")
+    lh.service.volume(carol, "raw.carols", "MODIFY").put(b"x", "x.txt")
+    assert lh.catalog.get_volume(TableIdent.parse("raw.carols")).owner == "carol"
+
+
+def test_volume_needs_no_catalog(tmp_path: Path) -> None:
+    # storage/ sits below the catalog: a volume is a name, a location and storage options.
+    tree = ast.parse(Path(volume_module.__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    above = [m for m in imported if m.startswith("matrixos.")]
+    assert all(m.startswith(("matrixos.errors", "matrixos.storage.")) for m in above), above
+    wh = Warehouse(str(tmp_path / "wh"))
+    location = volume_location(wh, "main", "raw", "docs")
+    assert location == f"{wh.uri}/main/raw/{VOLUMES_DIR}/docs"
+    vol = Volume("main.raw.docs", location, wh.options)
+    assert vol.put(b"hello", "a/b.txt") == f"{location}/a/b.txt"
+    assert (vol.name, [f.name for f in vol.list()]) == ("main.raw.docs", ["a/b.txt"])
