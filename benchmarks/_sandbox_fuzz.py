@@ -364,7 +364,7 @@ def _inventory(lh: mx.Lakehouse) -> list[Any]:
     """
     engine = lh._engine
     out: list[Any] = []
-    for cur in (engine._consts.cursor(), engine._cursor()):
+    for cur in (engine.planning_cursor(), engine.cursor()):
         try:
             out.append(
                 [

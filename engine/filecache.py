@@ -58,13 +58,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matrixos.config import ZONE_LABEL
-from matrixos.engine.lru import LRU
+from matrixos._lru import LRU
+from matrixos.config import ZONE_LABEL, Settings
+from matrixos.storage.options import StorageOptions
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
     from matrixos.engine.scan import FileEntry, PrunedScan
-    from matrixos.storage.options import StorageOptions
 
 __all__ = [
     "CacheReport",
@@ -330,15 +330,11 @@ def _alive(pid: int) -> bool:
 
 
 def _s3fs(options: StorageOptions | None) -> Any:
-    from matrixos.storage.options import StorageOptions
-
     return (options or StorageOptions.from_mapping(None)).s3fs()
 
 
 @cache
 def _node_cache() -> FileCache:
-    from matrixos.config import Settings
-
     settings = Settings()
     return FileCache(_cache_dir(settings.cache_dir), settings.cache_max_bytes)
 

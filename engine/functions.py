@@ -2,9 +2,10 @@
 functions over Lance tables) and ``embed(text)`` (a scalar).
 
 They are evaluated before DuckDB sees the statement: a search call in ``FROM`` runs through
-``LanceTable.search`` (so the table is resolved in the catalog like any other reference, and
-filters apply before top-k) and is replaced by a reference to its Arrow result; ``embed`` of a
-constant becomes a ``FLOAT[n]`` literal, ``embed`` of a column a vectorised Python UDF.
+``engine.embedding.search_table`` on the table the host resolves in the catalog like any other
+reference (``FunctionHost.search_target``; filters apply before top-k), and is replaced by a
+reference to its Arrow result; ``embed`` of a constant becomes a ``FLOAT[n]`` literal, ``embed``
+of a column a vectorised Python UDF.
 
     SELECT d.title, c._score
     FROM hybrid_search(kb.chunks, 'how do I vacuum', k => 5) AS c
@@ -14,18 +15,47 @@ constant becomes a ``FLOAT[n]`` literal, ``embed`` of a column a vectorised Pyth
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 from sqlglot import exp
 
+from matrixos.ai.embed import get_embedder
+from matrixos.engine.embedding import search_table
 from matrixos.errors import SQLError
 
 if TYPE_CHECKING:
     import duckdb
 
-    from matrixos.engine.sql import SQLEngine
+
+@dataclass(frozen=True)
+class SearchTarget:
+    """The Lance table a search function names, resolved in the catalog.
+
+    Attributes:
+        name: Its full name (``main.kb.chunks``), for EXPLAIN.
+        location: Where its data is.
+        properties: Its catalog properties (the embedding it names, if any).
+        storage_options: Lance's storage options for ``location`` (None for a local one).
+    """
+
+    name: str
+    location: str
+    properties: Mapping[str, str]
+    storage_options: dict[str, str] | None = None
+
+
+class FunctionHost(Protocol):
+    """What the platform functions need of the SQL engine (``SQLEngine`` is one)."""
+
+    def constant(self, node: exp.Expr) -> Any:
+        """The value of a constant expression (an argument such as ``k => 5``)."""
+
+    def search_target(self, name: str) -> SearchTarget:
+        """The Lance table ``name`` names; ``NotSupported`` for a table of another format."""
+
 
 SEARCH_FUNCTIONS = {"vector_search": "vector", "text_search": "text", "hybrid_search": "hybrid"}
 SCALAR_FUNCTIONS = frozenset({"embed"})
@@ -60,7 +90,7 @@ def _name(node: exp.Expr) -> str:
     return ""
 
 
-def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
+def expand_functions(host: FunctionHost, tree: exp.Expr) -> FunctionResults:
     """Evaluate the platform functions in ``tree`` in place; return what to register."""
     out = FunctionResults()
     token = f"__mx_fn_{uuid.uuid4().hex[:12]}_"
@@ -72,7 +102,7 @@ def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
         if mode is None:
             continue
         name = f"{token}{len(out.tables)}"
-        out.tables[name] = _run_search(engine, fn, mode, out)
+        out.tables[name] = _run_search(host, fn, mode, out)
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(_name(fn)))
         stand_in = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
         stand_in.meta[_RESULT] = True
@@ -83,7 +113,7 @@ def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
         args = call.expressions
         if len(args) not in (1, 2):
             raise SQLError("embed(text [, embedder]) takes one or two arguments", sql=call.sql())
-        embedder = engine._constant(args[1]) if len(args) == 2 else None
+        embedder = host.constant(args[1]) if len(args) == 2 else None
         if embedder is not None and not isinstance(embedder, str):
             raise SQLError(
                 f"embed()'s second argument names an embedder, got {embedder!r}",
@@ -92,7 +122,7 @@ def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
             )
         text = args[0]
         if not text.find(exp.Column, exp.Query):
-            call.replace(_vector_literal(engine, engine._constant(text), embedder))
+            call.replace(_vector_literal(host.constant(text), embedder))
             continue
         fname = f"{token}embed_{len(out.udfs)}"
         out.udfs[fname] = embedder or ""
@@ -100,7 +130,7 @@ def expand_functions(engine: SQLEngine, tree: exp.Expr) -> FunctionResults:
     return out
 
 
-def _arguments(engine: SQLEngine, fn: exp.Func) -> tuple[list[exp.Expr], dict[str, Any]]:
+def _arguments(host: FunctionHost, fn: exp.Func) -> tuple[list[exp.Expr], dict[str, Any]]:
     positional: list[exp.Expr] = []
     kwargs: dict[str, Any] = {}
     for arg in fn.iter_expressions():
@@ -112,7 +142,7 @@ def _arguments(engine: SQLEngine, fn: exp.Func) -> tuple[list[exp.Expr], dict[st
                 raise SQLError(
                     f"{_name(fn)}() has no argument {key!r}; use {sorted(_KWARGS)}", sql=fn.sql()
                 )
-            kwargs[key] = engine._constant(arg.expression)
+            kwargs[key] = host.constant(arg.expression)
         else:
             positional.append(arg)
     return positional, kwargs
@@ -128,10 +158,8 @@ def _table_name(node: exp.Expr) -> str:
     raise SQLError(f"the first argument must name a table, got {node.sql()}")
 
 
-def _run_search(engine: SQLEngine, fn: exp.Func, mode: str, out: FunctionResults) -> pa.Table:
-    from matrixos.lance_table import lance_table_or_error
-
-    positional, kwargs = _arguments(engine, fn)
+def _run_search(host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResults) -> pa.Table:
+    positional, kwargs = _arguments(host, fn)
     name = _name(fn)
     if len(positional) < 2:
         raise SQLError(
@@ -147,23 +175,26 @@ def _run_search(engine: SQLEngine, fn: exp.Func, mode: str, out: FunctionResults
             "per-row searches are not supported",
             sql=fn.sql(),
         )
-    query = engine._constant(query_node)
+    query = host.constant(query_node)
     if len(positional) == 3:
-        kwargs.setdefault("k", engine._constant(positional[2]))
+        kwargs.setdefault("k", host.constant(positional[2]))
     k = kwargs.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise SQLError(f"k must be a positive integer, got {k!r}", sql=fn.sql())
     for key in ("filter", "columns"):
         if kwargs.get(key) is not None and not isinstance(kwargs[key], str):
             raise SQLError(f"{key} must be text, got {kwargs[key]!r}", sql=fn.sql())
-    table = lance_table_or_error(engine.lh.table(_table_name(positional[0])))
+    table = host.search_target(_table_name(positional[0]))
     columns = kwargs.get("columns")
-    result = table.search(
+    result = search_table(
+        table.location,
+        table.properties,
         query,
         k=k,
         mode=mode,  # type: ignore[arg-type]
         filter=kwargs.get("filter"),
         columns=[c.strip() for c in columns.split(",")] if isinstance(columns, str) else None,
+        storage_options=table.storage_options,
     )
     out.explain.append(
         f"{name}({table.name}, k={k}"
@@ -173,9 +204,7 @@ def _run_search(engine: SQLEngine, fn: exp.Func, mode: str, out: FunctionResults
     return result
 
 
-def _vector_literal(engine: SQLEngine, text: Any, embedder: str | None) -> exp.Expr:
-    from matrixos.ai.embed import get_embedder
-
+def _vector_literal(text: Any, embedder: str | None) -> exp.Expr:
     if not isinstance(text, str):
         raise SQLError(f"embed() needs text, got {text!r}")
     emb = get_embedder(embedder)
@@ -189,8 +218,6 @@ def _vector_literal(engine: SQLEngine, text: Any, embedder: str | None) -> exp.E
 
 def _register_embed_udf(cur: duckdb.DuckDBPyConnection, fname: str, embedder: str) -> None:
     import duckdb
-
-    from matrixos.ai.embed import get_embedder
 
     emb = get_embedder(embedder or None)
 

@@ -339,7 +339,7 @@ def test_allowed_sql_still_runs(sandbox_lh: mx.Lakehouse) -> None:
 # --------------------------------------------------------- layer 2: the locked connection
 @pytest.fixture
 def raw(sandbox_lh: mx.Lakehouse) -> Iterator[duckdb.DuckDBPyConnection]:
-    cur = sandbox_lh._engine._cursor()
+    cur = sandbox_lh._engine.cursor()
     yield cur
     cur.close()
 
@@ -502,7 +502,7 @@ def test_constant_folding_connection_has_no_file_access_at_all(
     # The connection that folds constants (time travel, pruning) allows no directory.
     files = list((tmp_path / "wh").rglob("*.parquet"))
     assert files
-    cur = sandbox_lh._engine._consts.cursor()
+    cur = sandbox_lh._engine.planning_cursor()
     with pytest.raises(duckdb.PermissionException):
         cur.execute(f"SELECT * FROM read_parquet('{files[0]}')").fetchall()
     with pytest.raises(duckdb.InvalidInputException):
@@ -567,7 +567,7 @@ def engine_objects(sandbox_lh: mx.Lakehouse) -> dict[str, list[Any]]:
     locked connection may not: secrets are not listed, and extensions show as functions.)"""
     out: dict[str, list[Any]] = {}
     engine = sandbox_lh._engine
-    for name, cur in (("consts", engine._consts.cursor()), ("main", engine._cursor())):
+    for name, cur in (("consts", engine.planning_cursor()), ("main", engine.cursor())):
         try:
             out[name] = [
                 cur.execute("SELECT database_name FROM duckdb_databases() ORDER BY 1").fetchall(),

@@ -1,0 +1,212 @@
+"""``SQLEngine``: one session's SQL, from text to a ``Result``.
+
+It composes the package's parts: the front end parses and checks (``frontend``), queries are
+bound to table snapshots (``binding``) and run here (``local``) or on the compute pool
+(``engine.dist``), DDL and DML map to catalog and table operations (``ddl``, ``dml``).
+Everything it needs of its session is the ``LakehouseHost`` protocol (``host``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from matrixos.catalog import TableIdent, TableInfo
+from matrixos.config import parse_compute
+from matrixos.engine._syntax import locate_engine_error
+from matrixos.engine.context import EngineSession, QueryContext
+from matrixos.engine.dist import route
+from matrixos.engine.functions import SearchTarget, expand_functions, is_function_result
+from matrixos.engine.result import Result
+from matrixos.engine.sandbox import check_query, locked_connection
+from matrixos.engine.sql import frontend
+from matrixos.engine.sql.binding import Binder
+from matrixos.engine.sql.ddl import DDL
+from matrixos.engine.sql.dml import DML
+from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
+from matrixos.engine.sql.local import LocalRunner
+from matrixos.errors import NotSupported, SQLError
+
+if TYPE_CHECKING:
+    from matrixos.catalog.access import Principal
+    from matrixos.engine.functions import FunctionResults
+    from matrixos.engine.sql.binding import Bound
+    from matrixos.engine.sql.host import LakehouseHost
+
+
+class SQLEngine:
+    """Runs SQL for one session. Thread-safe: each statement gets its own DuckDB cursor.
+
+    Example:
+        >>> import tempfile, matrixos as mx
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> engine = SQLEngine(lh)
+        >>> engine.execute("SELECT 7 / 2 AS q", "postgres").fetchall()
+        [(3,)]
+    """
+
+    def __init__(self, lh: LakehouseHost) -> None:
+        self.lh = lh
+        # Constant folding and planning never spill: this connection may touch no file.
+        self._planning = locked_connection([], spill=False)
+        self._binder = Binder(lh, self._planning.cursor)
+        self._local = LocalRunner(lh)
+        self._ddl = ddl = DDL(lh, self.query, self._planning.cursor)
+        self._dml = dml = DML(lh, self.query)
+        # Handlers by the statement's node type (exactly: no subclass stands for its base).
+        self._handlers: dict[type[exp.Expr], Callable[[Any, str], Result]] = {
+            exp.Create: ddl.create,
+            exp.Drop: ddl.drop,
+            exp.Describe: ddl.describe,
+            exp.Show: ddl.show_statement,
+            exp.Insert: dml.insert,
+            exp.Delete: dml.delete,
+            exp.Update: dml.update,
+            exp.Merge: dml.merge,
+        }
+
+    def close(self) -> None:
+        self._local.close()
+        self._binder.clear()
+
+    def cursor(self, locations: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
+        """A cursor on the locked connection queries run on (its allowed directories cover
+        the warehouse and ``locations``)."""
+        return self._local.cursor(locations)
+
+    def planning_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on the connection that folds constants and plans: it may touch no file."""
+        return self._planning.cursor()
+
+    # -- entry point ------------------------------------------------------------------------
+    def execute(self, sql: str, dialect: str, *, engine: str = "auto") -> Result:
+        """Run ``sql``; ``engine`` (``auto``/``local``/``ray``) picks where queries run
+        (see ``engine.dist``)."""
+        try:
+            statements = self.parse(sql, dialect)
+            if not statements:
+                raise SQLError("empty statement", sql=sql)
+            result: Result | None = None
+            for stmt in statements:
+                result = self._run(stmt, dialect, engine)
+        except SQLError as e:
+            raise locate_engine_error(e, sql, dialect) from e.__cause__
+        except RecursionError as e:
+            # sqlglot parses, checks and generates recursively: ~100 nested parentheses or
+            # subqueries exhaust Python's stack before any statement runs.
+            raise SQLError(
+                "statement nested too deeply to analyse",
+                sql=sql if len(sql) <= 200 else sql[:200] + "…",
+                hint="flatten nested parentheses or subqueries (e.g. into WITH clauses)",
+            ) from e
+        assert result is not None
+        return result
+
+    def parse(self, sql: str, dialect: str) -> list[exp.Expr]:
+        """The statements of ``sql`` (see ``frontend.parse``)."""
+        return frontend.parse(sql, dialect)
+
+    def _run(self, stmt: exp.Expr, dialect: str, engine: str = "local") -> Result:
+        frontend.check_translation(stmt, dialect)
+        if isinstance(stmt, exp.Query):
+            return self.query(stmt, engine=engine)
+        if isinstance(stmt, exp.Command):
+            return self._command(stmt, dialect, engine)
+        handler = self._handlers.get(type(stmt))
+        if handler is None:
+            raise frontend.refused(stmt, dialect)
+        return handler(stmt, dialect)
+
+    def _command(self, stmt: exp.Command, dialect: str, engine: str) -> Result:
+        """EXPLAIN, OPTIMIZE, VACUUM, SHOW and the volume DDL (parsed as commands)."""
+        cmd, rest = frontend.command_parts(stmt)
+        if cmd == "EXPLAIN":
+            analyze, inner = frontend.explain_target(rest)
+            trees = self.parse(inner, dialect)
+            if len(trees) != 1 or not isinstance(trees[0], exp.Query):
+                raise NotSupported("EXPLAIN supports one query")
+            frontend.check_translation(trees[0], dialect)
+            return self.query(trees[0], explain=True, analyze=analyze, engine=engine)
+        if cmd in ("OPTIMIZE", "VACUUM"):
+            return self._dml.maintain(cmd, rest, dialect)
+        result = self._ddl.command(cmd, rest, dialect)
+        if result is None:
+            raise frontend.refused_command(cmd, rest)
+        return result
+
+    # -- queries ----------------------------------------------------------------------------
+    def query(
+        self, tree: exp.Expr, *, explain: bool = False, analyze: bool = False, engine: str = "local"
+    ) -> Result:
+        """Run (or with ``explain``, explain) one query tree, here or on the compute pool."""
+        tree = tree.copy() if explain else tree
+        # Checked before anything in it is evaluated: the platform functions' arguments
+        # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
+        check_query(tree)
+        functions = expand_functions(self, tree)
+        refs = [r for r in check_query(tree) if not is_function_result(r)]
+        bound = self._binder.bind(refs)
+        notes: list[str] = []
+        if engine != "local":
+            query = self.query_context(tree, bound, functions)
+            routed = route(query, engine=engine, explain=explain, analyze=analyze)
+            if routed.result is not None:
+                return routed.result
+            notes = routed.notes
+        return self._local.run(tree, bound, functions, explain=explain, notes=notes)
+
+    def query_context(
+        self, tree: exp.Expr, bound: Bound, functions: FunctionResults
+    ) -> QueryContext:
+        """The query as the distributed engine takes it, with the narrow engine interface."""
+        lh = self.lh
+        session = EngineSession(
+            settings=lh.settings,
+            storage_options=lh.warehouse.options,
+            remote_warehouse=lh.warehouse.is_remote,
+            is_ray=parse_compute(lh.settings.compute).kind == "ray",
+            planning_cursor=self._planning.cursor,
+            cursor=lambda: self._local.cursor([]),
+            install=self._local.install,
+            num_cpus=lambda: lh.compute.num_cpus(),
+            engine_error=engine_error,
+            without_scan_excerpt=without_scan_excerpt,
+        )
+        return QueryContext(session, tree, bound, functions)
+
+    # -- what tables read through the engine ------------------------------------------------
+    def read_table(
+        self,
+        info: TableInfo,
+        version: int | None,
+        timestamp: datetime | str | None,
+        columns: Sequence[str] | None,
+    ) -> pa.Table:
+        """All rows of one Delta table (a projection of ``columns`` when given)."""
+        return self._local.read(self._binder.snapshot(info, version, timestamp), columns)
+
+    def count_rows(self, info: TableInfo, principal: Principal | None = None) -> int:
+        """The number of rows of one Delta table's latest version (``principal``: who asks;
+        the caller has authorized the read, as for ``read_table``)."""
+        return self._local.count(self._binder.snapshot(info))
+
+    # -- what the platform functions need (``functions.FunctionHost``) ----------------------
+    def constant(self, node: exp.Expr) -> Any:
+        """The value of a constant expression."""
+        return self._binder.constant(node)
+
+    def search_target(self, name: str) -> SearchTarget:
+        """The Lance table ``name`` names, for the search functions."""
+        info = self._binder.table_info(TableIdent.parse(name))
+        if info.format != "lance":
+            raise NotSupported(
+                f"table {info.name} is a {info.format} table; search needs a Lance table "
+                "(create_table(..., format='lance'))"
+            )
+        options = self.lh.warehouse.lance_options(info.location)
+        return SearchTarget(info.name, info.location, dict(info.properties), options)
