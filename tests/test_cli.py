@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -178,9 +179,24 @@ def test_usage_errors_exit_2(cli: Run) -> None:
     assert "the server arrives with the HTTP/pg-wire issue" in err
 
 
+# Every command, in the order `matrixos --help` lists them.
+COMMANDS = (
+    "sql",
+    "ingest",
+    "tables",
+    "history",
+    "describe",
+    "demo",
+    "serve",
+    "search",
+    "rag",
+    "compute",
+)
+
+
 def test_help_and_version(cli: Run) -> None:
     out = ok(cli("--help"))
-    for command in ("sql", "ingest", "tables", "history", "describe", "demo", "serve"):
+    for command in COMMANDS:
         assert command in out
     assert ok(cli("--version")).startswith("matrixos ")
 
@@ -326,3 +342,58 @@ def test_rag_errors_name_the_path(cli: Run, tmp_path: Path) -> None:
     err = fails(cli("rag", "eval", "--table", "kb.chunks", "--queries", "missing.jsonl"))
     assert f"cannot read the queries file {tmp_path / 'missing.jsonl'}" in err
     assert "internal error" not in err
+
+
+# -- the package ------------------------------------------------------------------------------
+CLI_PACKAGE = Path(mx.__file__).parent / "cli"
+SHARED = {"matrixos.cli.common", "matrixos.cli.output"}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every import in ``path``, in functions and TYPE_CHECKING too."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+def test_commands_register_without_an_import_loop() -> None:
+    # The command modules import only the shared modules of the package, never the package
+    # (whose __init__ imports them); output is the bottom, common sits on it.
+    modules = sorted(p for p in CLI_PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert {p.stem for p in modules} >= {"common", "output", "sql", "tables", "ai", "compute"}
+    for path in modules:
+        own = f"matrixos.cli.{path.stem}"
+        allowed = {"output": set(), "common": {"matrixos.cli.output"}}.get(path.stem, SHARED)
+        for module, names in _imports(path):
+            if module == "matrixos.cli":  # `from matrixos.cli import common` names modules
+                assert {f"matrixos.cli.{n}" for n in names} <= allowed, (own, names)
+            elif module.startswith("matrixos.cli."):
+                assert module in allowed, (own, module)
+            # no private name of another module (a private module's public names are fine)
+            private = [n for n in names if n.startswith("_") and not n.endswith("__")]
+            assert not private, (own, module, private)
+
+
+def test_every_command_is_registered_once_in_help_order() -> None:
+    import typer.main
+
+    from matrixos.cli import app
+
+    group = typer.main.get_group(app)
+    assert list(group.commands) == list(COMMANDS)
+    assert sorted(group.commands["rag"].commands) == ["eval", "index"]  # type: ignore[attr-defined]
+    compute = group.commands["compute"]
+    assert sorted(compute.commands) == ["start", "status", "stop"]  # type: ignore[attr-defined]
+
+
+def test_start_up_loads_no_heavy_module() -> None:
+    # `matrixos --help` must stay quick: the app and its commands are importable without the
+    # engine, Arrow, rich or Ray (each command imports what it needs when it runs).
+    heavy = ("pyarrow", "duckdb", "sqlglot", "rich", "ray", "lance", "sqlalchemy", "pydantic")
+    code = f"import sys, matrixos.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert ok(p).strip() == "[]"

@@ -182,9 +182,7 @@ def test_compute_status_shows_each_nodes_cache(
     ray_pool: ComputePool, ray_cluster: RayCluster
 ) -> None:
     from matrixos.cli import app
-    from matrixos.cli_compute import compute_app  # registers `matrixos compute`
 
-    assert compute_app is not None
     runner = CliRunner()
     args = ["compute", "status", "--compute", ray_cluster.address]
     res = runner.invoke(app, [*args, "--format", "json"])
