@@ -5,7 +5,8 @@ Every file is read and checked before anything is written, so a malformed file i
 
 The table is resolved and authorized through the ``TableService`` for the ``Principal`` who
 asks, before any file is read: an existing table needs ``MODIFY``, a new one ``CREATE`` on its
-schema (its creator owns it). Rows are written through the table's ``TableStore``.
+schema (its creator owns it). Rows are written through the table's ``TableStore``; a table
+whose properties name an embedding gets the vectors of rows that lack them (``embed_rows``).
 
 Example:
     >>> import tempfile, matrixos as mx
@@ -25,6 +26,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from matrixos.ai.embed import embed_rows
 from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
@@ -127,6 +129,7 @@ def ingest(
                 guided = pa.schema([*schema, *extra])
                 read_files(files, format=format, filesystem=fs, schema=guided)
                 raise e
+        data = embed_rows(existing.properties, data)
         store = service.store(existing)
         if mode == "append":
             result = store.append(data, evolve=evolve)

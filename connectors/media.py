@@ -68,6 +68,7 @@ from typing import Any, Final, Literal
 
 import pyarrow as pa
 
+from matrixos.ai.embed import embed_rows
 from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
@@ -697,6 +698,7 @@ def _write(
         except TableExists:
             # Another ingest created it a moment ago: upsert into it instead.
             existing = service.resolve(principal, ident, "MODIFY")
-    result = service.store(existing).merge(data, ["source"])
+    rows = embed_rows(existing.properties, data)  # a media table may name an embedding of text
+    result = service.store(existing).merge(rows, ["source"])
     service.touch(existing)
     return result.version

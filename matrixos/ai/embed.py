@@ -20,7 +20,7 @@ import re
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -512,9 +512,39 @@ class EmbedColumn:
         texts = ["" if t is None else str(t) for t in batch.column(self.column).to_pylist()]
         vectors = self.embedder.embed(texts)
         flat = pa.array(vectors.reshape(-1), pa.float32())
-        return batch.append_column(
-            self.output, pa.FixedSizeListArray.from_arrays(flat, self.embedder.dim)
-        )
+        array = pa.FixedSizeListArray.from_arrays(flat, self.embedder.dim)
+        if self.output in batch.column_names:  # replaced: some rows lacked their vector
+            return batch.set_column(batch.column_names.index(self.output), self.output, array)
+        return batch.append_column(self.output, array)
+
+
+# A table's embedding, named by its properties: which text column is embedded into which
+# vector column by which embedder.
+PROP_SOURCE = "matrixos.embedding.source"
+PROP_COLUMN = "matrixos.embedding.column"
+PROP_EMBEDDER = "matrixos.embedding.embedder"
+
+
+def embed_rows(properties: Mapping[str, str], rows: Any) -> Any:
+    """``rows`` (an Arrow table or batch) with the vectors of the embedding a table's
+    ``properties`` name, when they carry its text column but not every vector: rows written
+    without vectors get them, whoever writes them (the SDK, ingest, media ingest).
+
+        >>> import pyarrow as pa
+        >>> props = {PROP_SOURCE: "text", PROP_EMBEDDER: "hash"}
+        >>> embed_rows(props, pa.table({"text": ["a b", None]})).schema.names
+        ['text', 'vector']
+        >>> embed_rows({}, pa.table({"text": ["a b"]})).schema.names  # no embedding set
+        ['text']
+    """
+    source = properties.get(PROP_SOURCE)
+    if source is None or source not in rows.column_names:
+        return rows
+    column = properties.get(PROP_COLUMN, "vector")
+    if column in rows.column_names and rows.column(column).null_count == 0:
+        return rows
+    embedder = properties.get(PROP_EMBEDDER, DEFAULT_EMBEDDER)
+    return EmbedColumn(source, embedder=embedder, output=column)(rows)
 
 
 register_embedder("hash", lambda device=None: HashEmbedder(), aliases=("tiny",))
@@ -526,12 +556,16 @@ register_embedder(
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "PROP_COLUMN",
+    "PROP_EMBEDDER",
+    "PROP_SOURCE",
     "EmbedColumn",
     "Embedder",
     "EmbedderFactory",
     "HashEmbedder",
     "MiniLMEmbedder",
     "Tokenizer",
+    "embed_rows",
     "embedder_factory",
     "get_embedder",
     "list_embedders",

@@ -99,3 +99,14 @@ def test_ingest_into_a_new_table_needs_create_and_makes_an_owner(lh, tmp_path) -
         carol.ingest(str(tmp_path / "a.csv"), "other.y")
     assert lh.tables("other") == []
     assert "main.other" not in lh.schemas()
+
+
+def test_ingest_embeds_rows_of_a_table_with_an_embedding(lh, tmp_path) -> None:
+    t = lh.create_table("kb.docs", [{"id": 1, "text": "vacuum removes old files"}], format="lance")
+    t.set_embedding("text", embedder="hash")
+    (tmp_path / "more.csv").write_text("id,text\n2,optimize compacts small files\n")
+    lh.ingest(str(tmp_path / "more.csv"), "kb.docs")
+    rows = {r["id"]: r["vector"] for r in lh.table("kb.docs").to_arrow().to_pylist()}
+    assert rows[2] is not None and len(rows[2]) == 64
+    hits = lh.table("kb.docs").search("optimize compacts small files", k=1)
+    assert hits.column("id").to_pylist() == [2]

@@ -413,3 +413,20 @@ def test_ingest_media_checks_privileges(lh: mx.Lakehouse, tmp_path: Path) -> Non
     assert lh.table("media.carols").info.owner == "carol"
     assert lh.catalog.get_volume(TableIdent.parse("media.carols_files")).owner == "carol"
     assert carol.ingest_media(str(src), "media.carols").unchanged == 2  # its owner reads it
+
+
+def test_reingest_embeds_new_rows_of_a_table_with_an_embedding(
+    lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("vacuum removes old files\n")
+    lh.ingest_media(str(src), "media.kb")
+    lh.table("media.kb").set_embedding("text", embedder="hash")  # type: ignore[attr-defined]
+    (src / "b.txt").write_text("optimize compacts small files\n")
+    assert lh.ingest_media(str(src), "media.kb").added == 1
+    t = lh.table("media.kb")
+    vectors = dict(zip(*t.to_arrow(columns=["name", "vector"]).to_pydict().values(), strict=True))
+    assert vectors["b.txt"] is not None and len(vectors["b.txt"]) == 64
+    hits = t.search("optimize compacts small files", k=1)  # type: ignore[attr-defined]
+    assert hits.column("name").to_pylist() == ["b.txt"]
