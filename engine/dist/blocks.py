@@ -19,8 +19,8 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from matrixos._lru import LRU
 from matrixos.engine.context import table_refs
-from matrixos.engine.lru import LRU
 from matrixos.engine.scan import FileEntry, PrunedScan, duckdb_type
 
 TABLE_PREFIX = "__mx_t"  # placeholder names of the query's table references: __mx_t0, __mx_t1, …

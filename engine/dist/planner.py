@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from matrixos._lru import LRU
 from matrixos.engine.dist.blocks import Refused, Rel, Unkept, optimize_tree
 from matrixos.engine.dist.explain import describe_scan
 from matrixos.engine.dist.fragments import plan_fragments, split_files
@@ -22,7 +23,6 @@ from matrixos.engine.dist.partitioning import PendingStage, StageBackend, StageB
 from matrixos.engine.dist.plan import DistributedPlan, FragmentPlan, StagedPlan
 from matrixos.engine.dist.stages import StagePlanner
 from matrixos.engine.filecache import plan_placement
-from matrixos.engine.lru import LRU
 from matrixos.engine.scan import PrunedScan
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pytest
 
 from matrixos.engine import search
+from matrixos.engine.search import ann, ann_index
 from matrixos.errors import (
     ConfigError,
     MatrixOSError,
@@ -189,7 +190,7 @@ def test_cache_recall(
     kind: str,
 ) -> None:
     if kind == "hnsw":  # 1,500 rows would get an exact index; make it build the graph
-        monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
+        monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
     uri = make_dataset()
     search.create_vector_index(uri, "vector", index_type="flat", metric=metric)
     info = search.warm(uri)
@@ -264,7 +265,7 @@ def test_optimize_folds_appended_rows_into_the_indexes(
 def test_cache_follows_appends_incrementally(
     make_dataset: Callable[..., str], corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
     uri = make_dataset()
     first = search.warm(uri)
     assert (first["kind"], first["rows"], first["builds"]) == ("hnsw", N_BASE, 1)
@@ -305,9 +306,9 @@ def _wait_for_background_work() -> None:
 def test_large_cache_work_runs_in_the_background(
     make_dataset: Callable[..., str], corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
-    monkeypatch.setattr(search, "SYNC_BUILD_MAX_ROWS", 100)  # 1,500 rows: build in background
-    monkeypatch.setattr(search, "SYNC_ADD_MAX_ROWS", 10)  # 50 appended rows: add in background
+    monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(ann, "SYNC_BUILD_MAX_ROWS", 100)  # 1,500 rows: build in background
+    monkeypatch.setattr(ann, "SYNC_ADD_MAX_ROWS", 10)  # 50 appended rows: add in background
     uri = make_dataset()
     # Answered by Lance (no index: exact) while the cache builds.
     assert search.vector_search(uri, corpus.base[3], k=1)["id"].to_pylist() == [3]
@@ -326,7 +327,7 @@ def test_large_cache_work_runs_in_the_background(
 def test_concurrent_queries_while_rows_are_appended(
     make_dataset: Callable[..., str], corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
     uri = make_dataset()
     search.warm(uri)
     errors: list[BaseException] = []
@@ -375,8 +376,8 @@ def test_selective_prefilter_still_returns_k_rows(
 def test_filter_through_the_hnsw_graph(
     make_dataset: Callable[..., str], corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
-    monkeypatch.setattr(search, "EXACT_FILTER_MAX_ROWS", 50)  # 30 % = 450 rows: use HNSW
+    monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(ann_index, "EXACT_FILTER_MAX_ROWS", 50)  # 30 % = 450 rows: use HNSW
     uri = make_dataset()
     assert search.warm(uri)["kind"] == "hnsw"
     matching = np.flatnonzero(np.arange(N_BASE) % 100 < 30)
@@ -391,6 +392,56 @@ def test_filter_through_the_hnsw_graph(
     assert sorted(few["id"].to_pylist()) == [3, 5]
 
 
+def test_filter_matches_are_remembered_per_entry_within_a_bound(
+    make_dataset: Callable[..., str], corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ann_index, "FILTERS_PER_ENTRY", 4)
+    uri = make_dataset(300)  # bucket = id % 100: 3 rows per bucket
+    base = search.warm(uri)["bytes"]
+    for b in range(6):
+        got = search.vector_search(uri, corpus.vectors[b], k=3, filter=f"bucket = {b}")
+        assert got["id"].to_pylist()[0] == b and set(got["bucket"].to_pylist()) == {b}
+    (entry,) = search.cache_info()["entries"]
+    # The last four predicates are kept, 3 int64 row numbers each, and count in the budget.
+    assert entry["bytes"] == base + 4 * 3 * 8
+    append(uri, corpus, 300, 310)  # a new version forgets them (the matches changed)
+    search.vector_search(uri, corpus.vectors[0], k=1)
+    (entry,) = search.cache_info()["entries"]
+    assert entry["version"] == 2 and entry["bytes"] == base // 300 * 310  # vectors only
+
+
+# --- The cache's memory budget -----------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_budget() -> Iterator[None]:
+    before = search.cache_info()["max_bytes"]
+    yield
+    search.configure_cache(max_bytes=before)
+
+
+@pytest.mark.usefixtures("cache_budget")
+def test_the_budget_evicts_the_least_recently_used(
+    make_dataset: Callable[..., str], corpus: Corpus
+) -> None:
+    a, b = make_dataset(300, "a"), make_dataset(300, "b")
+    one = search.warm(a)["bytes"]
+    search.warm(b)
+    search.vector_search(a, corpus.vectors[0], k=1)  # "a" is the most recently used now
+    info = search.configure_cache(max_bytes=one + one // 2)  # room for one of them
+    assert [e["uri"] for e in info["entries"]] == [a]
+    assert info["bytes"] <= info["max_bytes"]
+    # "b" does not fit beside "a": it is answered by Lance and evicts "a" once cached.
+    assert search.vector_search(b, corpus.vectors[5], k=1)["id"].to_pylist() == [5]
+    assert [e["uri"] for e in search.cache_info()["entries"]] == [b]
+    search.configure_cache(max_bytes=one // 2)
+    assert search.cache_info()["entries"] == []
+    with pytest.raises(ConfigError, match="do not fit in the ANN cache"):
+        search.warm(a)
+    with pytest.raises(ConfigError, match=">= 0"):
+        search.configure_cache(max_bytes=-1)
+
+
 # --- Deletes -----------------------------------------------------------------------------------
 
 
@@ -402,7 +453,7 @@ def test_deleted_rows_are_never_returned(
     kind: str,
 ) -> None:
     if kind == "hnsw":
-        monkeypatch.setattr(search, "CACHE_FLAT_MAX_ROWS", 100)
+        monkeypatch.setattr(ann_index, "CACHE_FLAT_MAX_ROWS", 100)
     uri = make_dataset()
     search.create_vector_index(uri, index_type="IVF_HNSW_SQ")
     search.warm(uri)
