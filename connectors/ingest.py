@@ -31,7 +31,7 @@ from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
 from matrixos.connectors.files import list_files, normalize_format, read_files
-from matrixos.errors import SchemaMismatch, TableNotFound
+from matrixos.errors import IngestError, SchemaMismatch, TableNotFound
 from matrixos.storage.delta import conform
 from matrixos.storage.warehouse import filesystem_for
 
@@ -103,6 +103,8 @@ def ingest(
         IngestError: a file is malformed (file, line, column); nothing was written.
         SchemaMismatch: the data does not fit the table; nothing was written.
     """
+    if not paths:
+        raise IngestError("no paths given", path="")
     if mode not in ("append", "overwrite", "merge"):
         raise SchemaMismatch(f"unknown ingest mode {mode!r}: use append, overwrite or merge")
     if mode == "merge" and not on:

@@ -110,3 +110,9 @@ def test_ingest_embeds_rows_of_a_table_with_an_embedding(lh, tmp_path) -> None:
     assert rows[2] is not None and len(rows[2]) == 64
     hits = lh.table("kb.docs").search("optimize compacts small files", k=1)
     assert hits.column("id").to_pylist() == [2]
+
+
+def test_ingest_without_paths_is_an_ingest_error(lh) -> None:
+    with pytest.raises(IngestError, match="no paths given"):
+        lh.ingest([], "raw.none")
+    assert lh.tables() == []
