@@ -54,18 +54,31 @@ class IngestSummary:
         )
 
 
-def find_table(
-    service: TableService, principal: Principal, ident: TableIdent, *privileges: str
+def target_table(
+    service: TableService, principal: Principal, ident: TableIdent, privilege: str, *more: str
 ) -> TableInfo | None:
-    """The catalog entry of ``ident`` checked for each of ``privileges`` (``AccessDenied``);
-    None when there is no such table, after checking that ``principal`` may create it."""
+    """The catalog entry of the table a write goes to, checked for ``privilege`` and ``more``;
+    None when there is no such table yet, once ``principal`` is known to hold ``CREATE`` on its
+    schema. Raises ``AccessDenied`` otherwise.
+
+    Example:
+        >>> import tempfile, matrixos as mx
+        >>> from matrixos.catalog.access import Principal
+        >>> lh = mx.connect(tempfile.mkdtemp())
+        >>> bob = Principal("bob", frozenset({"CREATE ON main.raw"}))
+        >>> print(target_table(lh.service, bob, TableIdent.parse("raw.new"), "MODIFY"))
+        None
+        >>> target_table(lh.service, bob, TableIdent.parse("other.t"), "MODIFY")
+        Traceback (most recent call last):
+        matrixos.errors.AccessDenied: bob has no CREATE privilege on main.other ...
+    """
     try:
-        info = service.resolve(principal, ident, privileges[0])
+        info = service.resolve(principal, ident, privilege)
     except TableNotFound:
         principal.check("CREATE", f"{ident.catalog}.{ident.schema}")
         return None
-    for privilege in privileges[1:]:
-        service.authorize(principal, privilege, info)
+    for other in more:
+        service.authorize(principal, other, info)
     return info
 
 
@@ -113,7 +126,7 @@ def ingest(
         format = normalize_format(format)  # an unknown one fails before any file is listed
     start = time.perf_counter()
     ident = TableIdent.parse(table)
-    existing = find_table(service, principal, ident, "MODIFY")
+    existing = target_table(service, principal, ident, "MODIFY")
     fs = filesystem_for(paths[0], service.warehouse.options)
     files = list_files(list(paths), fs)
     data = read_files(files, format=format, filesystem=fs)

@@ -73,7 +73,7 @@ from matrixos.catalog import TableIdent, TableInfo
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
 from matrixos.connectors.documents import DOCUMENT_MIMES, parse_document, sniff_mime
-from matrixos.connectors.ingest import find_table, table_schema
+from matrixos.connectors.ingest import table_schema, target_table
 from matrixos.errors import (
     IngestError,
     NotSupported,
@@ -240,7 +240,7 @@ def ingest_media(
     if not names:
         raise IngestError("no paths given", path="")
     ident = TableIdent.parse(table)
-    existing = find_table(service, principal, ident, "SELECT", "MODIFY")
+    existing = target_table(service, principal, ident, "SELECT", "MODIFY")
     options = service.warehouse.options
     files = _discover(names, options, recursive)
     previous = _previous_rows(service, existing) if existing is not None else {}
