@@ -103,8 +103,11 @@ class DML:
             isinstance(w.args["then"], exp.Insert) for w in stmt.args["whens"].expressions
         )
         check_merge_source(source, keys, inserts=inserts and not null_safe)
-        if table.info.format == "lance":
-            return _merge_lance(stmt, table, source, target.alias_or_name, src_alias)
+        store = table.store
+        # A format whose store runs a full MERGE statement (Delta's, through delta-rs) takes
+        # every clause; any other gets the upsert shapes ``Table.merge`` runs (Lance's).
+        if not hasattr(store, "merge_statement"):
+            return _merge_upsert(stmt, table, source, target.alias_or_name, src_alias)
         aliases = {target.alias_or_name.lower(): "target", src_alias.lower(): "source"}
         schema = table.schema
 
@@ -154,7 +157,7 @@ class DML:
                     raise NotSupported(f"MERGE clause {w.sql()} is not supported")
             return m
 
-        res = table.store.merge_statement(build)
+        res = store.merge_statement(build)
         self.lh.catalog.touch(table.info.ident)
         metrics = res.metrics
         n = sum(
@@ -197,10 +200,11 @@ class DML:
         )
 
 
-def _merge_lance(
+def _merge_upsert(
     stmt: exp.Merge, table: TableHandle, source: pa.Table, target: str, alias: str
 ) -> Result:
-    """MERGE into a Lance table: the upsert shapes Lance's merge_insert runs natively —
+    """MERGE as ``Table.merge``'s upsert (a Lance table): the shapes Lance's merge_insert runs
+    natively —
     ON equalities of target and source columns; WHEN MATCHED THEN UPDATE SET * (or each
     column = its source column); WHEN NOT MATCHED THEN INSERT * (or the source columns);
     WHEN NOT MATCHED BY SOURCE THEN DELETE; no extra conditions."""
