@@ -19,7 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matrixos as mx
 from matrixos import tpch
+from matrixos.config import resolve_settings
+from matrixos.errors import ConfigError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -103,12 +106,7 @@ def run_demo(
     from rich.console import Console
     from rich.markup import escape
 
-    import matrixos as mx
-    from matrixos.config import resolve_settings
-
     if not scale > 0:
-        from matrixos.errors import ConfigError
-
         raise ConfigError(f"scale must be a positive TPC-H scale factor, got {scale!r}")
     con = console if console is not None else Console()
     root = resolve_settings(warehouse=warehouse).warehouse  # or $MATRIXOS_WAREHOUSE, ./warehouse

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from matrixos._filelock import locked
 from matrixos.catalog import TableIdent
+from matrixos.config import resolve_settings
 from matrixos.errors import TpchError
 
 if TYPE_CHECKING:
@@ -86,8 +87,6 @@ class TpchData:
 
 def default_cache() -> Path:
     """The TPC-H cache: ``$MATRIXOS_TPCH_DIR``, else ``~/.cache/matrixos/tpch``."""
-    from matrixos.config import resolve_settings
-
     configured = resolve_settings().tpch_dir
     if configured:
         return Path(configured).expanduser()

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
 from matrixos.errors import SQLError, TableNotFound
 
@@ -54,13 +57,9 @@ def open_source(
 ) -> Source:
     """``source`` (a table name or a query) as the query that reads its ``columns`` where
     ``filter`` holds, a table at ``version`` (default: its latest)."""
-    # Built as a tree (sqlglot imported here: not needed at ``import matrixos``): the source
-    # query and the filter must each parse as one query and one condition, and column names
-    # are quoted identifiers, so none of them can change the statement's shape.
-    import sqlglot
-    from sqlglot import exp
-    from sqlglot.errors import SqlglotError
-
+    # Built as a tree: the source query and the filter must each parse as one query and one
+    # condition, and column names are quoted identifiers, so none of them can change the
+    # statement's shape.
     projection = [exp.column(c, quoted=True) for c in columns] if columns else [exp.Star()]
     try:
         where = sqlglot.condition(filter, dialect="duckdb") if filter else None

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from matrixos.storage.arrow import to_arrow_table
+
 BatchFormat = Literal["pyarrow", "pandas", "numpy"]
 
 
@@ -47,8 +49,6 @@ def _column(values: Any) -> Any:
 
 def to_output_table(out: Any) -> pa.Table:
     """What a UDF returned (Arrow table or batch, pandas, Polars, dict of columns) as Arrow."""
-    from matrixos.storage.arrow import to_arrow_table
-
     if isinstance(out, Mapping):
         return pa.table({k: _column(v) for k, v in out.items()})
     return to_arrow_table(out)

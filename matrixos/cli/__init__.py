@@ -23,6 +23,7 @@ import typer
 
 from matrixos.cli import ai, compute, demo, sql, tables
 from matrixos.cli.common import HELP, fail, hoist_global_options, root
+from matrixos.errors import MatrixOSError
 
 __all__ = ["app", "main"]
 
@@ -51,8 +52,6 @@ app.add_typer(compute.compute_app, name="compute")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``matrixos`` script (``argv``: the arguments, default ``sys.argv``)."""
-    from matrixos.errors import MatrixOSError
-
     args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
     try:
         app(args=args, prog_name="matrixos")

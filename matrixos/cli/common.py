@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from matrixos import __version__
 from matrixos.cli.output import console
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ def connect(ctx: typer.Context, *, create: bool = False) -> Lakehouse:
 
 def _version(value: bool) -> None:
     if value:
-        from matrixos import __version__
-
         typer.echo(f"matrixos {__version__}")
         raise typer.Exit()
 
