@@ -64,10 +64,12 @@ class Binder:
         self._snapshots: LRU[tuple[str, int], Snapshot] = LRU(_SNAPSHOTS)
 
     def clear(self) -> None:
+        """Forget the cached snapshots."""
         self._snapshots.clear()
 
     # -- the catalog and the table's data (the only uses of ``lh``) --------------------------
     def table_info(self, ident: TableIdent) -> TableInfo:
+        """The catalog entry of ``ident`` (``TableNotFound`` when there is none)."""
         return self.lh.catalog.get_table(ident)
 
     def snapshot(
@@ -83,6 +85,7 @@ class Binder:
         return snap
 
     def lance_scan(self, info: TableInfo, version: int | None, timestamp: Any) -> LanceScan:
+        """The Lance table's dataset at a version (latest by default), for DuckDB to scan."""
         ds = self.lh._store(info).open(version=version, timestamp=timestamp)
         return LanceScan(info.location, int(ds.version), ds)
 

@@ -44,6 +44,8 @@ class DDL:
 
     # -- tables and schemas -----------------------------------------------------------------
     def create(self, stmt: exp.Create, dialect: str) -> Result:
+        """``CREATE SCHEMA`` or ``CREATE [OR REPLACE] TABLE [IF NOT EXISTS] … [USING lance]
+        [PARTITIONED BY (…)] [COMMENT …] [TBLPROPERTIES (…)] ( (columns) | AS query )``."""
         kind = str(stmt.args.get("kind") or "").upper()
         if kind in ("SCHEMA", "DATABASE"):
             target = stmt.this
@@ -154,6 +156,7 @@ class DDL:
         return pa.schema(fields)
 
     def drop(self, stmt: exp.Drop, dialect: str) -> Result:
+        """``DROP TABLE|SCHEMA [IF EXISTS] name[, …]``."""
         kind = str(stmt.args.get("kind") or "").upper()
         targets = stmt.args.get("tables") or [stmt.this]
         if_exists = bool(stmt.args.get("exists"))
@@ -170,6 +173,7 @@ class DDL:
         return ok(f"DROP {kind}")
 
     def describe(self, stmt: exp.Describe, dialect: str) -> Result:
+        """``DESCRIBE t`` (columns, types, nullability, partitioning) or ``DESCRIBE HISTORY t``."""
         target = stmt.this
         if not isinstance(target, exp.Table):
             raise NotSupported("DESCRIBE supports tables")
@@ -192,6 +196,7 @@ class DDL:
 
     # -- SHOW -------------------------------------------------------------------------------
     def show_statement(self, stmt: exp.Show, dialect: str) -> Result:
+        """``SHOW …`` as the dialect parsed it (see ``show``)."""
         what = str(stmt.this).upper()
         # sqlglot puts ``FROM s`` in target, db (mysql) or from_ (duckdb) depending on dialect
         target = next(
@@ -201,6 +206,7 @@ class DDL:
         return self.show(what, target.sql() if target is not None else None)
 
     def show(self, what: str, within: str | None) -> Result:
+        """``SHOW TABLES [IN schema]`` or ``SHOW SCHEMAS|DATABASES [IN catalog]``."""
         if what == "TABLES":
             names = self.lh.tables(within) if within else self.lh.tables()
             parts = [n.split(".") for n in names]

@@ -38,6 +38,7 @@ class DML:
         return self.lh.table(str(ident_of(node)))
 
     def insert(self, stmt: exp.Insert, dialect: str) -> Result:
+        """``INSERT [OVERWRITE] INTO t [(columns) | BY NAME] VALUES … | query``."""
         target = stmt.this
         columns: list[str] | None = None
         if isinstance(target, exp.Schema):
@@ -66,6 +67,7 @@ class DML:
         return ok(f"INSERT 0 {data.num_rows}", num_affected_rows=data.num_rows)
 
     def delete(self, stmt: exp.Delete, dialect: str) -> Result:
+        """``DELETE FROM t [WHERE …]``."""
         table = self._table(stmt.this)
         where = stmt.args.get("where")
         res = table.delete(delta_expr(where.this, stmt.this) if where else None)
@@ -73,6 +75,7 @@ class DML:
         return ok(f"DELETE {n}", num_affected_rows=n, version=res.version)
 
     def update(self, stmt: exp.Update, dialect: str) -> Result:
+        """``UPDATE t SET c = expr, … [WHERE …]``."""
         table = self._table(stmt.this)
         sets: dict[str, str] = {}
         for e in stmt.expressions:
@@ -89,6 +92,7 @@ class DML:
 
     # -- MERGE ------------------------------------------------------------------------------
     def merge(self, stmt: exp.Merge, dialect: str) -> Result:
+        """``MERGE INTO t USING source ON … WHEN [NOT] MATCHED [BY SOURCE] [AND …] THEN …``."""
         target = stmt.this
         table = self._table(target)
         using = stmt.args["using"]

@@ -71,6 +71,7 @@ class SQLEngine:
         }
 
     def close(self) -> None:
+        """Drop the query connection and the cached snapshots."""
         self._local.close()
         self._binder.clear()
 

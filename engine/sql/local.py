@@ -52,6 +52,7 @@ class LocalRunner:
         self._allowed: tuple[str, ...] = ()
 
     def close(self) -> None:
+        """Drop the connection (a later statement opens a new one)."""
         self._con = None
 
     def cursor(self, locations: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
