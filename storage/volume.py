@@ -38,6 +38,7 @@ import posixpath
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
@@ -139,10 +140,20 @@ class Volume:
         b'%PDF'
     """
 
-    def __init__(self, name: str, location: str, options: StorageOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        location: str,
+        options: StorageOptions,
+        *,
+        check_write: Callable[[], None] | None = None,
+    ) -> None:
         """The volume called ``name`` (``catalog.schema.volume``) whose files are under
-        ``location``, reached with the warehouse's storage ``options``."""
+        ``location``, reached with the warehouse's storage ``options``. ``check_write`` raises
+        ``AccessDenied`` when whoever holds this volume may not add or delete files (the table
+        service passes its principal's ``MODIFY`` check); None allows writes."""
         self._name = name
+        self._check_write = check_write
         self.uri = normalize_uri(location)
         self._options = options
         self.fs: fsspec.AbstractFileSystem = filesystem_for(self.uri, options)
@@ -173,6 +184,10 @@ class Volume:
         return check_file_name(full[len(self.uri) + 1 :])
 
     # -- writing ----------------------------------------------------------------------------
+    def _writing(self) -> None:
+        if self._check_write is not None:
+            self._check_write()
+
     def put(
         self,
         src: str | os.PathLike[str] | bytes | bytearray | memoryview,
@@ -189,10 +204,12 @@ class Volume:
             The stored file's full URI.
 
         Raises:
-            AccessDenied: ``dest_name`` would leave the volume (``..``, an absolute path).
+            AccessDenied: ``dest_name`` would leave the volume (``..``, an absolute path), or
+                the caller may not write to this volume (no ``MODIFY`` privilege).
             FileNotFound: ``src`` does not exist.
             StorageError: the copy failed; nothing was left at ``dest_name``.
         """
+        self._writing()
         if isinstance(src, bytes | bytearray | memoryview):
             if dest_name is None:
                 raise AccessDenied("put(bytes) needs dest_name")
@@ -263,6 +280,7 @@ class Volume:
         Hidden files and folders (``.name``) are skipped. ``prefix`` is prepended to each
         name (``"2024/"`` puts ``a.pdf`` at ``2024/a.pdf``). Returns the URIs, sorted by name.
         """
+        self._writing()
         folder = os.fspath(path).rstrip("/")
         fs = filesystem_for(folder, self._options)
         if not fs.isdir(folder):
@@ -279,6 +297,7 @@ class Volume:
 
     def delete(self, name: str, *, missing_ok: bool = False) -> None:
         """Remove file ``name``; ``FileNotFound`` if it is not there (unless ``missing_ok``)."""
+        self._writing()
         path = self.uri_of(name)
         if not self.fs.isfile(path):
             if missing_ok:

@@ -241,12 +241,26 @@ def test_catalog_volume_entries(catalog_url: str) -> None:
         cat.close()
 
 
-def test_volume_privileges(lh: mx.Lakehouse) -> None:
+def test_volume_privileges(lh: mx.Lakehouse, tmp_path: Path) -> None:
     vol = lh.create_volume("raw.docs")
     vol.put(b"%PDF-1.4", "a.pdf")
     bob = Principal("bob", frozenset({"SELECT ON main.raw.*"}))
-    assert lh.with_principal(bob).volume("raw.docs").read_bytes("a.pdf") == b"%PDF-1.4"
+    bobs = lh.with_principal(bob).volume("raw.docs")
+    assert bobs.read_bytes("a.pdf") == b"%PDF-1.4"
     assert lh.with_principal(bob).volumes() == ["main.raw.docs"]
+    # Reading is not writing: every way of changing its files needs MODIFY.
+    folder = tmp_path / "more"
+    folder.mkdir()
+    (folder / "b.pdf").write_bytes(b"%PDF-1.5")
+    for write in (
+        lambda: bobs.put(b"%PDF-1.7", "a.pdf"),
+        lambda: bobs.put(folder / "b.pdf"),
+        lambda: bobs.put_folder(folder),
+        lambda: bobs.delete("a.pdf"),
+    ):
+        with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.raw\.docs"):
+            write()
+    assert [f.name for f in vol.list()] == ["a.pdf"] and vol.read_bytes("a.pdf") == b"%PDF-1.4"
     with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.raw\.docs"):
         lh.service.volume(bob, "raw.docs", "MODIFY")
     with pytest.raises(AccessDenied, match=r"bob has no CREATE privilege on schema main\.raw"):
@@ -263,7 +277,8 @@ def test_volume_privileges(lh: mx.Lakehouse) -> None:
     # Its creator owns it: MODIFY without a grant.
     carol = Principal("carol", frozenset({"CREATE ON main.raw"}))
     lh.with_principal(carol).create_volume("raw.carols")
-    lh.service.volume(carol, "raw.carols", "MODIFY").put(b"x", "x.txt")
+    lh.with_principal(carol).volume("raw.carols").put(b"x", "x.txt")
+    assert lh.volume("raw.carols").list()[0].name == "x.txt"
     assert lh.catalog.get_volume(TableIdent.parse("raw.carols")).owner == "carol"
 
 
