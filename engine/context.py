@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
+from matrixos.catalog.access import EMBEDDED_USER, Principal
 from matrixos.engine.functions import is_function_result
 from matrixos.engine.sandbox import is_cte_reference
 
@@ -24,27 +25,11 @@ if TYPE_CHECKING:
     from matrixos.catalog import TableIdent
     from matrixos.config import Settings
     from matrixos.engine.functions import FunctionResults
-    from matrixos.engine.scan import LanceScan, PrunedScan
+    from matrixos.engine.scan import DatasetScan, PrunedScan
     from matrixos.errors import MatrixOSError
     from matrixos.storage.options import StorageOptions
 
-    Bound = list[tuple[TableIdent, PrunedScan | LanceScan]]
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is asking. The embedded user (the default) owns everything.
-
-    Example:
-        >>> EMBEDDED_USER.name
-        'embedded'
-    """
-
-    name: str
-    grants: frozenset[str] = frozenset({"*"})  # what it may do; "*" is everything
-
-
-EMBEDDED_USER = Principal("embedded")
+    Bound = list[tuple[TableIdent, PrunedScan | DatasetScan]]
 
 
 @dataclass

@@ -22,15 +22,21 @@ from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 
-from matrixos.ai.embed import get_embedder
+from matrixos.ai.embed import PROP_COLUMN, PROP_EMBEDDER, PROP_SOURCE, get_embedder
 from matrixos.engine import search
 from matrixos.errors import ConfigError
 
 SearchMode = Literal["vector", "text", "hybrid"]
 
-PROP_SOURCE = "matrixos.embedding.source"
-PROP_COLUMN = "matrixos.embedding.column"
-PROP_EMBEDDER = "matrixos.embedding.embedder"
+__all__ = [
+    "PROP_COLUMN",
+    "PROP_EMBEDDER",
+    "PROP_SOURCE",
+    "Embedding",
+    "embed_query",
+    "search_table",
+    "table_embedding",
+]
 
 
 class Embedding(NamedTuple):

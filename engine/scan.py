@@ -180,13 +180,15 @@ class PrunedScan:
 
 
 @dataclass
-class LanceScan:
-    """A Lance table at one version: DuckDB scans the dataset through Arrow, pushing projections
-    and filters into Lance (which uses its scalar indexes and skips fragments)."""
+class DatasetScan:
+    """A table DuckDB scans as a dataset through Arrow (a Lance table, or any format without
+    Delta's file lists) at one version, pushing projections and filters into it (Lance uses
+    its scalar indexes and skips fragments)."""
 
     location: str
     version: int
-    dataset: Any  # lance.LanceDataset
+    dataset: Any  # lance.LanceDataset, pyarrow.dataset.Dataset, …
+    format: str = "lance"
 
     @property
     def schema(self) -> pa.Schema:

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import getpass
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from matrixos.catalog import TableIdent, TableInfo, catalog_for, parse_schema
+from matrixos.catalog import TableIdent, TableInfo, catalog_for
+from matrixos.catalog.access import Principal
+from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
-from matrixos.errors import ConfigError, NotSupported, TableExists, TableNotFound
+from matrixos.errors import WarehouseNotFound
+from matrixos.lance_table import lance_table_or_error
+from matrixos.storage._errors import storage_error
 from matrixos.storage.options import StorageOptions
-from matrixos.storage.warehouse import Warehouse, normalize_uri
+from matrixos.storage.warehouse import Warehouse, filesystem_for, is_remote, normalize_uri
+from matrixos.table import Table, TableContext
+from matrixos.tables import open_table
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
-
     from matrixos.ai.rag import RAG
     from matrixos.batch import MapBatchesSummary
     from matrixos.compute import ComputePool
@@ -29,16 +32,7 @@ if TYPE_CHECKING:
     from matrixos.connectors.media import MediaIngestSummary
     from matrixos.engine.result import Result
     from matrixos.engine.sql import SQLEngine
-    from matrixos.storage.delta import DeltaStore
-    from matrixos.storage.lance import LanceStore
     from matrixos.storage.volume import Volume
-    from matrixos.table import Table
-
-
-MIN_FILES_PROPERTY = "matrixos.autoCompact.minFiles"
-# A catalog entry is written before its table's first file (the entry is the lock on the name):
-# an entry younger than this with nothing at its location may be a creation in progress.
-CREATING_GRACE = timedelta(minutes=10)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +84,12 @@ _CONNECT_ARGS = ("storage_options", "create")
 
 
 class Lakehouse:
-    """A session over one warehouse and catalog. Thread-safe; cheap to create."""
+    """A session over one warehouse and catalog. Thread-safe; cheap to create.
+
+    A thin facade: tables are resolved, authorized, opened and created by ``service`` (a
+    ``TableService``), SQL runs on the engine, and every call acts as ``principal`` (the
+    embedded user, who owns everything, unless ``with_principal`` says otherwise).
+    """
 
     def __init__(
         self,
@@ -108,11 +107,33 @@ class Lakehouse:
             _require_warehouse(settings.warehouse, settings.catalog_url, options)
         self.warehouse = Warehouse(settings.warehouse, options)
         self.catalog = catalog_for(self.warehouse, settings.catalog_url, settings.home)
+        self.service = TableService(self.warehouse, self.catalog, settings)
         self.user = settings.user or _whoami()
+        self.principal = Principal(self.user)  # the embedded user: every grant
+        self._ctx = TableContext(self.service, self.principal, lambda: self._engine)
+        self._root = self  # a with_principal() view shares its root's engine and pool
         self._lock = threading.Lock()
-        self._tables: dict[str, DeltaTable] = {}
         self._engine_obj: SQLEngine | None = None
         self._compute: ComputePool | None = None
+
+    def with_principal(self, principal: Principal) -> Lakehouse:
+        """This session acting as ``principal``: the same warehouse, catalog, engine and pool,
+        with every table call checked against its grants (how a server serves its users).
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> from matrixos.catalog.access import Principal
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> _ = lh.create_table("s.t", [{"id": 1}])
+            >>> bob = lh.with_principal(Principal("bob", frozenset()))
+            >>> bob.sql("SELECT * FROM s.t")
+            Traceback (most recent call last):
+            matrixos.errors.AccessDenied: bob has no SELECT privilege on main.s.t ...
+        """
+        view = copy.copy(self)
+        view.principal = principal
+        view._ctx = TableContext(self.service, principal, lambda: view._engine)
+        return view
 
     def __repr__(self) -> str:
         return f"Lakehouse(warehouse={self.warehouse.uri!r}, catalog={self.catalog!r})"
@@ -124,13 +145,15 @@ class Lakehouse:
         self.close()
 
     def close(self) -> None:
+        if self._root is not self:
+            return
         if self._engine_obj is not None:
             self._engine_obj.close()
             self._engine_obj = None
         if self._compute is not None:
             self._compute.shutdown()  # stops a private Ray runtime this session started
             self._compute = None
-        self.catalog.close()
+        self.service.close()
 
     @property
     def compute(self) -> ComputePool:
@@ -142,23 +165,27 @@ class Lakehouse:
             >>> lh.compute.status()["mode"]  # "ray" with compute="ray" or "ray://host:port"
             'local'
         """
-        if self._compute is None:
+        root = self._root
+        if root._compute is None:
             from matrixos.compute import ComputePool
 
-            with self._lock:
-                if self._compute is None:
-                    self._compute = ComputePool(self.settings)
-        return self._compute.start()
+            with root._lock:
+                if root._compute is None:
+                    root._compute = ComputePool(self.settings)
+        return root._compute.start()
 
     @property
     def _engine(self) -> SQLEngine:
-        if self._engine_obj is None:
+        root = self._root
+        if root._engine_obj is None:
             from matrixos.engine.sql import SQLEngine
 
-            with self._lock:
-                if self._engine_obj is None:
-                    self._engine_obj = SQLEngine(self)
-        return self._engine_obj
+            with root._lock:
+                if root._engine_obj is None:
+                    root._engine_obj = SQLEngine(
+                        root.service, num_cpus=lambda: root.compute.num_cpus()
+                    )
+        return root._engine_obj
 
     # -- SQL --------------------------------------------------------------------------------
     def sql(
@@ -186,40 +213,41 @@ class Lakehouse:
             >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()
             2
         """
-        return self._engine.execute(query, dialect or self.settings.default_dialect, engine=engine)
+        return self._engine.execute(
+            query,
+            dialect or self.settings.default_dialect,
+            engine=engine,
+            principal=self.principal,
+        )
 
     # -- schemas ----------------------------------------------------------------------------
     def create_schema(
         self, name: str, *, comment: str | None = None, if_not_exists: bool = True
     ) -> None:
         """Create ``[catalog.]schema``."""
-        catalog, schema = parse_schema(name)
-        self.catalog.create_schema(
-            catalog, schema, comment=comment, owner=self.user, if_not_exists=if_not_exists
+        self.service.create_schema(
+            self.principal, name, comment=comment, if_not_exists=if_not_exists
         )
 
     def schemas(self, catalog: str | None = None) -> list[str]:
-        return [f"{c}.{s}" for c, s in self.catalog.list_schemas(catalog)]
+        return self.service.schemas(catalog)
 
     def drop_schema(self, name: str, *, if_exists: bool = False) -> None:
-        catalog, schema = parse_schema(name)
-        self.catalog.drop_schema(catalog, schema, if_exists=if_exists)
+        self.service.drop_schema(self.principal, name, if_exists=if_exists)
 
     # -- tables -----------------------------------------------------------------------------
     def tables(self, schema: str | None = None) -> list[str]:
-        """Fully qualified names of the tables (in ``[catalog.]schema`` when given)."""
-        if schema:
-            c, s = parse_schema(schema)
-            infos = self.catalog.list_tables(c, s)
-        else:
-            infos = self.catalog.list_tables()
-        return [i.name for i in infos]
+        """Fully qualified names of the tables (in ``[catalog.]schema`` when given) that this
+        session's principal may read."""
+        return [i.name for i in self.service.tables(self.principal, schema)]
 
     def table(self, name: str | TableIdent) -> Table:
-        """An existing table; raises ``TableNotFound``."""
-        from matrixos.table import open_table
+        """An existing table; raises ``TableNotFound``. Its reads need ``SELECT``, its
+        writes ``MODIFY``."""
+        return self._open(self.catalog.get_table(TableIdent.parse(name)))
 
-        return open_table(self, self.catalog.get_table(TableIdent.parse(name)))
+    def _open(self, info: TableInfo) -> Table:
+        return open_table(self._ctx, info)
 
     def create_table(
         self,
@@ -228,7 +256,7 @@ class Lakehouse:
         *,
         schema: pa.Schema | None = None,
         partition_by: Sequence[str] | None = None,
-        format: Literal["delta", "lance"] = "delta",
+        format: Literal["delta", "lance"] | str = "delta",
         comment: str | None = None,
         properties: Mapping[str, str] | None = None,
         mode: Literal["error", "ignore", "overwrite"] = "error",
@@ -246,123 +274,49 @@ class Lakehouse:
             >>> lh.create_table("iot.readings", rows, partition_by=["day"]).partition_by
             ['day']
         """
-        if format not in ("delta", "lance"):
-            raise NotSupported(f"format={format!r} is not supported; use 'delta' or 'lance'")
-        ident = TableIdent.parse(name)
-        existing = self._unless_stale(self.catalog.find_table(ident))
-        if existing is not None:
-            if mode == "ignore":
-                return self.table(ident)
-            if mode == "overwrite":
-                t = self.table(ident)
-                t.overwrite(data if data is not None else schema.empty_table(), evolve=True)  # type: ignore[union-attr]
-                return t
-            if not self._has_storage(existing):  # its creator is still at it, or it is gone
-                raise TableExists(
-                    f"table {ident} already exists in the catalog, but nothing is stored at "
-                    f"{existing.location} yet: it is being created right now, or its files were "
-                    "deleted",
-                    hint=f"if no one is creating it, DROP TABLE {ident} removes the entry",
-                )
-            raise TableExists(f"table {ident} already exists", hint="use mode='overwrite'")
-        # Delta's own table properties (delta.appendOnly, delta.logRetentionDuration…) go into
-        # the table's metadata, where every Delta engine honours them; Lance has none of them.
-        delta_conf = {k: v for k, v in (properties or {}).items() if k.startswith("delta.")}
-        if delta_conf and format != "delta":
-            raise NotSupported(
-                f"table properties {sorted(delta_conf)} apply to Delta tables, not {format}"
-            )
-        if create_schema and not self.catalog.schema_exists(ident.catalog, ident.schema):
-            self.catalog.create_schema(
-                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
-            )
-        location = self.warehouse.table_location(*ident)
-        info = TableInfo(
-            ident=ident,
+        info = self.service.create_table(
+            self.principal,
+            name,
+            data,
+            schema=schema,
+            partition_by=partition_by,
             format=format,
-            location=location,
             comment=comment,
-            properties=dict(properties or {}),
-            owner=self.user,
+            properties=properties,
+            mode=mode,
+            create_schema=create_schema,
         )
-        store = self._store(info)
-        # The catalog row is the lock: of several processes creating one name, exactly one
-        # inserts it (primary key; the others get TableExists), and only that one touches the
-        # location. Writing the files first let a loser delete the winner's files as "leftovers"
-        # or commit its own rows under the winner's entry.
-        self.catalog.create_table(info)
-        try:
-            # Left behind by a create that crashed, or a drop that died before deleting files.
-            if store.exists():
-                self.warehouse.remove(location)
-            store.create(
-                data,
-                schema=schema,
-                partition_by=partition_by,
-                name=ident.name,
-                description=comment,
-                properties=delta_conf or None,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.catalog.drop_table(ident)
-            with contextlib.suppress(Exception):
-                self.warehouse.remove(location)
-            raise
-        return self.table(ident)
+        return self._open(info)
 
     def register_table(
         self,
         name: str,
         location: str,
         *,
-        format: Literal["delta", "lance"] | None = None,
+        format: str | None = None,
         comment: str | None = None,
         create_schema: bool = True,
     ) -> Table:
         """Add an existing Delta table (written by Spark, Databricks, delta-rs…) or Lance
-        dataset (lance, LanceDB) as external; ``format`` is detected when not given.
+        dataset (lance, LanceDB), or a table of any registered format, as external; ``format``
+        is detected when not given.
 
         Dropping it later removes only the catalog entry, never its files.
         """
-        ident = TableIdent.parse(name)
-        location = normalize_uri(location)
-        if format is None:
-            fs = self.warehouse.fs if self.warehouse.is_remote else None
-            format = _detect_format(location, fs)
-        probe = TableInfo(ident=ident, format=format, location=location, external=True)
-        store = self._store(probe)
-        if not store.exists():
-            raise TableNotFound(f"no {format.capitalize()} table at {location}")
-        store.open()  # refuses protocols it cannot read
-        if create_schema:
-            self.catalog.create_schema(
-                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
+        return self._open(
+            self.service.register_table(
+                self.principal,
+                name,
+                location,
+                format=format,
+                comment=comment,
+                create_schema=create_schema,
             )
-        self._unless_stale(self.catalog.find_table(ident))
-        info = TableInfo(
-            ident=ident,
-            format=format,
-            location=location,
-            external=True,
-            comment=comment,
-            owner=self.user,
         )
-        self.catalog.create_table(info)
-        return self.table(ident)
 
     def drop_table(self, name: str, *, if_exists: bool = False, purge: bool = True) -> None:
         """Remove a table; a managed table's files are deleted, an external one's kept."""
-        ident = TableIdent.parse(name)
-        try:
-            info = self.catalog.drop_table(ident)
-        except TableNotFound:
-            if if_exists:
-                return
-            raise
-        self._tables.pop(info.location, None)
-        if purge and not info.external:
-            self.warehouse.remove(info.location)
+        self.service.drop_table(self.principal, name, if_exists=if_exists, purge=purge)
 
     @property
     def rag(self) -> RAG:
@@ -503,7 +457,6 @@ class Lakehouse:
             ]
         """
         from matrixos.engine.result import Result
-        from matrixos.lance_table import lance_table_or_error
 
         t = lance_table_or_error(self.table(table))
         hits = t.search(query, k=k, mode=mode, filter=filter, columns=columns)
@@ -512,8 +465,7 @@ class Lakehouse:
     # -- volumes ----------------------------------------------------------------------------
     def volumes(self, schema: str | None = None) -> list[str]:
         """Fully qualified names of the volumes (in ``[catalog.]schema`` when given)."""
-        c, s = parse_schema(schema) if schema else (None, None)
-        return [v.name for v in self.catalog.list_volumes(c, s)]
+        return self.service.volumes(self.principal, schema)
 
     def volume(self, name: str | TableIdent) -> Volume:
         """An existing volume (a governed folder of raw files); raises ``VolumeNotFound``.
@@ -525,9 +477,7 @@ class Lakehouse:
             >>> [f.name for f in lh.volume("raw.docs").list()]
             ['scan.pdf']
         """
-        from matrixos.storage.volume import Volume
-
-        return Volume(self.catalog.get_volume(TableIdent.parse(name)), self.warehouse)
+        return self.service.volume(self.principal, name)
 
     def create_volume(
         self,
@@ -545,55 +495,21 @@ class Lakehouse:
             >>> lh.create_volume("raw.docs").put(b"%PDF-1.4 ...", "scan.pdf")
             '.../main/raw/.volumes/docs/scan.pdf'
         """
-        from matrixos.catalog.store import VolumeInfo
-        from matrixos.storage.volume import volume_location
-
-        ident = TableIdent.parse(name)
-        if self.catalog.find_volume(ident) is not None:
-            if if_not_exists:
-                return self.volume(ident)
-            raise TableExists(f"volume {ident} already exists")
-        if create_schema and not self.catalog.schema_exists(ident.catalog, ident.schema):
-            self.catalog.create_schema(
-                ident.catalog, ident.schema, owner=self.user, if_not_exists=True
-            )
-        location = volume_location(self.warehouse, ident)
-        info = VolumeInfo(ident=ident, location=location, comment=comment, owner=self.user)
-        try:
-            # The catalog row is the lock (as for tables): only its winner touches the folder.
-            self.catalog.create_volume(info)
-        except TableExists:
-            if if_not_exists:
-                return self.volume(ident)
-            raise
-        # Files left by a drop that died before deleting them must not resurface here.
-        self.warehouse.remove(location)
-        if not self.warehouse.is_remote:
-            Path(location).mkdir(parents=True, exist_ok=True)
-        return self.volume(ident)
+        return self.service.create_volume(
+            self.principal,
+            name,
+            comment=comment,
+            if_not_exists=if_not_exists,
+            create_schema=create_schema,
+        )
 
     def drop_volume(self, name: str, *, if_exists: bool = False) -> None:
         """Remove a volume; a managed volume's files are deleted."""
-        try:
-            info = self.catalog.drop_volume(TableIdent.parse(name))
-        except TableNotFound:
-            if if_exists:
-                return
-            raise
-        if not info.external:
-            self.warehouse.remove(info.location)
+        self.service.drop_volume(self.principal, name, if_exists=if_exists)
 
     def open_uri(self, uri: str, mode: str = "rb") -> IO[Any]:
         """Open a volume file by its full URI (e.g. a table's ``uri`` column) for reading."""
-        from matrixos.errors import AccessDenied
-        from matrixos.storage.volume import Volume
-
-        full = normalize_uri(uri)
-        owners = [v for v in self.catalog.list_volumes() if full.startswith(v.location + "/")]
-        if not owners:
-            raise AccessDenied(f"{uri} is not a file in any volume of this lakehouse")
-        owner = max(owners, key=lambda v: len(v.location))
-        return Volume(owner, self.warehouse).open_uri(full, mode)
+        return self.service.open_uri(self.principal, uri, mode)
 
     # -- ingest -----------------------------------------------------------------------------
     def ingest(
@@ -613,7 +529,8 @@ class Lakehouse:
 
         with source_errors(paths, self.warehouse.options):
             return ingest(
-                self,
+                self.service,
+                self.principal,
                 [paths] if isinstance(paths, str) else list(paths),
                 table,
                 mode=mode,
@@ -654,7 +571,8 @@ class Lakehouse:
 
         with source_errors(paths, self.warehouse.options):
             return ingest_media(
-                self,
+                self.service,
+                self.principal,
                 paths,
                 table,
                 volume=volume,
@@ -663,125 +581,16 @@ class Lakehouse:
                 progress=progress,
             )
 
-    # -- internals shared by Table and the SQL engine ---------------------------------------
-    def _storage_gone(self, info: TableInfo) -> bool:
-        """True when nothing is at the entry's location and the entry is too old to be a
-        creation in progress: its files were deleted, or the bucket emptied or re-created."""
-        if datetime.now(UTC) - info.created_at < CREATING_GRACE:
-            return False
-        return not self._has_storage(info)
-
-    def _has_storage(self, info: TableInfo) -> bool:
-        from matrixos.storage.warehouse import filesystem_for
-
-        fs = filesystem_for(info.location, self.warehouse.options)
-        # s3fs answers from listings it cached; another process may have written since.
-        fs.invalidate_cache(info.location)
-        return bool(fs.exists(info.location))
-
-    def _unless_stale(self, info: TableInfo | None) -> TableInfo | None:
-        """``info``, or None after removing it from the catalog when its storage is gone
-        (only that entry: a newer table of the same name is never touched)."""
-        if info is None or not self._storage_gone(info):
-            return info
-        log.warning(
-            "table %s: replacing its catalog entry, whose storage at %s is gone",
-            info.ident,
-            info.location,
-        )
-        with contextlib.suppress(TableNotFound):  # another process replaced it first
-            self.catalog.drop_table(info.ident, location=info.location)
-        self._tables.pop(info.location, None)
-        return None
-
-    def _no_data(self, info: TableInfo) -> TableNotFound:
-        """The error for a managed table whose location holds no committed table."""
-        if self._storage_gone(info):
-            return TableNotFound(
-                f"table {info.ident} is in the catalog, but its storage at {info.location} is "
-                "gone: its files were deleted, or the bucket was emptied or re-created",
-                hint=f"DROP TABLE {info.ident} removes the stale entry; creating the table "
-                "again replaces it",
-            )
-        # The catalog row is written first (it is the lock on the name); a creator that
-        # died before its first commit leaves the row without data.
-        return TableNotFound(
-            f"table {info.ident} is in the catalog but holds no committed data at "
-            f"{info.location}: it is still being created, its creator stopped before the first "
-            "commit, or its files were deleted",
-            hint=f"DROP TABLE {info.ident} removes the entry (the name can then be reused)",
-        )
-
-    def _store(self, info: TableInfo) -> DeltaStore | LanceStore:
-        from matrixos.storage.delta import DeltaStore
-
-        s = self.settings
-        if info.format == "lance":
-            from matrixos.storage.lance import LanceStore
-
-            return LanceStore(
-                info.location,
-                self.warehouse.lance_options(info.location),
-                commit_retries=s.commit_retries,
-                auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
-                name=str(info.ident),
-            )
-        return DeltaStore(
-            info.location,
-            self.warehouse.delta_options(info.location),
-            commit_retries=s.commit_retries,
-            auto_compact_min_files=_min_files(info, s.auto_compact_min_files),
-            name=str(info.ident),
-            small_file_bytes=s.small_file_bytes,
-            target_file_bytes=s.target_file_bytes,
-        )
-
-    def _delta(
-        self,
-        info: TableInfo,
-        version: int | None = None,
-        timestamp: datetime | str | None = None,
-    ) -> DeltaTable:
-        """The table's latest snapshot (cached, refreshed incrementally) or a past one."""
-        from matrixos.storage.delta import DeltaStore
-
-        store = self._store(info)
-        if not isinstance(store, DeltaStore):
-            raise NotSupported(f"table {info.name} is a {info.format} table, not Delta")
-        if version is not None or timestamp is not None:
-            return store.open(version=version, timestamp=timestamp)
-        dt = self._tables.get(info.location)
-        if dt is None:
-            try:
-                dt = store.open()
-            except TableNotFound as e:
-                if info.external:
-                    raise
-                raise self._no_data(info) from e
-            self._tables[info.location] = dt
-        else:
-            try:
-                dt.update_incremental()
-            except Exception:
-                dt = store.open()
-                self._tables[info.location] = dt
-        return dt
-
 
 def _require_warehouse(uri: str, catalog_url: str | None, options: StorageOptions) -> None:
     """Raise ``WarehouseNotFound`` unless a warehouse is at ``uri``: a local folder holding
     its catalog (or any folder, with a separate catalog), or an object-store prefix holding
     objects."""
-    from matrixos.errors import WarehouseNotFound
-    from matrixos.storage.warehouse import filesystem_for, is_remote
-
     root = normalize_uri(uri)
     if is_remote(root):
         try:
             found = catalog_url is not None or bool(filesystem_for(root, options).exists(root))
         except Exception as e:
-            from matrixos.storage._errors import storage_error
-
             raise storage_error(
                 e, f"cannot look for a warehouse at {root}", root, options=options
             ) from e
@@ -794,31 +603,6 @@ def _require_warehouse(uri: str, catalog_url: str | None, options: StorageOption
             hint="check the path (--warehouse or MATRIXOS_WAREHOUSE); a command that writes "
             "(ingest, sql CREATE TABLE …) or mx.connect() in Python creates one",
         )
-
-
-def _min_files(info: TableInfo, default: int) -> int:
-    """The table's ``matrixos.autoCompact.minFiles`` property (0 turns auto-compaction off)."""
-    raw = info.properties.get(MIN_FILES_PROPERTY)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"table {info.name}: property {MIN_FILES_PROPERTY}={raw!r} is not an integer"
-        ) from None
-    if value < 0:
-        raise ConfigError(f"table {info.name}: property {MIN_FILES_PROPERTY} must be >= 0")
-    return value
-
-
-def _detect_format(location: str, fs: Any = None) -> Literal["delta", "lance"]:
-    """``lance`` for a folder holding ``_versions/`` (a Lance dataset), else ``delta``."""
-    import os
-
-    if fs is None:
-        return "lance" if os.path.isdir(os.path.join(location, "_versions")) else "delta"
-    return "lance" if fs.exists(location.rstrip("/") + "/_versions") else "delta"
 
 
 def _whoami() -> str:

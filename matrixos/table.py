@@ -1,40 +1,58 @@
-"""``Table``: one catalog table, with the Delta operations of the SDK."""
+"""``Table``: the SDK's handle on one catalog table, whatever its format.
+
+``Table`` is the abstract base; ``DeltaLakeTable`` (``matrixos.delta_table``) and
+``LanceTable`` (``matrixos.lance_table``) are siblings, and ``StoreTable`` serves any other
+registered format through its ``TableStore``. A table holds a ``TableContext`` — the table
+service, the principal, and the engine that reads Delta files — never the ``Lakehouse``; every
+read checks ``SELECT`` and every write ``MODIFY`` through the service.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
 
 from matrixos.catalog import TableInfo
-from matrixos.errors import NotSupported
+from matrixos.catalog.access import Principal
+from matrixos.catalog.service import TableHandle, TableService
+from matrixos.storage.tablestore import TableStore, WriteResult
 
 if TYPE_CHECKING:
     import pandas as pd
     import polars as pl
 
-    from matrixos.session import Lakehouse
-    from matrixos.storage.delta import DeltaStore, WriteResult
-    from matrixos.storage.lance import LanceStore
+
+class TableReader(Protocol):
+    """What a table needs of the SQL engine: its reader of Delta files and row counts."""
+
+    def read_table(
+        self,
+        info: TableInfo,
+        version: int | None,
+        timestamp: datetime | str | None,
+        columns: Sequence[str] | None,
+    ) -> pa.Table: ...
+
+    def count_rows(self, info: TableInfo, principal: Principal) -> int: ...
 
 
-def open_table(lh: Lakehouse, info: TableInfo) -> Table:
-    """The ``Table`` (Delta) or ``LanceTable`` for a catalog entry."""
-    if info.format == "lance":
-        from matrixos.lance_table import LanceTable
+@dataclass(frozen=True)
+class TableContext:
+    """What a ``Table`` works with: the service, who is asking, and the engine (made on
+    first use)."""
 
-        return LanceTable(lh, info)
-    if info.format != "delta":
-        raise NotSupported(
-            f"table {info.name} has format {info.format!r}, which MatrixOS cannot read"
-        )
-    return Table(lh, info)
+    service: TableService
+    principal: Principal
+    engine: Callable[[], TableReader]
 
 
-class Table:
-    """A table in the catalog (Delta; ``LanceTable`` adds search for Lance tables).
+class Table(ABC):
+    """A table in the catalog.
 
     Example:
         >>> import tempfile, matrixos as mx
@@ -46,8 +64,8 @@ class Table:
         [{'id': 7, 'status': 'done'}]
     """
 
-    def __init__(self, lh: Lakehouse, info: TableInfo) -> None:
-        self._lh = lh
+    def __init__(self, ctx: TableContext, info: TableInfo) -> None:
+        self._ctx = ctx
         self.info = info
 
     def __repr__(self) -> str:
@@ -62,27 +80,36 @@ class Table:
         return self.info.location
 
     @property
-    def store(self) -> DeltaStore | LanceStore:
-        return self._lh._store(self.info)
+    def store(self) -> TableStore:
+        """The format's ``TableStore`` (no privilege check: an escape hatch for the SDK)."""
+        return self._ctx.service.store(self.info)
+
+    def _reading(self) -> TableInfo:
+        return self._ctx.service.authorize(self._ctx.principal, "SELECT", self.info)
+
+    def _writing(self) -> TableStore:
+        return self._handle.writable()
 
     # -- reading ----------------------------------------------------------------------------
     @property
+    @abstractmethod
     def version(self) -> int:
         """The latest committed version."""
-        return int(self._lh._delta(self.info).version())
 
     @property
-    def schema(self) -> pa.Schema:
-        return pa.schema(self._lh._delta(self.info).schema().to_arrow())  # type: ignore[arg-type]
+    @abstractmethod
+    def schema(self) -> pa.Schema: ...
 
     @property
     def partition_by(self) -> list[str]:
-        return list(self._lh._delta(self.info).metadata().partition_columns)
+        return []
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters, metrics."""
+        self._reading()
         return self.store.history(limit)
 
+    @abstractmethod
     def to_arrow(
         self,
         version: int | None = None,
@@ -90,7 +117,6 @@ class Table:
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
         """The rows (at ``version`` or ``timestamp`` when given)."""
-        return self._lh._engine.read_table(self.info, version, timestamp, columns)
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         return self.to_arrow().__arrow_c_stream__(requested_schema)
@@ -103,30 +129,41 @@ class Table:
     def to_pandas(self, **kwargs: Any) -> pd.DataFrame:
         return self.to_arrow(**kwargs).to_pandas()
 
-    def count(self) -> int:
-        return int(self._lh.sql(f"SELECT count(*) FROM {self._sql_name}").scalar())
+    @abstractmethod
+    def count(self) -> int: ...
 
+    def describe(self) -> dict[str, Any]:
+        """Catalog facts plus the table's version, files and size."""
+        self._reading()
+        facts = self.store.describe()
+        return {
+            "name": self.name,
+            "format": self.info.format,
+            "location": self.location,
+            "external": self.info.external,
+            "comment": self.info.comment,
+            "owner": self.info.owner,
+            "properties": dict(self.info.properties),
+            "created_at": self.info.created_at,
+            "updated_at": self.info.updated_at,
+            **facts,
+            "schema": {f.name: str(f.type) for f in self.schema},
+        }
+
+    # -- writing: through the service's handle (MODIFY checked, rows embedded, catalog told) -
     @property
-    def _sql_name(self) -> str:
-        from sqlglot import exp  # not at import time: ``import matrixos`` stays light
-
-        i = self.info.ident
-        return exp.table_(i.name, db=i.schema, catalog=i.catalog, quoted=True).sql("duckdb")
-
-    # -- writing ----------------------------------------------------------------------------
-    def _done(self, result: WriteResult) -> WriteResult:
-        self._lh.catalog.touch(self.info.ident)
-        return result
+    def _handle(self) -> TableHandle:
+        return TableHandle(self._ctx.service, self._ctx.principal, self.info)
 
     def append(self, data: Any, *, evolve: bool = False) -> WriteResult:
         """Add rows. New columns are refused unless ``evolve=True``; type conflicts always are."""
-        return self._done(self.store.append(data, evolve=evolve))
+        return self._handle.append(data, evolve=evolve)
 
     def overwrite(
         self, data: Any, *, evolve: bool = False, where: str | None = None
     ) -> WriteResult:
         """Replace all rows (or only those matching ``where``) with ``data``."""
-        return self._done(self.store.overwrite(data, evolve=evolve, predicate=where))
+        return self._handle.overwrite(data, evolve=evolve, where=where)
 
     def merge(
         self,
@@ -139,54 +176,60 @@ class Table:
         delete_not_matched_by_source: bool = False,
     ) -> WriteResult:
         """Upsert: update rows whose ``on`` keys match, insert the others."""
-        return self._done(
-            self.store.merge(
-                data,
-                on,
-                evolve=evolve,
-                when_matched=when_matched,
-                when_not_matched=when_not_matched,
-                delete_not_matched_by_source=delete_not_matched_by_source,
-            )
+        return self._handle.merge(
+            data,
+            on,
+            evolve=evolve,
+            when_matched=when_matched,
+            when_not_matched=when_not_matched,
+            delete_not_matched_by_source=delete_not_matched_by_source,
         )
 
     def delete(self, where: str | None = None) -> WriteResult:
         """Delete rows matching the SQL predicate ``where`` (all rows when None)."""
-        return self._done(self.store.delete(where))
+        return self._handle.delete(where)
 
     def update(self, set: Mapping[str, str], where: str | None = None) -> WriteResult:
         """Set columns to SQL expressions, e.g. ``update({"status": "'done'"}, where="id = 7")``."""
-        return self._done(self.store.update(set, where))
+        return self._handle.update(set, where)
 
     def optimize(self, zorder_by: Sequence[str] | None = None) -> dict[str, Any]:
         """Compact small files; with ``zorder_by`` also cluster rows by those columns."""
-        out = self.store.optimize(zorder_by)
-        self._lh.catalog.touch(self.info.ident)
-        return out
+        return self._handle.optimize(zorder_by)
 
     def vacuum(
         self, retention_hours: int | None = None, *, dry_run: bool = False, enforce: bool = True
     ) -> list[str]:
         """Delete files unreferenced for ``retention_hours`` (default: the table's, 7 days)."""
-        return self.store.vacuum(retention_hours, dry_run=dry_run, enforce=enforce)
+        return self._handle.vacuum(retention_hours, dry_run=dry_run, enforce=enforce)
 
-    def describe(self) -> dict[str, Any]:
-        """Catalog facts plus the Delta table's version, files and size."""
-        dt = self._lh._delta(self.info)
-        actions = pa.table(dt.get_add_actions(flatten=False))  # type: ignore[arg-type]
-        return {
-            "name": self.name,
-            "format": self.info.format,
-            "location": self.location,
-            "external": self.info.external,
-            "comment": self.info.comment,
-            "owner": self.info.owner,
-            "properties": dict(self.info.properties),
-            "created_at": self.info.created_at,
-            "updated_at": self.info.updated_at,
-            "version": dt.version(),
-            "partition_by": list(dt.metadata().partition_columns),
-            "num_files": actions.num_rows,
-            "size_bytes": int(pa.compute.sum(actions.column("size_bytes")).as_py() or 0),
-            "schema": {f.name: str(f.type) for f in self.schema},
-        }
+
+class StoreTable(Table):
+    """A table of any other registered format, read through its ``TableStore``."""
+
+    @property
+    def version(self) -> int:
+        self._reading()
+        return self.store.version()
+
+    @property
+    def schema(self) -> pa.Schema:
+        self._reading()
+        return self.store.schema()
+
+    @property
+    def partition_by(self) -> list[str]:
+        return self.store.partition_by()
+
+    def to_arrow(
+        self,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        self._reading()
+        return self.store.scan(version, timestamp, columns)
+
+    def count(self) -> int:
+        self._reading()
+        return int(self.store.dataset().count_rows())

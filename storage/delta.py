@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +45,20 @@ from matrixos.storage._delta_compaction import unsupported as compaction_unsuppo
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
+from matrixos.storage.tablestore import (
+    TableStore,
+    WriteResult,
+    auto_compact_min_files,
+    has_folder,
+)
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from matrixos.config import Settings
+    from matrixos.storage.warehouse import Warehouse
+
+__all__ = ["DeltaStore", "WriteResult"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,15 +78,7 @@ SUPPORTED_READER_FEATURES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """What a write did."""
-
-    version: int
-    metrics: dict[str, Any]
-
-
-class DeltaStore:
+class DeltaStore(TableStore):
     """Operations on the Delta table at one location.
 
     Example:
@@ -103,6 +108,36 @@ class DeltaStore:
         self.small_file_bytes = small_file_bytes
         self.target_file_bytes = target_file_bytes
 
+    format = "delta"
+    partitioned = True
+    file_lists = True
+
+    @classmethod
+    def configured(
+        cls,
+        location: str,
+        warehouse: Warehouse,
+        settings: Settings,
+        *,
+        name: str,
+        properties: Mapping[str, str],
+    ) -> DeltaStore:
+        return cls(
+            location,
+            warehouse.delta_options(location),
+            commit_retries=settings.commit_retries,
+            auto_compact_min_files=auto_compact_min_files(
+                properties, settings.auto_compact_min_files, name
+            ),
+            name=name,
+            small_file_bytes=settings.small_file_bytes,
+            target_file_bytes=settings.target_file_bytes,
+        )
+
+    @classmethod
+    def detect(cls, location: str, fs: fsspec.AbstractFileSystem | None) -> bool:
+        return has_folder(location, "_delta_log", fs)
+
     def __repr__(self) -> str:
         return f"DeltaStore({self.location!r})"
 
@@ -112,6 +147,30 @@ class DeltaStore:
             return bool(DeltaTable.is_deltatable(self.location, self.storage_options))
         except Exception as e:
             raise _translate(e, f"cannot look for a Delta table at {self.location}", self) from e
+
+    def version(self, snapshot: DeltaTable | None = None) -> int:
+        return int((snapshot or self.open()).version())
+
+    def schema(self, snapshot: DeltaTable | None = None) -> pa.Schema:
+        return _arrow_schema(snapshot or self.open())
+
+    def partition_by(self, snapshot: DeltaTable | None = None) -> list[str]:
+        return list((snapshot or self.open()).metadata().partition_columns)
+
+    def dataset(self, version: int | None = None, timestamp: datetime | str | None = None) -> Any:
+        """A ``pyarrow.dataset`` of the snapshot (the SQL engine reads Delta files itself:
+        ``engine.scan``)."""
+        return self.open(version, timestamp).to_pyarrow_dataset()
+
+    def describe(self, dt: DeltaTable | None = None) -> dict[str, Any]:
+        dt = dt or self.open()
+        actions = pa.table(dt.get_add_actions(flatten=False))  # type: ignore[arg-type]
+        return {
+            "version": dt.version(),
+            "partition_by": list(dt.metadata().partition_columns),
+            "num_files": actions.num_rows,
+            "size_bytes": int(pc.sum(actions.column("size_bytes")).as_py() or 0),
+        }
 
     def open(
         self, version: int | None = None, timestamp: datetime | str | None = None

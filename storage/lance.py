@@ -30,10 +30,20 @@ from matrixos.errors import (
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import to_arrow_table
-from matrixos.storage.delta import WriteResult, cast_to, check_merge_source, conform
+from matrixos.storage.delta import cast_to, check_merge_source, conform
+from matrixos.storage.tablestore import (
+    TableStore,
+    WriteResult,
+    auto_compact_min_files,
+    has_folder,
+)
 
 if TYPE_CHECKING:
+    import fsspec
     from lance import LanceDataset
+
+    from matrixos.config import Settings
+    from matrixos.storage.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +62,7 @@ _OPERATIONS = {
 }
 
 
-class LanceStore:
+class LanceStore(TableStore):
     """Operations on the Lance dataset at one location (a folder, local or on an object store).
 
     Example:
@@ -78,8 +88,50 @@ class LanceStore:
         # The catalog name, for messages ("table raw.events has versions 0 to 3").
         self.label = f"table {name}" if name else f"the Lance table at {location}"
 
+    format = "lance"
+    searchable = True
+
+    @classmethod
+    def configured(
+        cls,
+        location: str,
+        warehouse: Warehouse,
+        settings: Settings,
+        *,
+        name: str,
+        properties: Mapping[str, str],
+    ) -> LanceStore:
+        return cls(
+            location,
+            warehouse.lance_options(location),
+            commit_retries=settings.commit_retries,
+            auto_compact_min_files=auto_compact_min_files(
+                properties, settings.auto_compact_min_files, name
+            ),
+            name=name,
+        )
+
+    @classmethod
+    def detect(cls, location: str, fs: fsspec.AbstractFileSystem | None) -> bool:
+        """A Lance dataset is a folder holding ``_versions/``."""
+        return has_folder(location, "_versions", fs)
+
     def __repr__(self) -> str:
         return f"LanceStore({self.location!r})"
+
+    def dataset(
+        self, version: int | None = None, timestamp: datetime | str | None = None
+    ) -> LanceDataset:
+        return self.open(version, timestamp)
+
+    def describe(self) -> dict[str, Any]:
+        ds = self.open()
+        return {
+            "version": int(ds.version),
+            "partition_by": [],
+            "num_files": len(ds.get_fragments()),
+            "num_rows": ds.count_rows(),
+        }
 
     # -- reading ----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -139,11 +191,11 @@ class LanceStore:
             )
         return max(versions)
 
-    def version(self) -> int:
-        return int(self.open().version)
+    def version(self, snapshot: LanceDataset | None = None) -> int:
+        return int((snapshot or self.open()).version)
 
-    def schema(self) -> pa.Schema:
-        return self.open().schema
+    def schema(self, snapshot: LanceDataset | None = None) -> pa.Schema:
+        return (snapshot or self.open()).schema
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first, in the shape of Delta's history."""
@@ -367,7 +419,7 @@ class LanceStore:
         doomed: list[int] = []
         for start in range(0, len(values), 1000):
             chunk = values.slice(start, 1000).to_pylist()
-            literal = ", ".join(_sql_literal(v) for v in chunk if v is not None)
+            literal = ", ".join(sql_literal(v) for v in chunk if v is not None)
             if not literal:
                 continue
             found = ds.to_table(
@@ -544,7 +596,7 @@ def _lance_ident(name: str) -> str:
     return str(exp.to_identifier(name, quoted=True).sql(dialect="spark"))
 
 
-def _sql_literal(v: Any) -> str:
+def sql_literal(v: Any) -> str:
     """``v`` as a literal of Lance's filter SQL: a key value is user data, written by sqlglot."""
     from sqlglot import exp
 

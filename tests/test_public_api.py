@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from matrixos.batch import MapBatchesSummary
 from matrixos.config import Settings
 from matrixos.connectors.ingest import IngestSummary
 from matrixos.connectors.media import MediaIngestSummary
+from matrixos.delta_table import DeltaLakeTable
 from matrixos.engine.result import Result
 from matrixos.errors import (
     AccessDenied,
@@ -107,6 +109,7 @@ def test_lakehouse_surface() -> None:
         "tables",
         "volume",
         "volumes",
+        "with_principal",
     }
     # The types users receive, tied to the calls that return them.
     returns = {
@@ -149,7 +152,15 @@ _TABLE = {
 
 
 def test_table_surfaces() -> None:
+    # Table is the abstract base; each format's table is a sibling under it.
+    assert inspect.isabstract(Table)
+    assert {c.__name__ for c in Table.__subclasses__()} >= {
+        "DeltaLakeTable",
+        "LanceTable",
+        "StoreTable",
+    }
     assert _public(Table) == _TABLE
+    assert _public(DeltaLakeTable) == _TABLE
     assert _public(LanceTable) == _TABLE | {
         "create_index",
         "create_text_index",

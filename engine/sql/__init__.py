@@ -3,19 +3,19 @@
 A map of the package:
 
 - ``engine``: ``SQLEngine``, one session's SQL from text to a ``Result`` (it composes the rest);
-- ``host``: ``LakehouseHost``, everything the engine needs of its session;
 - ``frontend``: parsing, dialects, never-allowed statements, checks of the translation;
 - ``binding``: names resolved in the catalog, time travel, predicates for pruning, snapshots;
 - ``local``: running a bound query (and its EXPLAIN) on the locked DuckDB connection;
 - ``ddl`` and ``dml``: CREATE/DROP/SHOW/DESCRIBE and INSERT/UPDATE/DELETE/MERGE/OPTIMIZE/VACUUM;
 - ``errors``: DuckDB's errors as MatrixOS errors about the user's statement.
 
-Every statement is checked by ``engine.sandbox`` first.
+Every statement is checked by ``engine.sandbox`` first. Tables are resolved, authorized and
+written through the ``TableService`` (``matrixos.catalog.service``) for the statement's
+``Principal``: the engine never holds the ``Lakehouse``.
 """
 
 from __future__ import annotations
 
 from matrixos.engine.sql.engine import SQLEngine as SQLEngine
-from matrixos.engine.sql.host import LakehouseHost as LakehouseHost
 
-__all__ = ["LakehouseHost", "SQLEngine"]
+__all__ = ["SQLEngine"]

@@ -18,16 +18,17 @@ from sqlglot import exp
 from matrixos._lru import LRU
 from matrixos.catalog import TableIdent, TableInfo
 from matrixos.engine.sandbox import check_query
-from matrixos.engine.scan import LanceScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
+from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
 from matrixos.errors import MatrixOSError, NotSupported, SQLError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from matrixos.engine.sql.host import LakehouseHost
+    from matrixos.catalog.access import Principal
+    from matrixos.catalog.service import TableService
 
-Bound = list[tuple[TableIdent, PrunedScan | LanceScan]]
+Bound = list[tuple[TableIdent, PrunedScan | DatasetScan]]
 
 _CMP: dict[type[exp.Expr], str] = {
     exp.EQ: "=",
@@ -54,12 +55,14 @@ _SNAPSHOTS = 64  # Delta snapshots kept per engine (file lists of recent version
 class Binder:
     """Resolves and binds the table references of one session's queries.
 
-    ``lh`` is used for catalog lookups and to open a table's data at a version; ``planning``
-    is a connection that may touch no file (constant folding).
+    ``service`` resolves and authorizes names and opens a table's data at a version;
+    ``planning`` is a connection that may touch no file (constant folding).
     """
 
-    def __init__(self, lh: LakehouseHost, planning: Callable[[], duckdb.DuckDBPyConnection]):
-        self.lh = lh
+    def __init__(
+        self, service: TableService, planning: Callable[[], duckdb.DuckDBPyConnection]
+    ) -> None:
+        self.service = service
         self._planning = planning
         self._snapshots: LRU[tuple[str, int], Snapshot] = LRU(_SNAPSHOTS)
 
@@ -67,16 +70,17 @@ class Binder:
         """Forget the cached snapshots."""
         self._snapshots.clear()
 
-    # -- the catalog and the table's data (the only uses of ``lh``) --------------------------
-    def table_info(self, ident: TableIdent) -> TableInfo:
-        """The catalog entry of ``ident`` (``TableNotFound`` when there is none)."""
-        return self.lh.catalog.get_table(ident)
+    # -- the catalog and the table's data (through the table service) ----------------------
+    def table_info(self, ident: TableIdent, principal: Principal) -> TableInfo:
+        """The catalog entry of ``ident``, which ``principal`` may read (``TableNotFound``
+        when there is none, ``AccessDenied`` without ``SELECT``)."""
+        return self.service.resolve(principal, ident, "SELECT")
 
     def snapshot(
         self, info: TableInfo, version: int | None = None, timestamp: Any = None
     ) -> Snapshot:
         """The Delta table's file list at a version (latest by default), cached per version."""
-        dt = self.lh._delta(info, version, timestamp)
+        dt = self.service.snapshot(info, version, timestamp)
         key = (info.location, int(dt.version()))
         snap = self._snapshots.get(key)
         if snap is None:
@@ -84,38 +88,43 @@ class Binder:
             self._snapshots.put(key, snap)
         return snap
 
-    def lance_scan(self, info: TableInfo, version: int | None, timestamp: Any) -> LanceScan:
-        """The Lance table's dataset at a version (latest by default), for DuckDB to scan."""
-        ds = self.lh._store(info).open(version=version, timestamp=timestamp)
-        return LanceScan(info.location, int(ds.version), ds)
+    def dataset_scan(self, info: TableInfo, version: int | None, timestamp: Any) -> DatasetScan:
+        """A table DuckDB scans as a dataset (Lance, or any format without Delta's file
+        lists) at a version (latest by default)."""
+        store = self.service.store(info)
+        ds = store.dataset(version, timestamp)
+        return DatasetScan(info.location, store.version(ds), ds, info.format)
 
     # -- binding ----------------------------------------------------------------------------
-    def bind(self, refs: list[exp.Table]) -> Bound:
-        """Resolve every table reference to a pruned scan of its snapshot."""
-        snaps: list[tuple[exp.Table, TableInfo, Snapshot | LanceScan]] = []
+    def bind(self, refs: list[exp.Table], principal: Principal) -> Bound:
+        """Resolve every table reference (each checked for ``principal``'s ``SELECT``) to a
+        pruned scan of its snapshot."""
+        snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]] = []
         # A table named twice (self-joins, subqueries: TPC-H Q2, Q21) is looked up and its
         # snapshot loaded once, so every reference also reads the same version.
         infos: dict[tuple[str, str, str], TableInfo] = {}
-        seen: dict[tuple[str, int | None, Any], Snapshot | LanceScan] = {}
+        seen: dict[tuple[str, int | None, Any], Snapshot | DatasetScan] = {}
         for node in refs:
             key = (node.catalog, node.db, node.name)
             info = infos.get(key)
             if info is None:
                 ident = TableIdent.from_parts(node.catalog or None, node.db or None, node.name)
-                info = infos[key] = self.table_info(ident)
+                info = infos[key] = self.table_info(ident, principal)
             version, timestamp = self.time_travel(node)
             skey = (info.location, version, timestamp)
             snap = seen.get(skey)
             if snap is None:
+                # Delta tables are read from their file lists (engine.scan: pruning, deletion
+                # vectors, column mapping); any other format as its store's dataset.
                 snap = seen[skey] = (
-                    self.lance_scan(info, version, timestamp)
-                    if info.format == "lance"
-                    else self.snapshot(info, version, timestamp)
+                    self.snapshot(info, version, timestamp)
+                    if self.service.store(info).file_lists
+                    else self.dataset_scan(info, version, timestamp)
                 )
             snaps.append((node, info, snap))
         out: Bound = []
         for node, info, snap in snaps:
-            if isinstance(snap, LanceScan):
+            if isinstance(snap, DatasetScan):
                 out.append((info.ident, snap))
                 continue
             preds = self._predicates(node, snap, snaps)
@@ -212,7 +221,7 @@ class Binder:
         self,
         node: exp.Table,
         snap: Snapshot,
-        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | LanceScan]],
+        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
     ) -> list[Predicate]:
         sel = _select_of(node)
         if sel is None or not sel.args.get("where"):

@@ -1,6 +1,6 @@
 """DDL: CREATE/DROP of tables, schemas and volumes, SHOW, DESCRIBE [HISTORY].
 
-Every statement maps to a catalog operation of the session (``LakehouseHost``); user text
+Every statement maps to an operation of the table service for the statement's principal; user text
 reaches no SQL string (column types are checked and rendered from the parsed tree).
 """
 
@@ -22,7 +22,8 @@ from matrixos.engine.sql.frontend import ident_of, ok, table_name
 from matrixos.errors import AccessDenied, NotSupported, SQLError
 
 if TYPE_CHECKING:
-    from matrixos.engine.sql.host import LakehouseHost
+    from matrixos.catalog.access import Principal
+    from matrixos.catalog.service import TableService
 
 
 class DDL:
@@ -34,16 +35,16 @@ class DDL:
 
     def __init__(
         self,
-        lh: LakehouseHost,
-        query: Callable[[exp.Expr], Result],
+        service: TableService,
+        query: Callable[[exp.Expr, Principal], Result],
         planning: Callable[[], duckdb.DuckDBPyConnection],
     ) -> None:
-        self.lh = lh
+        self.service = service
         self._query = query
         self._planning = planning
 
     # -- tables and schemas -----------------------------------------------------------------
-    def create(self, stmt: exp.Create, dialect: str) -> Result:
+    def create(self, stmt: exp.Create, dialect: str, principal: Principal) -> Result:
         """``CREATE SCHEMA`` or ``CREATE [OR REPLACE] TABLE [IF NOT EXISTS] … [USING lance]
         [PARTITIONED BY (…)] [COMMENT …] [TBLPROPERTIES (…)] ( (columns) | AS query )``."""
         kind = str(stmt.args.get("kind") or "").upper()
@@ -54,8 +55,8 @@ class DDL:
             parts = [p.name for p in target.parts] if isinstance(target, exp.Table) else []
             name = ".".join(parts)
             comment = _property(stmt, exp.SchemaCommentProperty)
-            self.lh.create_schema(
-                name, comment=comment, if_not_exists=bool(stmt.args.get("exists"))
+            self.service.create_schema(
+                principal, name, comment=comment, if_not_exists=bool(stmt.args.get("exists"))
             )
             return ok("CREATE SCHEMA")
         if kind != "TABLE":
@@ -100,31 +101,32 @@ class DDL:
                 raise NotSupported(f"table property {p.sql(dialect=dialect)} is not supported")
         if fmt not in ("delta", "parquet", "lance"):
             raise NotSupported(f"USING {fmt} is not supported; tables are Delta or Lance")
-        exists = self.lh.catalog.find_table(ident) is not None
+        exists = self.service.catalog.find_table(ident) is not None
         if exists and stmt.args.get("exists"):
             return ok("CREATE TABLE", skipped=True)
         data = None
         schema = None
         query = stmt.args.get("expression")
         if isinstance(query, exp.Query):
-            data = self._query(query).to_arrow()
+            data = self._query(query, principal).to_arrow()
         elif coldefs:
             schema = self._schema_of(coldefs)
         else:
             raise SQLError("CREATE TABLE needs column definitions or AS SELECT")
-        table = self.lh.create_table(
-            str(ident),
+        info = self.service.create_table(
+            principal,
+            ident,
             data,
             schema=schema,
             partition_by=partition_by or None,
-            format="lance" if fmt == "lance" else "delta",
+            format="delta" if fmt == "parquet" else fmt,  # USING parquet: Delta is Parquet
             comment=comment,
             properties=properties,
             mode="overwrite" if stmt.args.get("replace") else "error",
             # one rule everywhere: like create_table() and ingest, SQL creates the schema
             create_schema=True,
         )
-        return ok("CREATE TABLE", version=table.version)
+        return ok("CREATE TABLE", version=self.service.table(principal, info.ident).version)
 
     def _schema_of(self, coldefs: list[exp.ColumnDef]) -> pa.Schema:
         """The Arrow schema of CREATE TABLE's column definitions, as DuckDB types them.
@@ -155,29 +157,29 @@ class DDL:
             fields.append(pa.field(c.name, t, nullable=not not_null))
         return pa.schema(fields)
 
-    def drop(self, stmt: exp.Drop, dialect: str) -> Result:
+    def drop(self, stmt: exp.Drop, dialect: str, principal: Principal) -> Result:
         """``DROP TABLE|SCHEMA [IF EXISTS] name[, …]``."""
         kind = str(stmt.args.get("kind") or "").upper()
         targets = stmt.args.get("tables") or [stmt.this]
         if_exists = bool(stmt.args.get("exists"))
         for target in targets:
             if kind == "TABLE":
-                self.lh.drop_table(str(ident_of(target)), if_exists=if_exists)
+                self.service.drop_table(principal, ident_of(target), if_exists=if_exists)
             elif kind in ("SCHEMA", "DATABASE"):
                 if isinstance(target, exp.Table):
                     check_table_name(target)
                 name = ".".join(p.name for p in target.parts)
-                self.lh.drop_schema(name, if_exists=if_exists)
+                self.service.drop_schema(principal, name, if_exists=if_exists)
             else:
                 raise NotSupported(f"DROP {kind} is not supported")
         return ok(f"DROP {kind}")
 
-    def describe(self, stmt: exp.Describe, dialect: str) -> Result:
+    def describe(self, stmt: exp.Describe, dialect: str, principal: Principal) -> Result:
         """``DESCRIBE t`` (columns, types, nullability, partitioning) or ``DESCRIBE HISTORY t``."""
         target = stmt.this
         if not isinstance(target, exp.Table):
             raise NotSupported("DESCRIBE supports tables")
-        table = self.lh.table(str(ident_of(target)))
+        table = self.service.table(principal, ident_of(target))
         if str(stmt.args.get("style") or "").upper() == "HISTORY":
             return _history(table.history())
         parts = set(table.partition_by)
@@ -195,7 +197,7 @@ class DDL:
         )
 
     # -- SHOW -------------------------------------------------------------------------------
-    def show_statement(self, stmt: exp.Show, dialect: str) -> Result:
+    def show_statement(self, stmt: exp.Show, dialect: str, principal: Principal) -> Result:
         """``SHOW …`` as the dialect parsed it (see ``show``)."""
         what = str(stmt.this).upper()
         # sqlglot puts ``FROM s`` in target, db (mysql) or from_ (duckdb) depending on dialect
@@ -203,12 +205,12 @@ class DDL:
             (t for k in ("target", "db", "from_") if isinstance(t := stmt.args.get(k), exp.Expr)),
             None,
         )
-        return self.show(what, target.sql() if target is not None else None)
+        return self.show(what, target.sql() if target is not None else None, principal)
 
-    def show(self, what: str, within: str | None) -> Result:
+    def show(self, what: str, within: str | None, principal: Principal) -> Result:
         """``SHOW TABLES [IN schema]`` or ``SHOW SCHEMAS|DATABASES [IN catalog]``."""
         if what == "TABLES":
-            names = self.lh.tables(within) if within else self.lh.tables()
+            names = [i.name for i in self.service.tables(principal, within)]
             parts = [n.split(".") for n in names]
             return Result.from_table(
                 pa.table(
@@ -223,23 +225,23 @@ class DDL:
             )
         if what in ("SCHEMAS", "DATABASES"):
             return Result.from_table(
-                pa.table({"schema": pa.array(self.lh.schemas(within), pa.string())}),
+                pa.table({"schema": pa.array(self.service.schemas(within), pa.string())}),
                 statement="SHOW",
             )
         raise NotSupported(f"SHOW {what} is not supported")
 
     # -- commands sqlglot leaves as text ----------------------------------------------------
-    def command(self, cmd: str, rest: str, dialect: str) -> Result | None:
+    def command(self, cmd: str, rest: str, dialect: str, principal: Principal) -> Result | None:
         """``SHOW TABLES|SCHEMAS …`` and the volume DDL; None for any other command."""
         if cmd == "SHOW":
             m = re.match(r"^(TABLES|SCHEMAS|DATABASES)(?:\s+(?:IN|FROM)\s+(\S+))?\s*$", rest, re.I)
             if m:
-                return self.show(m.group(1).upper(), m.group(2))
+                return self.show(m.group(1).upper(), m.group(2), principal)
         if cmd in ("CREATE", "DROP") and re.match(r"^VOLUME\s", rest, re.I):
-            return self._volume(cmd, rest, dialect)
+            return self._volume(cmd, rest, dialect, principal)
         return None
 
-    def _volume(self, cmd: str, rest: str, dialect: str) -> Result:
+    def _volume(self, cmd: str, rest: str, dialect: str, principal: Principal) -> Result:
         """``CREATE VOLUME [IF NOT EXISTS] s.v [COMMENT '…']``, ``DROP VOLUME [IF EXISTS] s.v``."""
         if cmd == "CREATE":
             m = re.match(
@@ -253,8 +255,11 @@ class DDL:
                     hint="CREATE VOLUME [IF NOT EXISTS] schema.name [COMMENT '...']",
                 )
             comment = m.group(3).replace("''", "'") if m.group(3) is not None else None
-            self.lh.create_volume(
-                table_name(m.group(2), dialect), comment=comment, if_not_exists=bool(m.group(1))
+            self.service.create_volume(
+                principal,
+                table_name(m.group(2), dialect),
+                comment=comment,
+                if_not_exists=bool(m.group(1)),
             )
             return ok("CREATE VOLUME")
         m = re.match(r"^VOLUME\s+(IF\s+EXISTS\s+)?(\S+)\s*$", rest, re.I)
@@ -262,7 +267,9 @@ class DDL:
             raise SQLError(
                 f"cannot parse DROP {rest!r}", hint="DROP VOLUME [IF EXISTS] schema.name"
             )
-        self.lh.drop_volume(table_name(m.group(2), dialect), if_exists=bool(m.group(1)))
+        self.service.drop_volume(
+            principal, table_name(m.group(2), dialect), if_exists=bool(m.group(1))
+        )
         return ok("DROP VOLUME")
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from matrixos.catalog.names import check_part
+from matrixos.catalog.service import TableHandle
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query
 from matrixos.engine.sql.binding import conjuncts
@@ -23,34 +24,40 @@ from matrixos.errors import NotSupported, SQLError
 from matrixos.storage.delta import check_merge_source
 
 if TYPE_CHECKING:
-    from matrixos.engine.sql.host import LakehouseHost, TableHandle
+    from matrixos.catalog.access import Principal
+    from matrixos.catalog.service import TableService
+
+Query = Callable[[exp.Expr, "Principal"], Result]
 
 
 class DML:
-    """The writing statements of one session; ``query`` runs a query tree (the rows of
-    INSERT … SELECT / VALUES, MERGE's source)."""
+    """The writing statements of one session, each for one principal; ``query`` runs a query
+    tree (the rows of INSERT … SELECT / VALUES, MERGE's source) as that principal.
 
-    def __init__(self, lh: LakehouseHost, query: Callable[[exp.Expr], Result]) -> None:
-        self.lh = lh
+    Tables are written through the service's ``TableHandle`` (``MODIFY`` checked there)."""
+
+    def __init__(self, service: TableService, query: Query) -> None:
+        self.service = service
         self._query = query
 
-    def _table(self, node: exp.Expr) -> TableHandle:
-        return self.lh.table(str(ident_of(node)))
+    def _table(self, node: exp.Expr, principal: Principal) -> TableHandle:
+        return self.service.table(principal, ident_of(node))
 
-    def insert(self, stmt: exp.Insert, dialect: str) -> Result:
+    def insert(self, stmt: exp.Insert, dialect: str, principal: Principal) -> Result:
         """``INSERT [OVERWRITE] INTO t [(columns) | BY NAME] VALUES … | query``."""
         target = stmt.this
         columns: list[str] | None = None
         if isinstance(target, exp.Schema):
             columns = [c.name for c in target.expressions]
             target = target.this
-        table = self._table(target)
+        table = self._table(target, principal)
+        table.writable()  # refused before the source query runs
         source = stmt.expression
         if not isinstance(source, exp.Query | exp.Values):
             raise NotSupported("INSERT supports VALUES and SELECT")
         if isinstance(source, exp.Values):
             source = exp.select("*").from_(source.copy().as_("__mx_values"))
-        data = self._query(source).to_arrow()
+        data = self._query(source, principal).to_arrow()
         names = [f.name for f in table.schema]
         if not stmt.args.get("by_name"):
             wanted = columns or names[: data.num_columns]
@@ -66,17 +73,18 @@ class DML:
             table.append(data)
         return ok(f"INSERT 0 {data.num_rows}", num_affected_rows=data.num_rows)
 
-    def delete(self, stmt: exp.Delete, dialect: str) -> Result:
+    def delete(self, stmt: exp.Delete, dialect: str, principal: Principal) -> Result:
         """``DELETE FROM t [WHERE …]``."""
-        table = self._table(stmt.this)
+        table = self._table(stmt.this, principal)
         where = stmt.args.get("where")
         res = table.delete(delta_expr(where.this, stmt.this) if where else None)
         n = int(res.metrics.get("num_deleted_rows", 0) or 0)
         return ok(f"DELETE {n}", num_affected_rows=n, version=res.version)
 
-    def update(self, stmt: exp.Update, dialect: str) -> Result:
+    def update(self, stmt: exp.Update, dialect: str, principal: Principal) -> Result:
         """``UPDATE t SET c = expr, … [WHERE …]``."""
-        table = self._table(stmt.this)
+        table = self._table(stmt.this, principal)
+        table.writable()
         sets: dict[str, str] = {}
         for e in stmt.expressions:
             if not isinstance(e, exp.EQ) or not isinstance(e.this, exp.Column):
@@ -91,23 +99,23 @@ class DML:
         return ok(f"UPDATE {n}", num_affected_rows=n, version=res.version)
 
     # -- MERGE ------------------------------------------------------------------------------
-    def merge(self, stmt: exp.Merge, dialect: str) -> Result:
+    def merge(self, stmt: exp.Merge, dialect: str, principal: Principal) -> Result:
         """``MERGE INTO t USING source ON … WHEN [NOT] MATCHED [BY SOURCE] [AND …] THEN …``."""
         target = stmt.this
-        table = self._table(target)
+        table = self._table(target, principal)
+        store = table.writable()  # refused before the source query runs
         using = stmt.args["using"]
         src_alias = using.alias_or_name
         inner = using.this if isinstance(using, exp.Subquery) else using.copy()
         if isinstance(inner, exp.Table):
             inner.set("alias", None)
             inner = exp.select("*").from_(inner)
-        source = self._query(inner).to_arrow()
+        source = self._query(inner, principal).to_arrow()
         keys, null_safe = _merge_keys(stmt.args["on"], target.alias_or_name, src_alias, source)
         inserts = any(
             isinstance(w.args["then"], exp.Insert) for w in stmt.args["whens"].expressions
         )
         check_merge_source(source, keys, inserts=inserts and not null_safe)
-        store = table.store
         # A format whose store runs a full MERGE statement (Delta's, through delta-rs) takes
         # every clause; any other gets the upsert shapes ``Table.merge`` runs (Lance's).
         if not hasattr(store, "merge_statement"):
@@ -162,7 +170,7 @@ class DML:
             return m
 
         res = store.merge_statement(build)
-        self.lh.catalog.touch(table.info.ident)
+        self.service.touch(table.info)
         metrics = res.metrics
         n = sum(
             int(metrics.get(k, 0) or 0)
@@ -175,7 +183,7 @@ class DML:
         return ok(f"MERGE {n}", num_affected_rows=n, version=res.version)
 
     # -- maintenance (commands sqlglot leaves as text) --------------------------------------
-    def maintain(self, cmd: str, rest: str, dialect: str) -> Result:
+    def maintain(self, cmd: str, rest: str, dialect: str, principal: Principal) -> Result:
         """``OPTIMIZE t [ZORDER BY (a, b)]`` or ``VACUUM t [RETAIN n HOURS] [DRY RUN]``."""
         if cmd == "OPTIMIZE":
             m = re.match(r"^(\S+)(?:\s+ZORDER\s+BY\s*\(?([^)]*)\)?)?\s*$", rest, re.I)
@@ -183,7 +191,7 @@ class DML:
                 raise SQLError(
                     f"cannot parse OPTIMIZE {rest!r}", hint="OPTIMIZE t [ZORDER BY (a, b)]"
                 )
-            table = self.lh.table(table_name(m.group(1), dialect))
+            table = self.service.table(principal, table_name(m.group(1), dialect))
             cols = [c.strip().strip('"`') for c in (m.group(2) or "").split(",") if c.strip()]
             metrics = table.optimize(cols or None)
             return ok(
@@ -196,7 +204,7 @@ class DML:
             raise SQLError(
                 f"cannot parse VACUUM {rest!r}", hint="VACUUM t [RETAIN n HOURS] [DRY RUN]"
             )
-        table = self.lh.table(table_name(m.group(1), dialect))
+        table = self.service.table(principal, table_name(m.group(1), dialect))
         hours = int(m.group(2)) if m.group(2) else None
         files = table.vacuum(hours, dry_run=bool(m.group(3)))
         return Result.from_table(

@@ -3,11 +3,14 @@
 It composes the package's parts: the front end parses and checks (``frontend``), queries are
 bound to table snapshots (``binding``) and run here (``local``) or on the compute pool
 (``engine.dist``), DDL and DML map to catalog and table operations (``ddl``, ``dml``).
-Everything it needs of its session is the ``LakehouseHost`` protocol (``host``).
+It takes the ``TableService`` (names, grants, snapshots, writes) and, per statement, the
+``Principal`` asking: every table a statement reads is resolved through the service with
+``SELECT`` checked, every write goes through its ``TableHandle`` with ``MODIFY`` checked.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog.access import EMBEDDED_USER, Principal
 from matrixos.config import parse_compute
 from matrixos.engine._syntax import locate_engine_error
 from matrixos.engine.context import EngineSession, QueryContext
@@ -33,10 +37,9 @@ from matrixos.engine.sql.local import LocalRunner
 from matrixos.errors import NotSupported, SQLError
 
 if TYPE_CHECKING:
-    from matrixos.catalog.access import Principal
+    from matrixos.catalog.service import TableService
     from matrixos.engine.functions import FunctionResults
     from matrixos.engine.sql.binding import Bound
-    from matrixos.engine.sql.host import LakehouseHost
 
 
 class SQLEngine:
@@ -45,21 +48,25 @@ class SQLEngine:
     Example:
         >>> import tempfile, matrixos as mx
         >>> lh = mx.connect(tempfile.mkdtemp())
-        >>> engine = SQLEngine(lh)
+        >>> engine = SQLEngine(lh.service)
         >>> engine.execute("SELECT 7 / 2 AS q", "postgres").fetchall()
         [(3,)]
     """
 
-    def __init__(self, lh: LakehouseHost) -> None:
-        self.lh = lh
+    def __init__(self, service: TableService, *, num_cpus: Callable[[], int] | None = None) -> None:
+        """``num_cpus``: the compute pool's CPUs (the distributed engine sizes queries by it;
+        default this machine's)."""
+        self.service = service
+        self.settings = service.settings
+        self._num_cpus = num_cpus or (lambda: os.cpu_count() or 1)
         # Constant folding and planning never spill: this connection may touch no file.
         self._planning = locked_connection([], spill=False)
-        self._binder = Binder(lh, self._planning.cursor)
-        self._local = LocalRunner(lh)
-        self._ddl = ddl = DDL(lh, self.query, self._planning.cursor)
-        self._dml = dml = DML(lh, self.query)
+        self._binder = Binder(service, self._planning.cursor)
+        self._local = LocalRunner(service.warehouse, service.settings)
+        self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
+        self._dml = dml = DML(service, self._as_query)
         # Handlers by the statement's node type (exactly: no subclass stands for its base).
-        self._handlers: dict[type[exp.Expr], Callable[[Any, str], Result]] = {
+        self._handlers: dict[type[exp.Expr], Callable[[Any, str, Principal], Result]] = {
             exp.Create: ddl.create,
             exp.Drop: ddl.drop,
             exp.Describe: ddl.describe,
@@ -85,16 +92,23 @@ class SQLEngine:
         return self._planning.cursor()
 
     # -- entry point ------------------------------------------------------------------------
-    def execute(self, sql: str, dialect: str, *, engine: str = "auto") -> Result:
-        """Run ``sql``; ``engine`` (``auto``/``local``/``ray``) picks where queries run
-        (see ``engine.dist``)."""
+    def execute(
+        self,
+        sql: str,
+        dialect: str,
+        *,
+        engine: str = "auto",
+        principal: Principal = EMBEDDED_USER,
+    ) -> Result:
+        """Run ``sql`` as ``principal``; ``engine`` (``auto``/``local``/``ray``) picks where
+        queries run (see ``engine.dist``)."""
         try:
             statements = self.parse(sql, dialect)
             if not statements:
                 raise SQLError("empty statement", sql=sql)
             result: Result | None = None
             for stmt in statements:
-                result = self._run(stmt, dialect, engine)
+                result = self._run(stmt, dialect, engine, principal)
         except SQLError as e:
             raise locate_engine_error(e, sql, dialect) from e.__cause__
         except RecursionError as e:
@@ -112,18 +126,23 @@ class SQLEngine:
         """The statements of ``sql`` (see ``frontend.parse``)."""
         return frontend.parse(sql, dialect)
 
-    def _run(self, stmt: exp.Expr, dialect: str, engine: str = "local") -> Result:
+    def _run(self, stmt: exp.Expr, dialect: str, engine: str, principal: Principal) -> Result:
         frontend.check_translation(stmt, dialect)
         if isinstance(stmt, exp.Query):
-            return self.query(stmt, engine=engine)
+            return self.query(stmt, engine=engine, principal=principal)
         if isinstance(stmt, exp.Command):
-            return self._command(stmt, dialect, engine)
+            return self._command(stmt, dialect, engine, principal)
         handler = self._handlers.get(type(stmt))
         if handler is None:
             raise frontend.refused(stmt, dialect)
-        return handler(stmt, dialect)
+        return handler(stmt, dialect, principal)
 
-    def _command(self, stmt: exp.Command, dialect: str, engine: str) -> Result:
+    def _as_query(self, tree: exp.Expr, principal: Principal) -> Result:
+        return self.query(tree, principal=principal)
+
+    def _command(
+        self, stmt: exp.Command, dialect: str, engine: str, principal: Principal
+    ) -> Result:
         """EXPLAIN, OPTIMIZE, VACUUM, SHOW and the volume DDL (parsed as commands)."""
         cmd, rest = frontend.command_parts(stmt)
         if cmd == "EXPLAIN":
@@ -132,29 +151,38 @@ class SQLEngine:
             if len(trees) != 1 or not isinstance(trees[0], exp.Query):
                 raise NotSupported("EXPLAIN supports one query")
             frontend.check_translation(trees[0], dialect)
-            return self.query(trees[0], explain=True, analyze=analyze, engine=engine)
+            return self.query(
+                trees[0], explain=True, analyze=analyze, engine=engine, principal=principal
+            )
         if cmd in ("OPTIMIZE", "VACUUM"):
-            return self._dml.maintain(cmd, rest, dialect)
-        result = self._ddl.command(cmd, rest, dialect)
+            return self._dml.maintain(cmd, rest, dialect, principal)
+        result = self._ddl.command(cmd, rest, dialect, principal)
         if result is None:
             raise frontend.refused_command(cmd, rest)
         return result
 
     # -- queries ----------------------------------------------------------------------------
     def query(
-        self, tree: exp.Expr, *, explain: bool = False, analyze: bool = False, engine: str = "local"
+        self,
+        tree: exp.Expr,
+        *,
+        explain: bool = False,
+        analyze: bool = False,
+        engine: str = "local",
+        principal: Principal = EMBEDDED_USER,
     ) -> Result:
-        """Run (or with ``explain``, explain) one query tree, here or on the compute pool."""
+        """Run (or with ``explain``, explain) one query tree as ``principal``, here or on the
+        compute pool."""
         tree = tree.copy() if explain else tree
         # Checked before anything in it is evaluated: the platform functions' arguments
         # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
         check_query(tree)
-        functions = expand_functions(self, tree)
+        functions = expand_functions(_Functions(self, principal), tree)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
-        bound = self._binder.bind(refs)
+        bound = self._binder.bind(refs, principal)
         notes: list[str] = []
         if engine != "local":
-            query = self.query_context(tree, bound, functions)
+            query = self.query_context(tree, bound, functions, principal)
             routed = route(query, engine=engine, explain=explain, analyze=analyze)
             if routed.result is not None:
                 return routed.result
@@ -162,23 +190,27 @@ class SQLEngine:
         return self._local.run(tree, bound, functions, explain=explain, notes=notes)
 
     def query_context(
-        self, tree: exp.Expr, bound: Bound, functions: FunctionResults
+        self,
+        tree: exp.Expr,
+        bound: Bound,
+        functions: FunctionResults,
+        principal: Principal = EMBEDDED_USER,
     ) -> QueryContext:
         """The query as the distributed engine takes it, with the narrow engine interface."""
-        lh = self.lh
+        warehouse = self.service.warehouse
         session = EngineSession(
-            settings=lh.settings,
-            storage_options=lh.warehouse.options,
-            remote_warehouse=lh.warehouse.is_remote,
-            is_ray=parse_compute(lh.settings.compute).kind == "ray",
+            settings=self.settings,
+            storage_options=warehouse.options,
+            remote_warehouse=warehouse.is_remote,
+            is_ray=parse_compute(self.settings.compute).kind == "ray",
             planning_cursor=self._planning.cursor,
             cursor=lambda: self._local.cursor([]),
             install=self._local.install,
-            num_cpus=lambda: lh.compute.num_cpus(),
+            num_cpus=self._num_cpus,
             engine_error=engine_error,
             without_scan_excerpt=without_scan_excerpt,
         )
-        return QueryContext(session, tree, bound, functions)
+        return QueryContext(session, tree, bound, functions, principal)
 
     # -- what tables read through the engine ------------------------------------------------
     def read_table(
@@ -191,9 +223,9 @@ class SQLEngine:
         """All rows of one Delta table (a projection of ``columns`` when given)."""
         return self._local.read(self._binder.snapshot(info, version, timestamp), columns)
 
-    def count_rows(self, info: TableInfo, principal: Principal | None = None) -> int:
-        """The number of rows of one Delta table's latest version (``principal``: who asks;
-        the caller has authorized the read, as for ``read_table``)."""
+    def count_rows(self, info: TableInfo, principal: Principal = EMBEDDED_USER) -> int:
+        """The number of rows of one Delta table's latest version (the caller has authorized
+        the read, as for ``read_table``)."""
         return self._local.count(self._binder.snapshot(info))
 
     # -- what the platform functions need (``functions.FunctionHost``) ----------------------
@@ -201,13 +233,27 @@ class SQLEngine:
         """The value of a constant expression."""
         return self._binder.constant(node)
 
-    def search_target(self, name: str) -> SearchTarget:
-        """The Lance table ``name`` names, for the search functions."""
-        info = self._binder.table_info(TableIdent.parse(name))
-        if info.format != "lance":
+    def search_target(self, name: str, principal: Principal = EMBEDDED_USER) -> SearchTarget:
+        """The searchable (Lance) table ``name`` names, which ``principal`` may read."""
+        info = self._binder.table_info(TableIdent.parse(name), principal)
+        if not self.service.store(info).searchable:
             raise NotSupported(
                 f"table {info.name} is a {info.format} table; search needs a Lance table "
                 "(create_table(..., format='lance'))"
             )
-        options = self.lh.warehouse.lance_options(info.location)
+        options = self.service.warehouse.lance_options(info.location)
         return SearchTarget(info.name, info.location, dict(info.properties), options)
+
+
+class _Functions:
+    """The engine as the platform functions see it for one statement's principal."""
+
+    def __init__(self, engine: SQLEngine, principal: Principal) -> None:
+        self._engine = engine
+        self._principal = principal
+
+    def constant(self, node: exp.Expr) -> Any:
+        return self._engine.constant(node)
+
+    def search_target(self, name: str) -> SearchTarget:
+        return self._engine.search_target(name, self._principal)

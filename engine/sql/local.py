@@ -22,15 +22,16 @@ from sqlglot.errors import ErrorLevel, UnsupportedError
 from matrixos.engine.context import table_refs
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import locked_connection
-from matrixos.engine.scan import LanceScan, Snapshot, make_context, prune, render_scan
+from matrixos.engine.scan import DatasetScan, Snapshot, make_context, prune, render_scan
 from matrixos.engine.sql.errors import engine_error, user_statement, without_scan_excerpt
 from matrixos.errors import SQLError
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
+    from matrixos.config import Settings
     from matrixos.engine.functions import FunctionResults
     from matrixos.engine.sql.binding import Bound
-    from matrixos.engine.sql.host import LakehouseHost
+    from matrixos.storage.warehouse import Warehouse
 
 BATCH_ROWS = 64 * 1024
 # Table-reference modifiers a scan's stand-in keeps: they apply to the rows read (the ones
@@ -41,12 +42,13 @@ TABLE_CARRIED = ("pivots", "sample", "laterals", "joins")
 class LocalRunner:
     """Runs bound queries on one locked DuckDB connection, a cursor per statement.
 
-    ``lh`` gives the warehouse (its root is an allowed directory, its credentials go to the
-    scans) and the DuckDB settings (threads, memory limit).
+    ``warehouse``: its root is an allowed directory, its credentials go to the scans;
+    ``settings``: the DuckDB settings (threads, memory limit).
     """
 
-    def __init__(self, lh: LakehouseHost) -> None:
-        self.lh = lh
+    def __init__(self, warehouse: Warehouse, settings: Settings) -> None:
+        self.warehouse = warehouse
+        self.settings = settings
         self._lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._allowed: tuple[str, ...] = ()
@@ -64,10 +66,10 @@ class LocalRunner:
             ]
             if self._con is None or missing:
                 roots = set(self._allowed)
-                if not self.lh.warehouse.is_remote:
-                    roots.add(self.lh.warehouse.uri.rstrip("/") + "/")
+                if not self.warehouse.is_remote:
+                    roots.add(self.warehouse.uri.rstrip("/") + "/")
                 roots.update(loc.rstrip("/") + "/" for loc in missing)
-                s = self.lh.settings
+                s = self.settings
                 self._allowed = tuple(sorted(roots))
                 self._con = locked_connection(
                     self._allowed, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit
@@ -86,7 +88,7 @@ class LocalRunner:
     ) -> Result:
         """The query's rows (streamed), or with ``explain`` its plan: ``notes`` (why it runs
         here), the functions evaluated first, each scan's pruning, then DuckDB's plan."""
-        cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, LanceScan)])
+        cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, DatasetScan)])
         try:
             functions.install(cur)
             sql = self.install(cur, tree, bound)
@@ -131,7 +133,7 @@ class LocalRunner:
     def _scan_sql(
         self, cur: duckdb.DuckDBPyConnection, snap: Snapshot, columns: Sequence[str] | None
     ) -> str:
-        ctx = make_context(self.lh.warehouse.options, is_remote(snap.location))
+        ctx = make_context(self.warehouse.options, is_remote(snap.location))
         sql = render_scan(prune(snap, []), ctx, columns)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
@@ -144,20 +146,18 @@ class LocalRunner:
         Inlined rather than created as temporary views: DuckDB binds a view when it is created
         (reading the Parquet footers an extra time), which cost 2-5 ms per table per query.
         """
-        ctx = make_context(self.lh.warehouse.options, self.lh.warehouse.is_remote)
+        ctx = make_context(self.warehouse.options, self.warehouse.is_remote)
         # A per-statement token: user SQL cannot spell it, so only our placeholders match.
         token = f"__mx_scan_{uuid.uuid4().hex}_"
         bodies: dict[str, str] = {}
         for i, (node, (_, scan)) in enumerate(zip(table_refs(tree), bound, strict=True)):
             placeholder = f"{token}{i}"
-            if isinstance(scan, LanceScan):
+            if isinstance(scan, DatasetScan):
                 bodies[placeholder] = f'SELECT * FROM "{ctx.register(scan.dataset)}"'
                 _stand_in(node, placeholder)
                 continue
             ctx.filesystem = (
-                self.lh.warehouse.options.to_pyarrow()
-                if is_remote(scan.snapshot.location)
-                else None
+                self.warehouse.options.to_pyarrow() if is_remote(scan.snapshot.location) else None
             )
             bodies[placeholder] = render_scan(scan, ctx)
             _stand_in(node, placeholder)
@@ -183,10 +183,10 @@ def explain_scans(bound: Bound) -> list[str]:
     """EXPLAIN's line per scan: its format and version, and what pruning kept."""
     lines = []
     for ident, scan in bound:
-        if isinstance(scan, LanceScan):
+        if isinstance(scan, DatasetScan):
             lines.append(
-                f"Scan {ident} (lance, version {scan.version}): projection and "
-                "filters pushed into Lance"
+                f"Scan {ident} ({scan.format}, version {scan.version}): projection and "
+                f"filters pushed into {scan.format.capitalize()}"
             )
             continue
         lines.append(

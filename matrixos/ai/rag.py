@@ -40,8 +40,8 @@ from matrixos.errors import ConfigError, FileNotFound, IngestError, MatrixOSErro
 if TYPE_CHECKING:
     from matrixos.ai.chunk import Chunk
     from matrixos.ai.embed import Embedder
+    from matrixos.host import SessionHost
     from matrixos.lance_table import LanceTable
-    from matrixos.session import Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def chunk_schema(dim: int) -> pa.Schema:
 class RAG:
     """``lh.rag``: batch indexing and retrieval evaluation."""
 
-    def __init__(self, lh: Lakehouse) -> None:
+    def __init__(self, lh: SessionHost) -> None:
         self._lh = lh
 
     def index(
@@ -216,7 +216,7 @@ class RAG:
         if build_indexes:
             summary.indexes = refresh_indexes(t)
         summary.seconds = time.perf_counter() - started
-        self._lh.catalog.touch(t.info.ident)
+        self._lh.service.touch(t.info)
         return summary
 
     # -- sources ----------------------------------------------------------------------------
@@ -441,7 +441,7 @@ class _RemoteEmbed:
     """The embed step on a Ray pool: ``EmbedColumn`` actors (the model loads once in each),
     sent sub-batches of texts; the vectors come back to the driver, which commits them."""
 
-    def __init__(self, lh: Lakehouse, emb: Embedder, name: str | None, batch_chunks: int) -> None:
+    def __init__(self, lh: SessionHost, emb: Embedder, name: str | None, batch_chunks: int) -> None:
         from matrixos.ai.embed import EmbedColumn, embedder_factory
         from matrixos.batch import PoolMapper
 
@@ -478,14 +478,14 @@ def _existing_hashes(t: LanceTable) -> dict[str, set[str]]:
 
 
 def _delete_docs(t: LanceTable, uris: list[str], keep: str | None = None) -> int:
-    from matrixos.storage.lance import _sql_literal
+    from matrixos.storage.lance import sql_literal
 
     deleted = 0
     for start in range(0, len(uris), 500):
-        chunk = ", ".join(_sql_literal(u) for u in uris[start : start + 500])
+        chunk = ", ".join(sql_literal(u) for u in uris[start : start + 500])
         where = f"doc_uri IN ({chunk})"
         if keep is not None:
-            where += f" AND doc_hash != {_sql_literal(keep)}"
+            where += f" AND doc_hash != {sql_literal(keep)}"
         res = t.store.delete(where)
         deleted += int(res.metrics.get("num_deleted_rows", 0))
     return deleted
@@ -515,7 +515,7 @@ def _folder_docs(path: Path) -> Iterator[SourceDoc]:
             yield SourceDoc(str(p.resolve()), p.stat().st_size, p.read_bytes)
 
 
-def _object_store_docs(lh: Lakehouse, prefix: str) -> Iterator[SourceDoc]:
+def _object_store_docs(lh: SessionHost, prefix: str) -> Iterator[SourceDoc]:
     from matrixos.storage._errors import storage_errors
     from matrixos.storage.warehouse import filesystem_for
 

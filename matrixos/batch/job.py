@@ -20,7 +20,7 @@ from matrixos.batch.udf import BatchFormat, Failure
 from matrixos.errors import BatchError, ConfigError, TableNotFound
 
 if TYPE_CHECKING:
-    from matrixos.session import Lakehouse
+    from matrixos.host import SessionHost
     from matrixos.table import Table
 
 
@@ -80,7 +80,7 @@ class MapBatchesSummary:
 
 
 def map_batches(
-    lh: Lakehouse,
+    lh: SessionHost,
     source: str,
     fn: Callable[[Any], Any] | type,
     *,

@@ -18,7 +18,7 @@ from sqlglot.errors import SqlglotError
 from matrixos.errors import SQLError, TableNotFound
 
 if TYPE_CHECKING:
-    from matrixos.session import Lakehouse
+    from matrixos.host import SessionHost
     from matrixos.table import Table
 
 #: Commit-metadata key under which each commit of a job records what it holds.
@@ -48,7 +48,7 @@ def is_query(source: str) -> bool:
 
 
 def open_source(
-    lh: Lakehouse,
+    lh: SessionHost,
     source: str,
     *,
     columns: Sequence[str] | None,
@@ -200,7 +200,7 @@ class Writer:
 
     def __init__(
         self,
-        lh: Lakehouse,
+        lh: SessionHost,
         output: str,
         *,
         format: Literal["delta", "lance"],
@@ -235,13 +235,13 @@ class Writer:
             raise AssertionError("nothing to commit")  # pragma: no cover
         t = self._table(data.schema)
         meta = {MARKER_KEY: json.dumps({**self.marker, "first": first, "end": end, "last": last})}
-        store = t.store
+        # Through the service's handle: MODIFY checked, rows embedded, the catalog told.
+        handle = self.lh.service.table(self.lh.principal, t.info.ident)
         if self.mode == "merge":
-            store.merge(data, self.key, commit_metadata=meta)
+            handle.merge(data, self.key, commit_metadata=meta)
         elif self.mode == "overwrite" and self.first_commit:
-            store.overwrite(data, commit_metadata=meta)
+            handle.overwrite(data, commit_metadata=meta)
         else:
-            store.append(data, commit_metadata=meta)
+            handle.append(data, commit_metadata=meta)
         self.first_commit = False
-        self.lh.catalog.touch(t.info.ident)
         return data.num_rows

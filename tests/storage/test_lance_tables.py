@@ -128,7 +128,7 @@ def test_optimize_vacuum_drop_and_second_process(lh: mx.Lakehouse) -> None:
         assert other.table("kb.docs").count() == 6
     location = t.location
     lh.drop_table("kb.docs")
-    assert not lh._store(t.info).exists()
+    assert not lh.service.store(t.info).exists()
     assert "main.kb.docs" not in lh.tables()
     assert location
 
