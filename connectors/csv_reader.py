@@ -1,0 +1,256 @@
+"""CSV and TSV files: read with pyarrow's C++ reader; on bad input, say where it is.
+
+pyarrow's reader rarely says where a problem is and reads an unterminated quote as one field
+running to the end of the file, so the file is checked for an open quote, and on a failure it
+is rescanned with Python's ``csv`` module only to locate the bad line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from matrixos.connectors.file_source import (
+    ARROW_ERRORS,
+    Source,
+    decode,
+    first_bad_row,
+    strip_bom,
+)
+from matrixos.errors import IngestError
+
+__all__ = ["csv_records", "read_csv"]
+
+_EXPECTED_COLUMNS = re.compile(r"Expected (\d+) columns?, got (\d+)")
+_CONVERSION = re.compile(
+    r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (.+?): invalid value '(.*)'",
+    re.S,
+)
+
+
+def _csv_convertible(dtype: pa.DataType) -> bool:
+    return not (pa.types.is_nested(dtype) or pa.types.is_null(dtype))
+
+
+def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -> Source:
+    """Read one CSV (``delimiter=","``) or TSV (``"\\t"``) file's bytes into a :class:`Source`.
+
+    The first line is the header. With ``schema``, its columns of a CSV-convertible type are
+    parsed as that type (a value that does not convert is an error naming its line and field);
+    the others are inferred. Raises :class:`IngestError` naming the file, line and field for an
+    empty file, a malformed or unterminated quoted field, a row with too many or too few
+    fields, an empty or duplicate column name, or a value of the wrong type.
+    """
+    body = strip_bom(data)
+    if not body.strip():
+        raise IngestError("empty file: expected a header line", path=path, line=1, col=1)
+    column_types = (
+        {f.name: f.type for f in schema if _csv_convertible(f.type)} if schema is not None else {}
+    )
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(body),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
+        )
+    except ARROW_ERRORS as exc:
+        if _may_leave_a_quote_open(body, delimiter):
+            _refuse_unterminated_quote(path, body, delimiter)
+        raise _locate_csv_error(path, data, delimiter, str(exc)) from None
+    # pyarrow reads an unterminated quote as a field running to the end of the file (one
+    # row where there were many, no error).
+    if _may_leave_a_quote_open(body, delimiter) or _last_value_spans_lines(table):
+        _refuse_unterminated_quote(path, body, delimiter)
+    names = table.column_names
+    if "" in names:
+        # Refused rather than auto-named (DuckDB's ``column1``): a made-up name would not
+        # match the column of an existing table the rows are appended to, and a table with
+        # an empty column name cannot be queried at all.
+        line = next(csv_records(decode(data), delimiter))[0]
+        raise IngestError(
+            f"header field {names.index('') + 1} has no column name",
+            path=path,
+            line=line,
+            col=names.index("") + 1,
+            hint="name every column in the header line",
+        )
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                line = next(csv_records(decode(data), delimiter))[0]
+                raise IngestError(
+                    f"duplicate column name {name!r}", path=path, line=line, col=i + 1
+                )
+            seen.add(name)
+    return Source(path, table, functools.partial(_locate_cell, data, delimiter))
+
+
+def _locate_cell(
+    data: bytes, delimiter: str, row: int, column: str
+) -> tuple[int | None, int | None]:
+    """The (physical line, field number) of ``column`` in data row ``row`` (0-based)."""
+    records = list(csv_records(decode(data), delimiter))
+    if row + 1 >= len(records):
+        return None, None
+    header = records[0][1]
+    col = header.index(column) + 1 if column in header else None
+    return records[row + 1][0], col
+
+
+def _may_leave_a_quote_open(body: bytes, delimiter: str) -> bool:
+    """Whether the exact (slower) scan for an unterminated quote is needed.
+
+    Quoted fields hold an even number of quote characters (opening, closing, doubled ones
+    inside), so with no quote in the middle of a bare field (``5"3``, text to pyarrow) an
+    odd count is exactly an open quote. A mid-field quote, found here by one regular
+    expression over the text without its ``""`` pairs, sends the file to the scan too, and so
+    does a last value with a line break (``_last_value_spans_lines``).
+    """
+    if b'"' not in body:
+        return False
+    if body.count(b'"') % 2:
+        return True
+    bound = re.escape(delimiter.encode())
+    mid_field = re.compile(rb'[^\r\n"' + bound + rb']"[^\r\n"' + bound + rb"]")
+    return mid_field.search(body.replace(b'""', b"")) is not None
+
+
+def _last_value_spans_lines(table: pa.Table) -> bool:
+    """Whether a text value of the last row holds a line break: what a quote left open to
+    the end of the file leaves behind (also when the quote count is even)."""
+    if table.num_rows == 0:
+        return False
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            value = col[table.num_rows - 1].as_py()
+            if value is not None and ("\n" in value or "\r" in value):
+                return True
+    return False
+
+
+def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:
+    unterminated = _unterminated_quote(decode(body), delimiter)
+    if unterminated is not None:
+        line, col = unterminated
+        raise IngestError(
+            "unterminated quoted field: the quote that opens it is never closed",
+            path=path,
+            line=line,
+            col=col,
+            hint='close the quote; a quote inside a quoted field is written twice ("")',
+        )
+
+
+def _unterminated_quote(text: str, delimiter: str) -> tuple[int, int] | None:
+    """(line, field) where a quoted field opens that never closes, or None.
+
+    Follows pyarrow's reading: a quote is special only at the start of a field, and ``""``
+    inside a quoted field is a quote. Steps over the special characters only.
+    """
+    line, fieldno, opened = 1, 1, None
+    field_start = 0  # offset where the current field begins
+    in_quotes = False
+    specials = re.compile('["\n' + re.escape(delimiter) + "]")
+    pos = 0
+    while True:
+        m = specials.search(text, pos)
+        if m is None:
+            break
+        i, c = m.start(), m.group()
+        pos = i + 1
+        if in_quotes:
+            if c == "\n":
+                line += 1
+            elif c == '"':
+                if text.startswith('"', i + 1):
+                    pos = i + 2  # an escaped quote
+                else:
+                    in_quotes = False
+        elif c == '"':
+            if i == field_start:
+                in_quotes, opened = True, (line, fieldno)
+        elif c == delimiter:
+            fieldno, field_start = fieldno + 1, i + 1
+        else:  # newline: a new record
+            line, fieldno, field_start = line + 1, 1, i + 1
+    return opened if in_quotes else None
+
+
+def csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (physical line where the record starts, fields) for each non-blank record.
+
+    Python's ``csv`` module reads the text (slower than pyarrow): only to locate a problem.
+    """
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    end = 0
+    for fields in reader:
+        start, end = end + 1, reader.line_num
+        if fields:
+            yield start, fields
+
+
+def _locate_csv_error(path: str, data: bytes, delimiter: str, message: str) -> IngestError:
+    text = decode(data)
+    conversion = _CONVERSION.search(message)
+    if conversion:
+        index, type_name, value = int(conversion[1]), conversion[2], conversion[3]
+        return _locate_csv_value(path, text, delimiter, index, type_name, value)
+    try:
+        records = csv_records(text, delimiter)
+        header = next(records, None)
+        if header is None:
+            return IngestError("empty file: expected a header line", path=path, line=1, col=1)
+        expected = len(header[1])
+        for line, fields in records:
+            if len(fields) != expected:
+                got = len(fields)
+                what = "too many" if got > expected else "too few"
+                return IngestError(
+                    f"{what} fields: expected {expected}, got {got}",
+                    path=path,
+                    line=line,
+                    col=min(got, expected) + 1,
+                )
+    except csv.Error as exc:
+        return IngestError(f"malformed CSV: {exc}", path=path)
+    counts = _EXPECTED_COLUMNS.search(message)
+    if counts:
+        return IngestError(f"expected {counts[1]} fields, got {counts[2]}", path=path)
+    return IngestError(f"cannot parse CSV: {message}", path=path)
+
+
+def _locate_csv_value(
+    path: str, text: str, delimiter: str, index: int, type_name: str, value: str
+) -> IngestError:
+    records = list(csv_records(text, delimiter))
+    header = records[0][1] if records else []
+    name = header[index] if index < len(header) else f"#{index + 1}"
+    rows = records[1:]
+    hit = next((r for r in rows if index < len(r[1]) and r[1][index] == value), None)
+    if hit is None:  # pyarrow may shorten or escape the value: find it by converting
+        nulls = set(pa_csv.ConvertOptions().null_values)
+        cells = [r[1][index] if index < len(r[1]) else None for r in rows]
+        strings = pa.array([None if c in nulls else c for c in cells], pa.string())
+        try:
+            target = pa.type_for_alias(type_name)
+        except ValueError:
+            target = None
+        bad = first_bad_row(strings, target) if target is not None else None
+        if bad is not None:
+            hit, value = rows[bad], cells[bad] or ""
+    line = hit[0] if hit is not None else None
+    col = index + 1
+    return IngestError(
+        f"invalid value {value!r} in column {name!r} (field {col}): not a valid {type_name}",
+        path=path,
+        line=line,
+        col=col,
+    )
