@@ -20,6 +20,7 @@ from matrixos.engine.sandbox import check_query, check_table_name
 from matrixos.engine.sql.errors import engine_error
 from matrixos.engine.sql.frontend import ident_of, ok, table_name
 from matrixos.errors import AccessDenied, NotSupported, SQLError
+from matrixos.storage.tablestore import formats
 
 if TYPE_CHECKING:
     from matrixos.catalog.access import Principal
@@ -99,8 +100,11 @@ class DDL:
                 properties[p.name] = p.args["value"].name
             else:
                 raise NotSupported(f"table property {p.sql(dialect=dialect)} is not supported")
-        if fmt not in ("delta", "parquet", "lance"):
-            raise NotSupported(f"USING {fmt} is not supported; tables are Delta or Lance")
+        if fmt != "parquet" and fmt not in formats():
+            raise NotSupported(
+                f"USING {fmt} is not supported; tables are Delta or Lance",
+                hint="formats: " + ", ".join(sorted(formats())),
+            )
         exists = self.service.catalog.find_table(ident) is not None
         if exists and stmt.args.get("exists"):
             return ok("CREATE TABLE", skipped=True)
