@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from matrixos.errors import MatrixOSError, ResultConsumed, SQLError
+from matrixos.engine.interrupt import canceled
+from matrixos.errors import MatrixOSError, ResultConsumed, SQLError, StatementCanceled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -278,4 +279,6 @@ def _stream_error(e: Exception) -> MatrixOSError:
     """The error every later reader of a failed stream gets (the engine's, when it is ours)."""
     if isinstance(e, MatrixOSError):
         return e
+    if canceled(e):
+        return StatementCanceled("canceling statement due to user request")
     return SQLError(f"reading the result failed: {e}", hint="the statement can be run again")

@@ -95,6 +95,18 @@ class TableExists(MatrixOSError, FileExistsError):
     sqlstate = "42P07"
 
 
+class AccountNotFound(MatrixOSError, LookupError):
+    """No such account (user, group or service principal) or API token."""
+
+    sqlstate = "42704"
+
+
+class AccountExists(MatrixOSError, FileExistsError):
+    """An account of that name already exists."""
+
+    sqlstate = "42710"
+
+
 class SchemaMismatch(MatrixOSError, TypeError):
     """Data does not fit the table's schema; nothing was written."""
 
@@ -207,12 +219,21 @@ class ComputeError(MatrixOSError, RuntimeError):
     sqlstate = "58000"
 
 
+class StatementCanceled(MatrixOSError, RuntimeError):
+    """A running statement was stopped on request (a server client's cancel); nothing it
+    would have written was committed."""
+
+    sqlstate = "57014"  # query_canceled
+
+
 class TpchError(MatrixOSError, RuntimeError):
     """The TPC-H sample data could not be generated (``matrixos demo``, the benchmarks)."""
 
 
 __all__ = [
     "AccessDenied",
+    "AccountExists",
+    "AccountNotFound",
     "BatchError",
     "ComputeError",
     "ConcurrentWriteError",
@@ -225,6 +246,7 @@ __all__ = [
     "SQLError",
     "SchemaMismatch",
     "SchemaNotFound",
+    "StatementCanceled",
     "StorageError",
     "TableExists",
     "TableNotFound",

@@ -55,6 +55,8 @@ def test_surface() -> None:
 def test_errors_surface() -> None:
     assert set(errors.__all__) == {
         "AccessDenied",
+        "AccountExists",
+        "AccountNotFound",
         "BatchError",
         "ComputeError",
         "ConcurrentWriteError",
@@ -67,6 +69,7 @@ def test_errors_surface() -> None:
         "SQLError",
         "SchemaMismatch",
         "SchemaNotFound",
+        "StatementCanceled",
         "StorageError",
         "TableExists",
         "TableNotFound",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 from sqlglot import exp
 
-from matrixos.errors import AccessDenied, MatrixOSError, SQLError
+from matrixos.errors import AccessDenied, MatrixOSError, SQLError, StatementCanceled
 
 
 def engine_error(e: Exception, sql: str) -> MatrixOSError:
@@ -16,6 +16,8 @@ def engine_error(e: Exception, sql: str) -> MatrixOSError:
         '42703'
     """
     msg = str(e).strip()
+    if isinstance(e, duckdb.InterruptException):
+        return StatementCanceled("canceling statement due to user request")
     if isinstance(e, duckdb.PermissionException):
         return AccessDenied(f"not allowed: {msg}", sql=sql)
     if isinstance(e, duckdb.CatalogException | duckdb.BinderException):

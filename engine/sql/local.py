@@ -20,6 +20,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
 from matrixos.engine.context import table_refs
+from matrixos.engine.interrupt import track
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import locked_connection
 from matrixos.engine.scan import DatasetScan, Snapshot, make_context, prune, render_scan
@@ -74,7 +75,8 @@ class LocalRunner:
                 self._con = locked_connection(
                     self._allowed, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit
                 )
-            return self._con.cursor()
+            # A server's cancel request interrupts it (engine/interrupt.py).
+            return track(self._con.cursor())
 
     # -- queries ----------------------------------------------------------------------------
     def run(
