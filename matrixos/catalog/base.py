@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from matrixos.catalog.names import TableIdent
-from matrixos.errors import SchemaNotFound, TableExists, TableNotFound, VolumeNotFound
+from matrixos.errors import (
+    AccountExists,
+    AccountNotFound,
+    SchemaNotFound,
+    TableExists,
+    TableNotFound,
+    VolumeNotFound,
+)
 
 
 def now() -> datetime:
@@ -52,6 +59,44 @@ class VolumeInfo:
     @property
     def name(self) -> str:
         return str(self.ident)
+
+
+ACCOUNT_KINDS = ("user", "group", "service")
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    """One account: a user, a group (of accounts) or a service principal (a program's)."""
+
+    name: str
+    kind: str = "user"
+    admin: bool = False
+    created_at: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class GrantInfo:
+    """One privilege (``SELECT``, ``USE SCHEMA``…) on one securable, given to one account."""
+
+    privilege: str
+    kind: str  # catalog, schema, table or volume
+    securable: str  # main, main.sales, main.sales.orders
+    grantee: str
+    granted_by: str | None = field(default=None, compare=False)
+    created_at: datetime = field(default_factory=now, compare=False)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as the catalog keeps it: a KDF hash of its secret, never the secret."""
+
+    id: str
+    account: str
+    hash: str = field(repr=False)
+    created_at: datetime = field(default_factory=now)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 class Catalog(ABC):
@@ -162,6 +207,78 @@ class Catalog(ABC):
     def drop_volume(self, ident: TableIdent) -> VolumeInfo:
         """Remove a volume's entry and return what it was."""
 
+    # -- accounts, groups, grants, tokens, passwords ------------------------------------------
+    # ``Accounts`` (catalog/accounts.py) is their API; these are its records.
+    @abstractmethod
+    def create_account(self, info: AccountInfo) -> None:
+        """Record an account; raises ``AccountExists`` if the name is taken."""
+
+    @abstractmethod
+    def get_account(self, name: str) -> AccountInfo:
+        """The account's entry; raises ``AccountNotFound``."""
+
+    @abstractmethod
+    def list_accounts(self) -> list[AccountInfo]:
+        """Every account, sorted by name."""
+
+    @abstractmethod
+    def update_account(self, info: AccountInfo) -> None:
+        """Replace an account's entry (its admin flag); raises ``AccountNotFound``."""
+
+    @abstractmethod
+    def drop_account(self, name: str) -> AccountInfo:
+        """Remove an account with its memberships (both ways), grants, tokens and password;
+        raises ``AccountNotFound``."""
+
+    @abstractmethod
+    def add_member(self, group: str, member: str) -> None:
+        """Put ``member`` in ``group`` (both must exist; nothing if it already is)."""
+
+    @abstractmethod
+    def remove_member(self, group: str, member: str) -> bool:
+        """Take ``member`` out of ``group``; whether it was in."""
+
+    @abstractmethod
+    def list_members(self) -> list[tuple[str, str]]:
+        """Every ``(group, member)`` pair, sorted."""
+
+    @abstractmethod
+    def add_grant(self, grant: GrantInfo) -> bool:
+        """Record a grant (its grantee must exist); False if it was there already."""
+
+    @abstractmethod
+    def remove_grant(self, grant: GrantInfo) -> bool:
+        """Remove a grant; whether it was there."""
+
+    @abstractmethod
+    def list_grants(
+        self, grantee: str | None = None, securable: str | None = None
+    ) -> list[GrantInfo]:
+        """Grants, of one grantee and/or on one securable, sorted."""
+
+    @abstractmethod
+    def create_token(self, info: TokenInfo) -> None:
+        """Record a token (its account must exist)."""
+
+    @abstractmethod
+    def find_token(self, token_id: str) -> TokenInfo | None: ...
+
+    @abstractmethod
+    def list_tokens(self, account: str | None = None) -> list[TokenInfo]:
+        """Tokens (revoked and expired ones too), sorted by creation."""
+
+    @abstractmethod
+    def update_token(self, info: TokenInfo) -> None:
+        """Record a token's revocation or last use; raises ``AccountNotFound`` if it is gone."""
+
+    @abstractmethod
+    def set_password(self, account: str, verifier: str | None) -> None:
+        """Keep an account's password verifier (None: remove it); ``AccountNotFound``."""
+
+    @abstractmethod
+    def get_password(self, account: str) -> str | None:
+        """The account's password verifier, if it has one."""
+
 
 # The errors every backend raises, worded once.
 def no_schema(catalog: str, schema: str) -> SchemaNotFound:
@@ -174,6 +291,20 @@ def schema_not_empty(catalog: str, schema: str, count: int, what: str) -> TableE
     return TableExists(
         f"schema {catalog}.{schema} still holds {count} {what}(s)", hint=f"drop its {what}s first"
     )
+
+
+def no_account(name: str) -> AccountNotFound:
+    return AccountNotFound(
+        f"account {name!r} does not exist", hint=f"matrixos accounts create {name}"
+    )
+
+
+def account_exists(name: str) -> AccountExists:
+    return AccountExists(f"account {name!r} already exists")
+
+
+def no_token(token_id: str) -> AccountNotFound:
+    return AccountNotFound(f"token {token_id!r} does not exist")
 
 
 def no_table(ident: TableIdent, location: str | None = None) -> TableNotFound:

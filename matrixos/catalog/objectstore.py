@@ -34,18 +34,33 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from matrixos.catalog._account_log import KINDS as ACCOUNT_KINDS
+from matrixos.catalog._account_log import (
+    AccountState,
+    account_to_json,
+    grant_key,
+    grant_to_json,
+    token_to_json,
+)
 from matrixos.catalog._objects import Objects
 from matrixos.catalog.base import (
+    AccountInfo,
     Catalog,
+    GrantInfo,
     TableInfo,
+    TokenInfo,
     VolumeInfo,
+    account_exists,
+    no_account,
     no_schema,
     no_table,
+    no_token,
     now,
     schema_not_empty,
 )
 from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
 from matrixos.errors import (
+    AccountExists,
     ConcurrentWriteError,
     SchemaNotFound,
     StorageError,
@@ -93,6 +108,7 @@ class _State:
     schemas: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     tables: dict[TableIdent, TableInfo] = field(default_factory=dict)
     volumes: dict[TableIdent, VolumeInfo] = field(default_factory=dict)
+    acl: AccountState = field(default_factory=AccountState)
 
     @classmethod
     def initial(cls) -> _State:
@@ -111,7 +127,9 @@ class _State:
 
     def apply(self, action: Action) -> None:
         kind = action["kind"]
-        if "add" in action:
+        if kind in ACCOUNT_KINDS:
+            self.acl.apply(kind, action)
+        elif "add" in action:
             entry = action["add"]
             if kind == "catalog":
                 self.catalogs[entry["name"]] = entry
@@ -141,6 +159,7 @@ class _State:
             *({"kind": "schema", "add": e} for e in self.schemas.values()),
             *({"kind": "table", "add": _table_to_json(t)} for t in self.tables.values()),
             *({"kind": "volume", "add": _volume_to_json(v)} for v in self.volumes.values()),
+            *self.acl.to_json(),
         ]
 
 
@@ -420,7 +439,8 @@ class ObjectStoreCatalog(Catalog):
                 if if_exists:
                     return []
                 raise SchemaNotFound(f"schema {catalog}.{schema} does not exist")
-            return [_remove("schema", catalog, schema)]
+            grants = state.acl.grant_removals_on(f"{catalog}.{schema}", "schema")
+            return [_remove("schema", catalog, schema), *grants]
 
         self._commit(f"DROP SCHEMA {catalog}.{schema}", plan)
 
@@ -474,7 +494,7 @@ class ObjectStoreCatalog(Catalog):
             if info is None or (location is not None and info.location != location):
                 raise no_table(ident, location)
             dropped[:] = [info]
-            return [_remove("table", *ident)]
+            return [_remove("table", *ident), *state.acl.grant_removals_on(str(ident), "table")]
 
         self._commit(f"DROP TABLE {ident}", plan)
         return dropped[0]
@@ -511,10 +531,146 @@ class ObjectStoreCatalog(Catalog):
             if info is None:
                 raise VolumeNotFound(f"volume {ident} does not exist")
             dropped[:] = [info]
-            return [_remove("volume", *ident)]
+            return [_remove("volume", *ident), *state.acl.grant_removals_on(str(ident), "volume")]
 
         self._commit(f"DROP VOLUME {ident}", plan)
         return dropped[0]
+
+    # -- accounts, groups, grants, tokens, passwords ------------------------------------------
+    def create_account(self, info: AccountInfo) -> None:
+        def plan(state: _State) -> list[Action]:
+            if info.name in state.acl.accounts:
+                raise account_exists(info.name)
+            return [_add("account", account_to_json(info))]
+
+        self._commit(f"CREATE ACCOUNT {info.name}", plan)
+
+    def get_account(self, name: str) -> AccountInfo:
+        info = self._fresh().acl.accounts.get(name)
+        if info is None:
+            raise no_account(name)
+        return info
+
+    def list_accounts(self) -> list[AccountInfo]:
+        return sorted(self._fresh().acl.accounts.values(), key=lambda a: a.name)
+
+    def update_account(self, info: AccountInfo) -> None:
+        def plan(state: _State) -> list[Action]:
+            _need(state, info.name)
+            return [_add("account", account_to_json(info))]
+
+        self._commit(f"ALTER ACCOUNT {info.name}", plan)
+
+    def drop_account(self, name: str) -> AccountInfo:
+        dropped: list[AccountInfo] = []
+
+        def plan(state: _State) -> list[Action]:
+            dropped[:] = [_need(state, name)]
+            return state.acl.removals_for(name)
+
+        self._commit(f"DROP ACCOUNT {name}", plan)
+        return dropped[0]
+
+    def add_member(self, group: str, member: str) -> None:
+        def plan(state: _State) -> list[Action]:
+            _need(state, group, member)
+            if (group, member) in state.acl.members:
+                return []
+            return [_add("member", {"group": group, "member": member})]
+
+        self._commit(f"ADD MEMBER {member} TO {group}", plan)
+
+    def remove_member(self, group: str, member: str) -> bool:
+        def plan(state: _State) -> list[Action]:
+            return (
+                [_remove("member", group, member)] if (group, member) in state.acl.members else []
+            )
+
+        return self._commit_some(f"REMOVE MEMBER {member} FROM {group}", plan)
+
+    def list_members(self) -> list[tuple[str, str]]:
+        return sorted(self._fresh().acl.members)
+
+    def add_grant(self, grant: GrantInfo) -> bool:
+        def plan(state: _State) -> list[Action]:
+            _need(state, grant.grantee)
+            if grant_key(grant) in state.acl.grants:
+                return []
+            return [_add("grant", grant_to_json(grant))]
+
+        return self._commit_some(f"GRANT {grant.privilege} ON {grant.securable}", plan)
+
+    def remove_grant(self, grant: GrantInfo) -> bool:
+        def plan(state: _State) -> list[Action]:
+            if grant_key(grant) not in state.acl.grants:
+                return []
+            return [_remove("grant", *grant_key(grant))]
+
+        return self._commit_some(f"REVOKE {grant.privilege} ON {grant.securable}", plan)
+
+    def list_grants(
+        self, grantee: str | None = None, securable: str | None = None
+    ) -> list[GrantInfo]:
+        return sorted(
+            (
+                g
+                for g in self._fresh().acl.grants.values()
+                if (grantee is None or g.grantee == grantee)
+                and (securable is None or g.securable == securable)
+            ),
+            key=lambda g: (g.securable, g.grantee, g.privilege, g.kind),
+        )
+
+    def create_token(self, info: TokenInfo) -> None:
+        def plan(state: _State) -> list[Action]:
+            _need(state, info.account)
+            if info.id in state.acl.tokens:
+                raise AccountExists(f"token {info.id!r} already exists")
+            return [_add("token", token_to_json(info))]
+
+        self._commit(f"CREATE TOKEN {info.id}", plan)
+
+    def find_token(self, token_id: str) -> TokenInfo | None:
+        return self._fresh().acl.tokens.get(token_id)
+
+    def list_tokens(self, account: str | None = None) -> list[TokenInfo]:
+        tokens = self._fresh().acl.tokens.values()
+        return sorted(
+            (t for t in tokens if account is None or t.account == account),
+            key=lambda t: (t.created_at, t.id),
+        )
+
+    def update_token(self, info: TokenInfo) -> None:
+        def plan(state: _State) -> list[Action]:
+            if info.id not in state.acl.tokens:
+                raise no_token(info.id)
+            return [_add("token", token_to_json(info))]
+
+        self._commit(f"UPDATE TOKEN {info.id}", plan)
+
+    def set_password(self, account: str, verifier: str | None) -> None:
+        def plan(state: _State) -> list[Action]:
+            _need(state, account)
+            if verifier is None:
+                return [_remove("password", account)] if account in state.acl.passwords else []
+            return [_add("password", {"account": account, "verifier": verifier})]
+
+        self._commit(f"SET PASSWORD {account}", plan)
+
+    def get_password(self, account: str) -> str | None:
+        return self._fresh().acl.passwords.get(account)
+
+    def _commit_some(self, operation: str, plan: Callable[[_State], list[Action]]) -> bool:
+        """``_commit``, and whether ``plan`` made any action (the change was not a no-op)."""
+        made = [False]
+
+        def planned(state: _State) -> list[Action]:
+            actions = plan(state)
+            made[0] = bool(actions)
+            return actions
+
+        self._commit(operation, planned)
+        return made[0]
 
     # -- bulk -------------------------------------------------------------------------------
     def import_entries(
@@ -549,6 +705,14 @@ class ObjectStoreCatalog(Catalog):
 
         self._commit("IMPORT", plan)
         return added[0]
+
+
+def _need(state: _State, *names: str) -> AccountInfo:
+    """The first named account; ``AccountNotFound`` unless all exist."""
+    for name in names:
+        if name not in state.acl.accounts:
+            raise no_account(name)
+    return state.acl.accounts[names[0]]
 
 
 _Entry = TypeVar("_Entry", TableInfo, VolumeInfo)

@@ -387,7 +387,7 @@ class TableService:
         return [
             v.name
             for v in self.catalog.list_volumes(c, s)
-            if principal.may("SELECT", v.name, owner=v.owner)
+            if principal.may("SELECT", v.name, owner=v.owner, kind="volume")
         ]
 
     def volume(
@@ -397,12 +397,14 @@ class TableService:
         to add or delete some); ``VolumeNotFound``, ``AccessDenied``. Its ``put``/``delete``
         check ``MODIFY`` too."""
         info = self.catalog.get_volume(TableIdent.parse(name))
-        principal.check(privilege, info.name, owner=info.owner)
+        principal.check(privilege, info.name, owner=info.owner, kind="volume")
         return Volume(
             info.name,
             info.location,
             self.warehouse.options,
-            check_write=lambda: principal.check("MODIFY", info.name, owner=info.owner),
+            check_write=lambda: principal.check(
+                "MODIFY", info.name, owner=info.owner, kind="volume"
+            ),
         )
 
     def create_volume(
@@ -443,7 +445,7 @@ class TableService:
         ident = TableIdent.parse(name)
         existing = self.catalog.find_volume(ident)
         if existing is not None:
-            principal.check("MANAGE", existing.name, owner=existing.owner)
+            principal.check("MANAGE", existing.name, owner=existing.owner, kind="volume")
         try:
             info = self.catalog.drop_volume(ident)
         except TableNotFound:
@@ -460,7 +462,7 @@ class TableService:
         if not owners:
             raise AccessDenied(f"{uri} is not a file in any volume of this lakehouse")
         owner = max(owners, key=lambda v: len(v.location))
-        principal.check("SELECT", owner.name, owner=owner.owner)
+        principal.check("SELECT", owner.name, owner=owner.owner, kind="volume")
         return Volume(owner.name, owner.location, self.warehouse.options).open_uri(full, mode)
 
 

@@ -16,11 +16,17 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from matrixos.catalog.base import (
+    AccountInfo,
     Catalog,
+    GrantInfo,
     TableInfo,
+    TokenInfo,
     VolumeInfo,
+    account_exists,
+    no_account,
     no_schema,
     no_table,
+    no_token,
     schema_not_empty,
 )
 from matrixos.catalog.base import now as _now
@@ -74,6 +80,51 @@ _volumes = sa.Table(
     sa.Column("comment", sa.Text),
     sa.Column("owner", sa.String(256)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Accounts, memberships, grants, API tokens (KDF hashes) and password verifiers. A catalog made
+# before they existed gets these tables when it is next opened (``create_all``).
+_accounts = sa.Table(
+    "mx_accounts",
+    _meta,
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+_members = sa.Table(
+    "mx_members",
+    _meta,
+    sa.Column("group_name", sa.String(256), primary_key=True),
+    sa.Column("member", sa.String(256), primary_key=True),
+)
+_grants = sa.Table(
+    "mx_grants",
+    _meta,
+    sa.Column("grantee", sa.String(256), primary_key=True),
+    sa.Column("privilege", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("securable", sa.String(400), primary_key=True),
+    sa.Column("granted_by", sa.String(256)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+_tokens = sa.Table(
+    "mx_tokens",
+    _meta,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account", sa.String(256), nullable=False, index=True),
+    sa.Column("hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+)
+_passwords = sa.Table(
+    "mx_passwords",
+    _meta,
+    sa.Column("account", sa.String(256), primary_key=True),
+    sa.Column("verifier", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
@@ -180,6 +231,7 @@ class SQLCatalog(Catalog):
             n = conn.execute(
                 _schemas.delete().where(_schemas.c.catalog == catalog, _schemas.c.name == schema)
             ).rowcount
+            conn.execute(_grants.delete().where(*_on(f"{catalog}.{schema}", "schema")))
         if not n and not if_exists:
             raise SchemaNotFound(f"schema {catalog}.{schema} does not exist")
 
@@ -230,6 +282,8 @@ class SQLCatalog(Catalog):
             if row is None:
                 raise no_table(ident, location)
             conn.execute(_tables.delete().where(*where))
+            # a later table of the same name must not inherit this one's grants
+            conn.execute(_grants.delete().where(*_on(str(ident), "table")))
         return _from_row(row)
 
     # -- volumes ----------------------------------------------------------------------------
@@ -277,7 +331,164 @@ class SQLCatalog(Catalog):
             if row is None:
                 raise VolumeNotFound(f"volume {ident} does not exist")
             conn.execute(_volumes.delete().where(*_match(ident, _volumes)))
+            conn.execute(_grants.delete().where(*_on(str(ident), "volume")))
         return _volume_from_row(row)
+
+    # -- accounts, groups, grants, tokens, passwords ------------------------------------------
+    def create_account(self, info: AccountInfo) -> None:
+        row = {"name": info.name, "kind": info.kind, "admin": info.admin}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_accounts.insert().values(**row, created_at=info.created_at))
+        except IntegrityError as e:
+            raise account_exists(info.name) from e
+
+    def get_account(self, name: str) -> AccountInfo:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_accounts).where(_accounts.c.name == name)).first()
+        if row is None:
+            raise no_account(name)
+        return _account(row)
+
+    def list_accounts(self) -> list[AccountInfo]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(_accounts).order_by(_accounts.c.name))
+            return [_account(r) for r in rows]
+
+    def update_account(self, info: AccountInfo) -> None:
+        q = _accounts.update().where(_accounts.c.name == info.name)
+        with self.engine.begin() as conn:
+            if not conn.execute(q.values(kind=info.kind, admin=info.admin)).rowcount:
+                raise no_account(info.name)
+
+    def drop_account(self, name: str) -> AccountInfo:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(_accounts).where(_accounts.c.name == name)).first()
+            if row is None:
+                raise no_account(name)
+            for where in (
+                _members.c.group_name == name,
+                _members.c.member == name,
+            ):
+                conn.execute(_members.delete().where(where))
+            conn.execute(_grants.delete().where(_grants.c.grantee == name))
+            conn.execute(_tokens.delete().where(_tokens.c.account == name))
+            conn.execute(_passwords.delete().where(_passwords.c.account == name))
+            conn.execute(_accounts.delete().where(_accounts.c.name == name))
+        return _account(row)
+
+    def add_member(self, group: str, member: str) -> None:
+        with self.engine.begin() as conn:
+            self._need_accounts(conn, group, member)
+            have = conn.execute(
+                sa.select(_members.c.member).where(
+                    _members.c.group_name == group, _members.c.member == member
+                )
+            ).first()
+            if have is None:
+                conn.execute(_members.insert().values(group_name=group, member=member))
+
+    def remove_member(self, group: str, member: str) -> bool:
+        q = _members.delete().where(_members.c.group_name == group, _members.c.member == member)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(q).rowcount)
+
+    def list_members(self) -> list[tuple[str, str]]:
+        q = sa.select(_members).order_by(_members.c.group_name, _members.c.member)
+        with self.engine.connect() as conn:
+            return [(r.group_name, r.member) for r in conn.execute(q)]
+
+    def add_grant(self, grant: GrantInfo) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                self._need_accounts(conn, grant.grantee)
+                if conn.execute(sa.select(_grants.c.grantee).where(*_grant_key(grant))).first():
+                    return False
+                conn.execute(
+                    _grants.insert().values(
+                        grantee=grant.grantee,
+                        privilege=grant.privilege,
+                        kind=grant.kind,
+                        securable=grant.securable,
+                        granted_by=grant.granted_by,
+                        created_at=grant.created_at,
+                    )
+                )
+        except IntegrityError:
+            return False  # granted by another process at the same moment
+        return True
+
+    def remove_grant(self, grant: GrantInfo) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(_grants.delete().where(*_grant_key(grant))).rowcount)
+
+    def list_grants(
+        self, grantee: str | None = None, securable: str | None = None
+    ) -> list[GrantInfo]:
+        q = sa.select(_grants).order_by(
+            _grants.c.securable, _grants.c.grantee, _grants.c.privilege, _grants.c.kind
+        )
+        if grantee is not None:
+            q = q.where(_grants.c.grantee == grantee)
+        if securable is not None:
+            q = q.where(_grants.c.securable == securable)
+        with self.engine.connect() as conn:
+            return [
+                GrantInfo(
+                    privilege=r.privilege,
+                    kind=r.kind,
+                    securable=r.securable,
+                    grantee=r.grantee,
+                    granted_by=r.granted_by,
+                    created_at=_aware(r.created_at),
+                )
+                for r in conn.execute(q)
+            ]
+
+    def create_token(self, info: TokenInfo) -> None:
+        with self.engine.begin() as conn:
+            self._need_accounts(conn, info.account)
+            conn.execute(_tokens.insert().values(**_token_row(info)))
+
+    def find_token(self, token_id: str) -> TokenInfo | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_tokens).where(_tokens.c.id == token_id)).first()
+        return None if row is None else _token(row)
+
+    def list_tokens(self, account: str | None = None) -> list[TokenInfo]:
+        q = sa.select(_tokens).order_by(_tokens.c.created_at, _tokens.c.id)
+        if account is not None:
+            q = q.where(_tokens.c.account == account)
+        with self.engine.connect() as conn:
+            return [_token(r) for r in conn.execute(q)]
+
+    def update_token(self, info: TokenInfo) -> None:
+        row = _token_row(info)
+        q = _tokens.update().where(_tokens.c.id == info.id)
+        with self.engine.begin() as conn:
+            if not conn.execute(q.values(**row)).rowcount:
+                raise no_token(info.id)
+
+    def set_password(self, account: str, verifier: str | None) -> None:
+        with self.engine.begin() as conn:
+            self._need_accounts(conn, account)
+            conn.execute(_passwords.delete().where(_passwords.c.account == account))
+            if verifier is not None:
+                row = {"account": account, "verifier": verifier, "updated_at": _now()}
+                conn.execute(_passwords.insert().values(**row))
+
+    def get_password(self, account: str) -> str | None:
+        q = sa.select(_passwords.c.verifier).where(_passwords.c.account == account)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one_or_none()
+
+    def _need_accounts(self, conn: sa.Connection, *names: str) -> None:
+        found = set(
+            conn.execute(sa.select(_accounts.c.name).where(_accounts.c.name.in_(names))).scalars()
+        )
+        for name in names:
+            if name not in found:
+                raise no_account(name)
 
     def _insert(self, table: sa.Table, row: dict[str, Any], exists: str, ok: bool) -> None:
         try:
@@ -334,6 +545,52 @@ def _volume_from_row(row: Any) -> VolumeInfo:
         comment=row["comment"],
         owner=row["owner"],
         created_at=_aware(row["created_at"]),
+    )
+
+
+def _account(row: Any) -> AccountInfo:
+    return AccountInfo(
+        name=row.name, kind=row.kind, admin=bool(row.admin), created_at=_aware(row.created_at)
+    )
+
+
+def _grant_key(grant: GrantInfo) -> list[Any]:
+    return [
+        _grants.c.grantee == grant.grantee,
+        _grants.c.privilege == grant.privilege,
+        _grants.c.kind == grant.kind,
+        _grants.c.securable == grant.securable,
+    ]
+
+
+def _on(securable: str, kind: str) -> list[Any]:
+    return [_grants.c.securable == securable, _grants.c.kind == kind]
+
+
+def _token_row(info: TokenInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "account": info.account,
+        "hash": info.hash,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked_at": info.revoked_at,
+        "last_used_at": info.last_used_at,
+    }
+
+
+def _token(row: Any) -> TokenInfo:
+    def ts(value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+    return TokenInfo(
+        id=row.id,
+        account=row.account,
+        hash=row.hash,
+        created_at=_aware(row.created_at),
+        expires_at=ts(row.expires_at),
+        revoked_at=ts(row.revoked_at),
+        last_used_at=ts(row.last_used_at),
     )
 
 

@@ -25,8 +25,12 @@ def lh(tmp_path):
         yield lh
 
 
+# Unity Catalog's rule: nothing inside a catalog or schema without USE CATALOG and USE SCHEMA.
+USE = ("USE CATALOG ON main", "USE SCHEMA ON CATALOG main")
+
+
 def reader(lh, *grants: str) -> mx.Lakehouse:
-    return lh.with_principal(Principal("bob", frozenset(grants)))
+    return lh.with_principal(Principal("bob", frozenset({*USE, *grants})))
 
 
 def test_the_embedded_user_owns_everything(lh) -> None:
@@ -114,7 +118,9 @@ def test_sdk_writes_need_modify(lh) -> None:
 
 def test_modify_and_create_grants(lh) -> None:
     carol = lh.with_principal(
-        Principal("carol", frozenset({"MODIFY ON main.sales.orders", "CREATE ON main.scratch"}))
+        Principal(
+            "carol", frozenset({*USE, "MODIFY ON main.sales.orders", "CREATE ON main.scratch"})
+        )
     )
     carol.sql("INSERT INTO sales.orders VALUES (4, 2.0)")
     assert lh.table("sales.orders").count() == 4

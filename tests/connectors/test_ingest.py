@@ -69,7 +69,14 @@ def test_ingest_without_modify_is_refused_and_changes_nothing(lh, tmp_path) -> N
     (tmp_path / "a.csv").write_text("id,name\n1,a\n2,b\n")
     lh.ingest(str(tmp_path / "a.csv"), "raw.items")
     version = lh.table("raw.items").version
-    reader = lh.with_principal(Principal("bob", frozenset({"SELECT ON main.raw.*"})))
+    reader = lh.with_principal(
+        Principal(
+            "bob",
+            frozenset(
+                {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "SELECT ON main.raw.*"}
+            ),
+        )
+    )
     (tmp_path / "b.csv").write_text("id,name\n3,c\n")
     for mode in ("append", "overwrite", "merge"):
         with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.raw\.items"):
@@ -80,7 +87,14 @@ def test_ingest_without_modify_is_refused_and_changes_nothing(lh, tmp_path) -> N
     assert lh.table("raw.items").version == version
     assert sorted(lh.sql("SELECT id FROM raw.items").fetchall()) == [(1,), (2,)]
     # MODIFY alone (no SELECT) is enough to append, as for Table.append.
-    writer = lh.with_principal(Principal("wendy", frozenset({"MODIFY ON main.raw.items"})))
+    writer = lh.with_principal(
+        Principal(
+            "wendy",
+            frozenset(
+                {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "MODIFY ON main.raw.items"}
+            ),
+        )
+    )
     s = writer.ingest(str(tmp_path / "b.csv"), "raw.items")
     assert (s.mode, s.rows, s.version) == ("append", 1, version + 1)
     assert lh.table("raw.items").version == version + 1
@@ -88,7 +102,12 @@ def test_ingest_without_modify_is_refused_and_changes_nothing(lh, tmp_path) -> N
 
 def test_ingest_into_a_new_table_needs_create_and_makes_an_owner(lh, tmp_path) -> None:
     (tmp_path / "a.csv").write_text("id\n1\n2\n")
-    carol = lh.with_principal(Principal("carol", frozenset({"CREATE ON main.raw"})))
+    carol = lh.with_principal(
+        Principal(
+            "carol",
+            frozenset({"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "CREATE ON main.raw"}),
+        )
+    )
     s = carol.ingest(str(tmp_path / "a.csv"), "raw.x")
     assert (s.mode, s.rows) == ("create", 2)
     assert lh.table("raw.x").info.owner == "carol"

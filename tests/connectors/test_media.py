@@ -376,13 +376,28 @@ def test_ingest_media_checks_privileges(lh: mx.Lakehouse, tmp_path: Path) -> Non
         assert lh.table("media.files").to_arrow(columns=["name"]).column(0).to_pylist() == ["a.txt"]
         assert [f.name for f in vol.list()] == stored  # no file was copied either
 
-    reader = lh.with_principal(Principal("bob", frozenset({"SELECT ON main.media.*"})))
+    reader = lh.with_principal(
+        Principal(
+            "bob",
+            frozenset(
+                {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "SELECT ON main.media.*"}
+            ),
+        )
+    )
     with pytest.raises(AccessDenied, match=r"bob has no MODIFY privilege on main\.media\.files"):
         reader.ingest_media(str(src), "media.files")
     unchanged()
     # MODIFY on the table, but only SELECT on the volume its files go to.
     table_only = Principal(
-        "tom", frozenset({"SELECT ON main.media.*", "MODIFY ON main.media.files"})
+        "tom",
+        frozenset(
+            {
+                "USE CATALOG ON main",
+                "USE SCHEMA ON CATALOG main",
+                "SELECT ON main.media.*",
+                "MODIFY ON main.media.files",
+            }
+        ),
     )
     with pytest.raises(
         AccessDenied, match=r"tom has no MODIFY privilege on main\.media\.files_files"
@@ -390,7 +405,10 @@ def test_ingest_media_checks_privileges(lh: mx.Lakehouse, tmp_path: Path) -> Non
         lh.with_principal(table_only).ingest_media(str(src), "media.files")
     unchanged()
     # Without SELECT its previous rows cannot be read, so nothing is.
-    blind = Principal("ben", frozenset({"MODIFY ON main.media.*"}))
+    blind = Principal(
+        "ben",
+        frozenset({"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "MODIFY ON main.media.*"}),
+    )
     with pytest.raises(AccessDenied, match=r"ben has no SELECT privilege on main\.media\.files"):
         lh.with_principal(blind).ingest_media(str(src), "media.files")
     unchanged()
@@ -402,12 +420,29 @@ def test_ingest_media_checks_privileges(lh: mx.Lakehouse, tmp_path: Path) -> Non
         ["main.media.files_files"],
     )
 
-    editor = Principal("eve", frozenset({"SELECT ON main.media.*", "MODIFY ON main.media.*"}))
+    editor = Principal(
+        "eve",
+        frozenset(
+            {
+                "USE CATALOG ON main",
+                "USE SCHEMA ON CATALOG main",
+                "SELECT ON main.media.*",
+                "MODIFY ON main.media.*",
+            }
+        ),
+    )
     again = lh.with_principal(editor).ingest_media(str(src), "media.files")
     assert (again.added, again.unchanged) == (1, 1)
     assert lh.table("media.files").count() == 2
 
-    carol = lh.with_principal(Principal("carol", frozenset({"CREATE ON main.media"})))
+    carol = lh.with_principal(
+        Principal(
+            "carol",
+            frozenset(
+                {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "CREATE ON main.media"}
+            ),
+        )
+    )
     mine = carol.ingest_media(str(src), "media.carols")
     assert (mine.added, mine.volume) == (2, "main.media.carols_files")
     assert lh.table("media.carols").info.owner == "carol"

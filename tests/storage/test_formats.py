@@ -152,6 +152,13 @@ def test_grants_apply_to_it_like_any_table(lh) -> None:
     from matrixos.catalog.access import Principal
     from matrixos.errors import AccessDenied
 
-    bob = lh.with_principal(Principal("bob", frozenset({"SELECT ON main.raw.kinds"})))
+    bob = lh.with_principal(
+        Principal(
+            "bob",
+            frozenset(
+                {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "SELECT ON main.raw.kinds"}
+            ),
+        )
+    )
     with pytest.raises(AccessDenied):
         bob.sql("SELECT * FROM raw.events")

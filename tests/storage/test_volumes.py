@@ -244,7 +244,10 @@ def test_catalog_volume_entries(catalog_url: str) -> None:
 def test_volume_privileges(lh: mx.Lakehouse, tmp_path: Path) -> None:
     vol = lh.create_volume("raw.docs")
     vol.put(b"%PDF-1.4", "a.pdf")
-    bob = Principal("bob", frozenset({"SELECT ON main.raw.*"}))
+    bob = Principal(
+        "bob",
+        frozenset({"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "SELECT ON main.raw.*"}),
+    )
     bobs = lh.with_principal(bob).volume("raw.docs")
     assert bobs.read_bytes("a.pdf") == b"%PDF-1.4"
     assert lh.with_principal(bob).volumes() == ["main.raw.docs"]
@@ -275,7 +278,10 @@ def test_volume_privileges(lh: mx.Lakehouse, tmp_path: Path) -> None:
     assert stranger.volumes() == []
     assert lh.volumes() == ["main.raw.docs"] and vol.exists("a.pdf")
     # Its creator owns it: MODIFY without a grant.
-    carol = Principal("carol", frozenset({"CREATE ON main.raw"}))
+    carol = Principal(
+        "carol",
+        frozenset({"USE CATALOG ON main", "USE SCHEMA ON CATALOG main", "CREATE ON main.raw"}),
+    )
     lh.with_principal(carol).create_volume("raw.carols")
     lh.with_principal(carol).volume("raw.carols").put(b"x", "x.txt")
     assert lh.volume("raw.carols").list()[0].name == "x.txt"
