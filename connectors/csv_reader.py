@@ -12,6 +12,7 @@ import functools
 import io
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -32,6 +33,7 @@ _CONVERSION = re.compile(
     r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (.+?): invalid value '(.*)'",
     re.S,
 )
+_LINE_BREAK = re.compile(rb"\r\n?|\n")
 
 
 def _csv_convertible(dtype: pa.DataType) -> bool:
@@ -60,13 +62,9 @@ def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -
             convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
         )
     except ARROW_ERRORS as exc:
-        if _may_leave_a_quote_open(body, delimiter):
-            _refuse_unterminated_quote(path, body, delimiter)
-        raise _locate_csv_error(path, data, delimiter, str(exc)) from None
-    # pyarrow reads an unterminated quote as a field running to the end of the file (one
-    # row where there were many, no error).
-    if _may_leave_a_quote_open(body, delimiter) or _last_value_spans_lines(table):
         _refuse_unterminated_quote(path, body, delimiter)
+        raise _locate_csv_error(path, data, delimiter, str(exc)) from None
+    _refuse_unterminated_quote(path, body, delimiter)
     names = table.column_names
     if "" in names:
         # Refused rather than auto-named (DuckDB's ``column1``): a made-up name would not
@@ -104,83 +102,63 @@ def _locate_cell(
     return records[row + 1][0], col
 
 
-def _may_leave_a_quote_open(body: bytes, delimiter: str) -> bool:
-    """Whether the exact (slower) scan for an unterminated quote is needed.
+def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:
+    """Raise naming the line and field where a quote opens that is never closed, if one does.
 
-    Quoted fields hold an even number of quote characters (opening, closing, doubled ones
-    inside), so with no quote in the middle of a bare field (``5"3``, text to pyarrow) an
-    odd count is exactly an open quote. A mid-field quote, found here by one regular
-    expression over the text without its ``""`` pairs, sends the file to the scan too, and so
-    does a last value with a line break (``_last_value_spans_lines``).
+    pyarrow reads such a quote as a field running to the end of the file: one row where there
+    were many, and no error.
+    """
+    opened = _open_quote(body, delimiter)
+    if opened is None:
+        return
+    head = body[:opened]
+    record = _grammar(delimiter).records.match(head)
+    assert record is not None  # the pattern also matches the empty string
+    before = head[record.end() :]  # the open quote's record, up to the quote
+    raise IngestError(
+        "unterminated quoted field: the quote that opens it is never closed",
+        path=path,
+        line=len(_LINE_BREAK.findall(head)) + 1,
+        col=len(_grammar(delimiter).field_and_delimiter.findall(before)) + 1,
+        hint='close the quote; a quote inside a quoted field is written twice ("")',
+    )
+
+
+def _open_quote(body: bytes, delimiter: str) -> int | None:
+    """Offset of a quote that opens a field and is never closed, or None.
+
+    One regular expression steps over the file field by field as pyarrow reads it: a quote
+    opens a quoted field only at the start of a field (``5"3`` is text), ``""`` inside it is a
+    quote, and after the closing quote the field runs on to the next delimiter or line end.
+    Its quantifiers are possessive (it never backtracks), so it stops exactly at a quote that
+    does not close, and runs at C speed (faster than pyarrow's parse on quote-heavy files).
     """
     if b'"' not in body:
-        return False
-    if body.count(b'"') % 2:
-        return True
-    bound = re.escape(delimiter.encode())
-    mid_field = re.compile(rb'[^\r\n"' + bound + rb']"[^\r\n"' + bound + rb"]")
-    return mid_field.search(body.replace(b'""', b"")) is not None
+        return None
+    scan = _grammar(delimiter).fields.match(body)
+    assert scan is not None  # the pattern also matches the empty string
+    return scan.end() if scan.end() < len(body) else None
 
 
-def _last_value_spans_lines(table: pa.Table) -> bool:
-    """Whether a text value of the last row holds a line break: what a quote left open to
-    the end of the file leaves behind (also when the quote count is even)."""
-    if table.num_rows == 0:
-        return False
-    for col in table.columns:
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            value = col[table.num_rows - 1].as_py()
-            if value is not None and ("\n" in value or "\r" in value):
-                return True
-    return False
+class _Grammar(NamedTuple):
+    """Regular expressions that read a CSV file's structure as pyarrow's parser does."""
+
+    fields: re.Pattern[bytes]  # a run of fields, delimiters and line breaks
+    field_and_delimiter: re.Pattern[bytes]  # one field and the delimiter after it
+    records: re.Pattern[bytes]  # a run of whole records, each with its line break
 
 
-def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:
-    unterminated = _unterminated_quote(decode(body), delimiter)
-    if unterminated is not None:
-        line, col = unterminated
-        raise IngestError(
-            "unterminated quoted field: the quote that opens it is never closed",
-            path=path,
-            line=line,
-            col=col,
-            hint='close the quote; a quote inside a quoted field is written twice ("")',
-        )
-
-
-def _unterminated_quote(text: str, delimiter: str) -> tuple[int, int] | None:
-    """(line, field) where a quoted field opens that never closes, or None.
-
-    Follows pyarrow's reading: a quote is special only at the start of a field, and ``""``
-    inside a quoted field is a quote. Steps over the special characters only.
-    """
-    line, fieldno, opened = 1, 1, None
-    field_start = 0  # offset where the current field begins
-    in_quotes = False
-    specials = re.compile('["\n' + re.escape(delimiter) + "]")
-    pos = 0
-    while True:
-        m = specials.search(text, pos)
-        if m is None:
-            break
-        i, c = m.start(), m.group()
-        pos = i + 1
-        if in_quotes:
-            if c == "\n":
-                line += 1
-            elif c == '"':
-                if text.startswith('"', i + 1):
-                    pos = i + 2  # an escaped quote
-                else:
-                    in_quotes = False
-        elif c == '"':
-            if i == field_start:
-                in_quotes, opened = True, (line, fieldno)
-        elif c == delimiter:
-            fieldno, field_start = fieldno + 1, i + 1
-        else:  # newline: a new record
-            line, fieldno, field_start = line + 1, 1, i + 1
-    return opened if in_quotes else None
+@functools.cache
+def _grammar(delimiter: str) -> _Grammar:
+    d = re.escape(delimiter.encode())
+    quoted = rb'"(?:[^"]++|"")*+"[^' + d + rb"\r\n]*+"
+    bare = rb'[^"' + d + rb"\r\n][^" + d + rb"\r\n]*+"
+    field = rb"(?:" + quoted + rb"|" + bare
+    return _Grammar(
+        fields=re.compile(field + rb"|[" + d + rb"\r\n])*+"),
+        field_and_delimiter=re.compile(field + rb")?+" + d),
+        records=re.compile(rb"(?:" + field + rb"|" + d + rb")*+(?:\r\n?|\n))*+"),
+    )
 
 
 def csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
