@@ -62,9 +62,14 @@ def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -
             convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
         )
     except ARROW_ERRORS as exc:
-        _refuse_unterminated_quote(path, body, delimiter)
-        raise _locate_csv_error(path, data, delimiter, str(exc)) from None
-    _refuse_unterminated_quote(path, body, delimiter)
+        located = _locate_csv_error(path, data, delimiter, str(exc))
+        quote = _unterminated_quote(path, body, delimiter)
+        if quote is None or _line_before(located, quote):
+            raise located from None
+        raise quote from None  # the first problem in the file, or the one to fix first
+    quote = _unterminated_quote(path, body, delimiter)
+    if quote is not None:
+        raise quote
     names = table.column_names
     if "" in names:
         # Refused rather than auto-named (DuckDB's ``column1``): a made-up name would not
@@ -102,20 +107,24 @@ def _locate_cell(
     return records[row + 1][0], col
 
 
-def _refuse_unterminated_quote(path: str, body: bytes, delimiter: str) -> None:
-    """Raise naming the line and field where a quote opens that is never closed, if one does.
+def _line_before(a: IngestError, b: IngestError) -> bool:
+    return a.line is not None and b.line is not None and a.line < b.line
+
+
+def _unterminated_quote(path: str, body: bytes, delimiter: str) -> IngestError | None:
+    """The error naming the line and field where a quote opens that never closes, if one does.
 
     pyarrow reads such a quote as a field running to the end of the file: one row where there
     were many, and no error.
     """
     opened = _open_quote(body, delimiter)
     if opened is None:
-        return
+        return None
     head = body[:opened]
     record = _grammar(delimiter).records.match(head)
     assert record is not None  # the pattern also matches the empty string
     before = head[record.end() :]  # the open quote's record, up to the quote
-    raise IngestError(
+    return IngestError(
         "unterminated quoted field: the quote that opens it is never closed",
         path=path,
         line=len(_LINE_BREAK.findall(head)) + 1,

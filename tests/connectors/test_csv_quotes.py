@@ -93,6 +93,15 @@ def test_tsv_open_quote(tmp_path: Path, content: bytes, line: int, field: int) -
     _assert_refused(err.value, path, line, field)
 
 
+def test_an_earlier_problem_is_named_first(tmp_path: Path) -> None:
+    # Line 2 has too few fields; the quote that never closes comes after it.
+    path = _write(tmp_path, "two.csv", b'a,b\n1\n2,"x')
+    with pytest.raises(IngestError) as err:
+        read_files(path)
+    assert (err.value.line, err.value.col) == (2, 2)
+    assert "too few fields: expected 2, got 1" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("content", "rows"),
     [

@@ -1,0 +1,292 @@
+"""The remote SDK: ``mx.connect("http://host:8080", token=…)`` talks to a ``matrixos serve``.
+
+``RemoteLakehouse`` offers the embedded session's reading verbs — ``sql``, ``tables``,
+``table(n).to_arrow()``/``history()``/``describe()``, ``search`` — with the same ``Result``
+type. Rows travel as Arrow IPC streams (the statement API's ARROW_STREAM chunks, fetched as the
+result is read), never as JSON. Errors arrive as the same ``MatrixOSError`` classes, with their
+SQLSTATE, hint and position.
+
+Example (against a running server):
+    >>> lh = mx.connect("http://127.0.0.1:8080", token=token)     # doctest: +SKIP
+    >>> lh.sql("SELECT 1 AS one").to_arrow()                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+import pyarrow as pa
+from sqlglot import exp
+
+from matrixos import errors
+from matrixos.catalog import TableIdent
+from matrixos.engine.result import Result
+from matrixos.errors import ConfigError, MatrixOSError, SQLError
+from matrixos.server.http_errors import status_of
+
+STATEMENTS = "/api/2.0/sql/statements"
+_FINAL = ("SUCCEEDED", "FAILED", "CANCELED", "CLOSED")
+
+
+def connect_remote(url: str, **options: Any) -> RemoteLakehouse:
+    """``mx.connect(url, token=…, timeout=…)`` for an ``http(s)://`` URL."""
+    unknown = sorted(set(options) - {"token", "timeout"})
+    if unknown:
+        raise ConfigError(
+            f"unknown argument {unknown[0]!r} for a server connection",
+            hint="a server URL takes token= (and timeout=); the server has its own settings",
+        )
+    if not options.get("token"):
+        raise ConfigError(
+            f"connecting to {url} needs a token", hint="mx.connect(url, token=…): an API token "
+            "from `matrixos tokens create NAME`"
+        )  # fmt: skip
+    return RemoteLakehouse(url, **options)
+
+
+class RemoteLakehouse:
+    """A session on a MatrixOS server, acting as the token's account.
+
+    Args:
+        url: ``http://host:port`` (or https) of ``matrixos serve``.
+        token: an API token (``matrixos tokens create NAME``).
+        timeout: seconds one HTTP call may take.
+    """
+
+    def __init__(self, url: str, *, token: str, timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def __repr__(self) -> str:
+        return f"RemoteLakehouse({self.url!r})"
+
+    def __enter__(self) -> RemoteLakehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- SQL --------------------------------------------------------------------------------
+    def sql(
+        self,
+        query: str,
+        *,
+        dialect: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Run SQL on the server (as ``Lakehouse.sql``); ``parameters`` bind ``:name``
+        placeholders as literals. The rows stream in as Arrow chunks while the result is read.
+        """
+        body: dict[str, Any] = {
+            "statement": query,
+            "format": "ARROW_STREAM",
+            "disposition": "EXTERNAL_LINKS",
+            "wait_timeout": "50s",
+        }
+        if dialect:
+            body["dialect"] = dialect
+        if parameters:
+            body["parameters"] = [
+                {"name": k, "value": None if v is None else str(v)} for k, v in parameters.items()
+            ]
+        answer = self._call("POST", STATEMENTS, json=body).json()
+        delay = 0.01
+        while answer["status"]["state"] not in _FINAL:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            answer = self._call("GET", f"{STATEMENTS}/{answer['statement_id']}").json()
+        state = answer["status"]["state"]
+        if state != "SUCCEEDED":
+            raise _error(answer["status"].get("error") or {"message": f"statement {state}"})
+        return self._result(answer)
+
+    def _result(self, answer: dict[str, Any]) -> Result:
+        sid = answer["statement_id"]
+        total = answer["manifest"]["total_chunk_count"]
+        first = _read_ipc(self._chunk(sid, 0))
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            yield from first.to_batches()
+            for i in range(1, total):
+                yield from _read_ipc(self._chunk(sid, i)).to_batches()
+
+        return Result(pa.RecordBatchReader.from_batches(first.schema, batches()))
+
+    def _chunk(self, statement_id: str, index: int) -> bytes:
+        return self._call("GET", f"{STATEMENTS}/{statement_id}/result/chunks/{index}/data").content
+
+    # -- tables -----------------------------------------------------------------------------
+    def tables(self, schema: str | None = None) -> list[str]:
+        """The tables this account may read (in ``[catalog.]schema`` when given)."""
+        params = {"schema": schema} if schema else None
+        return list(self._call("GET", "/api/2.0/matrixos/tables", params=params).json()["tables"])
+
+    def table(self, name: str) -> RemoteTable:
+        """An existing table; ``TableNotFound`` (or ``AccessDenied``) as the server says."""
+        facts = self._call("GET", f"/api/2.0/matrixos/tables/{_name(name)}").json()
+        return RemoteTable(self, facts["name"])
+
+    # -- search -----------------------------------------------------------------------------
+    def search(
+        self,
+        table: str,
+        query: Any,
+        *,
+        k: int = 10,
+        mode: Literal["vector", "text", "hybrid"] = "vector",
+        filter: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> Result:
+        """Top ``k`` rows of a Lance table for ``query`` plus ``_score`` (as
+        ``Lakehouse.search``)."""
+        if not isinstance(query, str):
+            query = [float(x) for x in query]
+        body = {
+            "table": table,
+            "query": query,
+            "k": k,
+            "mode": mode,
+            "filter": filter,
+            "columns": list(columns) if columns is not None else None,
+        }
+        data = self._call("POST", "/api/2.0/matrixos/search", json=body).content
+        return Result.from_table(_read_ipc(data), statement="SEARCH")
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise errors.StorageError(
+                f"cannot reach the MatrixOS server at {self.url}: {type(e).__name__}",
+                hint="is `matrixos serve` running there, and the URL right?",
+                operation=f"{method} {path}",
+                endpoint=self.url,
+            ) from e
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text[:500] or f"HTTP {response.status_code}"}
+            if response.status_code == 401:
+                raise errors.AccessDenied(
+                    body.get("message", "not authenticated"), hint=body.get("hint")
+                )
+            raise _error(body)
+        return response
+
+
+class RemoteTable:
+    """A table on the server: its reads (writes go through SQL: ``lh.sql("INSERT …")``)."""
+
+    def __init__(self, lakehouse: RemoteLakehouse, name: str) -> None:
+        self._lh = lakehouse
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"RemoteTable({self.name!r})"
+
+    def describe(self) -> dict[str, Any]:
+        """Catalog facts, version, files and schema (as ``Table.describe``)."""
+        path = f"/api/2.0/matrixos/tables/{_name(self.name)}"
+        return dict(self._lh._call("GET", path).json())
+
+    @property
+    def version(self) -> int:
+        return int(self.describe()["version"])
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits, newest first (timestamps as ISO text)."""
+        params = {"limit": limit} if limit else None
+        path = f"/api/2.0/matrixos/tables/{_name(self.name)}/history"
+        return list(self._lh._call("GET", path, params=params).json()["history"])
+
+    def to_arrow(
+        self,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The rows (at ``version`` or ``timestamp`` when given)."""
+        params: dict[str, Any] = {}
+        if version is not None:
+            params["version"] = version
+        if timestamp is not None:
+            params["timestamp"] = (
+                timestamp.isoformat() if isinstance(timestamp, datetime) else timestamp
+            )
+        if columns is not None:
+            params["columns"] = list(columns)
+        path = f"/api/2.0/matrixos/tables/{_name(self.name)}/arrow"
+        return _read_ipc(self._lh._call("GET", path, params=params).content)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.to_arrow().__arrow_c_stream__(requested_schema)
+
+    def to_polars(self, **kwargs: Any) -> Any:
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow(**kwargs))
+
+    def to_pandas(self, **kwargs: Any) -> Any:
+        return self.to_arrow(**kwargs).to_pandas()
+
+    def count(self) -> int:
+        ident = TableIdent.parse(self.name)
+        table = exp.table_(ident.name, db=ident.schema, catalog=ident.catalog, quoted=True)
+        query = exp.select(exp.func("count", exp.Star())).from_(table)
+        return int(self._lh.sql(query.sql("duckdb")).scalar())
+
+
+def _name(name: str) -> str:
+    """A table name checked for the URL path (``TableIdent`` refuses anything path-like)."""
+    return str(TableIdent.parse(name))
+
+
+def _read_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(io.BytesIO(data)).read_all()
+
+
+def _error_classes() -> dict[tuple[str, str], type[MatrixOSError]]:
+    """The error classes by (SQLSTATE, error_code) as the server answers them."""
+    out: dict[tuple[str, str], type[MatrixOSError]] = {}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, MatrixOSError):
+            out.setdefault((cls.sqlstate, status_of(cls)[1]), cls)
+    return out
+
+
+_CLASSES = _error_classes()
+
+
+def _error(body: Mapping[str, Any]) -> MatrixOSError:
+    """The server's error answer as the ``MatrixOSError`` class its SQLSTATE names."""
+    sqlstate = str(body.get("sqlstate") or "XX000")
+    code = str(body.get("error_code") or "")
+    fallback = SQLError if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST") else MatrixOSError
+    cls = _CLASSES.get((sqlstate, code), fallback)
+    err = cls.__new__(cls)
+    message = str(body.get("message") or "the server refused the request")
+    Exception.__init__(err, message)
+    err.message = message
+    err.hint = body.get("hint")
+    if sqlstate != cls.sqlstate:
+        err.sqlstate = sqlstate
+    if isinstance(err, SQLError):
+        err.sql = None
+        err.line = body.get("line")
+        err.col = body.get("column")
+    return err

@@ -1,0 +1,402 @@
+"""The HTTP API (FastAPI): SQL statements shaped like Databricks' Statement Execution API, the
+remote SDK's table and search calls, ``/healthz`` and ``/metrics``.
+
+Every call but ``/healthz``, ``/metrics`` and the OpenAPI document carries
+``Authorization: Bearer <token>``; the token's principal runs the call (its grants checked by
+the ``TableService`` as for any session). A missing or bad token is 401 and is never logged.
+
+Routes (``/openapi.json`` lists them with their bodies):
+
+    POST   /api/2.0/sql/statements                       submit; waits up to wait_timeout
+    GET    /api/2.0/sql/statements/{id}                  state, manifest, first chunk
+    GET    /api/2.0/sql/statements/{id}/result/chunks/{n}        chunk n (JSON, or its link)
+    GET    /api/2.0/sql/statements/{id}/result/chunks/{n}/data   chunk n as Arrow IPC / CSV bytes
+    POST   /api/2.0/sql/statements/{id}/cancel
+    DELETE /api/2.0/sql/statements/{id}                  close: release the rows
+    GET    /api/2.0/matrixos/tables[?schema=]            lh.tables()
+    GET    /api/2.0/matrixos/tables/{name}               lh.table(name).describe()
+    GET    /api/2.0/matrixos/tables/{name}/history       lh.table(name).history()
+    GET    /api/2.0/matrixos/tables/{name}/arrow         lh.table(name).to_arrow() (Arrow IPC)
+    POST   /api/2.0/matrixos/search                      lh.search() (Arrow IPC)
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations (the
+# ``User`` dependency is local to ``create_app``) when they are defined.
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio.to_thread
+import pyarrow as pa
+from fastapi import Depends, FastAPI, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from matrixos.catalog.access import Principal
+from matrixos.errors import MatrixOSError, SQLError
+from matrixos.server.http_errors import error_body, http_status
+from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
+from matrixos.server.http_models import SearchIn, StatementIn, StatementOut, TablesOut
+from matrixos.server.statements import State, Statement, StatementManager, StatementRequest
+from matrixos.server.statements_params import Parameter
+from matrixos.server.statements_results import (
+    MEDIA_TYPES,
+    Format,
+    arrow_bytes,
+    columns,
+    csv_bytes,
+    json_rows,
+)
+
+if TYPE_CHECKING:
+    from matrixos.session import Lakehouse
+
+log = logging.getLogger(__name__)
+
+STATEMENTS = "/api/2.0/sql/statements"
+ARROW_STREAM = MEDIA_TYPES[Format.ARROW_STREAM]
+#: Threads serving blocking calls (statement waits, table reads) at once.
+HTTP_THREADS = 256
+_CANCEL_SETTLE_S = 10.0  # on_wait_timeout=CANCEL: how long to wait for the cancel to land
+
+Authenticate = Callable[[str], Principal]
+
+
+class Unauthenticated(Exception):
+    """No valid bearer token: answered 401 (not a MatrixOSError: nothing ran)."""
+
+
+def create_app(
+    lakehouse: "Lakehouse",
+    manager: StatementManager,
+    authenticate: Authenticate,
+    *,
+    default_dialect: str = "duckdb",
+) -> FastAPI:
+    """The API over ``lakehouse`` (each call acting as the token's principal), running
+    statements on ``manager``; ``authenticate(token)`` gives the principal or raises."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = HTTP_THREADS
+        yield
+
+    app = FastAPI(
+        title="MatrixOS",
+        summary="SQL statements, tables and search over HTTP",
+        version="2.0",
+        lifespan=lifespan,
+    )
+    metrics = ServerMetrics(lambda: {str(k): v for k, v in manager.counts().items()})
+    app.state.metrics = metrics
+    app.state.manager = manager
+    bearer = HTTPBearer(auto_error=False, description="a MatrixOS API token")
+
+    def principal(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Principal:
+        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials.strip():
+            raise Unauthenticated("missing bearer token")
+        try:
+            return authenticate(creds.credentials.strip())
+        except MatrixOSError as e:
+            raise Unauthenticated("invalid, expired or revoked token") from e
+
+    User = Annotated[Principal, Depends(principal)]
+
+    def session(p: Principal) -> "Lakehouse":
+        return lakehouse.with_principal(p)
+
+    # -- errors -----------------------------------------------------------------------------
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, e: Unauthenticated) -> JSONResponse:
+        return JSONResponse(
+            {"error_code": "UNAUTHENTICATED", "message": str(e),
+             "hint": "send the header Authorization: Bearer <token> (matrixos tokens create)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+    @app.exception_handler(MatrixOSError)
+    async def _matrixos_error(request: Request, e: MatrixOSError) -> JSONResponse:
+        return JSONResponse(error_body(e), status_code=http_status(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+            for err in e.errors()[:5]
+        )
+        return JSONResponse(
+            {"error_code": "INVALID_PARAMETER_VALUE", "message": problems, "sqlstate": "22023"},
+            status_code=400,
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception) -> JSONResponse:
+        log.exception("internal error serving %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error_code": "INTERNAL_ERROR", "message": f"internal error: {type(e).__name__}"},
+            status_code=500,
+        )
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.request(request.method, getattr(route, "path", "other"), response.status_code)
+        return response
+
+    # -- health -----------------------------------------------------------------------------
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> JSONResponse:
+        """``ok``, or 503 ``draining`` while the server shuts down."""
+        if manager.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["server"], response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus text format: statements by state, latency, HTTP requests."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # -- statements -------------------------------------------------------------------------
+    @app.post(STATEMENTS, tags=["statements"], response_model=StatementOut)
+    def execute(body: StatementIn, user: User) -> JSONResponse:
+        """Run a statement; answer when it ends or after ``wait_timeout``."""
+        wait = int(body.wait_timeout[:-1])
+        if wait != 0 and not 5 <= wait <= 50:
+            raise SQLError(
+                f"wait_timeout {body.wait_timeout} is out of range",
+                hint="use 0s (answer at once, then poll) or 5s to 50s",
+                sqlstate="22023",
+            )
+        if body.disposition == "INLINE" and body.format != "JSON_ARRAY":
+            raise SQLError(
+                f"format {body.format} needs disposition EXTERNAL_LINKS",
+                hint="omit disposition, or use format JSON_ARRAY for inline rows",
+                sqlstate="22023",
+            )
+        request = StatementRequest(
+            statement=body.statement,
+            parameters=[Parameter(p.name, p.value, p.type) for p in body.parameters],
+            catalog=body.catalog,
+            schema=body.schema_name,
+            format=Format(body.format),
+            row_limit=body.row_limit,
+            byte_limit=body.byte_limit,
+            dialect=body.dialect or default_dialect,
+        )
+        stmt = manager.submit(user, request)
+        if wait and not stmt.wait(wait) and body.on_wait_timeout == "CANCEL":
+            manager.cancel(user, stmt.id)
+            stmt.wait(_CANCEL_SETTLE_S)
+        status = http_status(stmt.error) if stmt.state is State.FAILED and stmt.error else 200
+        return JSONResponse(statement_body(stmt, with_error=status != 200), status_code=status)
+
+    @app.get(STATEMENTS + "/{statement_id}", tags=["statements"], response_model=StatementOut)
+    def get_statement(statement_id: str, user: User) -> JSONResponse:
+        """A statement's state and, once it succeeded, its manifest and first chunk."""
+        return JSONResponse(statement_body(manager.get(user, statement_id)))
+
+    @app.get(STATEMENTS + "/{statement_id}/result/chunks/{chunk_index}", tags=["statements"])
+    def get_chunk(statement_id: str, chunk_index: int, user: User) -> JSONResponse:
+        """One chunk of a succeeded statement: its rows (JSON_ARRAY) or its link."""
+        stmt = manager.get(user, statement_id)
+        return JSONResponse(chunk_body(stmt, _check_chunk(stmt, chunk_index)))
+
+    @app.get(
+        STATEMENTS + "/{statement_id}/result/chunks/{chunk_index}/data",
+        tags=["statements"],
+        response_class=Response,
+        responses={200: {"content": {ARROW_STREAM: {}, "text/csv": {}}}},
+    )
+    def get_chunk_data(statement_id: str, chunk_index: int, user: User) -> Response:
+        """One chunk's bytes: an Arrow IPC stream (ARROW_STREAM) or CSV text (CSV)."""
+        stmt = manager.get(user, statement_id)
+        chunk = _check_chunk(stmt, chunk_index)
+        fmt = stmt.request.format
+        assert stmt.result is not None
+        if fmt is Format.JSON_ARRAY:
+            data = json.dumps(json_rows(stmt.result.chunks[chunk])).encode()
+        elif fmt is Format.ARROW_STREAM:
+            data = arrow_bytes(stmt.result.chunks[chunk])
+        else:
+            data = csv_bytes(stmt.result.chunks[chunk], header=chunk == 0)
+        return Response(data, media_type=MEDIA_TYPES[fmt])
+
+    @app.post(STATEMENTS + "/{statement_id}/cancel", tags=["statements"])
+    def cancel(statement_id: str, user: User) -> JSONResponse:
+        """Ask the statement to stop (it ends CANCELED unless it ended already)."""
+        manager.cancel(user, statement_id)
+        return JSONResponse({})
+
+    @app.delete(STATEMENTS + "/{statement_id}", tags=["statements"])
+    def close(statement_id: str, user: User) -> JSONResponse:
+        """Cancel the statement if it runs and release its rows (it is CLOSED)."""
+        manager.close(user, statement_id)
+        return JSONResponse({})
+
+    # -- the remote SDK's table and search calls ---------------------------------------------
+    @app.get("/api/2.0/matrixos/tables", tags=["tables"], response_model=TablesOut)
+    def tables(user: User, schema: Annotated[str | None, Query(max_length=300)] = None) -> Any:
+        """The tables the caller may read (in ``schema`` when given)."""
+        return {"tables": session(user).tables(schema)}
+
+    @app.get("/api/2.0/matrixos/tables/{name}", tags=["tables"])
+    def describe(name: str, user: User) -> JSONResponse:
+        """The table's catalog facts, version and schema."""
+        return _json(session(user).table(name).describe())
+
+    @app.get("/api/2.0/matrixos/tables/{name}/history", tags=["tables"])
+    def history(
+        name: str, user: User, limit: Annotated[int | None, Query(ge=1)] = None
+    ) -> JSONResponse:
+        """The table's commits, newest first."""
+        return _json({"history": session(user).table(name).history(limit)})
+
+    @app.get(
+        "/api/2.0/matrixos/tables/{name}/arrow",
+        tags=["tables"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {ARROW_STREAM: {}}}},
+    )
+    def table_rows(
+        name: str,
+        user: User,
+        version: Annotated[int | None, Query(ge=0)] = None,
+        timestamp: Annotated[str | None, Query(max_length=64)] = None,
+        columns: Annotated[list[str] | None, Query()] = None,
+    ) -> StreamingResponse:
+        """The table's rows (at ``version`` or ``timestamp``) as an Arrow IPC stream."""
+        t = session(user).table(name)
+        rows = t.to_arrow(version=version, timestamp=timestamp, columns=columns)
+        return StreamingResponse(_ipc_stream(rows), media_type=ARROW_STREAM)
+
+    @app.post(
+        "/api/2.0/matrixos/search",
+        tags=["search"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {ARROW_STREAM: {}}}},
+    )
+    def search(body: SearchIn, user: User) -> StreamingResponse:
+        """``lh.search``: the top ``k`` rows plus ``_score``, as an Arrow IPC stream."""
+        hits = session(user).search(
+            body.table, body.query, k=body.k, mode=body.mode, filter=body.filter,
+            columns=body.columns,
+        )  # fmt: skip
+        return StreamingResponse(_ipc_stream(hits.to_arrow()), media_type=ARROW_STREAM)
+
+    return app
+
+
+# -- bodies ---------------------------------------------------------------------------------
+def statement_body(stmt: Statement, *, with_error: bool = False) -> dict[str, Any]:
+    """The JSON of ``GET …/statements/{id}``; ``with_error`` repeats a failure's error at the
+    top level (what an HTTP client reads from a 4xx answer)."""
+    body: dict[str, Any] = {"statement_id": stmt.id, "status": {"state": stmt.state.value}}
+    if stmt.error is not None:
+        err = error_body(stmt.error)
+        body["status"]["error"] = err
+        if with_error:
+            body.update(err)
+    if stmt.state is State.SUCCEEDED and stmt.result is not None:
+        rs = stmt.result
+        body["manifest"] = {
+            "format": stmt.request.format.value,
+            "schema": {"column_count": len(rs.schema), "columns": columns(rs.schema)},
+            "total_chunk_count": len(rs.chunks),
+            "chunks": [_chunk_info(stmt, i) for i in range(len(rs.chunks))],
+            "total_row_count": rs.total_row_count,
+            "truncated": rs.truncated,
+        }
+        body["result"] = chunk_body(stmt, 0)
+    return body
+
+
+def _chunk_info(stmt: Statement, index: int) -> dict[str, Any]:
+    assert stmt.result is not None
+    chunk = stmt.result.chunks[index]
+    return {
+        "chunk_index": index,
+        "row_offset": stmt.result.row_offset(index),
+        "row_count": chunk.num_rows,
+        "byte_count": chunk.nbytes,
+    }
+
+
+def _chunk_link(stmt: Statement, index: int) -> str:
+    return f"{STATEMENTS}/{stmt.id}/result/chunks/{index}"
+
+
+def chunk_body(stmt: Statement, index: int) -> dict[str, Any]:
+    """Chunk ``index``: rows inline for JSON_ARRAY, else a link to its bytes."""
+    assert stmt.result is not None
+    body = _chunk_info(stmt, index)
+    del body["byte_count"]
+    nxt: dict[str, Any] = {}
+    if index + 1 < len(stmt.result.chunks):
+        nxt = {
+            "next_chunk_index": index + 1,
+            "next_chunk_internal_link": _chunk_link(stmt, index + 1),
+        }
+    if stmt.request.format is Format.JSON_ARRAY:
+        body["data_array"] = json_rows(stmt.result.chunks[index])
+    else:
+        link = {**_chunk_info(stmt, index), "external_link": _chunk_link(stmt, index) + "/data"}
+        body["external_links"] = [{**link, **nxt}]
+    return {**body, **nxt}
+
+
+def _check_chunk(stmt: Statement, index: int) -> int:
+    if stmt.state is not State.SUCCEEDED or stmt.result is None:
+        raise SQLError(
+            f"statement {stmt.id} has no result to read: it is {stmt.state.value}",
+            hint="poll GET /api/2.0/sql/statements/{id} until it is SUCCEEDED",
+            sqlstate="24000",
+        )
+    if not 0 <= index < len(stmt.result.chunks):
+        raise SQLError(
+            f"no chunk {index}: the result has {len(stmt.result.chunks)}",
+            hint="chunk indexes run from 0 to manifest.total_chunk_count - 1",
+            sqlstate="22023",
+        )
+    return index
+
+
+def _json(value: Any) -> JSONResponse:
+    # Catalog facts and history hold datetimes and such: their text form.
+    return JSONResponse(json.loads(json.dumps(value, default=str)))
+
+
+def _ipc_stream(table: pa.Table) -> Iterator[bytes]:
+    """``table`` as Arrow IPC stream bytes, a record batch at a time."""
+    sink = _Pieces()
+    writer = pa.ipc.new_stream(sink, table.schema)
+    for batch in table.to_batches(max_chunksize=65_536):
+        writer.write_batch(batch)
+        yield sink.take()
+    writer.close()
+    yield sink.take()
+
+
+class _Pieces(io.RawIOBase):
+    """A write-only file that hands over what was written since the last ``take``."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out, self._parts = b"".join(self._parts), []
+        return out

@@ -1,0 +1,112 @@
+"""``matrixos serve``: one process serving HTTP (uvicorn) and, when available, the PostgreSQL
+wire, over one ``Lakehouse``.
+
+SIGTERM (or Ctrl-C) drains: new statements are refused with 503 ``TEMPORARILY_UNAVAILABLE``
+(``/healthz`` answers ``draining``), running ones get ``grace_s`` seconds to finish and are
+canceled after that (a canceled write commits nothing), then the listeners close. A second
+signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from matrixos.catalog.access import Principal
+from matrixos.catalog.accounts import Accounts
+from matrixos.server.http import create_app
+from matrixos.server.pgwire import PgServerHandle, start_pg_server
+from matrixos.server.statements import StatementManager
+
+if TYPE_CHECKING:
+    from matrixos.session import Lakehouse
+
+log = logging.getLogger("matrixos.server")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``serve`` listens and runs statements."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    pg_port: int | None = 5433  # None: no PostgreSQL wire
+    workers: int = 8
+    grace_s: float = 30.0
+    chunk_rows: int = 65_536
+    log_level: str = "info"
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, with a first SIGTERM/SIGINT that drains the statements before stopping."""
+
+    def __init__(self, config: uvicorn.Config, drain: Any) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._draining:  # the second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.info("signal %s: draining (no new statements; running ones may finish)", sig)
+
+        def drain_then_exit() -> None:
+            try:
+                self._drain()
+            finally:
+                self.should_exit = True
+
+        threading.Thread(target=drain_then_exit, name="mx-drain", daemon=True).start()
+
+
+def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
+    """Serve ``lakehouse`` until a signal drains and stops the server."""
+    accounts = Accounts(lakehouse.catalog)
+
+    def run(principal: Principal, sql: str, dialect: str) -> Any:
+        return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
+
+    manager = StatementManager(run, workers=options.workers, chunk_rows=options.chunk_rows)
+    app = create_app(
+        lakehouse,
+        manager,
+        accounts.authenticate_token,
+        default_dialect=lakehouse.settings.default_dialect,
+    )
+    pg = start_pg(lakehouse, accounts, options)
+
+    def drain() -> None:
+        clean = manager.drain(options.grace_s)
+        log.info("drained: %s", "every statement finished" if clean else "some were canceled")
+
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level,
+        timeout_graceful_shutdown=int(options.grace_s) + 5,
+    )
+    server = _DrainingServer(config, drain)
+    log.info("HTTP on http://%s:%d", options.host, options.port)
+    try:
+        server.run()
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def start_pg(
+    lakehouse: Lakehouse, accounts: Accounts, options: ServeOptions
+) -> PgServerHandle | None:
+    """The PostgreSQL wire server on ``options.pg_port`` (None: none)."""
+    if options.pg_port is None:
+        return None
+    handle = start_pg_server(lakehouse, options.host, options.pg_port, accounts=accounts)
+    log.info("PostgreSQL wire on %s:%d", options.host, handle.port)
+    return handle

@@ -1,0 +1,282 @@
+"""Statements a server runs for its clients: ids, states, a worker pool, cancel and drain.
+
+A statement is submitted for a principal, waits ``PENDING`` for a worker, runs ``RUNNING``
+(its DuckDB cursors tracked by an ``Interrupt`` so that ``cancel`` stops it) and ends
+``SUCCEEDED`` (its rows kept as a ``ResultSet``), ``FAILED`` (a ``MatrixOSError``) or
+``CANCELED``; ``CLOSED`` once its rows are released (closed by its owner, or after
+``retention_s``). Only the principal that submitted a statement sees it.
+
+Example:
+    >>> import pyarrow as pa
+    >>> from matrixos.catalog.access import Principal
+    >>> from matrixos.engine.result import Result
+    >>> run = lambda who, sql, dialect: Result.from_table(pa.table({"who": [who.name]}))
+    >>> manager = StatementManager(run, workers=1)
+    >>> s = manager.submit(Principal("ann"), StatementRequest("SELECT current_user"))
+    >>> s.wait(5), s.state, s.result.chunks[0].to_pylist()
+    (True, <State.SUCCEEDED: 'SUCCEEDED'>, [{'who': 'ann'}])
+    >>> manager.drain(1.0)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+
+from matrixos.catalog.access import Principal
+from matrixos.engine.interrupt import Interrupt, interruptible
+from matrixos.engine.result import Result
+from matrixos.errors import (
+    MatrixOSError,
+    ServerUnavailable,
+    StatementCanceled,
+    StatementNotFound,
+)
+from matrixos.server.statements_params import Parameter, bind
+from matrixos.server.statements_results import Format, ResultSet
+
+log = logging.getLogger(__name__)
+
+#: Runs ``sql`` in ``dialect`` as a principal (a ``Lakehouse.with_principal(p).sql``).
+Runner = Callable[[Principal, str, str], Result]
+
+
+class State(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    CLOSED = "CLOSED"
+
+
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED, State.CLOSED})
+
+
+@dataclass(frozen=True)
+class StatementRequest:
+    """What a client asked to run (the fields of ``POST /api/2.0/sql/statements``)."""
+
+    statement: str
+    parameters: Sequence[Parameter] = ()
+    catalog: str | None = None
+    schema: str | None = None
+    format: Format = Format.JSON_ARRAY
+    row_limit: int | None = None
+    byte_limit: int | None = None
+    dialect: str = "duckdb"
+
+
+class Statement:
+    """One submitted statement. ``state``, ``error`` and ``result`` change under the
+    manager's lock; ``wait`` blocks until it ends."""
+
+    def __init__(self, owner: Principal, request: StatementRequest) -> None:
+        self.id = uuid.uuid4().hex
+        self.owner = owner
+        self.request = request
+        self.state = State.PENDING
+        self.error: MatrixOSError | None = None
+        self.result: ResultSet | None = None
+        self.submitted_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.interrupt = Interrupt()
+        self.done = threading.Event()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the statement ended within ``timeout`` seconds."""
+        return self.done.wait(timeout)
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return self.finished_at - (self.started_at or self.submitted_at)
+
+
+class StatementManager:
+    """Runs statements on a pool of ``workers`` threads and keeps them for their owners.
+
+    Args:
+        runner: runs one SQL text for a principal (see ``Runner``).
+        workers: statements run at once; later ones wait ``PENDING``.
+        chunk_rows, chunk_bytes: the size of a result chunk.
+        retention_s: how long a finished statement's rows stay readable.
+        on_finish: called with each statement as it ends (metrics, audit).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        workers: int = 8,
+        chunk_rows: int = 65_536,
+        chunk_bytes: int = 16 * 1024 * 1024,
+        retention_s: float = 3600.0,
+        on_finish: Callable[[Statement], None] | None = None,
+    ) -> None:
+        self._runner = runner
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")
+        self._lock = threading.Lock()
+        self._statements: dict[str, Statement] = {}
+        self._draining = False
+        self.chunk_rows = chunk_rows
+        self.chunk_bytes = chunk_bytes
+        self.retention_s = retention_s
+        self._on_finish = on_finish
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def counts(self) -> dict[State, int]:
+        """How many statements are in each state now."""
+        out = dict.fromkeys(State, 0)
+        with self._lock:
+            for s in self._statements.values():
+                out[s.state] += 1
+        return out
+
+    # -- the API's verbs --------------------------------------------------------------------
+    def submit(self, principal: Principal, request: StatementRequest) -> Statement:
+        """Queue ``request`` for ``principal``; ``ServerUnavailable`` while draining."""
+        stmt = Statement(principal, request)
+        with self._lock:
+            if self._draining:
+                raise ServerUnavailable(
+                    "the server is shutting down and takes no new statements",
+                    hint="retry once it is back (or on another server)",
+                )
+            self._expire(time.time())
+            self._statements[stmt.id] = stmt
+        self._pool.submit(self._run, stmt)
+        return stmt
+
+    def get(self, principal: Principal, statement_id: str) -> Statement:
+        """The principal's statement ``statement_id``; ``StatementNotFound`` otherwise (another
+        user's statement is not found either: ids are not a way to read others' rows)."""
+        with self._lock:
+            stmt = self._statements.get(statement_id)
+        if stmt is None or stmt.owner.name != principal.name:
+            raise StatementNotFound(
+                f"no statement {statement_id!r}",
+                hint="statement ids come from POST /api/2.0/sql/statements; "
+                "results expire after a while",
+            )
+        return stmt
+
+    def cancel(self, principal: Principal, statement_id: str) -> Statement:
+        """Stop the statement (a no-op when it has ended)."""
+        stmt = self.get(principal, statement_id)
+        self._cancel(stmt)
+        return stmt
+
+    def close(self, principal: Principal, statement_id: str) -> Statement:
+        """Cancel the statement if it runs and release its rows: it is ``CLOSED``."""
+        stmt = self.get(principal, statement_id)
+        self._cancel(stmt)
+        stmt.wait(None)
+        with self._lock:
+            stmt.state = State.CLOSED
+            stmt.result = None
+        return stmt
+
+    def drain(self, grace_s: float) -> bool:
+        """Refuse new statements, let running ones finish for up to ``grace_s`` seconds, then
+        cancel the rest. True when every statement finished on its own."""
+        with self._lock:
+            self._draining = True
+            active = [s for s in self._statements.values() if s.state not in FINAL]
+        deadline = time.monotonic() + grace_s
+        clean = True
+        for stmt in active:
+            if not stmt.wait(max(0.0, deadline - time.monotonic())):
+                clean = False
+                self._cancel(stmt)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        return clean
+
+    # -- running ----------------------------------------------------------------------------
+    def _cancel(self, stmt: Statement) -> None:
+        stmt.interrupt.interrupt()
+        with self._lock:
+            if stmt.state is State.PENDING:
+                self._finish(stmt, State.CANCELED, None)
+
+    def _run(self, stmt: Statement) -> None:
+        with self._lock:
+            if stmt.state is not State.PENDING:
+                return  # canceled while it waited
+            stmt.state = State.RUNNING
+            stmt.started_at = time.time()
+        req = stmt.request
+
+        def check_cancel() -> None:
+            if stmt.interrupt.requested:
+                raise StatementCanceled("canceling statement due to user request")
+
+        try:
+            with interruptible(stmt.interrupt):
+                check_cancel()
+                sql = bind(
+                    req.statement, req.dialect, req.parameters, catalog=req.catalog,
+                    schema=req.schema,
+                )  # fmt: skip
+                result = self._runner(stmt.owner, sql, req.dialect)
+                rows = ResultSet.collect(
+                    result.to_arrow_reader(keep=False),
+                    row_limit=req.row_limit,
+                    byte_limit=req.byte_limit,
+                    chunk_rows=self.chunk_rows,
+                    chunk_bytes=self.chunk_bytes,
+                    on_batch=check_cancel,
+                )
+        except MatrixOSError as e:
+            state = State.CANCELED if stmt.interrupt.requested else State.FAILED
+            with self._lock:
+                self._finish(stmt, state, e if state is State.FAILED else None)
+            return
+        except Exception as e:  # an engine bug: the client gets a generic error, the log the rest
+            log.exception("statement %s failed unexpectedly", stmt.id)
+            err = MatrixOSError(
+                f"internal error: {type(e).__name__}",
+                hint="this is a MatrixOS bug; the server log has the details",
+            )
+            with self._lock:
+                self._finish(stmt, State.FAILED, err)
+            return
+        with self._lock:
+            stmt.result = rows
+            self._finish(stmt, State.SUCCEEDED, None)
+
+    def _finish(self, stmt: Statement, state: State, error: MatrixOSError | None) -> None:
+        """End ``stmt`` (called with the lock held)."""
+        stmt.state = state
+        stmt.error = error
+        stmt.finished_at = time.time()
+        stmt.done.set()
+        if self._on_finish is not None:
+            try:
+                self._on_finish(stmt)
+            except Exception:
+                log.exception("a statement's on_finish hook failed")
+
+    def _expire(self, now: float) -> None:
+        """Forget statements that ended more than ``retention_s`` ago (lock held)."""
+        old = [
+            sid
+            for sid, s in self._statements.items()
+            if s.finished_at is not None and now - s.finished_at > self.retention_s
+        ]
+        for sid in old:
+            stmt = self._statements.pop(sid)
+            stmt.state = State.CLOSED
+            stmt.result = None

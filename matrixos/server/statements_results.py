@@ -1,0 +1,195 @@
+"""A finished statement's rows: cut into chunks, described by a manifest, and encoded as
+JSON_ARRAY, ARROW_STREAM (Arrow IPC stream bytes) or CSV.
+
+A result keeps at most ``row_limit`` rows and ``byte_limit`` bytes (Arrow in memory) and says
+``truncated`` when it stopped early. Chunks hold at most ``chunk_rows`` rows and about
+``chunk_bytes`` bytes each.
+
+Example:
+    >>> import pyarrow as pa
+    >>> rows = ResultSet.collect(pa.table({"a": [1, 2, 3]}).to_reader(), chunk_rows=2)
+    >>> rows.total_row_count, len(rows.chunks), rows.truncated
+    (3, 2, False)
+    >>> json_rows(rows.chunks[1])
+    [['3']]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+
+class Format(StrEnum):
+    JSON_ARRAY = "JSON_ARRAY"
+    ARROW_STREAM = "ARROW_STREAM"
+    CSV = "CSV"
+
+
+MEDIA_TYPES = {
+    Format.JSON_ARRAY: "application/json",
+    Format.ARROW_STREAM: "application/vnd.apache.arrow.stream",
+    Format.CSV: "text/csv",
+}
+
+
+@dataclass
+class ResultSet:
+    """The rows a statement kept, in chunks."""
+
+    schema: pa.Schema
+    chunks: list[pa.Table] = field(default_factory=list)
+    truncated: bool = False
+
+    @classmethod
+    def collect(
+        cls,
+        reader: pa.RecordBatchReader,
+        *,
+        row_limit: int | None = None,
+        byte_limit: int | None = None,
+        chunk_rows: int = 65_536,
+        chunk_bytes: int = 16 * 1024 * 1024,
+        on_batch: Any = None,
+    ) -> ResultSet:
+        """Read ``reader`` up to the limits (``on_batch()`` runs before each batch is read: a
+        cancel check)."""
+        rs = cls(reader.schema)
+        pending: list[pa.RecordBatch] = []
+        pending_rows = pending_bytes = rows = size = 0
+        for batch in _batches(reader, on_batch):
+            if row_limit is not None and rows + batch.num_rows > row_limit:
+                batch = batch.slice(0, row_limit - rows)
+                rs.truncated = True
+            if byte_limit is not None and size + batch.nbytes > byte_limit:
+                # Whole rows only: keep the share of the batch that fits.
+                per_row = max(1, batch.nbytes // max(1, batch.num_rows))
+                batch = batch.slice(0, max(0, (byte_limit - size) // per_row))
+                rs.truncated = True
+            rows += batch.num_rows
+            size += batch.nbytes
+            while batch.num_rows:
+                take = min(batch.num_rows, chunk_rows - pending_rows)
+                part = batch.slice(0, take)
+                pending.append(part)
+                pending_rows += take
+                pending_bytes += part.nbytes
+                batch = batch.slice(take)
+                if pending_rows >= chunk_rows or pending_bytes >= chunk_bytes:
+                    rs.chunks.append(pa.Table.from_batches(pending, rs.schema))
+                    pending, pending_rows, pending_bytes = [], 0, 0
+            if rs.truncated:
+                break
+        if pending or not rs.chunks:
+            rs.chunks.append(pa.Table.from_batches(pending, rs.schema))
+        return rs
+
+    @property
+    def total_row_count(self) -> int:
+        return sum(c.num_rows for c in self.chunks)
+
+    def row_offset(self, index: int) -> int:
+        return sum(c.num_rows for c in self.chunks[:index])
+
+
+def _batches(reader: pa.RecordBatchReader, on_batch: Any) -> Iterator[pa.RecordBatch]:
+    while True:
+        if on_batch is not None:
+            on_batch()
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+def columns(schema: pa.Schema) -> list[dict[str, Any]]:
+    """The manifest's column list: name, position and type (as Arrow and as SQL would say)."""
+    return [
+        {
+            "name": f.name,
+            "position": i,
+            "type_name": _type_name(f.type),
+            "type_text": str(f.type),
+            "nullable": f.nullable,
+        }
+        for i, f in enumerate(schema)
+    ]
+
+
+def _type_name(t: pa.DataType) -> str:
+    checks = [
+        (pa.types.is_boolean, "BOOLEAN"),
+        (pa.types.is_int8, "BYTE"),
+        (pa.types.is_int16, "SHORT"),
+        (pa.types.is_int32, "INT"),
+        (pa.types.is_integer, "LONG"),
+        (pa.types.is_float32, "FLOAT"),
+        (pa.types.is_floating, "DOUBLE"),
+        (pa.types.is_decimal, "DECIMAL"),
+        (pa.types.is_date, "DATE"),
+        (pa.types.is_timestamp, "TIMESTAMP"),
+        (pa.types.is_string, "STRING"),
+        (pa.types.is_large_string, "STRING"),
+        (pa.types.is_binary, "BINARY"),
+        (pa.types.is_large_binary, "BINARY"),
+        (pa.types.is_list, "ARRAY"),
+        (pa.types.is_large_list, "ARRAY"),
+        (pa.types.is_fixed_size_list, "ARRAY"),
+        (pa.types.is_struct, "STRUCT"),
+        (pa.types.is_map, "MAP"),
+        (pa.types.is_null, "NULL"),
+    ]
+    for check, name in checks:
+        if check(t):
+            return name
+    return "STRING"
+
+
+def _as_text(table: pa.Table) -> pa.Table:
+    """Every column as strings (null stays null); nested values as JSON text."""
+    cols = []
+    for col in table.columns:
+        try:
+            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                raise pa.ArrowNotImplementedError("binary as hex")
+            cols.append(col.cast(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            cols.append(pa.array([_json_text(v) for v in col.to_pylist()], pa.string()))
+    return pa.table(cols, names=table.column_names)
+
+
+def _json_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.hex()
+    return json.dumps(v, default=str)
+
+
+def json_rows(chunk: pa.Table) -> list[list[str | None]]:
+    """A chunk as Databricks' ``data_array``: rows of strings (null as null)."""
+    text = _as_text(chunk)
+    cols = [c.to_pylist() for c in text.columns]
+    return [list(r) for r in zip(*cols, strict=True)] if cols else []
+
+
+def arrow_bytes(chunk: pa.Table) -> bytes:
+    """A chunk as one Arrow IPC stream (schema, then its record batches)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, chunk.schema) as writer:
+        writer.write_table(chunk)
+    return sink.getvalue()
+
+
+def csv_bytes(chunk: pa.Table, *, header: bool) -> bytes:
+    """A chunk as CSV (the header row only in the first chunk)."""
+    sink = io.BytesIO()
+    pacsv.write_csv(_as_text(chunk), sink, pacsv.WriteOptions(include_header=header))
+    return sink.getvalue()
