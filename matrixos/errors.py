@@ -226,6 +226,19 @@ class StatementCanceled(MatrixOSError, RuntimeError):
     sqlstate = "57014"  # query_canceled
 
 
+class ServerUnavailable(MatrixOSError, RuntimeError):
+    """The server is shutting down (draining) and takes no new statements; retry elsewhere or
+    after it restarts."""
+
+    sqlstate = "57P03"  # cannot_connect_now
+
+
+class StatementNotFound(MatrixOSError, LookupError):
+    """No statement of that id on this server (never submitted, expired, or another user's)."""
+
+    sqlstate = "26000"  # invalid_sql_statement_name
+
+
 class TpchError(MatrixOSError, RuntimeError):
     """The TPC-H sample data could not be generated (``matrixos demo``, the benchmarks)."""
 
@@ -246,7 +259,9 @@ __all__ = [
     "SQLError",
     "SchemaMismatch",
     "SchemaNotFound",
+    "ServerUnavailable",
     "StatementCanceled",
+    "StatementNotFound",
     "StorageError",
     "TableExists",
     "TableNotFound",

@@ -60,7 +60,9 @@ def connect(
         create: make the warehouse when there is none at ``warehouse`` (the default);
             ``False`` raises ``WarehouseNotFound`` instead, so a mistyped path is an error,
             not a new empty warehouse (the CLI's reading commands use this).
-        **settings: any other ``Settings`` field.
+        **settings: any other ``Settings`` field; with an ``http(s)://`` warehouse (a
+            ``matrixos serve``), ``token=`` (and ``timeout=``) for the ``RemoteLakehouse``
+            returned instead, which offers ``sql``, ``tables``, ``table``, ``search``.
 
     Raises:
         ConfigError: an unknown argument (naming the closest valid one) or a bad setting.
@@ -72,6 +74,11 @@ def connect(
         >>> lh.sql("SELECT 1 + 1 AS two").fetchall()
         [(2,)]
     """
+    if warehouse is not None and warehouse.startswith(("http://", "https://")):
+        # A server's URL: the remote SDK (httpx is loaded only here).
+        from matrixos.server.client import connect_remote
+
+        return connect_remote(warehouse, **settings)  # type: ignore[return-value]
     # connect(catalog=…) is a ConfigError naming catalog_url, not pydantic's ValidationError.
     check_names(settings, [*Settings.model_fields, *_CONNECT_ARGS], what="argument")
     cfg = resolve_settings(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from matrixos.cli.common import connect, fail
+from matrixos.cli.common import connect, options
 from matrixos.cli.output import OutputFormat, emit_result
 
 
@@ -60,13 +60,53 @@ def _read_sql(query: str | None) -> str:
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8080,
-    pg_port: Annotated[int, typer.Option("--pg-port")] = 5433,
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (all interfaces: 0.0.0.0).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="HTTP port.")] = 8080,
+    pg_port: Annotated[
+        int,
+        typer.Option("--pg-port", min=-1, max=65535, help="PostgreSQL wire port (-1: none)."),
+    ] = 5433,
+    compute: Annotated[
+        str | None,
+        typer.Option(
+            "--compute", envvar="MATRIXOS_COMPUTE", help="local, ray or ray://host:port."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Statements run at once (others queue).")
+    ] = 8,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace", min=0, help="Seconds running statements get to finish on SIGTERM."
+        ),
+    ] = 30.0,
+    chunk_rows: Annotated[
+        int, typer.Option("--chunk-rows", min=1, help="Rows per result chunk.")
+    ] = 65_536,
 ) -> None:
-    """Serve the HTTP statement API and the PostgreSQL wire protocol (not available yet)."""
-    fail(
-        "matrixos serve is not available yet: the server arrives with the HTTP/pg-wire issue",
-        hint="use `matrixos sql` or the Python SDK meanwhile",
-        code=2,
-    )
+    """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
+    import logging
+
+    from matrixos.server.serve import ServeOptions
+    from matrixos.server.serve import serve as run_server
+    from matrixos.session import connect as open_session
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    opts = options(ctx)
+    lh = open_session(opts.warehouse, catalog_url=opts.catalog_url, compute=compute)
+    with lh:
+        run_server(
+            lh,
+            ServeOptions(
+                host=host,
+                port=port,
+                pg_port=None if pg_port < 0 else pg_port,
+                workers=workers,
+                grace_s=grace,
+                chunk_rows=chunk_rows,
+            ),
+        )
