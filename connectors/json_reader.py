@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.json as pa_json
 
@@ -22,6 +23,15 @@ __all__ = ["read_json"]
 
 _JSON_WS = " \t\r\n"
 _ARRAY_WRAPPER_KEY = "rows"
+_MAX_DEPTH = 1000
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_DEPTH_STEP = np.zeros(256, np.int8)
+_DEPTH_STEP[list(b"[{")] = 1
+_DEPTH_STEP[list(b"]}")] = -1
+_DEPTH_CHUNK = 1 << 24
+# Where ``null`` is a member's value or an array element, as JSON writers space them
+# (Python's json.dumps first).
+_NULL_INSIDE_A_RECORD = (b": null", b":null", b", null", b",null", b"[null", b"[ null")
 
 
 def read_json(path: str, data: bytes, fmt: str) -> Source:
@@ -58,26 +68,22 @@ def _read_json(path: str, data: bytes, fmt: str) -> Source:
         if fmt == "ndjson":
             return Source(path, pa.table({}), functools.partial(_locate_member, data, "lines"))
         raise IngestError("empty file: expected a JSON array or objects", path=path, line=1, col=1)
+    _refuse_deep_nesting(path, body)
     if fmt == "json" and stripped[:1] == b"[":
         mode = "array"
     elif fmt == "json" and not _first_line_is_complete(stripped):
         mode = "stream"  # pretty-printed object(s)
     else:
         mode = "lines"
+    if mode != "array":
+        _refuse_null_records(path, body)
     try:
         if mode == "array":
             wrapped = b'{"' + _ARRAY_WRAPPER_KEY.encode() + b'":' + body + b"\n}"
-            wrapper = pa_json.read_json(
-                pa.BufferReader(wrapped),
-                read_options=pa_json.ReadOptions(block_size=len(wrapped) + 1),
-                parse_options=pa_json.ParseOptions(newlines_in_values=True),
-            )
+            wrapper = _pyarrow_read_json(wrapped, block_size=len(wrapped) + 1, multiline=True)
             table = _table_from_wrapped_array(wrapper)
         else:
-            table = pa_json.read_json(
-                pa.BufferReader(body),
-                parse_options=pa_json.ParseOptions(newlines_in_values=mode == "stream"),
-            )
+            table = _pyarrow_read_json(body, block_size=None, multiline=mode == "stream")
     except ARROW_ERRORS as exc:
         raise _locate_json_error(path, decode(data), mode, str(exc)) from None
     return Source(path, table, functools.partial(_locate_member, data, mode))
@@ -86,12 +92,110 @@ def _read_json(path: str, data: bytes, fmt: str) -> Source:
 def _locate_member(data: bytes, mode: str, row: int, column: str) -> tuple[int | None, int | None]:
     """The (line, character) of member ``column``'s value in record ``row`` (0-based)."""
     text = decode(data)
-    spans = [(start, end) for start, end, _ in _json_records(text, mode)]
+    try:
+        # pyarrow reads records one after another on a line too (``{"a": 1} {"a": 2}``): find
+        # them as a stream, which is the same records when each line holds one.
+        records = _json_records(text, "array" if mode == "array" else "stream")
+        spans = [(start, end) for start, end, _ in records]
+    except (json.JSONDecodeError, RecursionError):
+        return None, None
     if row >= len(spans):
         return None, None
     start, end = spans[row]
     pos = _find_member_value(text, start, end, [column])
     return LineIndex(text).position(pos)
+
+
+def _refuse_deep_nesting(path: str, body: bytes) -> None:
+    """Refuse arrays and objects nested more than ``_MAX_DEPTH`` levels deep.
+
+    pyarrow's parser recurses once per level and crashes the process (a segfault, ~16,000
+    levels on an 8 MiB stack); a table holds 32 levels at most. Measured at C speed: escaped
+    backslashes and quotes are dropped, then everything but quotes and brackets; a string
+    without brackets is then an empty pair of quotes, dropped too, and only where a string
+    holds brackets is what lies between quotes cut out. The brackets left count the depth.
+    """
+    if len(body) <= _MAX_DEPTH:
+        return
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = body.translate(None, _NOT_STRUCTURE)
+    if structure.count(b"[") + structure.count(b"{") <= _MAX_DEPTH:
+        return
+    structure = structure.replace(b'""', b"")
+    if b'"' in structure:  # dropping a pair keeps every other quote's parity
+        structure = b"".join(structure.split(b'"')[::2])
+    steps = _DEPTH_STEP[np.frombuffer(structure, np.uint8)]
+    level = 0
+    for start in range(0, len(steps), _DEPTH_CHUNK):  # int32 sums: a chunk moves < 2**31
+        run = np.cumsum(steps[start : start + _DEPTH_CHUNK], dtype=np.int32)
+        if level + int(run.max()) > _MAX_DEPTH:
+            raise IngestError(
+                f"JSON nested too deeply to read (more than {_MAX_DEPTH} levels)",
+                path=path,
+                hint="flatten the structure, or store the deep part as a JSON string",
+            )
+        level += int(run[-1])
+
+
+def _refuse_null_records(path: str, body: bytes) -> None:
+    """Refuse a record that is ``null`` (records one per line, or one after another).
+
+    pyarrow reads it as a row of nulls, and crashes the process (a segfault, pyarrow 26)
+    when one starts a block of its parse: the first record, or one ~1 MiB in. Counting
+    ``null`` where it is a member's value or an array element rules out most files cheaply;
+    the others are read with Python's ``json`` to find a null record exactly.
+    """
+    unexplained = body.count(b"null")
+    for inside in _NULL_INSIDE_A_RECORD:
+        if not unexplained:
+            return
+        unexplained -= body.count(inside)
+    if not unexplained:
+        return
+    text = decode(body)
+    decoder = json.JSONDecoder(strict=False)
+    pos = _skip_ws(text, 0)
+    while pos < len(text):
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise IngestError(
+                f"invalid JSON: {exc.msg}", path=path, line=exc.lineno, col=exc.colno
+            ) from None
+        if value is None:
+            line, col = LineIndex(text).position(pos)
+            raise IngestError(
+                "expected a JSON object per record, got null", path=path, line=line, col=col
+            )
+        pos = _skip_ws(text, end)
+
+
+def _pyarrow_read_json(body: bytes, *, block_size: int | None, multiline: bool) -> pa.Table:
+    """pyarrow's ``read_json``, its result checked.
+
+    A list whose first values are null (``[null, 1]``) comes back with offsets past the end of
+    its values (apache/arrow#51305, pyarrow 25 and 26): an invalid table that fails later, in
+    the write. Read again with the schema the first read inferred, it is right.
+    """
+    read_options = pa_json.ReadOptions(**({"block_size": block_size} if block_size else {}))
+    table = pa_json.read_json(
+        pa.BufferReader(body),
+        read_options=read_options,
+        parse_options=pa_json.ParseOptions(newlines_in_values=multiline),
+    )
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid:
+        table = pa_json.read_json(
+            pa.BufferReader(body),
+            read_options=read_options,
+            parse_options=pa_json.ParseOptions(
+                newlines_in_values=multiline, explicit_schema=table.schema
+            ),
+        )
+        table.validate(full=True)
+    return table
 
 
 def _first_line_is_complete(body: bytes) -> bool:
