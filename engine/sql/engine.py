@@ -33,6 +33,7 @@ from matrixos.engine.sql.binding import Binder
 from matrixos.engine.sql.ddl import DDL
 from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
+from matrixos.engine.sql.grants import GrantStatements, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.errors import NotSupported, SQLError
 
@@ -65,6 +66,7 @@ class SQLEngine:
         self._local = LocalRunner(service.warehouse, service.settings)
         self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
         self._dml = dml = DML(service, self._as_query)
+        self._grants = grants = GrantStatements(service)
         # Handlers by the statement's node type (exactly: no subclass stands for its base).
         self._handlers: dict[type[exp.Expr], Callable[[Any, str, Principal], Result]] = {
             exp.Create: ddl.create,
@@ -75,6 +77,8 @@ class SQLEngine:
             exp.Delete: dml.delete,
             exp.Update: dml.update,
             exp.Merge: dml.merge,
+            exp.Grant: grants.statement,
+            exp.Revoke: grants.statement,
         }
 
     def close(self) -> None:
@@ -110,7 +114,9 @@ class SQLEngine:
             for stmt in statements:
                 result = self._run(stmt, dialect, engine, principal)
         except SQLError as e:
-            raise locate_engine_error(e, sql, dialect) from e.__cause__
+            located = locate_engine_error(e, sql, dialect)
+            clean = without_secrets(located, sql)  # nor in the chained cause: from None
+            raise clean from (e.__cause__ if clean is located else None)
         except RecursionError as e:
             # sqlglot parses, checks and generates recursively: ~100 nested parentheses or
             # subqueries exhaust Python's stack before any statement runs.
@@ -156,7 +162,9 @@ class SQLEngine:
             )
         if cmd in ("OPTIMIZE", "VACUUM"):
             return self._dml.maintain(cmd, rest, dialect, principal)
-        result = self._ddl.command(cmd, rest, dialect, principal)
+        result = self._grants.command(cmd, rest, dialect, principal)
+        if result is None:
+            result = self._ddl.command(cmd, rest, dialect, principal)
         if result is None:
             raise frontend.refused_command(cmd, rest)
         return result

@@ -147,6 +147,14 @@ class Accounts:
         """The account ``name``; ``AccountNotFound``."""
         return self.catalog.get_account(name)
 
+    def exists(self, name: str) -> bool:
+        """Whether account ``name`` exists."""
+        try:
+            self.catalog.get_account(name)
+        except AccountNotFound:
+            return False
+        return True
+
     def list(self) -> list[AccountInfo]:
         """Every account, by name."""
         return self.catalog.list_accounts()
@@ -208,7 +216,9 @@ class Accounts:
         info = self._grant_info(privilege, securable, to, kind, by, must_exist=False)
         return self.catalog.remove_grant(info)
 
-    def grants(self, name: str | None = None, securable: str | None = None) -> builtins.list[GrantInfo]:
+    def grants(
+        self, name: str | None = None, securable: str | None = None
+    ) -> builtins.list[GrantInfo]:
         """Grants given to account ``name`` (not its groups') and/or on ``securable``."""
         on = securable_kind(securable)[1] if securable else None
         return self.catalog.list_grants(grantee=name, securable=on)
