@@ -48,8 +48,8 @@ from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
-    auto_compact_min_files,
     has_folder,
+    writer_settings,
 )
 
 if TYPE_CHECKING:
@@ -125,11 +125,7 @@ class DeltaStore(TableStore):
         return cls(
             location,
             warehouse.delta_options(location),
-            commit_retries=settings.commit_retries,
-            auto_compact_min_files=auto_compact_min_files(
-                properties, settings.auto_compact_min_files, name
-            ),
-            name=name,
+            **writer_settings(settings, properties, name),
             small_file_bytes=settings.small_file_bytes,
             target_file_bytes=settings.target_file_bytes,
         )

@@ -34,8 +34,8 @@ from matrixos.storage.delta import cast_to, check_merge_source, conform
 from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
-    auto_compact_min_files,
     has_folder,
+    writer_settings,
 )
 
 if TYPE_CHECKING:
@@ -104,11 +104,7 @@ class LanceStore(TableStore):
         return cls(
             location,
             warehouse.lance_options(location),
-            commit_retries=settings.commit_retries,
-            auto_compact_min_files=auto_compact_min_files(
-                properties, settings.auto_compact_min_files, name
-            ),
-            name=name,
+            **writer_settings(settings, properties, name),
         )
 
     @classmethod

@@ -233,6 +233,18 @@ def has_folder(location: str, name: str, fs: fsspec.AbstractFileSystem | None) -
     return bool(fs.exists(path))
 
 
+def writer_settings(settings: Settings, properties: Mapping[str, str], name: str) -> dict[str, Any]:
+    """The keyword arguments every writable store takes from the session's settings and the
+    table's properties: ``commit_retries``, ``auto_compact_min_files``, ``name``."""
+    return {
+        "commit_retries": settings.commit_retries,
+        "auto_compact_min_files": auto_compact_min_files(
+            properties, settings.auto_compact_min_files, name
+        ),
+        "name": name,
+    }
+
+
 def auto_compact_min_files(properties: Mapping[str, str], default: int, name: str) -> int:
     """The table's ``matrixos.autoCompact.minFiles`` property (0 turns auto-compaction off)."""
     raw = properties.get(MIN_FILES_PROPERTY)
