@@ -59,6 +59,9 @@ def infer_format(path: str) -> str:
 
     A compression suffix (``.gz``, ``.bz2``, ``.zst``) is looked through, so ``x.csv.gz`` is
     ``"csv"``. Raises :class:`IngestError` naming the file for an unsupported extension.
+
+    >>> infer_format("s3://bucket/raw/events.jsonl.gz")
+    'ndjson'
     """
     stem, _ = _split_compression(posixpath.basename(path.rstrip("/")))
     ext = posixpath.splitext(stem)[1].lower()
@@ -144,6 +147,17 @@ def read_files(
 
     Raises :class:`IngestError` naming the file, and where known the 1-based line and column
     (a CSV column is the field number, a JSON column the character), for anything unreadable.
+
+    >>> from pathlib import Path
+    >>> _ = Path("a.csv").write_text("id,name\\n1,ann\\n")
+    >>> _ = Path("b.ndjson").write_text('{"id": 2.5, "city": "oslo"}\\n')
+    >>> read_files(["a.csv", "b.ndjson"]).to_pylist()
+    [{'id': 1.0, 'name': 'ann', 'city': None}, {'id': 2.5, 'name': None, 'city': 'oslo'}]
+    >>> _ = Path("bad.csv").write_text('id,name\\n1,"ann\\n2,bob\\n')
+    >>> read_files("bad.csv")
+    Traceback (most recent call last):
+    ...
+    matrixos.errors.IngestError: bad.csv, line 2, column 2: unterminated quoted field: ...
     """
     if isinstance(paths, str):
         paths = [paths]
@@ -192,6 +206,9 @@ def normalize_format(fmt: str) -> str:
     """The canonical name of a ``format=`` value (``"JSONL"`` is ``"ndjson"``).
 
     Raises :class:`ConfigError` naming the valid formats for anything else.
+
+    >>> normalize_format("JSONL")
+    'ndjson'
     """
     key = fmt.lower().lstrip(".") if isinstance(fmt, str) else None
     if key is None or key not in _FORMAT_ALIASES:
