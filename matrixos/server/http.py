@@ -93,6 +93,7 @@ def create_app(
     )
     metrics = ServerMetrics(lambda: {str(k): v for k, v in manager.counts().items()})
     app.state.metrics = metrics
+    manager.on_finish(lambda s: metrics.finished(s.state.value, s.duration))
     app.state.manager = manager
     bearer = HTTPBearer(auto_error=False, description="a MatrixOS API token")
 

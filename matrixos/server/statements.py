@@ -110,7 +110,6 @@ class StatementManager:
         workers: statements run at once; later ones wait ``PENDING``.
         chunk_rows, chunk_bytes: the size of a result chunk.
         retention_s: how long a finished statement's rows stay readable.
-        on_finish: called with each statement as it ends (metrics, audit).
     """
 
     def __init__(
@@ -121,7 +120,6 @@ class StatementManager:
         chunk_rows: int = 65_536,
         chunk_bytes: int = 16 * 1024 * 1024,
         retention_s: float = 3600.0,
-        on_finish: Callable[[Statement], None] | None = None,
     ) -> None:
         self._runner = runner
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")
@@ -131,7 +129,11 @@ class StatementManager:
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
         self.retention_s = retention_s
-        self._on_finish = on_finish
+        self._listeners: list[Callable[[Statement], None]] = []
+
+    def on_finish(self, listener: Callable[[Statement], None]) -> None:
+        """Call ``listener(statement)`` as each statement ends (metrics, audit)."""
+        self._listeners.append(listener)
 
     @property
     def draining(self) -> bool:
@@ -263,11 +265,11 @@ class StatementManager:
         stmt.error = error
         stmt.finished_at = time.time()
         stmt.done.set()
-        if self._on_finish is not None:
+        for listener in self._listeners:
             try:
-                self._on_finish(stmt)
+                listener(stmt)
             except Exception:
-                log.exception("a statement's on_finish hook failed")
+                log.exception("a statement's on_finish listener failed")
 
     def _expire(self, now: float) -> None:
         """Forget statements that ended more than ``retention_s`` ago (lock held)."""

@@ -54,8 +54,8 @@ def bind(
     Raises:
         SQLError: a placeholder with no parameter, a duplicate parameter, or a bad type.
     """
-    if not parameters and not catalog and not schema:
-        return sql
+    if not parameters and not catalog and not schema and ":" not in sql:
+        return sql  # nothing to bind (a ``:name`` with no value is an error, below)
     names = [p.name for p in parameters]
     if len(set(names)) != len(names):
         raise SQLError("a parameter is given twice", hint="give each :name once in `parameters`")

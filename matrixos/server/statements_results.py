@@ -154,15 +154,21 @@ def _type_name(t: pa.DataType) -> str:
 
 def _as_text(table: pa.Table) -> pa.Table:
     """Every column as strings (null stays null); nested values as JSON text."""
-    cols = []
-    for col in table.columns:
+    return pa.table([_text(c) for c in table.columns], names=table.column_names)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return bool(pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+
+def _text(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column as strings: cast when Arrow can, else JSON text (binary as hex)."""
+    if not _is_binary(col.type):
         try:
-            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-                raise pa.ArrowNotImplementedError("binary as hex")
-            cols.append(col.cast(pa.string()))
+            return col.cast(pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            cols.append(pa.array([_json_text(v) for v in col.to_pylist()], pa.string()))
-    return pa.table(cols, names=table.column_names)
+            pass
+    return pa.array([_json_text(v) for v in col.to_pylist()], pa.string())
 
 
 def _json_text(v: Any) -> str | None:
@@ -191,5 +197,11 @@ def arrow_bytes(chunk: pa.Table) -> bytes:
 def csv_bytes(chunk: pa.Table, *, header: bool) -> bytes:
     """A chunk as CSV (the header row only in the first chunk)."""
     sink = io.BytesIO()
-    pacsv.write_csv(_as_text(chunk), sink, pacsv.WriteOptions(include_header=header))
+    # Scalars as pyarrow writes them (numbers unquoted); nested and binary values as text.
+    plain = [
+        col if not pa.types.is_nested(col.type) and not _is_binary(col.type) else _text(col)
+        for col in chunk.columns
+    ]
+    table = pa.table(plain, names=chunk.column_names)
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header, quoting_style="needed"))
     return sink.getvalue()
