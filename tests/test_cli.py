@@ -191,6 +191,8 @@ COMMANDS = (
     "search",
     "rag",
     "compute",
+    "accounts",
+    "tokens",
 )
 
 

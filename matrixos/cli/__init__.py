@@ -7,7 +7,7 @@ the commands so that ``matrixos --help`` stays quick.
 This package builds the app from its command modules, which import only ``common`` and
 ``output`` (and the layers below), never this package:
 
-    output ← common ← sql, tables, ai, compute, demo ← cli (this app)
+    output ← common ← sql, tables, ai, compute, demo, accounts ← cli (this app)
 
 Example:
     $ matrixos --warehouse ./wh sql "SELECT 1 AS one" --format json
@@ -21,7 +21,7 @@ import sys
 
 import typer
 
-from matrixos.cli import ai, compute, demo, sql, tables
+from matrixos.cli import accounts, ai, compute, demo, sql, tables
 from matrixos.cli.common import HELP, fail, hoist_global_options, root
 from matrixos.errors import MatrixOSError
 
@@ -48,6 +48,8 @@ app.command()(sql.serve)
 app.command()(ai.search)
 app.add_typer(ai.rag_app, name="rag")
 app.add_typer(compute.compute_app, name="compute")
+app.add_typer(accounts.accounts_app, name="accounts")
+app.add_typer(accounts.tokens_app, name="tokens")
 
 
 def main(argv: list[str] | None = None) -> None:
