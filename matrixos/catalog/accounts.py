@@ -212,9 +212,18 @@ class Accounts:
         kind: str | None = None,
         by: Principal | None = None,
     ) -> bool:
-        """Take back a grant; False if there was none."""
-        info = self._grant_info(privilege, securable, to, kind, by, must_exist=False)
-        return self.catalog.remove_grant(info)
+        """Take back a grant (of a table or a volume of that name, unless ``kind`` says);
+        False if there was none. The object need not exist any more."""
+        privilege = normalize_privilege(privilege)
+        found, name = securable_kind(securable, kind)
+        if by is not None and not by.is_admin:
+            found, owner = self._securable(found, name, explicit=kind is not None)
+            _may_grant(by, name, owner, found)
+        removed = False
+        for g in self.catalog.list_grants(grantee=to, securable=name):
+            if g.privilege == privilege and (kind is None or g.kind == found):
+                removed = self.catalog.remove_grant(g) or removed
+        return removed
 
     def grants(
         self, name: str | None = None, securable: str | None = None
@@ -224,31 +233,19 @@ class Accounts:
         return self.catalog.list_grants(grantee=name, securable=on)
 
     def _grant_info(
-        self,
-        privilege: str,
-        securable: str,
-        to: str,
-        kind: str | None,
-        by: Principal | None,
-        must_exist: bool = True,
+        self, privilege: str, securable: str, to: str, kind: str | None, by: Principal | None
     ) -> GrantInfo:
         privilege = normalize_privilege(privilege)
         found, name = securable_kind(securable, kind)
-        owner = None
-        if must_exist or by is not None:
-            found, owner = self._securable(found, name, explicit=kind is not None)
+        found, owner = self._securable(found, name, explicit=kind is not None)
         if found not in GRANTABLE_ON[privilege]:
             raise ConfigError(
                 f"{privilege} cannot be granted on a {found}",
                 hint="on a volume grant READ VOLUME or WRITE VOLUME; on a table SELECT or MODIFY",
             )
-        if must_exist:
-            self.catalog.get_account(to)
-        if by is not None and not by.may("MANAGE", name, owner=owner, kind=found):
-            raise AccessDenied(
-                f"{by.name} may not grant on {name}",
-                hint="only an admin, the owner or a holder of MANAGE on it may grant",
-            )
+        self.catalog.get_account(to)
+        if by is not None:
+            _may_grant(by, name, owner, found)
         return GrantInfo(privilege, found, name, to, granted_by=by.name if by else None)
 
     def _securable(self, kind: str, name: str, explicit: bool) -> tuple[str, str | None]:
@@ -399,6 +396,14 @@ class Accounts:
             return self.principal(name)
         except AccountNotFound:
             raise _bad_login("password") from None
+
+
+def _may_grant(by: Principal, name: str, owner: str | None, kind: str) -> None:
+    if not by.may("MANAGE", name, owner=owner, kind=kind):
+        raise AccessDenied(
+            f"{by.name} may not grant on {name}",
+            hint="only an admin, the owner or a holder of MANAGE on it may grant",
+        )
 
 
 def _admin_only(by: Principal | None, what: str) -> None:

@@ -115,6 +115,11 @@ def test_modify_create_and_volume_privileges(wh) -> None:
     accounts.grant("WRITE VOLUME", "main.raw", "bob")  # on the schema: its volumes
     as_(lh, accounts, "bob").volume("raw.docs").put(b"x", "b.txt")
     assert sorted(f.name for f in lh.volume("raw.docs").list()) == ["a.pdf", "b.txt"]
+    # a volume's grant is taken back by its name alone, as it was given
+    assert accounts.revoke("READ VOLUME", "main.raw.docs", "bob")
+    assert accounts.revoke("WRITE VOLUME", "main.raw", "bob")
+    with pytest.raises(AccessDenied):
+        as_(lh, accounts, "bob").volume("raw.docs")
 
     accounts.grant("CREATE", "main.sales", "bob")
     bob = as_(lh, accounts, "bob")
