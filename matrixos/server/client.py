@@ -278,15 +278,21 @@ def _error(body: Mapping[str, Any]) -> MatrixOSError:
     code = str(body.get("error_code") or "")
     fallback = SQLError if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST") else MatrixOSError
     cls = _CLASSES.get((sqlstate, code), fallback)
-    err = cls.__new__(cls)
     message = str(body.get("message") or "the server refused the request")
-    Exception.__init__(err, message)
-    err.message = message
-    err.hint = body.get("hint")
-    if sqlstate != cls.sqlstate:
+    hint = body.get("hint")
+    line, col = body.get("line"), body.get("column")
+    err: MatrixOSError
+    try:
+        if issubclass(cls, SQLError):
+            # SQLError adds " (line L, column C)" itself: give it the message without.
+            where = f" (line {line}, column {col})"
+            if line is not None and col is not None and message.endswith(where):
+                message = message[: -len(where)]
+            err = cls(message, line=line, col=col, hint=hint, sqlstate=sqlstate)
+        else:
+            err = cls(message, hint=hint)
+    except TypeError:  # a class with more required fields (IngestError's path)
+        err = MatrixOSError(message, hint=hint)
+    if err.sqlstate != sqlstate:
         err.sqlstate = sqlstate
-    if isinstance(err, SQLError):
-        err.sql = None
-        err.line = body.get("line")
-        err.col = body.get("column")
     return err

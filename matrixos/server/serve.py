@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from matrixos.session import Lakehouse
 
 log = logging.getLogger("matrixos.server")
+_LINGER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class _DrainingServer(uvicorn.Server):
         def drain_then_exit() -> None:
             try:
                 self._drain()
+                # A moment for clients polling a statement that just ended to read its state.
+                time.sleep(_LINGER_S)
             finally:
                 self.should_exit = True
 

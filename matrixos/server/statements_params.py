@@ -61,8 +61,9 @@ def bind(
         raise SQLError("a parameter is given twice", hint="give each :name once in `parameters`")
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
-    except SqlglotError:
-        # The engine parses it again and reports the syntax error with its position.
+    except (SqlglotError, ValueError):
+        # The engine parses it again and reports the syntax error (with its position) or
+        # the unknown dialect.
         return sql
     values = {p.name: _literal(p, dialect) for p in parameters}
     for stmt in statements:
