@@ -56,11 +56,7 @@ def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -
         {f.name: f.type for f in schema if _csv_convertible(f.type)} if schema is not None else {}
     )
     try:
-        table = pa_csv.read_csv(
-            pa.BufferReader(body),
-            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
-        )
+        table = _pyarrow_read_csv(body, delimiter, column_types)
     except ARROW_ERRORS as exc:
         located = _locate_csv_error(path, data, delimiter, str(exc))
         quote = _unterminated_quote(path, body, delimiter)
@@ -70,7 +66,10 @@ def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -
     quote = _unterminated_quote(path, body, delimiter)
     if quote is not None:
         raise quote
-    names = table.column_names
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:
+        raise _header_not_utf8(path, body, delimiter) from None
     if "" in names:
         # Refused rather than auto-named (DuckDB's ``column1``): a made-up name would not
         # match the column of an existing table the rows are appended to, and a table with
@@ -93,6 +92,47 @@ def read_csv(path: str, data: bytes, delimiter: str, schema: pa.Schema | None) -
                 )
             seen.add(name)
     return Source(path, table, functools.partial(_locate_cell, data, delimiter))
+
+
+def _pyarrow_read_csv(
+    body: bytes, delimiter: str, column_types: dict[str, pa.DataType]
+) -> pa.Table:
+    def read(read_options: pa_csv.ReadOptions | None) -> pa.Table:
+        return pa_csv.read_csv(
+            pa.BufferReader(body),
+            read_options=read_options,
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(column_types=column_types or None),
+        )
+
+    try:
+        return read(None)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+    # A row longer than pyarrow's block (1 MiB) cannot be split between blocks: read the
+    # file as one block.
+    return read(pa_csv.ReadOptions(block_size=len(body) + 1))
+
+
+def _header_not_utf8(path: str, body: bytes, delimiter: str) -> IngestError:
+    """pyarrow keeps column names as bytes and decodes them on use (a raw UnicodeDecodeError);
+    name the field that is not UTF-8."""
+    header = next(csv.reader(io.StringIO(body.decode("latin-1")), delimiter=delimiter), [])
+    col = None
+    for number, name in enumerate(header, start=1):
+        try:
+            name.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            col = number
+            break
+    return IngestError(
+        "the header line is not valid UTF-8 text",
+        path=path,
+        line=1,
+        col=col,
+        hint="save the file as UTF-8",
+    )
 
 
 def _locate_cell(

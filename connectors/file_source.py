@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from matrixos.errors import IngestError
+
 __all__ = [
     "ARROW_ERRORS",
     "LineIndex",
@@ -21,6 +23,7 @@ __all__ = [
     "Source",
     "decode",
     "first_bad_row",
+    "not_utf8",
     "strip_bom",
 ]
 
@@ -41,6 +44,37 @@ def strip_bom(data: bytes) -> bytes:
 def decode(data: bytes) -> str:
     """The text of a file's bytes (UTF-8, a BOM dropped, bad bytes replaced)."""
     return data.decode("utf-8-sig", errors="replace")
+
+
+def not_utf8(path: str, body: bytes) -> IngestError | None:
+    """The error naming the line and column of the first byte that is not UTF-8, if any.
+
+    Arrow checks the bytes in place (milliseconds for tens of megabytes); only a file that
+    fails is decoded by Python to find the byte.
+    """
+    if body.isascii():
+        return None
+    offsets = pa.array([0, len(body)], pa.int64()).buffers()[1]
+    whole = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), 1, [None, offsets, pa.py_buffer(body)]
+    )
+    try:
+        whole.cast(pa.large_string())
+        return None
+    except pa.ArrowInvalid:
+        pass
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = body.rfind(b"\n", 0, exc.start) + 1
+        return IngestError(
+            f"not valid UTF-8 text (byte {body[exc.start]:#04x})",
+            path=path,
+            line=body.count(b"\n", 0, exc.start) + 1,
+            col=len(body[line_start : exc.start].decode("utf-8")) + 1,
+            hint="save the file as UTF-8",
+        )
+    return None
 
 
 class LineIndex:

@@ -18,7 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from matrixos.connectors.file_source import ARROW_ERRORS, LineIndex, Source, decode, strip_bom
+from matrixos.connectors.file_source import (
+    ARROW_ERRORS,
+    LineIndex,
+    Source,
+    decode,
+    not_utf8,
+    strip_bom,
+)
 from matrixos.errors import IngestError
 
 __all__ = ["read_json"]
@@ -71,6 +78,11 @@ def _read_json(path: str, data: bytes, fmt: str) -> Source:
         if fmt == "ndjson":
             return Source(path, pa.table({}), functools.partial(_locate_member, data, "lines"))
         raise IngestError("empty file: expected a JSON array or objects", path=path, line=1, col=1)
+    # JSON is UTF-8. pyarrow stores other bytes as they are, in strings and in member names
+    # (which then fail when used), or says neither where nor which.
+    bad_text = not_utf8(path, body)
+    if bad_text is not None:
+        raise bad_text
     _refuse_deep_nesting(path, body)
     if fmt == "json" and stripped[:1] == b"[":
         mode = "array"

@@ -482,3 +482,22 @@ def test_s3_error_names_uri(s3: fsspec.AbstractFileSystem) -> None:
     assert_where(err, "s3://lake/bad/c.csv", 3, 3)
     err = ingest_error(["s3://lake/missing.csv"], filesystem=s3)
     assert_where(err, "s3://lake/missing.csv", None, None)
+
+
+def test_csv_row_longer_than_a_parse_block(tmp_path: Path) -> None:
+    # pyarrow refused a row over its 1 MiB block ("straddling object ..."): read as one block.
+    big = "x" * 3_000_000
+    path = write(tmp_path / "long.csv", f'id,s\n1,{big}\n2,"{big}\nmore"\n3,y\n')
+    table = read_files([path])
+    assert table.column("id").to_pylist() == [1, 2, 3]
+    assert table.column("s").to_pylist() == [big, big + "\nmore", "y"]
+
+
+@pytest.mark.parametrize(("header", "col"), [(b"id,caf\xe9\n", 2), (b'"a,\xff",b\n', 1)])
+def test_csv_header_not_utf8(tmp_path: Path, header: bytes, col: int) -> None:
+    # Was a raw UnicodeDecodeError (pyarrow decodes column names when they are used).
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(header + b"1,2\n")
+    err = ingest_error([str(path)])
+    assert_where(err, str(path), 1, col)
+    assert "the header line is not valid UTF-8 text" in str(err)

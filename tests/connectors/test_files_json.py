@@ -66,6 +66,14 @@ def test_inputs_that_crashed_pyarrow_are_refused(tmp_path: Path) -> None:
         assert expected in result, result
 
 
+def _assert_refused(path: Path, content: bytes, where: tuple[int, int], message: str) -> None:
+    path.write_bytes(content)
+    with pytest.raises(IngestError) as err:
+        read_files(str(path))
+    assert (err.value.path, err.value.line, err.value.col) == (str(path), *where)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "line", "col"),
     [
@@ -79,12 +87,9 @@ def test_inputs_that_crashed_pyarrow_are_refused(tmp_path: Path) -> None:
 def test_a_null_record_is_refused(
     tmp_path: Path, name: str, content: bytes, line: int, col: int
 ) -> None:
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(IngestError) as err:
-        read_files(str(path))
-    assert (err.value.path, err.value.line, err.value.col) == (str(path), line, col)
-    assert "expected a JSON object per record, got null" in str(err.value)
+    _assert_refused(
+        tmp_path / name, content, (line, col), "expected a JSON object per record, got null"
+    )
 
 
 def test_null_values_inside_records_are_read(tmp_path: Path) -> None:
@@ -152,3 +157,18 @@ def test_records_side_by_side_on_a_line_are_located(tmp_path: Path) -> None:
         read_files(str(path), schema=pa.schema([("a", pa.int64())]))
     assert (err.value.line, err.value.col) == (1, 15)
     assert "invalid value 2.5 in column 'a'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line", "col"),
+    [
+        # A value: stored as invalid UTF-8 strings before; a member name, top-level or nested:
+        # a raw UnicodeDecodeError when the name was used.
+        ("value.ndjson", b'{"a": "ok"}\n{"a": "caf\xe9"}\n', 2, 11),
+        ("name.ndjson", b'{"\xff": 1}\n', 1, 3),
+        ("nested.json", b'[{"a": {"b\xff": 1}}]', 1, 11),
+        ("after-text.ndjson", '{"a": "é"}\n{"a": "é'.encode() + b'\xff"}\n', 2, 9),
+    ],
+)
+def test_json_not_utf8(tmp_path: Path, name: str, content: bytes, line: int, col: int) -> None:
+    _assert_refused(tmp_path / name, content, (line, col), "not valid UTF-8 text")
