@@ -62,6 +62,18 @@ def test_accounts_create_list_drop(wh: Path) -> None:
     matrixos(wh, "accounts", "drop", "etl")
     with mx.connect(str(wh)) as lh:
         assert [a.name for a in Accounts(lh.catalog).list()] == ["alice", "analysts", "bob"]
+        audit = lh.sql(
+            "SELECT action, object, outcome, protocol FROM system.access.audit ORDER BY event_time"
+        ).fetchall()
+    assert audit == [
+        ("CREATE USER", "alice", "ok", "cli"),
+        ("CREATE USER", "bob", "ok", "cli"),
+        ("CREATE GROUP", "analysts", "ok", "cli"),
+        ("CREATE SERVICE PRINCIPAL", "etl", "ok", "cli"),
+        ("ALTER GROUP", "analysts", "ok", "cli"),
+        ("CREATE USER", "bob", "failed: AccountExists", "cli"),
+        ("DROP ACCOUNT", "etl", "ok", "cli"),
+    ]
 
 
 def test_tokens_are_printed_once_and_work(wh: Path) -> None:
@@ -94,3 +106,13 @@ def test_tokens_are_printed_once_and_work(wh: Path) -> None:
             Accounts(lh.catalog).authenticate_token(token)
     err = matrixos(wh, "tokens", "create", "bob", "--expires-in", "soon", code=1).stderr
     assert "'soon' is not a duration" in err
+    with mx.connect(str(wh)) as lh:
+        audit = lh.sql(
+            "SELECT action, object, outcome FROM system.access.audit "
+            "WHERE protocol = 'cli' ORDER BY event_time"
+        ).fetchall()
+    assert audit == [
+        ("CREATE TOKEN", f"bob {row['id']}", "ok"),
+        ("REVOKE TOKEN", row["id"], "ok"),
+        ("CREATE TOKEN", "bob", "failed: ConfigError"),
+    ]

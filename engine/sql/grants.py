@@ -21,6 +21,7 @@ it) grants on it; anyone sees the grants given to them and their groups.
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -30,6 +31,7 @@ from sqlglot.tokens import Token, TokenType
 
 from matrixos.catalog.access import PRIVILEGES, Principal
 from matrixos.catalog.accounts import Accounts
+from matrixos.catalog.audit import AuditEvent, AuditLog, outcome_of
 from matrixos.catalog.base import GrantInfo
 from matrixos.catalog.names import TableIdent, check_part, parse_schema
 from matrixos.engine.result import Result
@@ -56,6 +58,7 @@ class _Words:
             # the tokenizer's message may quote the text (a password): say where, not what
             raise SQLError("cannot read the statement: an unterminated quote or name") from e
         self.i = 0
+        self.object: str | None = None  # what the statement changes, for the audit row
         first = self.tokens[0].text.upper() if self.tokens and _plain(self.tokens[0]) else ""
         self.statement = f"{cmd} {first}" if cmd in ("CREATE", "DROP", "ALTER", "SHOW") else cmd
 
@@ -90,14 +93,7 @@ class _Words:
 
     def _part(self, what: str) -> str:
         tok = self.tokens[self.i] if self.i < len(self.tokens) else None
-        if tok is None or tok.token_type == TokenType.STRING or tok.token_type in _PUNCT:
-            raise self.error(what)
-        self.i += 1
-        return tok.text
-
-    def string(self, what: str) -> str:
-        tok = self.tokens[self.i] if self.i < len(self.tokens) else None
-        if tok is None or tok.token_type != TokenType.STRING:
+        if tok is None or _literal(tok) or tok.token_type in _PUNCT:
             raise self.error(what)
         self.i += 1
         return tok.text
@@ -105,7 +101,7 @@ class _Words:
     def secret(self) -> str:
         """A quoted password; an error never shows what stood there instead."""
         tok = self.tokens[self.i] if self.i < len(self.tokens) else None
-        if tok is None or tok.token_type != TokenType.STRING:
+        if tok is None or tok.token_type not in (TokenType.STRING, TokenType.HEREDOC_STRING):
             raise SQLError(
                 f"{self.statement}: PASSWORD must be followed by a quoted string or NULL",
                 hint="PASSWORD 'the password' (a ' inside it is written '')",
@@ -119,20 +115,39 @@ class _Words:
 
     def error(self, wanted: str) -> SQLError:
         tok = self.tokens[self.i] if self.i < len(self.tokens) else None
-        got = (
-            "the end"
-            if tok is None
-            else "a string"
-            if tok.token_type == TokenType.STRING
-            else repr(tok.text)
-        )
+        got = "the end" if tok is None else "a literal" if _literal(tok) else repr(tok.text)
         return SQLError(
             f"{self.statement}: expected {wanted}, found {got}", hint=_USAGE.get(self.statement)
         )
 
 
 def _plain(tok: Token) -> bool:
-    return tok.token_type not in (TokenType.STRING, TokenType.IDENTIFIER)
+    return tok.token_type != TokenType.IDENTIFIER and not _literal(tok)
+
+
+def _literal(tok: Token) -> bool:
+    """A string of any kind ('…', $$…$$, E'…', X'…') or a number."""
+    return tok.token_type.name.endswith("STRING") or tok.token_type == TokenType.NUMBER
+
+
+def redact_literals(sql: str, dialect: str) -> str | None:
+    """``sql`` with every literal replaced by ``?`` (None when it cannot be tokenized: an
+    unterminated quote may hide anything).
+
+    Example:
+        >>> redact_literals("CREATE USER bob WITH PASSWORD 'it''s' -- x", "duckdb")
+        'CREATE USER bob WITH PASSWORD ? -- x'
+    """
+    try:
+        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    except SqlglotError:
+        return None
+    out, at = [], 0
+    for tok in tokens:
+        if _literal(tok):
+            out += [sql[at : tok.start], "?"]
+            at = tok.end + 1
+    return "".join([*out, sql[at:]])
 
 
 _USAGE = {
@@ -150,6 +165,7 @@ class GrantStatements:
     def __init__(self, service: TableService) -> None:
         self.service = service
         self.accounts = Accounts(service.catalog)
+        self.audit = AuditLog(service)
 
     def statement(self, stmt: exp.Expr, dialect: str, principal: Principal) -> Result:
         """A ``GRANT``/``REVOKE`` sqlglot parsed into a tree."""
@@ -173,11 +189,29 @@ class GrantStatements:
         )
         if not mine:
             return None
+        started = time.perf_counter()
+        failure: BaseException | None = None
         words = _Words(cmd, rest, dialect)
         try:
             return self._run(cmd, words, principal)
         except (AccountExists, AccountNotFound) as e:
-            raise SQLError(e.message, hint=e.hint, sqlstate=e.sqlstate) from None
+            failure = SQLError(e.message, hint=e.hint, sqlstate=e.sqlstate)
+            raise failure from None
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            if cmd != "SHOW":  # changes (done or refused) are audited, not listings
+                event = AuditEvent(
+                    principal.name,
+                    words.statement,
+                    words.object,
+                    outcome_of(failure),
+                    protocol="sql",
+                    statement=redact_literals(f"{cmd} {rest}", dialect),
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+                self.audit.record(event)
 
     def _run(self, cmd: str, w: _Words, principal: Principal) -> Result:
         if cmd == "CREATE":
@@ -185,7 +219,7 @@ class GrantStatements:
         if cmd == "DROP":
             kind = self._account_kind(w)
             if_exists = w.accept("IF", "EXISTS")
-            name = _account(w)
+            name = w.object = _account(w)
             w.end()
             if not (if_exists and not self.accounts.exists(name)):
                 self.accounts.drop(name, by=principal)
@@ -205,7 +239,7 @@ class GrantStatements:
     def _create(self, w: _Words, principal: Principal) -> Result:
         kind = self._account_kind(w)
         if_not_exists = w.accept("IF", "NOT", "EXISTS")
-        name = _account(w)
+        name = w.object = _account(w)
         password, admin = self._options(w, kind)
         w.end()
         if not (if_not_exists and self.accounts.exists(name)):
@@ -234,7 +268,7 @@ class GrantStatements:
 
     def _alter(self, w: _Words, principal: Principal) -> Result:
         if w.accept("GROUP"):
-            group = _account(w)
+            group = w.object = _account(w)
             add = w.accept("ADD")
             if not add:
                 w.expect("DROP")
@@ -249,7 +283,7 @@ class GrantStatements:
                     self.accounts.remove_member(group, member, by=principal)
             return ok("ALTER GROUP")
         w.expect("USER")
-        name = _account(w)
+        name = w.object = _account(w)
         password, admin = self._options(w, "user")
         w.end()
         if password is None and admin is None:
@@ -267,6 +301,7 @@ class GrantStatements:
             privileges.append(self._privilege(w))
         w.expect("ON")
         kind, securable = self._securable(w)
+        w.object = securable
         w.expect("TO" if cmd == "GRANT" else "FROM")
         grantees = [_check(g) for g in w.names("an account name")]
         w.end()

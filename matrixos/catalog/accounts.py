@@ -71,6 +71,8 @@ __all__ = ["Accounts", "ScramVerifier", "parse_duration"]
 # A token's last use is written at most this often: a busy client would otherwise make every
 # request a catalog write (a commit, on the object-store catalog).
 LAST_USED_EVERY = timedelta(minutes=1)
+# "system" owns the system tables (system.access.audit); no account may act as it.
+RESERVED_NAMES = frozenset({"system"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -135,6 +137,8 @@ class Accounts:
                 f"{name!r} is not a valid account name",
                 hint="use letters, digits and _ . @ + - (at most 128), not starting with . @ + -",
             )
+        if name.lower() in RESERVED_NAMES:
+            raise ConfigError(f"{name!r} is reserved", hint="choose another account name")
         if kind not in ACCOUNT_KINDS:
             raise ConfigError(f"unknown account kind {kind!r}", hint="user, group or service")
         if password is not None and kind == "group":

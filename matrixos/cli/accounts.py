@@ -13,12 +13,17 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from matrixos.cli.common import connect, fail
 from matrixos.cli.output import OutputFormat, console, emit_table
+
+if TYPE_CHECKING:
+    from matrixos.session import Lakehouse
 
 accounts_app = typer.Typer(
     help="Users, groups and service principals of the warehouse.", no_args_is_help=True
@@ -28,8 +33,31 @@ tokens_app = typer.Typer(
 )
 
 
+_LABELS = {"user": "USER", "group": "GROUP", "service": "SERVICE PRINCIPAL"}
+
+
 def _done(message: str) -> None:
     console(stderr=True).print(message, markup=False, highlight=False)
+
+
+@contextmanager
+def _audited(lh: Lakehouse, action: str, obj: str) -> Iterator[list[str]]:
+    """Run a change and record it (done or failed) in system.access.audit; a detail appended
+    to the yielded list (a token's id) goes into the row's object."""
+    from matrixos.catalog.audit import AuditEvent, AuditLog, outcome_of
+
+    detail: list[str] = []
+    failure: BaseException | None = None
+    try:
+        yield detail
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        event = AuditEvent(
+            lh.principal.name, action, " ".join([obj, *detail]), outcome_of(failure), "cli"
+        )
+        AuditLog(lh.service).record(event)
 
 
 @accounts_app.command("create")
@@ -59,7 +87,7 @@ def create(
         if not password:
             fail("--password-stdin: stdin held no password", code=2)
     kind = "group" if group else "service" if service else "user"
-    with connect(ctx, create=True) as lh:
+    with connect(ctx, create=True) as lh, _audited(lh, f"CREATE {_LABELS[kind]}", name):
         Accounts(lh.catalog).create(name, kind, admin=admin, password=password)
     _done(f"created {kind} {name}" + (" (admin)" if admin else ""))
 
@@ -102,7 +130,7 @@ def drop(
     """Drop an account with its memberships, grants, tokens and password."""
     from matrixos.catalog.accounts import Accounts
 
-    with connect(ctx) as lh:
+    with connect(ctx) as lh, _audited(lh, "DROP ACCOUNT", name):
         Accounts(lh.catalog).drop(name)
     _done(f"dropped {name}")
 
@@ -116,7 +144,7 @@ def add_member(
     """Put an account in a group: it gets the group's grants."""
     from matrixos.catalog.accounts import Accounts
 
-    with connect(ctx) as lh:
+    with connect(ctx) as lh, _audited(lh, "ALTER GROUP", group):
         Accounts(lh.catalog).add_member(group, member)
     _done(f"{member} is in {group}")
 
@@ -133,8 +161,9 @@ def create_token(
     """Create an API token and print it: the only time it is shown."""
     from matrixos.catalog.accounts import Accounts
 
-    with connect(ctx) as lh:
+    with connect(ctx) as lh, _audited(lh, "CREATE TOKEN", name) as detail:
         token = Accounts(lh.catalog).create_token(name, expires_in)
+        detail.append(token.split("_", 2)[1])  # its id: the secret is never recorded
     typer.echo(token)
     _done("keep this token now: only its hash is stored, it cannot be shown again")
 
@@ -175,6 +204,6 @@ def revoke_token(
     """Revoke a token: the next request that carries it is refused."""
     from matrixos.catalog.accounts import Accounts
 
-    with connect(ctx) as lh:
+    with connect(ctx) as lh, _audited(lh, "REVOKE TOKEN", token_id):
         Accounts(lh.catalog).revoke_token(token_id)
     _done(f"revoked token {token_id}")

@@ -154,3 +154,32 @@ def test_a_password_is_never_in_a_result(sales) -> None:
         Accounts(sales.catalog).authenticate_password("bob", SECRET)
     with pytest.raises(SQLError, match="expected PASSWORD"):
         sales.sql("ALTER USER bob")
+
+
+def test_changes_are_audited_and_no_password_is_kept(sales, tmp_path) -> None:
+    lh = sales
+    me = lh.principal.name
+    lh.sql(f"CREATE USER bob WITH PASSWORD '{SECRET}'")
+    lh.sql("GRANT USE CATALOG ON CATALOG main TO bob")
+    with pytest.raises(AccessDenied):
+        as_(lh, "bob").sql("GRANT SELECT ON TABLE sales.orders TO bob")
+    with pytest.raises(SQLError):
+        lh.sql(f"ALTER USER nobody PASSWORD '{SECRET}'")
+    lh.sql("SHOW GRANTS")  # a listing changes nothing: not audited
+    audit = lh.sql(
+        "SELECT principal, action, object, outcome, protocol, statement "
+        "FROM system.access.audit ORDER BY event_time"
+    ).fetchall()
+    assert audit == [
+        (me, "CREATE USER", "bob", "ok", "sql", "CREATE USER bob WITH PASSWORD ?"),
+        (me, "GRANT", "main", "ok", "sql", "GRANT USE CATALOG ON CATALOG main TO bob"),
+        ("bob", "GRANT", "main.sales.orders", "denied", "sql", audit[2][5]),
+        (me, "ALTER USER", "nobody", "failed: SQLError", "sql", "ALTER USER nobody PASSWORD ?"),
+    ]
+    assert audit[2][5].startswith("GRANT SELECT ON TABLE sales.orders TO bob")
+    # the audit table is the system's: others cannot read it
+    with pytest.raises(AccessDenied):
+        as_(lh, "bob").sql("SELECT * FROM system.access.audit")
+    # no file of the warehouse or its catalog holds the password
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if SECRET.encode() in p.read_bytes()]
