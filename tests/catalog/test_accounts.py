@@ -16,6 +16,7 @@ import pytest
 from matrixos.catalog import open_catalog
 from matrixos.catalog.accounts import Accounts, ScramVerifier, parse_duration
 from matrixos.catalog.base import now
+from matrixos.catalog.objectstore import CHECKPOINT_EVERY
 from matrixos.errors import AccessDenied, AccountExists, AccountNotFound, ConfigError
 
 try:
@@ -290,3 +291,49 @@ def test_grants_are_recorded_and_checked(accounts: Accounts) -> None:
     assert accounts.revoke("SELECT", "main.sales", "bob")
     assert not accounts.revoke("SELECT", "main.sales", "bob")
     assert not accounts.principal("bob").may("SELECT", "main.sales.orders")
+
+
+def test_accounts_survive_a_log_checkpoint(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'log'}"
+    writer = Accounts(open_catalog(url))
+    reader = Accounts(open_catalog(url))  # opened before: catches up commit by commit
+    writer.create("team", kind="group")
+    for i in range(CHECKPOINT_EVERY):
+        writer.create(f"u{i}", password=f"pw{i}")
+        writer.add_member("team", f"u{i}")
+    writer.grant("USE CATALOG", "main", "team")
+    token = writer.create_token("u3", "1d")
+    writer.drop("u5")
+    assert sorted((tmp_path / "log" / "checkpoints").iterdir())  # a checkpoint was written
+    fresh = Accounts(open_catalog(url))  # starts from the newest checkpoint
+    for accounts in (writer, reader, fresh):
+        assert len(accounts.list()) == CHECKPOINT_EVERY  # the team, and every user but u5
+        assert accounts.members("team") == sorted(
+            f"u{i}" for i in range(CHECKPOINT_EVERY) if i != 5
+        )
+        assert accounts.principal("u3").grants == {"USE CATALOG ON CATALOG main"}
+        assert accounts.authenticate_password("u7", "pw7").name == "u7"
+    assert fresh.authenticate_token(token).name == "u3"
+
+
+def test_a_catalog_made_before_accounts_opens_and_gets_them(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cat = open_catalog(url)
+    cat.create_schema("main", "sales")
+    cat.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as a catalog of the previous release left it
+        for table in ("mx_accounts", "mx_members", "mx_grants", "mx_tokens", "mx_passwords"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+    engine.dispose()
+    cat = open_catalog(url)
+    try:
+        assert ("main", "sales") in cat.list_schemas()
+        accounts = Accounts(cat)
+        assert accounts.list() == []
+        accounts.create("bob")
+        assert accounts.grant("USE SCHEMA", "main.sales", "bob")
+    finally:
+        cat.close()
