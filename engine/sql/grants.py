@@ -222,6 +222,12 @@ class GrantStatements:
             name = w.object = _account(w)
             w.end()
             if not (if_exists and not self.accounts.exists(name)):
+                actual = self.accounts.get(name).kind
+                if actual != kind:
+                    raise SQLError(
+                        f"{name} is a {_label(actual).lower()}, not a {_label(kind).lower()}",
+                        hint=f"DROP {_label(actual)} {name}",
+                    )
                 self.accounts.drop(name, by=principal)
             return ok(f"DROP {_label(kind)}")
         if cmd == "ALTER":
@@ -356,7 +362,9 @@ class GrantStatements:
             securable = self._securable(w)[1]
         w.end()
         rows = self.accounts.grants(grantee, securable)
-        if not principal.is_admin:
+        if not principal.is_admin and not (
+            securable and self.accounts.may_manage(principal, securable)
+        ):
             mine = {principal.name, *principal.groups}
             rows = [g for g in rows if g.grantee in mine]
         return _grants_result(rows)

@@ -252,6 +252,16 @@ class Accounts:
             _may_grant(by, name, owner, found)
         return GrantInfo(privilege, found, name, to, granted_by=by.name if by else None)
 
+    def may_manage(self, principal: Principal, securable: str, kind: str | None = None) -> bool:
+        """Whether ``principal`` may grant on (and see every grant of) an existing securable:
+        as an admin, its owner or a holder of ``MANAGE`` on it."""
+        found, name = securable_kind(securable, kind)
+        try:
+            found, owner = self._securable(found, name, explicit=kind is not None)
+        except LookupError:
+            return principal.is_admin
+        return principal.may("MANAGE", name, owner=owner, kind=found)
+
     def _securable(self, kind: str, name: str, explicit: bool) -> tuple[str, str | None]:
         """``(kind, owner)`` of an existing securable; ``TableNotFound`` if there is none."""
         if kind == "catalog":

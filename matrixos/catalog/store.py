@@ -378,15 +378,18 @@ class SQLCatalog(Catalog):
         return _account(row)
 
     def add_member(self, group: str, member: str) -> None:
-        with self.engine.begin() as conn:
-            self._need_accounts(conn, group, member)
-            have = conn.execute(
-                sa.select(_members.c.member).where(
-                    _members.c.group_name == group, _members.c.member == member
-                )
-            ).first()
-            if have is None:
-                conn.execute(_members.insert().values(group_name=group, member=member))
+        try:
+            with self.engine.begin() as conn:
+                self._need_accounts(conn, group, member)
+                have = conn.execute(
+                    sa.select(_members.c.member).where(
+                        _members.c.group_name == group, _members.c.member == member
+                    )
+                ).first()
+                if have is None:
+                    conn.execute(_members.insert().values(group_name=group, member=member))
+        except IntegrityError:
+            pass  # added by another process at the same moment
 
     def remove_member(self, group: str, member: str) -> bool:
         q = _members.delete().where(_members.c.group_name == group, _members.c.member == member)
@@ -470,12 +473,21 @@ class SQLCatalog(Catalog):
                 raise no_token(info.id)
 
     def set_password(self, account: str, verifier: str | None) -> None:
-        with self.engine.begin() as conn:
-            self._need_accounts(conn, account)
-            conn.execute(_passwords.delete().where(_passwords.c.account == account))
-            if verifier is not None:
-                row = {"account": account, "verifier": verifier, "updated_at": _now()}
-                conn.execute(_passwords.insert().values(**row))
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    self._need_accounts(conn, account)
+                    conn.execute(_passwords.delete().where(_passwords.c.account == account))
+                    if verifier is not None:
+                        row = {"account": account, "verifier": verifier, "updated_at": _now()}
+                        conn.execute(_passwords.insert().values(**row))
+                return
+            except IntegrityError as e:
+                # another process set one between our delete and insert: set ours again
+                if attempt == 2:
+                    raise StorageError(
+                        f"the password of {account} is being changed meanwhile"
+                    ) from e
 
     def get_password(self, account: str) -> str | None:
         q = sa.select(_passwords.c.verifier).where(_passwords.c.account == account)

@@ -110,6 +110,9 @@ def test_only_admins_and_owners_grant(sales) -> None:
     # an owner grants on what it owns
     bob.sql("CREATE TABLE sales.bobs AS SELECT 1 AS x")
     bob.sql("GRANT SELECT ON TABLE sales.bobs TO carol")
+    # …and sees every grant on it, not only its own
+    on_bobs = rows(bob.sql("SHOW GRANTS ON TABLE sales.bobs"))
+    assert [(r["principal"], r["granted_by"]) for r in on_bobs] == [("carol", "bob")]
     assert as_(lh, "carol").sql("SELECT x FROM sales.bobs").scalar() == 1
     # a user sees only the grants given to it (and its groups)
     assert {r["principal"] for r in rows(as_(lh, "carol").sql("SHOW GRANTS"))} == {"carol"}
@@ -132,6 +135,7 @@ BAD = [
     ("GRANT SELECT ON TABLE sales.orders TO nobody", "'nobody' does not exist"),
     ("GRANT READ VOLUME ON TABLE sales.orders TO bob", "cannot be granted on a table"),
     ("GRANT SELECT ON CATALOG a.b TO bob", "not a catalog name"),
+    ("DROP GROUP bob", "bob is a user, not a group"),
 ]
 
 
