@@ -56,6 +56,7 @@ class Target:
     ledger_dir: str
     settings: dict[str, Any] = field(default_factory=dict)  # for the writers' mx.connect
     location: str = ""  # the table's folder, filled in by ``setup``
+    weights: dict[str, int] | None = None  # the writers' operation mix (default: *_OPS)
 
 
 @dataclass
@@ -223,13 +224,13 @@ def writer_main(target: Target, w: int, seed: int) -> None:
     if r.pending is not None:  # the parent resolves intents before restarting a writer
         raise SystemExit(f"writer {w}: unresolved intent {r.pending}")
     state, n = r.state, r.next_op
-    weights = DELTA_OPS if target.format == "delta" else LANCE_OPS
+    weights = target.weights or (DELTA_OPS if target.format == "delta" else LANCE_OPS)
     kinds, odds = list(weights), list(weights.values())
     with mx.connect(target.uri, storage_options=target.storage_options, **target.settings) as lh:
         t = lh.table(TABLE)
         while True:
             kind = rng.choices(kinds, odds)[0]
-            if rng.random() < 0.02:
+            if target.weights is None and rng.random() < 0.02:
                 kind = rng.choice(
                     [k for k in RARE_OPS if target.format == "delta" or k != "zorder"]
                 )
@@ -480,6 +481,97 @@ def run(
         report.rounds += 1
         if log:
             log(f"round {rnd + 1}: {json.dumps(_summary(target, writers, report))}")
+    _summary(target, writers, report)
+    return report
+
+
+def open_intent(target: Target, w: int) -> dict[str, Any] | None:
+    """Writer ``w``'s operation in progress (its last ledger line is an intent), or None."""
+    path = _ledger(target, w)
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        return e if "intent" in e else None
+    return None
+
+
+def run_targeted(
+    target: Target,
+    *,
+    writers: int,
+    kinds: list[str],
+    trials: int,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """For each operation kind in ``kinds``, one round that kill -9s writers only while they
+    are inside an operation of that kind, until ``trials`` such kills were checked. The
+    writers draw that kind half of the time (the rest keeps the table changing under it); the
+    kill comes at a random moment within the kind's typical duration, so it lands anywhere
+    from before the first file is written to after the commit, before the acknowledgement."""
+    rng = random.Random(seed)
+    report = Report()
+    setup(target)
+    base = DELTA_OPS if target.format == "delta" else LANCE_OPS
+    for kind in kinds:
+        mix = dict(base)
+        mix[kind] = sum(mix.values())  # half the operations are of this kind
+        target.weights = mix
+        crew = _Crew(target, rng)
+        for w in range(writers):
+            crew.start(w)
+        done = 0
+        took: list[float] = [0.05]
+        while done < trials:
+            time.sleep(0.005)
+            for w, p in list(crew.procs.items()):
+                if p.exitcode is not None:  # died by itself: an error it recorded
+                    _settle(target)
+                    resolve(target, w, read_rows(target), report)
+                    crew.start(w)
+            busy = set(crew.working())
+            candidates = [
+                (w, e)
+                for w in busy
+                if (e := open_intent(target, w)) is not None and e["op"] == kind
+            ]
+            if not candidates:
+                continue
+            w, e = rng.choice(candidates)
+            typical = sorted(took)[len(took) // 2]
+            time.sleep(rng.uniform(0, typical * 1.2))
+            _kill(crew.procs[w])
+            report.kills += 1
+            _settle(target)
+            pending = replay(_ledger(target, w)).pending
+            if pending is not None and pending["op"] == kind:
+                done += 1
+            else:  # it finished first: learn how long the kind takes, and try again
+                took.append(typical * 1.5)
+            resolve(target, w, read_rows(target), report)
+            crew.start(w)
+            took = took[-50:]
+        for p in crew.procs.values():
+            _kill(p)
+            report.kills += 1
+        _settle(target)
+        rows = read_rows(target)
+        for w in range(writers):
+            resolve(target, w, rows, report)
+        check(target, writers, report, rows)
+        check_readers(target, rows, report)
+        report.rounds += 1
+        if log:
+            log(f"{kind}: {done} kills mid-{kind}; {json.dumps(_summary(target, writers, report))}")
+    target.weights = None
     _summary(target, writers, report)
     return report
 

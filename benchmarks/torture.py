@@ -1,6 +1,7 @@
 """Torture run: N writer processes x mixed operations x random kill -9, checked by a ledger.
 
     python -m benchmarks.torture --minutes 10 --writers 8 --kills 200 --backend local --format delta
+    python -m benchmarks.torture --trials-per-kind 200 --writers 6 --backend local --format lance
 
 Each round runs ``--writers`` processes doing appends, merges, updates, deletes, overwrites
 (replaceWhere on the writer's own rows), OPTIMIZE (plain and ZORDER), auto-compaction (every 4
@@ -19,7 +20,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 
-from benchmarks._torture import MotoS3, Target, run
+from benchmarks._torture import RARE_OPS, MotoS3, Target, run, run_targeted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit-retries", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the summary here too")
+    ap.add_argument(
+        "--trials-per-kind",
+        type=int,
+        default=0,
+        help="instead of timed churn: kill -9 writers only inside each write kind, this many "
+        "times per kind (append, merge, update, delete, overwrite, optimize, zorder, vacuum)",
+    )
     args = ap.parse_args(argv)
 
     seconds = args.minutes * 60
@@ -50,15 +58,28 @@ def main(argv: list[str] | None = None) -> int:
             uri, opts = f"{work}/warehouse", None
         target = Target(uri, opts, args.format, f"{work}/ledgers", settings)
         started = time.monotonic()
-        report = run(
-            target,
-            writers=args.writers,
-            rounds=args.rounds,
-            round_seconds=per_round,
-            kill_every=(gap * 0.5, gap * 1.5),
-            seed=args.seed,
-            log=lambda line: print(line, flush=True),
-        )
+        if args.trials_per_kind:
+            kinds = ["append", "merge", "update", "delete", "overwrite", "optimize", *RARE_OPS]
+            if args.format != "delta":  # Lance has no replaceWhere overwrite and no ZORDER
+                kinds = [k for k in kinds if k not in ("overwrite", "zorder")]
+            report = run_targeted(
+                target,
+                writers=args.writers,
+                kinds=kinds,
+                trials=args.trials_per_kind,
+                seed=args.seed,
+                log=lambda line: print(line, flush=True),
+            )
+        else:
+            report = run(
+                target,
+                writers=args.writers,
+                rounds=args.rounds,
+                round_seconds=per_round,
+                kill_every=(gap * 0.5, gap * 1.5),
+                seed=args.seed,
+                log=lambda line: print(line, flush=True),
+            )
         summary = {
             "backend": args.backend,
             "format": args.format,

@@ -15,7 +15,7 @@ from deltalake import DeltaTable, write_deltalake
 # The harness is shared with the benchmark; pytest puts tests/, not the repository root, on
 # sys.path (spawned writers inherit the path, so they find it too).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks._torture import Report, Target, check, read_rows, run, setup
+from benchmarks._torture import Report, Target, check, read_rows, run, run_targeted, setup
 
 
 def make_target(root: Any, tmp_path: Path, fmt: str) -> Target:
@@ -54,6 +54,20 @@ def test_kill_9_churn_loses_and_duplicates_nothing(
     assert len(writes) >= 2, summary
     assert report.compactions >= 1, summary  # auto/explicit compactions really ran
     assert report.rows > 1
+
+
+def test_kills_inside_each_write_kind(tmp_path: Path) -> None:
+    """The targeted mode the long run uses for its per-kind trial counts: every kill lands
+    while the writer is inside an operation of the round's kind."""
+    root = type("Root", (), {"uri": str(tmp_path / "wh"), "storage_options": None})()
+    target = make_target(root, tmp_path, "delta")
+    kinds = ["append", "merge", "update", "delete", "overwrite", "optimize"]
+    report = run_targeted(target, writers=3, kinds=kinds, trials=2, seed=3)
+    summary = report.as_dict()
+    assert report.ok, summary
+    assert not report.errors, summary
+    for kind in kinds:
+        assert summary["kills_mid_operation"].get(kind, 0) >= 2, summary
 
 
 def test_the_checker_sees_loss_duplicates_and_half_visible_writes(tmp_path: Path) -> None:
