@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import matrixos as mx
 from matrixos.catalog import open_catalog
 from matrixos.catalog.accounts import Accounts, ScramVerifier, parse_duration
 from matrixos.catalog.base import now
@@ -337,3 +338,23 @@ def test_a_catalog_made_before_accounts_opens_and_gets_them(tmp_path: Path) -> N
         assert accounts.grant("USE SCHEMA", "main.sales", "bob")
     finally:
         cat.close()
+
+
+def test_sql_grants_hold_on_every_backend(tmp_path: Path, catalog_url: str) -> None:
+    with mx.connect(str(tmp_path / "wh"), catalog_url=catalog_url) as lh:
+        lh.create_table("sales.orders", [{"id": 1}])
+        lh.create_table("hr.pay", [{"x": 1}])
+        for sql in (
+            "CREATE GROUP analysts",
+            "CREATE USER bob",
+            "ALTER GROUP analysts ADD USER bob",
+            "GRANT USE CATALOG ON CATALOG main TO analysts",
+            "GRANT USE SCHEMA, SELECT ON SCHEMA sales TO analysts",
+        ):
+            lh.sql(sql)
+        bob = lh.with_principal(Accounts(lh.catalog).principal("bob"))
+        assert bob.tables() == ["main.sales.orders"]
+        assert bob.sql("SELECT id FROM sales.orders").scalar() == 1
+        with pytest.raises(AccessDenied):
+            bob.sql("SELECT * FROM hr.pay")
+        assert lh.sql("SELECT count(*) FROM system.access.audit").scalar() == 5
