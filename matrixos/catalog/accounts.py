@@ -30,6 +30,7 @@ import builtins
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -57,6 +58,7 @@ from matrixos.catalog.base import (
     now,
 )
 from matrixos.catalog.names import TableIdent
+from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import (
     AccessDenied,
     AccountNotFound,
@@ -68,6 +70,7 @@ from matrixos.errors import (
 
 __all__ = ["Accounts", "ScramVerifier", "parse_duration"]
 
+_ANY_TOKEN = "<token>"  # the throttle's name for token logins (no account is named so)
 # A token's last use is written at most this often: a busy client would otherwise make every
 # request a catalog write (a commit, on the object-store catalog).
 LAST_USED_EVERY = timedelta(minutes=1)
@@ -113,8 +116,11 @@ class Accounts:
     Thread-safe; a server keeps one (it remembers recently checked tokens).
     """
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, throttle: LoginThrottle | None = None) -> None:
+        """``throttle``: refuse logins of an account (of any token) from an address that has
+        failed too often (``catalog/throttle.py``); None: no limit."""
         self.catalog = catalog
+        self.throttle = throttle
         # token id → (its stored hash, sha256 of the token): a token checked once is not run
         # through scrypt again while its record is unchanged (revocation and expiry are read
         # from the catalog on every call all the same).
@@ -353,9 +359,14 @@ class Accounts:
             self.catalog.update_token(replace(info, revoked_at=now()))
         self._checked.pop(token_id)
 
-    def authenticate_token(self, token: str) -> Principal:
+    def authenticate_token(self, token: str, *, client: str | None = None) -> Principal:
         """The principal a token stands for; ``AccessDenied`` if it is unknown, wrong,
-        expired or revoked, or its account is gone. Records the token's last use."""
+        expired or revoked, or its account is gone (or, with a throttle, while ``client``'s
+        address has failed too often). Records the token's last use."""
+        # Tokens are throttled per address alone: a guesser makes up a new id every time.
+        return self._throttled(_ANY_TOKEN, client, lambda: self._token_principal(token))
+
+    def _token_principal(self, token: str) -> Principal:
         parts = split_token(token)
         info = self.catalog.find_token(parts[0]) if parts else None
         if parts is None or info is None:
@@ -401,8 +412,14 @@ class Accounts:
             return None
         return None if stored is None else ScramVerifier.parse(stored)
 
-    def authenticate_password(self, name: str, password: str) -> Principal:
-        """The principal of ``name`` if ``password`` is its password; else ``AccessDenied``."""
+    def authenticate_password(
+        self, name: str, password: str, *, client: str | None = None
+    ) -> Principal:
+        """The principal of ``name`` if ``password`` is its password; else ``AccessDenied``
+        (also, with a throttle, while ``name`` has failed too often from ``client``)."""
+        return self._throttled(name, client, lambda: self._password_principal(name, password))
+
+    def _password_principal(self, name: str, password: str) -> Principal:
         verifier = self.scram_verifier(name)
         if verifier is None or not verifier.verify_password(password):
             raise _bad_login("password")
@@ -410,6 +427,18 @@ class Accounts:
             return self.principal(name)
         except AccountNotFound:
             raise _bad_login("password") from None
+
+    def _throttled(self, who: str, client: str | None, login: Callable[[], Principal]) -> Principal:
+        if self.throttle is None:
+            return login()
+        self.throttle.check(who, client)
+        try:
+            principal = login()
+        except AccessDenied:
+            self.throttle.failed(who, client)
+            raise
+        self.throttle.succeeded(who, client)
+        return principal
 
 
 def _may_grant(by: Principal, name: str, owner: str | None, kind: str) -> None:

@@ -18,6 +18,7 @@ from matrixos.catalog import open_catalog
 from matrixos.catalog.accounts import Accounts, ScramVerifier, parse_duration
 from matrixos.catalog.base import now
 from matrixos.catalog.objectstore import CHECKPOINT_EVERY
+from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import AccessDenied, AccountExists, AccountNotFound, ConfigError
 
 try:
@@ -358,3 +359,38 @@ def test_sql_grants_hold_on_every_backend(tmp_path: Path, catalog_url: str) -> N
         with pytest.raises(AccessDenied):
             bob.sql("SELECT * FROM hr.pay")
         assert lh.sql("SELECT count(*) FROM system.access.audit").scalar() == 5
+
+
+def test_failed_logins_are_throttled_per_account_and_address() -> None:
+    clock = [0.0]
+    throttle = LoginThrottle(limit=3, window=60, lockout=30, clock=lambda: clock[0])
+    accounts = Accounts(open_catalog("sqlite://"), throttle=throttle)
+    accounts.create("bob", password="right")
+    token = accounts.create_token("bob")
+    here, there = "10.0.0.7", "10.0.0.8"
+    for _ in range(3):
+        with pytest.raises(AccessDenied, match="password authentication failed"):
+            accounts.authenticate_password("bob", "guess", client=here)
+    # locked: even the right password is not checked from here, for 30 s
+    with pytest.raises(AccessDenied, match="too many failed logins") as e:
+        accounts.authenticate_password("bob", "right", client=here)
+    assert e.value.sqlstate == "08004" and "retry in 30 s" in str(e.value)
+    assert throttle.retry_after("bob", here) == 30.0
+    # bob is not locked out from everywhere, nor are tokens from here
+    assert accounts.authenticate_password("bob", "right", client=there).name == "bob"
+    assert accounts.authenticate_token(token, client=here).name == "bob"
+    clock[0] = 31.0
+    assert accounts.authenticate_password("bob", "right", client=here).name == "bob"
+    # made-up tokens are counted per address, whatever id they carry
+    for i in range(3):
+        with pytest.raises(AccessDenied, match="token authentication failed"):
+            accounts.authenticate_token(f"mxt_{i:016x}_guess", client=here)
+    with pytest.raises(AccessDenied, match="too many failed logins"):
+        accounts.authenticate_token(token, client=here)
+    assert accounts.authenticate_token(token, client=there).name == "bob"
+    # without a throttle nothing is counted
+    plain = Accounts(accounts.catalog)
+    for _ in range(10):
+        with pytest.raises(AccessDenied, match="authentication failed"):
+            plain.authenticate_password("bob", "guess", client=here)
+    assert plain.authenticate_password("bob", "right", client=here).name == "bob"
