@@ -149,6 +149,8 @@ class Accounts:
             raise ConfigError(f"unknown account kind {kind!r}", hint="user, group or service")
         if password is not None and kind == "group":
             raise ConfigError(f"group {name} cannot have a password: its members sign in")
+        if password == "":
+            raise ConfigError("a password cannot be empty")
         self.catalog.create_account(AccountInfo(name=name, kind=kind, admin=admin))
         if password is not None:
             self.set_password(name, password)
@@ -176,6 +178,7 @@ class Accounts:
         self._checked.clear()
 
     def set_admin(self, name: str, admin: bool, *, by: Principal | None = None) -> None:
+        """Give or take the admin role (every privilege, account management)."""
         _admin_only(by, f"alter account {name}")
         self.catalog.update_account(replace(self.catalog.get_account(name), admin=admin))
 
@@ -189,6 +192,7 @@ class Accounts:
         self.catalog.add_member(group, member)
 
     def remove_member(self, group: str, member: str, *, by: Principal | None = None) -> bool:
+        """Take ``member`` out of ``group``; whether it was in."""
         _admin_only(by, f"alter group {group}")
         return self.catalog.remove_member(group, member)
 
