@@ -1,0 +1,668 @@
+"""The PostgreSQL wire protocol (v3): psql, psycopg, asyncpg and BI tools query MatrixOS.
+
+Built on pg-mimic (MIT, pure Python, asyncio), which frames the messages and runs the simple
+and extended query protocols (Parse/Bind/Describe/Execute/Sync, prepared statements, portals,
+``PortalSuspended``). MatrixOS adds what a shared server needs:
+
+* SCRAM-SHA-256 against the accounts' stored verifiers (the password never reaches the
+  server), or ``auth="password"`` (cleartext: a password or an API token; use it with TLS),
+  or ``auth="trust"`` (every client acts as the session's own principal: tests, local use).
+* TLS when an ``ssl.SSLContext`` is given (``SSLRequest`` → ``S``), else ``N``.
+* Every statement runs through the SQL engine in the PostgreSQL dialect as the logged-in
+  principal (``Lakehouse.with_principal``), parameters ``$n`` bound as literals of the parsed
+  statement, results in text format with type OIDs from the Arrow types, the engine's command
+  tags (``INSERT 0 3``), and ``MatrixOSError``s as ErrorResponses with their SQLSTATE, hint and
+  position.
+* ``CancelRequest`` interrupts the running statement (``engine/interrupt.py``): 57014.
+* ``pg_catalog``/``information_schema`` from the catalog as the principal sees it
+  (``pg_catalog.py``); ``SET``/``SHOW`` of the client parameters psql and drivers send are
+  answered here and never reach the engine; other settings are refused.
+
+Why some pg-mimic internals are overridden (``_handle_client``, ``_negotiate_startup``,
+``_execute_one_simple_statement``, ``_handle_execute``): pg-mimic 0.1.3 has no TLS upgrade, builds
+command tags from the statement's first word and returned row count (``INSERT 0 0``), and
+describes a simple query before binding it. The extra is pinned to that version.
+
+Example:
+    >>> import tempfile, matrixos as mx
+    >>> lh = mx.connect(tempfile.mkdtemp())
+    >>> server = start_pg_server(lh, port=0, auth="trust")
+    >>> server.port > 0
+    True
+    >>> server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import re
+import secrets
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import sqlglot
+from pg_mimic import PgServer, Portal, ResultColumn, Session, Statement, StaticStatement, messages
+from pg_mimic.auth import AuthPlugin, TrustAuthPlugin
+from pg_mimic.connection import Connection, command_tag
+from pg_mimic.errors import PgError
+from pg_mimic.middleware import (
+    MiddlewareContext,
+    asyncpg_typeinfo,
+    is_transaction_end,
+    resolve,
+    session_functions,
+    transaction_control,
+)
+from pg_mimic.results import encode_row
+from pg_mimic.stream import ConnectionClosed, PgStream
+from scramp import ScramException, ScramMechanism
+from sqlglot import exp
+
+from matrixos import __version__
+from matrixos.catalog.accounts import Accounts
+from matrixos.engine.interrupt import Interrupt, interruptible
+from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
+from matrixos.server.pg_catalog import CatalogView, catalog_statement, is_catalog_query
+from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
+
+if TYPE_CHECKING:
+    import ssl
+
+    from matrixos.catalog.access import Principal
+    from matrixos.engine.result import Result
+    from matrixos.session import Lakehouse
+
+log = logging.getLogger("matrixos.server.pg")
+
+AuthMethod = Literal["scram-sha-256", "password", "trust"]
+SERVER_VERSION = f"16.0 (MatrixOS {__version__})"
+FETCH_ROWS = 8192  # rows converted per step when a client fetches without a limit
+
+# Client parameters drivers and psql set (psycopg: client_encoding, DateStyle, TimeZone;
+# JDBC: extra_float_digits, application_name; BI tools: search_path, statement_timeout).
+# Accepted and shown back; they never reach the engine. Any other SET is refused.
+CLIENT_SETTINGS = {
+    "application_name",
+    "bytea_output",
+    "client_encoding",
+    "client_min_messages",
+    "datestyle",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "intervalstyle",
+    "lock_timeout",
+    "search_path",
+    "session characteristics",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "time zone",
+    "timezone",
+    "transaction isolation level",
+}
+_SET_RE = re.compile(
+    r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(.+?)\s*(?:\bTO\b|=|\s)\s*(.*?)\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_RESET_RE = re.compile(r"^\s*RESET\s+(\w+|ALL)\s*;?\s*$", re.IGNORECASE)
+_SHOW_RE = re.compile(r"^\s*SHOW\s+(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+# SHOW statements the engine answers (the catalog); any other SHOW reads a client parameter.
+_ENGINE_SHOW = re.compile(
+    r"^(TABLES|SCHEMAS|DATABASES|CATALOGS|GRANTS|VOLUMES|COLUMNS|CREATE|TBLPROPERTIES|USERS|"
+    r"GROUPS|TOKENS|PARTITIONS)\b",
+    re.IGNORECASE,
+)
+# What a statement of these kinds returns is only a command tag (the engine's ``message``).
+_NO_ROWS = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
+
+
+# -- authentication --------------------------------------------------------------------------
+class ScramAuth(AuthPlugin):
+    """SCRAM-SHA-256 (RFC 5802/7677) against the account's stored verifier (scramp's server
+    side). An unknown user goes through the whole exchange with a random verifier and fails
+    like a wrong password, so the reply does not tell which names exist."""
+
+    MECHANISM = "SCRAM-SHA-256"
+
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+
+    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
+        verifier = await asyncio.to_thread(self._verifier, username)
+        if verifier is None:
+            salt, stored, server_key, iterations = (secrets.token_bytes(16),) * 3 + (4096,)
+        else:
+            salt, stored = verifier.salt, verifier.stored_key
+            server_key, iterations = verifier.server_key, verifier.iterations
+        server = ScramMechanism(self.MECHANISM).make_server(
+            lambda _name: (salt, stored, server_key, iterations)
+        )
+        stream.write(messages.make_authentication_sasl([self.MECHANISM]))
+        await stream.drain()
+        tag, payload = await stream.read_message()
+        if tag != messages.PASSWORD:
+            raise PgError("28P01", "expected a SASLInitialResponse")
+        _mechanism, client_first = messages.parse_sasl_initial_response(payload)
+        try:
+            _set_client_first(server, client_first.decode("utf-8"))
+            stream.write(
+                messages.make_authentication_sasl_continue(server.get_server_first().encode())
+            )
+            await stream.drain()
+            tag, payload = await stream.read_message()
+            if tag != messages.PASSWORD:
+                raise PgError("28P01", "expected a SASLResponse")
+            server.set_client_final(payload.decode("utf-8"))
+            final = server.get_server_final()
+        except (ScramException, UnicodeDecodeError):
+            log.info("pg login failed (SCRAM) for user %r", username)
+            return False
+        stream.write(messages.make_authentication_sasl_final(final.encode("utf-8")))
+        await stream.drain()
+        return True
+
+    def _verifier(self, username: str) -> Any:
+        try:
+            return self.accounts.scram_verifier(username)
+        except MatrixOSError:
+            return None
+
+
+def _set_client_first(server: Any, client_first: str) -> None:
+    """libpq sends ``n=`` (the user travelled in the startup packet); scramp wants a name.
+    Feed it a stand-in, then restore the signed client-first-bare exactly as sent."""
+    parts = client_first.split(",")
+    if len(parts) < 3 or parts[2] != "n=":
+        server.set_client_first(client_first)
+        return
+    server.set_client_first(",".join([*parts[:2], "n=user", *parts[3:]]))
+    server.client_first_bare = ",".join(parts[2:])
+
+
+class PasswordAuth(AuthPlugin):
+    """Cleartext password: the user's password or one of its API tokens (over TLS only, in
+    any deployment that is not loopback)."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+
+    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
+        stream.write(messages.make_authentication_cleartext_password())
+        await stream.drain()
+        tag, payload = await stream.read_message()
+        if tag != messages.PASSWORD:
+            raise PgError("28P01", "expected a password")
+        secret = payload.rstrip(b"\x00").decode("utf-8", "replace")
+        return await asyncio.to_thread(self._check, username, secret)
+
+    def _check(self, username: str, secret: str) -> bool:
+        try:
+            if secret.startswith("mxt_"):
+                return self.accounts.authenticate_token(secret).name == username
+            self.accounts.authenticate_password(username, secret)
+            return True
+        except MatrixOSError:
+            log.info("pg login failed (password) for user %r", username)
+            return False
+
+
+# -- statements ------------------------------------------------------------------------------
+class MxPortal(Portal):
+    """One bound statement: run on the first Describe or Execute (in a worker thread, as the
+    session's principal, interruptible), then drained in steps."""
+
+    def __init__(
+        self, session: MxSession, sql: str, param_oids: list[int | None], params: list[Any]
+    ) -> None:
+        self.session = session
+        self.sql = sql
+        self.param_oids = param_oids
+        self.params = params
+        self.columns: list[ResultColumn] | None = None
+        self.message: str | None = None  # the engine's command tag for DML/DDL
+        self.kind = "SELECT"
+        self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        sql = bind_parameters(self.sql, self.params, self.param_oids)
+        result = await self.session.run(sql)
+        self.message, self.kind = result.message, result.statement
+        if self.message is None:  # rows (a DML/DDL result is only its command tag)
+            self.columns = [ResultColumn(f.name, oid_for(f.type)) for f in result.schema]
+            self._rows = rows(result.schema, _batches(result.to_arrow_reader(keep=False)))
+
+    async def execute(self, max_rows: int) -> tuple[list[tuple[Any, ...]], bool]:
+        await self.start()
+        if self._rows is None:
+            return [], False
+        source = self._rows
+        n = max_rows if max_rows > 0 else None
+        fetched = await self.session.in_thread(lambda: list(islice(source, n)))
+        return fetched, n is not None and len(fetched) == n
+
+    def command_tag(self, rows_returned: int) -> str:
+        if self.message is not None:
+            return self.message
+        if self.kind in ("SHOW", "EXPLAIN", "DESCRIBE"):
+            return "SHOW" if self.kind == "SHOW" else self.kind
+        return f"SELECT {rows_returned}"
+
+
+def _batches(reader: Any) -> Iterator[Any]:
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+class MxStatement(Statement):
+    """A parsed statement (``$n`` parameters allowed) bound any number of times."""
+
+    def __init__(self, session: MxSession, sql: str, param_oids: list[int | None]) -> None:
+        self.session = session
+        self.sql = sql
+        self.param_oids = param_oids
+        self._pending: MxPortal | None = None
+        try:
+            trees = sqlglot.parse(sql, dialect="postgres")
+        except sqlglot.errors.SqlglotError:
+            trees = []
+        last = trees[-1] if trees else None
+        self.returns_rows = not isinstance(last, _NO_ROWS)
+
+    async def describe(self) -> list[ResultColumn] | None:
+        portal, self._pending = self._pending, None
+        if portal is not None and self.returns_rows:
+            await portal.start()  # the columns a query returns are known once it runs
+            return portal.columns
+        if not self.returns_rows:
+            return None
+        # Describe before Bind: the shape of the query with every parameter NULL, no rows.
+        probe = MxPortal(
+            self.session, _probe(self.sql), self.param_oids, [None] * _parameter_count(self.sql)
+        )
+        await probe.start()
+        return probe.columns
+
+    def bind(self, params: list[Any]) -> Portal:
+        portal = MxPortal(self.session, self.sql, self.param_oids, params)
+        self._pending = portal
+        return portal
+
+
+def _probe(sql: str) -> str:
+    """The query as ``SELECT * FROM (…) LIMIT 0``: its columns, not its rows."""
+    try:
+        tree = sqlglot.parse_one(sql, dialect="postgres")
+    except sqlglot.errors.SqlglotError:
+        return sql
+    if not isinstance(tree, exp.Query):
+        return sql
+    return exp.select("*").from_(tree.subquery("_q")).limit(0).sql("postgres")
+
+
+def _parameter_count(sql: str) -> int:
+    found = [int(m) for m in re.findall(r"\$(\d+)", sql)]
+    return max(found, default=0)
+
+
+# -- the session: one client connection ------------------------------------------------------
+class MxSession(Session):
+    """One connection's state: its principal's view of the lakehouse and the statement that
+    is running (for cancel requests)."""
+
+    def __init__(self, server: MatrixOSPgServer) -> None:
+        self.server = server
+        self.lakehouse: Lakehouse = server.lakehouse
+        self.catalog = "main"
+        self._interrupt: Interrupt | None = None
+
+    async def init(self, connection: Any) -> None:
+        await super().init(connection)
+        principal = await asyncio.to_thread(self.server.principal_for, connection.username)
+        self.lakehouse = self.server.lakehouse.with_principal(principal)
+        catalogs = {s.split(".", 1)[0] for s in self.lakehouse.schemas()}
+        self.catalog = connection.database if connection.database in catalogs else "main"
+        self.server.sessions[connection.pid] = (connection.secret, self)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self.server.sessions.pop(self._connection.pid, None)
+
+    async def prepare(self, sql: str, param_oids: list[int | None]) -> Statement:
+        chain = (settings, transaction_control, session_functions, asyncpg_typeinfo, catalog)
+        answered = await resolve(self._connection, sql, param_oids, chain)
+        if answered is not None:
+            return answered
+        if "$" in sql:  # ParameterDescription tells every parameter's type, as PostgreSQL's
+            param_oids = await asyncio.to_thread(parameter_oids, sql, param_oids, self._column_type)
+        return MxStatement(self, sql, param_oids)
+
+    def _column_type(self, column: exp.Column) -> pa.DataType | None:
+        """The type of a column a parameter meets, from the tables of its statement."""
+        tree = column.root()
+        for table in tree.find_all(exp.Table):
+            if column.table and column.table not in (table.alias_or_name, table.name):
+                continue
+            try:
+                schema = self.lakehouse.table(".".join(p.name for p in table.parts)).schema
+            except MatrixOSError:
+                continue
+            if column.name in schema.names:
+                return schema.field(column.name).type
+        return None
+
+    async def run(self, sql: str) -> Result:
+        """Run ``sql`` as this session's principal; errors as ``PgError``s."""
+        handle = Interrupt()
+        self._interrupt = handle
+
+        def work() -> Result:
+            with interruptible(handle):
+                return self.lakehouse.sql(sql, dialect="postgres")
+
+        return await self.in_thread(work, sql)
+
+    async def in_thread(self, fn: Any, sql: str | None = None) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except StatementCanceled as e:
+            raise PgError(e.sqlstate, e.message) from None
+        except MatrixOSError as e:
+            raise pg_error(e, sql) from None
+        except Exception:
+            log.exception("pg statement failed")
+            raise PgError("XX000", "internal error running the statement") from None
+
+    def interrupt(self) -> None:
+        """Stop the running statement (a CancelRequest)."""
+        if self._interrupt is not None:
+            self._interrupt.interrupt()
+
+
+# -- middleware: answered here, never by the engine -----------------------------------------
+async def settings(ctx: MiddlewareContext) -> Statement | None:
+    """SET/RESET/SHOW of client parameters; any other SET is refused (42501)."""
+    conn = ctx.connection
+    if m := _RESET_RE.match(ctx.sql):
+        name = m.group(1).lower()
+        return StaticStatement(
+            "RESET",
+            None,
+            [],
+            conn.session_vars.clear if name == "all" else lambda: conn.session_vars.pop(name, None),
+        )
+    if m := _SET_RE.match(ctx.sql):
+        name = " ".join(m.group(1).lower().split()).strip('"')
+        if name not in CLIENT_SETTINGS:
+            raise pg_error(
+                AccessDenied(
+                    f"setting {name!r} may not be changed over the wire",
+                    hint="client parameters (client_encoding, DateStyle, TimeZone, "
+                    "search_path, application_name, …) may be set; engine settings may not",
+                )
+            )
+        value = m.group(2).strip().strip("'\"")
+
+        def apply() -> None:
+            conn.session_vars[name] = value
+
+        return StaticStatement("SET", None, [], apply)
+    m = _SHOW_RE.match(ctx.sql)
+    if m and not _ENGINE_SHOW.match(m.group(1)):
+        name = m.group(1).strip('"').lower()
+        value = conn.session_vars.get(name) or conn.server.parameter_status.get(
+            _PARAMETER_CASE.get(name, name), _SHOW_DEFAULTS.get(name, "")
+        )
+        return StaticStatement("SHOW", [ResultColumn(name, 25)], [(value,)])
+    return None
+
+
+_PARAMETER_CASE = {
+    "datestyle": "DateStyle",
+    "timezone": "TimeZone",
+    "intervalstyle": "IntervalStyle",
+}
+_SHOW_DEFAULTS = {
+    "search_path": '"$user", public',
+    "transaction isolation level": "read committed",
+    "transaction_isolation": "read committed",
+    "max_identifier_length": "63",
+    "is_superuser": "off",
+}
+
+
+async def catalog(ctx: MiddlewareContext) -> Statement | None:
+    """``pg_catalog``/``information_schema`` queries, from the catalog the principal sees."""
+    tree = ctx.expression
+    if not is_catalog_query(tree):
+        return None
+    session: MxSession = ctx.connection.session
+    lh = session.lakehouse
+    view = CatalogView(lh.service, lh.principal, session.catalog)
+    return await asyncio.to_thread(catalog_statement, ctx.connection, tree, view)
+
+
+# -- the connection and the server ------------------------------------------------------------
+class MxConnection(Connection):
+    """pg-mimic's connection with the engine's command tags, and Bind before Describe in
+    the simple protocol (the statement runs once, its columns come from its result)."""
+
+    async def _execute_one_simple_statement(self, sql: str) -> None:
+        if self.tx_status == b"E" and not is_transaction_end(sql):
+            raise PgError("25P02", "current transaction is aborted, commands ignored")
+        if not sql.strip():
+            self.stream.write(messages.make_empty_query_response())
+            return
+        statement = await self.session.prepare(sql, [])
+        portal = statement.bind([])
+        columns = await statement.describe()
+        fetched, _ = await portal.execute(0)
+        if columns is not None:
+            self.stream.write(messages.make_row_description(_fields(columns)))
+            for row in fetched:
+                self.stream.write(messages.make_data_row(encode_row(row, columns)))
+        self.stream.write(messages.make_command_complete(_tag(portal, sql, len(fetched))))
+
+    async def _handle_execute(self, parsed: Any) -> None:
+        entry = self._get_portal(parsed.portal_name)
+        if self.tx_status == b"E" and not is_transaction_end(entry.sql):
+            raise PgError("25P02", "current transaction is aborted, commands ignored")
+        fetched, suspended = await entry.portal.execute(parsed.max_rows)
+        entry.rows_returned += len(fetched)
+        if entry.columns is not None:
+            for row in fetched:
+                try:
+                    values = encode_row(row, entry.columns, entry.result_format_codes)
+                except ValueError as e:
+                    raise PgError("0A000", str(e)) from None
+                self.stream.write(messages.make_data_row(values))
+        if suspended:
+            self.stream.write(messages.make_portal_suspended())
+        else:
+            tag = _tag(entry.portal, entry.sql, entry.rows_returned)
+            self.stream.write(messages.make_command_complete(tag))
+
+
+def _fields(columns: list[ResultColumn]) -> list[messages.FieldSpec]:
+    return [messages.FieldSpec(name=c.name, oid=c.oid, format_code=0) for c in columns]
+
+
+def _tag(portal: Portal, sql: str, rows_returned: int) -> str:
+    if isinstance(portal, MxPortal):
+        return portal.command_tag(rows_returned)
+    return command_tag(sql, rows_returned)
+
+
+class MatrixOSPgServer(PgServer):
+    """The wire server for one lakehouse: authentication, TLS, cancel requests."""
+
+    def __init__(
+        self,
+        lakehouse: Lakehouse,
+        *,
+        accounts: Accounts | None = None,
+        auth: AuthMethod = "scram-sha-256",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.lakehouse = lakehouse
+        self.accounts = accounts if accounts is not None else Accounts(lakehouse.catalog)
+        self.auth = auth
+        self.ssl_context = ssl_context
+        self.sessions: dict[int, tuple[int, MxSession]] = {}
+        super().__init__(
+            session_factory=lambda: MxSession(self),
+            auth_plugin_factory=self._auth_plugin,
+            server_version=SERVER_VERSION,
+        )
+
+    def _auth_plugin(self, username: str) -> AuthPlugin:
+        if self.auth == "trust":
+            return TrustAuthPlugin()
+        if self.auth == "password":
+            return PasswordAuth(self.accounts)
+        return ScramAuth(self.accounts)
+
+    def principal_for(self, username: str) -> Principal:
+        """The principal a logged-in user acts as (trust: the session's own)."""
+        if self.auth == "trust":
+            return self.lakehouse.principal
+        return self.accounts.principal(username)
+
+    def cancel(self, pid: int, secret: int) -> None:
+        entry = self.sessions.get(pid)
+        if entry is not None and entry[0] == secret:
+            entry[1].interrupt()
+        super().cancel(pid, secret)
+
+    async def _negotiate_startup(self, stream: PgStream) -> dict[str, str] | None:
+        code, payload = await stream.read_startup_packet()
+        if code == messages.SSL_REQUEST_CODE and self.ssl_context is not None:
+            stream.write(b"S")
+            await stream.drain()
+            await stream.writer.start_tls(self.ssl_context)
+            code, payload = await stream.read_startup_packet()
+        elif code in (messages.SSL_REQUEST_CODE, messages.GSSENC_REQUEST_CODE):
+            stream.write(b"N")
+            await stream.drain()
+            code, payload = await stream.read_startup_packet()
+        if code == messages.CANCEL_REQUEST_CODE:
+            pid, secret = messages.parse_cancel_request(payload)
+            self.cancel(pid, secret)
+            await stream.close()
+            return None
+        return messages.parse_startup_message(payload)
+
+    async def _handle_client(self, reader: Any, writer: Any) -> None:
+        stream = PgStream(reader, writer)
+        try:
+            startup = await self._negotiate_startup(stream)
+        except (ConnectionClosed, ConnectionError, OSError):
+            return
+        if startup is None:
+            return
+        session = self.session_factory()
+        if inspect.isawaitable(session):
+            session = await session
+        pid = self._allocate_pid()
+        secret = struct.unpack("!i", os.urandom(4))[0]
+        connection = MxConnection(stream, session, self, pid, secret, startup)
+        self._connections[pid] = connection
+        try:
+            await connection.run()
+        finally:
+            self._connections.pop(pid, None)
+
+
+@dataclass
+class PgServerHandle:
+    """A running wire server (its own event loop thread). ``stop()`` closes it."""
+
+    host: str
+    port: int
+    server: MatrixOSPgServer
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread = field(repr=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop listening, drop the connections and end the loop's thread."""
+        if not self.thread.is_alive():
+            return
+
+        async def close() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+
+
+def start_pg_server(
+    lakehouse: Lakehouse,
+    host: str = "127.0.0.1",
+    port: int = 5433,
+    *,
+    accounts: Accounts | None = None,
+    auth: AuthMethod = "scram-sha-256",
+    ssl_context: ssl.SSLContext | None = None,
+) -> PgServerHandle:
+    """Serve ``lakehouse`` over the PostgreSQL wire on ``host:port`` (``port=0``: any free
+    port, see ``handle.port``) from a background thread; returns once it listens.
+
+    Args:
+        lakehouse: The session whose warehouse and catalog are served; each client acts as
+            its logged-in account's principal (``auth="trust"``: as ``lakehouse.principal``).
+        accounts: Where users, verifiers and tokens live (default
+            ``Accounts(lakehouse.catalog)``).
+        auth: ``scram-sha-256`` (default), ``password`` (cleartext password or API token:
+            use TLS) or ``trust``.
+        ssl_context: Serve TLS to clients that ask for it (``sslmode=require``).
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    server = MatrixOSPgServer(lakehouse, accounts=accounts, auth=auth, ssl_context=ssl_context)
+    loop = asyncio.new_event_loop()
+    ready: dict[str, Any] = {}
+    started = threading.Event()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            srv = loop.run_until_complete(server.start_server(host=host, port=port))
+            ready["port"] = srv.sockets[0].getsockname()[1]
+        except OSError as e:
+            ready["error"] = e
+            started.set()
+            loop.close()
+            return
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name=f"matrixos-pg-{port}", daemon=True)
+    thread.start()
+    started.wait()
+    if "error" in ready:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {ready['error']}",
+            hint="pick another --pg-port, or stop what listens there",
+        )
+    log.info("PostgreSQL wire listening on %s:%s", host, ready["port"])
+    return PgServerHandle(host, ready["port"], server, loop, thread)
