@@ -68,6 +68,7 @@ from sqlglot import exp
 
 from matrixos import __version__
 from matrixos.catalog.accounts import Accounts
+from matrixos.catalog.throttle import LoginThrottle
 from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
 from matrixos.server.pg_catalog import CatalogView, catalog_statement, is_catalog_query
@@ -137,6 +138,20 @@ class ScramAuth(AuthPlugin):
         self.accounts = accounts
 
     async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
+        client = peer_address(stream)
+        throttle = self.accounts.throttle
+        if throttle is not None:
+            try:
+                throttle.check(username, client)
+            except AccessDenied:
+                log.info("pg login throttled for user %r from %s", username, client)
+                return False
+        ok = await self._exchange(stream, username)
+        if throttle is not None:
+            (throttle.succeeded if ok else throttle.failed)(username, client)
+        return ok
+
+    async def _exchange(self, stream: PgStream, username: str) -> bool:
         verifier = await asyncio.to_thread(self._verifier, username)
         if verifier is None:
             salt, stored, server_key, iterations = (secrets.token_bytes(16),) * 3 + (4096,)
@@ -154,9 +169,8 @@ class ScramAuth(AuthPlugin):
         _mechanism, client_first = messages.parse_sasl_initial_response(payload)
         try:
             _set_client_first(server, client_first.decode("utf-8"))
-            stream.write(
-                messages.make_authentication_sasl_continue(server.get_server_first().encode())
-            )
+            first = server.get_server_first().encode()
+            stream.write(messages.make_authentication_sasl_continue(first))
             await stream.drain()
             tag, payload = await stream.read_message()
             if tag != messages.PASSWORD:
@@ -175,6 +189,12 @@ class ScramAuth(AuthPlugin):
             return self.accounts.scram_verifier(username)
         except MatrixOSError:
             return None
+
+
+def peer_address(stream: PgStream) -> str | None:
+    """The client's IP address (what failed logins are throttled by)."""
+    peer = stream.writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 def _set_client_first(server: Any, client_first: str) -> None:
@@ -202,13 +222,13 @@ class PasswordAuth(AuthPlugin):
         if tag != messages.PASSWORD:
             raise PgError("28P01", "expected a password")
         secret = payload.rstrip(b"\x00").decode("utf-8", "replace")
-        return await asyncio.to_thread(self._check, username, secret)
+        return await asyncio.to_thread(self._check, username, secret, peer_address(stream))
 
-    def _check(self, username: str, secret: str) -> bool:
+    def _check(self, username: str, secret: str, client: str | None) -> bool:
         try:
             if secret.startswith("mxt_"):
-                return self.accounts.authenticate_token(secret).name == username
-            self.accounts.authenticate_password(username, secret)
+                return self.accounts.authenticate_token(secret, client=client).name == username
+            self.accounts.authenticate_password(username, secret, client=client)
             return True
         except MatrixOSError:
             log.info("pg login failed (password) for user %r", username)
@@ -520,7 +540,9 @@ class MatrixOSPgServer(PgServer):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.lakehouse = lakehouse
-        self.accounts = accounts if accounts is not None else Accounts(lakehouse.catalog)
+        if accounts is None:
+            accounts = Accounts(lakehouse.catalog, throttle=LoginThrottle())
+        self.accounts = accounts
         self.auth = auth
         self.ssl_context = ssl_context
         self.sessions: dict[int, tuple[int, MxSession]] = {}
@@ -627,7 +649,8 @@ def start_pg_server(
         lakehouse: The session whose warehouse and catalog are served; each client acts as
             its logged-in account's principal (``auth="trust"``: as ``lakehouse.principal``).
         accounts: Where users, verifiers and tokens live (default
-            ``Accounts(lakehouse.catalog)``).
+            ``Accounts(lakehouse.catalog, throttle=LoginThrottle())``: 5 failed logins of a
+            user from one address lock that pair out for a minute).
         auth: ``scram-sha-256`` (default), ``password`` (cleartext password or API token:
             use TLS) or ``trust``.
         ssl_context: Serve TLS to clients that ask for it (``sslmode=require``).

@@ -31,7 +31,7 @@ from matrixos.catalog.accounts import Accounts
 from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import StatementCanceled
 
-PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw", "carol": "carol-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +311,17 @@ def test_hostile_sql_is_refused(server: Served, sql: str) -> None:
 def test_wrong_password_refused_over_psycopg(server: Served) -> None:
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(server, "alice", password="guess")
+
+
+def test_repeated_failed_logins_are_throttled(server: Served) -> None:
+    for _ in range(5):
+        with pytest.raises(psycopg.OperationalError):
+            connect(server, "carol", password="guess")
+    # locked out from this address: even the right password is refused for now
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(server, "carol")
+    with connect(server, "bob") as conn:  # other accounts are not affected
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_cancel_stops_a_long_query(server: Served) -> None:
