@@ -13,6 +13,7 @@ and extended query protocols (Parse/Bind/Describe/Execute/Sync, prepared stateme
   statement, results in text format with type OIDs from the Arrow types, the engine's command
   tags (``INSERT 0 3``), and ``MatrixOSError``s as ErrorResponses with their SQLSTATE, hint and
   position.
+* ``DECLARE``/``FETCH``/``CLOSE`` cursors (``pg_cursors.py``: psycopg's server-side cursors).
 * ``CancelRequest`` interrupts the running statement (``engine/interrupt.py``): 57014.
 * ``pg_catalog``/``information_schema`` from the catalog as the principal sees it
   (``pg_catalog.py``); ``SET``/``SHOW`` of the client parameters psql and drivers send are
@@ -72,6 +73,7 @@ from matrixos.catalog.throttle import LoginThrottle
 from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
 from matrixos.server.pg_catalog import CatalogView, catalog_statement, is_catalog_query
+from matrixos.server.pg_cursors import cursors
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
 
 if TYPE_CHECKING:
@@ -364,7 +366,14 @@ class MxSession(Session):
             self.server.sessions.pop(self._connection.pid, None)
 
     async def prepare(self, sql: str, param_oids: list[int | None]) -> Statement:
-        chain = (settings, transaction_control, session_functions, asyncpg_typeinfo, catalog)
+        chain = (
+            cursors,
+            settings,
+            transaction_control,
+            session_functions,
+            asyncpg_typeinfo,
+            catalog,
+        )
         answered = await resolve(self._connection, sql, param_oids, chain)
         if answered is not None:
             return answered
@@ -523,9 +532,8 @@ def _fields(columns: list[ResultColumn]) -> list[messages.FieldSpec]:
 
 
 def _tag(portal: Portal, sql: str, rows_returned: int) -> str:
-    if isinstance(portal, MxPortal):
-        return portal.command_tag(rows_returned)
-    return command_tag(sql, rows_returned)
+    tag = getattr(portal, "command_tag", None)  # ours say it; pg-mimic's guess from the text
+    return str(tag(rows_returned)) if callable(tag) else command_tag(sql, rows_returned)
 
 
 class MatrixOSPgServer(PgServer):

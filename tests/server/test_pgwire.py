@@ -213,6 +213,15 @@ def test_psql_settings_accepted_engine_settings_refused(server: Served) -> None:
     assert "orders" in out.stdout and "salaries" not in out.stdout
 
 
+def test_psql_fetch_count_reads_through_a_cursor(server: Served) -> None:
+    out = psql(
+        server, "alice", r"\set FETCH_COUNT 2", "SELECT n FROM sales.nums WHERE n < 5 ORDER BY n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line.strip() for line in out.stdout.splitlines()[2:7]] == ["0", "1", "2", "3", "4"]
+    assert "(5 rows)" in out.stdout
+
+
 # -- psycopg: extended and simple protocol ---------------------------------------------------
 def test_psycopg_parameters_types_and_oids(server: Served) -> None:
     with connect(server) as conn:
@@ -251,6 +260,12 @@ def test_psycopg_prepared_statements_and_portals(server: Served) -> None:
         for i in (1, 2, 3):
             got = conn.execute("SELECT n * 2 FROM sales.nums WHERE n = %s", (i,)).fetchall()
             assert got == [(i * 2,)]
+        # a server-side cursor: DECLARE, then FETCH FORWARD in steps, CLOSE
+        with conn.transaction(), conn.cursor(name="big") as cur:
+            cur.itersize = 100
+            cur.execute("SELECT n FROM sales.nums WHERE n < %s ORDER BY n", (250,))
+            assert cur.description is not None and cur.description[0].name == "n"
+            assert [r[0] for r in cur] == list(range(250))
 
 
 def test_psycopg_simple_protocol_and_command_tags(server: Served) -> None:
