@@ -358,6 +358,9 @@ def _unify(tables: list[pa.Table], files: list[str]) -> pa.Table:
                 columns.append(pa.nulls(table.num_rows, target.type))
                 continue
             column = table.column(target.name)
+            if column.type == target.type:  # (pyarrow 26 casts a list<list<null>> wrong)
+                columns.append(column)
+                continue
             try:
                 columns.append(column.cast(target.type, safe=False))
             except ARROW_ERRORS:

@@ -191,7 +191,9 @@ def _pyarrow_read_json(body: bytes, *, block_size: int | None, multiline: bool) 
 
     A list whose first values are null (``[null, 1]``) comes back with offsets past the end of
     its values (apache/arrow#51305, pyarrow 25 and 26): an invalid table that fails later, in
-    the write. Read again with the schema the first read inferred, it is right.
+    the write. Read again with the schema the first read inferred, it is right, except a list
+    of nulls only (``[null, null]``, type ``list<null>``), whose values are then made as long
+    as its offsets say.
     """
     read_options = pa_json.ReadOptions(**({"block_size": block_size} if block_size else {}))
     table = pa_json.read_json(
@@ -209,8 +211,32 @@ def _pyarrow_read_json(body: bytes, *, block_size: int | None, multiline: bool) 
                 newlines_in_values=multiline, explicit_schema=table.schema
             ),
         )
-        table.validate(full=True)
+        try:
+            table.validate(full=True)
+        except pa.ArrowInvalid:
+            columns = [[_fill_null_lists(c) for c in col.chunks] for col in table.columns]
+            table = pa.Table.from_arrays(
+                [pa.chunked_array(c, f.type) for c, f in zip(columns, table.schema, strict=True)],
+                schema=table.schema,
+            )
+            table.validate(full=True)
     return table
+
+
+def _fill_null_lists(array: pa.Array) -> pa.Array:
+    """``array`` with the values of each ``list<null>`` in it as long as its offsets say."""
+    kind = array.type
+    if pa.types.is_struct(kind):
+        children = [_fill_null_lists(array.field(i)) for i in range(kind.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=list(kind), mask=array.is_null())
+    if pa.types.is_list(kind):
+        offsets = array.offsets
+        if pa.types.is_null(kind.value_type):
+            values = pa.nulls(offsets[-1].as_py())
+        else:
+            values = _fill_null_lists(array.values)
+        return pa.ListArray.from_arrays(offsets, values, type=kind, mask=array.is_null())
+    return array
 
 
 def _first_line_is_complete(body: bytes) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import matrixos as mx
 from matrixos.connectors.files import read_files
@@ -172,3 +174,45 @@ def test_records_side_by_side_on_a_line_are_located(tmp_path: Path) -> None:
 )
 def test_json_not_utf8(tmp_path: Path, name: str, content: bytes, line: int, col: int) -> None:
     _assert_refused(tmp_path / name, content, (line, col), "not valid UTF-8 text")
+
+
+_TEXT = st.lists(st.sampled_from([*'ab é"\\[]{}:,\n', "null"]), max_size=8).map("".join)
+_RECORD = st.fixed_dictionaries(
+    {
+        "n": st.none() | st.integers(-(2**53), 2**53),
+        "s": st.none() | _TEXT,
+        "l": st.none() | st.lists(st.none() | st.integers(0, 9), max_size=4),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    records=st.lists(_RECORD, min_size=1, max_size=6),
+    layout=st.sampled_from(["ndjson", "array", "pretty"]),
+    null_at=st.none() | st.integers(0, 6),
+)
+def test_json_records_come_back_as_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[dict[str, object]],
+    layout: str,
+    null_at: int | None,
+) -> None:
+    # Every file pyarrow reads is read right (leading nulls in lists, "null" and brackets in
+    # strings), and a null record is refused, wherever it is.
+    written: list[object] = list(records)
+    if null_at is not None:
+        written.insert(min(null_at, len(written)), None)
+    if layout == "ndjson":
+        name, text = "f.ndjson", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written)
+    elif layout == "array":
+        name, text = "f.json", json.dumps(written, ensure_ascii=False)
+    else:
+        name, text = "f.json", "\n".join(json.dumps(r, indent=2) for r in written)
+    path = tmp_path_factory.mktemp("json") / name
+    path.write_text(text, encoding="utf-8")
+    if null_at is None:
+        assert read_files(str(path)).to_pylist() == records
+        return
+    with pytest.raises(IngestError, match="got null"):
+        read_files(str(path))
