@@ -187,3 +187,23 @@ def test_changes_are_audited_and_no_password_is_kept(sales, tmp_path) -> None:
     # no file of the warehouse or its catalog holds the password
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files and not [p for p in files if SECRET.encode() in p.read_bytes()]
+
+
+def test_volume_grants_in_sql(sales) -> None:
+    lh = sales
+    lh.create_volume("raw.docs").put(b"%PDF-1.4", "a.pdf")
+    for sql in (
+        "CREATE USER bob",
+        "GRANT USE CATALOG ON CATALOG main TO bob",
+        "GRANT USE SCHEMA ON SCHEMA raw TO bob",
+        "GRANT READ VOLUME ON VOLUME raw.docs TO bob",
+    ):
+        lh.sql(sql)
+    assert as_(lh, "bob").volume("raw.docs").read_bytes("a.pdf") == b"%PDF-1.4"
+    # without a kind the name is looked up: a volume takes volume privileges only
+    with pytest.raises(MatrixOSError, match="SELECT cannot be granted on a volume"):
+        lh.sql("GRANT SELECT ON raw.docs TO bob")
+    assert rows(lh.sql("SHOW GRANTS ON VOLUME raw.docs"))[0]["object_type"] == "VOLUME"
+    assert rows(lh.sql("REVOKE READ VOLUME ON raw.docs FROM bob"))[0]["changed"] == 1
+    with pytest.raises(AccessDenied):
+        as_(lh, "bob").volume("raw.docs")
