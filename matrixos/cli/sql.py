@@ -71,22 +71,24 @@ def serve(
     ] = 5433,
     compute: Annotated[
         str | None,
-        typer.Option(
-            "--compute", envvar="MATRIXOS_COMPUTE", help="local, ray or ray://host:port."
-        ),
+        typer.Option("--compute", envvar="MATRIXOS_COMPUTE", help="local, ray or ray://host:port."),
     ] = None,
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Statements run at once (others queue).")
     ] = 8,
     grace: Annotated[
         float,
-        typer.Option(
-            "--grace", min=0, help="Seconds running statements get to finish on SIGTERM."
-        ),
+        typer.Option("--grace", min=0, help="Seconds running statements get to finish on SIGTERM."),
     ] = 30.0,
     chunk_rows: Annotated[
-        int, typer.Option("--chunk-rows", min=1, help="Rows per result chunk.")
-    ] = 65_536,
+        int | None,
+        typer.Option(
+            "--chunk-rows",
+            min=1,
+            help="Rows per result chunk (default 65,536 for JSON, 1,048,576 for Arrow and CSV).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
     import logging

@@ -39,7 +39,7 @@ class ServeOptions:
     pg_port: int | None = 5433  # None: no PostgreSQL wire
     workers: int = 8
     grace_s: float = 30.0
-    chunk_rows: int = 65_536
+    chunk_rows: int | None = None  # None: by format (see StatementManager)
     log_level: str = "info"
 
 

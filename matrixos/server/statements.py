@@ -44,6 +44,14 @@ from matrixos.server.statements_results import Format, ResultSet
 
 log = logging.getLogger(__name__)
 
+JSON_CHUNK_ROWS = 65_536
+BINARY_CHUNK_ROWS = 1_048_576
+_DEFAULT_CHUNK_ROWS = {
+    Format.JSON_ARRAY: JSON_CHUNK_ROWS,
+    Format.ARROW_STREAM: BINARY_CHUNK_ROWS,
+    Format.CSV: BINARY_CHUNK_ROWS,
+}
+
 #: Runs ``sql`` in ``dialect`` as a principal (a ``Lakehouse.with_principal(p).sql``).
 Runner = Callable[[Principal, str, str], Result]
 
@@ -90,10 +98,31 @@ class Statement:
         self.finished_at: float | None = None
         self.interrupt = Interrupt()
         self.done = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callback_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> bool:
         """Whether the statement ended within ``timeout`` seconds."""
         return self.done.wait(timeout)
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when the statement ends (at once if it has): an event loop's wake-up.
+        ``fn`` runs on the thread that ends the statement and must not block."""
+        with self._callback_lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def _ended(self) -> None:
+        with self._callback_lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                log.exception("a statement's done callback failed")
 
     @property
     def duration(self) -> float | None:
@@ -108,7 +137,9 @@ class StatementManager:
     Args:
         runner: runs one SQL text for a principal (see ``Runner``).
         workers: statements run at once; later ones wait ``PENDING``.
-        chunk_rows, chunk_bytes: the size of a result chunk.
+        chunk_rows: rows per result chunk; default ``JSON_CHUNK_ROWS`` for JSON_ARRAY (JSON
+            is rendered a chunk at a time) and ``BINARY_CHUNK_ROWS`` for ARROW_STREAM and CSV.
+        chunk_bytes: about the most bytes (Arrow, in memory) a chunk holds.
         retention_s: how long a finished statement's rows stay readable.
     """
 
@@ -117,7 +148,7 @@ class StatementManager:
         runner: Runner,
         *,
         workers: int = 8,
-        chunk_rows: int = 65_536,
+        chunk_rows: int | None = None,
         chunk_bytes: int = 16 * 1024 * 1024,
         retention_s: float = 3600.0,
     ) -> None:
@@ -237,7 +268,7 @@ class StatementManager:
                     result.to_arrow_reader(keep=False),
                     row_limit=req.row_limit,
                     byte_limit=req.byte_limit,
-                    chunk_rows=self.chunk_rows,
+                    chunk_rows=self.chunk_rows or _DEFAULT_CHUNK_ROWS[req.format],
                     chunk_bytes=self.chunk_bytes,
                     on_batch=check_cancel,
                 )
@@ -264,7 +295,7 @@ class StatementManager:
         stmt.state = state
         stmt.error = error
         stmt.finished_at = time.time()
-        stmt.done.set()
+        stmt._ended()
         for listener in self._listeners:
             try:
                 listener(stmt)

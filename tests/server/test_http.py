@@ -354,3 +354,25 @@ def test_tokens_never_reach_the_log(
     for token in served_warehouse.tokens.values():
         assert token not in log
         assert token.split("_")[-1] not in log  # nor the secret part alone
+
+
+def test_an_arrow_client_gets_the_first_chunk_in_the_answer(clients: dict) -> None:
+    c = clients["admin"]
+    r = c.post(
+        STATEMENTS,
+        json={"statement": "SELECT n FROM big.nums WHERE n < 1500 ORDER BY n",
+              "format": "ARROW_STREAM"},
+        headers={"Accept": "application/vnd.apache.arrow.stream"},
+    )  # fmt: skip
+    assert r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    assert r.headers["x-matrixos-chunk-count"] == "2"
+    first = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+    sid = r.headers["x-matrixos-statement-id"]
+    rest = pa.ipc.open_stream(io.BytesIO(c.get(f"{STATEMENTS}/{sid}/result/chunks/1/data").content))
+    assert first.num_rows + rest.read_all().num_rows == 1500
+    # A failure is still JSON, with its HTTP status.
+    bad = c.post(
+        STATEMENTS, json={"statement": "SELECT * FROM sales.nope", "format": "ARROW_STREAM"},
+        headers={"Accept": "application/vnd.apache.arrow.stream"},
+    )  # fmt: skip
+    assert bad.status_code == 404 and bad.json()["sqlstate"] == "42P01"
