@@ -129,13 +129,14 @@ def rows(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple
 
 def _fix_for(t: pa.DataType) -> Any:
     if oid_for(t) == JSON:
-        return _json
+        return json_text
     if pa.types.is_uint64(t):
         return Decimal
     return None
 
 
-def _json(v: Any) -> str:
+def json_text(v: Any) -> str:
+    """A struct or map value (as Arrow's ``to_pylist`` gives it) as a JSON document."""
     if isinstance(v, list) and v and isinstance(v[0], tuple):  # a map's (key, value) pairs
         v = dict(v)
     return json.dumps(v, default=str)

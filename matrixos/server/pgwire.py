@@ -43,9 +43,7 @@ import re
 import secrets
 import struct
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -74,6 +72,8 @@ from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
 from matrixos.server.pg_catalog import CatalogView, catalog_statement, is_catalog_query
 from matrixos.server.pg_cursors import cursors
+from matrixos.server.pg_encode import data_rows as encoded_rows
+from matrixos.server.pg_encode import text_only
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
 
 if TYPE_CHECKING:
@@ -252,7 +252,9 @@ class MxPortal(Portal):
         self.columns: list[ResultColumn] | None = None
         self.message: str | None = None  # the engine's command tag for DML/DDL
         self.kind = "SELECT"
-        self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._schema: pa.Schema | None = None
+        self._reader: Any = None  # the result's batches (None: no rows, or all read)
+        self._left: pa.RecordBatch | None = None  # the unread part of the last batch
         self._started = False
 
     async def start(self) -> None:
@@ -263,17 +265,57 @@ class MxPortal(Portal):
         result = await self.session.run(sql)
         self.message, self.kind = result.message, result.statement
         if self.message is None:  # rows (a DML/DDL result is only its command tag)
+            self._schema = result.schema
             self.columns = [ResultColumn(f.name, oid_for(f.type)) for f in result.schema]
-            self._rows = rows(result.schema, _batches(result.to_arrow_reader(keep=False)))
+            self._reader = result.to_arrow_reader(keep=False)
+
+    def _take(self, n: int | None) -> list[pa.RecordBatch]:
+        """The next ``n`` rows (None: all the rest) as batches; in a worker thread."""
+        out: list[pa.RecordBatch] = []
+        want = n
+        while want is None or want > 0:
+            batch, self._left = self._left, None
+            if batch is None:
+                if self._reader is None:
+                    break
+                try:
+                    batch = self._reader.read_next_batch()
+                except StopIteration:
+                    self._reader = None
+                    break
+            if want is not None and batch.num_rows > want:
+                batch, self._left = batch.slice(0, want), batch.slice(want)
+            out.append(batch)
+            if want is not None:
+                want -= batch.num_rows
+        return out
 
     async def execute(self, max_rows: int) -> tuple[list[tuple[Any, ...]], bool]:
+        """The next rows as tuples (``max_rows`` 0: all)."""
         await self.start()
-        if self._rows is None:
+        if self._schema is None:
             return [], False
-        source = self._rows
-        n = max_rows if max_rows > 0 else None
-        fetched = await self.session.in_thread(lambda: list(islice(source, n)))
+        schema, n = self._schema, (max_rows if max_rows > 0 else None)
+        fetched = await self.session.in_thread(lambda: list(rows(schema, iter(self._take(n)))))
         return fetched, n is not None and len(fetched) == n
+
+    async def data_rows(self, max_rows: int) -> tuple[bytes, int, bool]:
+        """The next rows as text-format DataRow messages, their count, and whether the limit
+        was reached (``max_rows`` 0: all)."""
+        await self.start()
+        if self._schema is None or self.columns is None:
+            return b"", 0, False
+        n = max_rows if max_rows > 0 else None
+        oids = [c.oid for c in self.columns]
+
+        def encode() -> tuple[bytes, int]:
+            batches = self._take(n)
+            return b"".join(encoded_rows(b, oids) for b in batches), sum(
+                b.num_rows for b in batches
+            )
+
+        data, count = await self.session.in_thread(encode)
+        return data, count, n is not None and count == n
 
     def command_tag(self, rows_returned: int) -> str:
         if self.message is not None:
@@ -281,14 +323,6 @@ class MxPortal(Portal):
         if self.kind in ("SHOW", "EXPLAIN", "DESCRIBE"):
             return "SHOW" if self.kind == "SHOW" else self.kind
         return f"SELECT {rows_returned}"
-
-
-def _batches(reader: Any) -> Iterator[Any]:
-    while True:
-        try:
-            yield reader.read_next_batch()
-        except StopIteration:
-            return
 
 
 class MxStatement(Statement):
@@ -500,19 +534,30 @@ class MxConnection(Connection):
         statement = await self.session.prepare(sql, [])
         portal = statement.bind([])
         columns = await statement.describe()
-        fetched, _ = await portal.execute(0)
         if columns is not None:
             self.stream.write(messages.make_row_description(_fields(columns)))
-            for row in fetched:
+        if isinstance(portal, MxPortal):
+            data, count, _ = await portal.data_rows(0)
+            self.stream.write(data)
+        else:
+            fetched, _ = await portal.execute(0)
+            count = len(fetched)
+            for row in fetched if columns is not None else ():
                 self.stream.write(messages.make_data_row(encode_row(row, columns)))
-        self.stream.write(messages.make_command_complete(_tag(portal, sql, len(fetched))))
+        self.stream.write(messages.make_command_complete(_tag(portal, sql, count)))
 
     async def _handle_execute(self, parsed: Any) -> None:
         entry = self._get_portal(parsed.portal_name)
         if self.tx_status == b"E" and not is_transaction_end(entry.sql):
             raise PgError("25P02", "current transaction is aborted, commands ignored")
-        fetched, suspended = await entry.portal.execute(parsed.max_rows)
-        entry.rows_returned += len(fetched)
+        if isinstance(entry.portal, MxPortal) and text_only(entry.result_format_codes):
+            data, count, suspended = await entry.portal.data_rows(parsed.max_rows)
+            entry.rows_returned += count
+            self.stream.write(data)
+            fetched = []
+        else:
+            fetched, suspended = await entry.portal.execute(parsed.max_rows)
+            entry.rows_returned += len(fetched)
         if entry.columns is not None:
             for row in fetched:
                 try:
