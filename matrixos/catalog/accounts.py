@@ -55,6 +55,7 @@ from matrixos.catalog.base import (
     Catalog,
     GrantInfo,
     TokenInfo,
+    group_closure,
     now,
 )
 from matrixos.catalog.names import TableIdent
@@ -187,7 +188,8 @@ class Accounts:
         _admin_only(by, f"alter group {group}")
         if self.catalog.get_account(group).kind != "group":
             raise ConfigError(f"{group} is not a group", hint=f"CREATE GROUP {group}")
-        if member == group or group in self._closure(member, reverse=True):
+        inside = group_closure(member, self.catalog.list_members(), reverse=True)
+        if member == group or group in inside:
             raise ConfigError(f"adding {member} to {group} would make a group contain itself")
         self.catalog.add_member(group, member)
 
@@ -301,33 +303,12 @@ class Accounts:
     def principal(self, name: str) -> Principal:
         """The principal of account ``name``: its grants and its groups' (and admin if it or a
         group of it is); ``AccountNotFound``."""
-        account = self.catalog.get_account(name)
-        groups = self._closure(name)
-        admin = account.admin or any(self.catalog.get_account(g).admin for g in groups)
-        grants = {
-            str(Grant(g.privilege, g.kind, g.securable))
-            for who in (name, *sorted(groups))
-            for g in self.catalog.list_grants(grantee=who)
-        }
-        if admin:
+        records = self.catalog.principal_records(name)
+        grants = {str(Grant(g.privilege, g.kind, g.securable)) for g in records.grants}
+        if records.account.admin or any(g.admin for g in records.groups):
             grants.add("*")
-        return Principal(name, frozenset(grants), groups=frozenset(groups))
-
-    def _closure(self, name: str, reverse: bool = False) -> set[str]:
-        """The groups ``name`` is in, directly or not (``reverse``: the groups in it)."""
-        edges: dict[str, set[str]] = {}
-        for group, member in self.catalog.list_members():
-            a, b = (group, member) if reverse else (member, group)
-            edges.setdefault(a, set()).add(b)
-        seen: set[str] = set()
-        todo = [name]
-        while todo:
-            for nxt in edges.get(todo.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        seen.discard(name)
-        return seen
+        groups = frozenset(g.name for g in records.groups)
+        return Principal(name, frozenset(grants), groups=groups)
 
     # -- tokens -----------------------------------------------------------------------------
     def create_token(

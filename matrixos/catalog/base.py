@@ -8,6 +8,7 @@ uses the catalog entry as the lock on a name (of several creators exactly one re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -97,6 +98,47 @@ class TokenInfo:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PrincipalRecords:
+    """What makes one account's principal: the account, every group it is in (directly or
+    through other groups) and the grants of both."""
+
+    account: AccountInfo
+    groups: list[AccountInfo]
+    grants: list[GrantInfo]
+
+
+def group_closure(name: str, members: Iterable[tuple[str, str]], reverse: bool = False) -> set[str]:
+    """The groups ``name`` is in, directly or not, given ``(group, member)`` pairs
+    (``reverse``: the accounts in group ``name``, directly or not)."""
+    edges: dict[str, set[str]] = {}
+    for group, member in members:
+        a, b = (group, member) if reverse else (member, group)
+        edges.setdefault(a, set()).add(b)
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    seen.discard(name)
+    return seen
+
+
+def resolve_principal(
+    name: str,
+    get_account: Callable[[str], AccountInfo],
+    members: Iterable[tuple[str, str]],
+    grants_of: Callable[[str], list[GrantInfo]],
+) -> PrincipalRecords:
+    """``PrincipalRecords`` of ``name`` from a backend's lookups."""
+    account = get_account(name)
+    groups = sorted(group_closure(name, members))
+    grants = [g for who in (name, *groups) for g in grants_of(who)]
+    return PrincipalRecords(account, [get_account(g) for g in groups], grants)
 
 
 class Catalog(ABC):
@@ -249,6 +291,13 @@ class Catalog(ABC):
     @abstractmethod
     def remove_grant(self, grant: GrantInfo) -> bool:
         """Remove a grant; whether it was there."""
+
+    def principal_records(self, name: str) -> PrincipalRecords:
+        """Account ``name`` with its groups and all their grants (``AccountNotFound``): what a
+        login reads, in as few reads as the backend allows."""
+        return resolve_principal(
+            name, self.get_account, self.list_members(), lambda who: self.list_grants(who)
+        )
 
     @abstractmethod
     def list_grants(

@@ -47,6 +47,7 @@ from matrixos.catalog.base import (
     AccountInfo,
     Catalog,
     GrantInfo,
+    PrincipalRecords,
     TableInfo,
     TokenInfo,
     VolumeInfo,
@@ -56,6 +57,7 @@ from matrixos.catalog.base import (
     no_table,
     no_token,
     now,
+    resolve_principal,
     schema_not_empty,
 )
 from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
@@ -607,6 +609,24 @@ class ObjectStoreCatalog(Catalog):
             return [_remove("grant", *grant_key(grant))]
 
         return self._commit_some(f"REVOKE {grant.privilege} ON {grant.securable}", plan)
+
+    def principal_records(self, name: str) -> PrincipalRecords:
+        # one look at the log (a LIST) instead of one per lookup
+        acl = self._fresh().acl
+
+        def get(who: str) -> AccountInfo:
+            info = acl.accounts.get(who)
+            if info is None:
+                raise no_account(who)
+            return info
+
+        def grants_of(who: str) -> list[GrantInfo]:
+            return sorted(
+                (g for g in acl.grants.values() if g.grantee == who),
+                key=lambda g: (g.securable, g.privilege, g.kind),
+            )
+
+        return resolve_principal(name, get, acl.members, grants_of)
 
     def list_grants(
         self, grantee: str | None = None, securable: str | None = None

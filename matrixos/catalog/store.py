@@ -19,10 +19,12 @@ from matrixos.catalog.base import (
     AccountInfo,
     Catalog,
     GrantInfo,
+    PrincipalRecords,
     TableInfo,
     TokenInfo,
     VolumeInfo,
     account_exists,
+    group_closure,
     no_account,
     no_schema,
     no_table,
@@ -425,28 +427,34 @@ class SQLCatalog(Catalog):
         with self.engine.begin() as conn:
             return bool(conn.execute(_grants.delete().where(*_grant_key(grant))).rowcount)
 
+    def principal_records(self, name: str) -> PrincipalRecords:
+        # one connection, one read of the memberships, one of the grants of all the names
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_accounts).where(_accounts.c.name == name)).first()
+            if row is None:
+                raise no_account(name)
+            members = [(r.group_name, r.member) for r in conn.execute(sa.select(_members))]
+            groups = sorted(group_closure(name, members))
+            names = [name, *groups]
+            found = conn.execute(sa.select(_accounts).where(_accounts.c.name.in_(groups)))
+            accounts = {r.name: _account(r) for r in found}
+            grants = [
+                _grant(r) for r in conn.execute(_grants_query().where(_grants.c.grantee.in_(names)))
+            ]
+        return PrincipalRecords(
+            _account(row), [accounts[g] for g in groups if g in accounts], grants
+        )
+
     def list_grants(
         self, grantee: str | None = None, securable: str | None = None
     ) -> list[GrantInfo]:
-        q = sa.select(_grants).order_by(
-            _grants.c.securable, _grants.c.grantee, _grants.c.privilege, _grants.c.kind
-        )
+        q = _grants_query()
         if grantee is not None:
             q = q.where(_grants.c.grantee == grantee)
         if securable is not None:
             q = q.where(_grants.c.securable == securable)
         with self.engine.connect() as conn:
-            return [
-                GrantInfo(
-                    privilege=r.privilege,
-                    kind=r.kind,
-                    securable=r.securable,
-                    grantee=r.grantee,
-                    granted_by=r.granted_by,
-                    created_at=_aware(r.created_at),
-                )
-                for r in conn.execute(q)
-            ]
+            return [_grant(r) for r in conn.execute(q)]
 
     def create_token(self, info: TokenInfo) -> None:
         with self.engine.begin() as conn:
@@ -573,6 +581,23 @@ def _grant_key(grant: GrantInfo) -> list[Any]:
         _grants.c.kind == grant.kind,
         _grants.c.securable == grant.securable,
     ]
+
+
+def _grants_query() -> sa.Select[Any]:
+    return sa.select(_grants).order_by(
+        _grants.c.securable, _grants.c.grantee, _grants.c.privilege, _grants.c.kind
+    )
+
+
+def _grant(r: Any) -> GrantInfo:
+    return GrantInfo(
+        privilege=r.privilege,
+        kind=r.kind,
+        securable=r.securable,
+        grantee=r.grantee,
+        granted_by=r.granted_by,
+        created_at=_aware(r.created_at),
+    )
 
 
 def _on(securable: str, kind: str) -> list[Any]:
