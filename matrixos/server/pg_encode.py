@@ -2,9 +2,10 @@
 
 Encoding row by row in Python cost ~25 µs a row (25 s for a million rows of four columns);
 here each column becomes PostgreSQL's text form with Arrow compute (Python only for the types
-Arrow cannot render that way: bytea, intervals, arrays, json, time zones), and the messages
-are assembled with numpy: ``'D'``, the length, the column count, then per column the value's
-length (-1 for NULL) and bytes.
+Arrow cannot render that way: bytea, intervals, arrays, json, time zones), and each row's
+message is joined by Arrow from fixed parts built with numpy: ``'D'``, the length, the column
+count, then per column the value's big-endian length (-1 for NULL) and bytes (0.56 s for the
+same million rows).
 
 Example:
     >>> import pyarrow as pa
@@ -58,56 +59,39 @@ def data_rows(batch: pa.RecordBatch, oids: list[int]) -> bytes:
     m = batch.num_rows
     if m == 0:
         return b""
-    k = batch.num_columns
-    cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (data, starts, lengths)
-    for arr, oid in zip(batch.columns, oids, strict=True):
-        text = column_text(arr, oid)
-        if pa.types.is_string(text.type):
-            text = text.cast(pa.large_string())
-        text = pa.concat_arrays([text]) if isinstance(text, pa.ChunkedArray) else text
-        offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + m + 1]
-        data_buf = text.buffers()[2]
-        data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
-        if text.null_count:
-            valid = np.asarray(text.is_valid().to_numpy(zero_copy_only=False), bool)
-            lengths = np.where(valid, lengths, -1)
-        cols.append((data, offsets[:-1], lengths))
+    parts: list[pa.Array] = []
     payload = np.full(m, 4 + 2, np.int64)  # the length field counts itself
-    for _, _, lengths in cols:
+    for arr, oid in zip(batch.columns, oids, strict=True):
+        text = column_text(arr, oid).cast(pa.large_binary())
+        lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)
+        lengths = np.where(np.isnan(lengths.astype(float)), -1, lengths).astype(np.int64)
         payload += 4 + np.maximum(lengths, 0)
-    sizes = payload + 1
-    starts = np.zeros(m, np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    out = np.zeros(int(sizes.sum()), np.uint8)
-    out[starts] = ord("D")
-    _put_int(out, starts + 1, payload, 4)
-    _put_int(out, starts + 5, np.full(m, k, np.int64), 2)
-    pos = starts + 7
-    for data, value_starts, lengths in cols:
-        _put_int(out, pos, lengths, 4)
-        pos = pos + 4
-        present = np.maximum(lengths, 0)
-        total = int(present.sum())
-        if total:
-            # value i's bytes, from value_starts[i] in the column, go to pos[i] in the output
-            ranks = _ranks(present, total)
-            out[np.repeat(pos, present) + ranks] = data[np.repeat(value_starts, present) + ranks]
-        pos = pos + present
-    return out.tobytes()
+        parts += [_ints(lengths, ">i4"), text]
+    header = np.empty(m, dtype=[("tag", "S1"), ("len", ">i4"), ("cols", ">i2")])
+    header["tag"], header["len"], header["cols"] = b"D", payload, batch.num_columns
+    head = pa.FixedSizeBinaryArray.from_buffers(pa.binary(7), m, [None, pa.py_buffer(header)])
+    joined = pc.binary_join_element_wise(
+        head.cast(pa.large_binary()),
+        *parts,
+        pa.scalar(b"", pa.large_binary()),
+        null_handling="replace",
+        null_replacement="",
+    )
+    offsets = np.frombuffer(joined.buffers()[1], np.int64)
+    data = joined.buffers()[2]
+    assert data is not None
+    start, end = int(offsets[joined.offset]), int(offsets[joined.offset + m])
+    return data.slice(start, end - start).to_pybytes()
 
 
-def _ranks(lengths: np.ndarray, total: int) -> np.ndarray:
-    """0, 1, …, len-1 for each length in turn (the byte's index within its value)."""
-    ends = np.cumsum(lengths)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
-
-
-def _put_int(out: np.ndarray, at: np.ndarray, values: np.ndarray, width: int) -> None:
-    """Write ``values`` big-endian, ``width`` bytes each (two's complement), at ``at``."""
-    v = values.astype(np.int64) & ((1 << (8 * width)) - 1)
-    for i in range(width):
-        out[at + i] = (v >> (8 * (width - 1 - i))) & 0xFF
+def _ints(values: np.ndarray, dtype: str) -> pa.Array:
+    """``values`` as fixed-width binary of their ``dtype`` bytes (e.g. big-endian int32)."""
+    raw = values.astype(dtype)
+    size = raw.dtype.itemsize
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(size), len(raw), [None, pa.py_buffer(raw.tobytes())]
+    )
+    return fixed.cast(pa.large_binary())
 
 
 def text_only(format_codes: list[int] | Any) -> bool:
