@@ -54,6 +54,7 @@ from matrixos.catalog.base import (
     AccountInfo,
     Catalog,
     GrantInfo,
+    PrincipalRecords,
     TokenInfo,
     group_closure,
     now,
@@ -303,12 +304,7 @@ class Accounts:
     def principal(self, name: str) -> Principal:
         """The principal of account ``name``: its grants and its groups' (and admin if it or a
         group of it is); ``AccountNotFound``."""
-        records = self.catalog.principal_records(name)
-        grants = {str(Grant(g.privilege, g.kind, g.securable)) for g in records.grants}
-        if records.account.admin or any(g.admin for g in records.groups):
-            grants.add("*")
-        groups = frozenset(g.name for g in records.groups)
-        return Principal(name, frozenset(grants), groups=groups)
+        return _principal_of(self.catalog.principal_records(name))
 
     # -- tokens -----------------------------------------------------------------------------
     def create_token(
@@ -353,9 +349,10 @@ class Accounts:
 
     def _token_principal(self, token: str) -> Principal:
         parts = split_token(token)
-        info = self.catalog.find_token(parts[0]) if parts else None
-        if parts is None or info is None:
-            raise _bad_login("token")
+        found = self.catalog.token_records(parts[0]) if parts else None
+        if parts is None or found is None or found[1] is None:
+            raise _bad_login("token")  # no such token, or its account is gone
+        info, records = found[0], found[1]
         stamp = now()
         if info.revoked_at is not None or (info.expires_at and info.expires_at <= stamp):
             raise _bad_login("token")
@@ -365,10 +362,7 @@ class Accounts:
             if not check_secret(parts[1], info.hash):
                 raise _bad_login("token")
             self._checked.put(info.id, (info.hash, digest))
-        try:
-            principal = self.principal(info.account)
-        except AccountNotFound:
-            raise _bad_login("token") from None
+        principal = _principal_of(records)
         if info.last_used_at is None or stamp - info.last_used_at >= LAST_USED_EVERY:
             try:
                 self.catalog.update_token(replace(info, last_used_at=stamp))
@@ -424,6 +418,14 @@ class Accounts:
             raise
         self.throttle.succeeded(who, client)
         return principal
+
+
+def _principal_of(records: PrincipalRecords) -> Principal:
+    grants = {str(Grant(g.privilege, g.kind, g.securable)) for g in records.grants}
+    if records.account.admin or any(g.admin for g in records.groups):
+        grants.add("*")
+    groups = frozenset(g.name for g in records.groups)
+    return Principal(records.account.name, frozenset(grants), groups=groups)
 
 
 def _may_grant(by: Principal, name: str, owner: str | None, kind: str) -> None:

@@ -299,6 +299,17 @@ class Catalog(ABC):
             name, self.get_account, self.list_members(), lambda who: self.list_grants(who)
         )
 
+    def token_records(self, token_id: str) -> tuple[TokenInfo, PrincipalRecords | None] | None:
+        """A token and its account's ``principal_records`` (None: no such account any more);
+        None when there is no such token. What a token login reads."""
+        token = self.find_token(token_id)
+        if token is None:
+            return None
+        try:
+            return token, self.principal_records(token.account)
+        except AccountNotFound:
+            return token, None
+
     @abstractmethod
     def list_grants(
         self, grantee: str | None = None, securable: str | None = None

@@ -610,23 +610,16 @@ class ObjectStoreCatalog(Catalog):
 
         return self._commit_some(f"REVOKE {grant.privilege} ON {grant.securable}", plan)
 
+    def token_records(self, token_id: str) -> tuple[TokenInfo, PrincipalRecords | None] | None:
+        acl = self._fresh().acl  # one look at the log for the token and its principal
+        token = acl.tokens.get(token_id)
+        if token is None:
+            return None
+        return token, (_records(acl, token.account) if token.account in acl.accounts else None)
+
     def principal_records(self, name: str) -> PrincipalRecords:
         # one look at the log (a LIST) instead of one per lookup
-        acl = self._fresh().acl
-
-        def get(who: str) -> AccountInfo:
-            info = acl.accounts.get(who)
-            if info is None:
-                raise no_account(who)
-            return info
-
-        def grants_of(who: str) -> list[GrantInfo]:
-            return sorted(
-                (g for g in acl.grants.values() if g.grantee == who),
-                key=lambda g: (g.securable, g.privilege, g.kind),
-            )
-
-        return resolve_principal(name, get, acl.members, grants_of)
+        return _records(self._fresh().acl, name)
 
     def list_grants(
         self, grantee: str | None = None, securable: str | None = None
@@ -725,6 +718,19 @@ class ObjectStoreCatalog(Catalog):
 
         self._commit("IMPORT", plan)
         return added[0]
+
+
+def _records(acl: AccountState, name: str) -> PrincipalRecords:
+    def get(who: str) -> AccountInfo:
+        info = acl.accounts.get(who)
+        if info is None:
+            raise no_account(who)
+        return info
+
+    def grants_of(who: str) -> list[GrantInfo]:
+        return [g for g in acl.grants.values() if g.grantee == who]
+
+    return resolve_principal(name, get, acl.members, grants_of)
 
 
 def _need(state: _State, *names: str) -> AccountInfo:
