@@ -17,7 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from matrixos.connectors.file_source import ARROW_ERRORS, LineIndex, Source, decode, strip_bom
-from matrixos.connectors.pyarrow_json import check_input, read_table, skip_ws
+from matrixos.connectors.pyarrow_json import (
+    check_bytes,
+    read_table,
+    refuse_null_records,
+    skip_ws,
+)
 from matrixos.errors import IngestError
 
 __all__ = ["read_json"]
@@ -60,14 +65,15 @@ def _read_json(path: str, data: bytes, fmt: str) -> Source:
         if fmt == "ndjson":
             return Source(path, pa.table({}), functools.partial(_locate_member, data, "lines"))
         raise IngestError("empty file: expected a JSON array or objects", path=path, line=1, col=1)
-    in_array = fmt == "json" and stripped[:1] == b"["
-    check_input(path, body, records_in_sequence=not in_array)
-    if in_array:
+    check_bytes(path, body)
+    if fmt == "json" and stripped[:1] == b"[":
         mode = "array"
     elif fmt == "json" and not _first_line_is_complete(stripped):
         mode = "stream"  # pretty-printed object(s)
     else:
         mode = "lines"
+    if mode != "array":
+        refuse_null_records(path, body, one_per_line=mode == "lines")
     try:
         if mode == "array":
             wrapped = b'{"' + _ARRAY_WRAPPER_KEY.encode() + b'":' + body + b"\n}"

@@ -1,15 +1,17 @@
 """pyarrow's JSON reader, kept from what crashes it or comes back wrong from it (pyarrow 26).
 
-Before a read, :func:`check_input` refuses bytes that are not UTF-8, nesting more than 1000
-levels deep (the parser recurses per level and segfaults at ~16,000) and a record that is
-``null`` (a segfault when one starts a parse block, a row of nulls otherwise), naming the line
-and column where it can, at C speed where it must run on every file. After it,
+Before a read, :func:`check_bytes` refuses bytes that are not UTF-8 and nesting more than
+1000 levels deep (the parser recurses per level and segfaults at ~16,000), and
+:func:`refuse_null_records` a record that is ``null`` (a segfault when one starts a parse
+block, a row of nulls otherwise), naming the line and column where they can, at C speed
+where they must run on every file. After it,
 :func:`read_table` validates what pyarrow built and mends the invalid lists it builds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +20,7 @@ import pyarrow.json as pa_json
 from matrixos.connectors.file_source import LineIndex, decode, not_utf8
 from matrixos.errors import IngestError
 
-__all__ = ["check_input", "read_table", "skip_ws"]
+__all__ = ["check_bytes", "read_table", "refuse_null_records", "skip_ws"]
 
 _JSON_WS = " \t\r\n"
 _MAX_DEPTH = 1000
@@ -30,21 +32,22 @@ _DEPTH_CHUNK = 1 << 24
 # Where ``null`` is a member's value or an array element, as JSON writers space them
 # (Python's json.dumps first).
 _NULL_INSIDE_A_RECORD = (b": null", b":null", b", null", b",null", b"[null", b"[ null")
+# Where a null record can be in records one per line: at the start of a line, or after an
+# object or array on the same line. (After a number or string, pyarrow refuses the line.)
+_NULL_AFTER_A_RECORD = re.compile(rb"[\n}\]][ \t\r]*null")
+_NULL_FIRST = re.compile(rb"[ \t\r\n]*null")
 
 
-def check_input(path: str, body: bytes, *, records_in_sequence: bool) -> None:
-    """Raise :class:`IngestError` for what pyarrow's reader would crash on or read wrong.
+def check_bytes(path: str, body: bytes) -> None:
+    """Raise :class:`IngestError` for bytes that are not UTF-8 or nest too deeply.
 
-    ``body`` is the file without its byte order mark; ``records_in_sequence`` is true for
-    records one per line or one after another (not one top-level array), where a ``null``
-    record is refused too.
+    ``body`` is the file without its byte order mark. JSON is UTF-8: pyarrow stores other
+    bytes as they are, in strings and in member names (which fail when used).
     """
     bad_text = not_utf8(path, body)
     if bad_text is not None:
         raise bad_text
     _refuse_deep_nesting(path, body)
-    if records_in_sequence:
-        _refuse_null_records(path, body)
 
 
 def _refuse_deep_nesting(path: str, body: bytes) -> None:
@@ -79,13 +82,15 @@ def _refuse_deep_nesting(path: str, body: bytes) -> None:
         level += int(run[-1])
 
 
-def _refuse_null_records(path: str, body: bytes) -> None:
-    """Refuse a record that is ``null`` (records one per line, or one after another).
+def refuse_null_records(path: str, body: bytes, *, one_per_line: bool) -> None:
+    """Raise :class:`IngestError` naming a record that is ``null``, if one is.
 
-    pyarrow reads it as a row of nulls, and crashes the process (a segfault, pyarrow 26)
-    when one starts a block of its parse: the first record, or one ~1 MiB in. Counting
-    ``null`` where it is a member's value or an array element rules out most files cheaply;
-    the others are read with Python's ``json`` to find a null record exactly.
+    For records one after another: one per line (``one_per_line``) or pretty-printed. pyarrow
+    reads a null record as a row of nulls, and crashes the process (a segfault) when one
+    starts a block of its parse: the first record, or one ~1 MiB in. Counting ``null`` where
+    it is a member's value or an array element rules out most files; with records one per
+    line, so does finding no ``null`` at the start of a line or after an object or array
+    (strings cannot hold a line break). The others are read with Python's ``json``.
     """
     unexplained = body.count(b"null")
     for inside in _NULL_INSIDE_A_RECORD:
@@ -93,6 +98,12 @@ def _refuse_null_records(path: str, body: bytes) -> None:
             return
         unexplained -= body.count(inside)
     if not unexplained:
+        return
+    if (
+        one_per_line
+        and _NULL_FIRST.match(body) is None
+        and _NULL_AFTER_A_RECORD.search(body) is None
+    ):
         return
     text = decode(body)
     decoder = json.JSONDecoder(strict=False)
