@@ -233,6 +233,12 @@ class ServerUnavailable(MatrixOSError, RuntimeError):
     sqlstate = "57P03"  # cannot_connect_now
 
 
+class TooManyStatements(MatrixOSError, RuntimeError):
+    """A principal has as many statements running on the server as it may; retry shortly."""
+
+    sqlstate = "53000"  # insufficient_resources
+
+
 class StatementNotFound(MatrixOSError, LookupError):
     """No statement of that id on this server (never submitted, expired, or another user's)."""
 
@@ -265,6 +271,7 @@ __all__ = [
     "StorageError",
     "TableExists",
     "TableNotFound",
+    "TooManyStatements",
     "TpchError",
     "VersionNotFound",
     "VolumeNotFound",

@@ -75,6 +75,7 @@ def test_errors_surface() -> None:
         "StorageError",
         "TableExists",
         "TableNotFound",
+        "TooManyStatements",
         "TpchError",
         "VersionNotFound",
         "VolumeNotFound",

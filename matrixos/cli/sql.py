@@ -89,12 +89,34 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    statement_timeout: Annotated[
+        float,
+        typer.Option(
+            "--statement-timeout", min=0, help="Seconds a statement may run (0: no limit)."
+        ),
+    ] = 0.0,
+    max_statements: Annotated[
+        int,
+        typer.Option(
+            "--max-statements-per-user",
+            min=0,
+            help="Statements one user may have running or queued (0: no limit).",
+        ),
+    ] = 16,
+    max_result_rows: Annotated[
+        int, typer.Option("--max-result-rows", min=0, help="Rows a result keeps (0: all).")
+    ] = 0,
+    max_result_bytes: Annotated[
+        int,
+        typer.Option("--max-result-bytes", min=0, help="Bytes (Arrow) a result keeps (0: all)."),
+    ] = 0,
 ) -> None:
     """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
     import logging
 
     from matrixos.server.serve import ServeOptions
     from matrixos.server.serve import serve as run_server
+    from matrixos.server.statements import Limits
     from matrixos.session import connect as open_session
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
@@ -110,5 +132,11 @@ def serve(
                 workers=workers,
                 grace_s=grace,
                 chunk_rows=chunk_rows,
+                limits=Limits(
+                    statement_timeout_s=statement_timeout or None,
+                    max_active_per_principal=max_statements or None,
+                    max_result_rows=max_result_rows or None,
+                    max_result_bytes=max_result_bytes or None,
+                ),
             ),
         )

@@ -128,7 +128,9 @@ def create_app(
 
     @app.exception_handler(MatrixOSError)
     async def _matrixos_error(request: Request, e: MatrixOSError) -> JSONResponse:
-        return JSONResponse(error_body(e), status_code=http_status(e))
+        status = http_status(e)
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        return JSONResponse(error_body(e), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -2,7 +2,8 @@
 
 The body is Databricks-shaped (``error_code``, ``message``) with what a MatrixOS error knows
 besides: ``sqlstate``, ``hint`` and, for SQL, ``line``/``column``. User mistakes are 4xx
-(400 invalid, 403 refused, 404 missing, 409 conflicting); only a server-side failure is 5xx.
+(400 invalid, 403 refused, 404 missing, 409 conflicting, 429 over a limit); only a
+server-side failure is 5xx.
 
 Example:
     >>> from matrixos.errors import AccessDenied, SQLError
@@ -27,6 +28,7 @@ from matrixos.errors import (
     StatementCanceled,
     StorageError,
     TableExists,
+    TooManyStatements,
 )
 
 # (error class, HTTP status, Databricks error_code): the first class an error is wins.
@@ -34,6 +36,7 @@ _MAP: list[tuple[type[BaseException], int, str]] = [
     (AccessDenied, 403, "PERMISSION_DENIED"),
     (NotSupported, 400, "NOT_IMPLEMENTED"),
     (ServerUnavailable, 503, "TEMPORARILY_UNAVAILABLE"),
+    (TooManyStatements, 429, "RESOURCE_EXHAUSTED"),
     (StorageError, 503, "TEMPORARILY_UNAVAILABLE"),
     (ComputeError, 503, "TEMPORARILY_UNAVAILABLE"),
     (TableExists, 409, "RESOURCE_ALREADY_EXISTS"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -21,7 +21,7 @@ from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
 from matrixos.server.http import create_app
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
-from matrixos.server.statements import StatementManager
+from matrixos.server.statements import Limits, StatementManager
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -40,6 +40,7 @@ class ServeOptions:
     workers: int = 8
     grace_s: float = 30.0
     chunk_rows: int | None = None  # None: by format (see StatementManager)
+    limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
 
 
@@ -76,7 +77,9 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     def run(principal: Principal, sql: str, dialect: str) -> Any:
         return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
 
-    manager = StatementManager(run, workers=options.workers, chunk_rows=options.chunk_rows)
+    manager = StatementManager(
+        run, workers=options.workers, chunk_rows=options.chunk_rows, limits=options.limits
+    )
     app = create_app(
         lakehouse,
         manager,

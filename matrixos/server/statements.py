@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from matrixos.errors import (
     ServerUnavailable,
     StatementCanceled,
     StatementNotFound,
+    TooManyStatements,
 )
 from matrixos.server.statements_params import Parameter, bind
 from matrixos.server.statements_results import Format, ResultSet
@@ -99,6 +101,8 @@ class Statement:
         self.interrupt = Interrupt()
         self.done = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
+        self.timed_out = False
+        self.timer: threading.Timer | None = None
         self._callback_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> bool:
@@ -131,6 +135,24 @@ class Statement:
         return self.finished_at - (self.started_at or self.submitted_at)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one statement, and one principal, may use on a server (None: no limit).
+
+    Attributes:
+        statement_timeout_s: a statement still running after this long is stopped (FAILED,
+            SQLSTATE 57014; a write commits nothing).
+        max_active_per_principal: statements one principal may have pending or running;
+            one more is ``TooManyStatements`` (HTTP 429).
+        max_result_rows, max_result_bytes: the most a result keeps (it says ``truncated``).
+    """
+
+    statement_timeout_s: float | None = None
+    max_active_per_principal: int | None = None
+    max_result_rows: int | None = None
+    max_result_bytes: int | None = None
+
+
 class StatementManager:
     """Runs statements on a pool of ``workers`` threads and keeps them for their owners.
 
@@ -141,6 +163,7 @@ class StatementManager:
             is rendered a chunk at a time) and ``BINARY_CHUNK_ROWS`` for ARROW_STREAM and CSV.
         chunk_bytes: about the most bytes (Arrow, in memory) a chunk holds.
         retention_s: how long a finished statement's rows stay readable.
+        limits: per-statement and per-principal limits.
     """
 
     def __init__(
@@ -151,8 +174,11 @@ class StatementManager:
         chunk_rows: int | None = None,
         chunk_bytes: int = 16 * 1024 * 1024,
         retention_s: float = 3600.0,
+        limits: Limits = Limits(),
     ) -> None:
         self._runner = runner
+        self.limits = limits
+        self._active: Counter[str] = Counter()  # pending or running statements by principal
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")
         self._lock = threading.Lock()
         self._statements: dict[str, Statement] = {}
@@ -188,8 +214,15 @@ class StatementManager:
                     "the server is shutting down and takes no new statements",
                     hint="retry once it is back (or on another server)",
                 )
+            most = self.limits.max_active_per_principal
+            if most is not None and self._active[principal.name] >= most:
+                raise TooManyStatements(
+                    f"{principal.name} has {most} statements running, the most allowed",
+                    hint="wait for one to end (or cancel one), then retry",
+                )
             self._expire(time.time())
             self._statements[stmt.id] = stmt
+            self._active[principal.name] += 1
         self._pool.submit(self._run, stmt)
         return stmt
 
@@ -251,6 +284,13 @@ class StatementManager:
             stmt.state = State.RUNNING
             stmt.started_at = time.time()
         req = stmt.request
+        lim = self.limits
+        timer = None
+        if lim.statement_timeout_s:
+            timer = threading.Timer(lim.statement_timeout_s, self._time_out, (stmt,))
+            timer.daemon = True
+            stmt.timer = timer
+            timer.start()
 
         def check_cancel() -> None:
             if stmt.interrupt.requested:
@@ -266,16 +306,24 @@ class StatementManager:
                 result = self._runner(stmt.owner, sql, req.dialect)
                 rows = ResultSet.collect(
                     result.to_arrow_reader(keep=False),
-                    row_limit=req.row_limit,
-                    byte_limit=req.byte_limit,
+                    row_limit=_least(req.row_limit, lim.max_result_rows),
+                    byte_limit=_least(req.byte_limit, lim.max_result_bytes),
                     chunk_rows=self.chunk_rows or _DEFAULT_CHUNK_ROWS[req.format],
                     chunk_bytes=self.chunk_bytes,
                     on_batch=check_cancel,
                 )
         except MatrixOSError as e:
-            state = State.CANCELED if stmt.interrupt.requested else State.FAILED
+            error: MatrixOSError | None = e
+            state = State.FAILED
+            if stmt.timed_out:
+                error = StatementCanceled(
+                    f"canceling statement due to statement timeout ({lim.statement_timeout_s:g} s)",
+                    hint="make the query cheaper, or ask for a longer --statement-timeout",
+                )
+            elif stmt.interrupt.requested:
+                state, error = State.CANCELED, None
             with self._lock:
-                self._finish(stmt, state, e if state is State.FAILED else None)
+                self._finish(stmt, state, error)
             return
         except Exception as e:  # an engine bug: the client gets a generic error, the log the rest
             log.exception("statement %s failed unexpectedly", stmt.id)
@@ -290,8 +338,19 @@ class StatementManager:
             stmt.result = rows
             self._finish(stmt, State.SUCCEEDED, None)
 
+    def _time_out(self, stmt: Statement) -> None:
+        if not stmt.done.is_set():
+            stmt.timed_out = True
+            stmt.interrupt.interrupt()
+
     def _finish(self, stmt: Statement, state: State, error: MatrixOSError | None) -> None:
         """End ``stmt`` (called with the lock held)."""
+        if stmt.timer is not None:
+            stmt.timer.cancel()
+        if stmt.state in (State.PENDING, State.RUNNING):
+            self._active[stmt.owner.name] -= 1
+            if self._active[stmt.owner.name] <= 0:
+                del self._active[stmt.owner.name]
         stmt.state = state
         stmt.error = error
         stmt.finished_at = time.time()
@@ -313,3 +372,8 @@ class StatementManager:
             stmt = self._statements.pop(sid)
             stmt.state = State.CLOSED
             stmt.result = None
+
+
+def _least(a: int | None, b: int | None) -> int | None:
+    """The smaller limit (None is no limit)."""
+    return b if a is None else a if b is None else min(a, b)

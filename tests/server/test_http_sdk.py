@@ -162,3 +162,39 @@ def test_openapi_property_run_finds_no_server_error(
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_limits_timeout_concurrency_and_result_size(tmp_path: Path) -> None:
+    wh = make_served_warehouse(tmp_path / "warehouse")
+    args = ["--statement-timeout", "3", "--max-statements-per-user", "1"]
+    args += ["--max-result-rows", "10"]
+    server = MatrixOSServer(wh.uri, tmp_path / "server.log", args=args).start()
+    c = httpx.Client(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {wh.tokens['admin']}"}
+    )
+    other = {"Authorization": f"Bearer {wh.tokens['alice']}"}
+    try:
+        # Warm: the server's first statement opens its engine, which is not what is timed out.
+        assert c.post(STATEMENTS, json={"statement": "SELECT 1"}, headers=other).status_code == 200
+        endless = "SELECT count(*) FROM big.nums a, big.nums b, big.nums c WHERE a.n + b.n = c.n"
+        sid = c.post(STATEMENTS, json={"statement": endless, "wait_timeout": "0s"}).json()[
+            "statement_id"
+        ]
+        busy = c.post(STATEMENTS, json={"statement": "SELECT 1"})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert busy.json()["sqlstate"] == "53000"
+        # Another user is not held back by admin's statement.
+        alone = c.post(STATEMENTS, json={"statement": "SELECT 1"}, headers=other)
+        assert alone.status_code == 200, alone.text
+        body = c.get(f"{STATEMENTS}/{sid}").json()
+        while body["status"]["state"] in ("PENDING", "RUNNING"):
+            time.sleep(0.05)
+            body = c.get(f"{STATEMENTS}/{sid}").json()
+        assert body["status"]["state"] == "FAILED"
+        assert body["status"]["error"]["sqlstate"] == "57014"
+        assert "statement timeout" in body["status"]["error"]["message"]
+        rows = c.post(STATEMENTS, json={"statement": "SELECT n FROM big.nums"}).json()
+        assert rows["manifest"]["total_row_count"] == 10 and rows["manifest"]["truncated"]
+    finally:
+        c.close()
+        server.stop()
