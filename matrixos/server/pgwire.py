@@ -43,8 +43,9 @@ import re
 import secrets
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pyarrow as pa
 import sqlglot
@@ -56,7 +57,6 @@ from pg_mimic.middleware import (
     MiddlewareContext,
     asyncpg_typeinfo,
     is_transaction_end,
-    resolve,
     session_functions,
     transaction_control,
 )
@@ -87,7 +87,7 @@ log = logging.getLogger("matrixos.server.pg")
 
 AuthMethod = Literal["scram-sha-256", "password", "trust"]
 SERVER_VERSION = f"16.0 (MatrixOS {__version__})"
-FETCH_ROWS = 8192  # rows converted per step when a client fetches without a limit
+SMALL_RESULT = 256  # rows: read whole with the statement, encoded without another hand-off
 
 # Client parameters drivers and psql set (psycopg: client_encoding, DateStyle, TimeZone;
 # JDBC: extra_float_digits, application_name; BI tools: search_path, statement_timeout).
@@ -254,7 +254,7 @@ class MxPortal(Portal):
         self.kind = "SELECT"
         self._schema: pa.Schema | None = None
         self._reader: Any = None  # the result's batches (None: no rows, or all read)
-        self._left: pa.RecordBatch | None = None  # the unread part of the last batch
+        self._queue: list[pa.RecordBatch] = []  # read from the reader, not yet sent
         self._started = False
 
     async def start(self) -> None:
@@ -262,29 +262,42 @@ class MxPortal(Portal):
             return
         self._started = True
         sql = bind_parameters(self.sql, self.params, self.param_oids)
-        result = await self.session.run(sql)
+        result = await self.session.run(sql, self._prefetch)
         self.message, self.kind = result.message, result.statement
         if self.message is None:  # rows (a DML/DDL result is only its command tag)
             self._schema = result.schema
             self.columns = [ResultColumn(f.name, oid_for(f.type)) for f in result.schema]
-            self._reader = result.to_arrow_reader(keep=False)
+
+    def _prefetch(self, result: Result) -> None:
+        """Open the rows and read a small result whole (the query runs here, in the
+        statement's thread, and a small result's Execute needs no second hand-off)."""
+        if result.message is not None:
+            return
+        self._reader = result.to_arrow_reader(keep=False)
+        total = 0
+        while total <= SMALL_RESULT and self._read_batch():
+            total += self._queue[-1].num_rows
+
+    def _read_batch(self) -> bool:
+        """Queue the reader's next batch; False at its end."""
+        if self._reader is None:
+            return False
+        try:
+            self._queue.append(self._reader.read_next_batch())
+        except StopIteration:
+            self._reader = None
+            return False
+        return True
 
     def _take(self, n: int | None) -> list[pa.RecordBatch]:
         """The next ``n`` rows (None: all the rest) as batches; in a worker thread."""
         out: list[pa.RecordBatch] = []
         want = n
-        while want is None or want > 0:
-            batch, self._left = self._left, None
-            if batch is None:
-                if self._reader is None:
-                    break
-                try:
-                    batch = self._reader.read_next_batch()
-                except StopIteration:
-                    self._reader = None
-                    break
+        while (want is None or want > 0) and (self._queue or self._read_batch()):
+            batch = self._queue.pop(0)
             if want is not None and batch.num_rows > want:
-                batch, self._left = batch.slice(0, want), batch.slice(want)
+                batch, rest = batch.slice(0, want), batch.slice(want)
+                self._queue.insert(0, rest)
             out.append(batch)
             if want is not None:
                 want -= batch.num_rows
@@ -307,6 +320,14 @@ class MxPortal(Portal):
             return b"", 0, False
         n = max_rows if max_rows > 0 else None
         oids = [c.oid for c in self.columns]
+        queued = sum(b.num_rows for b in self._queue)
+        if self._reader is None and queued <= SMALL_RESULT and (n is None or n > queued):
+            # a small result, read whole: encoded here, row by row, without a hand-off
+            batches, self._queue = self._queue, []
+            cols = self.columns
+            fetched = list(rows(self._schema, iter(batches)))
+            data = b"".join(messages.make_data_row(encode_row(r, cols)) for r in fetched)
+            return data, len(fetched), False
 
         def encode() -> tuple[bytes, int]:
             batches = self._take(n)
@@ -328,16 +349,25 @@ class MxPortal(Portal):
 class MxStatement(Statement):
     """A parsed statement (``$n`` parameters allowed) bound any number of times."""
 
-    def __init__(self, session: MxSession, sql: str, param_oids: list[int | None]) -> None:
+    def __init__(
+        self,
+        session: MxSession,
+        sql: str,
+        param_oids: list[int | None],
+        tree: exp.Expr | None = None,
+    ) -> None:
+        """``tree``: ``sql`` parsed already (one statement), or None."""
         self.session = session
         self.sql = sql
         self.param_oids = param_oids
         self._pending: MxPortal | None = None
-        try:
-            trees = sqlglot.parse(sql, dialect="postgres")
-        except sqlglot.errors.SqlglotError:
-            trees = []
-        last = trees[-1] if trees else None
+        last = tree
+        if last is None:
+            try:
+                trees = sqlglot.parse(sql, dialect="postgres")
+            except sqlglot.errors.SqlglotError:
+                trees = []
+            last = trees[-1] if trees else None
         self.returns_rows = not isinstance(last, _NO_ROWS)
 
     async def describe(self) -> list[ResultColumn] | None:
@@ -400,20 +430,16 @@ class MxSession(Session):
             self.server.sessions.pop(self._connection.pid, None)
 
     async def prepare(self, sql: str, param_oids: list[int | None]) -> Statement:
-        chain = (
-            cursors,
-            settings,
-            transaction_control,
-            session_functions,
-            asyncpg_typeinfo,
-            catalog,
-        )
-        answered = await resolve(self._connection, sql, param_oids, chain)
-        if answered is not None:
-            return answered
+        ctx = MiddlewareContext(self._connection, sql, param_oids)
+        for link in (cursors, settings, transaction_control, session_functions):
+            if (answered := await link(ctx)) is not None:
+                return answered
+        for link in (asyncpg_typeinfo, catalog):
+            if sql.strip() and (answered := await link(ctx)) is not None:
+                return answered
         if "$" in sql:  # ParameterDescription tells every parameter's type, as PostgreSQL's
             param_oids = await asyncio.to_thread(parameter_oids, sql, param_oids, self._column_type)
-        return MxStatement(self, sql, param_oids)
+        return MxStatement(self, sql, param_oids, ctx.expression)
 
     def _column_type(self, column: exp.Column) -> pa.DataType | None:
         """The type of a column a parameter meets, from the tables of its statement."""
@@ -429,16 +455,19 @@ class MxSession(Session):
                 return schema.field(column.name).type
         return None
 
-    async def run(self, sql: str) -> Result:
-        """Run ``sql`` as this session's principal; errors as ``PgError``s."""
+    async def run(self, sql: str, then: Callable[[Result], None]) -> Result:
+        """Run ``sql`` as this session's principal, then ``then(result)`` in the same worker
+        thread (one hand-off per statement); errors as ``PgError``s."""
         handle = Interrupt()
         self._interrupt = handle
 
         def work() -> Result:
             with interruptible(handle):
-                return self.lakehouse.sql(sql, dialect="postgres")
+                result = self.lakehouse.sql(sql, dialect="postgres")
+                then(result)
+                return result
 
-        return await self.in_thread(work, sql)
+        return cast("Result", await self.in_thread(work, sql))
 
     async def in_thread(self, fn: Any, sql: str | None = None) -> Any:
         try:

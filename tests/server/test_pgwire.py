@@ -263,9 +263,12 @@ def test_psycopg_prepared_statements_and_portals(server: Served) -> None:
         # a server-side cursor: DECLARE, then FETCH FORWARD in steps, CLOSE
         with conn.transaction(), conn.cursor(name="big") as cur:
             cur.itersize = 100
-            cur.execute("SELECT n FROM sales.nums WHERE n < %s ORDER BY n", (250,))
+            cur.execute("SELECT n FROM sales.nums WHERE n < %s ORDER BY n", (2500,))
             assert cur.description is not None and cur.description[0].name == "n"
-            assert [r[0] for r in cur] == list(range(250))
+            assert [r[0] for r in cur] == list(range(2500))
+        # a whole result larger than what is read with the statement
+        all_rows = conn.execute("SELECT n FROM sales.nums ORDER BY n").fetchall()
+        assert [r[0] for r in all_rows] == list(range(3000))
 
 
 def test_psycopg_simple_protocol_and_command_tags(server: Served) -> None:
