@@ -52,6 +52,7 @@ from matrixos.server.statements_results import (
     csv_bytes,
     json_rows,
 )
+from matrixos.server.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -72,15 +73,33 @@ class Unauthenticated(Exception):
     """No valid bearer token: answered 401 (not a MatrixOSError: nothing ran)."""
 
 
+class LoginsThrottled(Exception):
+    """Too many failed logins for an address and token id: answered 429."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+def _token_id(token: str) -> str:
+    """The id part of an ``mxt_<id>_<secret>`` token ("?" for anything else)."""
+    parts = token.split("_")
+    return parts[1][:64] if len(parts) >= 3 and parts[0] == "mxt" else "?"
+
+
 def create_app(
     lakehouse: "Lakehouse",
     manager: StatementManager,
     authenticate: Authenticate,
     *,
     default_dialect: str = "duckdb",
+    throttle: LoginThrottle | None = None,
 ) -> FastAPI:
     """The API over ``lakehouse`` (each call acting as the token's principal), running
-    statements on ``manager``; ``authenticate(token)`` gives the principal or raises."""
+    statements on ``manager``; ``authenticate(token)`` gives the principal or raises.
+    ``throttle`` counts failed logins (default: 10 a minute per address and token id, then 30 s
+    of 429s)."""
+    logins = throttle or LoginThrottle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -100,16 +119,26 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="a MatrixOS API token")
 
     def principal(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> Principal:
         # In a worker thread, not on the event loop: a token not seen before costs a scrypt
         # hash, and a catalog on PostgreSQL a network round trip.
         if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials.strip():
             raise Unauthenticated("missing bearer token")
+        token = creds.credentials.strip()
+        # Failures count per client address and token id (never the secret).
+        key = f"{request.client.host if request.client else '?'}|{_token_id(token)}"
+        wait = logins.retry_after(key)
+        if wait > 0:
+            raise LoginsThrottled(wait)
         try:
-            return authenticate(creds.credentials.strip())
+            who = authenticate(token)
         except MatrixOSError as e:
+            logins.failed(key)
             raise Unauthenticated("invalid, expired or revoked token") from e
+        logins.succeeded(key)
+        return who
 
     User = Annotated[Principal, Depends(principal)]
 
@@ -124,6 +153,16 @@ def create_app(
              "hint": "send the header Authorization: Bearer <token> (matrixos tokens create)"},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+    @app.exception_handler(LoginsThrottled)
+    async def _throttled(request: Request, e: LoginsThrottled) -> JSONResponse:
+        return JSONResponse(
+            {"error_code": "RESOURCE_EXHAUSTED", "sqlstate": "53000",
+             "message": "too many failed logins from this address with this token",
+             "hint": f"wait {e.retry_after:.0f} s, and check the token"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, round(e.retry_after)))},
         )  # fmt: skip
 
     @app.exception_handler(MatrixOSError)

@@ -283,6 +283,18 @@ def test_no_token_or_a_bad_token_is_401(clients: dict, served_warehouse: ServedW
     assert anonymous.get("/api/2.0/matrixos/tables").status_code == 401
 
 
+def test_repeated_failed_logins_are_throttled(clients: dict) -> None:
+    anonymous = clients["anonymous"]
+    guess = {"Authorization": "Bearer mxt_0123456789abcdef_guess"}
+    tables = "/api/2.0/matrixos/tables"
+    codes = [anonymous.get(tables, headers=guess).status_code for _ in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    r = anonymous.get(tables, headers=guess)
+    assert int(r.headers["retry-after"]) > 0 and r.json()["sqlstate"] == "53000"
+    # Other tokens from the same address are not held back.
+    assert clients["alice"].get(tables).status_code == 200
+
+
 def test_a_user_without_grants_reads_nothing(clients: dict) -> None:
     bob = clients["bob"]
     r = submit(bob, "SELECT * FROM sales.orders")
