@@ -109,12 +109,17 @@ class MatrixOSServer:
             self.proc.wait(10)
 
 
-def make_served_warehouse(root: Path) -> ServedWarehouse:
+def make_served_warehouse(
+    root: Path | str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    catalog_url: str | None = None,
+) -> ServedWarehouse:
     """A warehouse with ``sales.orders`` (5 rows), ``sales.customers``, ``hr.salaries``,
     ``big.nums`` (n: 0…19,999), ``kb.docs`` (Lance, hash embeddings) and the accounts
     ``admin``, ``alice`` (USE + SELECT on schema ``main.sales``) and ``bob``."""
     wh = ServedWarehouse(str(root))
-    with mx.connect(wh.uri) as lh:
+    with mx.connect(wh.uri, storage_options=storage_options, catalog_url=catalog_url) as lh:
         lh.create_table(
             "sales.orders",
             [{"id": i, "customer": f"c{i % 2}", "amount": 10.0 * i} for i in range(1, 6)],

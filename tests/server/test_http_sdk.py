@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -197,4 +198,31 @@ def test_limits_timeout_concurrency_and_result_size(tmp_path: Path) -> None:
         assert rows["manifest"]["total_row_count"] == 10 and rows["manifest"]["truncated"]
     finally:
         c.close()
+        server.stop()
+
+
+def test_a_server_on_s3_with_a_postgres_catalog(
+    tmp_path: Path, s3_server: Any, postgres_server: Any
+) -> None:
+    uri = f"s3://{s3_server.make_bucket()}/wh"
+    catalog = postgres_server.url(postgres_server.create_database())
+    wh = make_served_warehouse(uri, storage_options=s3_server.storage_options, catalog_url=catalog)
+    server = MatrixOSServer(
+        uri, tmp_path / "server.log", args=["--catalog-url", catalog],
+        env=dict(s3_server.storage_options),
+    ).start()  # fmt: skip
+    try:
+        alice = mx.connect(server.http_url, token=wh.tokens["alice"])
+        assert alice.tables() == ["main.sales.customers", "main.sales.orders"]
+        got = alice.sql(
+            "SELECT sum(amount) AS s FROM sales.orders WHERE id > :i", parameters={"i": 2}
+        )
+        assert got.scalar() == 120.0
+        admin = mx.connect(server.http_url, token=wh.tokens["admin"])
+        admin.sql("INSERT INTO sales.orders VALUES (6, 'c0', 60.0)")
+        assert admin.table("sales.orders").to_arrow(version=0).num_rows == 5
+        assert alice.sql("SELECT count(*) FROM sales.orders").scalar() == 6
+        with pytest.raises(AccessDenied):
+            alice.sql("SELECT * FROM hr.salaries")
+    finally:
         server.stop()
