@@ -19,11 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pg_mimic import ResultColumn, StaticStatement
+from pg_mimic import Portal, ResultColumn, Statement, StaticStatement
 from pg_mimic.catalog import pg_type_by_oid
 from pg_mimic.catalog_data import PG_CATALOG_SCHEMA
 from pg_mimic.catalog_rewrite import rewrite_for_executor
@@ -31,7 +32,7 @@ from sqlglot import exp
 from sqlglot.executor import execute as sqlglot_execute
 
 from matrixos.errors import MatrixOSError
-from matrixos.server.pg_types import TEXT, oid_for, type_name
+from matrixos.server.pg_types import TEXT, literal, oid_for, type_name
 
 if TYPE_CHECKING:
     from matrixos.catalog.access import Principal
@@ -256,6 +257,58 @@ def catalog_statement(connection: Any, tree: exp.Query, view: CatalogView) -> St
     names = [_column_name(tree, i, n) for i, n in enumerate(result.columns)]
     columns = [ResultColumn(n, _oid_of(rows, i)) for i, n in enumerate(names)]
     return StaticStatement(sql, columns, rows)
+
+
+class BoundCatalogQuery(Statement):
+    """A catalog query with ``$n`` parameters (BI tools send ``WHERE relnamespace = $1``):
+    answered when bound, each parameter a literal of the tree."""
+
+    def __init__(
+        self, connection: Any, tree: exp.Query, param_oids: list[int | None], view: CatalogView
+    ) -> None:
+        self.connection = connection
+        self.tree = tree
+        self.view = view
+        self.sql = tree.sql(dialect="postgres")
+        self.param_oids = param_oids
+        self._pending: _BoundCatalogPortal | None = None
+
+    async def describe(self) -> list[ResultColumn] | None:
+        portal, self._pending = self._pending, None
+        if portal is None:  # before Bind: the columns, with every parameter NULL
+            portal = _BoundCatalogPortal(self, [])
+        columns: list[ResultColumn] | None = await (await portal.answer()).describe()
+        return columns
+
+    def bind(self, params: list[Any]) -> Portal:
+        self._pending = _BoundCatalogPortal(self, params)
+        return self._pending
+
+
+class _BoundCatalogPortal(Portal):
+    def __init__(self, statement: BoundCatalogQuery, params: list[Any]) -> None:
+        self.statement = statement
+        self.params = params
+        self._answer: StaticStatement | None = None
+        self._portal: Portal | None = None
+
+    async def answer(self) -> StaticStatement:
+        if self._answer is None:
+            s = self.statement
+            tree = s.tree.copy()
+            for node in list(tree.find_all(exp.Parameter)):
+                i = int(node.name) if node.name.isdigit() else 0
+                value = self.params[i - 1] if 0 < i <= len(self.params) else None
+                oid = s.param_oids[i - 1] if 0 < i <= len(s.param_oids) else None
+                node.replace(literal(value, oid))
+            self._answer = await asyncio.to_thread(catalog_statement, s.connection, tree, s.view)
+        return self._answer
+
+    async def execute(self, max_rows: int) -> tuple[list[tuple[Any, ...]], bool]:
+        if self._portal is None:
+            self._portal = (await self.answer()).bind([])
+        result: tuple[list[tuple[Any, ...]], bool] = await self._portal.execute(max_rows)
+        return result
 
 
 def _column_name(tree: exp.Query, i: int, name: str) -> str:

@@ -70,7 +70,12 @@ from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
-from matrixos.server.pg_catalog import CatalogView, catalog_statement, is_catalog_query
+from matrixos.server.pg_catalog import (
+    BoundCatalogQuery,
+    CatalogView,
+    catalog_statement,
+    is_catalog_query,
+)
 from matrixos.server.pg_cursors import cursors
 from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
@@ -546,6 +551,8 @@ async def catalog(ctx: MiddlewareContext) -> Statement | None:
     session: MxSession = ctx.connection.session
     lh = session.lakehouse
     view = CatalogView(lh.service, lh.principal, session.catalog)
+    if tree.find(exp.Parameter) is not None:  # answered once its parameters are bound
+        return BoundCatalogQuery(ctx.connection, tree, ctx.param_oids, view)
     return await asyncio.to_thread(catalog_statement, ctx.connection, tree, view)
 
 

@@ -466,3 +466,50 @@ def test_password_auth_accepts_a_token(lh: mx.Lakehouse) -> None:
             assert conn.execute("SELECT count(*) FROM sales.orders").fetchone() == (3,)
         with pytest.raises(psycopg.OperationalError):
             connect(handle, "bob", password=token)  # alice's token is not bob's password
+
+
+# -- BI tools' metadata queries (pgjdbc/DBeaver shapes) ---------------------------------------
+JDBC_TABLES = """
+SELECT NULL AS TABLE_CAT, n.nspname AS TABLE_SCHEM, c.relname AS TABLE_NAME,
+  CASE n.nspname ~ '^pg_' OR n.nspname = 'information_schema'
+    WHEN true THEN CASE WHEN n.nspname = 'pg_catalog' OR n.nspname = 'information_schema'
+      THEN CASE c.relkind WHEN 'r' THEN 'SYSTEM TABLE' ELSE NULL END ELSE NULL END
+    WHEN false THEN CASE c.relkind WHEN 'r' THEN 'TABLE' ELSE NULL END
+    ELSE NULL END AS TABLE_TYPE, d.description AS REMARKS
+FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c
+LEFT JOIN pg_catalog.pg_description d
+  ON (c.oid = d.objoid AND d.objsubid = 0 AND d.classoid = 'pg_class'::regclass)
+WHERE c.relnamespace = n.oid AND c.relname LIKE %s
+ORDER BY TABLE_TYPE, TABLE_SCHEM, TABLE_NAME
+"""
+
+
+def test_bi_tool_metadata_queries(server: Served) -> None:
+    with connect(server) as conn:
+        tables = conn.execute(JDBC_TABLES, ("%",)).fetchall()
+        assert [(r[1], r[2], r[3]) for r in tables] == [
+            ("sales", "nums", "TABLE"),
+            ("sales", "orders", "TABLE"),
+        ]
+        namespaces = conn.execute(
+            "SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n "
+            "WHERE n.nspname NOT LIKE 'pg_%%' AND n.nspname <> 'information_schema'"
+        ).fetchall()
+        assert [r[1] for r in namespaces] == ["sales"]
+        (sales_oid,) = [r[0] for r in namespaces]
+        in_sales = conn.execute(
+            "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relnamespace = %s "
+            "ORDER BY c.relname",
+            (sales_oid,),
+        ).fetchall()
+        assert in_sales == [("nums",), ("orders",)]
+        columns = conn.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            ("sales", "orders"),
+        ).fetchall()
+        assert columns[0] == ("id", "bigint", "YES") and columns[2] == ("amount", "numeric", "YES")
+        assert conn.execute("SELECT datname FROM pg_catalog.pg_database").fetchall() == [("main",)]
+    with connect(server, "bob") as conn:
+        assert conn.execute(JDBC_TABLES, ("%",)).fetchall() == []
+        assert conn.execute("SELECT table_name FROM information_schema.columns").fetchall() == []
