@@ -47,6 +47,7 @@ class ResultSet:
     schema: pa.Schema
     chunks: list[pa.Table] = field(default_factory=list)
     truncated: bool = False
+    _offsets: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
     def collect(
@@ -96,7 +97,12 @@ class ResultSet:
         return sum(c.num_rows for c in self.chunks)
 
     def row_offset(self, index: int) -> int:
-        return sum(c.num_rows for c in self.chunks[:index])
+        """The row number chunk ``index`` starts at."""
+        if len(self._offsets) != len(self.chunks):  # computed once the chunks are final
+            self._offsets = [0]
+            for c in self.chunks[:-1]:
+                self._offsets.append(self._offsets[-1] + c.num_rows)
+        return self._offsets[index]
 
 
 def _batches(reader: pa.RecordBatchReader, on_batch: Any) -> Iterator[pa.RecordBatch]:
