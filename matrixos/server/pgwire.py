@@ -4,8 +4,8 @@ Built on pg-mimic (MIT, pure Python, asyncio), which frames the messages and run
 and extended query protocols (Parse/Bind/Describe/Execute/Sync, prepared statements, portals,
 ``PortalSuspended``). MatrixOS adds what a shared server needs:
 
-* SCRAM-SHA-256 against the accounts' stored verifiers (the password never reaches the
-  server), or ``auth="password"`` (cleartext: a password or an API token; use it with TLS),
+* SCRAM-SHA-256 against the accounts' stored verifiers (``pg_auth.py``: the password never
+  reaches the server), or ``auth="password"`` (cleartext: a password or an API token; use TLS),
   or ``auth="trust"`` (every client acts as the session's own principal: tests, local use).
 * TLS when an ``ssl.SSLContext`` is given (``SSLRequest`` → ``S``), else ``N``.
 * Every statement runs through the SQL engine in the PostgreSQL dialect as the logged-in
@@ -17,7 +17,7 @@ and extended query protocols (Parse/Bind/Describe/Execute/Sync, prepared stateme
 * ``CancelRequest`` interrupts the running statement (``engine/interrupt.py``): 57014.
 * ``pg_catalog``/``information_schema`` from the catalog as the principal sees it
   (``pg_catalog.py``); ``SET``/``SHOW`` of the client parameters psql and drivers send are
-  answered here and never reach the engine; other settings are refused.
+  answered here (``pg_settings.py``) and never reach the engine; other settings are refused.
 
 Why some pg-mimic internals are overridden (``_handle_client``, ``_negotiate_startup``,
 ``_execute_one_simple_statement``, ``_handle_execute``): pg-mimic 0.1.3 has no TLS upgrade, builds
@@ -40,7 +40,6 @@ import inspect
 import logging
 import os
 import re
-import secrets
 import struct
 import threading
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pyarrow as pa
 import sqlglot
-from pg_mimic import PgServer, Portal, ResultColumn, Session, Statement, StaticStatement, messages
+from pg_mimic import PgServer, Portal, ResultColumn, Session, Statement, messages
 from pg_mimic.auth import AuthPlugin, TrustAuthPlugin
 from pg_mimic.connection import Connection, command_tag
 from pg_mimic.errors import PgError
@@ -62,14 +61,14 @@ from pg_mimic.middleware import (
 )
 from pg_mimic.results import encode_row
 from pg_mimic.stream import ConnectionClosed, PgStream
-from scramp import ScramException, ScramMechanism
 from sqlglot import exp
 
 from matrixos import __version__
 from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.engine.interrupt import Interrupt, interruptible
-from matrixos.errors import AccessDenied, ConfigError, MatrixOSError, StatementCanceled
+from matrixos.errors import ConfigError, MatrixOSError, StatementCanceled
+from matrixos.server.pg_auth import PasswordAuth, ScramAuth
 from matrixos.server.pg_catalog import (
     BoundCatalogQuery,
     CatalogView,
@@ -79,6 +78,7 @@ from matrixos.server.pg_catalog import (
 from matrixos.server.pg_cursors import cursors
 from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
+from matrixos.server.pg_settings import settings
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
 
 if TYPE_CHECKING:
@@ -94,152 +94,7 @@ AuthMethod = Literal["scram-sha-256", "password", "trust"]
 SERVER_VERSION = f"16.0 (MatrixOS {__version__})"
 SMALL_RESULT = 256  # rows: read whole with the statement, encoded without another hand-off
 
-# Client parameters drivers and psql set (psycopg: client_encoding, DateStyle, TimeZone;
-# JDBC: extra_float_digits, application_name; BI tools: search_path, statement_timeout).
-# Accepted and shown back; they never reach the engine. Any other SET is refused.
-CLIENT_SETTINGS = {
-    "application_name",
-    "bytea_output",
-    "client_encoding",
-    "client_min_messages",
-    "datestyle",
-    "default_transaction_isolation",
-    "default_transaction_read_only",
-    "extra_float_digits",
-    "idle_in_transaction_session_timeout",
-    "intervalstyle",
-    "lock_timeout",
-    "search_path",
-    "session characteristics",
-    "standard_conforming_strings",
-    "statement_timeout",
-    "time zone",
-    "timezone",
-    "transaction isolation level",
-}
-_SET_RE = re.compile(
-    r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(.+?)\s*(?:\bTO\b|=|\s)\s*(.*?)\s*;?\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_RESET_RE = re.compile(r"^\s*RESET\s+(\w+|ALL)\s*;?\s*$", re.IGNORECASE)
-_SHOW_RE = re.compile(r"^\s*SHOW\s+(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
-# SHOW statements the engine answers (the catalog); any other SHOW reads a client parameter.
-_ENGINE_SHOW = re.compile(
-    r"^(TABLES|SCHEMAS|DATABASES|CATALOGS|GRANTS|VOLUMES|COLUMNS|CREATE|TBLPROPERTIES|USERS|"
-    r"GROUPS|TOKENS|PARTITIONS)\b",
-    re.IGNORECASE,
-)
-# What a statement of these kinds returns is only a command tag (the engine's ``message``).
 _NO_ROWS = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
-
-
-# -- authentication --------------------------------------------------------------------------
-class ScramAuth(AuthPlugin):
-    """SCRAM-SHA-256 (RFC 5802/7677) against the account's stored verifier (scramp's server
-    side). An unknown user goes through the whole exchange with a random verifier and fails
-    like a wrong password, so the reply does not tell which names exist."""
-
-    MECHANISM = "SCRAM-SHA-256"
-
-    def __init__(self, accounts: Accounts) -> None:
-        self.accounts = accounts
-
-    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
-        client = peer_address(stream)
-        throttle = self.accounts.throttle
-        if throttle is not None:
-            try:
-                throttle.check(username, client)
-            except AccessDenied:
-                log.info("pg login throttled for user %r from %s", username, client)
-                return False
-        ok = await self._exchange(stream, username)
-        if throttle is not None:
-            (throttle.succeeded if ok else throttle.failed)(username, client)
-        return ok
-
-    async def _exchange(self, stream: PgStream, username: str) -> bool:
-        verifier = await asyncio.to_thread(self._verifier, username)
-        if verifier is None:
-            salt, stored, server_key, iterations = (secrets.token_bytes(16),) * 3 + (4096,)
-        else:
-            salt, stored = verifier.salt, verifier.stored_key
-            server_key, iterations = verifier.server_key, verifier.iterations
-        server = ScramMechanism(self.MECHANISM).make_server(
-            lambda _name: (salt, stored, server_key, iterations)
-        )
-        stream.write(messages.make_authentication_sasl([self.MECHANISM]))
-        await stream.drain()
-        tag, payload = await stream.read_message()
-        if tag != messages.PASSWORD:
-            raise PgError("28P01", "expected a SASLInitialResponse")
-        _mechanism, client_first = messages.parse_sasl_initial_response(payload)
-        try:
-            _set_client_first(server, client_first.decode("utf-8"))
-            first = server.get_server_first().encode()
-            stream.write(messages.make_authentication_sasl_continue(first))
-            await stream.drain()
-            tag, payload = await stream.read_message()
-            if tag != messages.PASSWORD:
-                raise PgError("28P01", "expected a SASLResponse")
-            server.set_client_final(payload.decode("utf-8"))
-            final = server.get_server_final()
-        except (ScramException, UnicodeDecodeError):
-            log.info("pg login failed (SCRAM) for user %r", username)
-            return False
-        stream.write(messages.make_authentication_sasl_final(final.encode("utf-8")))
-        await stream.drain()
-        return True
-
-    def _verifier(self, username: str) -> Any:
-        try:
-            return self.accounts.scram_verifier(username)
-        except MatrixOSError:
-            return None
-
-
-def peer_address(stream: PgStream) -> str | None:
-    """The client's IP address (what failed logins are throttled by)."""
-    peer = stream.writer.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else None
-
-
-def _set_client_first(server: Any, client_first: str) -> None:
-    """libpq sends ``n=`` (the user travelled in the startup packet); scramp wants a name.
-    Feed it a stand-in, then restore the signed client-first-bare exactly as sent."""
-    parts = client_first.split(",")
-    if len(parts) < 3 or parts[2] != "n=":
-        server.set_client_first(client_first)
-        return
-    server.set_client_first(",".join([*parts[:2], "n=user", *parts[3:]]))
-    server.client_first_bare = ",".join(parts[2:])
-
-
-class PasswordAuth(AuthPlugin):
-    """Cleartext password: the user's password or one of its API tokens (over TLS only, in
-    any deployment that is not loopback)."""
-
-    def __init__(self, accounts: Accounts) -> None:
-        self.accounts = accounts
-
-    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
-        stream.write(messages.make_authentication_cleartext_password())
-        await stream.drain()
-        tag, payload = await stream.read_message()
-        if tag != messages.PASSWORD:
-            raise PgError("28P01", "expected a password")
-        secret = payload.rstrip(b"\x00").decode("utf-8", "replace")
-        return await asyncio.to_thread(self._check, username, secret, peer_address(stream))
-
-    def _check(self, username: str, secret: str, client: str | None) -> bool:
-        try:
-            if secret.startswith("mxt_"):
-                return self.accounts.authenticate_token(secret, client=client).name == username
-            self.accounts.authenticate_password(username, secret, client=client)
-            return True
-        except MatrixOSError:
-            log.info("pg login failed (password) for user %r", username)
-            return False
 
 
 # -- statements ------------------------------------------------------------------------------
@@ -492,57 +347,6 @@ class MxSession(Session):
 
 
 # -- middleware: answered here, never by the engine -----------------------------------------
-async def settings(ctx: MiddlewareContext) -> Statement | None:
-    """SET/RESET/SHOW of client parameters; any other SET is refused (42501)."""
-    conn = ctx.connection
-    if m := _RESET_RE.match(ctx.sql):
-        name = m.group(1).lower()
-        return StaticStatement(
-            "RESET",
-            None,
-            [],
-            conn.session_vars.clear if name == "all" else lambda: conn.session_vars.pop(name, None),
-        )
-    if m := _SET_RE.match(ctx.sql):
-        name = " ".join(m.group(1).lower().split()).strip('"')
-        if name not in CLIENT_SETTINGS:
-            raise pg_error(
-                AccessDenied(
-                    f"setting {name!r} may not be changed over the wire",
-                    hint="client parameters (client_encoding, DateStyle, TimeZone, "
-                    "search_path, application_name, …) may be set; engine settings may not",
-                )
-            )
-        value = m.group(2).strip().strip("'\"")
-
-        def apply() -> None:
-            conn.session_vars[name] = value
-
-        return StaticStatement("SET", None, [], apply)
-    m = _SHOW_RE.match(ctx.sql)
-    if m and not _ENGINE_SHOW.match(m.group(1)):
-        name = m.group(1).strip('"').lower()
-        value = conn.session_vars.get(name) or conn.server.parameter_status.get(
-            _PARAMETER_CASE.get(name, name), _SHOW_DEFAULTS.get(name, "")
-        )
-        return StaticStatement("SHOW", [ResultColumn(name, 25)], [(value,)])
-    return None
-
-
-_PARAMETER_CASE = {
-    "datestyle": "DateStyle",
-    "timezone": "TimeZone",
-    "intervalstyle": "IntervalStyle",
-}
-_SHOW_DEFAULTS = {
-    "search_path": '"$user", public',
-    "transaction isolation level": "read committed",
-    "transaction_isolation": "read committed",
-    "max_identifier_length": "63",
-    "is_superuser": "off",
-}
-
-
 async def catalog(ctx: MiddlewareContext) -> Statement | None:
     """``pg_catalog``/``information_schema`` queries, from the catalog the principal sees."""
     tree = ctx.expression
