@@ -65,7 +65,8 @@ def target_table(
         >>> import tempfile, matrixos as mx
         >>> from matrixos.catalog.access import Principal
         >>> lh = mx.connect(tempfile.mkdtemp())
-        >>> bob = Principal("bob", frozenset({"CREATE ON main.raw"}))
+        >>> bob = Principal("bob", frozenset({"USE CATALOG ON main", "USE SCHEMA ON main.raw",
+        ...                                   "CREATE ON main.raw"}))
         >>> print(target_table(lh.service, bob, TableIdent.parse("raw.new"), "MODIFY"))
         None
         >>> target_table(lh.service, bob, TableIdent.parse("other.t"), "MODIFY")
