@@ -42,6 +42,7 @@ import os
 import re
 import struct
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -67,7 +68,13 @@ from matrixos import __version__
 from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.engine.interrupt import Interrupt, interruptible
-from matrixos.errors import ConfigError, MatrixOSError, StatementCanceled
+from matrixos.errors import (
+    ConfigError,
+    MatrixOSError,
+    ServerUnavailable,
+    StatementCanceled,
+    TooManyStatements,
+)
 from matrixos.server.pg_auth import PasswordAuth, ScramAuth
 from matrixos.server.pg_catalog import (
     BoundCatalogQuery,
@@ -80,6 +87,7 @@ from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
 from matrixos.server.pg_settings import settings
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
+from matrixos.server.statements import Limits
 
 if TYPE_CHECKING:
     import ssl
@@ -320,6 +328,19 @@ class MxSession(Session):
         thread (one hand-off per statement); errors as ``PgError``s."""
         handle = Interrupt()
         self._interrupt = handle
+        server, who = self.server, self.lakehouse.principal.name
+        try:
+            server.admit(who, handle)
+        except MatrixOSError as e:
+            raise pg_error(e) from None
+        timeout = server.limits.statement_timeout_s
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            handle.interrupt()
+
+        timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
 
         def work() -> Result:
             with interruptible(handle):
@@ -327,7 +348,16 @@ class MxSession(Session):
                 then(result)
                 return result
 
-        return cast("Result", await self.in_thread(work, sql))
+        try:
+            return cast("Result", await self.in_thread(work, sql))
+        except PgError as e:
+            if timed_out and e.sqlstate == "57014":
+                raise PgError("57014", "canceling statement due to statement timeout") from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            server.release(who, handle)
 
     async def in_thread(self, fn: Any, sql: str | None = None) -> Any:
         try:
@@ -431,8 +461,13 @@ class MatrixOSPgServer(PgServer):
         accounts: Accounts | None = None,
         auth: AuthMethod = "scram-sha-256",
         ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.lakehouse = lakehouse
+        self.limits = limits or Limits()
+        self.draining = False
+        self._running: dict[str, list[Interrupt]] = defaultdict(list)  # by principal
+        self._admission = threading.Condition()
         if accounts is None:
             accounts = Accounts(lakehouse.catalog, throttle=LoginThrottle())
         self.accounts = accounts
@@ -457,6 +492,47 @@ class MatrixOSPgServer(PgServer):
         if self.auth == "trust":
             return self.lakehouse.principal
         return self.accounts.principal(username)
+
+    # -- statements: admission, drain --------------------------------------------------------
+    def admit(self, principal: str, handle: Interrupt) -> None:
+        """Count a statement in; ``ServerUnavailable`` while draining, ``TooManyStatements``
+        when ``principal`` runs ``limits.max_active_per_principal`` already."""
+        with self._admission:
+            if self.draining:
+                raise ServerUnavailable(
+                    "the server is shutting down and takes no new statements",
+                    hint="reconnect once it is back (or to another server)",
+                )
+            most = self.limits.max_active_per_principal
+            if most is not None and len(self._running[principal]) >= most:
+                raise TooManyStatements(
+                    f"{principal} has {most} statements running, the most allowed",
+                    hint="wait for one to end (or cancel one), then retry",
+                )
+            self._running[principal].append(handle)
+
+    def active(self) -> int:
+        """How many statements run now."""
+        with self._admission:
+            return sum(len(h) for h in self._running.values())
+
+    def release(self, principal: str, handle: Interrupt) -> None:
+        with self._admission:
+            self._running[principal].remove(handle)
+            if not self._running[principal]:
+                del self._running[principal]
+            self._admission.notify_all()
+
+    def drain(self, grace_s: float) -> bool:
+        """Refuse new statements (57P03), let running ones finish for up to ``grace_s``
+        seconds, then interrupt the rest. True when every statement finished on its own."""
+        with self._admission:
+            self.draining = True
+            clean = self._admission.wait_for(lambda: not self._running, timeout=grace_s)
+            left = [h for handles in self._running.values() for h in handles]
+        for handle in left:
+            handle.interrupt()
+        return clean
 
     def cancel(self, pid: int, secret: int) -> None:
         entry = self.sessions.get(pid)
@@ -513,6 +589,11 @@ class PgServerHandle:
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread = field(repr=False)
 
+    def drain(self, grace_s: float) -> bool:
+        """Refuse new statements, give running ones ``grace_s`` seconds, interrupt the rest
+        (a canceled write commits nothing); True when all finished. ``stop()`` follows."""
+        return self.server.drain(grace_s)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop listening, drop the connections and end the loop's thread."""
         if not self.thread.is_alive():
@@ -534,6 +615,7 @@ def start_pg_server(
     accounts: Accounts | None = None,
     auth: AuthMethod = "scram-sha-256",
     ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
 ) -> PgServerHandle:
     """Serve ``lakehouse`` over the PostgreSQL wire on ``host:port`` (``port=0``: any free
     port, see ``handle.port``) from a background thread; returns once it listens.
@@ -547,11 +629,15 @@ def start_pg_server(
         auth: ``scram-sha-256`` (default), ``password`` (cleartext password or API token:
             use TLS) or ``trust``.
         ssl_context: Serve TLS to clients that ask for it (``sslmode=require``).
+        limits: ``statement_timeout_s`` (57014) and ``max_active_per_principal`` (53000), as
+            for the HTTP API (``server/statements.py``).
 
     Raises:
         ConfigError: the address cannot be bound.
     """
-    server = MatrixOSPgServer(lakehouse, accounts=accounts, auth=auth, ssl_context=ssl_context)
+    server = MatrixOSPgServer(
+        lakehouse, accounts=accounts, auth=auth, ssl_context=ssl_context, limits=limits
+    )
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}
     started = threading.Event()

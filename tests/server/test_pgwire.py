@@ -30,6 +30,7 @@ import matrixos as mx
 from matrixos.catalog.accounts import Accounts
 from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import StatementCanceled
+from matrixos.server.pgwire import PgServerHandle, start_pg_server
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw", "carol": "carol-pw"}
 
@@ -73,13 +74,19 @@ SERVE = """
 import json, ssl, sys
 import matrixos as mx
 from matrixos.server.pgwire import start_pg_server
+from matrixos.server.statements import Limits
 cfg = json.loads(sys.argv[1])
 ctx = None
 if cfg.get("cert"):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cfg["cert"], cfg["key"])
 lh = mx.connect(cfg["warehouse"], create=False)
-handle = start_pg_server(lh, port=0, auth=cfg.get("auth", "scram-sha-256"), ssl_context=ctx)
+limits = Limits(
+    statement_timeout_s=cfg.get("timeout"), max_active_per_principal=cfg.get("max_active")
+)
+handle = start_pg_server(
+    lh, port=0, auth=cfg.get("auth", "scram-sha-256"), ssl_context=ctx, limits=limits
+)
 print(handle.port, flush=True)
 sys.stdin.read()  # until the test closes stdin
 handle.stop()
@@ -93,7 +100,7 @@ class Served:
 
 
 @contextmanager
-def serve(lh: mx.Lakehouse, **cfg: str) -> Iterator[Served]:
+def serve(lh: mx.Lakehouse, **cfg: str | float) -> Iterator[Served]:
     config = json.dumps({"warehouse": lh.warehouse.uri, **cfg})
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, config],
@@ -118,7 +125,9 @@ def server(lh: mx.Lakehouse) -> Iterator[Served]:
         yield served
 
 
-def connect(server: Served, user: str = "alice", **kw: Any) -> psycopg.Connection[Any]:
+def connect(
+    server: Served | PgServerHandle, user: str = "alice", **kw: Any
+) -> psycopg.Connection[Any]:
     return psycopg.connect(
         host="127.0.0.1",
         port=server.port,
@@ -363,6 +372,64 @@ def test_cancel_stops_a_long_query(server: Served) -> None:
             worker.join(0.5)
         assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+LONG_QUERY = (
+    "SELECT count(*) FROM sales.nums a, sales.nums b, sales.nums c "
+    "WHERE (a.n * b.n + c.n) % 7919 = 1"
+)
+
+
+def test_statement_timeout_and_statements_per_principal(lh: mx.Lakehouse) -> None:
+    with serve(lh, timeout=3.0, max_active=1) as limited, connect(limited) as first:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                first.execute(LONG_QUERY)
+            except BaseException as e:
+                errors.append(e)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        refused: list[psycopg.Error] = []
+        with connect(limited) as second:
+            while worker.is_alive() and not refused:
+                try:
+                    second.execute("SELECT 1")
+                except psycopg.Error as e:
+                    refused.append(e)
+        worker.join()
+        assert refused and refused[0].sqlstate == "53000"
+        assert "alice has 1 statements running" in str(refused[0])
+        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
+        assert "statement timeout" in str(errors[0])
+        assert first.execute("SELECT 1").fetchone() == (1,)  # the slot is free again
+
+
+def test_drain_refuses_new_statements_and_stops_running_ones(lh: mx.Lakehouse) -> None:
+    handle = start_pg_server(lh, port=0, auth="trust")
+    try:
+        with connect(handle, "admin") as busy, connect(handle, "admin") as idle:
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    busy.execute(LONG_QUERY)
+                except BaseException as e:
+                    errors.append(e)
+
+            worker = threading.Thread(target=run)
+            worker.start()
+            while not handle.server.active():  # until the long statement runs
+                worker.join(0.05)
+            assert handle.drain(0.5) is False  # it did not finish: interrupted
+            worker.join()
+            assert isinstance(errors[0], psycopg.errors.QueryCanceled)
+            with pytest.raises(psycopg.errors.CannotConnectNow, match="shutting down"):
+                idle.execute("SELECT 1")
+    finally:
+        handle.stop()
 
 
 def test_interrupt_stops_the_engine_statement(lh: mx.Lakehouse) -> None:
