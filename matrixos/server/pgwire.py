@@ -71,9 +71,7 @@ from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import (
     ConfigError,
     MatrixOSError,
-    ServerUnavailable,
     StatementCanceled,
-    TooManyStatements,
 )
 from matrixos.server.pg_auth import PasswordAuth, ScramAuth
 from matrixos.server.pg_catalog import (
@@ -498,17 +496,7 @@ class MatrixOSPgServer(PgServer):
         """Count a statement in; ``ServerUnavailable`` while draining, ``TooManyStatements``
         when ``principal`` runs ``limits.max_active_per_principal`` already."""
         with self._admission:
-            if self.draining:
-                raise ServerUnavailable(
-                    "the server is shutting down and takes no new statements",
-                    hint="reconnect once it is back (or to another server)",
-                )
-            most = self.limits.max_active_per_principal
-            if most is not None and len(self._running[principal]) >= most:
-                raise TooManyStatements(
-                    f"{principal} has {most} statements running, the most allowed",
-                    hint="wait for one to end (or cancel one), then retry",
-                )
+            self.limits.admit(principal, len(self._running[principal]), self.draining)
             self._running[principal].append(handle)
 
     def active(self) -> int:

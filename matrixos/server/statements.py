@@ -152,6 +152,22 @@ class Limits:
     max_result_rows: int | None = None
     max_result_bytes: int | None = None
 
+    def admit(self, principal: str, active: int, draining: bool) -> None:
+        """Whether a server may start one more statement for ``principal`` (which runs
+        ``active``): ``ServerUnavailable`` while ``draining``, ``TooManyStatements`` past
+        ``max_active_per_principal``. The HTTP API and the PostgreSQL wire both ask here."""
+        if draining:
+            raise ServerUnavailable(
+                "the server is shutting down and takes no new statements",
+                hint="retry once it is back (or on another server)",
+            )
+        most = self.max_active_per_principal
+        if most is not None and active >= most:
+            raise TooManyStatements(
+                f"{principal} has {most} statements running, the most allowed",
+                hint="wait for one to end (or cancel one), then retry",
+            )
+
 
 class StatementManager:
     """Runs statements on a pool of ``workers`` threads and keeps them for their owners.
@@ -209,17 +225,7 @@ class StatementManager:
         """Queue ``request`` for ``principal``; ``ServerUnavailable`` while draining."""
         stmt = Statement(principal, request)
         with self._lock:
-            if self._draining:
-                raise ServerUnavailable(
-                    "the server is shutting down and takes no new statements",
-                    hint="retry once it is back (or on another server)",
-                )
-            most = self.limits.max_active_per_principal
-            if most is not None and self._active[principal.name] >= most:
-                raise TooManyStatements(
-                    f"{principal.name} has {most} statements running, the most allowed",
-                    hint="wait for one to end (or cancel one), then retry",
-                )
+            self.limits.admit(principal.name, self._active[principal.name], self._draining)
             self._expire(time.time())
             self._statements[stmt.id] = stmt
             self._active[principal.name] += 1

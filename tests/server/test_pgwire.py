@@ -351,21 +351,32 @@ def test_repeated_failed_logins_are_throttled(server: Served) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+LONG_QUERY = (
+    "SELECT count(*) FROM sales.nums a, sales.nums b, sales.nums c "
+    "WHERE (a.n * b.n + c.n) % 7919 = 1"
+)
+
+
+def in_background(
+    conn: psycopg.Connection[Any], sql: str
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``sql`` on ``conn`` in a thread; the errors it raised (once joined)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute(sql)
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker, errors
+
+
 def test_cancel_stops_a_long_query(server: Served) -> None:
     with connect(server) as conn:
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                conn.execute(
-                    "SELECT count(*) FROM sales.nums a, sales.nums b, sales.nums c "
-                    "WHERE (a.n * b.n + c.n) % 7919 = 1"
-                )
-            except BaseException as e:
-                errors.append(e)
-
-        worker = threading.Thread(target=run)
-        worker.start()
+        worker, errors = in_background(conn, LONG_QUERY)
         # cancel until the statement is gone (a cancel before it starts is a no-op)
         while worker.is_alive():
             conn.cancel()
@@ -374,24 +385,9 @@ def test_cancel_stops_a_long_query(server: Served) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-LONG_QUERY = (
-    "SELECT count(*) FROM sales.nums a, sales.nums b, sales.nums c "
-    "WHERE (a.n * b.n + c.n) % 7919 = 1"
-)
-
-
 def test_statement_timeout_and_statements_per_principal(lh: mx.Lakehouse) -> None:
     with serve(lh, timeout=3.0, max_active=1) as limited, connect(limited) as first:
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                first.execute(LONG_QUERY)
-            except BaseException as e:
-                errors.append(e)
-
-        worker = threading.Thread(target=run)
-        worker.start()
+        worker, errors = in_background(first, LONG_QUERY)
         refused: list[psycopg.Error] = []
         with connect(limited) as second:
             while worker.is_alive() and not refused:
@@ -411,16 +407,7 @@ def test_drain_refuses_new_statements_and_stops_running_ones(lh: mx.Lakehouse) -
     handle = start_pg_server(lh, port=0, auth="trust")
     try:
         with connect(handle, "admin") as busy, connect(handle, "admin") as idle:
-            errors: list[BaseException] = []
-
-            def run() -> None:
-                try:
-                    busy.execute(LONG_QUERY)
-                except BaseException as e:
-                    errors.append(e)
-
-            worker = threading.Thread(target=run)
-            worker.start()
+            worker, errors = in_background(busy, LONG_QUERY)
             while not handle.server.active():  # until the long statement runs
                 worker.join(0.05)
             assert handle.drain(0.5) is False  # it did not finish: interrupted
@@ -437,10 +424,7 @@ def test_interrupt_stops_the_engine_statement(lh: mx.Lakehouse) -> None:
     timer = threading.Timer(0.5, handle.interrupt)
     timer.start()
     with pytest.raises(StatementCanceled), interruptible(handle):
-        lh.sql(
-            "SELECT count(*) FROM sales.nums a, sales.nums b, sales.nums c "
-            "WHERE (a.n * b.n + c.n) % 7919 = 1"
-        ).fetchall()
+        lh.sql(LONG_QUERY).fetchall()
     # an interrupt that came first refuses the next cursor at once
     with pytest.raises(StatementCanceled), interruptible(handle):
         lh.sql("SELECT n FROM sales.nums").fetchall()
