@@ -106,6 +106,10 @@ def test_sigterm_drains_running_statements(tmp_path: Path) -> None:
             "statement_id"
         ]
         server.terminate()
+        # The signal is handled asynchronously: /healthz says when the server drains.
+        while c.get("/healthz").status_code == 200:
+            time.sleep(0.01)
+        assert c.get("/healthz").json() == {"status": "draining"}
         refused = c.post(STATEMENTS, json={"statement": "SELECT 1"})
         assert refused.status_code == 503
         assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
