@@ -19,6 +19,8 @@ import uvicorn
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
+from matrixos.catalog.audit import AuditLog
+from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
 from matrixos.server.statements import Limits, StatementManager
@@ -80,16 +82,26 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     manager = StatementManager(
         run, workers=options.workers, chunk_rows=options.chunk_rows, limits=options.limits
     )
+    audit = AuditWriter(AuditLog(lakehouse.service))
     app = create_app(
         lakehouse,
         manager,
         accounts.authenticate_token,
         default_dialect=lakehouse.settings.default_dialect,
+        audit=audit,
     )
     pg = start_pg(lakehouse, accounts, options)
 
     def drain() -> None:
+        # The wire's statements drain at the same time, within the same grace period.
+        wire: list[bool] = []
+        wire_drain = threading.Thread(
+            target=lambda: wire.append(pg is None or pg.drain(options.grace_s))
+        )
+        wire_drain.start()
         clean = manager.drain(options.grace_s)
+        wire_drain.join()
+        clean = clean and all(wire)
         log.info("drained: %s", "every statement finished" if clean else "some were canceled")
 
     config = uvicorn.Config(
@@ -106,6 +118,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     finally:
         if pg is not None:
             pg.stop()
+        audit.close()
 
 
 def start_pg(
@@ -114,6 +127,8 @@ def start_pg(
     """The PostgreSQL wire server on ``options.pg_port`` (None: none)."""
     if options.pg_port is None:
         return None
-    handle = start_pg_server(lakehouse, options.host, options.pg_port, accounts=accounts)
+    handle = start_pg_server(
+        lakehouse, options.host, options.pg_port, accounts=accounts, limits=options.limits
+    )
     log.info("PostgreSQL wire on %s:%d", options.host, handle.port)
     return handle
