@@ -4,6 +4,7 @@ or a cleartext password or API token; failed logins throttled per user and clien
 Example:
     >>> import tempfile, matrixos as mx
     >>> from matrixos.catalog.accounts import Accounts
+from matrixos.catalog.audit import AuditEvent
     >>> lh = mx.connect(tempfile.mkdtemp())
     >>> ScramAuth(Accounts(lh.catalog)).MECHANISM
     'SCRAM-SHA-256'
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pg_mimic import messages
 from pg_mimic.auth import AuthPlugin
@@ -23,23 +24,46 @@ from pg_mimic.stream import PgStream
 from scramp import ScramException, ScramMechanism
 
 from matrixos.catalog.accounts import Accounts
+from matrixos.catalog.audit import AuditEvent
 from matrixos.errors import AccessDenied, MatrixOSError
+
+if TYPE_CHECKING:
+    from matrixos.server.audit import AuditWriter
 
 log = logging.getLogger("matrixos.server.pg")
 
 
-class ScramAuth(AuthPlugin):
+class WireAuth(AuthPlugin):
+    """A login over the wire, audited (``LOGIN``, ``ok`` or ``denied``, with the client's
+    address) when the server keeps an audit trail."""
+
+    def __init__(self, accounts: Accounts, audit: AuditWriter | None = None) -> None:
+        self.accounts = accounts
+        self.audit = audit
+
+    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
+        client = peer_address(stream)
+        ok = await self.login(stream, username, client)
+        if self.audit is not None:
+            outcome = "ok" if ok else "denied"
+            self.audit.record(
+                AuditEvent(username, "LOGIN", outcome=outcome, protocol="pg", client_address=client)
+            )
+        return ok
+
+    async def login(self, stream: PgStream, username: str, client: str | None) -> bool:
+        """Run the exchange; whether ``username`` proved who it is."""
+        raise NotImplementedError
+
+
+class ScramAuth(WireAuth):
     """SCRAM-SHA-256 (RFC 5802/7677) against the account's stored verifier (scramp's server
     side). An unknown user goes through the whole exchange with a random verifier and fails
     like a wrong password, so the reply does not tell which names exist."""
 
     MECHANISM = "SCRAM-SHA-256"
 
-    def __init__(self, accounts: Accounts) -> None:
-        self.accounts = accounts
-
-    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
-        client = peer_address(stream)
+    async def login(self, stream: PgStream, username: str, client: str | None) -> bool:
         throttle = self.accounts.throttle
         if throttle is not None:
             try:
@@ -109,21 +133,18 @@ def _set_client_first(server: Any, client_first: str) -> None:
     server.client_first_bare = ",".join(parts[2:])
 
 
-class PasswordAuth(AuthPlugin):
+class PasswordAuth(WireAuth):
     """Cleartext password: the user's password or one of its API tokens (over TLS only, in
     any deployment that is not loopback)."""
 
-    def __init__(self, accounts: Accounts) -> None:
-        self.accounts = accounts
-
-    async def authenticate(self, stream: PgStream, username: str, identity_provider: Any) -> bool:
+    async def login(self, stream: PgStream, username: str, client: str | None) -> bool:
         stream.write(messages.make_authentication_cleartext_password())
         await stream.drain()
         tag, payload = await stream.read_message()
         if tag != messages.PASSWORD:
             raise PgError("28P01", "expected a password")
         secret = payload.rstrip(b"\x00").decode("utf-8", "replace")
-        return await asyncio.to_thread(self._check, username, secret, peer_address(stream))
+        return await asyncio.to_thread(self._check, username, secret, client)
 
     def _check(self, username: str, secret: str, client: str | None) -> bool:
         try:

@@ -42,6 +42,7 @@ import os
 import re
 import struct
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ from matrixos.errors import (
     MatrixOSError,
     StatementCanceled,
 )
-from matrixos.server.pg_auth import PasswordAuth, ScramAuth
+from matrixos.server.pg_auth import PasswordAuth, ScramAuth, peer_address
 from matrixos.server.pg_catalog import (
     BoundCatalogQuery,
     CatalogView,
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
 
     from matrixos.catalog.access import Principal
     from matrixos.engine.result import Result
+    from matrixos.server.audit import AuditWriter
     from matrixos.session import Lakehouse
 
 log = logging.getLogger("matrixos.server.pg")
@@ -109,7 +111,13 @@ class MxPortal(Portal):
     session's principal, interruptible), then drained in steps."""
 
     def __init__(
-        self, session: MxSession, sql: str, param_oids: list[int | None], params: list[Any]
+        self,
+        session: MxSession,
+        sql: str,
+        param_oids: list[int | None],
+        params: list[Any],
+        *,
+        audited: bool = True,
     ) -> None:
         self.session = session
         self.sql = sql
@@ -121,14 +129,19 @@ class MxPortal(Portal):
         self._schema: pa.Schema | None = None
         self._reader: Any = None  # the result's batches (None: no rows, or all read)
         self._queue: list[pa.RecordBatch] = []  # read from the reader, not yet sent
+        self.audited = audited  # recorded in the audit trail when it completes
+        self._t0 = time.monotonic()
         self._started = False
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
+        self._t0 = time.monotonic()
         sql = bind_parameters(self.sql, self.params, self.param_oids)
-        result = await self.session.run(sql, self._prefetch)
+        result = await self.session.run(
+            sql, self._prefetch, audit_as=self.sql if self.audited else None
+        )
         self.message, self.kind = result.message, result.statement
         if self.message is None:  # rows (a DML/DDL result is only its command tag)
             self._schema = result.schema
@@ -205,11 +218,19 @@ class MxPortal(Portal):
         return data, count, n is not None and count == n
 
     def command_tag(self, rows_returned: int) -> str:
+        """The CommandComplete tag (the statement is done: audited here)."""
         if self.message is not None:
-            return self.message
-        if self.kind in ("SHOW", "EXPLAIN", "DESCRIBE"):
-            return "SHOW" if self.kind == "SHOW" else self.kind
-        return f"SELECT {rows_returned}"
+            tag = self.message
+            last = tag.rsplit(" ", 1)[-1]
+            rows_returned = int(last) if last.isdigit() else 0
+        elif self.kind in ("SHOW", "EXPLAIN", "DESCRIBE"):
+            tag = "SHOW" if self.kind == "SHOW" else self.kind
+        else:
+            tag = f"SELECT {rows_returned}"
+        if self.audited:
+            self.audited = False  # once
+            self.session.audit(self.sql, None, rows_returned, time.monotonic() - self._t0)
+        return tag
 
 
 class MxStatement(Statement):
@@ -244,9 +265,8 @@ class MxStatement(Statement):
         if not self.returns_rows:
             return None
         # Describe before Bind: the shape of the query with every parameter NULL, no rows.
-        probe = MxPortal(
-            self.session, _probe(self.sql), self.param_oids, [None] * _parameter_count(self.sql)
-        )
+        nulls = [None] * _parameter_count(self.sql)
+        probe = MxPortal(self.session, _probe(self.sql), self.param_oids, nulls, audited=False)
         await probe.start()
         return probe.columns
 
@@ -281,6 +301,7 @@ class MxSession(Session):
         self.server = server
         self.lakehouse: Lakehouse = server.lakehouse
         self.catalog = "main"
+        self.client: str | None = None
         self._interrupt: Interrupt | None = None
 
     async def init(self, connection: Any) -> None:
@@ -289,6 +310,7 @@ class MxSession(Session):
         self.lakehouse = self.server.lakehouse.with_principal(principal)
         catalogs = {s.split(".", 1)[0] for s in self.lakehouse.schemas()}
         self.catalog = connection.database if connection.database in catalogs else "main"
+        self.client = peer_address(connection.stream)
         self.server.sessions[connection.pid] = (connection.secret, self)
 
     async def close(self) -> None:
@@ -321,9 +343,12 @@ class MxSession(Session):
                 return schema.field(column.name).type
         return None
 
-    async def run(self, sql: str, then: Callable[[Result], None]) -> Result:
+    async def run(
+        self, sql: str, then: Callable[[Result], None], *, audit_as: str | None = None
+    ) -> Result:
         """Run ``sql`` as this session's principal, then ``then(result)`` in the same worker
-        thread (one hand-off per statement); errors as ``PgError``s."""
+        thread (one hand-off per statement); errors as ``PgError``s. A failure is audited as
+        ``audit_as`` (the statement as sent, ``$n`` and all; None: not audited)."""
         handle = Interrupt()
         self._interrupt = handle
         server, who = self.server, self.lakehouse.principal.name
@@ -341,10 +366,16 @@ class MxSession(Session):
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
 
         def work() -> Result:
-            with interruptible(handle):
-                result = self.lakehouse.sql(sql, dialect="postgres")
-                then(result)
-                return result
+            started = time.monotonic()
+            try:
+                with interruptible(handle):
+                    result = self.lakehouse.sql(sql, dialect="postgres")
+                    then(result)
+                    return result
+            except MatrixOSError as e:
+                if audit_as is not None:
+                    self.audit(audit_as, e, None, time.monotonic() - started)
+                raise
 
         try:
             return cast("Result", await self.in_thread(work, sql))
@@ -367,6 +398,20 @@ class MxSession(Session):
         except Exception:
             log.exception("pg statement failed")
             raise PgError("XX000", "internal error running the statement") from None
+
+    def audit(self, sql: str, error: BaseException | None, rows: int | None, s: float) -> None:
+        """Record a statement in the server's audit trail (if it keeps one)."""
+        if self.server.audit is not None:
+            self.server.audit.statement(
+                self.lakehouse.principal.name,
+                sql,
+                "postgres",
+                protocol="pg",
+                client_address=self.client,
+                error=error,
+                rows=rows,
+                seconds=s,
+            )
 
     def interrupt(self) -> None:
         """Stop the running statement (a CancelRequest)."""
@@ -460,9 +505,11 @@ class MatrixOSPgServer(PgServer):
         auth: AuthMethod = "scram-sha-256",
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
+        audit: AuditWriter | None = None,
     ) -> None:
         self.lakehouse = lakehouse
         self.limits = limits or Limits()
+        self.audit = audit
         self.draining = False
         self._running: dict[str, list[Interrupt]] = defaultdict(list)  # by principal
         self._admission = threading.Condition()
@@ -482,8 +529,8 @@ class MatrixOSPgServer(PgServer):
         if self.auth == "trust":
             return TrustAuthPlugin()
         if self.auth == "password":
-            return PasswordAuth(self.accounts)
-        return ScramAuth(self.accounts)
+            return PasswordAuth(self.accounts, self.audit)
+        return ScramAuth(self.accounts, self.audit)
 
     def principal_for(self, username: str) -> Principal:
         """The principal a logged-in user acts as (trust: the session's own)."""
@@ -604,6 +651,7 @@ def start_pg_server(
     auth: AuthMethod = "scram-sha-256",
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
+    audit: AuditWriter | None = None,
 ) -> PgServerHandle:
     """Serve ``lakehouse`` over the PostgreSQL wire on ``host:port`` (``port=0``: any free
     port, see ``handle.port``) from a background thread; returns once it listens.
@@ -619,12 +667,19 @@ def start_pg_server(
         ssl_context: Serve TLS to clients that ask for it (``sslmode=require``).
         limits: ``statement_timeout_s`` (57014) and ``max_active_per_principal`` (53000), as
             for the HTTP API (``server/statements.py``).
+        audit: Where logins and statements are recorded (``system.access.audit``, protocol
+            ``pg``; statement text with its literals redacted).
 
     Raises:
         ConfigError: the address cannot be bound.
     """
     server = MatrixOSPgServer(
-        lakehouse, accounts=accounts, auth=auth, ssl_context=ssl_context, limits=limits
+        lakehouse,
+        accounts=accounts,
+        auth=auth,
+        ssl_context=ssl_context,
+        limits=limits,
+        audit=audit,
     )
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}

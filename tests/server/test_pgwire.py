@@ -75,6 +75,8 @@ import json, ssl, sys
 import matrixos as mx
 from matrixos.server.pgwire import start_pg_server
 from matrixos.server.statements import Limits
+from matrixos.server.audit import AuditWriter
+from matrixos.catalog.audit import AuditLog
 cfg = json.loads(sys.argv[1])
 ctx = None
 if cfg.get("cert"):
@@ -84,12 +86,14 @@ lh = mx.connect(cfg["warehouse"], create=False)
 limits = Limits(
     statement_timeout_s=cfg.get("timeout"), max_active_per_principal=cfg.get("max_active")
 )
+audit = AuditWriter(AuditLog(lh.service), interval_s=0.1)
 handle = start_pg_server(
-    lh, port=0, auth=cfg.get("auth", "scram-sha-256"), ssl_context=ctx, limits=limits
+    lh, port=0, auth=cfg.get("auth", "scram-sha-256"), ssl_context=ctx, limits=limits, audit=audit
 )
 print(handle.port, flush=True)
 sys.stdin.read()  # until the test closes stdin
 handle.stop()
+audit.close()
 """
 
 
@@ -564,3 +568,36 @@ def test_bi_tool_metadata_queries(server: Served) -> None:
     with connect(server, "bob") as conn:
         assert conn.execute(JDBC_TABLES, ("%",)).fetchall() == []
         assert conn.execute("SELECT table_name FROM information_schema.columns").fetchall() == []
+
+
+def test_logins_and_statements_are_audited(lh: mx.Lakehouse, server: Served) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        connect(server, "bob", password="not-bobs-password")
+    with connect(server) as conn:
+        conn.execute("SELECT id FROM sales.orders WHERE name = %s", ("secret-literal",))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM secret.salaries WHERE who = 'ceo'")
+        conn.execute("INSERT INTO sales.orders (id, name) VALUES (99, 'hidden')")
+        conn.execute("DELETE FROM sales.orders WHERE id = 99")
+    sql = (
+        "SELECT principal, action, outcome, statement, rows, client_address, protocol "
+        "FROM system.access.audit WHERE protocol = 'pg' ORDER BY event_time"
+    )
+    wanted = {
+        ("bob", "LOGIN", "denied", None, None),
+        ("alice", "LOGIN", "ok", None, None),
+        ("alice", "SELECT", "ok", "SELECT id FROM sales.orders WHERE name = $?", 0),
+        ("alice", "SELECT", "denied", "SELECT * FROM secret.salaries WHERE who = ?", None),
+        ("alice", "INSERT", "ok", "INSERT INTO sales.orders (id, name) VALUES (?, ?)", 1),
+        ("alice", "DELETE", "ok", "DELETE FROM sales.orders WHERE id = ?", 1),
+    }
+    for _ in range(100):  # the writer appends in the background, every 0.1 s
+        rows = lh.sql(sql).fetchall()
+        if wanted <= {r[:5] for r in rows}:
+            break
+        threading.Event().wait(0.1)
+    assert wanted <= {r[:5] for r in rows}, [r[:5] for r in rows]
+    assert all(r[5] == "127.0.0.1" and r[6] == "pg" for r in rows)
+    text = str(lh.sql("SELECT * FROM system.access.audit").fetchall())
+    for secret in ("not-bobs-password", "secret-literal", "hidden", *PASSWORDS.values()):
+        assert secret not in text
