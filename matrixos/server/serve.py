@@ -90,7 +90,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         default_dialect=lakehouse.settings.default_dialect,
         audit=audit,
     )
-    pg = start_pg(lakehouse, accounts, options)
+    pg = start_pg(lakehouse, accounts, options, audit)
 
     def drain() -> None:
         # The wire's statements drain at the same time, within the same grace period.
@@ -122,13 +122,21 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
 
 
 def start_pg(
-    lakehouse: Lakehouse, accounts: Accounts, options: ServeOptions
+    lakehouse: Lakehouse,
+    accounts: Accounts,
+    options: ServeOptions,
+    audit: AuditWriter | None = None,
 ) -> PgServerHandle | None:
-    """The PostgreSQL wire server on ``options.pg_port`` (None: none)."""
+    """The PostgreSQL wire server on ``options.pg_port`` (None: none), auditing to ``audit``."""
     if options.pg_port is None:
         return None
     handle = start_pg_server(
-        lakehouse, options.host, options.pg_port, accounts=accounts, limits=options.limits
+        lakehouse,
+        options.host,
+        options.pg_port,
+        accounts=accounts,
+        limits=options.limits,
+        audit=audit,
     )
     log.info("PostgreSQL wire on %s:%d", options.host, handle.port)
     return handle
