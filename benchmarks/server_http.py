@@ -40,7 +40,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _times(fn: Callable[[], object], reps: int, warm: int) -> list[float]:
+def times(fn: Callable[[], object], reps: int, warm: int) -> list[float]:
+    """Seconds per call of ``fn``, ``reps`` times after ``warm`` untimed calls (the server
+    benchmarks share it)."""
     for _ in range(warm):
         fn()
     out = []
@@ -97,21 +99,21 @@ def main() -> None:
         remote = mx.connect(url, token=token)
         raw = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
         print(f"SELECT 1, {args.reps} calls each")
-        local = _summary("in-process lh.sql", _times(
+        local = _summary("in-process lh.sql", times(
             lambda: lh.sql("SELECT 1").to_arrow(), args.reps, 20))  # fmt: skip
         body = {"statement": "SELECT 1", "wait_timeout": "10s"}
         post = "/api/2.0/sql/statements"
-        http = _summary("HTTP POST (JSON_ARRAY inline)", _times(
+        http = _summary("HTTP POST (JSON_ARRAY inline)", times(
             lambda: raw.post(post, json=body).json(), args.reps, 20))  # fmt: skip
-        sdk = _summary("remote SDK sql().to_arrow() (ARROW_STREAM)", _times(
+        sdk = _summary("remote SDK sql().to_arrow() (ARROW_STREAM)", times(
             lambda: remote.sql("SELECT 1").to_arrow(), args.reps, 20))  # fmt: skip
         print(f"overhead over in-process: HTTP {(http - local) * 1e3:.3f} ms, "
               f"SDK {(sdk - local) * 1e3:.3f} ms")  # fmt: skip
         print(f"\nSELECT * of {n:,} rows x 4 columns, 5 runs each")
         q = "SELECT * FROM bench.t"
-        t_local = _summary("in-process lh.sql().to_arrow()", _times(
+        t_local = _summary("in-process lh.sql().to_arrow()", times(
             lambda: lh.sql(q).to_arrow(), 5, 1))  # fmt: skip
-        t_sdk = _summary("remote SDK sql().to_arrow()", _times(
+        t_sdk = _summary("remote SDK sql().to_arrow()", times(
             lambda: remote.sql(q).to_arrow(), 5, 1))  # fmt: skip
         assert remote.sql(q).to_arrow().num_rows == n
         print(f"rows/s: in-process {n / t_local:,.0f}, remote {n / t_sdk:,.0f} "

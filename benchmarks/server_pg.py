@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import psycopg
 import pyarrow as pa
 
 import matrixos as mx
+from benchmarks.server_http import times
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import PostgresServer  # the tests' throwaway PostgreSQL
@@ -43,17 +43,6 @@ print(handle.port, flush=True)
 sys.stdin.read()
 handle.stop()
 """
-
-
-def timed(fn: Callable[[], object], reps: int) -> list[float]:
-    for _ in range(20):
-        fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def ms(xs: list[float]) -> str:
@@ -99,9 +88,9 @@ def main() -> None:
                 copy.write_row(row)
         real.execute("ANALYZE t")
 
-        local = timed(lambda: lh.sql("SELECT 1").fetchall(), args.reps)
-        wire = timed(lambda: mxc.execute("SELECT 1").fetchall(), args.reps)
-        postgres = timed(lambda: real.execute("SELECT 1").fetchall(), args.reps)
+        local = times(lambda: lh.sql("SELECT 1").fetchall(), args.reps, 20)
+        wire = times(lambda: mxc.execute("SELECT 1").fetchall(), args.reps, 20)
+        postgres = times(lambda: real.execute("SELECT 1").fetchall(), args.reps, 20)
         print(f"SELECT 1 in process        {ms(local)}")
         print(f"SELECT 1 MatrixOS wire     {ms(wire)}")
         print(f"SELECT 1 PostgreSQL 15     {ms(postgres)}")
