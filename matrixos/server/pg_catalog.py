@@ -63,7 +63,17 @@ _INFORMATION_SCHEMA = {
     "schemata": {"catalog_name": "TEXT", "schema_name": "TEXT", "schema_owner": "TEXT"},
 }
 _EXTRA_PG_CATALOG = {
-    "pg_database": {"oid": "INT", "datname": "TEXT", "datdba": "INT", "encoding": "INT"},
+    "pg_database": {
+        "oid": "INT",
+        "datname": "TEXT",
+        "datdba": "INT",
+        "encoding": "INT",
+        "datcollate": "TEXT",
+        "datctype": "TEXT",
+        "daticulocale": "TEXT",
+        "datlocprovider": "TEXT",
+        "datacl": "TEXT",
+    },
     "pg_description": {
         "objoid": "INT",
         "classoid": "INT",
@@ -77,6 +87,8 @@ def catalog_schema() -> dict[str, dict[str, dict[str, str]]]:
     """The column types of every emulated catalog table, by schema and table."""
     schema = copy.deepcopy(PG_CATALOG_SCHEMA)
     schema["pg_catalog"].update(copy.deepcopy(_EXTRA_PG_CATALOG))
+    # psql's \d+ reads these too (PostgreSQL 14+).
+    schema["pg_catalog"]["pg_attribute"].update({"attstorage": "TEXT", "attcompression": "TEXT"})
     schema["information_schema"] = copy.deepcopy(_INFORMATION_SCHEMA)
     return schema
 
@@ -162,7 +174,17 @@ class CatalogView:
                 "pg_type": list(pg_type_by_oid().values()),
                 "pg_roles": [{"oid": OWNER_OID, "rolname": user}],
                 "pg_database": [
-                    {"oid": 1, "datname": self.catalog, "datdba": OWNER_OID, "encoding": 6}
+                    {
+                        "oid": 1,
+                        "datname": self.catalog,
+                        "datdba": OWNER_OID,
+                        "encoding": 6,  # UTF8
+                        "datcollate": "C",
+                        "datctype": "C",
+                        "daticulocale": None,
+                        "datlocprovider": "c",
+                        "datacl": None,
+                    }
                 ],
                 "pg_description": [],
             },
@@ -202,6 +224,9 @@ def _class_row(oid: int, name: str, namespace: int) -> dict[str, Any]:
     }
 
 
+_VARLENA = {TEXT, 17, 114, 1700}  # text, bytea, json, numeric: "extended" storage in \d+
+
+
 def _attribute_row(table: int, name: str, type_oid: int, pos: int, nullable: bool) -> dict:
     return {
         "attrelid": table,
@@ -217,6 +242,8 @@ def _attribute_row(table: int, name: str, type_oid: int, pos: int, nullable: boo
         "atttypmod": -1,
         "attstattarget": -1,
         "attformattype": type_name(type_oid),
+        "attstorage": "x" if type_oid in _VARLENA or type_name(type_oid).endswith("]") else "p",
+        "attcompression": "",
     }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from pg_mimic import ResultColumn, Statement, StaticStatement
-from pg_mimic.middleware import MiddlewareContext
+from pg_mimic.middleware import MiddlewareContext, session_functions
+from sqlglot import exp
 
 from matrixos.errors import AccessDenied
 from matrixos.server.pg_types import pg_error
@@ -103,3 +104,27 @@ _SHOW_DEFAULTS = {
     "max_identifier_length": "63",
     "is_superuser": "off",
 }
+
+
+async def qualified_session_functions(ctx: MiddlewareContext) -> Statement | None:
+    """``SELECT pg_catalog.set_config(…)``, ``pg_catalog.current_setting(…)``, … (pg_dump and
+    some drivers qualify them): answered like their unqualified spelling."""
+    tree = ctx.select_without_tables()
+    if tree is None:
+        return None
+    dots = [
+        d
+        for d in tree.find_all(exp.Dot)
+        if isinstance(d.this, exp.Identifier)
+        and d.this.name.lower() == "pg_catalog"
+        and isinstance(d.expression, exp.Func)
+    ]
+    if not dots:
+        return None
+    tree = tree.copy()
+    for d in list(tree.find_all(exp.Dot)):
+        if isinstance(d.this, exp.Identifier) and d.this.name.lower() == "pg_catalog":
+            d.replace(d.expression)
+    plain = MiddlewareContext(ctx.connection, tree.sql(dialect="postgres"), ctx.param_oids)
+    answered: Statement | None = await session_functions(plain)
+    return answered

@@ -84,7 +84,7 @@ from matrixos.server.pg_catalog import (
 from matrixos.server.pg_cursors import cursors
 from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
-from matrixos.server.pg_settings import settings
+from matrixos.server.pg_settings import qualified_session_functions, settings
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
 from matrixos.server.statements import Limits
 
@@ -319,7 +319,13 @@ class MxSession(Session):
 
     async def prepare(self, sql: str, param_oids: list[int | None]) -> Statement:
         ctx = MiddlewareContext(self._connection, sql, param_oids)
-        for link in (cursors, settings, transaction_control, session_functions):
+        for link in (
+            cursors,
+            settings,
+            transaction_control,
+            session_functions,
+            qualified_session_functions,
+        ):
             if (answered := await link(ctx)) is not None:
                 return answered
         for link in (asyncpg_typeinfo, catalog):

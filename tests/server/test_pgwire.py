@@ -161,9 +161,14 @@ def test_psql_queries_and_describes_tables(server: Served) -> None:
         r"\dt *.*",
         r"\dn",
         r"\d sales.orders",
+        r"\l",
+        r"\d+ sales.nums",
+        "SELECT pg_catalog.set_config('search_path', '', false)",
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout
+    assert " main | alice | UTF8 " in text  # \l
+    assert " n      | bigint |           |          |         | plain " in text  # \d+
     assert " 2 | bo'b" in text and "(3 rows)" in text
     # \dt: alice's two tables, not the secret one; \dn: only the schema she may use
     assert "sales  | orders | table" in text and "sales  | nums   | table" in text
