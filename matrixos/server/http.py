@@ -26,6 +26,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -38,7 +39,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from matrixos.catalog.access import Principal
+from matrixos.catalog.audit import AuditEvent, outcome_of
 from matrixos.errors import MatrixOSError, SQLError
+from matrixos.server.audit import AuditWriter
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
 from matrixos.server.http_models import SearchIn, StatementIn, StatementOut, TablesOut
@@ -94,12 +97,15 @@ def create_app(
     *,
     default_dialect: str = "duckdb",
     throttle: LoginThrottle | None = None,
+    audit: AuditWriter | None = None,
 ) -> FastAPI:
     """The API over ``lakehouse`` (each call acting as the token's principal), running
     statements on ``manager``; ``authenticate(token)`` gives the principal or raises.
     ``throttle`` counts failed logins (default: 10 a minute per address and token id, then 30 s
-    of 429s)."""
+    of 429s). ``audit`` records every statement and each token's first login from an address
+    (and every failed one)."""
     logins = throttle or LoginThrottle()
+    seen = _SeenLogins()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -115,6 +121,8 @@ def create_app(
     metrics = ServerMetrics(lambda: {str(k): v for k, v in manager.counts().items()})
     app.state.metrics = metrics
     manager.on_finish(lambda s: metrics.finished(s.state.value, s.duration))
+    if audit is not None:
+        manager.on_finish(lambda s: _audit_statement(audit, s))
     app.state.manager = manager
     bearer = HTTPBearer(auto_error=False, description="a MatrixOS API token")
 
@@ -132,12 +140,17 @@ def create_app(
         wait = logins.retry_after(key)
         if wait > 0:
             raise LoginsThrottled(wait)
+        address = request.client.host if request.client else None
         try:
             who = authenticate(token)
         except MatrixOSError as e:
             logins.failed(key)
+            if audit is not None:
+                audit.record(_login_event("unknown", token, address, outcome_of(e)))
             raise Unauthenticated("invalid, expired or revoked token") from e
         logins.succeeded(key)
+        if audit is not None and seen.first(key):
+            audit.record(_login_event(who.name, token, address, "ok"))
         return who
 
     User = Annotated[Principal, Depends(principal)]
@@ -243,7 +256,8 @@ def create_app(
             byte_limit=body.byte_limit,
             dialect=body.dialect or default_dialect,
         )
-        stmt = manager.submit(user, what)
+        client = request.client.host if request.client else None
+        stmt = manager.submit(user, what, client=client)
         # Waited for on the event loop (no thread held while the statement runs).
         if wait and not await _ended(stmt, wait) and body.on_wait_timeout == "CANCEL":
             manager.cancel(user, stmt.id)
@@ -395,6 +409,46 @@ class _CountRequests:
 
 def void(_: object) -> None:
     """Drop a value (a callback's result nobody reads)."""
+
+
+class _SeenLogins:
+    """Keys (address|token id) that logged in already: a token's first request from an
+    address is its login in the audit, not every request. Bounded: forgets all at 100,000."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first(self, key: str) -> bool:
+        with self._lock:
+            if key in self._keys:
+                return False
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            self._keys.add(key)
+            return True
+
+
+def _login_event(principal: str, token: str, address: str | None, outcome: str) -> AuditEvent:
+    return AuditEvent(
+        principal, "LOGIN", object=f"token {_token_id(token)}", outcome=outcome,
+        protocol="http", client_address=address,
+    )  # fmt: skip
+
+
+def _audit_statement(audit: AuditWriter, stmt: Statement) -> None:
+    canceled = stmt.state is State.CANCELED
+    audit.statement(
+        stmt.owner.name,
+        stmt.request.statement,
+        stmt.request.dialect,
+        protocol="http",
+        client_address=stmt.client,
+        error=stmt.error,
+        rows=stmt.result.total_row_count if stmt.result is not None else None,
+        seconds=stmt.duration,
+        outcome="canceled" if canceled else None,
+    )
 
 
 async def _ended(stmt: Statement, timeout: float) -> bool:

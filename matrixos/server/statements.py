@@ -103,6 +103,7 @@ class Statement:
         self._callbacks: list[Callable[[], None]] = []
         self.timed_out = False
         self.timer: threading.Timer | None = None
+        self.client: str | None = None  # the client's address, for the audit
         self._callback_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> bool:
@@ -221,9 +222,13 @@ class StatementManager:
         return out
 
     # -- the API's verbs --------------------------------------------------------------------
-    def submit(self, principal: Principal, request: StatementRequest) -> Statement:
-        """Queue ``request`` for ``principal``; ``ServerUnavailable`` while draining."""
+    def submit(
+        self, principal: Principal, request: StatementRequest, *, client: str | None = None
+    ) -> Statement:
+        """Queue ``request`` for ``principal`` (connected from ``client``, an address);
+        ``ServerUnavailable`` while draining, ``TooManyStatements`` past the limit."""
         stmt = Statement(principal, request)
+        stmt.client = client
         with self._lock:
             self.limits.admit(principal.name, self._active[principal.name], self._draining)
             self._expire(time.time())
