@@ -75,7 +75,7 @@ def connect(
         [(2,)]
     """
     if warehouse is not None and warehouse.startswith(("http://", "https://")):
-        # A server's URL: the remote SDK (httpx is loaded only here).
+        # A server's URL: the remote SDK (standard-library HTTP, loaded only here).
         from matrixos.server.client import connect_remote
 
         return connect_remote(warehouse, **settings)  # type: ignore[return-value]

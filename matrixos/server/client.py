@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal
 
-import httpx
 import pyarrow as pa
 from sqlglot import exp
 
@@ -28,6 +27,7 @@ from matrixos import errors
 from matrixos.catalog import TableIdent
 from matrixos.engine.result import Result
 from matrixos.errors import ConfigError, MatrixOSError, SQLError
+from matrixos.server.client_http import HttpResponse, HttpSession
 from matrixos.server.http_errors import status_of
 
 STATEMENTS = "/api/2.0/sql/statements"
@@ -64,11 +64,7 @@ class RemoteLakehouse:
 
     def __init__(self, url: str, *, token: str, timeout: float = 300.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=10.0),
-        )
+        self._http = HttpSession(self.url, {"Authorization": f"Bearer {token}"}, timeout)
 
     def __repr__(self) -> str:
         return f"RemoteLakehouse({self.url!r})"
@@ -186,22 +182,22 @@ class RemoteLakehouse:
         return Result.from_table(_read_ipc(data), statement="SEARCH")
 
     # -- HTTP -------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, **kwargs: Any) -> HttpResponse:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as e:
+        except OSError as e:
             raise errors.StorageError(
                 f"cannot reach the MatrixOS server at {self.url}: {type(e).__name__}",
                 hint="is `matrixos serve` running there, and the URL right?",
                 operation=f"{method} {path}",
                 endpoint=self.url,
             ) from e
-        if response.status_code >= 400:
+        if response.status >= 400:
             try:
                 body = response.json()
             except ValueError:
-                body = {"message": response.text[:500] or f"HTTP {response.status_code}"}
-            if response.status_code == 401:
+                body = {"message": response.text[:500] or f"HTTP {response.status}"}
+            if response.status == 401:
                 raise errors.AccessDenied(
                     body.get("message", "not authenticated"), hint=body.get("hint")
                 )
