@@ -100,6 +100,8 @@ log = logging.getLogger("matrixos.server.pg")
 
 AuthMethod = Literal["scram-sha-256", "password", "trust"]
 SERVER_VERSION = f"16.0 (MatrixOS {__version__})"
+MAX_STARTUP_BYTES = 10_000  # PostgreSQL's own limit on the first message
+STARTUP_TIMEOUT_S = 60.0  # a client that opens a socket and says nothing is dropped
 SMALL_RESULT = 256  # rows: read whole with the statement, encoded without another hand-off
 
 _NO_ROWS = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
@@ -582,16 +584,16 @@ class MatrixOSPgServer(PgServer):
         super().cancel(pid, secret)
 
     async def _negotiate_startup(self, stream: PgStream) -> dict[str, str] | None:
-        code, payload = await stream.read_startup_packet()
+        code, payload = await _startup_packet(stream)
         if code == messages.SSL_REQUEST_CODE and self.ssl_context is not None:
             stream.write(b"S")
             await stream.drain()
             await stream.writer.start_tls(self.ssl_context)
-            code, payload = await stream.read_startup_packet()
+            code, payload = await _startup_packet(stream)
         elif code in (messages.SSL_REQUEST_CODE, messages.GSSENC_REQUEST_CODE):
             stream.write(b"N")
             await stream.drain()
-            code, payload = await stream.read_startup_packet()
+            code, payload = await _startup_packet(stream)
         if code == messages.CANCEL_REQUEST_CODE:
             pid, secret = messages.parse_cancel_request(payload)
             self.cancel(pid, secret)
@@ -602,8 +604,8 @@ class MatrixOSPgServer(PgServer):
     async def _handle_client(self, reader: Any, writer: Any) -> None:
         stream = PgStream(reader, writer)
         try:
-            startup = await self._negotiate_startup(stream)
-        except (ConnectionClosed, ConnectionError, OSError):
+            startup = await asyncio.wait_for(self._negotiate_startup(stream), STARTUP_TIMEOUT_S)
+        except (ConnectionClosed, ConnectionError, OSError, TimeoutError):
             return
         if startup is None:
             return
@@ -618,6 +620,22 @@ class MatrixOSPgServer(PgServer):
             await connection.run()
         finally:
             self._connections.pop(pid, None)
+
+
+async def _startup_packet(stream: PgStream) -> tuple[int, bytes]:
+    """The untagged first message (startup, SSLRequest, CancelRequest), its length checked
+    before anything is read: as PostgreSQL, a client may not make the server buffer more
+    than ``MAX_STARTUP_BYTES`` before it has logged in."""
+    try:
+        header = await stream.reader.readexactly(8)
+        length = int.from_bytes(header[:4], "big")
+        if not 8 <= length <= MAX_STARTUP_BYTES:
+            log.info("pg: refused a startup packet of %d bytes", length)
+            raise ConnectionClosed
+        payload = await stream.reader.readexactly(length - 8)
+    except asyncio.IncompleteReadError as e:
+        raise ConnectionClosed from e
+    return int.from_bytes(header[4:], "big"), payload
 
 
 @dataclass

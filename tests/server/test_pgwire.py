@@ -394,22 +394,29 @@ def test_cancel_stops_a_long_query(server: Served) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_statement_timeout_and_statements_per_principal(lh: mx.Lakehouse) -> None:
-    with serve(lh, timeout=3.0, max_active=1) as limited, connect(limited) as first:
+def test_statement_timeout(lh: mx.Lakehouse) -> None:
+    with serve(lh, timeout=1.0) as limited, connect(limited) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            conn.execute(LONG_QUERY)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_statements_per_principal(lh: mx.Lakehouse) -> None:
+    with serve(lh, max_active=1) as limited, connect(limited) as first:
         worker, errors = in_background(first, LONG_QUERY)
         refused: list[psycopg.Error] = []
         with connect(limited) as second:
-            while worker.is_alive() and not refused:
+            while worker.is_alive() and not refused:  # until the long statement counts
                 try:
                     second.execute("SELECT 1")
                 except psycopg.Error as e:
                     refused.append(e)
-        worker.join()
-        assert refused and refused[0].sqlstate == "53000"
-        assert "alice has 1 statements running" in str(refused[0])
-        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
-        assert "statement timeout" in str(errors[0])
-        assert first.execute("SELECT 1").fetchone() == (1,)  # the slot is free again
+            first.cancel()
+            worker.join()
+            assert [e.sqlstate for e in refused] == ["53000"], (refused, errors)
+            assert "alice has 1 statements running" in str(refused[0])
+            assert isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+            assert second.execute("SELECT 1").fetchone() == (1,)  # the slot is free again
 
 
 def test_drain_refuses_new_statements_and_stops_running_ones(lh: mx.Lakehouse) -> None:
@@ -606,3 +613,13 @@ def test_logins_and_statements_are_audited(lh: mx.Lakehouse, server: Served) -> 
     text = str(lh.sql("SELECT * FROM system.access.audit").fetchall())
     for secret in ("not-bobs-password", "secret-literal", "hidden", *PASSWORDS.values()):
         assert secret not in text
+
+
+def test_oversized_startup_packet_is_refused(server: Served) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall((1 << 30).to_bytes(4, "big") + (196608).to_bytes(4, "big"))
+        assert sock.recv(1) == b""  # closed without reading a gigabyte first
+    with connect(server) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
