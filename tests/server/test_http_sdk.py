@@ -166,7 +166,8 @@ def test_openapi_property_run_finds_no_server_error(
         "--request-timeout", "60",
         "--workers", "1",
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    # In tmp_path: schemathesis keeps a .schemathesis/ folder where it runs.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
