@@ -13,6 +13,7 @@ Example (against a running server):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -138,6 +139,8 @@ class RemoteLakehouse:
                 while pending:
                     data = pending.popleft().result()
                     yield from _read_ipc(data).to_batches()
+            with contextlib.suppress(MatrixOSError):
+                self._call("DELETE", f"{STATEMENTS}/{sid}")  # read: the server may free it
 
         return Result(pa.RecordBatchReader.from_batches(first.schema, batches()))
 

@@ -231,7 +231,8 @@ def create_app(
         A client that sends ``Accept: application/vnd.apache.arrow.stream`` with format
         ARROW_STREAM gets a statement that succeeded within the wait as the first chunk's
         Arrow IPC bytes (one round trip less), its id and chunk count in the headers
-        ``X-MatrixOS-Statement-Id`` and ``X-MatrixOS-Chunk-Count``; anything else as JSON.
+        ``X-MatrixOS-Statement-Id`` and ``X-MatrixOS-Chunk-Count``; anything else as JSON. A
+        result answered whole this way (one chunk) is CLOSED at once.
         """
         wait = int(body.wait_timeout[:-1])
         if wait != 0 and not 5 <= wait <= 50:
@@ -274,6 +275,8 @@ def create_app(
                 "X-MatrixOS-Chunk-Count": str(len(stmt.result.chunks)),
             }
             data = await anyio.to_thread.run_sync(arrow_bytes, stmt.result.chunks[0])
+            if len(stmt.result.chunks) == 1:
+                manager.close(user, stmt.id)  # answered whole: its rows need not stay
             return Response(data, media_type=ARROW_STREAM, headers=headers)
         rows = stmt.result.total_row_count if stmt.result is not None else 0
         if rows > _INLINE_RENDER_ROWS and stmt.request.format is Format.JSON_ARRAY:

@@ -382,6 +382,14 @@ def test_an_arrow_client_gets_the_first_chunk_in_the_answer(clients: dict) -> No
     sid = r.headers["x-matrixos-statement-id"]
     rest = pa.ipc.open_stream(io.BytesIO(c.get(f"{STATEMENTS}/{sid}/result/chunks/1/data").content))
     assert first.num_rows + rest.read_all().num_rows == 1500
+    # A result answered whole (one chunk) is released at once.
+    small = c.post(
+        STATEMENTS, json={"statement": "SELECT 1 AS one", "format": "ARROW_STREAM"},
+        headers={"Accept": "application/vnd.apache.arrow.stream"},
+    )  # fmt: skip
+    assert pa.ipc.open_stream(io.BytesIO(small.content)).read_all().to_pylist() == [{"one": 1}]
+    small_id = small.headers["x-matrixos-statement-id"]
+    assert c.get(f"{STATEMENTS}/{small_id}").json()["status"]["state"] == "CLOSED"
     # A failure is still JSON, with its HTTP status.
     bad = c.post(
         STATEMENTS, json={"statement": "SELECT * FROM sales.nope", "format": "ARROW_STREAM"},
