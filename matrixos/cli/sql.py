@@ -110,6 +110,14 @@ def serve(
         int,
         typer.Option("--max-result-bytes", min=0, help="Bytes (Arrow) a result keeps (0: all)."),
     ] = 0,
+    result_memory: Annotated[
+        int,
+        typer.Option(
+            "--result-memory-mb",
+            min=1,
+            help="MiB of results kept for clients to read; past it the oldest are released.",
+        ),
+    ] = 4096,
 ) -> None:
     """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
     import logging
@@ -132,6 +140,7 @@ def serve(
                 workers=workers,
                 grace_s=grace,
                 chunk_rows=chunk_rows,
+                retained_bytes=result_memory * 1024 * 1024,
                 limits=Limits(
                     statement_timeout_s=statement_timeout or None,
                     max_active_per_principal=max_statements or None,

@@ -43,6 +43,7 @@ class ServeOptions:
     grace_s: float = 30.0
     chunk_rows: int | None = None  # None: by format (see StatementManager)
     limits: Limits = field(default_factory=Limits)
+    retained_bytes: int = 4 * 1024**3  # results kept for clients to read, all together
     log_level: str = "info"
 
 
@@ -80,7 +81,11 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
 
     manager = StatementManager(
-        run, workers=options.workers, chunk_rows=options.chunk_rows, limits=options.limits
+        run,
+        workers=options.workers,
+        chunk_rows=options.chunk_rows,
+        limits=options.limits,
+        retained_bytes=options.retained_bytes,
     )
     audit = AuditWriter(AuditLog(lakehouse.service))
     app = create_app(

@@ -180,6 +180,8 @@ class StatementManager:
             is rendered a chunk at a time) and ``BINARY_CHUNK_ROWS`` for ARROW_STREAM and CSV.
         chunk_bytes: about the most bytes (Arrow, in memory) a chunk holds.
         retention_s: how long a finished statement's rows stay readable.
+        retained_bytes: the most result bytes (Arrow) kept for all statements together; past
+            it, the oldest finished results are released (their statements ``CLOSED``).
         limits: per-statement and per-principal limits.
     """
 
@@ -191,6 +193,7 @@ class StatementManager:
         chunk_rows: int | None = None,
         chunk_bytes: int = 16 * 1024 * 1024,
         retention_s: float = 3600.0,
+        retained_bytes: int = 4 * 1024**3,
         limits: Limits = Limits(),
     ) -> None:
         self._runner = runner
@@ -203,6 +206,8 @@ class StatementManager:
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
         self.retention_s = retention_s
+        self.retained_bytes = retained_bytes
+        self._held = 0  # result bytes kept now
         self._listeners: list[Callable[[Statement], None]] = []
 
     def on_finish(self, listener: Callable[[Statement], None]) -> None:
@@ -262,8 +267,7 @@ class StatementManager:
         self._cancel(stmt)
         stmt.wait(None)
         with self._lock:
-            stmt.state = State.CLOSED
-            stmt.result = None
+            self._release(stmt)
         return stmt
 
     def drain(self, grace_s: float) -> bool:
@@ -347,6 +351,9 @@ class StatementManager:
             return
         with self._lock:
             stmt.result = rows
+            self._held += rows.nbytes
+            if self._held > self.retained_bytes:
+                self._evict(keep=stmt)
             self._finish(stmt, State.SUCCEEDED, None)
 
     def _time_out(self, stmt: Statement) -> None:
@@ -380,9 +387,23 @@ class StatementManager:
             if s.finished_at is not None and now - s.finished_at > self.retention_s
         ]
         for sid in old:
-            stmt = self._statements.pop(sid)
-            stmt.state = State.CLOSED
-            stmt.result = None
+            self._release(self._statements.pop(sid))
+
+    def _release(self, stmt: Statement) -> None:
+        """``stmt`` is CLOSED, its rows let go (lock held)."""
+        if stmt.result is not None:
+            self._held -= stmt.result.nbytes
+        stmt.state = State.CLOSED
+        stmt.result = None
+
+    def _evict(self, keep: Statement) -> None:
+        """Release the oldest finished results until the rest fit ``retained_bytes``."""
+        for other in list(self._statements.values()):
+            if self._held <= self.retained_bytes:
+                return
+            if other is not keep and other.result is not None:
+                log.info("statement %s: result released early (server memory)", other.id)
+                self._release(other)
 
 
 def _least(a: int | None, b: int | None) -> int | None:

@@ -93,6 +93,11 @@ class ResultSet:
         return rs
 
     @property
+    def nbytes(self) -> int:
+        """The bytes (Arrow, in memory) the chunks hold."""
+        return sum(c.nbytes for c in self.chunks)
+
+    @property
     def total_row_count(self) -> int:
         return sum(c.num_rows for c in self.chunks)
 
