@@ -585,14 +585,19 @@ class MatrixOSPgServer(PgServer):
 
     async def _negotiate_startup(self, stream: PgStream) -> dict[str, str] | None:
         code, payload = await _startup_packet(stream)
-        if code == messages.SSL_REQUEST_CODE and self.ssl_context is not None:
-            stream.write(b"S")
-            await stream.drain()
-            await stream.writer.start_tls(self.ssl_context)
-            code, payload = await _startup_packet(stream)
-        elif code in (messages.SSL_REQUEST_CODE, messages.GSSENC_REQUEST_CODE):
-            stream.write(b"N")
-            await stream.drain()
+        tls = False
+        # libpq may ask for GSS encryption, then for TLS, before it starts up.
+        for _ in range(2):
+            if code == messages.SSL_REQUEST_CODE and self.ssl_context is not None and not tls:
+                stream.write(b"S")
+                await stream.drain()
+                await stream.writer.start_tls(self.ssl_context)
+                tls = True
+            elif code in (messages.SSL_REQUEST_CODE, messages.GSSENC_REQUEST_CODE):
+                stream.write(b"N")
+                await stream.drain()
+            else:
+                break
             code, payload = await _startup_packet(stream)
         if code == messages.CANCEL_REQUEST_CODE:
             pid, secret = messages.parse_cancel_request(payload)

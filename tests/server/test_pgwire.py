@@ -626,3 +626,18 @@ def test_oversized_startup_packet_is_refused(server: Served) -> None:
         assert sock.recv(1) == b""  # closed without reading a gigabyte first
     with connect(server) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_gss_then_tls_requests_are_declined_then_startup_proceeds(server: Served) -> None:
+    import socket
+
+    def packet(code: int, body: bytes = b"") -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + code.to_bytes(4, "big") + body
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(packet(80877104))  # GSSENCRequest
+        assert sock.recv(1) == b"N"
+        sock.sendall(packet(80877103))  # SSLRequest (no certificate configured)
+        assert sock.recv(1) == b"N"
+        sock.sendall(packet(196608, b"user\0alice\0database\0main\0\0"))
+        assert sock.recv(1) == b"R"  # the SCRAM challenge: startup went on
