@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -619,8 +620,6 @@ def test_logins_and_statements_are_audited(lh: mx.Lakehouse, server: Served) -> 
 
 
 def test_oversized_startup_packet_is_refused(server: Served) -> None:
-    import socket
-
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall((1 << 30).to_bytes(4, "big") + (196608).to_bytes(4, "big"))
         assert sock.recv(1) == b""  # closed without reading a gigabyte first
@@ -629,8 +628,6 @@ def test_oversized_startup_packet_is_refused(server: Served) -> None:
 
 
 def test_gss_then_tls_requests_are_declined_then_startup_proceeds(server: Served) -> None:
-    import socket
-
     def packet(code: int, body: bytes = b"") -> bytes:
         return (8 + len(body)).to_bytes(4, "big") + code.to_bytes(4, "big") + body
 
