@@ -4,7 +4,6 @@ or a cleartext password or API token; failed logins throttled per user and clien
 Example:
     >>> import tempfile, matrixos as mx
     >>> from matrixos.catalog.accounts import Accounts
-from matrixos.catalog.audit import AuditEvent
     >>> lh = mx.connect(tempfile.mkdtemp())
     >>> ScramAuth(Accounts(lh.catalog)).MECHANISM
     'SCRAM-SHA-256'
