@@ -45,6 +45,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -681,6 +682,7 @@ def start_pg_server(
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
     audit: AuditWriter | None = None,
+    workers: int = 32,
 ) -> PgServerHandle:
     """Serve ``lakehouse`` over the PostgreSQL wire on ``host:port`` (``port=0``: any free
     port, see ``handle.port``) from a background thread; returns once it listens.
@@ -698,6 +700,9 @@ def start_pg_server(
             for the HTTP API (``server/statements.py``).
         audit: Where logins and statements are recorded (``system.access.audit``, protocol
             ``pg``; statement text with its literals redacted).
+        workers: Statements (and result encodings) that run at once across all connections;
+            more wait for a thread (asyncio's default, cpus + 4, made a long query hold up
+            every short one on a small machine).
 
     Raises:
         ConfigError: the address cannot be bound.
@@ -716,6 +721,7 @@ def start_pg_server(
 
     def main() -> None:
         asyncio.set_event_loop(loop)
+        loop.set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="mx-pg"))
         try:
             srv = loop.run_until_complete(server.start_server(host=host, port=port))
             ready["port"] = srv.sockets[0].getsockname()[1]
