@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of timed churn: kill -9 writers only inside each write kind, this many "
         "times per kind (append, merge, update, delete, overwrite, optimize, zorder, vacuum)",
     )
+    ap.add_argument("--kinds", help="with --trials-per-kind: only these kinds, e.g. delete,vacuum")
     args = ap.parse_args(argv)
 
     seconds = args.minutes * 60
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             kinds = ["append", "merge", "update", "delete", "overwrite", "optimize", *RARE_OPS]
             if args.format != "delta":  # Lance has no replaceWhere overwrite and no ZORDER
                 kinds = [k for k in kinds if k not in ("overwrite", "zorder")]
+            if args.kinds:
+                kinds = [k for k in kinds if k in args.kinds.split(",")]
             report = run_targeted(
                 target,
                 writers=args.writers,
