@@ -40,6 +40,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.audit import AuditEvent, outcome_of
+from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http_errors import error_body, http_status
@@ -55,7 +56,6 @@ from matrixos.server.statements_results import (
     csv_bytes,
     json_rows,
 )
-from matrixos.server.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -104,7 +104,7 @@ def create_app(
     ``throttle`` counts failed logins (default: 10 a minute per address and token id, then 30 s
     of 429s). ``audit`` records every statement and each token's first login from an address
     (and every failed one)."""
-    logins = throttle or LoginThrottle()
+    logins = throttle or LoginThrottle(limit=10, window=60.0, lockout=30.0)
     seen = _SeenLogins()
 
     @asynccontextmanager
@@ -136,19 +136,20 @@ def create_app(
             raise Unauthenticated("missing bearer token")
         token = creds.credentials.strip()
         # Failures count per client address and token id (never the secret).
-        key = f"{request.client.host if request.client else '?'}|{_token_id(token)}"
-        wait = logins.retry_after(key)
+        address = request.client.host if request.client else None
+        token_id = _token_id(token)
+        key = f"{address or '?'}|{token_id}"
+        wait = logins.retry_after(token_id, address)
         if wait > 0:
             raise LoginsThrottled(wait)
-        address = request.client.host if request.client else None
         try:
             who = authenticate(token)
         except MatrixOSError as e:
-            logins.failed(key)
+            logins.failed(token_id, address)
             if audit is not None:
                 audit.record(_login_event("unknown", token, address, outcome_of(e)))
             raise Unauthenticated("invalid, expired or revoked token") from e
-        logins.succeeded(key)
+        logins.succeeded(token_id, address)
         if audit is not None and seen.first(key):
             audit.record(_login_event(who.name, token, address, "ok"))
         return who
