@@ -21,6 +21,7 @@ from matrixos.engine.sandbox import check_query
 from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
 from matrixos.errors import MatrixOSError, NotSupported, SQLError
+from matrixos.storage.tablestore import store_class
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,7 +119,7 @@ class Binder:
                 # vectors, column mapping); any other format as its store's dataset.
                 snap = seen[skey] = (
                     self.snapshot(info, version, timestamp)
-                    if self.service.store(info).file_lists
+                    if store_class(info.format).file_lists
                     else self.dataset_scan(info, version, timestamp)
                 )
             snaps.append((node, info, snap))

@@ -36,6 +36,7 @@ from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.errors import NotSupported, SQLError
+from matrixos.storage.tablestore import store_class
 
 if TYPE_CHECKING:
     from matrixos.catalog.service import TableService
@@ -244,7 +245,7 @@ class SQLEngine:
     def search_target(self, name: str, principal: Principal = EMBEDDED_USER) -> SearchTarget:
         """The searchable (Lance) table ``name`` names, which ``principal`` may read."""
         info = self._binder.table_info(TableIdent.parse(name), principal)
-        if not self.service.store(info).searchable:
+        if not store_class(info.format).searchable:
             raise NotSupported(
                 f"table {info.name} is a {info.format} table; search needs a Lance table "
                 "(create_table(..., format='lance'))"

@@ -33,6 +33,7 @@ from typing import IO, Any, Literal
 
 import pyarrow as pa
 
+from matrixos.ai.embed import PROP_SOURCE, embed_rows
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, TableInfo, VolumeInfo
 from matrixos.catalog.names import TableIdent, parse_schema
@@ -537,11 +538,8 @@ class TableHandle:
     # -- writing ----------------------------------------------------------------------------
     def _rows(self, data: Any) -> Any:
         """``data`` with the vectors of the embedding the table names (if any) filled in."""
-        source = self.info.properties.get("matrixos.embedding.source")
-        if source is None:
+        if PROP_SOURCE not in self.info.properties:
             return data
-        from matrixos.ai.embed import embed_rows  # numpy and the model: on first use only
-
         return embed_rows(self.info.properties, to_arrow_table(data))
 
     def _done(self, result: WriteResult) -> WriteResult:
