@@ -38,6 +38,8 @@ from matrixos.errors import ConfigError, SchemaNotFound, StorageError, TableExis
 __all__ = ["SQLCatalog", "TableInfo", "VolumeInfo"]
 
 _meta = sa.MetaData()
+#: The catalog database's tables; other catalog modules add theirs to it.
+METADATA = _meta
 _catalogs = sa.Table(
     "mx_catalogs",
     _meta,
