@@ -25,6 +25,7 @@ from matrixos.storage.warehouse import is_remote
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
+    from matrixos.catalog.pending import PendingRows
     from matrixos.storage.options import StorageOptions
 
 _MAPPING_KEY = "delta.columnMapping.physicalName"
@@ -173,6 +174,9 @@ class PrunedScan:
     snapshot: Snapshot
     files: list[FileEntry]
     predicates: list[Predicate] = field(default_factory=list)
+    # Rows acknowledged by a write-ahead log but not committed yet (catalog/pending.py):
+    # unioned into a scan of the latest version, never into time travel.
+    pending: PendingRows | None = None
 
     @property
     def pruned(self) -> int:
@@ -364,10 +368,49 @@ def _ident(name: str) -> str:
 
 
 def render_scan(scan: PrunedScan, ctx: ScanContext, columns: Iterable[str] | None = None) -> str:
-    """A DuckDB SELECT producing the table's rows (logical names, Delta types)."""
+    """A DuckDB SELECT producing the table's rows (logical names, Delta types), with its
+    pending rows (``scan.pending``) unioned in."""
     snap = scan.snapshot
     wanted = set(columns) if columns is not None else None
     fields = [f for f in snap.schema if wanted is None or f.name in wanted] or list(snap.schema)
+    committed = _render_files(scan, ctx, fields)
+    if scan.pending is None:
+        return committed
+    return _with_pending(committed, scan.pending, fields, ctx, wanted)
+
+
+def _with_pending(
+    committed: str,
+    pending: PendingRows,
+    fields: list[pa.Field],
+    ctx: ScanContext,
+    wanted: set[str] | None,
+) -> str:
+    """``committed`` plus the pending rows, by name (a pending column the table lacks yet is
+    NULL in committed rows); committed rows whose key a pending row replaces are hidden."""
+    rows = pending.table
+    types = {f.name: f.type for f in fields}
+    src = ctx.register(rows)
+    proj = []
+    for name in rows.column_names:
+        if name in types:
+            proj.append(f"CAST({_ident(name)} AS {duckdb_type(types[name])}) AS {_ident(name)}")
+        elif wanted is None:
+            proj.append(_ident(name))
+    if not proj:
+        return committed
+    keys = [k for k in pending.replaces if k in types and k in rows.column_names]
+    if keys:
+        match = " AND ".join(f"__p.{_ident(k)} IS NOT DISTINCT FROM __c.{_ident(k)}" for k in keys)
+        committed = (
+            f"SELECT * FROM ({committed}) AS __c "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {src} AS __p WHERE {match})"
+        )
+    return f"SELECT * FROM ({committed}) UNION ALL BY NAME SELECT {', '.join(proj)} FROM {src}"
+
+
+def _render_files(scan: PrunedScan, ctx: ScanContext, fields: list[pa.Field]) -> str:
+    snap = scan.snapshot
     if not scan.files:
         cols = ", ".join(f"{_literal(None, f.type)} AS {_ident(f.name)}" for f in fields)
         return f"SELECT {cols} WHERE false"

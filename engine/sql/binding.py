@@ -105,6 +105,7 @@ class Binder:
         # snapshot loaded once, so every reference also reads the same version.
         infos: dict[tuple[str, str, str], TableInfo] = {}
         seen: dict[tuple[str, int | None, Any], Snapshot | DatasetScan] = {}
+        latest: set[int] = set()  # references that read the latest version (no time travel)
         for node in refs:
             key = (node.catalog, node.db, node.name)
             info = infos.get(key)
@@ -123,13 +124,19 @@ class Binder:
                     else self.dataset_scan(info, version, timestamp)
                 )
             snaps.append((node, info, snap))
+            if (version, timestamp) == (None, None):
+                latest.add(id(node))
         out: Bound = []
         for node, info, snap in snaps:
             if isinstance(snap, DatasetScan):
                 out.append((info.ident, snap))
                 continue
             preds = self._predicates(node, snap, snaps)
-            out.append((info.ident, prune(snap, preds)))
+            scan = prune(snap, preds)
+            if id(node) in latest:
+                # Rows a write-ahead log acknowledged are part of the latest version.
+                scan.pending = self.service.pending_rows(info.ident, snap.version)
+            out.append((info.ident, scan))
         return out
 
     # -- time travel ------------------------------------------------------------------------

@@ -195,6 +195,11 @@ def explain_scans(bound: Bound) -> list[str]:
             f"Scan {ident} (delta, version {scan.snapshot.version}): "
             f"{len(scan.files)} of {len(scan.snapshot.files)} files after pruning"
             + (" on " + ", ".join(p.describe() for p in scan.predicates) if scan.predicates else "")
+            + (
+                f", plus {scan.pending.table.num_rows} pending rows (write-ahead log)"
+                if scan.pending is not None
+                else ""
+            )
         )
     return lines
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -37,6 +37,7 @@ from matrixos.ai.embed import PROP_SOURCE, embed_rows
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, TableInfo, VolumeInfo
 from matrixos.catalog.names import TableIdent, parse_schema
+from matrixos.catalog.pending import PendingRows, PendingSource, PendingSources
 from matrixos.config import Settings
 from matrixos.errors import AccessDenied, NotSupported, TableExists, TableNotFound
 from matrixos.storage.arrow import to_arrow_table
@@ -66,10 +67,23 @@ class TableService:
         self.settings = settings
         self._lock = threading.Lock()
         self._latest: dict[str, Any] = {}  # location → the latest snapshot handle seen
+        self._pending = PendingSources()
 
     def close(self) -> None:
         self._latest.clear()
         self.catalog.close()
+
+    # -- rows acknowledged by a write-ahead log, not committed yet (catalog/pending.py) ------
+    def register_pending_source(self, source: PendingSource) -> Callable[[], None]:
+        """Let queries of a table's latest version see ``source(ident, version)``'s rows (a
+        writer's acknowledged rows that version lacks); returns a function that unregisters
+        it."""
+        return self._pending.register(source)
+
+    def pending_rows(self, ident: TableIdent, version: int) -> PendingRows | None:
+        """The acknowledged rows of ``ident`` that its ``version`` lacks, from every pending
+        source (``None`` when there are none)."""
+        return self._pending.rows(ident, version)
 
     # -- authorization ----------------------------------------------------------------------
     def authorize(self, principal: Principal, privilege: str, info: TableInfo) -> TableInfo:
