@@ -35,6 +35,7 @@ from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, without_secrets
 from matrixos.engine.sql.local import LocalRunner
+from matrixos.engine.timeseries import rewrite as rewrite_time_series
 from matrixos.errors import NotSupported, SQLError
 from matrixos.storage.tablestore import store_class
 
@@ -186,7 +187,9 @@ class SQLEngine:
         # Checked before anything in it is evaluated: the platform functions' arguments
         # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
         check_query(tree)
-        functions = expand_functions(_Functions(self, principal), tree)
+        host = _Functions(self, principal)
+        tree = rewrite_time_series(tree, host)  # time_bucket_gapfill, first/last, rate… (plain SQL)
+        functions = expand_functions(host, tree)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
         bound = self._binder.bind(refs, principal)
         notes: list[str] = []

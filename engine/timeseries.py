@@ -1,0 +1,428 @@
+"""Time-series SQL: TimescaleDB's functions, rewritten into plain DuckDB before a query runs.
+
+Every dialect the engine reads gets them (the rewrite works on the parsed tree):
+
+- ``time_bucket(interval, ts [, origin])`` — DuckDB's own; a text interval (``'5 minutes'``) is
+  checked here so a bad one is an error naming its position.
+- ``first(value, time)`` / ``last(value, time)`` — the value at the earliest / latest time of
+  the group (DuckDB's ``arg_min`` / ``arg_max``).
+- ``delta(v) OVER (…ORDER BY time)`` — ``v`` minus the previous row's ``v``.
+- ``rate(v, time) OVER (…)`` — per-second increase of a counter: ``(v - prev) / seconds``, and
+  where ``v < prev`` the counter was reset, so the increase is ``v`` (Prometheus' rule). The
+  window is ordered by ``time`` unless it says otherwise.
+- ``time_bucket_gapfill(interval, ts, start, finish)`` with ``locf(agg)`` and
+  ``interpolate(agg)`` — a grouped query whose answer has a row for every bucket in
+  ``[start, finish)`` of every group (gap rows hold NULL aggregates), ``locf`` carrying the last
+  value forward and ``interpolate`` filling linearly between the neighbours in time. It is
+  rewritten as: the query itself (bucketed with ``time_bucket``), the buckets
+  (``unnest(range(…))``) crossed with the groups it found, a full join of the two, then
+  window functions.
+
+The rewrite builds trees: no user text is pasted into SQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from sqlglot import exp
+
+from matrixos.errors import MatrixOSError, SQLError
+
+GAPFILL = "time_bucket_gapfill"
+FILLERS = ("locf", "interpolate")
+WINDOWED = ("delta", "rate")
+# The names this module gives a meaning to (EXPLAIN and the docs list them).
+TIME_SERIES_FUNCTIONS = frozenset({"time_bucket", GAPFILL, "first", "last", *FILLERS, *WINDOWED})
+
+
+class ConstantHost(Protocol):
+    """What the rewrite needs of the engine: a constant expression's value."""
+
+    def constant(self, node: exp.Expr) -> Any: ...
+
+
+def _name(node: exp.Expr) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    if isinstance(node, exp.DateBin):
+        return "time_bucket"
+    return ""
+
+
+def misuse(node: exp.Expr, message: str, hint: str | None = None) -> SQLError:
+    """An error at ``node``'s position in the statement (when the parser recorded one)."""
+    line = col = None
+    for n in node.walk():
+        meta = n.meta if isinstance(n, exp.Expr) else {}
+        if "line" in meta and "col" in meta:
+            line = int(meta["line"])
+            col = int(meta["col"])
+            if "start" in meta and "end" in meta:
+                col -= int(meta["end"]) - int(meta["start"])
+            break
+    return SQLError(message, sql=node.sql(), line=line, col=col, hint=hint)
+
+
+def rewrite(tree: exp.Expr, host: ConstantHost) -> exp.Expr:
+    """``tree`` with its time-series functions rewritten (in place, but a gap-filled query at
+    the root is a new tree: use the return value)."""
+    for node in list(tree.find_all(exp.Anonymous, exp.DateBin, exp.First, exp.Last)):
+        if isinstance(node, exp.First | exp.Last):
+            if node.args.get("expression") is not None:  # first(v, time), not first(v)
+                cls = exp.ArgMin if isinstance(node, exp.First) else exp.ArgMax
+                node.replace(cls(this=node.this, expression=node.args["expression"]))
+            continue
+        name = _name(node)
+        if name == "time_bucket":
+            _check_interval(node, host)
+        elif name in WINDOWED:
+            _windowed(node, name)
+    for select in reversed(list(tree.find_all(exp.Select))):
+        calls = [c for item in select.expressions for c in item.find_all(exp.Anonymous)]
+        if any(_name(c) == GAPFILL for c in calls):
+            filled = _gapfill(select, host)
+            if select is tree:
+                tree = filled
+            else:
+                select.replace(filled)
+    for node in tree.find_all(exp.Anonymous):
+        name = _name(node)
+        if name in FILLERS:
+            raise misuse(
+                node,
+                f"{name}() fills the gaps of a time_bucket_gapfill() query",
+                hint=f"SELECT time_bucket_gapfill('1 minute', time, start, finish) AS bucket, "
+                f"{name}(avg(v)) FROM t GROUP BY bucket",
+            )
+        if name == GAPFILL:
+            raise misuse(
+                node,
+                "time_bucket_gapfill() must be an item of a grouped query's SELECT list",
+                hint="SELECT time_bucket_gapfill(…) AS bucket, … GROUP BY bucket",
+            )
+    return tree
+
+
+def _check_interval(node: exp.Expr, host: ConstantHost) -> None:
+    args = [node.this, node.args.get("expression")] if isinstance(node, exp.DateBin) else None
+    if args is None:
+        args = list(node.expressions)
+    if len(args) < 2 or any(a is None for a in args[:2]) or len(args) > 3:
+        raise misuse(node, "time_bucket(interval, time [, origin]) takes 2 or 3 arguments")
+    width = args[0]
+    if isinstance(width, exp.Literal) and width.is_string:
+        _interval_value(width, host, "time_bucket")
+
+
+def _interval_value(width: exp.Expr, host: ConstantHost, fn: str) -> Any:
+    try:
+        value = host.constant(exp.cast(width.copy(), exp.DataType.build("INTERVAL")))
+    except MatrixOSError as e:
+        raise misuse(
+            width,
+            f"{fn}()'s width {width.sql()} is not an interval",
+            hint="e.g. '5 minutes', '1 hour', INTERVAL '1 day'",
+        ) from e
+    if value is None or (hasattr(value, "total_seconds") and value.total_seconds() <= 0):
+        raise misuse(width, f"{fn}()'s width must be a positive interval, got {width.sql()}")
+    return value
+
+
+def _windowed(node: exp.Func, name: str) -> None:
+    window = node.parent
+    usage = (
+        "delta(v) OVER (PARTITION BY … ORDER BY time)"
+        if name == "delta"
+        else ("rate(v, time) OVER (PARTITION BY …)")
+    )
+    if not isinstance(window, exp.Window) or window.this is not node:
+        raise misuse(node, f"{name}() is a window function: write {usage}")
+    args = list(node.expressions)
+    want = 1 if name == "delta" else 2
+    if len(args) != want:
+        raise misuse(node, f"{name}() takes {want} argument{'s' if want > 1 else ''}: {usage}")
+    spec = window.copy()
+    spec.set("this", None)
+    if not spec.args.get("order"):
+        if name == "delta":
+            raise misuse(node, "delta() needs an ordered window", hint=usage)
+        spec.set("order", exp.Order(expressions=[exp.Ordered(this=args[1].copy())]))
+
+    def over(fn: exp.Expr) -> exp.Window:
+        w = spec.copy()
+        w.set("this", fn)
+        return w
+
+    value = args[0]
+    prev = over(exp.Anonymous(this="lag", expressions=[value.copy()]))
+    if name == "delta":
+        window.replace(exp.paren(exp.Sub(this=value.copy(), expression=prev)))
+        return
+    time = args[1]
+    prev_time = over(exp.Anonymous(this="lag", expressions=[time.copy()]))
+    increase = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.GTE(this=value.copy(), expression=prev.copy()),
+                true=exp.Sub(this=value.copy(), expression=prev.copy()),
+            )
+        ],
+        default=value.copy(),  # the counter was reset: it counted v since
+    )
+    seconds = exp.Anonymous(
+        this="epoch", expressions=[exp.paren(exp.Sub(this=time.copy(), expression=prev_time))]
+    )
+    nullif = exp.Nullif(this=seconds, expression=exp.Literal.number(0))
+    window.replace(exp.paren(exp.Div(this=increase, expression=nullif, typed=False, safe=False)))
+
+
+# -- time_bucket_gapfill ------------------------------------------------------------------------
+def _gapfill(select: exp.Select, host: ConstantHost) -> exp.Expr:
+    """The gap-filled form of a grouped ``select`` with ``time_bucket_gapfill`` in its list."""
+    if not select.args.get("group"):
+        raise misuse(select.expressions[0], "a time_bucket_gapfill() query needs GROUP BY")
+    token = f"__mx_gf_{uuid.uuid4().hex[:8]}_"
+    inner = select.copy()
+    order = inner.args.pop("order", None)
+    limit = inner.args.pop("limit", None)
+    offset = inner.args.pop("offset", None)
+    bucket_idx: int | None = None
+    bucket_call: exp.Anonymous | None = None
+    keys: list[int] = []
+    fillers: dict[int, str] = {}
+    names: list[str] = []
+    for i, item in enumerate(inner.expressions):
+        body = item.this if isinstance(item, exp.Alias) else item
+        calls = [c for c in item.find_all(exp.Anonymous) if _name(c) == GAPFILL]
+        if calls:
+            if bucket_idx is not None or calls[0] is not body:
+                raise misuse(
+                    calls[0],
+                    "time_bucket_gapfill() must appear once, as a whole item of the SELECT list",
+                )
+            bucket_idx, bucket_call = i, calls[0]
+            names.append(item.alias if isinstance(item, exp.Alias) else GAPFILL)
+        elif isinstance(body, exp.Anonymous) and _name(body) in FILLERS:
+            if len(body.expressions) != 1:
+                raise misuse(body, f"{_name(body)}() takes one argument (an aggregate)")
+            fillers[i] = _name(body)
+            names.append(item.alias if isinstance(item, exp.Alias) else _name(body))
+            body.replace(body.expressions[0])
+        else:
+            if body.find(exp.AggFunc) is None and not body.find(exp.Window):
+                keys.append(i)
+            names.append(item.alias_or_name or item.sql(dialect="duckdb"))
+    assert bucket_call is not None and bucket_idx is not None
+    _group_by_position(inner, select, names)
+    args = list(bucket_call.expressions)
+    if len(args) != 4:
+        raise misuse(
+            bucket_call,
+            "time_bucket_gapfill(interval, time, start, finish) takes 4 arguments",
+            hint="start and finish bound the buckets filled (finish excluded)",
+        )
+    width, ts, start, finish = args
+    if isinstance(width, exp.Literal) and width.is_string:
+        _interval_value(width, host, GAPFILL)
+        width = exp.cast(width, exp.DataType.build("INTERVAL"))
+    start, finish = (_timestamp(a) for a in (start, finish))
+    bucket_call.replace(exp.Anonymous(this="time_bucket", expressions=[width.copy(), ts]))
+    for i, item in enumerate(inner.expressions):
+        body = item.this if isinstance(item, exp.Alias) else item
+        item.replace(exp.alias_(body, f"{token}{i}", quoted=True))
+
+    agg = f"{token}agg"
+    b = f"{token}{bucket_idx}"
+
+    def col(name: str, table: str | None = None) -> exp.Column:
+        return exp.column(name, table=table, quoted=True)
+
+    grid = exp.select(
+        exp.alias_(
+            exp.Unnest(
+                expressions=[
+                    exp.Anonymous(
+                        this="range",
+                        expressions=[
+                            exp.Anonymous(this="time_bucket", expressions=[width.copy(), start]),
+                            finish,
+                            width.copy(),
+                        ],
+                    )
+                ]
+            ),
+            b,
+            quoted=True,
+        )
+    )
+    if keys:
+        groups = exp.select(*[col(f"{token}{k}") for k in keys]).distinct().from_(agg)
+        grid = (
+            exp.select(exp.Star())
+            .from_(grid.subquery(f"{token}b"))
+            .join(groups.subquery(f"{token}g"), join_type="CROSS")
+        )
+    on = exp.and_(
+        *[
+            exp.NullSafeEQ(
+                this=col(f"{token}{k}", f"{token}grid"), expression=col(f"{token}{k}", agg)
+            )
+            for k in [bucket_idx, *keys]
+        ]
+    )
+    filled_items: list[exp.Expr] = []
+    for i in range(len(names)):
+        c = f"{token}{i}"
+        if i == bucket_idx or i in keys:
+            filled_items.append(
+                exp.alias_(
+                    exp.Coalesce(this=col(c, f"{token}grid"), expressions=[col(c, agg)]),
+                    c,
+                    quoted=True,
+                )
+            )
+        else:
+            filled_items.append(col(c, agg))
+    filled = (
+        exp.select(*filled_items)
+        .from_(grid.subquery(f"{token}grid"))
+        .join(exp.to_table(agg, quoted=True), on=on, join_type="FULL")
+    )
+    partition = [col(f"{token}{k}") for k in keys]
+    outer_items: list[exp.Expr] = []
+    for i, name in enumerate(names):
+        cell = col(f"{token}{i}")
+        value: exp.Expr = cell
+        if fillers.get(i) == "locf":
+            value = _locf(cell, partition, col(b))
+        elif fillers.get(i) == "interpolate":
+            value = _interp(cell, partition, col(b))
+        outer_items.append(exp.alias_(value, name, quoted=True))
+    outer = exp.select(*outer_items).from_(filled.subquery(f"{token}filled"))
+    outer = outer.with_(agg, as_=inner)
+    if order is not None:
+        outer.set("order", _outer_order(order, select, names))
+    else:
+        ordinals = [*keys, bucket_idx]
+        outer.set(
+            "order",
+            exp.Order(expressions=[exp.Ordered(this=exp.Literal.number(k + 1)) for k in ordinals]),
+        )
+    if limit is not None:
+        outer.set("limit", limit)
+    if offset is not None:
+        outer.set("offset", offset)
+    return outer
+
+
+def _group_by_position(inner: exp.Select, select: exp.Select, names: list[str]) -> None:
+    """GROUP BY items that name an output column (alias or whole item) as its position: the
+    inner query's items are renamed."""
+    items = [e.this if isinstance(e, exp.Alias) else e for e in select.expressions]
+    aliases = [e.alias if isinstance(e, exp.Alias) else None for e in select.expressions]
+    for g in list(inner.args["group"].expressions):
+        pos = None
+        if isinstance(g, exp.Column) and not g.table and g.name in aliases:
+            pos = aliases.index(g.name)
+        else:
+            pos = next((i for i, it in enumerate(items) if it == g), None)
+        if pos is not None:
+            g.replace(exp.Literal.number(pos + 1))
+
+
+def _timestamp(arg: exp.Expr) -> exp.Expr:
+    if isinstance(arg, exp.Literal) and arg.is_string:
+        return exp.cast(arg, exp.DataType.build("TIMESTAMP"))
+    return arg
+
+
+def _ordered_window(
+    fn: exp.Expr, partition: list[exp.Column], order: exp.Expr, following: bool
+) -> exp.Window:
+    spec = exp.WindowSpec(
+        kind="ROWS",
+        start="CURRENT ROW" if following else "UNBOUNDED",
+        start_side=None if following else "PRECEDING",
+        end="UNBOUNDED" if following else "CURRENT ROW",
+        end_side="FOLLOWING" if following else None,
+    )
+    return exp.Window(
+        this=fn,
+        partition_by=[p.copy() for p in partition] or None,
+        order=exp.Order(expressions=[exp.Ordered(this=order.copy())]),
+        spec=spec,
+        over="OVER",
+    )
+
+
+def _last_known(
+    value: exp.Expr, partition: list[exp.Column], order: exp.Expr, following: bool = False
+) -> exp.Window:
+    fn = exp.FirstValue if following else exp.LastValue
+    inner = exp.IgnoreNulls(this=fn(this=value.copy()))
+    return _ordered_window(inner, partition, order, following)
+
+
+def _locf(value: exp.Column, partition: list[exp.Column], order: exp.Column) -> exp.Expr:
+    return _last_known(value, partition, order)
+
+
+def _interp(value: exp.Column, partition: list[exp.Column], order: exp.Column) -> exp.Expr:
+    """Linear interpolation in time between the nearest known values before and after."""
+    when_known = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.Not(this=exp.Is(this=value.copy(), expression=exp.null())),
+                true=order.copy(),
+            )
+        ]
+    )
+    prev_v = _last_known(value, partition, order)
+    prev_t = _last_known(when_known, partition, order)
+    next_v = _last_known(value, partition, order, following=True)
+    next_t = _last_known(when_known.copy(), partition, order, following=True)
+
+    def seconds(a: exp.Expr, b: exp.Expr) -> exp.Expr:
+        return exp.Anonymous(this="epoch", expressions=[exp.paren(exp.Sub(this=a, expression=b))])
+
+    slope = exp.Div(
+        this=exp.Mul(
+            this=exp.paren(exp.Sub(this=next_v, expression=prev_v.copy())),
+            expression=seconds(order.copy(), prev_t.copy()),
+        ),
+        expression=exp.Nullif(
+            this=seconds(next_t, prev_t.copy()), expression=exp.Literal.number(0)
+        ),
+        typed=False,
+        safe=False,
+    )
+    return exp.Coalesce(
+        this=value.copy(), expressions=[exp.Add(this=prev_v.copy(), expression=slope)]
+    )
+
+
+def _outer_order(order: exp.Order, select: exp.Select, names: list[str]) -> exp.Order:
+    """The user's ORDER BY in terms of the outer query's output (its positions)."""
+    items = [e.this if isinstance(e, exp.Alias) else e for e in select.expressions]
+    out = []
+    for ordered in order.expressions:
+        key = ordered.this
+        pos: int | None = None
+        if isinstance(key, exp.Literal) and key.is_int:
+            pos = int(key.name) - 1
+        elif isinstance(key, exp.Column) and not key.table and key.name in names:
+            pos = names.index(key.name)
+        else:
+            pos = next((i for i, it in enumerate(items) if it == key), None)
+        if pos is None or not 0 <= pos < len(names):
+            raise misuse(
+                key,
+                "ORDER BY of a time_bucket_gapfill() query must name output columns",
+                hint="order by an alias or position of the SELECT list",
+            )
+        new = ordered.copy()
+        new.set("this", exp.Literal.number(pos + 1))
+        out.append(new)
+    return exp.Order(expressions=out)
