@@ -7,6 +7,8 @@ HTTP and PostgreSQL-wire front ends can map them in one place.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 class MatrixOSError(Exception):
     """Root of every error raised by the public API."""
@@ -144,6 +146,43 @@ class IngestError(MatrixOSError, ValueError):
         self.col = col
 
 
+class PointsRejected(IngestError):
+    """IoT points (line protocol, JSON, a dropped file) were refused; nothing of the batch was
+    acknowledged unless the writer asked for partial writes.
+
+    ``rejected`` lists every refused line: ``{"line", "column", "field", "message"}`` (1-based
+    line and column of the source text; ``field`` when one field is at fault).
+    """
+
+    sqlstate = "22P02"
+
+    def __init__(
+        self, message: str, *, path: str, rejected: list[dict[str, object]], hint: str | None = None
+    ) -> None:
+        first = rejected[0] if rejected else {}
+        line = first.get("line")
+        col = first.get("column")
+        super().__init__(
+            message,
+            path=path,
+            line=line if isinstance(line, int) else None,
+            col=col if isinstance(col, int) else None,
+            hint=hint,
+        )
+        self.rejected = rejected
+
+
+class IngestBusy(MatrixOSError, RuntimeError):
+    """The ingest write-ahead log is at capacity (or cannot be written): the points were not
+    acknowledged; retry after ``retry_after`` seconds."""
+
+    sqlstate = "53000"  # insufficient_resources
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class WarehouseNotFound(MatrixOSError, LookupError):
     """No warehouse at the given location (reading commands never create one)."""
 
@@ -245,6 +284,50 @@ class StatementNotFound(MatrixOSError, LookupError):
     sqlstate = "26000"  # invalid_sql_statement_name
 
 
+class OutOfCredit(MatrixOSError, RuntimeError):
+    """An account's prepaid credit cannot pay for the work asked: a job refused at submit, or
+    stopped when its account reached zero. ``balance`` and ``asked`` are in degrees (1 degree =
+    312 TFLOPS x 1 hour), as ``Decimal``; ``account`` names the account."""
+
+    sqlstate = "53400"  # configuration_limit_exceeded
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        account: str,
+        balance: Decimal,
+        asked: Decimal,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.account = account
+        self.balance = balance
+        self.asked = asked
+
+
+class JobError(MatrixOSError, ValueError):
+    """A job request or a reservation is invalid or cannot be met on this cluster.
+
+    ``field`` names the request field at fault (``"gpus"``, ``"accelerators"``, ``"nodes"``…);
+    a refused reservation carries ``earliest``, the earliest start (epoch seconds) that would fit.
+    """
+
+    sqlstate = "22023"  # invalid_parameter_value
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        earliest: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+        self.earliest = earliest
+
+
 class TpchError(MatrixOSError, RuntimeError):
     """The TPC-H sample data could not be generated (``matrixos demo``, the benchmarks)."""
 
@@ -259,8 +342,10 @@ __all__ = [
     "ConfigError",
     "FileNotFound",
     "IngestError",
+    "JobError",
     "MatrixOSError",
     "NotSupported",
+    "OutOfCredit",
     "ResultConsumed",
     "SQLError",
     "SchemaMismatch",
