@@ -23,12 +23,17 @@ The rewrite builds trees: no user text is pasted into SQL.
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlglot import exp
 
-from matrixos.errors import MatrixOSError, SQLError
+from matrixos.errors import MatrixOSError, NotSupported, SQLError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 GAPFILL = "time_bucket_gapfill"
 FILLERS = ("locf", "interpolate")
@@ -426,3 +431,48 @@ def _outer_order(order: exp.Order, select: exp.Select, names: list[str]) -> exp.
         new.set("this", exp.Literal.number(pos + 1))
         out.append(new)
     return exp.Order(expressions=out)
+
+
+# -- retention ---------------------------------------------------------------------------------
+RETENTION = "matrixos.retention"
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day|week)s?\s*$", re.I)
+
+
+def parse_duration(text: str, what: str = RETENTION) -> timedelta:
+    """``'30 days'``, ``'12 hours'``, ``'2 weeks'`` … as a ``timedelta`` (positive).
+
+    Example:
+        >>> parse_duration("30 days")
+        datetime.timedelta(days=30)
+    """
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) <= 0:
+        raise SQLError(
+            f"{what} = {text!r} is not a duration",
+            hint="a positive whole number of seconds, minutes, hours, days or weeks: '30 days'",
+        )
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def day_partition(schema: pa.Schema, partition_by: list[str]) -> str:
+    """The partition column retention deletes by: the first one holding a day (a DATE, or text
+    named ``day`` or ``date`` holding ``YYYY-MM-DD``).
+
+    Raises ``NotSupported`` when the table has none (retention deletes whole partitions only).
+    """
+    import pyarrow as pa
+
+    for name in partition_by:
+        field = schema.field(name) if name in schema.names else None
+        if field is None:
+            continue
+        if pa.types.is_date(field.type):
+            return name
+        if pa.types.is_string(field.type) and name.lower() in ("day", "date"):
+            return name
+    raise NotSupported(
+        f"{RETENTION} needs a table partitioned by day",
+        hint="a DATE partition column (or text 'YYYY-MM-DD' named day): "
+        "CREATE TABLE … PARTITIONED BY (day)",
+    )

@@ -19,6 +19,7 @@ from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query, check_table_name
 from matrixos.engine.sql.errors import engine_error
 from matrixos.engine.sql.frontend import ident_of, ok, table_name
+from matrixos.engine.timeseries import RETENTION, day_partition, parse_duration
 from matrixos.errors import AccessDenied, NotSupported, SQLError
 from matrixos.storage.tablestore import formats
 
@@ -178,6 +179,45 @@ class DDL:
                 raise NotSupported(f"DROP {kind} is not supported")
         return ok(f"DROP {kind}")
 
+    def alter(self, stmt: exp.Alter, dialect: str, principal: Principal) -> Result | None:
+        """``ALTER TABLE t SET TBLPROPERTIES ('k' = 'v', …)`` (or ``SET (k = v, …)``): catalog
+        properties, such as ``matrixos.retention``; None for any other ALTER."""
+        actions = stmt.args.get("actions") or []
+        kind = str(stmt.args.get("kind") or "").upper()
+        if kind != "TABLE" or len(actions) != 1 or not isinstance(actions[0], exp.AlterSet):
+            return None
+        changes: dict[str, str] = {}
+        for node in actions[0].expressions:
+            pairs = node.expressions if isinstance(node, exp.Properties) else [node]
+            for p in pairs:
+                key = p.this if isinstance(p, exp.Property | exp.EQ) else None
+                value = p.args.get("value") if isinstance(p, exp.Property) else None
+                if isinstance(p, exp.EQ):
+                    value = p.expression
+                if not isinstance(key, exp.Literal | exp.Identifier | exp.Column | exp.Var) or (
+                    not isinstance(value, exp.Literal)
+                ):
+                    raise SQLError(
+                        f"expected 'key' = 'value', got {p.sql(dialect=dialect)}",
+                        hint="ALTER TABLE t SET TBLPROPERTIES ('matrixos.retention' = '30 days')",
+                    )
+                changes[key.name] = value.name
+        return self._set_properties(stmt.this, changes, [], principal)
+
+    def _set_properties(
+        self, target: exp.Expr, changes: dict[str, str], removed: list[str], principal: Principal
+    ) -> Result:
+        handle = self.service.table(principal, ident_of(target))
+        handle.writable()  # MODIFY: retention deletes rows
+        info = handle.known()
+        if RETENTION in changes:
+            parse_duration(changes[RETENTION])
+            day_partition(handle.schema, handle.partition_by)
+        props = {k: v for k, v in info.properties.items() if k not in removed}
+        props.update(changes)
+        self.service.update_properties(info, props)
+        return ok("ALTER TABLE")
+
     def describe(self, stmt: exp.Describe, dialect: str, principal: Principal) -> Result:
         """``DESCRIBE t`` (columns, types, nullability, partitioning) or ``DESCRIBE HISTORY t``."""
         target = stmt.this
@@ -243,6 +283,16 @@ class DDL:
                 return self.show(m.group(1).upper(), m.group(2), principal)
         if cmd in ("CREATE", "DROP") and re.match(r"^VOLUME\s", rest, re.I):
             return self._volume(cmd, rest, dialect, principal)
+        if cmd == "ALTER":
+            m = re.match(
+                r"^TABLE\s+(\S+)\s+UNSET\s+TBLPROPERTIES\s*(?:IF\s+EXISTS\s*)?\((.*)\)\s*$",
+                rest,
+                re.I | re.S,
+            )
+            if m:
+                target = exp.to_table(table_name(m.group(1), dialect))
+                keys = [k.strip().strip("'\"").strip() for k in m.group(2).split(",")]
+                return self._set_properties(target, {}, keys, principal)
         return None
 
     def _volume(self, cmd: str, rest: str, dialect: str, principal: Principal) -> Result:
