@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
+import sqlglot
 from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
 from matrixos.ai.embed import get_embedder
-from matrixos.engine.embedding import search_table
-from matrixos.errors import SQLError
+from matrixos.catalog.policies import TablePolicy
+from matrixos.engine.embedding import search_table, table_embedding
+from matrixos.errors import AccessDenied, SQLError
 
 if TYPE_CHECKING:
     import duckdb
@@ -39,12 +42,16 @@ class SearchTarget:
         location: Where its data is.
         properties: Its catalog properties (the embedding it names, if any).
         storage_options: Lance's storage options for ``location`` (None for a local one).
+        policy: The row filters and column masks that apply to the principal asking: the
+            filters also run inside the search (before top-k) and ``row_security`` wraps the
+            result in them.
     """
 
     name: str
     location: str
     properties: Mapping[str, str]
     storage_options: dict[str, str] | None = None
+    policy: TablePolicy | None = None  # the row filters and masks that apply to the caller
 
 
 class FunctionHost(Protocol):
@@ -61,6 +68,7 @@ SEARCH_FUNCTIONS = {"vector_search": "vector", "text_search": "text", "hybrid_se
 SCALAR_FUNCTIONS = frozenset({"embed"})
 _KWARGS = {"k", "filter", "columns"}
 _RESULT = "mx_function_result"
+POLICY = "mx_policy"  # a search result's meta: the TablePolicy row_security applies to it
 
 
 @dataclass
@@ -102,10 +110,12 @@ def expand_functions(host: FunctionHost, tree: exp.Expr) -> FunctionResults:
         if mode is None:
             continue
         name = f"{token}{len(out.tables)}"
-        out.tables[name] = _run_search(host, fn, mode, out)
+        out.tables[name], policy = _run_search(host, fn, mode, out)
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(_name(fn)))
         stand_in = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
         stand_in.meta[_RESULT] = True
+        if policy is not None:
+            stand_in.meta[POLICY] = policy
         node.replace(stand_in)
     for call in list(tree.find_all(exp.Anonymous)):
         if _name(call) not in SCALAR_FUNCTIONS:
@@ -158,7 +168,9 @@ def _table_name(node: exp.Expr) -> str:
     raise SQLError(f"the first argument must name a table, got {node.sql()}")
 
 
-def _run_search(host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResults) -> pa.Table:
+def _run_search(
+    host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResults
+) -> tuple[pa.Table, TablePolicy | None]:
     positional, kwargs = _arguments(host, fn)
     name = _name(fn)
     if len(positional) < 2:
@@ -186,14 +198,19 @@ def _run_search(host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResult
             raise SQLError(f"{key} must be text, got {kwargs[key]!r}", sql=fn.sql())
     table = host.search_target(_table_name(positional[0]))
     columns = kwargs.get("columns")
+    wanted = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else None
+    filter = kwargs.get("filter")
+    policy = table.policy
+    if policy is not None:
+        filter, wanted, policy = secured_search(table, mode, filter, wanted)
     result = search_table(
         table.location,
         table.properties,
         query,
         k=k,
         mode=mode,  # type: ignore[arg-type]
-        filter=kwargs.get("filter"),
-        columns=[c.strip() for c in columns.split(",")] if isinstance(columns, str) else None,
+        filter=filter,
+        columns=wanted,
         storage_options=table.storage_options,
     )
     out.explain.append(
@@ -201,7 +218,56 @@ def _run_search(host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResult
         + (f", filter={kwargs['filter']!r}" if kwargs.get("filter") else "")
         + f"): {result.num_rows} rows, evaluated before the query"
     )
-    return result
+    return result, policy
+
+
+def secured_search(
+    table: SearchTarget, mode: str, filter: str | None, columns: list[str] | None
+) -> tuple[str | None, list[str] | None, TablePolicy]:
+    """The ``filter``, ``columns`` and policy of a search on a table with policies for the
+    caller: its row filters join the filter (applied before top-k, so k visible rows come
+    back), and the columns they and the masks read are fetched too (the policy's ``hidden``
+    leaves them out of the result again).
+
+    Refused (``AccessDenied``): a ``filter`` on a masked column (it would match the real
+    values), and a search whose ranking reads a masked column (the embedding's text or vector
+    column; any masked column of a table without a declared embedding, whose searched columns
+    are not known).
+    """
+    policy = table.policy
+    assert policy is not None
+    masked = policy.masked
+    if masked:
+        emb = table_embedding(table.properties)
+        ranked = masked if emb is None else {emb.source.lower(), emb.column.lower()} & masked
+        if ranked:
+            raise AccessDenied(
+                f"{mode} search on {table.name} ranks rows by column(s) {sorted(ranked)} "
+                "masked for you",
+                hint="the table's owner can search it, or drop the mask",
+            )
+    terms: list[exp.Expr] = []
+    if filter:
+        try:
+            user = sqlglot.condition(filter, dialect="duckdb")
+        except SqlglotError as e:
+            raise SQLError(f"cannot read the search filter {filter!r}") from e
+        used = {c.name.lower() for c in user.find_all(exp.Column)}
+        if used & masked:
+            raise AccessDenied(
+                f"the search filter uses column(s) {sorted(used & masked)} of {table.name}, "
+                "masked for you: it would match their real values",
+                hint="filter the search's result in the query's WHERE instead (it sees the masks)",
+            )
+        terms.append(exp.paren(user))
+    terms += [exp.paren(sqlglot.parse_one(f, read="duckdb")) for f in policy.filters]
+    combined = exp.and_(*terms).sql() if terms else None
+    if columns is not None:
+        have = {c.lower() for c in columns}
+        hidden = sorted(c for c in policy.columns if c.lower() not in have)
+        policy = TablePolicy(policy.table, policy.filters, policy.masks, tuple(hidden))
+        columns = [*columns, *hidden]
+    return combined, columns, policy
 
 
 def _vector_literal(text: Any, embedder: str | None) -> exp.Expr:

@@ -77,6 +77,22 @@ class Result:
     def columns(self) -> list[str]:
         return list(self.schema.names)
 
+    def on_end(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the stream has ended (read to its end or failed), or now if it
+        has already (a metered statement's wall time ends there)."""
+        with self._lock:
+            if not (self._done or self._reader is None):
+                before = self._on_close
+
+                def both() -> None:
+                    if before is not None:
+                        before()
+                    fn()
+
+                self._on_close = both
+                return
+        fn()
+
     # -- the stream -------------------------------------------------------------------------
     def _close(self) -> None:
         self._reader = None

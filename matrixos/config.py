@@ -116,6 +116,18 @@ class Settings(BaseSettings):
         description="Retries of a write (MERGE/UPDATE/DELETE/overwrite/OPTIMIZE) that lost a "
         "race to a conflicting concurrent commit, each on a fresh snapshot.",
     )
+    degree_table: str | None = Field(
+        default=None,
+        description="A JSON file {type: peak TFLOPS} (MATRIXOS_DEGREE_TABLE) whose entries "
+        "replace or extend matrixos.metering.PEAK_TFLOPS (accelerators, 'CPU' per core, "
+        "'MEMORY' per GB): what one second of each resource costs in degrees.",
+    )
+    meter_statements: bool = Field(
+        default=False,
+        description="Record every SQL statement's core-seconds in system.billing.usage and "
+        "charge its principal's prepaid credit (MATRIXOS_METER_STATEMENTS); matrixos serve "
+        "turns it on.",
+    )
     duckdb_threads: int | None = None
     duckdb_memory_limit: str | None = None
     # object_store's defaults (30 s per request, 10 retries for up to 3 minutes) left a stalled

@@ -41,7 +41,13 @@ class DeltaLakeTable(Table):
         timestamp: datetime | str | None = None,
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
+        filtered = self._filtered(version, timestamp, columns)
+        if filtered is not None:
+            return filtered
         return self._ctx.engine().read_table(self._reading(), version, timestamp, columns)
 
     def count(self) -> int:
+        filtered = self._filtered(columns=[])
+        if filtered is not None:
+            return filtered.num_rows
         return self._ctx.engine().count_rows(self._reading(), self._ctx.principal)

@@ -16,7 +16,13 @@ import pyarrow as pa
 
 from matrixos.ai.embed import PROP_COLUMN, PROP_EMBEDDER, PROP_SOURCE, embed_rows, get_embedder
 from matrixos.engine import embedding, search
-from matrixos.errors import ConfigError, NotSupported, SchemaMismatch, TableNotFound
+from matrixos.errors import (
+    AccessDenied,
+    ConfigError,
+    NotSupported,
+    SchemaMismatch,
+    TableNotFound,
+)
 from matrixos.table import Table
 
 if TYPE_CHECKING:
@@ -49,7 +55,22 @@ class LanceTable(Table):
     def dataset(
         self, version: int | None = None, timestamp: datetime | str | None = None
     ) -> LanceDataset:
-        """The underlying ``lance.LanceDataset`` (latest, or as of a version/timestamp)."""
+        """The underlying ``lance.LanceDataset`` (latest, or as of a version/timestamp).
+
+        Refused (``AccessDenied``) to a principal with row filters or column masks on the
+        table: the dataset holds every row and value (``to_arrow`` and SQL apply them)."""
+        info = self._reading()
+        if self._ctx.service.policy(self._ctx.principal, info) is not None:
+            raise AccessDenied(
+                f"row filters or column masks apply to {self._ctx.principal.name} on "
+                f"{self.name}: its dataset is not handed out",
+                hint="read it with to_arrow(), search() or SQL, which apply them",
+            )
+        return self._open(version, timestamp)
+
+    def _open(
+        self, version: int | None = None, timestamp: datetime | str | None = None
+    ) -> LanceDataset:
         self._reading()
         try:
             return self.store.open(version=version, timestamp=timestamp)
@@ -61,11 +82,11 @@ class LanceTable(Table):
     # -- reading ----------------------------------------------------------------------------
     @property
     def version(self) -> int:
-        return int(self.dataset().version)
+        return int(self._open().version)
 
     @property
     def schema(self) -> pa.Schema:
-        return self.dataset().schema
+        return self._open().schema
 
     @property
     def partition_by(self) -> list[str]:
@@ -77,11 +98,17 @@ class LanceTable(Table):
         timestamp: datetime | str | None = None,
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
-        ds = self.dataset(version, timestamp)
+        filtered = self._filtered(version, timestamp, columns)
+        if filtered is not None:
+            return filtered
+        ds = self._open(version, timestamp)
         return ds.to_table(columns=list(columns) if columns else None)
 
     def count(self) -> int:
-        return int(self.dataset().count_rows())
+        filtered = self._filtered(columns=[])
+        if filtered is not None:
+            return filtered.num_rows
+        return int(self._open().count_rows())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "indexes": self.indexes()}
@@ -109,7 +136,7 @@ class LanceTable(Table):
         }
         self._writing()
         self.info = self._ctx.service.update_properties(self.info, props)
-        ds = self.dataset()
+        ds = self._open()
         if column not in ds.schema.names or ds.count_rows(filter=f"{column} IS NULL"):
             rows = ds.to_table()
             self.store.overwrite(embed_rows(props, rows), evolve=column not in rows.schema.names)
@@ -169,7 +196,17 @@ class LanceTable(Table):
         """Top ``k`` rows for ``query`` (text, embedded with the table's embedder, or a vector),
         plus ``_score`` (higher is better). ``filter`` is a SQL predicate applied before top-k.
         """
-        self._reading()
+        info = self._reading()
+        if self._ctx.service.policy(self._ctx.principal, info) is not None:
+            if version is not None:
+                raise NotSupported(
+                    f"search of {self.name} at a version: row filters or column masks apply "
+                    f"to {self._ctx.principal.name} on it, and they hold for the latest version",
+                    hint="search the latest version",
+                )
+            return self._ctx.engine().search_as(
+                self._ctx.principal, info, query, k=k, mode=mode, filter=filter, columns=columns
+            )
         return embedding.search_table(
             self.location,
             self.info.properties,

@@ -13,10 +13,11 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from matrixos.catalog import TableIdent, TableInfo, catalog_for
-from matrixos.catalog.access import Principal
+from matrixos.catalog.access import Principal, embedded_principal
 from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
-from matrixos.errors import WarehouseNotFound
+from matrixos.errors import TableNotFound, WarehouseNotFound
+from matrixos.jobs import Jobs, JobService, open_jobs
 from matrixos.lance_table import lance_table_or_error
 from matrixos.storage._errors import storage_error
 from matrixos.storage.options import StorageOptions
@@ -25,6 +26,9 @@ from matrixos.table import Table, TableContext
 from matrixos.tables import open_table
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from matrixos.accounts import SessionAccounts
     from matrixos.ai.rag import RAG
     from matrixos.batch import MapBatchesSummary
     from matrixos.compute import ComputePool
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from matrixos.connectors.media import MediaIngestSummary
     from matrixos.engine.result import Result
     from matrixos.engine.sql import SQLEngine
+    from matrixos.metering import StatementMeter
     from matrixos.storage.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -116,12 +121,16 @@ class Lakehouse:
         self.catalog = catalog_for(self.warehouse, settings.catalog_url, settings.home)
         self.service = TableService(self.warehouse, self.catalog, settings)
         self.user = settings.user or _whoami()
-        self.principal = Principal(self.user)  # the embedded user: every grant
+        # The embedded user: every grant; it owns what it creates as embedded:<OS user>
+        # (no server account can take that name) unless settings.user names the owner.
+        self.principal = embedded_principal(settings.user, self.user)
         self._ctx = TableContext(self.service, self.principal, lambda: self._engine)
         self._root = self  # a with_principal() view shares its root's engine and pool
         self._lock = threading.Lock()
         self._engine_obj: SQLEngine | None = None
         self._compute: ComputePool | None = None
+        self._jobs: JobService | None = None
+        self._meter: StatementMeter | None = None
 
     def with_principal(self, principal: Principal) -> Lakehouse:
         """This session acting as ``principal``: the same warehouse, catalog, engine and pool,
@@ -157,6 +166,12 @@ class Lakehouse:
         if self._engine_obj is not None:
             self._engine_obj.close()
             self._engine_obj = None
+        if self._meter is not None:
+            self._meter.close()  # writes the statements' usage still queued
+            self._meter = None
+        if self._jobs is not None:
+            self._jobs.close()  # its running jobs are queued again for the next scheduler
+            self._jobs = None
         if self._compute is not None:
             self._compute.shutdown()  # stops a private Ray runtime this session started
             self._compute = None
@@ -180,6 +195,36 @@ class Lakehouse:
                 if root._compute is None:
                     root._compute = ComputePool(self.settings)
         return root._compute.start()
+
+    @property
+    def jobs(self) -> Jobs:
+        """Jobs on the compute pool, as this session's principal: ``submit`` a callable, a SQL
+        statement or an entrypoint, ``list``, ``get``, ``reserve`` (see ``matrixos.jobs``).
+        This session schedules the queue while no other process does.
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> lh.jobs.submit(max, 3, 7).wait(timeout=60)
+            'SUCCEEDED'
+            >>> lh.close()
+        """
+        root = self._root
+        if root._jobs is None:
+            with root._lock:
+                if root._jobs is None:
+                    options = root.warehouse.options.to_delta()
+                    root._jobs = open_jobs(
+                        root.service,
+                        ray=root.compute.is_ray,
+                        connect={
+                            "warehouse": root.settings.warehouse,
+                            "catalog_url": root.settings.catalog_url,
+                            "storage_options": options or None,
+                            "compute": "local",
+                        },
+                    )
+        return root._jobs.for_principal(self.principal)
 
     @property
     def _engine(self) -> SQLEngine:
@@ -220,12 +265,74 @@ class Lakehouse:
             >>> lh.sql("SELECT count(*) FROM sales.orders").scalar()
             2
         """
-        return self._engine.execute(
-            query,
-            dialect or self.settings.default_dialect,
-            engine=engine,
-            principal=self.principal,
-        )
+        meter = self._statement_meter()
+        start = meter.begin(self.principal) if meter else 0.0
+        try:
+            result = self._engine.execute(
+                query,
+                dialect or self.settings.default_dialect,
+                engine=engine,
+                principal=self.principal,
+            )
+        except BaseException:
+            if meter:
+                meter.end(self.principal, start)
+            raise
+        if meter:
+            principal = self.principal
+            result.on_end(lambda: meter.end(principal, start))
+        return result
+
+    def _statement_meter(self) -> StatementMeter | None:
+        """The meter of this session's statements (``Settings.meter_statements``), or None."""
+        root = self._root
+        if not self.settings.meter_statements:
+            return None
+        if root._meter is None:
+            from matrixos.metering import StatementMeter
+
+            with root._lock:
+                if root._meter is None:
+                    root._meter = StatementMeter(root.service)
+        return root._meter
+
+    # -- accounts, credit and usage ---------------------------------------------------------
+    @property
+    def accounts(self) -> SessionAccounts:
+        """Accounts and their prepaid credit in degrees, as this session's principal
+        (``lh.accounts.credit("team-a", degrees=100)``; see ``matrixos.accounts``)."""
+        from matrixos.accounts import SessionAccounts
+
+        return SessionAccounts(self.catalog, self.principal)
+
+    def usage(
+        self,
+        account: str | None = None,
+        *,
+        by: Literal["hour", "day", "job"] = "day",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> pa.Table:
+        """Metered use summed per ``by`` (``hour``, ``day`` or ``job``) with a ``degrees``
+        column, from ``system.billing.usage``: ``account``'s, or every account this
+        session's principal may see (an admin: all; others: their own and their groups').
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> lh.usage(by="day").column_names[:2]
+            ['period', 'account']
+        """
+        from matrixos.metering import USAGE_READER, USAGE_TABLE, empty_usage, usage_query
+
+        if self._root._meter is not None:
+            self._root._meter.flush()
+        sql = usage_query(self.principal, account=account, by=by, since=since, until=until)
+        try:
+            self.catalog.get_table(TableIdent.parse(USAGE_TABLE))
+        except TableNotFound:
+            return empty_usage(by)
+        return self._engine.execute(sql, "duckdb", principal=USAGE_READER).to_arrow()
 
     # -- schemas ----------------------------------------------------------------------------
     def create_schema(

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import polars as pl
 
+    from matrixos.catalog.policies import Policy
+    from matrixos.engine.sql.policies import PolicyDefinitions
+
 
 class TableReader(Protocol):
     """What a table needs of the SQL engine: its reader of Delta files and row counts."""
@@ -39,6 +42,30 @@ class TableReader(Protocol):
     ) -> pa.Table: ...
 
     def count_rows(self, info: TableInfo, principal: Principal) -> int: ...
+
+    def read_as(
+        self,
+        info: TableInfo,
+        principal: Principal,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table: ...
+
+    def search_as(
+        self,
+        principal: Principal,
+        info: TableInfo,
+        query: Any,
+        *,
+        k: int,
+        mode: str,
+        filter: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table: ...
+
+    @property
+    def policies(self) -> PolicyDefinitions: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +117,19 @@ class Table(ABC):
     def _writing(self) -> TableStore:
         return self._handle.writable()
 
+    def _filtered(
+        self,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table | None:
+        """The rows as the principal sees them when row filters or column masks apply to it
+        (read through the SQL engine, where they are enforced); None when none apply."""
+        info = self._reading()
+        if self._ctx.service.policy(self._ctx.principal, info) is None:
+            return None
+        return self._ctx.engine().read_as(info, self._ctx.principal, version, timestamp, columns)
+
     # -- reading ----------------------------------------------------------------------------
     @property
     @abstractmethod
@@ -131,6 +171,66 @@ class Table(ABC):
 
     @abstractmethod
     def count(self) -> int: ...
+
+    # -- row filters and column masks (engine.sql.policies) ----------------------------------
+    def set_row_filter(self, predicate: str, *, account: str) -> None:
+        """Show ``account`` (a user, or a group's members) only the rows where the SQL
+        ``predicate`` holds; several filters that apply to someone are ANDed. Only the owner,
+        an admin or a holder of MANAGE may; ``SQLError`` names a refused part of the predicate.
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> t = lh.create_table("s.p", [{"id": 1, "region": "EU"}, {"id": 2, "region": "US"}])
+            >>> lh.sql("CREATE USER bob").status
+            'CREATE USER'
+            >>> t.set_row_filter("region = 'EU'", account="bob")
+            >>> [(p.kind, p.account, p.expression) for p in t.policies()]
+            [('row filter', 'bob', "region = 'EU'")]
+        """
+        defs = self._ctx.engine().policies
+        p = self._ctx.principal
+        defs.audited(
+            p,
+            "SET ROW FILTER",
+            self.name,
+            lambda: defs.set_row_filter(p, self.name, predicate, account),
+        )
+
+    def drop_row_filter(self, *, account: str) -> bool:
+        """Remove ``account``'s row filter; whether there was one."""
+        defs = self._ctx.engine().policies
+        p = self._ctx.principal
+        return bool(
+            defs.audited(
+                p, "DROP ROW FILTER", self.name, lambda: defs.drop_row_filter(p, self.name, account)
+            )
+        )
+
+    def set_mask(self, column: str, expression: str, *, account: str) -> None:
+        """Show ``account`` the SQL ``expression`` (it may read the column and others, e.g.
+        ``"CASE WHEN region = 'EU' THEN '***' ELSE email END"``) instead of ``column``'s value;
+        it keeps the column's type."""
+        defs = self._ctx.engine().policies
+        p = self._ctx.principal
+        obj = f"{self.name}.{column}"
+        defs.audited(
+            p, "SET MASK", obj, lambda: defs.set_mask(p, self.name, column, expression, account)
+        )
+
+    def drop_mask(self, column: str, *, account: str) -> bool:
+        """Remove ``account``'s mask of ``column``; whether there was one."""
+        defs = self._ctx.engine().policies
+        p = self._ctx.principal
+        obj = f"{self.name}.{column}"
+        return bool(
+            defs.audited(p, "DROP MASK", obj, lambda: defs.drop_mask(p, self.name, column, account))
+        )
+
+    def policies(self) -> list[Policy]:
+        """The table's row filters and masks (all of them to who may manage the table, else
+        those that apply to the caller)."""
+        return self._ctx.engine().policies.list(self._ctx.principal, self.name)
 
     def describe(self) -> dict[str, Any]:
         """Catalog facts plus the table's version, files and size."""
@@ -227,9 +327,13 @@ class StoreTable(Table):
         timestamp: datetime | str | None = None,
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
-        self._reading()
+        filtered = self._filtered(version, timestamp, columns)
+        if filtered is not None:
+            return filtered
         return self.store.scan(version, timestamp, columns)
 
     def count(self) -> int:
-        self._reading()
+        filtered = self._filtered(columns=[])
+        if filtered is not None:
+            return filtered.num_rows
         return int(self.store.dataset().count_rows())

@@ -96,6 +96,7 @@ def test_errors_surface() -> None:
 
 def test_lakehouse_surface() -> None:
     assert _public(Lakehouse) == {
+        "accounts",
         "close",
         "compute",
         "create_schema",
@@ -115,6 +116,7 @@ def test_lakehouse_surface() -> None:
         "sql",
         "table",
         "tables",
+        "usage",
         "volume",
         "volumes",
         "with_principal",
@@ -130,6 +132,7 @@ def test_lakehouse_surface() -> None:
         "ingest": "IngestSummary",
         "ingest_media": "MediaIngestSummary",
         "map_batches": "MapBatchesSummary",
+        "usage": "pa.Table",
     }
     for name, annotation in returns.items():
         assert getattr(Lakehouse, name).__annotations__["return"] == annotation, name
@@ -190,6 +193,7 @@ def test_result_surface() -> None:
         "fetchone",
         "from_table",
         "num_rows",
+        "on_end",
         "scalar",
         "to_arrow",
         "to_arrow_reader",

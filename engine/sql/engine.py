@@ -35,6 +35,8 @@ from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, without_secrets
 from matrixos.engine.sql.local import LocalRunner
+from matrixos.engine.sql.policies import PolicyDefinitions
+from matrixos.engine.sql.row_security import RowSecurity
 from matrixos.engine.timeseries import rewrite as rewrite_time_series
 from matrixos.errors import NotSupported, SQLError
 from matrixos.storage.tablestore import store_class
@@ -69,6 +71,8 @@ class SQLEngine:
         self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
         self._dml = dml = DML(service, self._as_query)
         self._grants = grants = GrantStatements(service)
+        self._security = RowSecurity(service)
+        self.policies = PolicyDefinitions(service)  # row filters and column masks
         # Handlers by the statement's node type (exactly: no subclass stands for its base).
         self._handlers: dict[type[exp.Expr], Callable[[Any, str, Principal], Result]] = {
             exp.Create: ddl.create,
@@ -81,6 +85,7 @@ class SQLEngine:
             exp.Merge: dml.merge,
             exp.Grant: grants.statement,
             exp.Revoke: grants.statement,
+            exp.Alter: self._alter,
         }
 
     def close(self) -> None:
@@ -145,6 +150,14 @@ class SQLEngine:
             raise frontend.refused(stmt, dialect)
         return handler(stmt, dialect, principal)
 
+    def _alter(self, stmt: exp.Alter, dialect: str, principal: Principal) -> Result:
+        """``ALTER TABLE … DROP ROW FILTER`` (sqlglot parses it), ``ALTER TABLE … SET
+        TBLPROPERTIES (…)``; any other ALTER is refused."""
+        result = self.policies.alter(stmt, dialect, principal)
+        if result is None:
+            raise frontend.refused(stmt, dialect)
+        return result
+
     def _as_query(self, tree: exp.Expr, principal: Principal) -> Result:
         return self.query(tree, principal=principal)
 
@@ -165,6 +178,8 @@ class SQLEngine:
         if cmd in ("OPTIMIZE", "VACUUM"):
             return self._dml.maintain(cmd, rest, dialect, principal)
         result = self._grants.command(cmd, rest, dialect, principal)
+        if result is None:
+            result = self.policies.command(cmd, rest, dialect, principal)
         if result is None:
             result = self._ddl.command(cmd, rest, dialect, principal)
         if result is None:
@@ -190,6 +205,8 @@ class SQLEngine:
         host = _Functions(self, principal)
         tree = rewrite_time_series(tree, host)  # time_bucket_gapfill, first/last, rate… (plain SQL)
         functions = expand_functions(host, tree)
+        # Row filters and column masks: every reference they apply to becomes their subquery.
+        self._security.apply(tree, principal, functions.explain)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
         bound = self._binder.bind(refs, principal)
         notes: list[str] = []
@@ -235,6 +252,62 @@ class SQLEngine:
         """All rows of one Delta table (a projection of ``columns`` when given)."""
         return self._local.read(self._binder.snapshot(info, version, timestamp), columns)
 
+    def read_as(
+        self,
+        info: TableInfo,
+        principal: Principal,
+        version: int | None = None,
+        timestamp: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The rows of a table of any format as ``principal`` sees them: through the row
+        filters and column masks that apply to it (the SDK's reads when a policy applies)."""
+        ident = info.ident
+        table = exp.table_(ident.name, db=ident.schema, catalog=ident.catalog, quoted=True)
+        if version is not None:
+            when: exp.Expr = exp.Literal.number(int(version))
+            table.set("version", exp.Version(this="VERSION", kind="AS OF", expression=when))
+        elif timestamp is not None:
+            text = timestamp.isoformat() if isinstance(timestamp, datetime) else str(timestamp)
+            when = exp.Literal.string(text)
+            table.set("version", exp.Version(this="TIMESTAMP", kind="AS OF", expression=when))
+        projection: list[exp.Expr] = [exp.Star()]
+        if columns is not None:  # no columns: one constant per row (a count)
+            projection = [exp.column(c, quoted=True) for c in columns] or [exp.Literal.number(1)]
+        tree = exp.select(*projection).from_(table)
+        return self.query(tree, principal=principal).to_arrow()
+
+    def search_as(
+        self,
+        principal: Principal,
+        info: TableInfo,
+        query: Any,
+        *,
+        k: int,
+        mode: str,
+        filter: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """``lh.search`` run as the SQL search function, so that the row filters and column
+        masks that apply to ``principal`` hold (the SDK's search when a policy applies)."""
+        if isinstance(query, str):
+            q: exp.Expr = exp.Literal.string(query)
+        else:
+            q = exp.Array(expressions=[exp.Literal.number(float(x)) for x in query])
+        args: list[exp.Expr] = [exp.Literal.string(info.name), q]
+        options: dict[str, Any] = {"k": k, "filter": filter}
+        if columns:
+            options["columns"] = ",".join(columns)
+        for key, value in options.items():
+            if value is not None:
+                literal = (
+                    exp.Literal.number(value) if key == "k" else exp.Literal.string(str(value))
+                )
+                args.append(exp.Kwarg(this=exp.var(key), expression=literal))
+        fn = exp.Anonymous(this=f"{mode}_search", expressions=args)
+        tree = exp.select(exp.Star()).from_(exp.Table(this=fn))
+        return self.query(tree, principal=principal).to_arrow()
+
     def count_rows(self, info: TableInfo, principal: Principal = EMBEDDED_USER) -> int:
         """The number of rows of one Delta table's latest version (the caller has authorized
         the read, as for ``read_table``)."""
@@ -254,7 +327,8 @@ class SQLEngine:
                 "(create_table(..., format='lance'))"
             )
         options = self.service.warehouse.lance_options(info.location)
-        return SearchTarget(info.name, info.location, dict(info.properties), options)
+        policy = self.service.policy(principal, info)
+        return SearchTarget(info.name, info.location, dict(info.properties), options, policy)
 
 
 class _Functions:

@@ -46,8 +46,9 @@ _ACCOUNT_KINDS = {"USER": "user", "GROUP": "group", "SERVICE PRINCIPAL": "servic
 _PUNCT = {TokenType.COMMA, TokenType.DOT, TokenType.SEMICOLON, TokenType.L_PAREN}
 
 
-class _Words:
-    """The tokens of one statement, read front to back."""
+class Words:
+    """The tokens of one statement, read front to back (also the row filter and mask
+    statements' reader, ``engine.sql.policies``)."""
 
     def __init__(self, cmd: str, rest: str, dialect: str) -> None:
         # Only the text after the command word: some dialects' tokenizers take all that follows
@@ -106,6 +107,14 @@ class _Words:
                 f"{self.statement}: PASSWORD must be followed by a quoted string or NULL",
                 hint="PASSWORD 'the password' (a ' inside it is written '')",
             )
+        self.i += 1
+        return tok.text
+
+    def string(self, what: str) -> str:
+        """A quoted string (``what`` names it in the error when something else stands there)."""
+        tok = self.tokens[self.i] if self.i < len(self.tokens) else None
+        if tok is None or tok.token_type not in (TokenType.STRING, TokenType.HEREDOC_STRING):
+            raise self.error(what)
         self.i += 1
         return tok.text
 
@@ -191,7 +200,7 @@ class GrantStatements:
             return None
         started = time.perf_counter()
         failure: BaseException | None = None
-        words = _Words(cmd, rest, dialect)
+        words = Words(cmd, rest, dialect)
         try:
             return self._run(cmd, words, principal)
         except (AccountExists, AccountNotFound) as e:
@@ -213,7 +222,7 @@ class GrantStatements:
                 )
                 self.audit.record(event)
 
-    def _run(self, cmd: str, w: _Words, principal: Principal) -> Result:
+    def _run(self, cmd: str, w: Words, principal: Principal) -> Result:
         if cmd == "CREATE":
             return self._create(w, principal)
         if cmd == "DROP":
@@ -236,13 +245,13 @@ class GrantStatements:
             return self._grant(cmd, w, principal)
         return self._show(w, principal)
 
-    def _account_kind(self, w: _Words) -> str:
+    def _account_kind(self, w: Words) -> str:
         for word, kind in _ACCOUNT_KINDS.items():
             if w.accept(*word.split()):
                 return kind
         raise w.error("USER, GROUP or SERVICE PRINCIPAL")
 
-    def _create(self, w: _Words, principal: Principal) -> Result:
+    def _create(self, w: Words, principal: Principal) -> Result:
         kind = self._account_kind(w)
         if_not_exists = w.accept("IF", "NOT", "EXISTS")
         name = w.object = _account(w)
@@ -252,7 +261,7 @@ class GrantStatements:
             self.accounts.create(name, kind, admin=bool(admin), password=password, by=principal)
         return ok(f"CREATE {_label(kind)}")
 
-    def _options(self, w: _Words, kind: str) -> tuple[str | None, bool | None]:
+    def _options(self, w: Words, kind: str) -> tuple[str | None, bool | None]:
         """``[WITH] [PASSWORD 'pw' | PASSWORD NULL] [ADMIN | NOADMIN]``, in any order."""
         w.accept("WITH")
         password: str | None = None
@@ -272,7 +281,7 @@ class GrantStatements:
             raise SQLError("a group cannot have a password: its members sign in")
         return password, admin
 
-    def _alter(self, w: _Words, principal: Principal) -> Result:
+    def _alter(self, w: Words, principal: Principal) -> Result:
         if w.accept("GROUP"):
             group = w.object = _account(w)
             add = w.accept("ADD")
@@ -300,7 +309,7 @@ class GrantStatements:
             self.accounts.set_password(name, password or None, by=principal)
         return ok("ALTER USER")
 
-    def _grant(self, cmd: str, w: _Words, principal: Principal) -> Result:
+    def _grant(self, cmd: str, w: Words, principal: Principal) -> Result:
         privileges = [self._privilege(w)]
         while w.i < len(w.tokens) and w.tokens[w.i].token_type == TokenType.COMMA:
             w.i += 1
@@ -318,7 +327,7 @@ class GrantStatements:
                 changed += change(privilege, securable, grantee, kind=kind, by=principal)
         return ok(cmd, changed=changed)
 
-    def _privilege(self, w: _Words) -> str:
+    def _privilege(self, w: Words) -> str:
         for privilege in (*PRIVILEGES, "ALL"):
             if w.accept(*privilege.split()):
                 if privilege == "ALL":
@@ -326,7 +335,7 @@ class GrantStatements:
                 return privilege
         raise w.error("a privilege (" + ", ".join(PRIVILEGES) + ")")
 
-    def _securable(self, w: _Words) -> tuple[str | None, str]:
+    def _securable(self, w: Words) -> tuple[str | None, str]:
         """``(kind, full name)``; without a kind, a table's or a volume's (looked up)."""
         said = next((k.lower() for k in _KINDS if w.accept(k)), None)
         kind = said or "table"
@@ -345,7 +354,7 @@ class GrantStatements:
         padded: list[str | None] = [None] * (3 - len(parts)) + list(parts)
         return said, str(TableIdent.from_parts(padded[0], padded[1], parts[-1]))
 
-    def _show(self, w: _Words, principal: Principal) -> Result:
+    def _show(self, w: Words, principal: Principal) -> Result:
         if w.accept("USERS") or w.accept("GROUPS"):
             groups = w.tokens[w.i - 1].text.upper() == "GROUPS"
             w.end()
@@ -429,7 +438,7 @@ def _grants_result(rows: list[GrantInfo]) -> Result:
     )
 
 
-def _account(w: _Words) -> str:
+def _account(w: Words) -> str:
     return _check(".".join(w.name("an account name")))
 
 

@@ -20,25 +20,23 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from matrixos.catalog.access import Principal
 from matrixos.catalog.base import now
+from matrixos.catalog.systables import SYSTEM, SystemTable
 from matrixos.errors import AccessDenied, MatrixOSError
 
 if TYPE_CHECKING:
-    from matrixos.catalog.service import TableHandle, TableService
+    from matrixos.catalog.service import TableService
 
 log = logging.getLogger(__name__)
 
 AUDIT_TABLE = "system.access.audit"
-#: The owner of the system tables: no account may take its name (``Accounts.create``).
-SYSTEM = Principal("system")
+__all__ = ["AUDIT_TABLE", "SCHEMA", "SYSTEM", "AuditEvent", "AuditLog", "outcome_of"]
 SCHEMA = pa.schema(
     [
         ("event_time", pa.timestamp("us", tz="UTC")),
@@ -88,19 +86,15 @@ class AuditLog:
 
     def __init__(self, service: TableService) -> None:
         self.service = service
-        self._lock = threading.Lock()
-        self._ready = False
+        self.table = SystemTable(service, AUDIT_TABLE, SCHEMA)
 
     def record(self, *events: AuditEvent) -> None:
         """Append ``events`` in one commit."""
         if not events:
             return
         names = [f.name for f in fields(AuditEvent)]
-        rows = pa.Table.from_pylist(
-            [{n: getattr(e, n) for n in names} for e in events], schema=SCHEMA
-        )
         try:
-            self._table().append(rows)
+            self.table.append([{n: getattr(e, n) for n in names} for e in events])
         except MatrixOSError as e:
             for ev in events:
                 log.warning(
@@ -110,10 +104,3 @@ class AuditLog:
                     ev.principal,
                     type(e).__name__,
                 )
-
-    def _table(self) -> TableHandle:
-        with self._lock:
-            if not self._ready:
-                self.service.create_table(SYSTEM, AUDIT_TABLE, schema=SCHEMA, mode="ignore")
-                self._ready = True
-        return self.service.table(SYSTEM, AUDIT_TABLE)

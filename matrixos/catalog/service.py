@@ -38,6 +38,7 @@ from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, TableInfo, VolumeInfo
 from matrixos.catalog.names import TableIdent, parse_schema
 from matrixos.catalog.pending import PendingRows, PendingSource, PendingSources
+from matrixos.catalog.policies import PolicyStore, TablePolicy
 from matrixos.config import Settings
 from matrixos.errors import AccessDenied, NotSupported, TableExists, TableNotFound
 from matrixos.storage.arrow import to_arrow_table
@@ -67,6 +68,7 @@ class TableService:
         self.settings = settings
         self._lock = threading.Lock()
         self._latest: dict[str, Any] = {}  # location → the latest snapshot handle seen
+        self.policies = PolicyStore(catalog)  # row filters and column masks
         self._pending = PendingSources()
 
     def close(self) -> None:
@@ -90,6 +92,11 @@ class TableService:
         """``info`` when ``principal`` holds ``privilege`` on it; else ``AccessDenied``."""
         principal.check(privilege, info.name, owner=info.owner)
         return info
+
+    def policy(self, principal: Principal, info: TableInfo) -> TablePolicy | None:
+        """The row filters and column masks that apply to ``principal`` on the table (None
+        when none do): reads must go through the SQL engine, which applies them."""
+        return self.policies.applying(principal, [info.name], lambda _: info.owner).get(info.name)
 
     def _may_create(self, principal: Principal, ident: TableIdent) -> None:
         schema = f"{ident.catalog}.{ident.schema}"
@@ -393,6 +400,7 @@ class TableService:
                 return
             raise
         self._latest.pop(info.location, None)
+        self.policies.drop_table(info.name)
         if purge and not info.external:
             self.warehouse.remove(info.location)
 
@@ -521,6 +529,17 @@ class TableHandle:
         self.service.authorize(self.principal, "MODIFY", self.info)
         return self.store
 
+    def unfiltered(self, what: str) -> None:
+        """Refuse ``what`` (a write that picks rows by their values: DELETE, UPDATE, MERGE, an
+        overwrite ``where``) to a principal that sees the table through a row filter or a
+        column mask: the rows it changes would tell what it may not see."""
+        if self.service.policy(self.principal, self.info) is not None:
+            raise AccessDenied(
+                f"{what} on {self.name} is not allowed to {self.principal.name}: row filters or "
+                "column masks apply to it on this table",
+                hint="INSERT and append still work; the table's owner or an admin can run it",
+            )
+
     def known(self) -> TableInfo:
         """The entry, after checking that the principal holds some privilege on the table:
         its version and schema are no secret to a writer (INSERT names columns)."""
@@ -583,6 +602,8 @@ class TableHandle:
         commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         store = self.writable()
+        if where is not None:
+            self.unfiltered("an overwrite with a condition")
         return self._done(
             store.overwrite(
                 self._rows(data), evolve=evolve, predicate=where, commit_metadata=commit_metadata
@@ -601,6 +622,7 @@ class TableHandle:
         commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         store = self.writable()
+        self.unfiltered("MERGE")
         return self._done(
             store.merge(
                 self._rows(data),
@@ -614,10 +636,14 @@ class TableHandle:
         )
 
     def delete(self, where: str | None = None) -> WriteResult:
-        return self._done(self.writable().delete(where))
+        store = self.writable()
+        self.unfiltered("DELETE")
+        return self._done(store.delete(where))
 
     def update(self, set: Mapping[str, str], where: str | None = None) -> WriteResult:
-        return self._done(self.writable().update(set, where))
+        store = self.writable()
+        self.unfiltered("UPDATE")
+        return self._done(store.update(set, where))
 
     def optimize(self, zorder_by: Sequence[str] | None = None) -> dict[str, Any]:
         out = self.writable().optimize(zorder_by)

@@ -23,12 +23,27 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
+import time
+from datetime import UTC, datetime
+
+from sqlglot import Dialect
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
 
 from matrixos.catalog.audit import AuditEvent, AuditLog, outcome_of
+from matrixos.catalog.history import QueryHistory, QueryRecord
+from matrixos.catalog.systables import BatchWriter
 from matrixos.engine.sql.grants import redact_literals
+from matrixos.errors import MatrixOSError
 
 log = logging.getLogger(__name__)
+
+_STRINGS = {
+    TokenType.STRING,
+    TokenType.NATIONAL_STRING,
+    TokenType.RAW_STRING,
+    TokenType.HEREDOC_STRING,
+}
 
 # Leading comments and whitespace, then the statement's first word.
 _FIRST_WORD = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z]+)", re.S)
@@ -48,22 +63,34 @@ def statement_action(sql: str) -> str:
 class AuditWriter:
     """Queues audit events and appends them to ``system.access.audit`` in the background."""
 
-    def __init__(self, audit: AuditLog, *, interval_s: float = 1.0, batch: int = 1000) -> None:
-        self._audit = audit
-        self._interval = interval_s
-        self._batch = batch
-        self._events: list[AuditEvent] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="mx-audit", daemon=True)
-        self._thread.start()
+    def __init__(
+        self,
+        audit: AuditLog,
+        *,
+        history: QueryHistory | None = None,
+        interval_s: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        """``history``: where statements also get their ``system.query.history`` row (the
+        statements that name a ``statement_id``)."""
+        self._writer: BatchWriter[AuditEvent] = BatchWriter(
+            lambda events: audit.record(*events),
+            interval_s=interval_s,
+            batch=batch,
+            what="audit events",
+        )
+        self._history: BatchWriter[QueryRecord] | None = None
+        if history is not None:
+            self._history = BatchWriter(
+                lambda records: history.record(*records),
+                interval_s=interval_s,
+                batch=batch,
+                what="query history rows",
+            )
 
     def record(self, event: AuditEvent) -> None:
         """Queue ``event`` (written within ``interval_s``)."""
-        with self._cond:
-            self._events.append(event)
-            if len(self._events) >= self._batch:
-                self._cond.notify()
+        self._writer.put(event)
 
     def statement(
         self,
@@ -77,41 +104,80 @@ class AuditWriter:
         rows: int | None,
         seconds: float | None,
         outcome: str | None = None,
+        statement_id: str | None = None,
+        started: float | None = None,
+        nbytes: int | None = None,
     ) -> None:
-        """Queue a statement's event: its first keyword as the action, its text redacted."""
+        """Queue a statement's event: its first keyword as the action, its text redacted.
+        With a ``statement_id`` (and a history), also its ``system.query.history`` row:
+        ``started`` is its start (``time.time()``), ``nbytes`` the bytes of its result."""
+        text = redact_literals(sql, dialect) or "<not tokenizable: not recorded>"
+        action = statement_action(sql)
+        outcome = outcome or outcome_of(error)
         self.record(
             AuditEvent(
                 principal,
-                statement_action(sql),
-                outcome=outcome or outcome_of(error),
+                action,
+                outcome=outcome,
                 protocol=protocol,
                 client_address=client_address,
-                statement=redact_literals(sql, dialect) or "<not tokenizable: not recorded>",
+                statement=text,
                 rows=rows,
                 duration_ms=None if seconds is None else seconds * 1000.0,
             )
         )
+        if self._history is None or statement_id is None:
+            return
+        end = time.time()
+        start = started if started is not None else end - (seconds or 0.0)
+        message = None
+        if error is not None:
+            message = scrub(error.message if isinstance(error, MatrixOSError) else "", sql, dialect)
+        state = "CANCELED" if outcome == "canceled" else "FAILED" if error else "SUCCEEDED"
+        self._history.put(
+            QueryRecord(
+                statement_id,
+                principal,
+                text,
+                state=state,
+                protocol=protocol,
+                client_address=client_address,
+                statement_type=action,
+                start_time=datetime.fromtimestamp(start, UTC),
+                end_time=datetime.fromtimestamp(start + (seconds or end - start), UTC),
+                rows=rows,
+                bytes=nbytes,
+                error_sqlstate=getattr(error, "sqlstate", None) if error else None,
+                error_message=message,
+            )
+        )
+
+    def flush(self) -> None:
+        """Write what is queued now (audit events and history rows)."""
+        self._writer.flush()
+        if self._history is not None:
+            self._history.flush()
 
     def close(self) -> None:
-        """Write what is queued and stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
+        """Write what is queued and stop the threads."""
+        self._writer.close()
+        if self._history is not None:
+            self._history.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._closed and len(self._events) < self._batch:
-                    self._cond.wait(self._interval)
-                events, self._events = self._events, []
-                closed = self._closed
-            if events:
-                try:
-                    self._audit.record(*events)
-                except Exception:  # the audit must never take the server down
-                    log.exception("%d audit events not written", len(events))
-            if closed:
-                with self._cond:
-                    if not self._events:
-                        return
+
+def scrub(message: str, sql: str, dialect: str) -> str:
+    """``message`` with every string literal of ``sql`` that it repeats blanked (``?``): an
+    error may quote a value (``could not convert 'secret' to INTEGER``).
+
+    Example:
+        >>> scrub("could not convert 'hunter2' to INT", "SELECT 'hunter2'::INT", "duckdb")
+        "could not convert '?' to INT"
+    """
+    try:
+        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    except SqlglotError:
+        return "<error message not recorded: the statement could not be tokenized>"
+    for text in sorted({t.text for t in tokens if t.token_type in _STRINGS}, key=len, reverse=True):
+        if text:
+            message = message.replace(text, "?")
+    return message
