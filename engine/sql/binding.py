@@ -7,6 +7,7 @@ platform functions' arguments) on a connection that may touch no file.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -20,7 +21,7 @@ from matrixos.catalog import TableIdent, TableInfo
 from matrixos.engine.sandbox import check_query
 from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
-from matrixos.errors import MatrixOSError, NotSupported, SQLError
+from matrixos.errors import AccessDenied, MatrixOSError, NotSupported, SQLError
 from matrixos.storage.tablestore import store_class
 
 if TYPE_CHECKING:
@@ -118,10 +119,12 @@ class Binder:
             if snap is None:
                 # Delta tables are read from their file lists (engine.scan: pruning, deletion
                 # vectors, column mapping); any other format as its store's dataset.
-                snap = seen[skey] = (
+                snap = seen[skey] = self.own_rows(
+                    principal,
+                    info,
                     self.snapshot(info, version, timestamp)
                     if store_class(info.format).file_lists
-                    else self.dataset_scan(info, version, timestamp)
+                    else self.dataset_scan(info, version, timestamp),
                 )
             snaps.append((node, info, snap))
             if (version, timestamp) == (None, None):
@@ -138,6 +141,25 @@ class Binder:
                 scan.pending = self.service.pending_rows(info.ident, snap.version)
             out.append((info.ident, scan))
         return out
+
+    def own_rows(
+        self, principal: Principal, info: TableInfo, snap: Snapshot | DatasetScan
+    ) -> Snapshot | DatasetScan:
+        """``snap``, or only its files of ``principal``'s own partition when the service says
+        it may read only its own rows of the table (``system.query.history``): the other
+        rows are never read, so no predicate, join or time travel of the query reaches them."""
+        own = self.service.own_rows(principal, info)
+        if own is None:
+            return snap
+        column, value = own
+        if isinstance(snap, DatasetScan) or column not in snap.partition_columns:
+            raise AccessDenied(  # not partitioned by the principal: no safe way to cut it
+                f"{principal.name} has no SELECT privilege on {info.name}",
+                hint=f"an admin can run: GRANT SELECT ON TABLE {info.name} TO {principal.name}",
+            )
+        at = snap.partition_columns.index(column)
+        mine = [f for f in snap.files if f.partition[at] == value]
+        return dataclasses.replace(snap, files=mine)
 
     # -- time travel ------------------------------------------------------------------------
     def time_travel(self, node: exp.Table) -> tuple[int | None, Any]:

@@ -73,6 +73,7 @@ def token_to_json(t: TokenInfo) -> dict[str, Any]:
         "expires_at": _ts(t.expires_at),
         "revoked_at": _ts(t.revoked_at),
         "last_used_at": _ts(t.last_used_at),
+        "last_used_from": t.last_used_from,
     }
 
 
@@ -85,6 +86,7 @@ def token_from_json(d: dict[str, Any]) -> TokenInfo:
         expires_at=_dt(d.get("expires_at")),
         revoked_at=_dt(d.get("revoked_at")),
         last_used_at=_dt(d.get("last_used_at")),
+        last_used_from=d.get("last_used_from"),
     )
 
 

@@ -229,3 +229,19 @@ class Principal:
 
 
 EMBEDDED_USER = Principal("embedded")
+#: How the embedded session names its owner: ``embedded:<OS user>``. An account name cannot
+#: hold ``:`` (``Accounts.create``), so no server account — not one named like the OS user —
+#: owns what an embedded session created.
+EMBEDDED_PREFIX = "embedded:"
+
+
+def embedded_principal(user: str | None, os_user: str) -> Principal:
+    """The principal of an embedded ``mx.connect()``: every grant, owning what it creates as
+    ``user`` when one is configured (``MATRIXOS_USER``, ``connect(user=…)``: the operator
+    names the account that is to own the tables, by design), else as ``embedded:<os_user>``.
+
+    Example:
+        >>> embedded_principal(None, "root").name, embedded_principal("alice", "root").name
+        ('embedded:root', 'alice')
+    """
+    return Principal(user or f"{EMBEDDED_PREFIX}{os_user}")

@@ -77,7 +77,9 @@ _ANY_TOKEN = "<token>"  # the throttle's name for token logins (no account is na
 # request a catalog write (a commit, on the object-store catalog).
 LAST_USED_EVERY = timedelta(minutes=1)
 # "system" owns the system tables (system.access.audit); no account may act as it.
-RESERVED_NAMES = frozenset({"system"})
+# "system" owns the platform's tables; "embedded" is the engine's default principal (and
+# embedded sessions own as "embedded:<OS user>", a name ':' keeps out of reach).
+RESERVED_NAMES = frozenset({"system", "embedded"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -345,9 +347,9 @@ class Accounts:
         expired or revoked, or its account is gone (or, with a throttle, while ``client``'s
         address has failed too often). Records the token's last use."""
         # Tokens are throttled per address alone: a guesser makes up a new id every time.
-        return self._throttled(_ANY_TOKEN, client, lambda: self._token_principal(token))
+        return self._throttled(_ANY_TOKEN, client, lambda: self._token_principal(token, client))
 
-    def _token_principal(self, token: str) -> Principal:
+    def _token_principal(self, token: str, client: str | None = None) -> Principal:
         parts = split_token(token)
         found = self.catalog.token_records(parts[0]) if parts else None
         if parts is None or found is None or found[1] is None:
@@ -363,9 +365,11 @@ class Accounts:
                 raise _bad_login("token")
             self._checked.put(info.id, (info.hash, digest))
         principal = _principal_of(records)
-        if info.last_used_at is None or stamp - info.last_used_at >= LAST_USED_EVERY:
+        moved = client is not None and client != info.last_used_from
+        if moved or info.last_used_at is None or stamp - info.last_used_at >= LAST_USED_EVERY:
             try:
-                self.catalog.update_token(replace(info, last_used_at=stamp))
+                used = replace(info, last_used_at=stamp, last_used_from=client)
+                self.catalog.update_token(used)
             except AccountNotFound:
                 raise _bad_login("token") from None  # dropped meanwhile
         return principal

@@ -98,6 +98,7 @@ class TokenInfo:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    last_used_from: str | None = None  # the client address of that use
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ CREATING_GRACE = timedelta(minutes=10)
 
 log = logging.getLogger(__name__)
 
+#: Platform tables every principal may query, seeing only its own rows: table → the column
+#: (the table's partition column) that holds the principal's name (``own_rows``).
+OWN_ROWS: dict[str, str] = {"system.query.history": "principal"}
+
 
 class TableService:
     """Tables and volumes of one warehouse and catalog, for any principal. Thread-safe."""
@@ -110,8 +114,22 @@ class TableService:
     def resolve(
         self, principal: Principal, name: str | TableIdent, privilege: str = "SELECT"
     ) -> TableInfo:
-        """The catalog entry of table ``name``, checked for ``privilege``; ``TableNotFound``."""
-        return self.authorize(principal, privilege, self.catalog.get_table(TableIdent.parse(name)))
+        """The catalog entry of table ``name``, checked for ``privilege``; ``TableNotFound``.
+        A query of a platform table of ``OWN_ROWS`` is let through: the binder reads only the
+        principal's own rows of it (``own_rows``)."""
+        info = self.catalog.get_table(TableIdent.parse(name))
+        if privilege == "SELECT" and self.own_rows(principal, info) is not None:
+            return info
+        return self.authorize(principal, privilege, info)
+
+    def own_rows(self, principal: Principal, info: TableInfo) -> tuple[str, str] | None:
+        """``(column, value)`` when ``principal`` may read only the rows of ``info`` whose
+        partition ``column`` is ``value`` (its own rows of ``system.query.history``); None when
+        it reads the table as its grants say (an admin, a grantee, any other table)."""
+        column = OWN_ROWS.get(info.name)
+        if column is None or info.owner != "system" or principal.may("SELECT", info.name):
+            return None
+        return column, principal.name
 
     def tables(self, principal: Principal, schema: str | None = None) -> list[TableInfo]:
         """The tables ``principal`` may read (in ``[catalog.]schema`` when given)."""

@@ -122,7 +122,10 @@ _tokens = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_from", sa.String(64)),
 )
+# Columns added after a table's first release: (table, column), added to older databases.
+_ADDED_COLUMNS = [(_tokens, "last_used_from")]
 _passwords = sa.Table(
     "mx_passwords",
     _meta,
@@ -152,6 +155,7 @@ class SQLCatalog(Catalog):
         try:
             self.engine = _make_engine(url)
             _meta.create_all(self.engine, checkfirst=True)
+            _add_columns(self.engine)
         except OperationalError as e:
             raise StorageError(f"cannot open catalog database: {e.orig}") from e
         except IntegrityError:
@@ -615,6 +619,7 @@ def _token_row(info: TokenInfo) -> dict[str, Any]:
         "expires_at": info.expires_at,
         "revoked_at": info.revoked_at,
         "last_used_at": info.last_used_at,
+        "last_used_from": info.last_used_from,
     }
 
 
@@ -630,7 +635,25 @@ def _token(row: Any) -> TokenInfo:
         expires_at=ts(row.expires_at),
         revoked_at=ts(row.revoked_at),
         last_used_at=ts(row.last_used_at),
+        last_used_from=row.last_used_from,
     )
+
+
+def _add_columns(engine: sa.Engine) -> None:
+    """Add the columns of ``_ADDED_COLUMNS`` that a database made by an older version lacks."""
+    inspector = sa.inspect(engine)
+    for table, column in _ADDED_COLUMNS:
+        if column in {c["name"] for c in inspector.get_columns(table.name)}:
+            continue
+        col = table.c[column]
+        ddl = f"ALTER TABLE {table.name} ADD COLUMN {column} {col.type.compile(engine.dialect)}"
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(ddl))
+        except (OperationalError, sa.exc.ProgrammingError):
+            # another process added it at the same moment
+            if column not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
 
 
 def _make_engine(url: str) -> sa.Engine:

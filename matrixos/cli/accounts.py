@@ -192,6 +192,7 @@ def list_tokens(
             "expires_at": pa.array([t.expires_at for t in infos], stamp),
             "revoked_at": pa.array([t.revoked_at for t in infos], stamp),
             "last_used_at": pa.array([t.last_used_at for t in infos], stamp),
+            "last_used_from": pa.array([t.last_used_from for t in infos], pa.string()),
         }
     )
     emit_table(rows, format, empty="no tokens")

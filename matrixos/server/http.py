@@ -18,24 +18,22 @@ Routes (``/openapi.json`` lists them with their bodies):
     GET    /api/2.0/matrixos/tables/{name}/history       lh.table(name).history()
     GET    /api/2.0/matrixos/tables/{name}/arrow         lh.table(name).to_arrow() (Arrow IPC)
     POST   /api/2.0/matrixos/search                      lh.search() (Arrow IPC)
+
+(the table and search routes are ``http_tables.py``'s, run as statements under the limits).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations (the
 # ``User`` dependency is local to ``create_app``) when they are defined.
-import asyncio
-import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import anyio.to_thread
-import pyarrow as pa
-from fastapi import Depends, FastAPI, Query, Request, Response, Security
+from fastapi import Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from matrixos.catalog.access import Principal
@@ -45,8 +43,15 @@ from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
-from matrixos.server.http_models import SearchIn, StatementIn, StatementOut, TablesOut
-from matrixos.server.statements import State, Statement, StatementManager, StatementRequest
+from matrixos.server.http_models import StatementIn, StatementOut
+from matrixos.server.http_tables import tables_router
+from matrixos.server.statements import (
+    State,
+    Statement,
+    StatementManager,
+    StatementRequest,
+    ended,
+)
 from matrixos.server.statements_params import Parameter
 from matrixos.server.statements_results import (
     MEDIA_TYPES,
@@ -69,7 +74,11 @@ HTTP_THREADS = 256
 _CANCEL_SETTLE_S = 10.0  # on_wait_timeout=CANCEL: how long to wait for the cancel to land
 _INLINE_RENDER_ROWS = 2_000  # a first chunk larger than this is turned into JSON off the loop
 
-Authenticate = Callable[[str], Principal]
+class Authenticate(Protocol):
+    """``accounts.authenticate_token``: the token's principal (``client``: the caller's
+    address, recorded as the token's last use and used to throttle failures), or raises."""
+
+    def __call__(self, token: str, *, client: str | None = None) -> Principal: ...
 
 
 class Unauthenticated(Exception):
@@ -143,7 +152,7 @@ def create_app(
         if wait > 0:
             raise LoginsThrottled(wait)
         try:
-            who = authenticate(token)
+            who = authenticate(token, client=address)
         except MatrixOSError as e:
             logins.failed(token_id, address)
             if audit is not None:
@@ -155,9 +164,6 @@ def create_app(
         return who
 
     User = Annotated[Principal, Depends(principal)]
-
-    def session(p: Principal) -> "Lakehouse":
-        return lakehouse.with_principal(p)
 
     # -- errors -----------------------------------------------------------------------------
     @app.exception_handler(Unauthenticated)
@@ -261,9 +267,9 @@ def create_app(
         client = request.client.host if request.client else None
         stmt = manager.submit(user, what, client=client)
         # Waited for on the event loop (no thread held while the statement runs).
-        if wait and not await _ended(stmt, wait) and body.on_wait_timeout == "CANCEL":
+        if wait and not await ended(stmt, wait) and body.on_wait_timeout == "CANCEL":
             manager.cancel(user, stmt.id)
-            await _ended(stmt, _CANCEL_SETTLE_S)
+            await ended(stmt, _CANCEL_SETTLE_S)
         status = http_status(stmt.error) if stmt.state is State.FAILED and stmt.error else 200
         if (
             stmt.result is not None
@@ -331,55 +337,7 @@ def create_app(
         manager.close(user, statement_id)
         return JSONResponse({})
 
-    # -- the remote SDK's table and search calls ---------------------------------------------
-    @app.get("/api/2.0/matrixos/tables", tags=["tables"], response_model=TablesOut)
-    def tables(user: User, schema: Annotated[str | None, Query(max_length=300)] = None) -> Any:
-        """The tables the caller may read (in ``schema`` when given)."""
-        return {"tables": session(user).tables(schema)}
-
-    @app.get("/api/2.0/matrixos/tables/{name}", tags=["tables"])
-    def describe(name: str, user: User) -> JSONResponse:
-        """The table's catalog facts, version and schema."""
-        return _json(session(user).table(name).describe())
-
-    @app.get("/api/2.0/matrixos/tables/{name}/history", tags=["tables"])
-    def history(
-        name: str, user: User, limit: Annotated[int | None, Query(ge=1)] = None
-    ) -> JSONResponse:
-        """The table's commits, newest first."""
-        return _json({"history": session(user).table(name).history(limit)})
-
-    @app.get(
-        "/api/2.0/matrixos/tables/{name}/arrow",
-        tags=["tables"],
-        response_class=StreamingResponse,
-        responses={200: {"content": {ARROW_STREAM: {}}}},
-    )
-    def table_rows(
-        name: str,
-        user: User,
-        version: Annotated[int | None, Query(ge=0)] = None,
-        timestamp: Annotated[str | None, Query(max_length=64)] = None,
-        columns: Annotated[list[str] | None, Query()] = None,
-    ) -> StreamingResponse:
-        """The table's rows (at ``version`` or ``timestamp``) as an Arrow IPC stream."""
-        t = session(user).table(name)
-        rows = t.to_arrow(version=version, timestamp=timestamp, columns=columns)
-        return StreamingResponse(_ipc_stream(rows), media_type=ARROW_STREAM)
-
-    @app.post(
-        "/api/2.0/matrixos/search",
-        tags=["search"],
-        response_class=StreamingResponse,
-        responses={200: {"content": {ARROW_STREAM: {}}}},
-    )
-    def search(body: SearchIn, user: User) -> StreamingResponse:
-        """``lh.search``: the top ``k`` rows plus ``_score``, as an Arrow IPC stream."""
-        hits = session(user).search(
-            body.table, body.query, k=body.k, mode=body.mode, filter=body.filter,
-            columns=body.columns,
-        )  # fmt: skip
-        return StreamingResponse(_ipc_stream(hits.to_arrow()), media_type=ARROW_STREAM)
+    app.include_router(tables_router(lakehouse, manager, principal))
 
     return app
 
@@ -411,10 +369,6 @@ class _CountRequests:
             self.metrics.request(scope["method"], route, status)
 
 
-def void(_: object) -> None:
-    """Drop a value (a callback's result nobody reads)."""
-
-
 class _SeenLogins:
     """Keys (address|token id) that logged in already: a token's first request from an
     address is its login in the audit, not every request. Bounded: forgets all at 100,000."""
@@ -441,35 +395,22 @@ def _login_event(principal: str, token: str, address: str | None, outcome: str) 
 
 
 def _audit_statement(audit: AuditWriter, stmt: Statement) -> None:
+    """The statement's audit event and ``system.query.history`` row."""
     canceled = stmt.state is State.CANCELED
     audit.statement(
         stmt.owner.name,
         stmt.request.statement,
         stmt.request.dialect,
-        protocol="http",
+        protocol=stmt.protocol,
         client_address=stmt.client,
         error=stmt.error,
         rows=stmt.result.total_row_count if stmt.result is not None else None,
         seconds=stmt.duration,
         outcome="canceled" if canceled else None,
+        statement_id=stmt.id,
+        started=stmt.started_at or stmt.submitted_at,
+        nbytes=stmt.result.nbytes if stmt.result is not None else None,
     )
-
-
-async def _ended(stmt: Statement, timeout: float) -> bool:
-    """Whether ``stmt`` ended within ``timeout`` seconds, awaited without holding a thread."""
-    loop = asyncio.get_running_loop()
-    ended = loop.create_future()
-
-    def wake() -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    stmt.add_done_callback(lambda: void(loop.call_soon_threadsafe(wake)))
-    try:
-        await asyncio.wait_for(ended, timeout)
-    except TimeoutError:
-        return stmt.done.is_set()
-    return True
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -544,37 +485,3 @@ def _check_chunk(stmt: Statement, index: int) -> int:
             sqlstate="22023",
         )
     return index
-
-
-def _json(value: Any) -> JSONResponse:
-    # Catalog facts and history hold datetimes and such: their text form.
-    return JSONResponse(json.loads(json.dumps(value, default=str)))
-
-
-def _ipc_stream(table: pa.Table) -> Iterator[bytes]:
-    """``table`` as Arrow IPC stream bytes, a record batch at a time."""
-    sink = _Pieces()
-    writer = pa.ipc.new_stream(sink, table.schema)
-    for batch in table.to_batches(max_chunksize=65_536):
-        writer.write_batch(batch)
-        yield sink.take()
-    writer.close()
-    yield sink.take()
-
-
-class _Pieces(io.RawIOBase):
-    """A write-only file that hands over what was written since the last ``take``."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        out, self._parts = b"".join(self._parts), []
-        return out

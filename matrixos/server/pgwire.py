@@ -43,6 +43,7 @@ import re
 import struct
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,6 @@ from pg_mimic.middleware import (
     asyncpg_typeinfo,
     is_transaction_end,
     session_functions,
-    transaction_control,
 )
 from pg_mimic.results import encode_row
 from pg_mimic.stream import ConnectionClosed, PgStream
@@ -86,6 +86,7 @@ from matrixos.server.pg_cursors import cursors
 from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
 from matrixos.server.pg_settings import qualified_session_functions, settings
+from matrixos.server.pg_transactions import transactions
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
 from matrixos.server.statements import Limits
 
@@ -133,17 +134,20 @@ class MxPortal(Portal):
         self._reader: Any = None  # the result's batches (None: no rows, or all read)
         self._queue: list[pa.RecordBatch] = []  # read from the reader, not yet sent
         self.audited = audited  # recorded in the audit trail when it completes
+        self.id = uuid.uuid4().hex  # its statement id in system.query.history
+        self.nbytes = 0  # the DataRow bytes sent
         self._t0 = time.monotonic()
+        self._started_at = time.time()
         self._started = False
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        self._t0 = time.monotonic()
+        self._t0, self._started_at = time.monotonic(), time.time()
         sql = bind_parameters(self.sql, self.params, self.param_oids)
         result = await self.session.run(
-            sql, self._prefetch, audit_as=self.sql if self.audited else None
+            sql, self._prefetch, audit_as=(self.sql, self.id) if self.audited else None
         )
         self.message, self.kind = result.message, result.statement
         if self.message is None:  # rows (a DML/DDL result is only its command tag)
@@ -209,6 +213,7 @@ class MxPortal(Portal):
             cols = self.columns
             fetched = list(rows(self._schema, iter(batches)))
             data = b"".join(messages.make_data_row(encode_row(r, cols)) for r in fetched)
+            self.nbytes += len(data)
             return data, len(fetched), False
 
         def encode() -> tuple[bytes, int]:
@@ -218,6 +223,7 @@ class MxPortal(Portal):
             )
 
         data, count = await self.session.in_thread(encode)
+        self.nbytes += len(data)
         return data, count, n is not None and count == n
 
     def command_tag(self, rows_returned: int) -> str:
@@ -230,9 +236,15 @@ class MxPortal(Portal):
             tag = "SHOW" if self.kind == "SHOW" else self.kind
         else:
             tag = f"SELECT {rows_returned}"
+        if self.message is not None:
+            self.session.writes += 1  # committed on its own: a ROLLBACK cannot undo it
         if self.audited:
             self.audited = False  # once
-            self.session.audit(self.sql, None, rows_returned, time.monotonic() - self._t0)
+            seconds = time.monotonic() - self._t0
+            self.session.audit(
+                self.sql, None, rows_returned, seconds, statement_id=self.id,
+                started=self._started_at, nbytes=self.nbytes,
+            )  # fmt: skip
         return tag
 
 
@@ -306,6 +318,7 @@ class MxSession(Session):
         self.catalog = "main"
         self.client: str | None = None
         self._interrupt: Interrupt | None = None
+        self.writes = 0  # statements that changed something (see pg_transactions)
 
     async def init(self, connection: Any) -> None:
         await super().init(connection)
@@ -325,7 +338,7 @@ class MxSession(Session):
         for link in (
             cursors,
             settings,
-            transaction_control,
+            transactions,
             session_functions,
             qualified_session_functions,
         ):
@@ -353,11 +366,15 @@ class MxSession(Session):
         return None
 
     async def run(
-        self, sql: str, then: Callable[[Result], None], *, audit_as: str | None = None
+        self,
+        sql: str,
+        then: Callable[[Result], None],
+        *,
+        audit_as: tuple[str, str] | None = None,
     ) -> Result:
         """Run ``sql`` as this session's principal, then ``then(result)`` in the same worker
         thread (one hand-off per statement); errors as ``PgError``s. A failure is audited as
-        ``audit_as`` (the statement as sent, ``$n`` and all; None: not audited)."""
+        ``audit_as``: (the statement as sent, ``$n`` and all; its id), None: not audited."""
         handle = Interrupt()
         self._interrupt = handle
         server, who = self.server, self.lakehouse.principal.name
@@ -375,7 +392,7 @@ class MxSession(Session):
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
 
         def work() -> Result:
-            started = time.monotonic()
+            started, at = time.monotonic(), time.time()
             try:
                 with interruptible(handle):
                     result = self.lakehouse.sql(sql, dialect="postgres")
@@ -383,7 +400,9 @@ class MxSession(Session):
                     return result
             except MatrixOSError as e:
                 if audit_as is not None:
-                    self.audit(audit_as, e, None, time.monotonic() - started)
+                    text, sid = audit_as
+                    seconds = time.monotonic() - started
+                    self.audit(text, e, None, seconds, statement_id=sid, started=at)
                 raise
 
         try:
@@ -408,8 +427,19 @@ class MxSession(Session):
             log.exception("pg statement failed")
             raise PgError("XX000", "internal error running the statement") from None
 
-    def audit(self, sql: str, error: BaseException | None, rows: int | None, s: float) -> None:
-        """Record a statement in the server's audit trail (if it keeps one)."""
+    def audit(
+        self,
+        sql: str,
+        error: BaseException | None,
+        rows: int | None,
+        s: float,
+        *,
+        statement_id: str | None = None,
+        started: float | None = None,
+        nbytes: int | None = None,
+    ) -> None:
+        """Record a statement in the server's audit trail and query history (if it keeps
+        them)."""
         if self.server.audit is not None:
             self.server.audit.statement(
                 self.lakehouse.principal.name,
@@ -420,6 +450,10 @@ class MxSession(Session):
                 error=error,
                 rows=rows,
                 seconds=s,
+                outcome="canceled" if isinstance(error, StatementCanceled) else None,
+                statement_id=statement_id,
+                started=started,
+                nbytes=nbytes,
             )
 
     def interrupt(self) -> None:

@@ -20,6 +20,8 @@ import uvicorn
 from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.audit import AuditLog
+from matrixos.catalog.history import QueryHistory
+from matrixos.catalog.throttle import LoginThrottle
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
@@ -75,7 +77,11 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     """Serve ``lakehouse`` until a signal drains and stops the server."""
-    accounts = Accounts(lakehouse.catalog)
+    # Failed logins over the wire are throttled per (user, address), as by start_pg_server.
+    # The HTTP API throttles failures per (token id, address) itself (create_app): other
+    # tokens from a busy address (a NAT, a proxy) keep working while one is being guessed.
+    accounts = Accounts(lakehouse.catalog, throttle=LoginThrottle())
+    tokens = Accounts(lakehouse.catalog)
 
     def run(principal: Principal, sql: str, dialect: str) -> Any:
         return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
@@ -87,11 +93,11 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         limits=options.limits,
         retained_bytes=options.retained_bytes,
     )
-    audit = AuditWriter(AuditLog(lakehouse.service))
+    audit = AuditWriter(AuditLog(lakehouse.service), history=QueryHistory(lakehouse.service))
     app = create_app(
         lakehouse,
         manager,
-        accounts.authenticate_token,
+        tokens.authenticate_token,
         default_dialect=lakehouse.settings.default_dialect,
         audit=audit,
     )

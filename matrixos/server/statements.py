@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from matrixos.catalog.access import Principal
@@ -37,6 +38,7 @@ from matrixos.engine.result import Result
 from matrixos.errors import (
     MatrixOSError,
     ServerUnavailable,
+    SQLError,
     StatementCanceled,
     StatementNotFound,
     TooManyStatements,
@@ -82,6 +84,12 @@ class StatementRequest:
     row_limit: int | None = None
     byte_limit: int | None = None
     dialect: str = "duckdb"
+    #: Runs instead of ``statement`` (which then only describes the call for the audit and
+    #: history): the remote SDK's table reads and searches, under the same limits.
+    call: Callable[[Principal], Result] | None = field(default=None, compare=False)
+    #: The whole result or an error: past the result limits it FAILS (SQLSTATE 54000)
+    #: instead of being truncated (a table read must not look complete when it is not).
+    whole: bool = False
 
 
 class Statement:
@@ -104,6 +112,7 @@ class Statement:
         self.timed_out = False
         self.timer: threading.Timer | None = None
         self.client: str | None = None  # the client's address, for the audit
+        self.protocol = "http"  # how it came: http, or sdk (a table read or search)
         self._callback_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> bool:
@@ -228,12 +237,19 @@ class StatementManager:
 
     # -- the API's verbs --------------------------------------------------------------------
     def submit(
-        self, principal: Principal, request: StatementRequest, *, client: str | None = None
+        self,
+        principal: Principal,
+        request: StatementRequest,
+        *,
+        client: str | None = None,
+        protocol: str = "http",
     ) -> Statement:
-        """Queue ``request`` for ``principal`` (connected from ``client``, an address);
-        ``ServerUnavailable`` while draining, ``TooManyStatements`` past the limit."""
+        """Queue ``request`` for ``principal`` (connected from ``client``, an address, over
+        ``protocol``); ``ServerUnavailable`` while draining, ``TooManyStatements`` past the
+        limit."""
         stmt = Statement(principal, request)
         stmt.client = client
+        stmt.protocol = protocol
         with self._lock:
             self.limits.admit(principal.name, self._active[principal.name], self._draining)
             self._expire(time.time())
@@ -314,11 +330,14 @@ class StatementManager:
         try:
             with interruptible(stmt.interrupt):
                 check_cancel()
-                sql = bind(
-                    req.statement, req.dialect, req.parameters, catalog=req.catalog,
-                    schema=req.schema,
-                )  # fmt: skip
-                result = self._runner(stmt.owner, sql, req.dialect)
+                if req.call is not None:
+                    result = req.call(stmt.owner)
+                else:
+                    sql = bind(
+                        req.statement, req.dialect, req.parameters, catalog=req.catalog,
+                        schema=req.schema,
+                    )  # fmt: skip
+                    result = self._runner(stmt.owner, sql, req.dialect)
                 rows = ResultSet.collect(
                     result.to_arrow_reader(keep=False),
                     row_limit=_least(req.row_limit, lim.max_result_rows),
@@ -327,6 +346,8 @@ class StatementManager:
                     chunk_bytes=self.chunk_bytes,
                     on_batch=check_cancel,
                 )
+                if rows.truncated and req.whole:
+                    raise _too_large(lim)
         except MatrixOSError as e:
             error: MatrixOSError | None = e
             state = State.FAILED
@@ -406,6 +427,40 @@ class StatementManager:
                 self._release(other)
 
 
+def _too_large(limits: Limits) -> SQLError:
+    bound = [
+        f"{n:,} {what}"
+        for n, what in ((limits.max_result_rows, "rows"), (limits.max_result_bytes, "bytes"))
+        if n
+    ]
+    return SQLError(
+        f"the result is larger than this server lets one result be ({' or '.join(bound)})",
+        hint="read fewer columns, or query a part with SQL (WHERE, LIMIT)",
+        sqlstate="54000",  # program_limit_exceeded
+    )
+
+
 def _least(a: int | None, b: int | None) -> int | None:
     """The smaller limit (None is no limit)."""
     return b if a is None else a if b is None else min(a, b)
+
+
+async def ended(stmt: Statement, timeout: float | None) -> bool:
+    """Whether ``stmt`` ended within ``timeout`` seconds (None: waits for its end), awaited on
+    the event loop without holding a thread."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def wake_soon() -> None:
+        loop.call_soon_threadsafe(wake)
+
+    stmt.add_done_callback(wake_soon)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        return stmt.done.is_set()
+    return True

@@ -1,0 +1,198 @@
+"""The remote SDK's table and search calls over HTTP: ``lh.tables()``, ``lh.table(n)``'s
+``describe()``/``history()``/``to_arrow()`` and ``lh.search()``.
+
+Table reads and searches return rows, so they run as statements of the server's
+``StatementManager``: the same limits as SQL (statement timeout, max result rows/bytes —
+past which a read FAILS with SQLSTATE 54000 instead of arriving cut — and statements per
+principal: 429 with ``Retry-After``), canceled on drain, audited and recorded in
+``system.query.history`` (protocol ``sdk``; the text says what was read, e.g.
+``READ TABLE main.s.t VERSION 3``).
+
+Routes:
+    GET    /api/2.0/matrixos/tables[?schema=]            lh.tables()
+    GET    /api/2.0/matrixos/tables/{name}               lh.table(name).describe()
+    GET    /api/2.0/matrixos/tables/{name}/history       lh.table(name).history()
+    GET    /api/2.0/matrixos/tables/{name}/arrow         lh.table(name).to_arrow() (Arrow IPC)
+    POST   /api/2.0/matrixos/search                      lh.search() (Arrow IPC)
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations (the
+# ``User`` dependency is local to ``tables_router``) when they are defined.
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from matrixos.catalog.access import Principal
+from matrixos.catalog.names import TableIdent
+from matrixos.engine.result import Result
+from matrixos.errors import MatrixOSError, ServerUnavailable, StatementCanceled
+from matrixos.server.http_models import SearchIn, TablesOut
+from matrixos.server.statements import State, StatementManager, StatementRequest, ended
+from matrixos.server.statements_results import MEDIA_TYPES, Format
+
+if TYPE_CHECKING:
+    from matrixos.session import Lakehouse
+
+ARROW_STREAM = MEDIA_TYPES[Format.ARROW_STREAM]
+
+
+def tables_router(
+    lakehouse: "Lakehouse", manager: StatementManager, principal: Callable[..., Principal]
+) -> APIRouter:
+    """The routes over ``lakehouse``, each acting as the principal the ``principal``
+    dependency authenticates; rows are read as statements of ``manager``."""
+    router = APIRouter()
+    User = Annotated[Principal, Depends(principal)]
+
+    def session(p: Principal) -> "Lakehouse":
+        return lakehouse.with_principal(p)
+
+    @router.get("/api/2.0/matrixos/tables", tags=["tables"], response_model=TablesOut)
+    def tables(user: User, schema: Annotated[str | None, Query(max_length=300)] = None) -> Any:
+        """The tables the caller may read (in ``schema`` when given)."""
+        return {"tables": session(user).tables(schema)}
+
+    @router.get("/api/2.0/matrixos/tables/{name}", tags=["tables"])
+    def describe(name: str, user: User) -> JSONResponse:
+        """The table's catalog facts, version and schema."""
+        return _json(session(user).table(name).describe())
+
+    @router.get("/api/2.0/matrixos/tables/{name}/history", tags=["tables"])
+    def history(
+        name: str, user: User, limit: Annotated[int | None, Query(ge=1)] = None
+    ) -> JSONResponse:
+        """The table's commits, newest first."""
+        return _json({"history": session(user).table(name).history(limit)})
+
+    @router.get(
+        "/api/2.0/matrixos/tables/{name}/arrow",
+        tags=["tables"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {ARROW_STREAM: {}}}},
+    )
+    async def table_rows(
+        name: str,
+        user: User,
+        request: Request,
+        version: Annotated[int | None, Query(ge=0)] = None,
+        timestamp: Annotated[str | None, Query(max_length=64)] = None,
+        columns: Annotated[list[str] | None, Query()] = None,
+    ) -> StreamingResponse:
+        """The table's rows (at ``version`` or ``timestamp``) as an Arrow IPC stream. A
+        statement like any other: the statement limits apply (429 past the principal's running
+        statements; a result over the row or byte limit fails rather than arrive cut)."""
+
+        def read(p: Principal) -> Result:
+            t = session(p).table(name)
+            return Result.from_table(
+                t.to_arrow(version=version, timestamp=timestamp, columns=columns)
+            )
+
+        text = f"READ TABLE {_name_text(name)}" + (
+            f" VERSION {version}" if version is not None else ""
+        )
+        text += " TIMESTAMP ?" if timestamp is not None else ""
+        text += f" COLUMNS ({len(columns)})" if columns is not None else ""
+        return await as_statement(manager, user, request, text, read)
+
+    @router.post(
+        "/api/2.0/matrixos/search",
+        tags=["search"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {ARROW_STREAM: {}}}},
+    )
+    async def search(body: SearchIn, user: User, request: Request) -> StreamingResponse:
+        """``lh.search``: the top ``k`` rows plus ``_score``, as an Arrow IPC stream (under
+        the statement limits, as a table read)."""
+
+        def find(p: Principal) -> Result:
+            hits = session(p).search(
+                body.table, body.query, k=body.k, mode=body.mode, filter=body.filter,
+                columns=body.columns,
+            )  # fmt: skip
+            return Result.from_table(hits.to_arrow())
+
+        text = f"SEARCH {_name_text(body.table)} MODE {body.mode} K {body.k}"
+        return await as_statement(
+            manager, user, request, text + (" FILTER ?" if body.filter else ""), find
+        )
+
+    return router
+
+
+async def as_statement(
+    manager: StatementManager,
+    user: Principal,
+    request: Request,
+    text: str,
+    call: Callable[[Principal], Result],
+) -> StreamingResponse:
+    """Run ``call`` as a statement of ``manager`` (limits, cancel on drain, audit and history
+    as ``text`` over protocol ``sdk``) and stream its rows once it ends."""
+    what = StatementRequest(text, format=Format.ARROW_STREAM, call=call, whole=True)
+    client = request.client.host if request.client else None
+    stmt = manager.submit(user, what, client=client, protocol="sdk")
+    await ended(stmt, None)
+    if stmt.state is State.CANCELED:
+        raise StatementCanceled("the read was canceled (the server is shutting down)")
+    if stmt.error is not None:
+        raise stmt.error
+    rows = stmt.result
+    if rows is None:  # released already: the server needed the memory
+        raise ServerUnavailable("the result was released before it was sent", hint="retry")
+
+    def stream() -> Iterator[bytes]:
+        try:
+            yield from ipc_stream(rows.schema, rows.chunks)
+        finally:
+            manager.close(user, stmt.id)
+
+    return StreamingResponse(stream(), media_type=ARROW_STREAM)
+
+
+def _name_text(name: str) -> str:
+    """A table name as the history shows it (the name checked, as the route will)."""
+    try:
+        return str(TableIdent.parse(name))
+    except MatrixOSError:
+        return "?"
+
+
+def _json(value: Any) -> JSONResponse:
+    # Catalog facts and history hold datetimes and such: their text form.
+    return JSONResponse(json.loads(json.dumps(value, default=str)))
+
+
+def ipc_stream(schema: pa.Schema, tables: list[pa.Table]) -> Iterator[bytes]:
+    """``tables`` (of ``schema``) as one Arrow IPC stream, a record batch at a time."""
+    sink = _Pieces()
+    writer = pa.ipc.new_stream(sink, schema)
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=65_536):
+            writer.write_batch(batch)
+            yield sink.take()
+    writer.close()
+    yield sink.take()
+
+
+class _Pieces(io.RawIOBase):
+    """A write-only file that hands over what was written since the last ``take``."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out, self._parts = b"".join(self._parts), []
+        return out
