@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matrixos.connectors.media import MediaIngestSummary
     from matrixos.engine.result import Result
     from matrixos.engine.sql import SQLEngine
+    from matrixos.iot.maintenance import Maintenance
     from matrixos.metering import StatementMeter
     from matrixos.storage.volume import Volume
 
@@ -129,6 +130,7 @@ class Lakehouse:
         self._lock = threading.Lock()
         self._engine_obj: SQLEngine | None = None
         self._compute: ComputePool | None = None
+        self._maintenance: Maintenance | None = None
         self._jobs: JobService | None = None
         self._meter: StatementMeter | None = None
 
@@ -163,6 +165,9 @@ class Lakehouse:
     def close(self) -> None:
         if self._root is not self:
             return
+        if self._maintenance is not None:
+            self._maintenance.stop()  # before the engine its refreshes run on
+            self._maintenance = None
         if self._engine_obj is not None:
             self._engine_obj.close()
             self._engine_obj = None
@@ -234,10 +239,40 @@ class Lakehouse:
 
             with root._lock:
                 if root._engine_obj is None:
-                    root._engine_obj = SQLEngine(
-                        root.service, num_cpus=lambda: root.compute.num_cpus()
-                    )
+                    engine = SQLEngine(root.service, num_cpus=lambda: root.compute.num_cpus())
+                    # a view with a refresh interval or a retention starts the upkeep
+                    engine.on_maintenance = root.start_maintenance
+                    root._engine_obj = engine
         return root._engine_obj
+
+    @property
+    def maintenance(self) -> Maintenance | None:
+        """The background upkeep of time series, once started (``start_maintenance``)."""
+        return self._root._maintenance
+
+    def start_maintenance(self) -> Maintenance:
+        """Start (once) the background upkeep of this warehouse's time series: continuous
+        aggregates refreshed at their ``refresh`` interval, ``matrixos.retention`` enforced.
+        ``matrixos serve`` starts it; a session starts it when a statement creates such work
+        (``CREATE MATERIALIZED VIEW … WITH (refresh = …)``, ``ALTER TABLE … SET
+        TBLPROPERTIES``). It stops with ``close()``.
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> lh.start_maintenance().refresher.running
+            True
+            >>> lh.close()
+        """
+        from matrixos.iot.maintenance import Maintenance
+
+        root = self._root
+        engine = root._engine
+        with root._lock:
+            if root._maintenance is None:
+                root._maintenance = Maintenance(root.service, engine.views, root.principal)
+                root._maintenance.start()
+            return root._maintenance
 
     # -- SQL --------------------------------------------------------------------------------
     def sql(

@@ -35,6 +35,7 @@ from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, without_secrets
 from matrixos.engine.sql.local import LocalRunner
+from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
 from matrixos.engine.timeseries import rewrite as rewrite_time_series
@@ -71,12 +72,21 @@ class SQLEngine:
         self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
         self._dml = dml = DML(service, self._as_query)
         self._grants = grants = GrantStatements(service)
+        self.views = MaterializedViews(
+            service,
+            self._as_query,
+            lambda info, version: self._binder.snapshot(info, version, None),
+            self._binder.constant,
+        )
+        # Called after a statement set up background work (a view's refresh interval, a
+        # retention): the session starts its maintenance tasks (matrixos.iot).
+        self.on_maintenance: Callable[[], None] | None = None
         self._security = RowSecurity(service)
         self.policies = PolicyDefinitions(service)  # row filters and column masks
         # Handlers by the statement's node type (exactly: no subclass stands for its base).
         self._handlers: dict[type[exp.Expr], Callable[[Any, str, Principal], Result]] = {
-            exp.Create: ddl.create,
-            exp.Drop: ddl.drop,
+            exp.Create: self._create,
+            exp.Drop: self._drop,
             exp.Describe: ddl.describe,
             exp.Show: ddl.show_statement,
             exp.Insert: dml.insert,
@@ -85,6 +95,7 @@ class SQLEngine:
             exp.Merge: dml.merge,
             exp.Grant: grants.statement,
             exp.Revoke: grants.statement,
+            exp.Refresh: self.views.refresh_statement,
             exp.Alter: self._alter,
         }
 
@@ -137,7 +148,13 @@ class SQLEngine:
 
     def parse(self, sql: str, dialect: str) -> list[exp.Expr]:
         """The statements of ``sql`` (see ``frontend.parse``)."""
-        return frontend.parse(sql, dialect)
+        try:
+            return frontend.parse(sql, dialect)
+        except SQLError:
+            refresh = refresh_command(sql)  # a syntax error in DuckDB's dialect, among others
+            if refresh is None:
+                raise
+            return [refresh]
 
     def _run(self, stmt: exp.Expr, dialect: str, engine: str, principal: Principal) -> Result:
         frontend.check_translation(stmt, dialect)
@@ -155,8 +172,27 @@ class SQLEngine:
         TBLPROPERTIES (…)``; any other ALTER is refused."""
         result = self.policies.alter(stmt, dialect, principal)
         if result is None:
+            result = self._ddl.alter(stmt, dialect, principal)
+            if result is not None:
+                self._maintenance()  # a retention, perhaps
+        if result is None:
             raise frontend.refused(stmt, dialect)
         return result
+
+    def _create(self, stmt: exp.Create, dialect: str, principal: Principal) -> Result:
+        result = self.views.create_statement(stmt, principal)
+        if result is None:
+            return self._ddl.create(stmt, dialect, principal)
+        self._maintenance()
+        return result
+
+    def _drop(self, stmt: exp.Drop, dialect: str, principal: Principal) -> Result:
+        result = self.views.drop(stmt, principal)
+        return self._ddl.drop(stmt, dialect, principal) if result is None else result
+
+    def _maintenance(self) -> None:
+        if self.on_maintenance is not None:
+            self.on_maintenance()
 
     def _as_query(self, tree: exp.Expr, principal: Principal) -> Result:
         return self.query(tree, principal=principal)
@@ -177,6 +213,10 @@ class SQLEngine:
             )
         if cmd in ("OPTIMIZE", "VACUUM"):
             return self._dml.maintain(cmd, rest, dialect, principal)
+        result = self.views.command(cmd, rest, dialect, principal)
+        if result is not None:
+            self._maintenance()
+            return result
         result = self._grants.command(cmd, rest, dialect, principal)
         if result is None:
             result = self.policies.command(cmd, rest, dialect, principal)

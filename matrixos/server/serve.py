@@ -82,6 +82,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     # tokens from a busy address (a NAT, a proxy) keep working while one is being guessed.
     accounts = Accounts(lakehouse.catalog, throttle=LoginThrottle())
     tokens = Accounts(lakehouse.catalog)
+    lakehouse.start_maintenance()  # continuous aggregates refreshed, retention enforced
 
     def run(principal: Principal, sql: str, dialect: str) -> Any:
         return lakehouse.with_principal(principal).sql(sql, dialect=dialect)

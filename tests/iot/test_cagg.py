@@ -1,0 +1,203 @@
+"""Continuous aggregates (engine/sql/matviews.py, matrixos/iot/cagg.py) on real Delta tables:
+created from a time_bucket query, refreshed incrementally (only the buckets the source's
+changes touch), kept fresh by the background refresher, dropped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pyarrow as pa
+import pytest
+
+import matrixos as mx
+from matrixos.catalog.access import Principal
+from matrixos.errors import AccessDenied, NotSupported, SQLError
+from matrixos.iot.cagg import ViewRefresher
+
+WAREHOUSES = ("local",)
+T0 = dt.datetime(2024, 1, 1)
+QUERY = (
+    "SELECT time_bucket('1 minute', time) AS bucket, host, avg(usage) AS usage, "
+    "count(*) AS n, max(usage) - min(usage) AS spread FROM iot.cpu GROUP BY 1, 2"
+)
+
+
+def points(minutes: list[float], host: str = "a", usage: float = 1.0) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {"time": T0 + dt.timedelta(minutes=m, seconds=5), "host": host, "usage": usage + m}
+            for m in minutes
+        ]
+    )
+
+
+def view_rows(lh: mx.Lakehouse, name: str = "iot.cpu_1m") -> list[tuple]:
+    return lh.sql(f"SELECT * FROM {name} ORDER BY bucket, host").fetchall()
+
+
+def fresh_rows(lh: mx.Lakehouse) -> list[tuple]:
+    return lh.sql(f"SELECT * FROM ({QUERY}) ORDER BY bucket, host").fetchall()
+
+
+@pytest.fixture
+def cpu(lh: mx.Lakehouse) -> mx.Lakehouse:
+    lh.create_table("iot.cpu", points(list(range(10))))
+    lh.table("iot.cpu").append(points([0, 5], host="b"))
+    return lh
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("postgres", f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY} WITH (refresh = '1 hour')"),
+        ("duckdb", f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY} WITH (refresh = '1 hour')"),
+        ("postgres", f"CREATE MATERIALIZED VIEW iot.cpu_1m WITH (refresh = '1 hour') AS {QUERY}"),
+    ],
+)
+def test_create_materializes_the_query(cpu: mx.Lakehouse, dialect: str, sql: str) -> None:
+    out = cpu.sql(sql, dialect=dialect).to_arrow().to_pylist()[0]
+    assert out["rows"] == 12
+    assert view_rows(cpu) == fresh_rows(cpu)
+    props = cpu.table("iot.cpu_1m").info.properties
+    assert props["matrixos.view.source"] == "main.iot.cpu"
+    assert props["matrixos.view.refresh"] == "1 hour"
+    assert props["matrixos.view.bucket"] == "bucket"
+    assert props["matrixos.view.time"] == "time"
+    skipped = cpu.sql(f"CREATE MATERIALIZED VIEW IF NOT EXISTS iot.cpu_1m AS {QUERY}")
+    assert skipped.to_arrow().column("skipped").to_pylist() == [True]
+
+
+def test_refresh_recomputes_only_the_touched_buckets(cpu: mx.Lakehouse) -> None:
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY}")
+    view = cpu.table("iot.cpu_1m")
+    # A marker in bucket 0 that only a recompute of bucket 0 would remove.
+    view.update({"n": "-1"}, where="bucket = '2024-01-01 00:00:00' AND host = 'a'")
+    cpu.table("iot.cpu").append(points([7.5, 8.2], host="a", usage=100))  # late points
+    out = cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m").to_arrow().to_pylist()[0]
+    assert out["buckets"] == 1 and out["rows"] == 2  # minutes 7 and 8 only
+    assert out["source_version"] == cpu.table("iot.cpu").version
+    rows = {(r[0].minute, r[1]): r for r in view_rows(cpu)}
+    assert rows[(0, "a")][3] == -1  # untouched: not recomputed
+    assert rows[(7, "a")][3] == 2 and rows[(8, "a")][3] == 2
+    want = {(r[0].minute, r[1]): r for r in fresh_rows(cpu)}
+    assert {k: v for k, v in rows.items() if k != (0, "a")} == {
+        k: v for k, v in want.items() if k != (0, "a")
+    }
+    last = view.history(1)[0]
+    assert last["operation"] == "WRITE" and "00:07:00" in str(last["operationParameters"])
+    assert last["matrixos.view.source_version"] == str(out["source_version"])
+    # nothing new: nothing done, no commit
+    version = view.version
+    again = cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m").to_arrow().to_pylist()[0]
+    assert again["buckets"] == 0 and view.version == version
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "databricks", "trino"])
+def test_refresh_follows_every_kind_of_change(cpu: mx.Lakehouse, dialect: str) -> None:
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY}")
+    src = cpu.table("iot.cpu")
+    changes = [
+        lambda: src.append(points([3.5, 20], host="c")),  # new series, a new bucket
+        lambda: src.delete("host = 'b'"),  # a whole series gone
+        lambda: src.update({"usage": "usage * 2"}, where="time < '2024-01-01 00:02:00'"),
+        lambda: src.merge(points([4, 30], host="a", usage=7), on=["time", "host"]),
+    ]
+    for change in changes:
+        change()
+        cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m", dialect=dialect)
+        assert view_rows(cpu) == fresh_rows(cpu)
+    assert not [r for r in view_rows(cpu) if r[1] == "b"]
+
+
+def test_any_aggregate_and_a_where_clause(cpu: mx.Lakehouse) -> None:
+    cpu.sql(
+        "CREATE MATERIALIZED VIEW iot.q AS SELECT time_bucket('5 minutes', time) AS bucket, "
+        "quantile_cont(usage, 0.5) AS p50, count(DISTINCT host) AS hosts, "
+        "first(usage, time) AS opening FROM iot.cpu WHERE usage > 1 GROUP BY bucket",
+        dialect="postgres",
+    )
+    cpu.table("iot.cpu").append(points([6], host="z", usage=50))
+    cpu.sql("REFRESH MATERIALIZED VIEW iot.q", dialect="postgres")
+    got = cpu.sql("SELECT * FROM iot.q ORDER BY bucket").fetchall()
+    want = cpu.sql(
+        "SELECT time_bucket('5 minutes', time) AS bucket, quantile_cont(usage, 0.5), "
+        "count(DISTINCT host), arg_min(usage, time) FROM iot.cpu WHERE usage > 1 "
+        "GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert got == want
+
+
+def test_drop_materialized_view(cpu: mx.Lakehouse) -> None:
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY}")
+    with pytest.raises(SQLError, match="is a table, not a materialized view"):
+        cpu.sql("DROP MATERIALIZED VIEW iot.cpu")
+    with pytest.raises(SQLError, match="not a materialized view"):
+        cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu", dialect="postgres")
+    cpu.sql("DROP MATERIALIZED VIEW iot.cpu_1m")
+    assert cpu.tables("iot") == ["main.iot.cpu"]
+    cpu.sql("DROP MATERIALIZED VIEW IF EXISTS iot.cpu_1m")
+
+
+@pytest.mark.parametrize(
+    ("sql", "error", "message"),
+    [
+        ("SELECT time_bucket('1 minute', c.time) AS b, count(*) FROM iot.cpu c JOIN iot.cpu d "
+         "ON c.host = d.host GROUP BY 1", NotSupported, "reads one table"),
+        ("SELECT host, count(*) FROM iot.cpu GROUP BY 1", NotSupported, "groups by time_bucket"),
+        ("SELECT time_bucket('1 minute', time) AS b, count(*) FROM iot.cpu GROUP BY host",
+         SQLError, "must GROUP BY its time_bucket"),
+        ("SELECT time_bucket('1 minute', time), count(*) FROM iot.cpu GROUP BY 1",
+         SQLError, "name the bucket column"),
+        ("SELECT time_bucket('1 minute', time) AS b, count(*) FROM iot.cpu GROUP BY 1 LIMIT 3",
+         NotSupported, "LIMIT"),
+        ("SELECT time_bucket('1 minute', time) AS b, count(*) FROM iot.cpu GROUP BY 1 "
+         "WITH (refresh = 'often')", SQLError, "not a duration"),
+        ("SELECT time_bucket('1 minute', time) AS b, count(*) FROM iot.cpu GROUP BY 1 "
+         "WITH (compress = 'yes')", NotSupported, "compress"),
+    ],
+)  # fmt: skip
+def test_definitions_that_cannot_be_refreshed_per_bucket_are_refused(
+    cpu: mx.Lakehouse, sql: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        cpu.sql(f"CREATE MATERIALIZED VIEW iot.bad AS {sql}", dialect="postgres")
+    assert "main.iot.bad" not in cpu.tables("iot")
+
+
+def test_refresh_needs_modify_on_the_view(cpu: mx.Lakehouse) -> None:
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY}")
+    use = {"USE CATALOG ON main", "USE SCHEMA ON CATALOG main"}
+    bob = cpu.with_principal(
+        Principal("bob", frozenset({*use, "SELECT ON main.iot.cpu", "SELECT ON main.iot.cpu_1m"}))
+    )
+    assert len(view_rows(bob)) == 12
+    with pytest.raises(AccessDenied, match="MODIFY"):
+        bob.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m", dialect="postgres")
+
+
+def test_refresher_refreshes_views_when_due(cpu: mx.Lakehouse) -> None:
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.hourly AS {QUERY} WITH (refresh = '1 hour')")
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.never AS {QUERY}")  # no interval: manual only
+    refresher = ViewRefresher(cpu._engine.views, cpu.principal)
+    cpu.table("iot.cpu").append(points([40]))
+    assert refresher.run_once(now=1000.0) == ["main.iot.hourly"]
+    cpu.table("iot.cpu").append(points([41]))
+    assert refresher.run_once(now=1000.0 + 3599) == []  # not due yet
+    assert refresher.run_once(now=1000.0 + 3600) == ["main.iot.hourly"]
+    assert view_rows(cpu, "iot.hourly") == fresh_rows(cpu)
+    assert len(view_rows(cpu, "iot.never")) == 12
+
+
+def test_session_starts_the_background_refresher(cpu: mx.Lakehouse) -> None:
+    assert cpu.maintenance is None
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY} WITH (refresh = '1 second')")
+    maintenance = cpu.maintenance
+    assert maintenance is not None and maintenance.refresher.running
+    cpu.table("iot.cpu").append(points([90]))
+    deadline = time.monotonic() + 60
+    while view_rows(cpu) != fresh_rows(cpu) and time.monotonic() < deadline:
+        maintenance.refresher.wait_runs(maintenance.refresher.runs + 1)
+    assert view_rows(cpu) == fresh_rows(cpu)
+    cpu.close()
+    assert not maintenance.refresher.running and not maintenance.retention.running
