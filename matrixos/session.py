@@ -240,7 +240,7 @@ class Lakehouse:
             with root._lock:
                 if root._engine_obj is None:
                     engine = SQLEngine(root.service, num_cpus=lambda: root.compute.num_cpus())
-                    # a view with a refresh interval or a retention starts the upkeep
+                    # a view with a refresh interval starts the upkeep
                     engine.on_maintenance = root.start_maintenance
                     root._engine_obj = engine
         return root._engine_obj
@@ -253,9 +253,10 @@ class Lakehouse:
     def start_maintenance(self) -> Maintenance:
         """Start (once) the background upkeep of this warehouse's time series: continuous
         aggregates refreshed at their ``refresh`` interval, ``matrixos.retention`` enforced.
-        ``matrixos serve`` starts it; a session starts it when a statement creates such work
-        (``CREATE MATERIALIZED VIEW … WITH (refresh = …)``, ``ALTER TABLE … SET
-        TBLPROPERTIES``). It stops with ``close()``.
+        ``matrixos serve`` starts it; a session starts it when it creates a view with a
+        refresh interval (``CREATE MATERIALIZED VIEW … WITH (refresh = …)``). Retention
+        deletes data: an embedded session enforces it only once this is called. It stops
+        with ``close()``.
 
         Example:
             >>> import tempfile, matrixos as mx

@@ -78,8 +78,9 @@ class SQLEngine:
             lambda info, version: self._binder.snapshot(info, version, None),
             self._binder.constant,
         )
-        # Called after a statement set up background work (a view's refresh interval, a
-        # retention): the session starts its maintenance tasks (matrixos.iot).
+        # Called after a statement set up background work (a view's refresh interval): the
+        # session starts its maintenance tasks (matrixos.iot). Retention deletes data, so an
+        # embedded session enforces it only once asked (lh.start_maintenance(), or serve).
         self.on_maintenance: Callable[[], None] | None = None
         self._security = RowSecurity(service)
         self.policies = PolicyDefinitions(service)  # row filters and column masks
@@ -173,8 +174,6 @@ class SQLEngine:
         result = self.policies.alter(stmt, dialect, principal)
         if result is None:
             result = self._ddl.alter(stmt, dialect, principal)
-            if result is not None:
-                self._maintenance()  # a retention, perhaps
         if result is None:
             raise frontend.refused(stmt, dialect)
         return result

@@ -5,8 +5,8 @@ the SQL engine: a duration, and a table partitioned by day). ``enforce_retention
 every table that has the property, the day partitions that end before ``now - retention``: a
 Delta delete whose predicate names only the partition column, so whole files are removed and
 nothing is rewritten (no commit at all when no partition is that old). ``RetentionTask`` runs it
-in the background (``matrixos serve`` starts one; a session starts one when it sets the
-property).
+in the background: ``matrixos serve`` starts one, an embedded session once
+``lh.start_maintenance()`` is called (setting the property alone deletes nothing).
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ def test_retention_property_is_checked_and_can_be_unset(lh: mx.Lakehouse) -> Non
     # PostgreSQL's storage-parameter form sets it too
     lh.sql("ALTER TABLE iot.r SET ('matrixos.retention' = '2 weeks')", dialect="postgres")
     assert lh.table("iot.r").info.properties["matrixos.retention"] == "2 weeks"
+    assert lh.maintenance is None  # setting it deletes nothing until maintenance is started
     lh.sql("ALTER TABLE iot.r UNSET TBLPROPERTIES ('matrixos.retention')")
     assert "matrixos.retention" not in lh.table("iot.r").info.properties
     assert enforce_retention(lh.service, lh.principal, now=NOW) == {}
