@@ -338,7 +338,7 @@ class Meter:
         summary = self.billing.summary(account)
         if summary.credited > 0 and summary.balance <= 0:
             raise OutOfCredit(
-                f"{account} has {summary.balance} degrees left: statements are stopped",
+                f"{account} has {summary.balance:f} degrees left: statements are stopped",
                 account=account,
                 balance=summary.balance,
                 asked=Decimal(0),

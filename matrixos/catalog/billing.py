@@ -435,7 +435,7 @@ class Billing:
         balance = self.balance(account)
         if balance <= 0 or asked > balance:
             raise OutOfCredit(
-                f"{account} has {balance} degrees left; the work asks for {asked}",
+                f"{account} has {balance:f} degrees left; the work asks for {asked:f}",
                 account=account,
                 balance=balance,
                 asked=asked,

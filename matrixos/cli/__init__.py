@@ -7,7 +7,7 @@ the commands so that ``matrixos --help`` stays quick.
 This package builds the app from its command modules, which import only ``common`` and
 ``output`` (and the layers below), never this package:
 
-    output ← common ← sql, tables, ai, compute, demo, accounts ← cli (this app)
+    output ← common ← sql, tables, ai, compute, demo, accounts, usage ← cli (this app)
 
 Example:
     $ matrixos --warehouse ./wh sql "SELECT 1 AS one" --format json
@@ -21,7 +21,7 @@ import sys
 
 import typer
 
-from matrixos.cli import accounts, ai, compute, demo, sql, tables
+from matrixos.cli import accounts, ai, compute, demo, sql, tables, usage
 from matrixos.cli.common import HELP, fail, hoist_global_options, root
 from matrixos.errors import MatrixOSError
 
@@ -50,6 +50,7 @@ app.add_typer(ai.rag_app, name="rag")
 app.add_typer(compute.compute_app, name="compute")
 app.add_typer(accounts.accounts_app, name="accounts")
 app.add_typer(accounts.tokens_app, name="tokens")
+app.command()(usage.usage)
 
 
 def main(argv: list[str] | None = None) -> None:

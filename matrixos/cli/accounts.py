@@ -208,3 +208,91 @@ def revoke_token(
     with connect(ctx) as lh, _audited(lh, "REVOKE TOKEN", token_id):
         Accounts(lh.catalog).revoke_token(token_id)
     _done(f"revoked token {token_id}")
+
+
+# -- prepaid credit (degrees; see matrixos.catalog.billing) ---------------------------------
+@accounts_app.command("credit")
+def credit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The account to credit.")],
+    degrees: Annotated[
+        str, typer.Option("--degrees", "-d", help="Degrees to add (1 = 312 TFLOPS x 1 h).")
+    ],
+    note: Annotated[str | None, typer.Option("--note", help="Why (kept in the ledger).")] = None,
+) -> None:
+    """Add a prepaid package of compute degrees to an account."""
+    from matrixos.catalog.billing import Billing
+
+    with connect(ctx) as lh, _audited(lh, "CREDIT", name):
+        balance = Billing(lh.catalog).credit(name, degrees, by=lh.principal, note=note)
+    _done(f"credited {name} with {degrees} degrees; balance {_degrees(balance)}")
+
+
+@accounts_app.command("balance")
+def balance(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="One account (default: all).")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Credited, consumed and left, in degrees, with the 50/75/90 % alerts recorded."""
+    import pyarrow as pa
+
+    from matrixos.catalog.billing import Billing
+
+    with connect(ctx) as lh:
+        billing = Billing(lh.catalog)
+        if name is not None:
+            lh.catalog.get_account(name)  # AccountNotFound for a mistyped name
+        sums = [billing.summary(name)] if name is not None else billing.summaries()
+        alerts = {
+            s.account: ",".join(f"{a.threshold}%" for a in billing.alerts(s.account)) for s in sums
+        }
+    dec = pa.decimal128(38, 9)
+    rows = pa.table(
+        {
+            "account": pa.array([s.account for s in sums], pa.string()),
+            "credited": pa.array([s.credited for s in sums], dec),
+            "consumed": pa.array([s.consumed for s in sums], dec),
+            "balance": pa.array([s.balance for s in sums], dec),
+            "used": pa.array([f"{s.used_fraction:.1%}" for s in sums], pa.string()),
+            "alerts": pa.array([alerts[s.account] for s in sums], pa.string()),
+        }
+    )
+    emit_table(rows, format, empty="no credit recorded")
+
+
+@accounts_app.command("ledger")
+def ledger(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The account.")],
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="Only the last N entries.")
+    ] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """An account's credits and charges, oldest first, with the balance after each."""
+    import pyarrow as pa
+
+    from matrixos.catalog.billing import Billing
+
+    with connect(ctx) as lh:
+        lh.catalog.get_account(name)
+        entries = Billing(lh.catalog).ledger(name, limit=limit)
+    dec = pa.decimal128(38, 9)
+    rows = pa.table(
+        {
+            "id": pa.array([e.id for e in entries], pa.int64()),
+            "at": pa.array([e.at for e in entries], pa.timestamp("s", tz="UTC")),
+            "kind": pa.array([e.kind for e in entries], pa.string()),
+            "degrees": pa.array([e.degrees for e in entries], dec),
+            "balance": pa.array([e.balance for e in entries], dec),
+            "ref": pa.array([e.ref for e in entries], pa.string()),
+            "by": pa.array([e.by for e in entries], pa.string()),
+            "note": pa.array([e.note for e in entries], pa.string()),
+        }
+    )
+    emit_table(rows, format, empty=f"no ledger entries for {name}")
+
+
+def _degrees(value: object) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".") if value is not None else "?"

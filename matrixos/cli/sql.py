@@ -118,6 +118,14 @@ def serve(
             help="MiB of results kept for clients to read; past it the oldest are released.",
         ),
     ] = 4096,
+    meter: Annotated[
+        bool,
+        typer.Option(
+            "--meter/--no-meter",
+            help="Record each statement's core-seconds in system.billing.usage and charge "
+            "its user's credit.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
     import logging
@@ -129,7 +137,9 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     opts = options(ctx)
-    lh = open_session(opts.warehouse, catalog_url=opts.catalog_url, compute=compute)
+    lh = open_session(
+        opts.warehouse, catalog_url=opts.catalog_url, compute=compute, meter_statements=meter
+    )
     with lh:
         run_server(
             lh,
