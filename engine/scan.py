@@ -400,13 +400,32 @@ def _with_pending(
     if not proj:
         return committed
     keys = [k for k in pending.replaces if k in types and k in rows.column_names]
-    if keys:
-        match = " AND ".join(f"__p.{_ident(k)} IS NOT DISTINCT FROM __c.{_ident(k)}" for k in keys)
-        committed = (
-            f"SELECT * FROM ({committed}) AS __c "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {src} AS __p WHERE {match})"
-        )
-    return f"SELECT * FROM ({committed}) UNION ALL BY NAME SELECT {', '.join(proj)} FROM {src}"
+    if not keys:
+        return f"SELECT * FROM ({committed}) UNION ALL BY NAME SELECT {', '.join(proj)} FROM {src}"
+    # Last write wins, field by field: a committed row a pending row replaces is hidden, and
+    # the pending row takes the committed row's value for each field it does not carry.
+    match = " AND ".join(f"__p.{_ident(k)} IS NOT DISTINCT FROM __c.{_ident(k)}" for k in keys)
+    hidden = (
+        f"SELECT * FROM ({committed}) AS __c "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {src} AS __p WHERE {match})"
+    )
+    fill = []
+    for f in fields:
+        name = _ident(f.name)
+        if f.name not in rows.column_names:
+            fill.append(f"__c.{name} AS {name}")
+        elif f.name in keys:
+            fill.append(f"CAST(__p.{name} AS {duckdb_type(f.type)}) AS {name}")
+        else:
+            fill.append(
+                f"coalesce(CAST(__p.{name} AS {duckdb_type(f.type)}), __c.{name}) AS {name}"
+            )
+    if wanted is None:
+        fill += [f"__p.{_ident(n)}" for n in rows.column_names if n not in types]
+    replaced = (
+        f"SELECT {', '.join(fill)} FROM {src} AS __p LEFT JOIN ({committed}) AS __c ON {match}"
+    )
+    return f"{hidden} UNION ALL BY NAME {replaced}"
 
 
 def _render_files(scan: PrunedScan, ctx: ScanContext, fields: list[pa.Field]) -> str:
