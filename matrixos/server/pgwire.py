@@ -14,6 +14,7 @@ and extended query protocols (Parse/Bind/Describe/Execute/Sync, prepared stateme
   tags (``INSERT 0 3``), and ``MatrixOSError``s as ErrorResponses with their SQLSTATE, hint and
   position.
 * ``DECLARE``/``FETCH``/``CLOSE`` cursors (``pg_cursors.py``: psycopg's server-side cursors).
+* ``BEGIN``/``COMMIT``/``ROLLBACK`` accepted and honest about autocommit (``pg_transactions.py``).
 * ``CancelRequest`` interrupts the running statement (``engine/interrupt.py``): 57014.
 * ``pg_catalog``/``information_schema`` from the catalog as the principal sees it
   (``pg_catalog.py``); ``SET``/``SHOW`` of the client parameters psql and drivers send are
