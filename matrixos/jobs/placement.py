@@ -240,3 +240,40 @@ class Cluster:
     def ids(self, placement: Sequence[int]) -> tuple[str, ...]:
         """Node ids for a placement of node indexes."""
         return tuple(self.nodes[i].id for i in placement)
+
+
+class Freeing:
+    """How many of a gang's bundles fit on one accelerator type as running jobs are released
+    (hypothetically): the EASY shadow walks jobs by end time, preemption by victim order.
+
+    Counts GPUs only (CPUs and memory of GPU nodes rarely bind); ``extra`` is the GPUs each node
+    would get back.
+    """
+
+    def __init__(self, cluster: Cluster, job: JobSpec, acc: GpuKey) -> None:
+        self.c = cluster
+        self.g = job.gpus
+        self.strict = job.strategy == "STRICT_SPREAD"
+        self.top = cluster.max_gpus[acc]
+        self.extra: dict[int, int] = {}
+        self.have = sum(
+            len(b) * (1 if self.strict else k // self.g)
+            for k, b in enumerate(cluster.buckets[acc])
+            if k >= self.g
+        )
+
+    def fit(self, i: int, extra: int) -> int:
+        """Bundles node ``i`` would hold with ``extra`` GPUs given back."""
+        f = min(self.c.free_gpus[i] + extra, self.top) // self.g
+        return min(f, 1) if self.strict else f
+
+    def release(self, rj: RunningJob, sign: int = 1) -> None:
+        """Give ``rj``'s GPUs back (``sign=-1`` takes them again) and update ``have``."""
+        for nid in rj.nodes:
+            i = self.c.index.get(nid)
+            if i is None:
+                continue
+            e = self.extra.get(i, 0)
+            before = self.fit(i, e)
+            self.extra[i] = e + sign * rj.spec.gpus
+            self.have += self.fit(i, self.extra[i]) - before
