@@ -65,7 +65,9 @@ class RemoteLakehouse:
 
     def __init__(self, url: str, *, token: str, timeout: float = 300.0) -> None:
         self.url = url.rstrip("/")
-        self._http = HttpSession(self.url, {"Authorization": f"Bearer {token}"}, timeout)
+        # X-MatrixOS-Client: the server records the SDK's statements as protocol "sdk"
+        headers = {"Authorization": f"Bearer {token}", "X-MatrixOS-Client": "sdk"}
+        self._http = HttpSession(self.url, headers, timeout)
 
     def __repr__(self) -> str:
         return f"RemoteLakehouse({self.url!r})"

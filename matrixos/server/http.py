@@ -74,6 +74,7 @@ HTTP_THREADS = 256
 _CANCEL_SETTLE_S = 10.0  # on_wait_timeout=CANCEL: how long to wait for the cancel to land
 _INLINE_RENDER_ROWS = 2_000  # a first chunk larger than this is turned into JSON off the loop
 
+
 class Authenticate(Protocol):
     """``accounts.authenticate_token``: the token's principal (``client``: the caller's
     address, recorded as the token's last use and used to throttle failures), or raises."""
@@ -265,7 +266,8 @@ def create_app(
             dialect=body.dialect or default_dialect,
         )
         client = request.client.host if request.client else None
-        stmt = manager.submit(user, what, client=client)
+        sdk = request.headers.get("x-matrixos-client") == "sdk"  # the remote SDK's lh.sql
+        stmt = manager.submit(user, what, client=client, protocol="sdk" if sdk else "http")
         # Waited for on the event loop (no thread held while the statement runs).
         if wait and not await ended(stmt, wait) and body.on_wait_timeout == "CANCEL":
             manager.cancel(user, stmt.id)

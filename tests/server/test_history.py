@@ -160,6 +160,7 @@ def test_every_server_path_is_recorded(
         conn.execute("SELECT count(*) FROM sales.orders WHERE amount > %s", (15.0,)).fetchall()
     with mx.connect(matrixos_server.http_url, token=tokens["alice"]) as remote:
         assert remote.table("sales.orders").to_arrow().num_rows == 5
+        assert remote.sql("SELECT count(*) FROM sales.customers").scalar() == 2
 
     rows = history_of(http["alice"], want=4)
     assert {r[0] for r in rows} == {"alice"}, rows
@@ -168,6 +169,7 @@ def test_every_server_path_is_recorded(
     assert ("http", "SELECT", "FAILED", "42501") in kinds
     assert ("pg", "SELECT", "SUCCEEDED", None) in kinds
     assert ("sdk", "READ", "SUCCEEDED", None) in kinds
+    assert ("sdk", "SELECT", "SUCCEEDED", None) in kinds  # the SDK's lh.sql
     assert any(r[5] == "SELECT count(*) FROM sales.orders WHERE amount > $?" for r in rows), rows
     assert any(r[5] == "SELECT id FROM sales.orders WHERE id = ?" for r in rows), rows
 
