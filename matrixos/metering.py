@@ -61,6 +61,7 @@ import pyarrow as pa
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.billing import Billing, from_nano, may_see, to_nano
+from matrixos.catalog.outbox import Outbox
 from matrixos.catalog.systables import BatchWriter, SystemTable
 from matrixos.errors import AccessDenied, ConfigError, OutOfCredit
 
@@ -280,8 +281,14 @@ class UsageRecord:
 
     def row(self) -> dict[str, Any]:
         """The record as a ``system.billing.usage`` row (priced first)."""
+        return row_of(self.payload())
+
+    def payload(self) -> dict[str, Any]:
+        """The row as JSON-ready values (times in ISO 8601, degrees a decimal string)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["degrees"] = from_nano(to_nano(self.priced().degrees or 0.0))
+        out["start"] = _utc(self.start).isoformat()
+        out["end"] = _utc(self.end).isoformat()
+        out["degrees"] = str(from_nano(to_nano(self.priced().degrees or 0.0)))
         return out
 
 
@@ -295,10 +302,14 @@ class Meter:
     """Writes usage records to ``system.billing.usage`` and charges accounts' credit.
 
     ``record`` (the job runtime, every metering interval) charges at once and returns the
-    balance, so the caller can stop a job whose account reached zero; the rows are appended in
-    the background, one commit per ``interval_s``. ``statement`` (the SQL engine's statements)
-    queues a record that is charged and written together with others. ``flush`` writes what is
-    queued; ``close`` also stops the background thread. Thread-safe.
+    balance, so the caller can stop a job whose account reached zero. ``statement`` (the SQL
+    engine's statements) queues a record that is charged with others, once per
+    ``interval_s``. Either way the charge's transaction also puts the rows in the catalog's
+    outbox (``catalog/outbox.py``), and a background thread moves them to the Delta table, one
+    commit per ``interval_s`` for all jobs together: a process killed at any point leaves the
+    ledger and the usage table agreeing once the next meter (any process) has run for
+    ``stale_s`` seconds. ``flush`` writes what is queued; ``close`` also stops the thread.
+    Thread-safe.
     """
 
     def __init__(
@@ -307,15 +318,20 @@ class Meter:
         *,
         billing: Billing | None = None,
         interval_s: float = 1.0,
+        stale_s: float = 60.0,
     ) -> None:
         self.service = service
         self.billing = billing or Billing(service.catalog)
+        self.outbox = Outbox(self.billing.engine)
         self.table = degree_table(service.settings)
         self.usage = SystemTable(service, USAGE_TABLE, USAGE_SCHEMA)
-        # (record, whether it is still to be charged)
-        self._writer: BatchWriter[tuple[UsageRecord, bool]] = BatchWriter(
+        self.owner = uuid.uuid4().hex  # this meter's rows in the outbox
+        self.stale_s = stale_s
+        # Statements still to be charged; None: only move the outbox on.
+        self._writer: BatchWriter[UsageRecord | None] = BatchWriter(
             self._write, interval_s=interval_s, what="usage records"
         )
+        self._writer.put(None)  # rows a dead meter left behind go out at the first interval
 
     def record(self, records: Sequence[UsageRecord]) -> float:
         """Charge ``records`` to their accounts now and queue their rows; the balance after
@@ -323,13 +339,8 @@ class Meter:
         priced = [r.priced(self.table) for r in records]
         if not priced:
             return 0.0
-        balances = self.billing.charge_many(
-            [
-                (r.account, from_nano(to_nano(r.degrees or 0.0)), r.job_id or r.statement_id)
-                for r in priced
-            ]
-        )
-        self._writer.put(*((r, False) for r in priced))
+        balances = self._charge(priced)
+        self._writer.put(None)
         return float(balances[priced[-1].account])
 
     def admit(self, account: str) -> None:
@@ -366,24 +377,63 @@ class Meter:
             statement_id=statement_id,
             node=node,
         ).priced(self.table)
-        self._writer.put((record, True))
+        self._writer.put(record)
         return record
 
     def flush(self) -> None:
         """Charge and write everything queued before returning."""
+        self._writer.put(None)
         self._writer.flush()
 
     def close(self) -> None:
         """Write what is queued and stop the background thread."""
+        self._writer.put(None)
         self._writer.close()
 
-    def _write(self, items: list[tuple[UsageRecord, bool]]) -> None:
-        due = [r for r, charge in items if charge]
+    def _charge(self, records: list[UsageRecord]) -> dict[str, Decimal]:
+        rows = [(r.record_id, r.payload()) for r in records]
+        return self.billing.charge_many(
+            [(r.account, _cost(r), r.job_id or r.statement_id) for r in records],
+            also=lambda conn: self.outbox.insert(conn, self.owner, rows),
+        )
+
+    def _write(self, items: list[UsageRecord | None]) -> None:
+        due = [r for r in items if r is not None]
         if due:
-            self.billing.charge_many(
-                [(r.account, from_nano(to_nano(r.degrees or 0.0)), r.statement_id) for r in due]
-            )
-        self.usage.append([r.row() for r, _ in items])
+            self._charge(due)
+        while True:
+            claimed = self.outbox.claim(self.owner, stale_s=self.stale_s)
+            if not claimed:
+                return
+            fresh = [r for r in claimed if not r.reclaimed]
+            again = [r for r in claimed if r.reclaimed]
+            try:
+                if fresh:
+                    self.usage.append([row_of(r.payload) for r in fresh])
+                if again:  # perhaps written before their owner died: insert if absent
+                    self.usage.merge_new([row_of(r.payload) for r in again], on=["record_id"])
+            except Exception:
+                self.outbox.mark_reclaimed(self.owner, [r.id for r in fresh])
+                raise
+            self.outbox.clear(self.owner, [r.id for r in claimed])
+            if len(claimed) < OUTBOX_BATCH:
+                return
+
+
+OUTBOX_BATCH = 10_000
+
+
+def _cost(record: UsageRecord) -> Decimal:
+    return from_nano(to_nano(record.degrees or 0.0))
+
+
+def row_of(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``system.billing.usage`` row from ``UsageRecord.payload()``."""
+    row = dict(payload)
+    row["start"] = datetime.fromisoformat(row["start"])
+    row["end"] = datetime.fromisoformat(row["end"])
+    row["degrees"] = Decimal(row["degrees"])
+    return row
 
 
 def usage_query(

@@ -37,7 +37,7 @@ Example:
     [50]
     >>> billing.check_affordable("team-a", 50)
     Traceback (most recent call last):
-    matrixos.errors.OutOfCredit: team-a has 39.500000000 degrees left; the work asks for 50.000000000
+    matrixos.errors.OutOfCredit: team-a has 39.500000000 degrees left; the work asks for 50.0...
     Hint: ask an admin for credit: matrixos accounts credit team-a --degrees N
 """
 
@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -283,19 +284,24 @@ class Billing:
         *,
         by: Principal | None = None,
         note: str | None = None,
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> dict[str, Decimal]:
         """Charge each ``(account, degrees, ref)`` in one transaction; each account's
-        balance after."""
+        balance after. ``also(conn)`` writes more in that transaction (the usage rows' outbox,
+        ``catalog/outbox.py``): all of it commits, or none."""
         rows = []
         for account, degrees, ref in charges:
             nano = to_nano(degrees)
             if nano < 0:
                 raise ConfigError(f"a charge cannot be negative ({degrees!r} degrees)")
             rows.append((account, "charge", nano, ref, note))
-        return self._book(rows, None if by is None else by.name)
+        return self._book(rows, None if by is None else by.name, also)
 
     def _book(
-        self, rows: list[tuple[str, str, int, str | None, str | None]], by: str | None
+        self,
+        rows: list[tuple[str, str, int, str | None, str | None]],
+        by: str | None,
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> dict[str, Decimal]:
         """Write ledger rows and move the balances, all in one transaction."""
         at = now()
@@ -326,21 +332,22 @@ class Billing:
                     out[account] = from_nano(row.balance)
                     if consumed > 0:
                         _alert(conn, account, row.credited, row.consumed, at)
-                conn.execute(
-                    _ledger.insert(),
-                    [
-                        {
-                            "account": account,
-                            "kind": kind,
-                            "nano": -nano if kind == "charge" else nano,
-                            "ref": ref,
-                            "by": by,
-                            "at": at,
-                            "note": note,
-                        }
-                        for account, kind, nano, ref, note in rows
-                    ],
-                )
+                entries = [
+                    {
+                        "account": account,
+                        "kind": kind,
+                        "nano": -nano if kind == "charge" else nano,
+                        "ref": ref,
+                        "by": by,
+                        "at": at,
+                        "note": note,
+                    }
+                    for account, kind, nano, ref, note in rows
+                ]
+                if entries:
+                    conn.execute(_ledger.insert(), entries)
+                if also is not None:
+                    also(conn)
         except OperationalError as e:
             raise StorageError(f"the credit ledger could not be written: {e.orig}") from e
         return out

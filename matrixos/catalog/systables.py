@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow as pa
 
 from matrixos.catalog.access import Principal
-from matrixos.errors import AccessDenied
+from matrixos.errors import AccessDenied, TableExists
 
 if TYPE_CHECKING:
     from matrixos.catalog.service import TableHandle, TableService
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 SYSTEM = Principal("system")
 
 T = TypeVar("T")
+#: How long a writer waits for another process that is making the same system table.
+CREATE_WAIT_S = 30.0
 
 
 class SystemTable:
@@ -66,14 +69,17 @@ class SystemTable:
         if rows:
             self.handle().append(pa.Table.from_pylist(list(rows), schema=self.schema))
 
+    def merge_new(self, rows: Sequence[Mapping[str, Any]], on: Sequence[str]) -> None:
+        """Insert those of ``rows`` whose ``on`` columns match no row yet, in one commit."""
+        if rows:
+            data = pa.Table.from_pylist(list(rows), schema=self.schema)
+            self.handle().merge(data, on, when_matched="ignore")
+
     def handle(self) -> TableHandle:
         """The table (made now if it is not there yet)."""
         with self._lock:
             if not self._ready:
-                self.service.create_table(
-                    SYSTEM, self.name, schema=self.schema, partition_by=self.partition_by,
-                    mode="ignore",
-                )  # fmt: skip
+                self._make()
                 self._ready = True
         handle = self.service.table(SYSTEM, self.name)
         if handle.info.owner != SYSTEM.name:
@@ -83,6 +89,25 @@ class SystemTable:
                 hint=f"an admin should drop it (DROP TABLE {self.name}); it is made again",
             )
         return handle
+
+    def _make(self) -> None:
+        # Several processes may make the table at once: the catalog entry goes first, then the
+        # files, so a loser can see an entry whose files are not written yet (TableExists
+        # "being created"). It waits for the winner rather than failing its rows.
+        deadline = time.monotonic() + CREATE_WAIT_S
+        pause = 0.02
+        while True:
+            try:
+                self.service.create_table(
+                    SYSTEM, self.name, schema=self.schema, partition_by=self.partition_by,
+                    mode="ignore",
+                )  # fmt: skip
+                return
+            except TableExists:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
 
 class BatchWriter(Generic[T]):
