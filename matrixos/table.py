@@ -182,7 +182,7 @@ class Table(ABC):
             >>> import tempfile, matrixos as mx
             >>> lh = mx.connect(tempfile.mkdtemp())
             >>> t = lh.create_table("s.p", [{"id": 1, "region": "EU"}, {"id": 2, "region": "US"}])
-            >>> lh.sql("CREATE USER bob").status
+            >>> lh.sql("CREATE USER bob").message
             'CREATE USER'
             >>> t.set_row_filter("region = 'EU'", account="bob")
             >>> [(p.kind, p.account, p.expression) for p in t.policies()]

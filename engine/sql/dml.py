@@ -104,6 +104,7 @@ class DML:
         target = stmt.this
         table = self._table(target, principal)
         store = table.writable()  # refused before the source query runs
+        table.unfiltered("MERGE")  # which keys match would tell what a row filter hides
         using = stmt.args["using"]
         src_alias = using.alias_or_name
         inner = using.this if isinstance(using, exp.Subquery) else using.copy()

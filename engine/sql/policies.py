@@ -23,9 +23,9 @@ Example:
     >>> import tempfile, matrixos as mx
     >>> lh = mx.connect(tempfile.mkdtemp())
     >>> _ = lh.create_table("s.t", [{"id": 1, "region": "EU", "email": "a@x"}])
-    >>> lh.sql("CREATE GROUP analysts").status
+    >>> lh.sql("CREATE GROUP analysts").message
     'CREATE GROUP'
-    >>> lh.sql("ALTER TABLE s.t SET ROW FILTER 'region = ''US''' FOR analysts").status
+    >>> lh.sql("ALTER TABLE s.t SET ROW FILTER 'region = ''US''' FOR analysts").message
     'SET ROW FILTER'
     >>> lh.sql("SHOW ROW FILTERS ON s.t").fetchall()[0][:4]
     ('main.s.t', 'row filter', None, 'analysts')
@@ -97,7 +97,7 @@ def parse_expression(text: str, what: str, columns: list[str], dialect: str = "d
         ...     parse_expression("(SELECT 1) = 1", "row filter", ["email"])
         ... except SQLError as e:
         ...     print(e.message)
-        row filter: a subquery is not allowed (line 1, column 9 of the expression)
+        row filter: a subquery is not allowed (line 1, column 2 of the expression)
     """
     if not text.strip():
         raise SQLError(f"{what}: the expression is empty")
@@ -114,13 +114,13 @@ def parse_expression(text: str, what: str, columns: list[str], dialect: str = "d
     if len(trees) != 1 or trees[0] is None:
         raise SQLError(f"{what}: one expression expected, not several statements")
     tree = trees[0]
-    if not isinstance(tree, exp.Condition) or isinstance(tree, exp.Query):
-        raise SQLError(f"{what}: {_kind(tree)} is not allowed" + _where(tree))
     known = {c.lower() for c in columns}
     for node in tree.walk():
         refused = _refused(node, known)
         if refused:
-            raise SQLError(f"{what}: {refused}" + _where(node), hint=_HINT)
+            raise SQLError(f"{what}: {refused}" + _where(node, text), hint=_HINT)
+    if not isinstance(tree, exp.Condition):  # a statement, not an expression
+        raise SQLError(f"{what}: {_kind(tree)} is not allowed" + _where(tree, text), hint=_HINT)
     return tree
 
 
@@ -161,12 +161,18 @@ def _kind(node: exp.Expr) -> str:
     return type(node).__name__.upper()
 
 
-def _where(node: exp.Expr) -> str:
-    for n in node.walk():
-        line, col = n.meta.get("line"), n.meta.get("col")
-        if line is not None and col is not None:
-            return f" (line {line}, column {col} of the expression)"
-    return ""
+def _where(node: exp.Expr, text: str) -> str:
+    """Where ``node`` starts in ``text``: its first token's line and column (1-based)."""
+    starts = [n.meta["start"] for n in node.walk() if isinstance(n.meta.get("start"), int)]
+    if not starts:
+        return ""
+    at = min(starts)
+    if isinstance(node, exp.Query | exp.Subquery):  # its keywords carry no position
+        keyword = text.lower().rfind("select", 0, at)
+        at = keyword if keyword >= 0 else at
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    return f" (line {line}, column {col} of the expression)"
 
 
 def _family(duck_type: str) -> str:
@@ -180,7 +186,10 @@ def _family(duck_type: str) -> str:
 def _describe(schema: pa.Schema, query: str) -> list[tuple[str, str]]:
     """DuckDB's ``DESCRIBE`` of ``query`` over ``t``, an empty table of ``schema``, on a
     connection of its own that may touch no file."""
-    config = {"enable_external_access": False, "autoload_known_extensions": False}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "enable_external_access": False,
+        "autoload_known_extensions": False,
+    }
     con = duckdb.connect(config=config)
     try:
         con.register("t", schema.empty_table())

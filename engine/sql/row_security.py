@@ -94,11 +94,16 @@ def wrap(node: exp.Table, policy: TablePolicy) -> exp.Subquery:
     alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
     carried = {k: node.args[k] for k in TABLE_CARRIED if node.args.get(k)}
     placeholder = exp.Table(this=exp.to_identifier("_mx_placeholder"))
+    hidden = {c.lower() for c in policy.hidden}
     replace = [
         exp.alias_(_masked(expression, cast_to), column, quoted=True)
         for column, expression, cast_to in policy.masks
+        if column.lower() not in hidden
     ]
-    star = exp.Star(replace=replace) if replace else exp.Star()
+    star = exp.Star(
+        except_=[exp.column(c, quoted=True) for c in policy.hidden] or None,
+        replace=replace or None,
+    )
     select = exp.Select(expressions=[star]).from_(placeholder, copy=False)
     condition = policy_condition(policy, SOURCE)
     if condition is not None:
