@@ -222,10 +222,13 @@ def _gapfill(select: exp.Select, host: ConstantHost) -> exp.Expr:
     assert bucket_call is not None and bucket_idx is not None
     _group_by_position(inner, select, names)
     args = list(bucket_call.expressions)
-    if len(args) != 4:
+    if len(args) == 2:  # TimescaleDB's form: the range from the WHERE clause
+        args += _bounds_from_where(select, args[1])
+    if len(args) != 4 or any(a is None for a in args):
         raise misuse(
             bucket_call,
-            "time_bucket_gapfill(interval, time, start, finish) takes 4 arguments",
+            "time_bucket_gapfill(interval, time, start, finish) takes 4 arguments, or 2 when "
+            "WHERE bounds the time column on both sides",
             hint="start and finish bound the buckets filled (finish excluded)",
         )
     width, ts, start, finish = args
@@ -335,6 +338,39 @@ def _group_by_position(inner: exp.Select, select: exp.Select, names: list[str]) 
             pos = next((i for i, it in enumerate(items) if it == g), None)
         if pos is not None:
             g.replace(exp.Literal.number(pos + 1))
+
+
+def _bounds_from_where(select: exp.Select, ts: exp.Expr) -> list[exp.Expr | None]:
+    """``[start, finish)`` from the WHERE clause's conjuncts on ``ts`` (``ts >= a``,
+    ``ts < b``, ``ts BETWEEN a AND b``; an inclusive upper bound includes its bucket)."""
+    where = select.args.get("where")
+    if where is None:
+        return [None, None]
+    cond = where.this
+    parts = list(cond.flatten()) if isinstance(cond, exp.And) else [cond]
+    start: exp.Expr | None = None
+    finish: exp.Expr | None = None
+    micro = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MICROSECOND"))
+
+    def after(e: exp.Expr) -> exp.Expr:  # an inclusive bound: its own bucket is filled
+        return exp.Add(this=_timestamp(e.copy()), expression=micro.copy())
+
+    for c in parts:
+        if isinstance(c, exp.Between) and c.this == ts:
+            start, finish = c.args["low"].copy(), after(c.args["high"])
+        elif isinstance(c, exp.GTE | exp.GT) and c.this == ts:
+            start = c.expression.copy()
+        elif isinstance(c, exp.LT) and c.this == ts:
+            finish = c.expression.copy()
+        elif isinstance(c, exp.LTE) and c.this == ts:
+            finish = after(c.expression)
+        elif isinstance(c, exp.LTE | exp.LT) and c.expression == ts:
+            start = c.this.copy()
+        elif isinstance(c, exp.GT) and c.expression == ts:
+            finish = c.this.copy()
+        elif isinstance(c, exp.GTE) and c.expression == ts:
+            finish = after(c.this)
+    return [start, finish]
 
 
 def _timestamp(arg: exp.Expr) -> exp.Expr:

@@ -85,6 +85,26 @@ def test_gapfill_without_groups_and_default_order(cpu: mx.Lakehouse) -> None:
     assert rows.column("locf").to_pylist() == [0.0, 10.0, 10.0, 10.0, 40.0, 50.0]
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "time >= '2024-01-01 00:00' AND time < '2024-01-01 00:06' AND host = 'b'",
+        "host = 'b' AND time BETWEEN '2024-01-01 00:00' AND '2024-01-01 00:05:30'",
+        "'2024-01-01 00:00' <= time AND time <= '2024-01-01 00:05:30' AND host = 'b'",
+    ],
+)
+def test_gapfill_takes_its_range_from_where(cpu: mx.Lakehouse, where: str) -> None:
+    """TimescaleDB's two-argument form: start and finish from the WHERE clause."""
+    rows = cpu.sql(
+        "SELECT time_bucket_gapfill('1 minute', time) AS m, locf(avg(usage)) AS u "
+        f"FROM iot.cpu WHERE {where} GROUP BY m",
+        dialect="postgres",
+    ).fetchall()
+    assert [(r[0].minute, r[1]) for r in rows] == [
+        (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (4, 41.0), (5, 51.0)
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("dialect", ["duckdb", "postgres"])
 def test_time_bucket_first_last(cpu: mx.Lakehouse, dialect: str) -> None:
     width = "'2 minutes'" if dialect == "postgres" else "INTERVAL '2 minutes'"
@@ -190,7 +210,7 @@ def test_delta_and_rate_with_counter_reset(cpu: mx.Lakehouse, dialect: str) -> N
         ("SELECT\n delta(bytes) FROM iot.cpu", "is a window function", 2, 2),
         ("SELECT delta(bytes) OVER (PARTITION BY host) FROM iot.cpu", "ordered window", 1, 8),
         ("SELECT time_bucket_gapfill('1 minute', time) AS b, count(*) FROM iot.cpu "
-         "GROUP BY b", "takes 4 arguments", 1, 8),
+         "WHERE time > '2024-01-01' GROUP BY b", "takes 4 arguments", 1, 8),
         ("SELECT time_bucket_gapfill('1 minute', time, '2024-01-01', '2024-01-02') AS b "
          "FROM iot.cpu", "needs GROUP BY", 1, 8),
         ("SELECT host FROM iot.cpu WHERE time_bucket_gapfill('1 minute', time, '2024-01-01', "
