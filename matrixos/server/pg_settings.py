@@ -50,7 +50,7 @@ _SHOW_RE = re.compile(r"^\s*SHOW\s+(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 # SHOW statements the engine answers (the catalog); any other SHOW reads a client parameter.
 _ENGINE_SHOW = re.compile(
     r"^(TABLES|SCHEMAS|DATABASES|CATALOGS|GRANTS|VOLUMES|COLUMNS|CREATE|TBLPROPERTIES|USERS|"
-    r"GROUPS|TOKENS|PARTITIONS)\b",
+    r"GROUPS|TOKENS|PARTITIONS|ROW\s+FILTERS|MASKS|POLICIES)\b",
     re.IGNORECASE,
 )
 
