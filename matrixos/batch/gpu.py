@@ -13,21 +13,31 @@ if TYPE_CHECKING:
     from matrixos.compute import ComputePool
 
 
-def gpu_utilization_sample() -> list[float] | None:
-    """Each local GPU's current utilisation in percent (``nvidia-smi``); None without one."""
+def nvidia_smi(query: str, timeout: float = 5) -> list[str] | None:
+    """One line per local GPU of ``nvidia-smi --query-gpu=<query>`` (CSV, no header, no
+    units); None without ``nvidia-smi`` or when it fails."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=timeout,
             check=True,
         ).stdout
-        return [float(x) for x in out.split()]
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def gpu_utilization_sample() -> list[float] | None:
+    """Each local GPU's current utilisation in percent (``nvidia-smi``); None without one."""
+    lines = nvidia_smi("utilization.gpu")
+    try:
+        return None if lines is None else [float(x) for x in lines]
+    except ValueError:
         return None
 
 
