@@ -216,12 +216,13 @@ class Lakehouse:
         """
         root = self._root
         if root._jobs is None:
+            ray = root.compute.is_ray  # takes the lock itself
             with root._lock:
                 if root._jobs is None:
                     options = root.warehouse.options.to_delta()
                     root._jobs = open_jobs(
                         root.service,
-                        ray=root.compute.is_ray,
+                        ray=ray,
                         connect={
                             "warehouse": root.settings.warehouse,
                             "catalog_url": root.settings.catalog_url,
