@@ -242,6 +242,7 @@ class SQLEngine:
         # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
         check_query(tree)
         host = _Functions(self, principal)
+        self.views.expand_realtime(tree, principal)  # newest buckets of views from their source
         tree = rewrite_time_series(tree, host)  # time_bucket_gapfill, first/last, rate… (plain SQL)
         functions = expand_functions(host, tree)
         # Row filters and column masks: every reference they apply to becomes their subquery.

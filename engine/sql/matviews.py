@@ -19,12 +19,18 @@ are recomputed from the source rows, so any aggregate works (``avg``, ``count(DI
 percentiles), not only ones that can be merged. A file without statistics on the time column,
 or a source version no longer in the log, makes the refresh a full recompute.
 
-Reads of the view return the materialized rows (no real-time union with newer source rows).
+Reads in SQL are real-time, as TimescaleDB's default: the view's rows before its watermark
+(the start of the newest bucket at the last refresh) united with the newest buckets computed
+from the source as it is now, points still in a write-ahead log included. ``WITH
+(materialized_only = 'true')`` reads the stored rows only (and so does the SDK's
+``lh.table(view)``). Late points in older buckets show after the next refresh.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time as time_
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,10 +54,16 @@ if TYPE_CHECKING:
     from matrixos.engine.scan import Snapshot
 
 PREFIX = "matrixos.view."
-QUERY, SOURCE, BUCKET, TIME, REFRESH, VERSION = (
-    PREFIX + k for k in ("query", "source", "bucket", "time", "refresh", "source_version")
-)
-OPTIONS = {"refresh"}
+QUERY, SOURCE, BUCKET, TIME, REFRESH, VERSION, WATERMARK, MATERIALIZED_ONLY = (
+    PREFIX + k
+    for k in (
+        "query", "source", "bucket", "time", "refresh", "source_version", "watermark",
+        "materialized_only",
+    )
+)  # fmt: skip
+OPTIONS = {"refresh", "materialized_only"}
+_CACHE_S = 2.0  # how long the list of real-time views is trusted (a view made elsewhere)
+_MATERIALIZED = "mx_materialized"  # meta flag: this reference reads the stored rows
 _MS = timedelta(milliseconds=1)
 
 _CREATE = re.compile(
@@ -116,6 +128,9 @@ class MaterializedViews:
         self._query = query
         self._snapshot = snapshot
         self._constant = constant
+        self._lock = threading.Lock()
+        self._realtime: dict[str, TableInfo] = {}
+        self._loaded = float("-inf")
 
     # -- statements -------------------------------------------------------------------------
     def command(self, cmd: str, rest: str, dialect: str, principal: Principal) -> Result | None:
@@ -196,6 +211,8 @@ class MaterializedViews:
                     f"{info.name} is a table, not a materialized view", hint="DROP TABLE"
                 )
             self.service.drop_table(principal, ident, if_exists=bool(stmt.args.get("exists")))
+            with self._lock:
+                self._realtime.pop(str(ident), None)
         return ok("DROP MATERIALIZED VIEW")
 
     # -- operations -------------------------------------------------------------------------
@@ -228,9 +245,16 @@ class MaterializedViews:
         }
         if "refresh" in options:
             props[REFRESH] = options["refresh"]
-        self.service.create_table(
+        if options.get("materialized_only", "false").lower() in ("true", "on", "1"):
+            props[MATERIALIZED_ONLY] = "true"
+        definition = Definition(canonical, source.name, bucket, time, props.get(REFRESH))
+        watermark = self._watermark(definition, source, version, principal)
+        if watermark is not None:
+            props[WATERMARK] = _text(watermark)
+        info = self.service.create_table(
             principal, ident, data, properties=props, mode="error", create_schema=True
         )
+        self._known(info)
         return ok("CREATE MATERIALIZED VIEW", rows=data.num_rows, source_version=version)
 
     def refresh(self, principal: Principal, name: str) -> dict[str, Any]:
@@ -269,15 +293,90 @@ class MaterializedViews:
             )
             handle.overwrite(data, where=where, commit_metadata={VERSION: str(latest.version)})
             ranges, rows = buckets, data.num_rows
-        self.service.update_properties(
-            self.service.catalog.get_table(info.ident),
-            {**info.properties, VERSION: str(latest.version)},
+        props = {**info.properties, VERSION: str(latest.version)}
+        watermark = self._watermark(definition, source, latest.version, principal)
+        if watermark is not None:
+            props[WATERMARK] = _text(watermark)
+        self._known(
+            self.service.update_properties(self.service.catalog.get_table(info.ident), props)
         )
         return {
             "source_version": latest.version,
             "buckets": -1 if ranges is None else len(ranges),
             "rows": rows,
         }
+
+    # -- real-time reads --------------------------------------------------------------------
+    def expand_realtime(self, tree: exp.Expr, principal: Principal) -> None:
+        """Each reference to a real-time view in ``tree`` (latest version, not time travel)
+        becomes its stored rows before the watermark united with the newer buckets computed
+        from the source; a principal who may not read the source gets the stored rows."""
+        views = self._realtime_views()
+        if not views:
+            return
+        for node in list(tree.find_all(exp.Table)):
+            if node.meta.get(_MATERIALIZED) or not isinstance(node.this, exp.Identifier):
+                continue
+            if node.args.get("version") or node.args.get("when") or not node.name:
+                continue
+            try:
+                ident = TableIdent.from_parts(node.catalog or None, node.db or None, node.name)
+            except MatrixOSError:
+                continue
+            info = views.get(str(ident))
+            if info is None:
+                continue
+            definition = Definition.of(info)
+            if definition is None:
+                continue
+            try:
+                self.service.resolve(principal, definition.source, "SELECT")
+            except MatrixOSError:
+                continue  # the stored rows only: what a reader of the view alone may see
+            node.replace(_realtime_union(node, definition, info.properties[WATERMARK]))
+
+    def _realtime_views(self) -> dict[str, TableInfo]:
+        now = time_.monotonic()
+        with self._lock:
+            if now - self._loaded < _CACHE_S:
+                return self._realtime
+        found = {
+            i.name: i
+            for i in self.service.catalog.list_tables()
+            if QUERY in i.properties
+            and WATERMARK in i.properties
+            and MATERIALIZED_ONLY not in i.properties
+        }
+        with self._lock:
+            self._realtime, self._loaded = found, now
+            return found
+
+    def _known(self, info: TableInfo) -> None:
+        """A view this engine just wrote: its watermark is current at once."""
+        with self._lock:
+            if WATERMARK in info.properties and MATERIALIZED_ONLY not in info.properties:
+                self._realtime[info.name] = info
+
+    def _watermark(
+        self, definition: Definition, source: TableInfo, version: int, principal: Principal
+    ) -> datetime | None:
+        """The start of the bucket of the source's newest time at ``version`` (None when it
+        has no rows): buckets from there on are computed at read time."""
+        snap = self._snapshot(source, version)
+        time = definition.time
+        if time in snap.partition_columns:
+            return None
+        maxima = [f.stats_max.get(time) for f in snap.files if f.num_records != 0]
+        if any(m is None for m in maxima):
+            q = exp.select(exp.Max(this=exp.column(time, quoted=True))).from_(
+                definition.query.args["from_"].this.copy()
+            )
+            newest = self._query(_pinned(q, version), principal).to_arrow().column(0)[0].as_py()
+        else:
+            newest = max(maxima, default=None)
+        if newest is None:
+            return None
+        return _naive(self._constant(_bucket_of(definition.bucket_call(), newest)))
 
     def views(self, principal: Principal) -> list[TableInfo]:
         """The materialized views ``principal`` can see."""
@@ -321,27 +420,11 @@ class MaterializedViews:
     ) -> list[tuple[datetime, datetime]]:
         """The bucket-aligned ``[start, end)`` spans covering ``ranges``, merged."""
         call = definition.bucket_call()
-        args = [call.this, call.args.get("expression")] if isinstance(call, exp.DateBin) else None
-        args = args or list(call.expressions)
-        width = args[0]
-        if isinstance(width, exp.Literal) and width.is_string:
-            width = exp.cast(width.copy(), exp.DataType.build("INTERVAL"))
-        origin = (
-            args[2:3]
-            if not isinstance(call, exp.DateBin)
-            else ([call.args["unit"]] if isinstance(call.args.get("unit"), exp.Expr) else [])
-        )
-
-        def bucket_of(value: Any) -> exp.Expr:
-            return exp.Anonymous(
-                this="time_bucket",
-                expressions=[width.copy(), _ts(value), *[o.copy() for o in origin]],
-            )
-
+        width = _bucket_parts(call)[0]
         spans = []
         for lo, hi in sorted(ranges, key=lambda r: r[0]):
-            start = self._constant(bucket_of(lo))
-            end = self._constant(exp.Add(this=bucket_of(hi), expression=width.copy()))
+            start = self._constant(_bucket_of(call, lo))
+            end = self._constant(exp.Add(this=_bucket_of(call, hi), expression=width.copy()))
             spans.append((_naive(start), _naive(end)))
         merged: list[tuple[datetime, datetime]] = []
         for start, end in spans:
@@ -427,6 +510,47 @@ def _check_definition(query: exp.Select) -> tuple[exp.Table, str, str]:
         "a materialized view groups by time_bucket(interval, time) in its SELECT list",
         hint="SELECT time_bucket('1 minute', time) AS bucket, … GROUP BY 1",
     )
+
+
+def _bucket_parts(call: exp.Func) -> tuple[exp.Expr, list[exp.Expr]]:
+    """A ``time_bucket`` call's width (an INTERVAL) and origin (empty or one expression)."""
+    if isinstance(call, exp.DateBin):
+        width = call.this
+        unit = call.args.get("unit")
+        origin = [unit] if isinstance(unit, exp.Expr) else []
+    else:
+        args = list(call.expressions)
+        width, origin = args[0], args[2:3]
+    if isinstance(width, exp.Literal) and width.is_string:
+        width = exp.cast(width.copy(), exp.DataType.build("INTERVAL"))
+    return width, origin
+
+
+def _bucket_of(call: exp.Func, value: Any) -> exp.Expr:
+    """``time_bucket(width, <value> [, origin])`` of the view's bucketing."""
+    width, origin = _bucket_parts(call)
+    return exp.Anonymous(
+        this="time_bucket", expressions=[width.copy(), _ts(value), *[o.copy() for o in origin]]
+    )
+
+
+def _realtime_union(node: exp.Table, definition: Definition, watermark: str) -> exp.Expr:
+    """``(stored rows before the watermark UNION ALL BY NAME the query from it on)``."""
+    db, catalog = node.args.get("db"), node.args.get("catalog")
+    stored = exp.Table(
+        this=node.this.copy(),
+        db=db.copy() if isinstance(db, exp.Expr) else None,
+        catalog=catalog.copy() if isinstance(catalog, exp.Expr) else None,
+    )
+    stored.meta[_MATERIALIZED] = True
+    bucket = exp.column(definition.bucket, quoted=True)
+    cut = _ts(datetime.fromisoformat(watermark))
+    old = exp.select(exp.Star()).from_(stored).where(bucket < cut)
+    live = definition.query.copy()
+    live.where(exp.column(definition.time, quoted=True) >= cut.copy(), copy=False)
+    union = exp.Union(this=old, expression=live, distinct=False, by_name=True)
+    alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
+    return exp.Subquery(this=union, alias=alias.copy())
 
 
 # -- literals -----------------------------------------------------------------------------------
