@@ -145,9 +145,9 @@ class Table(ABC):
         return []
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Commits, newest first: version, timestamp, operation, parameters, metrics."""
-        self._reading()
-        return self.store.history(limit)
+        """Commits, newest first: version, timestamp, operation, parameters, metrics (only the
+        first three when row filters or column masks apply to the caller)."""
+        return self._handle.history(limit)
 
     @abstractmethod
     def to_arrow(

@@ -583,8 +583,15 @@ class TableHandle:
         return self.store.partition_by(self.snapshot())
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits, newest first. To a principal with row filters or masks on the table, only
+        each commit's version, time and operation: a DELETE's predicate and a MERGE's counts
+        would tell what they hide."""
         self.readable()
-        return self.store.history(limit)
+        rows = self.store.history(limit)
+        if self.service.policy(self.principal, self.info) is None:
+            return rows
+        kept = ("version", "timestamp", "operation")
+        return [{k: r[k] for k in kept if k in r} for r in rows]
 
     # -- writing ----------------------------------------------------------------------------
     def _rows(self, data: Any) -> Any:

@@ -9,6 +9,7 @@ e-mail addresses (``***``, or the domain only for EU rows in some tests).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,6 +82,15 @@ def test_the_filter_holds_through_joins_subqueries_and_ctes(lh: mx.Lakehouse) ->
     shadow = "WITH people AS (SELECT * FROM s.people WHERE id > 0) SELECT id FROM people"
     assert ids(bob.sql(shadow)) == EU
     assert ids(bob.sql("SELECT id FROM s.people", dialect="postgres")) == EU
+    nested = "SELECT DISTINCT p.id FROM (s.people p JOIN s.orders o ON p.id = o.person)"
+    assert ids(bob.sql(nested)) == EU
+    lateral = (
+        "SELECT DISTINCT p.id FROM s.orders o, "
+        "LATERAL (SELECT * FROM s.people WHERE id = o.person) p"
+    )
+    assert ids(bob.sql(lateral)) == EU
+    pivot = "SELECT * FROM s.people PIVOT (count(*) FOR region IN ('EU', 'US'))"
+    assert {(r["EU"], r["US"]) for r in bob.sql(pivot).to_arrow().to_pylist()} == {(1, 0)}
     # the owner (the embedded admin) is not filtered
     assert ids(lh.sql("SELECT id FROM s.people")) == [1, 2, 3, 4]
 
@@ -249,3 +259,18 @@ def test_search_refuses_what_would_reveal_masked_values(docs: mx.Lakehouse) -> N
     # the lance table's own reads are filtered and masked
     t = bob.table("s.docs")
     assert t.count() == 3 and set(t.to_arrow().column("text").to_pylist()) == {"hidden"}
+
+
+def test_history_keeps_what_a_filtered_principal_may_know(lh: mx.Lakehouse) -> None:
+    lh.table("s.people").delete("email = 'dee@y.org'")
+    full = lh.table("s.people").history()
+    assert "dee@y.org" in str(full[0])  # the owner sees the DELETE's predicate
+    bob = as_(lh, "bob")
+    for rows in (
+        bob.table("s.people").history(),
+        bob.sql("DESCRIBE HISTORY s.people").to_arrow().to_pylist(),
+    ):
+        assert [r["version"] for r in rows] == [1, 0]
+        assert "dee@y.org" not in str(rows)
+    at = datetime.fromtimestamp(full[-1]["timestamp"] / 1000, UTC)
+    assert ids(bob.table("s.people").to_arrow(timestamp=at)) == EU
