@@ -6,11 +6,11 @@ float fields, tags hostname/region/datacenter/service): MatrixOS (``lh.sql`` ove
 table partitioned by day, rows sorted by (hostname, time)) against plain DuckDB over the same
 rows as sorted Parquet, in the same process and run, with the same DuckDB thread count.
 
-The newest ``--wal-steps`` readings of every host are not committed: MatrixOS holds them as
-acknowledged, uncommitted points through the pending-rows hook a write-ahead log registers
-(``TableService.register_pending_source``, which the IoT ingest's WAL uses), so every query
-unions them into its scan; DuckDB reads them from a second Parquet file. Both sides answer over
-identical rows (the answers are compared).
+The newest ``--wal-steps`` readings of every host are not committed: they are written as line
+protocol through ``IotIngest`` with its flusher stopped, so they sit acknowledged in its
+write-ahead log and every MatrixOS query unions them into its scan (read-your-writes); DuckDB
+reads the same rows from a second Parquet file. Both sides answer over identical rows (the
+answers are compared).
 
 The full scale (1,000 hosts x 28 h = 10.08M rows = 100.8M field values) needs ~3 GB of disk
 under ``$TMPDIR/matrixos-bench/iot`` (kept: a re-run starts at once) and ~8 GB of memory while
@@ -56,7 +56,7 @@ def generate(hosts: int, steps: int) -> pa.Table:
     start_us = int(START.replace(tzinfo=UTC).timestamp() * 1_000_000)
     times = start_us + step_idx * int(STEP.total_seconds() * 1_000_000)
     cols: dict[str, Any] = {
-        "time": pa.array(times, pa.timestamp("us")),
+        "time": pa.array(times, pa.timestamp("us", "UTC")),
         "hostname": _tag([f"host_{i}" for i in range(hosts)], host_idx),
         "region": _tag([f"region_{i}" for i in range(9)], host_idx % 9),
         "datacenter": _tag([f"dc_{i}" for i in range(40)], host_idx % 40),
@@ -84,7 +84,7 @@ def prepare(root: Path, hosts: int, hours: int, wal_steps: int) -> dict[str, Any
     import matrixos as mx
 
     steps = hours * 360
-    key = f"h{hosts}_t{hours}_w{wal_steps}"
+    key = f"h{hosts}_t{hours}_w{wal_steps}_utc"
     folder = root / key
     done = folder / "done.json"
     if done.exists():
@@ -97,15 +97,20 @@ def prepare(root: Path, hosts: int, hours: int, wal_steps: int) -> dict[str, Any
     ts = data.column("time")
     import pyarrow.compute as pc
 
-    committed = data.filter(pc.less(ts, pa.scalar(wal_start, pa.timestamp("us"))))
-    wal = data.filter(pc.greater_equal(ts, pa.scalar(wal_start, pa.timestamp("us"))))
+    cut = pa.scalar(wal_start.replace(tzinfo=UTC), pa.timestamp("us", "UTC"))
+    committed = data.filter(pc.less(ts, cut))
+    wal = data.filter(pc.greater_equal(ts, cut))
     del data
     gen_s = time.perf_counter() - t0
     pq.write_table(committed, folder / "cpu.parquet", row_group_size=122_880)
     pq.write_table(wal, folder / "wal.parquet")
     t1 = time.perf_counter()
     lh = mx.connect(str(folder / "warehouse"))
-    lh.create_table("bench.cpu", committed, partition_by=["day"])
+    # a series table, as the IoT ingest makes them (its tags named in a property)
+    tags = json.dumps(["hostname", "region", "datacenter", "service"])
+    lh.create_table(
+        "bench.cpu", committed, partition_by=["day"], properties={"matrixos.iot.tags": tags}
+    )
     lh.close()
     info = {
         "hosts": hosts,
@@ -120,6 +125,20 @@ def prepare(root: Path, hosts: int, hours: int, wal_steps: int) -> dict[str, Any
     }
     done.write_text(json.dumps(info))
     return info
+
+
+def line_protocol(rows: pa.Table) -> str:
+    """``rows`` as InfluxDB line protocol (microsecond timestamps)."""
+    out = []
+    us = rows.column("time").cast(pa.int64()).to_pylist()
+    cols = {c: rows.column(c).to_pylist() for c in rows.column_names}
+    for i in range(rows.num_rows):
+        tags = ",".join(
+            f"{t}={cols[t][i]}" for t in ("hostname", "region", "datacenter", "service")
+        )
+        fields = ",".join(f"{f}={cols[f][i]!r}" for f in FIELDS)
+        out.append(f"cpu,{tags} {fields} {us[i]}")
+    return "\n".join(out)
 
 
 # -- queries ----------------------------------------------------------------------------------
@@ -220,14 +239,16 @@ def run(info: dict[str, Any], reps: int, only: list[str] | None) -> list[dict[st
     import duckdb
 
     import matrixos as mx
-    from matrixos.catalog.pending import PendingRows
+    from matrixos.iot.ingest import IotIngest
 
     folder = Path(info["folder"])
-    wal = pq.read_table(folder / "wal.parquet")
     lh = mx.connect(str(folder / "warehouse"), duckdb_threads=THREADS)
-    unregister = lh.service.register_pending_source(
-        lambda ident, version: PendingRows(wal) if ident.name == "cpu" else None
+    wal_dir = tempfile.mkdtemp(prefix="matrixos-bench-wal-")
+    ingest = IotIngest(lh, wal_dir, start=False)  # no flusher: the points stay in the log
+    ack = ingest.write_lines(
+        lh.principal, "bench.cpu", line_protocol(pq.read_table(folder / "wal.parquet")), "us"
     )
+    assert ingest.uncommitted == ack.points == info["wal_rows"], ack
     con = duckdb.connect()
     con.execute(f"SET threads = {THREADS}")
     con.execute("SET TimeZone = 'UTC'")
@@ -265,7 +286,8 @@ def run(info: dict[str, Any], reps: int, only: list[str] | None) -> list[dict[st
                 flush=True,
             )
     finally:
-        unregister()
+        ingest.close(flush=False)
+        shutil.rmtree(wal_dir, ignore_errors=True)
         lh.close()
         con.close()
     return rows
