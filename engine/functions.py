@@ -14,6 +14,7 @@ of a column a vectorised Python UDF.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -199,20 +200,32 @@ def _run_search(
     table = host.search_target(_table_name(positional[0]))
     columns = kwargs.get("columns")
     wanted = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else None
-    filter = kwargs.get("filter")
+    filter = asked = kwargs.get("filter")
     policy = table.policy
     if policy is not None:
         filter, wanted, policy = secured_search(table, mode, filter, wanted)
-    result = search_table(
-        table.location,
-        table.properties,
-        query,
-        k=k,
-        mode=mode,  # type: ignore[arg-type]
-        filter=filter,
-        columns=wanted,
-        storage_options=table.storage_options,
-    )
+
+    def search(k: int, filter: str | None) -> pa.Table:
+        return search_table(
+            table.location,
+            table.properties,
+            query,
+            k=k,
+            mode=mode,  # type: ignore[arg-type]
+            filter=filter,
+            columns=wanted,
+            storage_options=table.storage_options,
+        )
+
+    try:
+        result = search(k, filter)
+    except SQLError as e:
+        if policy is None or not policy.filters or not e.message.startswith("invalid filter"):
+            raise
+        # Lance cannot run a row filter (a CASE, some casts): rank more rows without it; the
+        # policy's subquery filters them and keeps the best k (fewer when few pass).
+        result = search(max(k * 20, 1000), asked)
+        policy = dataclasses.replace(policy, limit=k)
     out.explain.append(
         f"{name}({table.name}, k={k}"
         + (f", filter={kwargs['filter']!r}" if kwargs.get("filter") else "")
@@ -265,7 +278,7 @@ def secured_search(
     if columns is not None:
         have = {c.lower() for c in columns}
         hidden = sorted(c for c in policy.columns if c.lower() not in have)
-        policy = TablePolicy(policy.table, policy.filters, policy.masks, tuple(hidden))
+        policy = dataclasses.replace(policy, hidden=tuple(hidden))
         columns = [*columns, *hidden]
     return combined, columns, policy
 

@@ -108,6 +108,9 @@ def wrap(node: exp.Table, policy: TablePolicy) -> exp.Subquery:
     condition = policy_condition(policy, SOURCE)
     if condition is not None:
         select = select.where(condition, copy=False)
+    if policy.limit is not None:  # a search ranked without its filters: its best k after them
+        best = exp.Ordered(this=exp.column("_score", SOURCE, quoted=True), desc=True)
+        select = select.order_by(best, copy=False).limit(policy.limit, copy=False)
     subquery = exp.Subquery(this=select, alias=alias, **carried)
     node.replace(subquery)
     for key in carried:

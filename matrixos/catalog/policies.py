@@ -83,6 +83,7 @@ class TablePolicy:
     filters: tuple[str, ...] = ()
     masks: tuple[tuple[str, str, str | None], ...] = ()
     hidden: tuple[str, ...] = ()  # columns read only for the policy, left out of the result
+    limit: int | None = None  # a search's k, when its filters run after the search
 
     @property
     def columns(self) -> frozenset[str]:

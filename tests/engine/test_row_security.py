@@ -274,3 +274,13 @@ def test_history_keeps_what_a_filtered_principal_may_know(lh: mx.Lakehouse) -> N
         assert "dee@y.org" not in str(rows)
     at = datetime.fromtimestamp(full[-1]["timestamp"] / 1000, UTC)
     assert ids(bob.table("s.people").to_arrow(timestamp=at)) == EU
+
+
+def test_a_filter_lance_cannot_run_applies_after_a_wider_search(docs: mx.Lakehouse) -> None:
+    t = docs.table("s.docs")
+    t.set_row_filter("CASE WHEN lang = 'en' THEN true ELSE false END", account="analysts")
+    bob = as_(docs, "bob")
+    got = bob.sql("SELECT id, lang FROM vector_search(s.docs, 'vacuum', k => 2)").fetchall()
+    assert len(got) == 2 and {lang for _, lang in got} == {"en"}
+    hits = bob.search("s.docs", "vacuum", k=5, mode="text").to_arrow()
+    assert set(hits.column("lang").to_pylist()) == {"en"} and hits.num_rows == 3
