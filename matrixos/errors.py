@@ -178,9 +178,17 @@ class IngestBusy(MatrixOSError, RuntimeError):
 
     sqlstate = "53000"  # insufficient_resources
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        hint: str | None = None,
+        storage_failure: bool = False,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+        self.storage_failure = storage_failure  # the log's disk refused the write (503)
 
 
 class WarehouseNotFound(MatrixOSError, LookupError):

@@ -126,10 +126,44 @@ def serve(
             "its user's credit.",
         ),
     ] = True,
+    mqtt: Annotated[
+        str | None,
+        typer.Option("--mqtt", help="IoT: subscribe to this MQTT broker (mqtt://host:1883)."),
+    ] = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--route",
+            help="IoT: MQTT topic filter to table, 'sensors/{site}/#=iot.readings' (repeatable).",
+        ),
+    ] = None,
+    watch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--watch", help="IoT: file-drop folder to table, '/drops=iot.t' (repeatable)."
+        ),
+    ] = None,
+    wal_dir: Annotated[
+        str | None,
+        typer.Option("--wal-dir", help="IoT: the write-ahead log's folder (local disk)."),
+    ] = None,
+    flush_interval: Annotated[
+        float,
+        typer.Option("--flush-interval", min=0.01, help="IoT: seconds between Delta commits."),
+    ] = 1.0,
+    iot_max_pending: Annotated[
+        int,
+        typer.Option(
+            "--iot-max-pending-mb",
+            min=1,
+            help="IoT: MiB of acknowledged points awaiting their commit (beyond: 429).",
+        ),
+    ] = 512,
 ) -> None:
     """Serve the HTTP statement API and the PostgreSQL wire protocol (SIGTERM drains)."""
     import logging
 
+    from matrixos.iot.runtime import IotOptions
     from matrixos.server.serve import ServeOptions
     from matrixos.server.serve import serve as run_server
     from matrixos.server.statements import Limits
@@ -151,6 +185,14 @@ def serve(
                 grace_s=grace,
                 chunk_rows=chunk_rows,
                 retained_bytes=result_memory * 1024 * 1024,
+                iot=IotOptions(
+                    wal_dir=wal_dir,
+                    flush_interval=flush_interval,
+                    max_pending_mb=iot_max_pending,
+                    mqtt=mqtt,
+                    routes=tuple(route or ()),
+                    watch=tuple(watch or ()),
+                ),
                 limits=Limits(
                     statement_timeout_s=statement_timeout or None,
                     max_active_per_principal=max_statements or None,

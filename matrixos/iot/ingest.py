@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,6 +406,29 @@ class IotIngest:
         return self.flusher.flush_now()
 
 
+_ATTACHED: weakref.WeakKeyDictionary[Any, IotIngest] = weakref.WeakKeyDictionary()
+_ATTACH_LOCK = threading.Lock()
+
+
+def ingest_for(lakehouse: Lakehouse, **options: Any) -> IotIngest:
+    """The ingest service of ``lakehouse`` in this process, started with ``options`` (see
+    ``IotIngest``) on first use: one write-ahead log per warehouse and process, shared by the
+    HTTP routes, MQTT and file drops."""
+    with _ATTACH_LOCK:
+        ingest = _ATTACHED.get(lakehouse)
+        if ingest is None:
+            ingest = _ATTACHED[lakehouse] = IotIngest(lakehouse, **options)
+        return ingest
+
+
+def close_ingest(lakehouse: Lakehouse) -> None:
+    """Stop ``lakehouse``'s ingest service, if one was started (a last flush first)."""
+    with _ATTACH_LOCK:
+        ingest = _ATTACHED.pop(lakehouse, None)
+    if ingest is not None:
+        ingest.close()
+
+
 def _series_spans(rows: pa.Table, tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Each series' (key, first time, last time) in ``rows`` (times in µs)."""
     t = pc.cast(rows.column(series.TIME), pa.int64())
@@ -446,4 +470,11 @@ def default_wal_dir(lakehouse: Lakehouse) -> Path:
     return Path(lakehouse.settings.home).expanduser() / "iot_wal" / digest
 
 
-__all__ = ["IotIngest", "WriteAck", "default_wal_dir", "series_key"]
+__all__ = [
+    "IotIngest",
+    "WriteAck",
+    "close_ingest",
+    "default_wal_dir",
+    "ingest_for",
+    "series_key",
+]

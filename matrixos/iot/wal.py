@@ -151,6 +151,9 @@ class WriteAheadLog:
                 last = max(last, rec.seq)
             next_seq = max(next_seq, last + 1)
             self._sealed[path] = last
+        with contextlib.suppress(OSError, ValueError):  # seqs never go back, even when
+            # every segment was truncated (the names carry the seq too)
+            next_seq = max(next_seq, int((self.directory / "wal.seq").read_text()) + 1)
         self._next_seq = next_seq
         self._start_segment()
         self._writer = threading.Thread(target=self._write_loop, name="iot-wal", daemon=True)
@@ -171,6 +174,9 @@ class WriteAheadLog:
             raise _storage_error(e, path, "start a write-ahead log segment") from e
         self._file = fd
         self._segment = path
+        # An empty segment left by a previous process may carry this name: it is the active
+        # one now and must never be truncated as a sealed one (its name keeps the seq).
+        self._sealed.pop(path, None)
         self._segment_size = 0
         self._active_last = self._next_seq - 1
 
@@ -204,6 +210,7 @@ class WriteAheadLog:
                 f"points not acknowledged: the write-ahead log at {self.directory} cannot be "
                 f"written ({group.error})",
                 retry_after=5.0,
+                storage_failure=True,
                 hint="free disk space or make the log's folder writable (--wal-dir); points "
                 "already acknowledged are safe",
             ) from group.error
@@ -283,7 +290,14 @@ class WriteAheadLog:
                 except OSError as e:
                     self._broken = e
                     self._file = None
-            return max(self._sealed.values(), default=self._active_last)
+            upto = max(self._sealed.values(), default=self._active_last)
+            try:
+                tmp = self.directory / "wal.seq.tmp"
+                tmp.write_text(str(max(upto, self._active_last)))
+                os.replace(tmp, self.directory / "wal.seq")
+            except OSError as e:  # the segment names still carry the seq
+                log.warning("cannot record the write-ahead log's seq: %s", e)
+            return upto
 
     def truncate(self, upto: int) -> int:
         """Delete the sealed segments whose records all have seq ≤ ``upto`` (committed);

@@ -42,6 +42,7 @@ from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http_errors import error_body, http_status
+from matrixos.server.http_iot import iot_router
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
 from matrixos.server.http_models import StatementIn, StatementOut
 from matrixos.server.http_tables import tables_router
@@ -165,6 +166,7 @@ def create_app(
         return who
 
     User = Annotated[Principal, Depends(principal)]
+    app.include_router(iot_router(lakehouse, User))
 
     # -- errors -----------------------------------------------------------------------------
     @app.exception_handler(Unauthenticated)

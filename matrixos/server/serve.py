@@ -22,6 +22,7 @@ from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.audit import AuditLog
 from matrixos.catalog.history import QueryHistory
 from matrixos.catalog.throttle import LoginThrottle
+from matrixos.iot.runtime import IotOptions, start_iot
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
@@ -47,6 +48,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     retained_bytes: int = 4 * 1024**3  # results kept for clients to read, all together
     log_level: str = "info"
+    iot: IotOptions = field(default_factory=IotOptions)  # write-ahead log, MQTT, file drops
 
 
 class _DrainingServer(uvicorn.Server):
@@ -95,6 +97,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         retained_bytes=options.retained_bytes,
     )
     audit = AuditWriter(AuditLog(lakehouse.service), history=QueryHistory(lakehouse.service))
+    iot = start_iot(lakehouse, options.iot)  # before the routes: replayed points are visible
     app = create_app(
         lakehouse,
         manager,
@@ -130,6 +133,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     finally:
         if pg is not None:
             pg.stop()
+        iot.close()  # a last flush; what it cannot commit stays in the log for the next start
         audit.close()
 
 

@@ -148,3 +148,22 @@ def test_closed_log_refuses(tmp_path: Path) -> None:
     wal.close()
     with pytest.raises(IngestBusy):
         wal.append([payload(1)])
+
+
+def test_an_empty_leftover_segment_is_reused_not_truncated(tmp_path: Path) -> None:
+    """A process that rotated and then died leaves an empty segment named by the next seq;
+    the next process appends to it and truncating committed segments must keep it (the
+    name carries the seq: seqs going back would make new points look committed)."""
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    wal.append([payload(1)])
+    upto = wal.rotate()
+    wal.close()  # 1.wal sealed, 2.wal empty
+    second = WriteAheadLog(tmp_path)
+    assert [r.seq for r in second.open()] == [1]
+    second.truncate(upto)  # the replayed record was committed
+    second.close()
+    third = WriteAheadLog(tmp_path)
+    third.open()
+    assert third.append([payload(2)]) == [2]
+    third.close()

@@ -1,0 +1,280 @@
+"""MQTT ingest: a paho-mqtt subscriber whose messages go through the ingest service's
+write-ahead log, acknowledged to the broker only once durable.
+
+``matrixos serve --mqtt mqtt://127.0.0.1:1883 --route 'sensors/{site}/#=iot.readings'``
+
+A route is ``<topic filter>=<schema.table>``. The filter's levels are MQTT's (``+`` one level,
+``#`` the rest) plus ``{name}``: one level whose value becomes the tag column ``name`` of every
+point of the message (``sensors/{site}/{device}`` puts ``site`` and ``device`` on each point). A
+route without ``{…}`` levels records the whole topic in the tag column ``topic``. Payloads are
+line protocol, or JSON when they start with ``{`` or ``[`` (``matrixos.iot.jsonpoints``).
+
+QoS 1: messages are taken in batches (all that arrived, up to ``batch``), each batch written as
+one log append (one fsync for all of them), and only then is each message acknowledged
+(``PUBACK``, paho's manual acknowledgement). A crash before the acknowledgement makes the
+broker send the message again; its points land on the same series and times, so last write
+wins keeps them once. A message that cannot be parsed is logged and acknowledged (sending it
+again would not make it valid).
+
+Example (a route's tag levels):
+    >>> Route.parse("sensors/{site}/#=iot.readings").tags("sensors/berlin/t1")
+    {'site': 'berlin'}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+
+from matrixos.catalog.names import TableIdent
+from matrixos.errors import ConfigError, IngestBusy, MatrixOSError
+from matrixos.iot import lineproto
+from matrixos.iot.jsonpoints import parse_json
+
+if TYPE_CHECKING:
+    from matrixos.catalog.access import Principal
+    from matrixos.iot.ingest import IotIngest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """``filter=table``: messages on topics matching ``filter`` go to ``table``."""
+
+    filter: str  # the MQTT subscription ({name} levels as +)
+    levels: tuple[str, ...]
+    table: str
+
+    @classmethod
+    def parse(cls, text: str) -> Route:
+        """``'sensors/{site}/#=iot.readings'`` → a route (``ConfigError`` when malformed)."""
+        topic, sep, table = text.rpartition("=")
+        if not sep or not topic or not table:
+            raise ConfigError(
+                f"bad MQTT route {text!r}", hint="write --route 'sensors/#=schema.table'"
+            )
+        TableIdent.parse(table)
+        levels = tuple(topic.split("/"))
+        for i, lv in enumerate(levels):
+            if lv == "#" and i != len(levels) - 1:
+                raise ConfigError(f"bad MQTT route {text!r}: '#' must be the last level")
+        mqtt_filter = "/".join("+" if _name(lv) else lv for lv in levels)
+        return cls(mqtt_filter, levels, table)
+
+    def matches(self, topic: str) -> bool:
+        parts = topic.split("/")
+        for i, lv in enumerate(self.levels):
+            if lv == "#":
+                return True
+            if i >= len(parts):
+                return False
+            if lv != "+" and not _name(lv) and lv != parts[i]:
+                return False
+        return len(parts) == len(self.levels)
+
+    def tags(self, topic: str) -> dict[str, str]:
+        """The tag columns the topic gives each point of its message."""
+        parts = topic.split("/")
+        named = {
+            n: parts[i] for i, lv in enumerate(self.levels) if (n := _name(lv)) and i < len(parts)
+        }
+        return named or {"topic": topic}
+
+
+def _name(level: str) -> str | None:
+    return level[1:-1] if len(level) > 2 and level[0] == "{" and level[-1] == "}" else None
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    route: Route
+
+
+class MqttSubscriber:
+    """Subscribes to ``url`` (``mqtt://host:port``) for ``routes`` and writes what arrives as
+    ``principal``. ``start()`` connects (and reconnects); ``close()`` stops."""
+
+    def __init__(
+        self,
+        ingest: IotIngest,
+        url: str,
+        routes: list[Route],
+        principal: Principal,
+        *,
+        client_id: str | None = None,
+        batch: int = 20_000,
+        qos: int = 1,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "tcp", ""):
+            raise ConfigError(f"unsupported MQTT URL {url!r}", hint="mqtt://host:1883")
+        if not routes:
+            raise ConfigError("--mqtt needs at least one --route 'topic/#=schema.table'")
+        self.ingest = ingest
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 1883
+        self.routes = routes
+        self.principal = principal
+        self.batch = batch
+        self.qos = qos
+        self.received = 0
+        self.written = 0
+        self.dropped = 0
+        self._queue: queue.Queue[_Message] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        # A persistent session (clean_session=False, a stable client id): QoS 1 messages not
+        # acknowledged before a crash are sent again when the subscriber reconnects.
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"matrixos-{uuid.uuid4().hex[:12]}",
+            clean_session=False,
+            manual_ack=True,
+        )
+        if parsed.username:
+            self.client.username_pw_set(parsed.username, parsed.password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._worker = threading.Thread(target=self._run, name="iot-mqtt", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> MqttSubscriber:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot reach the MQTT broker at {self.host}:{self.port}: {e}",
+                hint="check --mqtt mqtt://host:port and that the broker runs",
+            ) from e
+        self.client.loop_start()
+        self._worker.start()
+        if not self._connected.wait(timeout):
+            raise ConfigError(f"the MQTT broker at {self.host}:{self.port} did not answer")
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._worker.is_alive():
+            self._worker.join(timeout=30)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connection refused: %s", reason)
+            return
+        client.subscribe([(r.filter, self.qos) for r in self.routes])
+        self._connected.set()
+        log.info("MQTT: subscribed to %s", ", ".join(r.filter for r in self.routes))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        route = next((r for r in self.routes if r.matches(msg.topic)), None)
+        if route is None:
+            client.ack(msg.mid, msg.qos)
+            return
+        self.received += 1
+        self._queue.put(_Message(msg.topic, msg.payload, msg.mid, msg.qos, route))
+
+    # -- the writer -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            msgs = [first]
+            while len(msgs) < self.batch:
+                try:
+                    msgs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(msgs)
+
+    def _write(self, msgs: list[_Message]) -> None:
+        by_route: dict[Route, list[_Message]] = {}
+        for m in msgs:
+            by_route.setdefault(m.route, []).append(m)
+        for route, group in by_route.items():
+            while not self._stop.is_set():
+                try:
+                    self._write_group(route, group)
+                    break
+                except IngestBusy as e:  # not acknowledged: wait, then try again
+                    log.warning("MQTT: %s; retrying in %.0f s", e.message, e.retry_after)
+                    time.sleep(e.retry_after)
+            else:
+                return  # stopping: unacknowledged messages come again after a restart
+            for m in group:
+                self.client.ack(m.mid, m.qos)
+
+    def _write_group(self, route: Route, group: list[_Message]) -> None:
+        ident = TableIdent.parse(route.table)
+        text = [m for m in group if m.payload.lstrip()[:1] not in (b"{", b"[")]
+        other = [m for m in group if m.payload.lstrip()[:1] in (b"{", b"[")]
+        if text:
+            self._write_lines(route, ident, text)
+        for m in other:
+            try:
+                points, tags = parse_json(
+                    json.loads(m.payload), extra_tags=route.tags(m.topic), source=m.topic
+                )
+                self.written += self.ingest.write_points(
+                    self.principal, ident, points, tags, source=m.topic
+                )
+            except IngestBusy:
+                raise
+            except (MatrixOSError, ValueError) as e:
+                self.dropped += 1
+                log.warning("MQTT message on %s refused: %s", m.topic, e)
+
+    def _write_lines(self, route: Route, ident: TableIdent, msgs: list[_Message]) -> None:
+        """Many messages' line protocol parsed as one body; each line gets its message's
+        topic tags."""
+        payloads = [m.payload.rstrip(b"\n") for m in msgs]
+        counts = np.array([p.count(b"\n") + 1 for p in payloads], dtype=np.int64)
+        ends = np.cumsum(counts)  # the last line number of each message
+        try:
+            batch = lineproto.parse(b"\n".join(payloads), source=route.filter, partial=True)
+        except MatrixOSError as e:
+            self.dropped += len(msgs)
+            log.warning("MQTT messages on %s refused: %s", route.filter, e)
+            return
+        if batch.rejected:
+            self.dropped += len({int(np.searchsorted(ends, r["line"])) for r in batch.rejected})
+            log.warning("MQTT: %d line(s) refused, first: %s", len(batch.rejected),
+                        batch.rejected[0]["message"])  # fmt: skip
+        topic_tags = [route.tags(m.topic) for m in msgs]
+        names = list(dict.fromkeys(k for t in topic_tags for k in t))
+        for m, points in batch.tables.items():
+            which = np.searchsorted(ends, points.column(lineproto.LINE).to_numpy())
+            tags = list(batch.tags.get(m, []))
+            for name in names:
+                values = pa.array([t.get(name) for t in topic_tags], pa.string())
+                col = values.take(pa.array(which))
+                if name in points.column_names:
+                    points = points.drop_columns([name])
+                points = points.append_column(name, col)
+                if name not in tags:
+                    tags.append(name)
+            self.written += self.ingest.write_points(
+                self.principal, ident, points, tags, source=route.filter
+            )
+
+
+__all__ = ["MqttSubscriber", "Route"]
