@@ -72,10 +72,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEGREE_TFLOPS",
     "PEAK_TFLOPS",
+    "STATEMENT_INTERVAL_S",
     "USAGE_READER",
     "USAGE_SCHEMA",
     "USAGE_TABLE",
     "Meter",
+    "RunningStatement",
     "StatementMeter",
     "UsageRecord",
     "degree_table",
@@ -514,14 +516,33 @@ def empty_usage(by: str) -> pa.Table:
     return pa.schema(key + rest).empty_table()
 
 
+#: Seconds between a running statement's usage records (the issue's "<= 10 s apart").
+STATEMENT_INTERVAL_S = 10.0
+
+
+@dataclass
+class RunningStatement:
+    """A statement being metered: its id, principal and the end of its last record."""
+
+    principal: str
+    statement_id: str
+    mark: float
+
+
 class StatementMeter:
     """Meters a session's SQL statements (``Settings.meter_statements``): one ``Meter`` per
-    session root, made on first use."""
+    session root, made on first use. A statement running longer than ``interval_s`` gets a
+    record every ``interval_s`` while it runs (same ``statement_id``, back to back), then one
+    for the rest when it ends."""
 
-    def __init__(self, service: TableService) -> None:
+    def __init__(self, service: TableService, *, interval_s: float = STATEMENT_INTERVAL_S) -> None:
         self.service = service
+        self.interval_s = interval_s
         self._meter: Meter | None = None
         self._lock = threading.Lock()
+        self._running: dict[str, RunningStatement] = {}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
         threads = service.settings.duckdb_threads
         self.cores = float(threads or os.cpu_count() or 1)
 
@@ -531,16 +552,43 @@ class StatementMeter:
             with self._lock:
                 if self._meter is None:
                     self._meter = Meter(self.service)
+                    self._ticker = threading.Thread(
+                        target=self._tick, name="mx-statement-meter", daemon=True
+                    )
+                    self._ticker.start()
         return self._meter
 
-    def begin(self, principal: Principal) -> float:
-        """Check ``principal`` may run a statement (``OutOfCredit``); its start time."""
-        self.meter.admit(principal.name)
-        return time.time()
+    def begin(self, principal: Principal) -> RunningStatement:
+        """Check ``principal`` may run a statement (``OutOfCredit``) and start metering it."""
+        meter = self.meter
+        meter.admit(principal.name)
+        running = RunningStatement(principal.name, uuid.uuid4().hex, time.time())
+        with self._lock:
+            self._running[running.statement_id] = running
+        return running
 
-    def end(self, principal: Principal, start: float) -> None:
-        """Queue the statement that began at ``start`` and ends now."""
-        self.meter.statement(principal.name, uuid.uuid4().hex, start, time.time(), self.cores)
+    def end(self, running: RunningStatement) -> None:
+        """The statement ended now: queue its last record."""
+        with self._lock:
+            if self._running.pop(running.statement_id, None) is None:
+                return  # ended already
+            self._record(running, time.time())
+
+    def _record(self, running: RunningStatement, now: float) -> None:
+        """Queue ``running``'s use from its mark to ``now`` (called with the lock held)."""
+        assert self._meter is not None
+        self._meter.statement(
+            running.principal, running.statement_id, running.mark, now, self.cores
+        )
+        running.mark = now
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            now = time.time()
+            with self._lock:
+                for running in self._running.values():
+                    if now - running.mark >= self.interval_s:
+                        self._record(running, now)
 
     def flush(self) -> None:
         """Charge and write the statements queued so far."""
@@ -548,6 +596,9 @@ class StatementMeter:
             self._meter.flush()
 
     def close(self) -> None:
-        """Write what is queued and stop the meter's thread."""
+        """Write what is queued and stop the meter's threads."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if self._meter is not None:
             self._meter.close()

@@ -303,7 +303,7 @@ class Lakehouse:
             2
         """
         meter = self._statement_meter()
-        start = meter.begin(self.principal) if meter else 0.0
+        running = meter.begin(self.principal) if meter else None
         try:
             result = self._engine.execute(
                 query,
@@ -312,12 +312,11 @@ class Lakehouse:
                 principal=self.principal,
             )
         except BaseException:
-            if meter:
-                meter.end(self.principal, start)
+            if meter and running:
+                meter.end(running)
             raise
-        if meter:
-            principal = self.principal
-            result.on_end(lambda: meter.end(principal, start))
+        if meter and running:
+            result.on_end(lambda: meter.end(running))
         return result
 
     def _statement_meter(self) -> StatementMeter | None:

@@ -3,6 +3,8 @@ summed by ``lh.usage`` for the accounts a principal may see; SQL statements mete
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,7 +16,7 @@ import matrixos as mx
 from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
 from matrixos.errors import AccessDenied, OutOfCredit
-from matrixos.metering import Meter, UsageRecord
+from matrixos.metering import Meter, StatementMeter, UsageRecord
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 BOB = Principal("bob", frozenset(), groups=frozenset({"team-a"}))
@@ -168,3 +170,27 @@ def test_sql_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> None:
             bob.sql("SELECT 1")
         lh.accounts.credit("bob", 1)
         assert bob.sql("SELECT 1").fetchall() == [(1,)]
+
+
+def test_a_long_statement_is_metered_while_it_runs(tmp_path: Path) -> None:
+    with mx.connect(str(tmp_path / "wh"), duckdb_threads=3) as lh:
+        meter = StatementMeter(lh.service, interval_s=0.02)
+        try:
+            running = meter.begin(BOB)
+            start = running.mark
+            deadline = time.monotonic() + 60
+            while running.mark == start and time.monotonic() < deadline:  # until a record went
+                time.sleep(0.01)
+            meter.end(running)
+            meter.end(running)  # a second end records nothing
+            meter.flush()
+        finally:
+            meter.close()
+        rows = lh.sql(
+            'SELECT statement_id, account, quantity, epoch(start), epoch("end"), seconds '
+            "FROM system.billing.usage ORDER BY start"
+        ).fetchall()
+    assert len(rows) >= 2 and {r[:3] for r in rows} == {(running.statement_id, "bob", 3.0)}
+    for before, after in itertools.pairwise(rows):
+        assert after[3] == pytest.approx(before[4], abs=1e-6)  # back to back
+    assert sum(r[5] for r in rows) == pytest.approx(rows[-1][4] - rows[0][3], abs=1e-5)
