@@ -140,6 +140,7 @@ def ray_start_command(
     zone: str | None = None,
     temp_dir: str | None = None,
     object_store_memory: int | None = None,
+    resources: Mapping[str, float] | None = None,
     block: bool = False,
     ports: Mapping[str, int] | None = None,
     ray: str = "ray",
@@ -150,7 +151,8 @@ def ray_start_command(
 
     Run it with ``node_env(token_file)`` added to the environment (token auth on).
     ``ports`` adds ``--<name>=<port>`` options (e.g. ``dashboard-agent-listen-port``), needed
-    when several nodes share one machine.
+    when several nodes share one machine. ``resources`` adds custom resources (e.g.
+    ``{"accelerator_type:H100": 1}`` for a node whose GPUs Ray cannot detect).
 
     Example:
         >>> ray_start_command(head=True, node_ip="127.0.0.2", port=6380, zone="a")[:4]
@@ -170,9 +172,13 @@ def ray_start_command(
     if num_gpus is not None:
         args.append(f"--num-gpus={num_gpus}")
     zone = zone if zone is not None else os.environ.get("MATRIXOS_ZONE")
+    custom = dict(resources or {})
     if zone:
         _check_zone(zone)
-        args.append("--resources=" + json.dumps({ZONE_RESOURCE_PREFIX + zone: 1}))
+        custom[ZONE_RESOURCE_PREFIX + zone] = 1
+    if custom:
+        args.append("--resources=" + json.dumps(custom))
+    if zone:
         args.append(f"--labels={ZONE_LABEL}={zone}")
     if temp_dir:
         args.append(f"--temp-dir={temp_dir}")

@@ -174,8 +174,8 @@ class JobService:
     ``pool``: where jobs run (``LocalPool`` or ``RayPool``); ``connect``: ``mx.connect``
     arguments for a SQL job's process; ``check_credit(account, degrees)`` raises
     ``OutOfCredit`` when an account cannot pay; ``metering`` charges usage while jobs run.
-    Scheduler options (``tick_s``, ``grace_s``, ``meter_interval_s``, ``max_attempts``…) go to
-    ``Scheduler``.
+    ``policy_options`` go to the policy (e.g. ``preempt_after_s``); scheduler options
+    (``tick_s``, ``grace_s``, ``meter_interval_s``, ``max_attempts``…) to ``Scheduler``.
     """
 
     def __init__(
@@ -187,6 +187,7 @@ class JobService:
         log_dir: str,
         connect: Mapping[str, Any],
         policy: str = "priority_preempt",
+        policy_options: Mapping[str, Any] | None = None,
         metering: Metering | None = None,
         check_credit: Callable[[str, float], None] | None = None,
         degrees_of: Callable[[JobSpec, Sequence[NodeSpec], float], float] | None = None,
@@ -200,8 +201,15 @@ class JobService:
         self.connect = dict(connect)
         self.check_credit = check_credit
         self.degrees_of = degrees_of
+        # The policy plans with the grace period the scheduler gives preempted jobs.
+        options = {"grace_s": scheduler.get("grace_s", 10.0), **(policy_options or {})}
         self.scheduler = Scheduler(
-            store, pool, POLICIES[policy](), log_dir=log_dir, metering=metering, **scheduler
+            store,
+            pool,
+            POLICIES[policy](**options),
+            log_dir=log_dir,
+            metering=metering,
+            **scheduler,
         )
         self._started = False
         self._lock = threading.Lock()
@@ -349,7 +357,12 @@ class Jobs:
             id=job_id, account=account, priority=prio, submitted_at=now, kind=kind, **req
         )
         pool_nodes = svc.scheduler.nodes()
-        validate(spec, pool_nodes)
+        try:
+            validate(spec, pool_nodes)
+        except JobError as e:  # the id is the policy's; this request has none yet
+            raise JobError(
+                e.message.removeprefix(f"job {job_id}: "), field=e.field, hint=e.hint
+            ) from None
         if svc.check_credit is not None:
             estimate = max_degrees
             if estimate is None and svc.degrees_of is not None and spec.max_runtime_s:

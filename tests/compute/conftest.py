@@ -44,6 +44,9 @@ except ModuleNotFoundError:
 HEAD = "127.0.0.2"
 NODES = (("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c"))
 GPU_ZONE = "c"  # the node that advertises one (accounting-only) GPU
+# Its accelerator type, as a Ray custom resource that stands in for a real one (the jobs
+# scheduler reads it like any node's ``accelerator_type:<name>``).
+GPU_TYPE = "L4"
 _STATE = "ray-cluster.json"
 _START_TIMEOUT = 120.0
 _RAY = str(Path(sys.executable).with_name("ray"))
@@ -122,6 +125,7 @@ def _start_cluster() -> RayCluster:
                 zone=zone,
                 temp_dir=temp_dir,
                 object_store_memory=128 * 1024 * 1024,
+                resources={f"accelerator_type:{GPU_TYPE}": 1} if zone == GPU_ZONE else None,
                 block=True,
                 ports=ports,
                 ray=_RAY,

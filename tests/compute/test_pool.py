@@ -168,8 +168,9 @@ def test_status_shows_three_nodes_with_their_zones(
         ("127.0.0.3", "b"),
         ("127.0.0.4", "c"),
     }
-    # node c advertises one GPU (accounting only: see conftest.py)
-    assert all(n["cpus"] == 1 and n["accelerator"] is None for n in alive)
+    # node c advertises one GPU (accounting only: see conftest.py), an L4 stand-in
+    assert all(n["cpus"] == 1 for n in alive)
+    assert {n["zone"]: n["accelerator"] for n in alive} == {"a": None, "b": None, "c": "L4"}
     assert {n["zone"]: n["gpus"] for n in alive} == {"a": 0, "b": 0, "c": 1}
     assert [n["address"] for n in alive if n["head"]] == ["127.0.0.2"]
     assert status["cpus"] == 3 and ray_pool.num_cpus() == 3
