@@ -203,9 +203,12 @@ def test_out_of_credit_stops_a_job_and_the_ledger_balances(
     assert "balance" in (job.error or "")
     summary = lh.accounts.balance("team-a")
     assert summary <= 0
-    usage = sum(e.degrees for e in lh.accounts.ledger("team-a") if e.kind != "credit")
-    credits = sum(e.degrees for e in lh.accounts.ledger("team-a") if e.kind == "credit")
-    assert credits - abs(usage) == summary
+    ledger = lh.accounts.ledger("team-a")
+    credits = sum((x.degrees for x in ledger if x.kind == "credit"), Decimal(0))
+    charges = sum((x.degrees for x in ledger if x.kind != "credit"), Decimal(0))
+    assert credits + charges == summary  # charges are negative: exact, in Decimal
+    # each charge is rounded to a nano-degree (the ledger's unit)
+    assert float(-charges) == pytest.approx(job.info().degrees, abs=5e-8)
     # no overdraft beyond one metering interval (0.5 s here, plus the grace period of 1 s)
     assert -summary <= per_s * Decimal("2.5")
     with pytest.raises(OutOfCredit):  # a used-up package refuses new jobs
