@@ -41,6 +41,7 @@ from matrixos.catalog.audit import AuditEvent, outcome_of
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
+from matrixos.server.http_billing import billing_router
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_iot import iot_router
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
@@ -166,6 +167,7 @@ def create_app(
         return who
 
     User = Annotated[Principal, Depends(principal)]
+    app.include_router(billing_router(lakehouse, User))
     app.include_router(iot_router(lakehouse, User))
 
     # -- errors -----------------------------------------------------------------------------

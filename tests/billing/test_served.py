@@ -25,8 +25,8 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
         lh.create_table("sales.orders", [{"id": i} for i in range(5)])
         accounts = Accounts(lh.catalog)
         tokens = {}
-        for name in ("alice", "bob"):
-            accounts.create(name)
+        for name in ("alice", "bob", "admin"):
+            accounts.create(name, admin=name == "admin")
             tokens[name] = accounts.create_token(name)
         accounts.grant("USE CATALOG", "main", "alice")
         accounts.grant("USE SCHEMA", "main.sales", "alice")
@@ -36,13 +36,13 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
         uri, tmp_path / "server.log", env={"MATRIXOS_DEGREE_TABLE": str(degrees)}
     ).start()
     try:
-        alice, bob = (
+        alice, bob, admin = (
             httpx.Client(
                 base_url=server.http_url,
                 headers={"Authorization": f"Bearer {tokens[name]}"},
                 timeout=60,
             )
-            for name in ("alice", "bob")
+            for name in ("alice", "bob", "admin")
         )
         for _ in range(2):  # bob was never credited: billed, not stopped
             r = bob.post(STATEMENTS, json={"statement": "SELECT 1 AS one"})
@@ -59,6 +59,38 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
         assert r.status_code == 402, r.text
         body = r.json()
         assert "alice has -0." in body["message"] and "statements are stopped" in body["message"]
+
+        # The billing routes: alice reads her own credit, alerts and usage, nobody else's.
+        mine = alice.get("/api/2.0/billing/accounts/alice").json()
+        assert Decimal(mine["balance"]) < 0 and mine["credited"] == "0.000000001"
+        assert [a["threshold"] for a in mine["alerts"]] == [50, 75, 90]
+        assert alice.get("/api/2.0/billing/accounts/bob").status_code == 403
+        assert [
+            a["account"] for a in alice.get("/api/2.0/billing/accounts").json()["accounts"]
+        ] == ["alice"]
+        kinds = [
+            e["kind"] for e in alice.get("/api/2.0/billing/accounts/alice/ledger").json()["entries"]
+        ]
+        assert kinds[0] == "credit" and set(kinds[1:]) == {"charge"}
+        used = alice.get("/api/2.0/billing/usage", params={"by": "job"}).json()["rows"]
+        assert {r["account"] for r in used} == {"alice"} and used[0]["job"] == "sql"
+        assert alice.get("/api/2.0/billing/usage", params={"account": "bob"}).status_code == 403
+        assert alice.get("/api/2.0/billing/usage", params={"by": "week"}).status_code in (400, 422)
+        everyone = admin.get("/api/2.0/billing/usage").json()["rows"]
+        assert {"alice", "bob"} <= {r["account"] for r in everyone}
+        # Only an admin credits; then alice's statements run again.
+        r = alice.post("/api/2.0/billing/accounts/alice/credit", json={"degrees": "5"})
+        assert r.status_code == 403
+        r = admin.post(
+            "/api/2.0/billing/accounts/alice/credit", json={"degrees": "5", "note": "top-up"}
+        )
+        assert r.status_code == 200 and Decimal(r.json()["balance"]) > 4
+        r = alice.post(STATEMENTS, json={"statement": "SELECT 2 AS two"})
+        assert r.status_code == 200 and r.json()["result"]["data_array"] == [["2"]]
+        assert (
+            admin.post("/api/2.0/billing/accounts/nobody/credit", json={"degrees": 1}).status_code
+            == 404
+        )
     finally:
         assert server.stop() == 0  # SIGTERM: the meter writes what it holds
     with mx.connect(uri) as lh:
@@ -74,4 +106,4 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
             s = billing.summary(account)
             assert s.consumed == used  # every statement row charged, nothing else
             assert s.balance == s.credited - used
-        assert billing.balance("alice") == Decimal("0.000000001") - by_account["alice"][4]
+        assert billing.balance("alice") == Decimal("5.000000001") - by_account["alice"][4]
