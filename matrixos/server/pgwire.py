@@ -89,7 +89,7 @@ from matrixos.server.pg_encode import text_only
 from matrixos.server.pg_settings import qualified_session_functions, settings
 from matrixos.server.pg_transactions import transactions
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
-from matrixos.server.statements import Limits
+from matrixos.server.statements import Limits, interrupt_until
 
 if TYPE_CHECKING:
     import ssl
@@ -318,7 +318,7 @@ class MxSession(Session):
         self.lakehouse: Lakehouse = server.lakehouse
         self.catalog = "main"
         self.client: str | None = None
-        self._interrupt: Interrupt | None = None
+        self._interrupt: tuple[Interrupt, threading.Event] | None = None  # the running one
         self.writes = 0  # statements that changed something (see pg_transactions)
 
     async def init(self, connection: Any) -> None:
@@ -376,8 +376,8 @@ class MxSession(Session):
         """Run ``sql`` as this session's principal, then ``then(result)`` in the same worker
         thread (one hand-off per statement); errors as ``PgError``s. A failure is audited as
         ``audit_as``: (the statement as sent, ``$n`` and all; its id), None: not audited."""
-        handle = Interrupt()
-        self._interrupt = handle
+        handle, ended = Interrupt(), threading.Event()
+        self._interrupt = (handle, ended)
         server, who = self.server, self.lakehouse.principal.name
         try:
             server.admit(who, handle)
@@ -388,7 +388,7 @@ class MxSession(Session):
 
         def expire() -> None:
             timed_out.append(True)
-            handle.interrupt()
+            interrupt_until(handle, ended)
 
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
 
@@ -413,6 +413,7 @@ class MxSession(Session):
                 raise PgError("57014", "canceling statement due to statement timeout") from None
             raise
         finally:
+            ended.set()
             if timer is not None:
                 timer.cancel()
             server.release(who, handle)
@@ -460,7 +461,7 @@ class MxSession(Session):
     def interrupt(self) -> None:
         """Stop the running statement (a CancelRequest)."""
         if self._interrupt is not None:
-            self._interrupt.interrupt()
+            interrupt_until(*self._interrupt)
 
 
 # -- middleware: answered here, never by the engine -----------------------------------------

@@ -110,6 +110,7 @@ class Statement:
         self.done = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
         self.timed_out = False
+        self.interrupting = False  # a thread repeats the interrupt until it ends
         self.timer: threading.Timer | None = None
         self.client: str | None = None  # the client's address, for the audit
         self.protocol = "http"  # how it came: http, or sdk (a table read or search)
@@ -303,7 +304,7 @@ class StatementManager:
 
     # -- running ----------------------------------------------------------------------------
     def _cancel(self, stmt: Statement) -> None:
-        stmt.interrupt.interrupt()
+        _interrupt_until_done(stmt)
         with self._lock:
             if stmt.state is State.PENDING:
                 self._finish(stmt, State.CANCELED, None)
@@ -380,7 +381,7 @@ class StatementManager:
     def _time_out(self, stmt: Statement) -> None:
         if not stmt.done.is_set():
             stmt.timed_out = True
-            stmt.interrupt.interrupt()
+            _interrupt_until_done(stmt)
 
     def _finish(self, stmt: Statement, state: State, error: MatrixOSError | None) -> None:
         """End ``stmt`` (called with the lock held)."""
@@ -425,6 +426,30 @@ class StatementManager:
             if other is not keep and other.result is not None:
                 log.info("statement %s: result released early (server memory)", other.id)
                 self._release(other)
+
+
+def interrupt_until(handle: Interrupt, ended: threading.Event, every_s: float = 0.2) -> None:
+    """Interrupt ``handle`` now, and again every ``every_s`` seconds until ``ended`` is set:
+    DuckDB drops an interrupt that reaches a cursor before its query starts (the cursor is
+    open, the query not yet running), so one interrupt alone can be lost and the statement
+    run on. The HTTP API's statements and the wire's both stop this way."""
+    handle.interrupt()
+    if ended.is_set():
+        return
+
+    def keep() -> None:
+        while not ended.wait(every_s):
+            handle.interrupt()
+
+    threading.Thread(target=keep, name="mx-cancel", daemon=True).start()
+
+
+def _interrupt_until_done(stmt: Statement) -> None:
+    if stmt.interrupting:  # one thread keeps at it, however many cancels come
+        stmt.interrupt.interrupt()
+        return
+    stmt.interrupting = True
+    interrupt_until(stmt.interrupt, stmt.done)
 
 
 def _too_large(limits: Limits) -> SQLError:

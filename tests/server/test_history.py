@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -124,8 +125,10 @@ def test_scrub_blanks_the_literals_an_error_repeats() -> None:
 
 
 # -- a real server: HTTP, the wire and the remote SDK leave rows -------------------------------
-def history_of(client: httpx.Client, want: int, timeout: float = 60) -> list[list[str]]:
-    """The caller's history rows (waiting until at least ``want`` are written)."""
+def history_of(
+    client: httpx.Client, want: int = 0, timeout: float = 60, until: Any = None
+) -> list[list[str]]:
+    """The caller's history rows, once at least ``want`` are written (and ``until(rows)``)."""
     deadline = time.monotonic() + timeout
     while True:
         sql = (
@@ -135,7 +138,8 @@ def history_of(client: httpx.Client, want: int, timeout: float = 60) -> list[lis
         r = client.post("/api/2.0/sql/statements", json={"statement": sql, "wait_timeout": "30s"})
         body = r.json()
         rows = body.get("result", {}).get("data_array", []) if r.status_code == 200 else []
-        if len(rows) >= want or time.monotonic() > deadline:
+        done = len(rows) >= want and (until is None or until(rows))
+        if done or time.monotonic() > deadline:
             return rows
         time.sleep(0.3)
 
@@ -174,7 +178,18 @@ def test_every_server_path_is_recorded(
     assert any(r[5] == "SELECT id FROM sales.orders WHERE id = ?" for r in rows), rows
 
     assert [r[0] for r in history_of(http["bob"], want=1)] == ["bob"]
-    admin = {r[0] for r in history_of(http["admin"], want=6)}
-    assert {"alice", "bob"} <= admin
+    # a canceled statement ends CANCELED in the history
+    endless = "SELECT count(*) FROM big.nums a, big.nums b, big.nums c WHERE (a.n * b.n) % 7 = 3"
+    sid = http["admin"].post(statements, json={"statement": endless, "wait_timeout": "0s"})
+    at = f"{statements}/{sid.json()['statement_id']}"
+    http["admin"].post(f"{at}/cancel")  # at once: the interrupt is repeated until it lands
+    deadline = time.monotonic() + 60
+    while http["admin"].get(at).json()["status"]["state"] in ("PENDING", "RUNNING"):
+        assert time.monotonic() < deadline, "the cancel did not stop the statement"
+        time.sleep(0.1)
+    canceled = ["admin", "http", "SELECT", "CANCELED"]
+    everyone = history_of(http["admin"], until=lambda rows: canceled in [r[:4] for r in rows])
+    assert {"alice", "bob", "admin"} <= {r[0] for r in everyone}
+    assert canceled in [r[:4] for r in everyone], everyone
     for c in http.values():
         c.close()
