@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, now
 from matrixos.catalog.store import METADATA
-from matrixos.errors import NotSupported
+from matrixos.errors import ConcurrentWriteError, NotSupported
 
 FILTER = "row filter"
 MASK = "mask"
@@ -155,7 +155,11 @@ class PolicyStore:
                 return
             except IntegrityError:
                 continue
-        raise NotSupported(f"the {policy.kind} on {policy.table} is being changed concurrently")
+        raise ConcurrentWriteError(
+            f"the {policy.kind} of {policy.table} for {policy.account} is being changed "
+            "concurrently",
+            hint="try again",
+        )
 
     def remove(self, table: str, kind: str, column: str, account: str) -> bool:
         """Remove one policy; whether there was one."""
