@@ -295,7 +295,8 @@ class StatementNotFound(MatrixOSError, LookupError):
 class OutOfCredit(MatrixOSError, RuntimeError):
     """An account's prepaid credit cannot pay for the work asked: a job refused at submit, or
     stopped when its account reached zero. ``balance`` and ``asked`` are in degrees (1 degree =
-    312 TFLOPS x 1 hour), as ``Decimal``; ``account`` names the account."""
+    312 TFLOPS x 1 hour), as ``Decimal``; ``account`` names the account (all three are None
+    in an error a remote client rebuilt from a server's answer: its message has them)."""
 
     sqlstate = "53400"  # configuration_limit_exceeded
 
@@ -303,9 +304,9 @@ class OutOfCredit(MatrixOSError, RuntimeError):
         self,
         message: str,
         *,
-        account: str,
-        balance: Decimal,
-        asked: Decimal,
+        account: str | None = None,
+        balance: Decimal | None = None,
+        asked: Decimal | None = None,
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)

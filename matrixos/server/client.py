@@ -186,6 +186,23 @@ class RemoteLakehouse:
         data = self._call("POST", "/api/2.0/matrixos/search", json=body).content
         return Result.from_table(_read_ipc(data), statement="SEARCH")
 
+    # -- metering ---------------------------------------------------------------------------
+    def usage(
+        self,
+        account: str | None = None,
+        *,
+        by: Literal["hour", "day", "job"] = "day",
+        since: str | None = None,
+        until: str | None = None,
+    ) -> pa.Table:
+        """Metered use in degrees of the accounts this token's user may see (as
+        ``Lakehouse.usage``)."""
+        params = {"by": by, "format": "ARROW_STREAM"}
+        for key, value in (("account", account), ("since", since), ("until", until)):
+            if value is not None:
+                params[key] = value
+        return _read_ipc(self._call("GET", "/api/2.0/billing/usage", params=params).content)
+
     # -- HTTP -------------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> HttpResponse:
         try:

@@ -19,10 +19,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from matrixos.catalog.billing import Alert, Billing, CreditSummary, LedgerEntry
+from matrixos.server.http_tables import ARROW_STREAM, ipc_stream
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -50,9 +51,14 @@ def billing_router(lakehouse: "Lakehouse", user: Any) -> APIRouter:
         by: Literal["hour", "day", "job"] = Query("day"),
         since: str | None = Query(None, description="ISO 8601 time or date"),
         until: str | None = Query(None, description="ISO 8601 time or date"),
-    ) -> dict[str, Any]:
-        """Metered use summed per hour, day or job, of the accounts the caller may see."""
+        format: Literal["JSON", "ARROW_STREAM"] = Query("JSON"),
+    ) -> Any:
+        """Metered use summed per hour, day or job, of the accounts the caller may see
+        (``format=ARROW_STREAM``: an Arrow IPC stream, as the remote SDK reads it)."""
         rows = lakehouse.with_principal(principal).usage(account, by=by, since=since, until=until)
+        if format == "ARROW_STREAM":
+            data = b"".join(ipc_stream(rows.schema, [rows]))
+            return Response(content=data, media_type=ARROW_STREAM)
         return {"by": by, "rows": _jsonable(rows)}
 
     @router.get("/api/2.0/billing/accounts")

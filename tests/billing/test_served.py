@@ -8,10 +8,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pytest
 
 import matrixos as mx
 from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.billing import Billing
+from matrixos.errors import OutOfCredit
 from tests.server._serve import MatrixOSServer
 
 STATEMENTS = "/api/2.0/sql/statements"
@@ -78,6 +81,13 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
         assert alice.get("/api/2.0/billing/usage", params={"by": "week"}).status_code in (400, 422)
         everyone = admin.get("/api/2.0/billing/usage").json()["rows"]
         assert {"alice", "bob"} <= {r["account"] for r in everyone}
+        # The remote SDK: the same usage as Arrow, and the refusal as OutOfCredit.
+        with mx.connect(server.http_url, token=tokens["alice"]) as remote:
+            table = remote.usage(by="job")
+            assert set(table.column("account").to_pylist()) == {"alice"}
+            assert table.schema.field("degrees").type == pa.decimal128(38, 9)
+            with pytest.raises(OutOfCredit, match="statements are stopped"):
+                remote.sql("SELECT 1")
         # Only an admin credits; then alice's statements run again.
         r = alice.post("/api/2.0/billing/accounts/alice/credit", json={"degrees": "5"})
         assert r.status_code == 403
