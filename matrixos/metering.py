@@ -47,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -86,6 +87,8 @@ __all__ = [
     "peak_tflops",
     "usage_query",
 ]
+
+log = logging.getLogger(__name__)
 
 #: TFLOPS of one degree-hour: the A100's dense BF16 peak.
 DEGREE_TFLOPS = 312.0
@@ -541,26 +544,36 @@ class StatementMeter:
         self._meter: Meter | None = None
         self._lock = threading.Lock()
         self._running: dict[str, RunningStatement] = {}
+        self._unavailable = False
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         threads = service.settings.duckdb_threads
         self.cores = float(threads or os.cpu_count() or 1)
 
     @property
-    def meter(self) -> Meter:
-        if self._meter is None:
+    def meter(self) -> Meter | None:
+        """The meter (None where the catalog keeps no ledger: an object-store catalog)."""
+        if self._meter is None and not self._unavailable:
             with self._lock:
-                if self._meter is None:
-                    self._meter = Meter(self.service)
+                if self._meter is None and not self._unavailable:
+                    try:
+                        self._meter = Meter(self.service)
+                    except ConfigError as e:
+                        log.warning("SQL statements are not metered: %s", e.message)
+                        self._unavailable = True
+                        return None
                     self._ticker = threading.Thread(
                         target=self._tick, name="mx-statement-meter", daemon=True
                     )
                     self._ticker.start()
         return self._meter
 
-    def begin(self, principal: Principal) -> RunningStatement:
-        """Check ``principal`` may run a statement (``OutOfCredit``) and start metering it."""
+    def begin(self, principal: Principal) -> RunningStatement | None:
+        """Check ``principal`` may run a statement (``OutOfCredit``) and start metering it
+        (None: not metered)."""
         meter = self.meter
+        if meter is None:
+            return None
         meter.admit(principal.name)
         running = RunningStatement(principal.name, uuid.uuid4().hex, time.time())
         with self._lock:

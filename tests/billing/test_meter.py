@@ -15,7 +15,7 @@ import pytest
 import matrixos as mx
 from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
-from matrixos.errors import AccessDenied, OutOfCredit
+from matrixos.errors import AccessDenied, ConfigError, OutOfCredit
 from matrixos.metering import Meter, StatementMeter, UsageRecord
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
@@ -194,3 +194,12 @@ def test_a_long_statement_is_metered_while_it_runs(tmp_path: Path) -> None:
     for before, after in itertools.pairwise(rows):
         assert after[3] == pytest.approx(before[4], abs=1e-6)  # back to back
     assert sum(r[5] for r in rows) == pytest.approx(rows[-1][4] - rows[0][3], abs=1e-5)
+
+
+def test_an_object_store_catalog_keeps_no_ledger_and_statements_still_run(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'catalog'}"
+    with mx.connect(str(tmp_path / "wh"), catalog_url=url, meter_statements=True) as lh:
+        assert lh.sql("SELECT 41 + 1").fetchall() == [(42,)]  # not metered, not refused
+        with pytest.raises(ConfigError, match="prepaid credits need a database catalog"):
+            lh.accounts.balance("bob")
+        assert lh.usage().num_rows == 0
