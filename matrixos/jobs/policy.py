@@ -32,7 +32,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from matrixos.errors import JobError
+from matrixos.jobs.ordering import QueueIndex
 from matrixos.jobs.placement import Cluster, Freeing, GpuKey
 from matrixos.jobs.reservations import Holds, check_reservation, earliest_window
 from matrixos.jobs.specs import (
@@ -205,6 +208,7 @@ class QueuePolicy:
         self._usage: dict[str, float] = {}  # decayed GPU-seconds per account
         self._last: float | None = None
         self._preempting: dict[str, float] = {}  # victim id -> when it was asked to stop
+        self._ix = QueueIndex(default_runtime_s)
 
     # --- the round ------------------------------------------------------------------------
     def decide(
@@ -219,22 +223,24 @@ class QueuePolicy:
         and report every queued job's position and ETA."""
         self._account(now)  # usage since the last round, by what ran then
         c = self._sync(nodes, running)
-        order = self._order(now, queue)
-        d = Decision(positions={j.id: k for k, j in enumerate(order, 1)})
+        order, ids = self._order(now, queue, c)
+        d = Decision(positions=dict(zip(ids, range(1, len(ids) + 1), strict=True)))
         holds = Holds(now, reservations, c)
-        started: list[str] = []
-        head: JobSpec | None = None
+        started: list[int] = []  # positions in ``order``
+        head: int | None = None
         shadow = math.inf
         cap: dict[int, float] | None = None
         failed: set[tuple] = set()
         scanned = 0
-        for job in order:
-            if head is not None:
+        specs = self._ix.specs
+        for pos, row in enumerate(order.tolist()):
+            if failed:  # past the first job that did not fit: a bounded look further
                 scanned += 1
                 if scanned > self.backfill_depth:
                     break
             if c.free_cpu_total < 1e-9 and not any(c.free_by_type.values()):
                 break
+            job = specs[row]
             limit_end = now + job.max_runtime_s if job.max_runtime_s else math.inf
             short = head is not None and limit_end <= shadow
             key = self._shape(job, holds, short)
@@ -245,7 +251,7 @@ class QueuePolicy:
                 failed.add(key)
                 if head is not None or self.blocked == "skip":
                     continue
-                head = job
+                head = pos
                 shadow, cap = self._reserve(job, now, c, reservations)
                 if self.blocked == "stop":
                     break
@@ -257,15 +263,21 @@ class QueuePolicy:
             acc, idxs = got
             rj = RunningJob(job, c.ids(idxs), now, limit_end)
             c.add(rj)
-            started.append(job.id)
+            started.append(pos)
             holds.took(job, acc, limit_end)
             if cap is not None and not short:
                 for i in idxs:
                     if i in cap:
                         cap[i] -= job.gpus
             d.start.append((job.id, rj.nodes))
-        d.etas = self._etas(now, order, c, set(started), head, shadow)
-        for jid in started:  # the index mirrors what the runtime reports, not our wishes
+        # ETAs: running jobs' remaining GPU-seconds, then the queued work ahead, over the GPUs.
+        gpus = sum(v for a, v in c.total_gpus.items() if a is not None)
+        ahead = max(0.0, c.busy_gpu_end - now * c.busy_gpus)
+        mask = np.zeros(len(order), dtype=bool)
+        mask[started] = True
+        etas = self._ix.etas(order, now, ahead, gpus, mask, head, shadow)
+        d.etas = dict(zip(ids, etas.tolist(), strict=True))
+        for jid, _ in d.start:  # the index mirrors what the runtime reports, not our wishes
             c.remove(jid)
         return d
 
@@ -294,30 +306,18 @@ class QueuePolicy:
                     self._usage[a] = self._usage.get(a, 0.0) + g * dt
         self._last = now if self._last is None else max(self._last, now)
 
-    def _order(self, now: float, queue: Sequence[JobSpec]) -> list[JobSpec]:
+    def _order(
+        self, now: float, queue: Sequence[JobSpec], c: Cluster
+    ) -> tuple[np.ndarray, list[str]]:
+        rows = self._ix.rows(queue)
         if self.ordering == "fifo":
-            return sorted(queue, key=_submitted)
-        # Urgent (starving) jobs first in arrival order; then by priority; within a priority,
-        # fair share: an account's recent usage share plus what it already has queued ahead
-        # (a virtual-time tag, so accounts interleave), then arrival.
-        total = sum(self._usage.values()) or 1.0
-        share = {a: u / total for a, u in self._usage.items()}
-        size = float(max(1, sum(self._cluster.total_gpus.values()) if self._cluster else 1))
-        tag: dict[str, float] = {}
-        starve = now - self.starve_after_s
-        keys: list[tuple] = []
-        arrived = sorted(queue, key=_submitted)
-        for k, j in enumerate(arrived):
-            if j.submitted_at <= starve:
-                keys.append((0, 0, 0.0, k))
-                continue
-            a = j.account
-            t = tag.get(a)
-            if t is None:
-                t = share.get(a, 0.0)
-            tag[a] = t + max(j.gpus * j.nodes, 1) / size
-            keys.append((1, -j.priority, t, k))
-        return [arrived[k[3]] for k in sorted(keys)]
+            order = self._ix.fifo(rows)
+        else:
+            total = sum(self._usage.values()) or 1.0
+            share = {a: u / total for a, u in self._usage.items()}
+            gpus = float(sum(v for a, v in c.total_gpus.items() if a is not None))
+            order = self._ix.fair(rows, now, self.starve_after_s, share, gpus)
+        return order, self._ix.ids_of(order)
 
     def _shape(self, job: JobSpec, holds: Holds, short: bool) -> tuple:
         return (
@@ -490,41 +490,6 @@ class QueuePolicy:
         for jid in best or ():
             self._preempting[jid] = now
         return best or []
-
-    # --- positions and ETAs -----------------------------------------------------------------
-    def _etas(
-        self,
-        now: float,
-        order: Sequence[JobSpec],
-        c: Cluster,
-        started: set[str],
-        head: JobSpec | None,
-        shadow: float,
-    ) -> dict[str, float]:
-        """Start now for what starts; the shadow for the head; for the rest, now plus the work
-        still to run ahead of it (running jobs' remaining GPU-seconds, then the queued jobs'
-        expected GPU-seconds in order) spread over the cluster's GPUs."""
-        gpus = max(1, sum(c.total_gpus.get(a, 0) for a in c.total_gpus if a is not None))
-        ahead = max(0.0, c.busy_gpu_end - now * c.busy_gpus)
-        floor = now
-        out: dict[str, float] = {}
-        default = self.default_runtime_s
-        for j in order:
-            jid = j.id
-            if jid in started:
-                out[jid] = now
-                continue
-            eta = now + ahead / gpus
-            if j is head:
-                floor = shadow if math.isfinite(shadow) else eta
-                eta = floor
-            out[jid] = max(eta, floor)
-            ahead += j.gpus * j.nodes * (j.expected_runtime_s or j.max_runtime_s or default)
-        return out
-
-
-def _submitted(j: JobSpec) -> float:
-    return j.submitted_at
 
 
 class Fifo(QueuePolicy):

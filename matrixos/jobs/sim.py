@@ -58,7 +58,7 @@ def cluster(h100: int, a100: int, l4: int, gpus_per_node: int = 8) -> list[NodeS
 
 
 _SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
-_WEIGHTS = [0.52, 0.09, 0.1, 0.16, 0.045, 0.035, 0.02, 0.013, 0.008, 0.005, 0.003, 0.001]
+_WEIGHTS = [0.5, 0.08, 0.1, 0.16, 0.05, 0.04, 0.025, 0.018, 0.012, 0.008, 0.005, 0.002]
 
 
 def synthetic_trace(
@@ -69,6 +69,7 @@ def synthetic_trace(
     seed: int = 0,
     accounts: int = 8,
     max_gang: int = 2048,
+    sigma: float = 1.5,
 ) -> list[SimJob]:
     """``n`` jobs whose GPU-seconds (at A100 speed) offer ``load`` * ``gpus`` over the trace.
 
@@ -87,7 +88,7 @@ def synthetic_trace(
         burst = rnd.random() < 0.04 and size <= 8
         for _ in range(rnd.randint(10, 60) if burst else 1):
             median = 600.0 * (1 + math.log2(size))  # bigger gangs run longer (Helios)
-            runtime = min(3 * DAY, max(30.0, rnd.lognormvariate(math.log(median), 1.5)))
+            runtime = min(3 * DAY, max(30.0, rnd.lognormvariate(math.log(median), sigma)))
             if size <= 8:
                 r = rnd.random()
                 kind = "inference" if r < 0.25 else "finetune" if r < 0.6 else "train"
