@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import matrixos as mx
+from matrixos.catalog.billing import from_nano, to_nano
 from matrixos.catalog.outbox import Outbox
 from matrixos.metering import Meter, UsageRecord
 
@@ -67,8 +68,10 @@ def test_killed_meters_lose_nothing_and_concurrent_ones_balance(tmp_path: Path) 
         assert len(charges) == workers * n and -sum(e.degrees for e in charges) == used
 
 
-def test_rows_a_dead_meter_wrote_but_did_not_clear_are_not_written_twice(tmp_path: Path) -> None:
-    with mx.connect(str(tmp_path / "wh")) as lh:
+def test_rows_a_dead_meter_wrote_but_did_not_clear_are_not_written_twice(
+    tmp_path: Path, catalog_url: str
+) -> None:
+    with mx.connect(str(tmp_path / "wh"), catalog_url=catalog_url) as lh:
         meter = Meter(lh.service)
         record = UsageRecord(
             "team-a", "bob", resource="cpu", quantity=4, start=0.0, end=60.0, job_id="j1"
@@ -85,3 +88,6 @@ def test_rows_a_dead_meter_wrote_but_did_not_clear_are_not_written_twice(tmp_pat
             1,
             60.0,
         )
+        # ... and the ledger was charged once, for exactly the row's degrees.
+        used = lh.sql("SELECT sum(degrees) FROM system.billing.usage").scalar()
+        assert lh.accounts.summary("team-a").consumed == used == from_nano(to_nano(24 / 312 / 3600))
