@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -14,6 +15,11 @@ import matrixos as mx
 from matrixos.catalog.access import Principal
 from matrixos.errors import AccessDenied, NotSupported, SQLError
 from matrixos.iot.cagg import ViewRefresher
+
+try:
+    from tests.server._serve import MatrixOSServer
+except ImportError:  # run from tests/
+    from server._serve import MatrixOSServer  # type: ignore[no-redef]
 
 WAREHOUSES = ("local",)
 T0 = dt.datetime(2024, 1, 1)
@@ -232,3 +238,36 @@ def test_reads_are_real_time_past_the_watermark(cpu: mx.Lakehouse) -> None:
     cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m")
     assert cpu.table("iot.cpu_1m").info.properties["matrixos.view.watermark"].endswith("00:30:00")
     assert view_rows(cpu) == fresh_rows(cpu)
+
+
+def test_matrixos_serve_refreshes_views_and_enforces_retention(
+    lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    """The server starts the upkeep: a view is refreshed at its interval, retention enforced."""
+    lh.create_table("iot.cpu", points(list(range(10))))
+    lh.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY} WITH (refresh = '1 second')")
+    old = dt.date(2000, 1, 1)
+    lh.create_table(
+        "iot.r", [{"day": old, "v": 1.0}, {"day": dt.date.today(), "v": 2.0}], partition_by=["day"]
+    )
+    lh.sql("ALTER TABLE iot.r SET TBLPROPERTIES ('matrixos.retention' = '30 days')")
+    lh.close()  # its own refresher stops: from here on only the server's runs
+    server = MatrixOSServer(lh.warehouse.uri, tmp_path / "server.log").start()
+    reader = mx.connect(lh.warehouse.uri)
+    try:
+        reader.table("iot.cpu").append(points([90]))
+
+        def stored() -> list[int]:
+            col = reader.table("iot.cpu_1m").to_arrow().column("bucket")
+            return [b.minute for b in col.to_pylist()]
+
+        deadline = time.monotonic() + 60
+        while (30 not in stored() or reader.table("iot.r").to_arrow().num_rows != 1) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)  # polling another process: no event to wait on
+        assert 30 in stored(), server.log()
+        assert reader.table("iot.r").to_arrow().column("v").to_pylist() == [2.0], server.log()
+    finally:
+        reader.close()
+        server.stop()
