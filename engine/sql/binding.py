@@ -51,6 +51,11 @@ _TABLE_REFUSED = {
     "rows_from": "ROWS FROM",
     "system_time": "FOR SYSTEM_TIME",
 }
+# Meta of a table reference a row filter or mask wraps (engine.sql.row_security): (its policy
+# subquery, the masked columns, lower case); files are pruned by the query's conditions around
+# the subquery on the other columns too.
+SECURED = "mx_secured"
+SECURED_SOURCE = "mx_secured_source"  # meta of a policy subquery: it stands for one table
 _SNAPSHOTS = 64  # Delta snapshots kept per engine (file lists of recent versions)
 
 
@@ -253,17 +258,41 @@ class Binder:
         snap: Snapshot,
         all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
     ) -> list[Predicate]:
-        sel = _select_of(node)
+        preds = self._where(node, node, snap, all_snaps, frozenset())
+        secured = node.meta.get(SECURED)
+        if secured is not None:
+            # In a row filter's subquery (row_security): the query's own conditions around
+            # it prune too, on the columns no mask replaces (they compare the real values).
+            outer, masked = secured
+            preds += self._where(outer, node, snap, all_snaps, masked)
+        return preds
+
+    def _where(
+        self,
+        anchor: exp.Expr,
+        node: exp.Table,
+        snap: Snapshot,
+        all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
+        masked: frozenset[str],
+    ) -> list[Predicate]:
+        """The predicates on ``node``'s columns of the WHERE of the select ``anchor`` (the
+        table reference, or the policy subquery standing for it) reads from."""
+        sel = _select_of(anchor)
         if sel is None or not sel.args.get("where"):
             return []
-        siblings = [s for n, _, s in all_snaps if n is not node and _select_of(n) is sel]
+        alias = anchor.args.get("alias")
+        if anchor is not node and alias is not None and alias.columns:
+            return []  # renamed columns: the names outside are not the table's
+        siblings = [s for n, _, s in all_snaps if n is not node and _select_of(_anchor(n)) is sel]
         sources = list(sel.find_all(exp.From, exp.Join))
         only_tables = all(
-            isinstance(s.this, exp.Table) for s in sources if s.find_ancestor(exp.Select) is sel
+            isinstance(s.this, exp.Table) or s.this.meta.get(SECURED_SOURCE)
+            for s in sources
+            if s.find_ancestor(exp.Select) is sel
         )
-        mine = {f.name.lower() for f in snap.schema}
+        mine = {f.name.lower() for f in snap.schema} - masked
         theirs = {f.name.lower() for s in siblings for f in s.schema}
-        qualifier = node.alias_or_name.lower()
+        qualifier = anchor.alias_or_name.lower()
 
         def owns(col: exp.Column) -> str | None:
             name = col.name.lower()
@@ -331,6 +360,12 @@ def conjuncts(e: exp.Expr) -> list[exp.Expr]:
         hi = exp.LTE(this=e.this.copy(), expression=e.args["high"].copy())
         return [lo, hi]
     return [e]
+
+
+def _anchor(node: exp.Table) -> exp.Expr:
+    """What stands for a table reference in its query: its policy subquery, or itself."""
+    secured = node.meta.get(SECURED)
+    return secured[0] if secured is not None else node
 
 
 def _select_of(node: exp.Expr) -> exp.Expr | None:

@@ -26,6 +26,7 @@ from matrixos.catalog import TableIdent
 from matrixos.catalog.policies import TablePolicy
 from matrixos.engine.context import table_refs
 from matrixos.engine.functions import POLICY, is_function_result
+from matrixos.engine.sql.binding import SECURED, SECURED_SOURCE
 from matrixos.engine.sql.local import TABLE_CARRIED
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def wrap(node: exp.Table, policy: TablePolicy) -> exp.Subquery:
         node.set(key, None)
     node.set("alias", exp.TableAlias(this=exp.to_identifier(SOURCE, quoted=True)))
     placeholder.replace(node)
+    node.meta[SECURED] = (subquery, policy.masked)
+    subquery.meta[SECURED_SOURCE] = True
     return subquery
 
 

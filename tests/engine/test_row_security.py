@@ -284,3 +284,23 @@ def test_a_filter_lance_cannot_run_applies_after_a_wider_search(docs: mx.Lakehou
     assert len(got) == 2 and {lang for _, lang in got} == {"en"}
     hits = bob.search("s.docs", "vacuum", k=5, mode="text").to_arrow()
     assert set(hits.column("lang").to_pylist()) == {"en"} and hits.num_rows == 3
+
+
+def test_files_are_pruned_by_the_query_but_never_by_a_masked_column(lh: mx.Lakehouse) -> None:
+    t = lh.table("s.people")
+    t.append([{"id": 11, "region": "EU", "email": "x@x.org", "salary": 1.0}])
+    t.append([{"id": 21, "region": "EU", "email": "y@x.org", "salary": 2.0}])
+    bob = as_(lh, "bob")
+
+    def scan(sql: str) -> str:
+        plan = [r[0] for r in bob.sql("EXPLAIN " + sql).fetchall()]
+        return next(line for line in plan if line.startswith("Scan main.s.people"))
+
+    # the query's condition on an unmasked column prunes files (the filter's own too)
+    assert "1 of 3 files" in scan("SELECT id FROM s.people WHERE id = 21")
+    assert "1 of 3 files" in scan("SELECT p.id FROM s.people p WHERE p.id >= 20")
+    assert ids(bob.sql("SELECT id FROM s.people WHERE id = 21")) == [21]
+    assert ids(bob.sql("SELECT id FROM s.people WHERE id = 2")) == []  # a US row
+    # a condition on the masked column never prunes by the real values
+    assert "3 of 3 files" in scan("SELECT id FROM s.people WHERE email = 'y@x.org'")
+    assert ids(bob.sql("SELECT id FROM s.people WHERE email = '***'")) == [1, 3, 11, 21]
