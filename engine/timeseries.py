@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 GAPFILL = "time_bucket_gapfill"
+MAX_GAPFILL_BUCKETS = 1_000_000
 FILLERS = ("locf", "interpolate")
 WINDOWED = ("delta", "rate")
 # The names this module gives a meaning to (EXPLAIN and the docs list them).
@@ -236,6 +237,7 @@ def _gapfill(select: exp.Select, host: ConstantHost) -> exp.Expr:
         _interval_value(width, host, GAPFILL)
         width = exp.cast(width, exp.DataType.build("INTERVAL"))
     start, finish = (_timestamp(a) for a in (start, finish))
+    _check_bucket_count(bucket_call, width, start, finish, host)
     bucket_call.replace(exp.Anonymous(this="time_bucket", expressions=[width.copy(), ts]))
     for i, item in enumerate(inner.expressions):
         body = item.this if isinstance(item, exp.Alias) else item
@@ -338,6 +340,30 @@ def _group_by_position(inner: exp.Select, select: exp.Select, names: list[str]) 
             pos = next((i for i, it in enumerate(items) if it == g), None)
         if pos is not None:
             g.replace(exp.Literal.number(pos + 1))
+
+
+def _check_bucket_count(
+    call: exp.Expr, width: exp.Expr, start: exp.Expr, finish: exp.Expr, host: ConstantHost
+) -> None:
+    """Refuse a range of more than ``MAX_GAPFILL_BUCKETS`` buckets (a typo such as '1 second'
+    over years would build billions of rows per group); checked when the bounds are constant."""
+    if any(a.find(exp.Column, exp.Query) for a in (width, start, finish)):
+        return
+    seconds = exp.Anonymous(
+        this="epoch", expressions=[exp.paren(exp.Sub(this=finish.copy(), expression=start.copy()))]
+    )
+    step = exp.Anonymous(this="epoch", expressions=[width.copy()])
+    try:
+        n = host.constant(exp.Div(this=seconds, expression=step, typed=False, safe=False))
+    except MatrixOSError:
+        return  # DuckDB names what is wrong with them when the query runs
+    if isinstance(n, int | float) and n > MAX_GAPFILL_BUCKETS:
+        raise misuse(
+            call,
+            f"time_bucket_gapfill() would fill {int(n):,} buckets per group "
+            f"(at most {MAX_GAPFILL_BUCKETS:,})",
+            hint="a wider interval or a shorter [start, finish)",
+        )
 
 
 def _bounds_from_where(select: exp.Select, ts: exp.Expr) -> list[exp.Expr | None]:

@@ -311,6 +311,8 @@ class MaterializedViews:
         """Each reference to a real-time view in ``tree`` (latest version, not time travel)
         becomes its stored rows before the watermark united with the newer buckets computed
         from the source; a principal who may not read the source gets the stored rows."""
+        if not any(isinstance(t.this, exp.Identifier) for t in tree.find_all(exp.Table)):
+            return  # reads no table (SELECT 1, a search function)
         views = self._realtime_views()
         if not views:
             return

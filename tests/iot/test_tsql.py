@@ -215,6 +215,8 @@ def test_delta_and_rate_with_counter_reset(cpu: mx.Lakehouse, dialect: str) -> N
          "FROM iot.cpu", "needs GROUP BY", 1, 8),
         ("SELECT host FROM iot.cpu WHERE time_bucket_gapfill('1 minute', time, '2024-01-01', "
          "'2024-01-02') > time", "must be an item", 1, 32),
+        ("SELECT time_bucket_gapfill('1 second', time, '2000-01-01', '2024-01-01') AS b, "
+         "count(*) FROM iot.cpu GROUP BY b", "757,382,400 buckets", 1, 8),
     ],
 )  # fmt: skip
 def test_misuse_names_the_position(
@@ -223,6 +225,21 @@ def test_misuse_names_the_position(
     with pytest.raises(SQLError, match=message) as info:
         cpu.sql(sql, dialect="postgres")
     assert (info.value.line, info.value.col) == (line, col)
+
+
+def test_gapfill_in_a_cte_and_a_subquery(cpu: mx.Lakehouse) -> None:
+    inner = (
+        "SELECT time_bucket_gapfill('1 minute', time, '2024-01-01 00:00', '2024-01-01 00:06') "
+        "AS m, host, locf(avg(usage)) AS u FROM iot.cpu GROUP BY m, host"
+    )
+    cte = cpu.sql(
+        f"WITH filled AS ({inner}) SELECT host, count(*), sum(u) FROM filled "
+        "GROUP BY host ORDER BY host",
+        dialect="postgres",
+    ).fetchall()
+    assert cte == [("a", 6, 0 + 10 + 10 + 10 + 40 + 50.0), ("b", 6, 1 + 1 + 1 + 1 + 41 + 51.0)]
+    sub = cpu.sql(f"SELECT count(*) FROM ({inner}) AS f WHERE u IS NOT NULL").scalar()
+    assert sub == 12
 
 
 def test_time_series_functions_stay_inside_the_sandbox(cpu: mx.Lakehouse) -> None:
