@@ -190,6 +190,7 @@ COMMANDS = (
     "demo",
     "serve",
     "search",
+    "usage",  # commands come before groups in Typer's order
     "rag",
     "compute",
     "accounts",
@@ -316,6 +317,7 @@ def test_reading_commands_never_create_a_warehouse(cli: Run, tmp_path: Path) -> 
         ["history", "s.t"],
         ["search", "kb.chunks", "dead tuples"],
         ["rag", "eval", "--table", "kb.chunks", "--queries", "q.jsonl"],
+        ["usage"],
     ):
         err = fails(cli(*args, "--warehouse", str(typo)))
         assert f"no warehouse at {typo}" in err and "hint:" in err, args
