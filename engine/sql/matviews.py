@@ -64,6 +64,7 @@ QUERY, SOURCE, BUCKET, TIME, REFRESH, VERSION, WATERMARK, MATERIALIZED_ONLY = (
 OPTIONS = {"refresh", "materialized_only"}
 _CACHE_S = 2.0  # how long the list of real-time views is trusted (a view made elsewhere)
 _MATERIALIZED = "mx_materialized"  # meta flag: this reference reads the stored rows
+_HISTORY = 50  # commits searched for the last refresh's source version (past compactions)
 _MS = timedelta(milliseconds=1)
 
 _CREATE = re.compile(
@@ -130,6 +131,7 @@ class MaterializedViews:
         self._constant = constant
         self._lock = threading.Lock()
         self._realtime: dict[str, TableInfo] = {}
+        self._refreshing: dict[str, threading.Lock] = {}
         self._loaded = float("-inf")
 
     # -- statements -------------------------------------------------------------------------
@@ -260,16 +262,31 @@ class MaterializedViews:
     def refresh(self, principal: Principal, name: str) -> dict[str, Any]:
         """Bring the view up to its source's latest version, recomputing only the buckets the
         source's changes can touch. What it did: ``source_version``, ``buckets`` (ranges
-        recomputed; -1 for a full recompute) and ``rows`` written."""
+        recomputed; -1 for a full recompute) and ``rows`` written.
+
+        One refresh of a view at a time in this process; refreshes in two processes conflict
+        in Delta's commit and the later one is retried by the store on top of the earlier.
+        Either way the source version a refresh starts from is the one recorded in the view's
+        own latest refresh commit (atomically with its rows), so a refresh that landed last
+        with older rows is followed by a recompute of what it missed."""
+        with self._lock:
+            lock = self._refreshing.setdefault(str(TableIdent.parse(name)), threading.Lock())
+        with lock:
+            return self._refresh(principal, name)
+
+    def _refresh(self, principal: Principal, name: str) -> dict[str, Any]:
         handle = self.service.table(principal, name)
-        handle.writable()
+        store = handle.writable()
         info = handle.info
         definition = Definition.of(info)
         if definition is None:
             raise SQLError(f"{info.name} is a table, not a materialized view")
         source = self.service.resolve(principal, definition.source, "SELECT")
         latest = self._snapshot(source, None)
-        last = int(info.properties.get(VERSION, "-1"))
+        last = next(
+            (int(c[VERSION]) for c in store.history(_HISTORY) if VERSION in c),
+            int(info.properties.get(VERSION, "-1")),  # created, never refreshed since
+        )
         if latest.version == last:
             return {"source_version": last, "buckets": 0, "rows": 0}
         ranges = self._changed(source, last, latest, definition)

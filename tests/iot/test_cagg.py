@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import matrixos as mx
@@ -271,3 +272,25 @@ def test_matrixos_serve_refreshes_views_and_enforces_retention(
     finally:
         reader.close()
         server.stop()
+
+
+def test_a_refresh_that_lands_last_with_older_rows_is_repaired(cpu: mx.Lakehouse) -> None:
+    """Two refreshers (a session's and a server's) race: the one computed from the older
+    source version commits last (Delta's conflict retry puts it on top). The version recorded
+    in that commit is the older one, so the next refresh recomputes what it overwrote."""
+    cpu.sql(f"CREATE MATERIALIZED VIEW iot.cpu_1m AS {QUERY}")
+    stale = cpu.table("iot.cpu_1m").to_arrow()  # computed from source version 1
+    cpu.table("iot.cpu").append(points([3.5], usage=500))
+    cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m")
+    assert view_rows(cpu) == fresh_rows(cpu)
+    # the slower refresher's commit: minute 3 as of source version 1
+    old = stale.filter(pc.equal(stale.column("bucket").cast(pa.string()), "2024-01-01 00:03:00"))
+    cpu.service.table(cpu.principal, "iot.cpu_1m").overwrite(
+        old,
+        where="bucket >= '2024-01-01 00:03:00' AND bucket < '2024-01-01 00:04:00'",
+        commit_metadata={"matrixos.view.source_version": "1"},
+    )
+    assert view_rows(cpu) != fresh_rows(cpu)
+    out = cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m").to_arrow().to_pylist()[0]
+    assert out["buckets"] == 1
+    assert view_rows(cpu) == fresh_rows(cpu)
