@@ -56,8 +56,6 @@ def test_credit_balance_ledger(wh: Path) -> None:
         ("credit", "16.000000000", "4.000000000", None),
     ]
     assert ledger[2]["note"] == "Q4"
-    err = matrixos(wh, "accounts", "credit", "team-a", "--degrees", "-3", code=1).stderr
-    assert "must be positive" in err
     # The audit trail records the credit.
     with mx.connect(str(wh)) as lh:
         assert lh.sql(
@@ -82,5 +80,3 @@ def test_usage_table_chart_and_png(wh: Path, tmp_path: Path) -> None:
     assert matrixos(wh, "usage", "--account", "team-a", "--since", "2026-12-06").stdout.strip() == (
         "(no usage recorded)"
     )
-    err = matrixos(wh, "usage", "--since", "yesterday", code=1).stderr
-    assert "since='yesterday' is not a time" in err

@@ -118,6 +118,10 @@ def test_usage_sums_and_visibility(lh: mx.Lakehouse) -> None:
         eve.usage(account="team-a")
     with pytest.raises(AccessDenied):  # and not the table itself
         eve.sql("SELECT * FROM system.billing.usage")
+    with pytest.raises(ConfigError, match="since='yesterday' is not a time"):
+        lh.usage(since="yesterday")
+    with pytest.raises(ConfigError, match="by='week'"):
+        lh.usage(by="week")  # type: ignore[arg-type]
 
 
 def test_only_admins_credit_through_the_session(lh: mx.Lakehouse) -> None:
