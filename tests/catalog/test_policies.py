@@ -233,3 +233,19 @@ def test_changes_are_audited_without_their_literals(people: mx.Lakehouse) -> Non
     ]
     assert rows.column("principal").to_pylist()[2] == "bob"
     assert not any("secret@x" in (s or "") for s in rows.column("statement").to_pylist())
+
+
+def test_a_policy_reaches_members_of_member_groups(people: mx.Lakehouse) -> None:
+    lh = people
+    for stmt in (
+        "CREATE GROUP eu_team",
+        "ALTER GROUP analysts ADD GROUP eu_team",
+        "ALTER GROUP eu_team ADD USER carol",
+        "ALTER TABLE s.people SET ROW FILTER 'region = ''EU''' FOR analysts",
+    ):
+        lh.sql(stmt)
+    carol = as_(lh, "carol")  # analysts' grants and filter reach her through eu_team
+    assert carol.sql("SELECT id FROM s.people").fetchall() == [(1,)]
+    lh.sql("ALTER GROUP eu_team DROP USER carol")
+    with pytest.raises(AccessDenied):  # no longer a member: no grant, so no rows at all
+        as_(lh, "carol").sql("SELECT id FROM s.people")
