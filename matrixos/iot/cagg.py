@@ -2,6 +2,11 @@
 ``WITH (refresh = '…')`` is refreshed (incrementally, see ``engine/sql/matviews.py``) at that
 interval, on a daemon thread.
 
+A view is refreshed as its owner (the account that created it, with its grants, row filters
+and column masks), so a view never holds rows its owner may not read; a view whose owner is
+not an account is refreshed as the session's principal only when that principal is its owner
+(the embedded user), and skipped otherwise.
+
 Example:
     >>> import tempfile, datetime as dt, matrixos as mx
     >>> lh = mx.connect(tempfile.mkdtemp())
@@ -18,12 +23,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from matrixos.catalog.accounts import Accounts
 from matrixos.engine.sql.matviews import REFRESH
 from matrixos.engine.timeseries import parse_duration
 from matrixos.errors import MatrixOSError
 from matrixos.iot.periodic import Periodic
 
 if TYPE_CHECKING:
+    from matrixos.catalog import TableInfo
     from matrixos.catalog.access import Principal
     from matrixos.engine.sql.matviews import MaterializedViews
 
@@ -39,6 +46,7 @@ class ViewRefresher(Periodic):
         super().__init__("matrixos-view-refresh", tick, self.run_once)
         self._views = views
         self._principal = principal
+        self._accounts = Accounts(views.service.catalog)
         self._last: dict[str, float] = {}
 
     def run_once(self, now: float | None = None) -> list[str]:
@@ -55,7 +63,13 @@ class ViewRefresher(Periodic):
                 if last is not None and now - last < every:
                     continue
                 self._last[info.name] = now
-                result = self._views.refresh(self._principal, info.name)
+                owner = self._owner(info)
+                if owner is None:
+                    log.warning(
+                        "%s: its owner %r is no account; not refreshed", info.name, info.owner
+                    )
+                    continue
+                result = self._views.refresh(owner, info.name)
             except MatrixOSError:
                 # its source dropped, a grant revoked…: the other views still refresh
                 log.exception("refresh of %s failed", info.name)
@@ -63,3 +77,12 @@ class ViewRefresher(Periodic):
             if result["buckets"]:
                 done.append(info.name)
         return done
+
+    def _owner(self, info: TableInfo) -> Principal | None:
+        """Who refreshes ``info``: its owner's principal (None when the owner is unknown)."""
+        if info.owner is None or info.owner == self._principal.name:
+            return self._principal
+        try:
+            return self._accounts.principal(info.owner)
+        except MatrixOSError:
+            return None

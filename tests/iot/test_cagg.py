@@ -186,6 +186,8 @@ def test_refresh_needs_modify_on_the_view(cpu: mx.Lakehouse) -> None:
 def test_refresher_refreshes_views_when_due(cpu: mx.Lakehouse) -> None:
     cpu.sql(f"CREATE MATERIALIZED VIEW iot.hourly AS {QUERY} WITH (refresh = '1 hour')")
     cpu.sql(f"CREATE MATERIALIZED VIEW iot.never AS {QUERY}")  # no interval: manual only
+    assert cpu.maintenance is not None
+    cpu.maintenance.stop()  # the session's own refresher: this test drives one by hand
     refresher = ViewRefresher(cpu._engine.views, cpu.principal)
     cpu.table("iot.cpu").append(points([40]))
     assert refresher.run_once(now=1000.0) == ["main.iot.hourly"]
@@ -294,3 +296,30 @@ def test_a_refresh_that_lands_last_with_older_rows_is_repaired(cpu: mx.Lakehouse
     out = cpu.sql("REFRESH MATERIALIZED VIEW iot.cpu_1m").to_arrow().to_pylist()[0]
     assert out["buckets"] == 1
     assert view_rows(cpu) == fresh_rows(cpu)
+
+
+def test_background_refresh_acts_as_the_views_owner(cpu: mx.Lakehouse) -> None:
+    """A view is refreshed with its owner's grants: once alice may no longer read the source,
+    the (admin) refresher does not put rows she cannot see into her view."""
+    from matrixos.catalog.accounts import Accounts
+
+    for stmt in (
+        "CREATE USER alice",
+        "GRANT USE CATALOG ON CATALOG main TO alice",
+        "GRANT USE SCHEMA, CREATE ON SCHEMA iot TO alice",
+        "GRANT SELECT ON TABLE iot.cpu TO alice",
+    ):
+        cpu.sql(stmt)
+    alice = cpu.with_principal(Accounts(cpu.catalog).principal("alice"))
+    alice.sql(f"CREATE MATERIALIZED VIEW iot.mine AS {QUERY} WITH (refresh = '1 second')")
+    assert cpu.table("iot.mine").info.owner == "alice"
+    assert cpu.maintenance is not None
+    cpu.maintenance.stop()  # the session's own refresher: this test drives one by hand
+    refresher = ViewRefresher(cpu._engine.views, cpu.principal)
+    cpu.sql("REVOKE SELECT ON TABLE iot.cpu FROM alice")
+    cpu.table("iot.cpu").append(points([40]))
+    assert refresher.run_once(now=0.0) == []  # refused as alice: logged, nothing written
+    assert cpu.table("iot.mine").to_arrow().num_rows == 12
+    cpu.sql("GRANT SELECT ON TABLE iot.cpu TO alice")
+    assert refresher.run_once(now=10.0) == ["main.iot.mine"]
+    assert cpu.table("iot.mine").to_arrow().num_rows == 13
