@@ -205,6 +205,7 @@ class Billing:
             )
         self.catalog = catalog
         self.engine = engine
+        self._known: set[str] = set()  # accounts whose balance row exists
         _make_tables(engine)
 
     # -- movements --------------------------------------------------------------------------
@@ -353,21 +354,23 @@ class Billing:
         return out
 
     def _ensure_balance(self, account: str, at: datetime) -> None:
+        if account in self._known:
+            return  # balance rows are never deleted
         with self.engine.connect() as conn:
             found = conn.execute(
                 sa.select(_balances.c.account).where(_balances.c.account == account)
             ).first()
-        if found is not None:
-            return
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    _balances.insert().values(
-                        account=account, credited=0, consumed=0, balance=0, updated_at=at
+        if found is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        _balances.insert().values(
+                            account=account, credited=0, consumed=0, balance=0, updated_at=at
+                        )
                     )
-                )
-        except IntegrityError:
-            pass  # another process made it first
+            except IntegrityError:
+                pass  # another process made it first
+        self._known.add(account)
 
     # -- reads ------------------------------------------------------------------------------
     def summary(self, account: str, *, by: Principal | None = None) -> CreditSummary:
