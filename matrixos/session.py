@@ -6,6 +6,7 @@ import copy
 import getpass
 import logging
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -316,7 +317,9 @@ class Lakehouse:
                 meter.end(running)
             raise
         if meter and running:
+            # Metered until its rows are read to the end, or the result is dropped unread.
             result.on_end(lambda: meter.end(running))
+            weakref.finalize(result, meter.end, running)
         return result
 
     def _statement_meter(self) -> StatementMeter | None:

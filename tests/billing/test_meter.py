@@ -3,6 +3,7 @@ summed by ``lh.usage`` for the accounts a principal may see; SQL statements mete
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from collections.abc import Iterator
@@ -207,3 +208,18 @@ def test_an_object_store_catalog_keeps_no_ledger_and_statements_still_run(tmp_pa
         with pytest.raises(ConfigError, match="prepaid credits need a database catalog"):
             lh.accounts.balance("bob")
         assert lh.usage().num_rows == 0
+
+
+def test_a_result_dropped_unread_stops_being_metered(tmp_path: Path) -> None:
+    def records() -> int:
+        return sum(r["records"] for r in lh.usage(by="job").to_pylist())
+
+    with mx.connect(str(tmp_path / "wh"), meter_statements=True) as lh:
+        lh.create_table("s.t", [{"x": i} for i in range(10)])
+        result = lh.sql("SELECT x FROM s.t")  # a stream nobody reads yet: still running
+        assert records() == 0
+        del result
+        gc.collect()
+        assert records() == 1  # ended when dropped
+        lh.sql("SELECT 1").fetchall()  # read to its end: ended at once
+        assert records() == 2
