@@ -198,7 +198,7 @@ class IotIngest:
             raise IngestBusy(
                 f"ingest is at capacity: {self._pending_bytes >> 20} MiB of points wait for "
                 f"their commit (limit {self.max_pending_bytes >> 20} MiB); nothing written",
-                retry_after=max(1.0, self.flusher.interval),
+                retry_after=min(max(1.0, self.flusher.interval), 10.0),
                 hint="retry after the Retry-After delay; send fewer, larger batches",
             )
         if st.latest is None:

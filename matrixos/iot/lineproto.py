@@ -298,8 +298,13 @@ def _typed(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     present = col.drop_null()
     if not len(present):
         return pa.nulls(len(col), pa.float64()), np.zeros(0, dtype=np.int64)
-    first = present[0].as_py()
-    kind = _kind(first)
+    kind = _kind(present[0].as_py())
+    if kind == "x":  # the first value is invalid: the column takes the first valid one's type
+        kinds = [_kind(t) for t in present.to_pylist()]
+        kind = next((k for k in kinds if k != "x"), "x")
+        if kind == "x":
+            bad = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+            return pa.nulls(len(col), pa.float64()), bad
     try:
         if kind in ("i", "u"):
             if pc.all(pc.ends_with(col, kind)).as_py() is False:

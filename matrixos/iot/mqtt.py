@@ -27,7 +27,6 @@ import json
 import logging
 import queue
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -217,7 +216,7 @@ class MqttSubscriber:
                     break
                 except IngestBusy as e:  # not acknowledged: wait, then try again
                     log.warning("MQTT: %s; retrying in %.0f s", e.message, e.retry_after)
-                    time.sleep(e.retry_after)
+                    self._stop.wait(e.retry_after)
             else:
                 return  # stopping: unacknowledged messages come again after a restart
             for m in group:

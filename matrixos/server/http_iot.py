@@ -56,11 +56,7 @@ def iot_router(lakehouse: "Lakehouse", user: Any) -> APIRouter:
         org: str | None = Query(None, description="ignored (InfluxDB v2 compatibility)"),
     ) -> Response:
         """Write InfluxDB line protocol; the whole body is refused when a line is bad."""
-        try:
-            body = await _body(request)
-        except MatrixOSError as e:
-            return _error(e)
-        return await _write(service(), principal, bucket, body, precision, partial=False)
+        return await _write(service(), principal, bucket, request, precision, partial=False)
 
     @router.post("/api/v3/write_lp", status_code=204)
     async def write_v3(
@@ -72,12 +68,8 @@ def iot_router(lakehouse: "Lakehouse", user: Any) -> APIRouter:
     ) -> Response:
         """Write line protocol (InfluxDB 3's path): good lines are kept unless
         ``accept_partial=false``; refused lines are listed in a 400."""
-        try:
-            body = await _body(request)
-        except MatrixOSError as e:
-            return _error(e)
         unit = _V3_PRECISIONS.get(precision, precision)
-        return await _write(service(), principal, db, body, unit, partial=accept_partial)
+        return await _write(service(), principal, db, request, unit, partial=accept_partial)
 
     @router.post("/api/2.0/iot/points", status_code=204)
     async def write_points(
@@ -152,12 +144,13 @@ async def _write(
     ingest: IotIngest,
     principal: "Principal",
     target: str,
-    body: bytes,
+    request: Request,
     precision: str,
     *,
     partial: bool,
 ) -> Response:
     try:
+        body = await _body(request)
         ack: WriteAck = await run_in_threadpool(
             ingest.write_lines,
             principal,

@@ -323,3 +323,21 @@ def test_background_refresh_acts_as_the_views_owner(cpu: mx.Lakehouse) -> None:
     cpu.sql("GRANT SELECT ON TABLE iot.cpu TO alice")
     assert refresher.run_once(now=10.0) == ["main.iot.mine"]
     assert cpu.table("iot.mine").to_arrow().num_rows == 13
+
+
+def test_a_view_over_a_cte_is_recomputed_whole(cpu: mx.Lakehouse) -> None:
+    """Its time column is the CTE's: the source's statistics cannot bound the changed buckets,
+    so a refresh recomputes everything (and reads are materialized only)."""
+    cpu.sql(
+        "CREATE MATERIALIZED VIEW iot.c AS WITH r AS (SELECT time AS at, usage FROM iot.cpu) "
+        "SELECT time_bucket('1 minute', at) AS bucket, max(usage) AS top FROM r GROUP BY 1"
+    )
+    assert "matrixos.view.watermark" not in cpu.table("iot.c").info.properties
+    cpu.table("iot.cpu").append(points([50], usage=7))
+    out = cpu.sql("REFRESH MATERIALIZED VIEW iot.c").to_arrow().to_pylist()[0]
+    assert out["buckets"] == -1
+    got = cpu.sql("SELECT * FROM iot.c ORDER BY 1").fetchall()
+    want = cpu.sql(
+        "SELECT time_bucket('1 minute', time), max(usage) FROM iot.cpu GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert got == want

@@ -96,7 +96,16 @@ def test_type_conflict_names_line_and_field(body: bytes, line: int, field: str) 
 
 @pytest.mark.parametrize(
     "body",
-    [b"m,time=1 x=1", b"m day=1", b"m x=1 12a", b"m", b"m x=1 1 2", b"m,t x=1", b",t=a x=1"],
+    [
+        b"m,time=1 x=1",
+        b"m day=1",
+        b"m x=1 12a",
+        b"m",
+        b"m x=1 1 2",
+        b"m,t x=1",
+        b",t=a x=1",
+        b"m x=abc\nm x=1",  # the first value of a column invalid
+    ],
 )
 def test_malformed_lines_are_refused(body: bytes) -> None:
     with pytest.raises(PointsRejected) as e:
