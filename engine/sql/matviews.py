@@ -41,7 +41,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from matrixos.catalog import TableIdent
-from matrixos.engine.sandbox import check_query
+from matrixos.engine.sandbox import check_query, is_cte_reference
 from matrixos.engine.sql.frontend import ident_of, ok, table_name
 from matrixos.engine.timeseries import misuse, parse_duration
 from matrixos.errors import MatrixOSError, NotSupported, SQLError
@@ -236,6 +236,11 @@ class MaterializedViews:
         version = self._snapshot(source, None).version
         canonical = query.copy()
         canonical.set("order", None)  # rows are stored unordered; ORDER BY when reading
+        for table in canonical.find_all(exp.Table):  # the source by its full name
+            if isinstance(table.this, exp.Identifier) and not is_cte_reference(table):
+                table.set("catalog", exp.to_identifier(source.ident.catalog, quoted=True))
+                table.set("db", exp.to_identifier(source.ident.schema, quoted=True))
+                table.set("this", exp.to_identifier(source.ident.name, quoted=True))
         text = canonical.sql(dialect="duckdb")
         data = self._query(_pinned(canonical, version), principal).to_arrow()
         props = {
@@ -383,8 +388,12 @@ class MaterializedViews:
         has no rows): buckets from there on are computed at read time."""
         snap = self._snapshot(source, version)
         time = definition.time
-        if time in snap.partition_columns:
-            return None
+        if (
+            time in snap.partition_columns
+            or time not in snap.schema.names
+            or definition.query.args.get("with_") is not None
+        ):
+            return None  # a time column of a CTE: reads stay materialized only
         maxima = [f.stats_max.get(time) for f in snap.files if f.num_records != 0]
         if any(m is None for m in maxima):
             q = exp.select(exp.Max(this=exp.column(time, quoted=True))).from_(
@@ -578,7 +587,7 @@ def _pinned(query: exp.Select, version: int) -> exp.Select:
     read, whatever is committed meanwhile)."""
     pinned = query.copy()
     for table in pinned.find_all(exp.Table):
-        if isinstance(table.this, exp.Identifier):
+        if isinstance(table.this, exp.Identifier) and not is_cte_reference(table):
             table.set(
                 "version",
                 exp.Version(this="VERSION", kind="AS OF", expression=exp.Literal.number(version)),
