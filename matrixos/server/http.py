@@ -41,6 +41,7 @@ from matrixos.catalog.audit import AuditEvent, outcome_of
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
+from matrixos.server.console import mount_console
 from matrixos.server.http_billing import billing_router
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_iot import iot_router
@@ -169,6 +170,7 @@ def create_app(
     User = Annotated[Principal, Depends(principal)]
     app.include_router(billing_router(lakehouse, User))
     app.include_router(iot_router(lakehouse, User))
+    mount_console(app, lakehouse, User)  # the web console at / (its session cookie → bearer)
 
     # -- errors -----------------------------------------------------------------------------
     @app.exception_handler(Unauthenticated)

@@ -170,7 +170,7 @@ def _json(value: Any) -> JSONResponse:
 
 def ipc_stream(schema: pa.Schema, tables: list[pa.Table]) -> Iterator[bytes]:
     """``tables`` (of ``schema``) as one Arrow IPC stream, a record batch at a time."""
-    sink = _Pieces()
+    sink = Pieces()
     writer = pa.ipc.new_stream(sink, schema)
     for table in tables:
         for batch in table.to_batches(max_chunksize=65_536):
@@ -180,7 +180,7 @@ def ipc_stream(schema: pa.Schema, tables: list[pa.Table]) -> Iterator[bytes]:
     yield sink.take()
 
 
-class _Pieces(io.RawIOBase):
+class Pieces(io.RawIOBase):
     """A write-only file that hands over what was written since the last ``take``."""
 
     def __init__(self) -> None:

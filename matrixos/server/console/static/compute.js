@@ -1,0 +1,111 @@
+// Compute: the pool's nodes, the job queue (positions, ETAs), a job's logs, submitting a SQL job,
+// reserving GPUs (the earliest free window shown when refused), usage per account and balances.
+import { get, post, ApiError } from "./api.js";
+import { h, clear, table, errorBox, bytes } from "./dom.js";
+import { chart } from "./chart.js";
+
+const JOBS = "/api/2.0/jobs";
+
+export async function computePage(el) {
+  const nodes = h("section", {}, h("h2", {}, "Nodes"));
+  const jobs = h("section", {}, h("h2", {}, "Jobs"));
+  const reserve = h("section", {}, h("h2", {}, "Reserve GPUs"));
+  const usage = h("section", {}, h("h2", {}, "Usage and credit"));
+  el.append(nodes, jobs, reserve, usage);
+  await Promise.all([showNodes(nodes), showJobs(jobs), showReserve(reserve), showUsage(usage)]);
+  return { leave() { clearTimeout(timer); } };
+}
+
+let timer = null;
+
+async function showNodes(el) {
+  try {
+    const s = await get("/console/api/nodes");
+    el.append(h("p", { class: "muted" }, `${s.mode} pool · ${s.cpus} CPUs · ${s.gpus} GPUs${s.address ? " · " + s.address : ""}`));
+    el.append(table(["address", "alive", "cpus", "cpus_free", "gpus", "gpus_free", "accelerator", "zone", "memory"],
+      s.nodes.map((n) => ({ ...n, alive: n.alive ? "yes" : "no", memory: bytes(n.memory_bytes) })), (v) => v ?? "—"));
+  } catch (e) { el.append(errorBox(e)); }
+}
+
+function jobsMissing(el, e) {
+  if (e instanceof ApiError && (e.status === 404 || e.status === 405)) {
+    el.append(h("p", { class: "empty" }, "This server has no jobs API (/api/2.0/jobs): the queue, logs and submitting need it."));
+    return true;
+  }
+  return false;
+}
+
+async function showJobs(el) {
+  const list = h("div", {});
+  const logs = h("pre", { class: "logs", hidden: true });
+  const sql = h("textarea", { class: "job-sql", "aria-label": "job SQL", placeholder: "SQL to run as a job" });
+  const account = h("input", { placeholder: "account (default: you)", "aria-label": "account" });
+  const msg = h("div", {});
+  const form = h("form", { class: "row" }, sql, account, h("button", { type: "submit", class: "primary" }, "Submit SQL job"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault(); clear(msg);
+    try {
+      const body = { kind: "sql", sql: sql.value, name: "console" };
+      if (account.value.trim()) body.account = account.value.trim();
+      const j = await post(JOBS, body);
+      msg.append(h("p", { class: "notice" }, `submitted job ${j.id ?? j.job_id}`));
+      await load();
+    } catch (err) { if (!jobsMissing(msg, err)) msg.append(errorBox(err)); }
+  });
+  el.append(form, msg, list, logs);
+  async function load() {
+    clearTimeout(timer);
+    let rows;
+    try { rows = await get(`${JOBS}?limit=100`); } catch (e) { clear(list); if (!jobsMissing(list, e)) list.append(errorBox(e)); return; }
+    const items = Array.isArray(rows) ? rows : rows.jobs || [];
+    const cell = (v, col, r) => col !== "" ? (v ?? "—") : h("span", {},
+      h("button", { type: "button", onclick: () => showLogs(r.id) }, "Logs"),
+      ["QUEUED", "RUNNING", "PENDING"].includes(r.state) ? h("button", { type: "button", onclick: () => post(`${JOBS}/${encodeURIComponent(r.id)}/cancel`).then(load) }, "Cancel") : null);
+    clear(list).append(items.length ? table(["id", "name", "state", "account", "position", "eta", "gpus", "exit_code", ""], items, cell) : h("p", { class: "empty" }, "No jobs."));
+    if (items.some((r) => !["SUCCEEDED", "FAILED", "CANCELED"].includes(r.state))) timer = setTimeout(load, 1000);
+  }
+  async function showLogs(id) {
+    logs.hidden = false;
+    try { const r = await get(`${JOBS}/${encodeURIComponent(id)}/logs`); logs.textContent = typeof r === "string" ? r : r.logs ?? JSON.stringify(r); }
+    catch (e) { logs.textContent = e.message; }
+  }
+  await load();
+}
+
+async function showReserve(el) {
+  const gpus = h("input", { type: "number", min: 1, value: 1, "aria-label": "gpus" });
+  const accel = h("input", { placeholder: "accelerator (any)", "aria-label": "accelerator" });
+  const start = h("input", { type: "datetime-local", "aria-label": "start" });
+  const duration = h("input", { value: "1h", "aria-label": "duration" });
+  const msg = h("div", { role: "status" });
+  const form = h("form", { class: "row" }, h("label", {}, "GPUs ", gpus), accel, start, duration, h("button", { type: "submit" }, "Reserve"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault(); clear(msg);
+    const when = start.value ? new Date(start.value).toISOString() : new Date().toISOString();
+    try {
+      const r = await post("/api/2.0/reservations", { gpus: Number(gpus.value), accelerator: accel.value || null, start: when, duration: duration.value });
+      msg.append(h("p", { class: "notice" }, `reserved ${r.id ?? ""}`));
+    } catch (err) {
+      if (jobsMissing(msg, err)) return;
+      const earliest = err.body && err.body.earliest;
+      msg.append(errorBox(err));
+      if (earliest) msg.append(h("p", { class: "notice" }, `Earliest free window starts ${new Date(Number(earliest) * 1000 || earliest).toISOString()}`));
+    }
+  });
+  el.append(form, msg);
+}
+
+async function showUsage(el) {
+  try {
+    const [{ rows }, { accounts }] = await Promise.all([get("/api/2.0/billing/usage?by=day"), get("/api/2.0/billing/accounts")]);
+    el.append(h("h3", {}, "Prepaid balances"), accounts.length ? table(["account", "credited", "consumed", "balance"], accounts) : h("p", { class: "empty" }, "No credit recorded."));
+    const byAccount = new Map();
+    for (const r of rows) {
+      if (!byAccount.has(r.account)) byAccount.set(r.account, []);
+      byAccount.get(r.account).push([r.period, Number(r.degrees)]);
+    }
+    el.append(h("h3", {}, "Usage per day (degrees)"));
+    if (!byAccount.size) el.append(h("p", { class: "empty" }, "No usage recorded yet."));
+    for (const [acct, pts] of byAccount) el.append(h("h4", {}, acct), chart(pts.length > 1 ? "line" : "bar", pts, { xLabel: "day", yLabel: "degrees" }));
+  } catch (e) { el.append(errorBox(e)); }
+}
