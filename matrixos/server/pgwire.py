@@ -89,7 +89,7 @@ from matrixos.server.pg_encode import text_only
 from matrixos.server.pg_settings import qualified_session_functions, settings
 from matrixos.server.pg_transactions import transactions
 from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
-from matrixos.server.statements import Limits, interrupt_until
+from matrixos.server.statements import Limits, Slots, interrupt_until
 
 if TYPE_CHECKING:
     import ssl
@@ -551,9 +551,11 @@ class MatrixOSPgServer(PgServer):
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
         audit: AuditWriter | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.lakehouse = lakehouse
         self.limits = limits or Limits()
+        self.slots = slots or Slots(self.limits)  # shared with HTTP under matrixos serve
         self.audit = audit
         self.draining = False
         self._running: dict[str, list[Interrupt]] = defaultdict(list)  # by principal
@@ -588,7 +590,7 @@ class MatrixOSPgServer(PgServer):
         """Count a statement in; ``ServerUnavailable`` while draining, ``TooManyStatements``
         when ``principal`` runs ``limits.max_active_per_principal`` already."""
         with self._admission:
-            self.limits.admit(principal, len(self._running[principal]), self.draining)
+            self.slots.take(principal, self.draining)
             self._running[principal].append(handle)
 
     def active(self) -> int:
@@ -598,6 +600,7 @@ class MatrixOSPgServer(PgServer):
 
     def release(self, principal: str, handle: Interrupt) -> None:
         with self._admission:
+            self.slots.give(principal)
             self._running[principal].remove(handle)
             if not self._running[principal]:
                 del self._running[principal]
@@ -719,6 +722,7 @@ def start_pg_server(
     limits: Limits | None = None,
     audit: AuditWriter | None = None,
     workers: int = 32,
+    slots: Slots | None = None,
 ) -> PgServerHandle:
     """Serve ``lakehouse`` over the PostgreSQL wire on ``host:port`` (``port=0``: any free
     port, see ``handle.port``) from a background thread; returns once it listens.
@@ -733,7 +737,8 @@ def start_pg_server(
             use TLS) or ``trust``.
         ssl_context: Serve TLS to clients that ask for it (``sslmode=require``).
         limits: ``statement_timeout_s`` (57014) and ``max_active_per_principal`` (53000), as
-            for the HTTP API (``server/statements.py``).
+            for the HTTP API (``server/statements.py``); ``slots``: the count per principal
+            when shared with the HTTP API (``matrixos serve``'s).
         audit: Where logins and statements are recorded (``system.access.audit``, protocol
             ``pg``; statement text with its literals redacted).
         workers: Statements (and result encodings) that run at once across all connections;
@@ -750,6 +755,7 @@ def start_pg_server(
         ssl_context=ssl_context,
         limits=limits,
         audit=audit,
+        slots=slots,
     )
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from matrixos.iot.runtime import IotOptions, start_iot
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
-from matrixos.server.statements import Limits, StatementManager
+from matrixos.server.statements import Limits, Slots, StatementManager
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -89,12 +89,15 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     def run(principal: Principal, sql: str, dialect: str) -> Any:
         return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
 
+    # One count of each principal's running statements for HTTP, SDK reads and the wire.
+    slots = Slots(options.limits)
     manager = StatementManager(
         run,
         workers=options.workers,
         chunk_rows=options.chunk_rows,
         limits=options.limits,
         retained_bytes=options.retained_bytes,
+        slots=slots,
     )
     audit = AuditWriter(AuditLog(lakehouse.service), history=QueryHistory(lakehouse.service))
     iot = start_iot(lakehouse, options.iot)  # before the routes: replayed points are visible
@@ -105,7 +108,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         default_dialect=lakehouse.settings.default_dialect,
         audit=audit,
     )
-    pg = start_pg(lakehouse, accounts, options, audit)
+    pg = start_pg(lakehouse, accounts, options, audit, slots)
 
     def drain() -> None:
         # The wire's statements drain at the same time, within the same grace period.
@@ -142,6 +145,7 @@ def start_pg(
     accounts: Accounts,
     options: ServeOptions,
     audit: AuditWriter | None = None,
+    slots: Slots | None = None,
 ) -> PgServerHandle | None:
     """The PostgreSQL wire server on ``options.pg_port`` (None: none), auditing to ``audit``."""
     if options.pg_port is None:
@@ -153,6 +157,7 @@ def start_pg(
         accounts=accounts,
         limits=options.limits,
         audit=audit,
+        slots=slots,
     )
     log.info("PostgreSQL wire on %s:%d", options.host, handle.port)
     return handle

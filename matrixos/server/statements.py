@@ -180,6 +180,37 @@ class Limits:
             )
 
 
+class Slots:
+    """The statements each principal has pending or running, counted across every protocol
+    of a server (the HTTP API, its SDK reads, the PostgreSQL wire share one): ``take`` admits
+    one more under ``limits`` (``Limits.admit``), ``give`` hands it back. Thread-safe.
+
+    Example:
+        >>> slots = Slots(Limits(max_active_per_principal=1))
+        >>> slots.take("ann", draining=False)
+        >>> slots.take("ann", draining=False)
+        Traceback (most recent call last):
+        matrixos.errors.TooManyStatements: ann has 1 statements running, the most allowed ...
+        >>> slots.give("ann"); slots.take("ann", draining=False)
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._active: Counter[str] = Counter()
+
+    def take(self, principal: str, draining: bool) -> None:
+        with self._lock:
+            self.limits.admit(principal, self._active[principal], draining)
+            self._active[principal] += 1
+
+    def give(self, principal: str) -> None:
+        with self._lock:
+            self._active[principal] -= 1
+            if self._active[principal] <= 0:
+                del self._active[principal]
+
+
 class StatementManager:
     """Runs statements on a pool of ``workers`` threads and keeps them for their owners.
 
@@ -193,6 +224,8 @@ class StatementManager:
         retained_bytes: the most result bytes (Arrow) kept for all statements together; past
             it, the oldest finished results are released (their statements ``CLOSED``).
         limits: per-statement and per-principal limits.
+        slots: the per-principal statement count, when shared with the wire (default: its
+            own, under ``limits``).
     """
 
     def __init__(
@@ -205,10 +238,11 @@ class StatementManager:
         retention_s: float = 3600.0,
         retained_bytes: int = 4 * 1024**3,
         limits: Limits = Limits(),
+        slots: Slots | None = None,
     ) -> None:
         self._runner = runner
         self.limits = limits
-        self._active: Counter[str] = Counter()  # pending or running statements by principal
+        self._slots = slots or Slots(limits)  # pending or running statements by principal
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")
         self._lock = threading.Lock()
         self._statements: dict[str, Statement] = {}
@@ -252,10 +286,9 @@ class StatementManager:
         stmt.client = client
         stmt.protocol = protocol
         with self._lock:
-            self.limits.admit(principal.name, self._active[principal.name], self._draining)
+            self._slots.take(principal.name, self._draining)
             self._expire(time.time())
             self._statements[stmt.id] = stmt
-            self._active[principal.name] += 1
         self._pool.submit(self._run, stmt)
         return stmt
 
@@ -388,9 +421,7 @@ class StatementManager:
         if stmt.timer is not None:
             stmt.timer.cancel()
         if stmt.state in (State.PENDING, State.RUNNING):
-            self._active[stmt.owner.name] -= 1
-            if self._active[stmt.owner.name] <= 0:
-                del self._active[stmt.owner.name]
+            self._slots.give(stmt.owner.name)
         stmt.state = state
         stmt.error = error
         stmt.finished_at = time.time()

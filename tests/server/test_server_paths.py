@@ -1,5 +1,6 @@
 """Every path of ``matrixos serve`` under the same rules: the remote SDK's table reads and search
-under the statement limits, the client address of a token's last use, failed wire logins
+under the statement limits (one count of running statements per principal across HTTP, SDK and
+the wire), the client address of a token's last use, failed wire logins
 throttled, and the wire's honest answer to BEGIN/COMMIT/ROLLBACK (MatrixOS autocommits).
 
 One server for the module: at most 1 statement per user, results of at most 10 rows.
@@ -69,6 +70,12 @@ def test_table_reads_and_search_obey_the_statement_limits(
         assert found.status_code == 429
         with pytest.raises(TooManyStatements):
             remote.table("sales.orders").to_arrow()
+        # one count per principal across protocols: the wire is refused too (53000)
+        with (
+            pg(server, served_warehouse, "admin", autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientResources),
+        ):
+            conn.execute("SELECT count(*) FROM sales.orders")
     finally:
         admin.post(f"{STATEMENTS}/{sid}/cancel")
     deadline = time.monotonic() + 60
