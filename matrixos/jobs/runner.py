@@ -140,6 +140,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         return self.proc.pid
 
@@ -187,6 +188,16 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when its supervisor dies (Linux), so a killed
+    scheduler or Ray worker never leaves a job's process behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Run(Protocol):
