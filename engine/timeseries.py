@@ -122,7 +122,21 @@ def _check_interval(node: exp.Expr, host: ConstantHost) -> None:
         _interval_value(width, host, "time_bucket")
 
 
+# Widths already checked (a dashboard sends the same few on every query): no DuckDB round trip.
+_CHECKED: dict[str, Any] = {}
+
+
 def _interval_value(width: exp.Expr, host: ConstantHost, fn: str) -> Any:
+    text = width.name if isinstance(width, exp.Literal) else None
+    if text is not None and text in _CHECKED:
+        return _CHECKED[text]
+    value = _checked_interval(width, host, fn)
+    if text is not None and len(_CHECKED) < 1024:
+        _CHECKED[text] = value
+    return value
+
+
+def _checked_interval(width: exp.Expr, host: ConstantHost, fn: str) -> Any:
     try:
         value = host.constant(exp.cast(width.copy(), exp.DataType.build("INTERVAL")))
     except MatrixOSError as e:
