@@ -51,9 +51,9 @@ _TABLE_REFUSED = {
     "rows_from": "ROWS FROM",
     "system_time": "FOR SYSTEM_TIME",
 }
-# Meta of a table reference a row filter or mask wraps (engine.sql.row_security): (its policy
-# subquery, the masked columns, lower case); files are pruned by the query's conditions around
-# the subquery on the other columns too.
+# Meta of a table reference a row filter or mask wraps (engine.sql.row_security): the masked
+# columns (lower case); files are pruned by the query's conditions around its subquery (the
+# nearest one above it) on the other columns too. No node is kept in meta: trees are copied.
 SECURED = "mx_secured"
 SECURED_SOURCE = "mx_secured_source"  # meta of a policy subquery: it stands for one table
 _SNAPSHOTS = 64  # Delta snapshots kept per engine (file lists of recent versions)
@@ -259,12 +259,11 @@ class Binder:
         all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
     ) -> list[Predicate]:
         preds = self._where(node, node, snap, all_snaps, frozenset())
-        secured = node.meta.get(SECURED)
-        if secured is not None:
+        masked = node.meta.get(SECURED)
+        if masked is not None:
             # In a row filter's subquery (row_security): the query's own conditions around
             # it prune too, on the columns no mask replaces (they compare the real values).
-            outer, masked = secured
-            preds += self._where(outer, node, snap, all_snaps, masked)
+            preds += self._where(_anchor(node), node, snap, all_snaps, masked)
         return preds
 
     def _where(
@@ -364,8 +363,9 @@ def conjuncts(e: exp.Expr) -> list[exp.Expr]:
 
 def _anchor(node: exp.Table) -> exp.Expr:
     """What stands for a table reference in its query: its policy subquery, or itself."""
-    secured = node.meta.get(SECURED)
-    return secured[0] if secured is not None else node
+    if node.meta.get(SECURED) is None:
+        return node
+    return node.find_ancestor(exp.Subquery) or node
 
 
 def _select_of(node: exp.Expr) -> exp.Expr | None:

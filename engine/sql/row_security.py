@@ -118,7 +118,7 @@ def wrap(node: exp.Table, policy: TablePolicy) -> exp.Subquery:
         node.set(key, None)
     node.set("alias", exp.TableAlias(this=exp.to_identifier(SOURCE, quoted=True)))
     placeholder.replace(node)
-    node.meta[SECURED] = (subquery, policy.masked)
+    node.meta[SECURED] = policy.masked
     subquery.meta[SECURED_SOURCE] = True
     return subquery
 
