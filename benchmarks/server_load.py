@@ -231,6 +231,7 @@ def main() -> None:
         samples = [s for _ in procs for s in q.get()]
         for p in procs:
             p.join()
+        args.load = os.getloadavg()[1]  # the machine's 5-minute load average at the end
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -245,7 +246,8 @@ def _report(args: argparse.Namespace, samples: list) -> str:
     lines = [
         f"{args.clients} clients ({args.clients // 2} psycopg, {args.clients - args.clients // 2}"
         f" httpx) for {args.duration:g} s, TPC-H sf{args.scale:g}, {args.tpch_share:.0%} TPC-H "
-        f"queries, the rest point lookups; machine: {os.cpu_count()} cores",
+        f"queries, the rest point lookups; machine: {os.cpu_count()} cores, 5-minute load "
+        f"average {getattr(args, 'load', float('nan')):.1f} at the end (all processes)",
         "",
         f"requests {len(samples):,}, errors {len(errors)}, QPS {len(samples) / args.duration:.1f}",
         "",
