@@ -77,10 +77,11 @@ class SQLEngine:
             self._as_query,
             lambda info, version: self._binder.snapshot(info, version, None),
             self._binder.constant,
+            scheduled=self._maintenance,
         )
-        # Called after a statement set up background work (a view's refresh interval): the
-        # session starts its maintenance tasks (matrixos.iot). Retention deletes data, so an
-        # embedded session enforces it only once asked (lh.start_maintenance(), or serve).
+        # Called when a statement set up background work (a view with a refresh interval):
+        # the session starts its maintenance tasks (matrixos.iot). Retention deletes data, so
+        # an embedded session enforces it only once asked (lh.start_maintenance(), or serve).
         self.on_maintenance: Callable[[], None] | None = None
         self._security = RowSecurity(service)
         self.policies = PolicyDefinitions(service)  # row filters and column masks
@@ -180,10 +181,7 @@ class SQLEngine:
 
     def _create(self, stmt: exp.Create, dialect: str, principal: Principal) -> Result:
         result = self.views.create_statement(stmt, principal)
-        if result is None:
-            return self._ddl.create(stmt, dialect, principal)
-        self._maintenance()
-        return result
+        return self._ddl.create(stmt, dialect, principal) if result is None else result
 
     def _drop(self, stmt: exp.Drop, dialect: str, principal: Principal) -> Result:
         result = self.views.drop(stmt, principal)
@@ -213,10 +211,8 @@ class SQLEngine:
         if cmd in ("OPTIMIZE", "VACUUM"):
             return self._dml.maintain(cmd, rest, dialect, principal)
         result = self.views.command(cmd, rest, dialect, principal)
-        if result is not None:
-            self._maintenance()
-            return result
-        result = self._grants.command(cmd, rest, dialect, principal)
+        if result is None:
+            result = self._grants.command(cmd, rest, dialect, principal)
         if result is None:
             result = self.policies.command(cmd, rest, dialect, principal)
         if result is None:

@@ -115,7 +115,9 @@ class MaterializedViews:
     """The materialized-view statements of one session's engine.
 
     ``query`` runs a query tree for a principal; ``snapshot`` loads a Delta table's file list
-    at a version (latest when None); ``constant`` evaluates a constant expression.
+    at a version (latest when None); ``constant`` evaluates a constant expression;
+    ``scheduled`` is called after a view with a refresh interval is created (the session
+    starts its background refresher).
     """
 
     def __init__(
@@ -124,8 +126,11 @@ class MaterializedViews:
         query: Callable[[exp.Expr, Principal], Result],
         snapshot: Callable[[TableInfo, int | None], Snapshot],
         constant: Callable[[exp.Expr], Any],
+        *,
+        scheduled: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
+        self._scheduled = scheduled
         self._query = query
         self._snapshot = snapshot
         self._constant = constant
@@ -262,6 +267,8 @@ class MaterializedViews:
             principal, ident, data, properties=props, mode="error", create_schema=True
         )
         self._known(info)
+        if REFRESH in props and self._scheduled is not None:
+            self._scheduled()
         return ok("CREATE MATERIALIZED VIEW", rows=data.num_rows, source_version=version)
 
     def refresh(self, principal: Principal, name: str) -> dict[str, Any]:
