@@ -19,7 +19,9 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import quote
 
 import pyarrow as pa
 from sqlglot import exp
@@ -187,6 +189,11 @@ class RemoteLakehouse:
         return Result.from_table(_read_ipc(data), statement="SEARCH")
 
     # -- metering ---------------------------------------------------------------------------
+    @property
+    def accounts(self) -> RemoteAccounts:
+        """Prepaid credit on the server (as ``Lakehouse.accounts``: balance, ledger, credit)."""
+        return RemoteAccounts(self)
+
     def usage(
         self,
         account: str | None = None,
@@ -225,6 +232,39 @@ class RemoteLakehouse:
                 )
             raise _error(body)
         return response
+
+
+class RemoteAccounts:
+    """Prepaid credit in degrees through the server's billing routes: a user reads the accounts
+    it is or belongs to; an admin credits."""
+
+    def __init__(self, lakehouse: RemoteLakehouse) -> None:
+        self._lh = lakehouse
+
+    def _path(self, account: str) -> str:
+        return f"/api/2.0/billing/accounts/{quote(account, safe='')}"
+
+    def balance(self, account: str) -> Decimal:
+        """``account``'s balance."""
+        return Decimal(self._lh._call("GET", self._path(account)).json()["balance"])
+
+    def summary(self, account: str) -> dict[str, Any]:
+        """``account``'s credited, consumed, balance (decimal strings) and alerts."""
+        return dict(self._lh._call("GET", self._path(account)).json())
+
+    def ledger(self, account: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """``account``'s credits and charges, oldest first (degrees as decimal strings)."""
+        params = {"limit": limit} if limit else None
+        answer = self._lh._call("GET", self._path(account) + "/ledger", params=params)
+        return list(answer.json()["entries"])
+
+    def credit(
+        self, account: str, degrees: Decimal | float | str, *, note: str | None = None
+    ) -> Decimal:
+        """Add a prepaid package (admins only); the balance after."""
+        body = {"degrees": str(degrees), "note": note}
+        answer = self._lh._call("POST", self._path(account) + "/credit", json=body)
+        return Decimal(answer.json()["balance"])
 
 
 class RemoteTable:

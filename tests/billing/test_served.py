@@ -14,7 +14,7 @@ import pytest
 import matrixos as mx
 from matrixos.catalog.accounts import Accounts
 from matrixos.catalog.billing import Billing
-from matrixos.errors import OutOfCredit
+from matrixos.errors import AccessDenied, OutOfCredit
 from tests.server._serve import MatrixOSServer
 
 STATEMENTS = "/api/2.0/sql/statements"
@@ -88,6 +88,12 @@ def test_served_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> No
             assert table.schema.field("degrees").type == pa.decimal128(38, 9)
             with pytest.raises(OutOfCredit, match="statements are stopped"):
                 remote.sql("SELECT 1")
+            assert remote.accounts.balance("alice") < 0
+            assert remote.accounts.ledger("alice", limit=1)[0]["kind"] == "charge"
+            with pytest.raises(AccessDenied):
+                remote.accounts.credit("alice", 1)
+            with pytest.raises(AccessDenied):
+                remote.accounts.balance("bob")
         # Only an admin credits; then alice's statements run again.
         r = alice.post("/api/2.0/billing/accounts/alice/credit", json={"degrees": "5"})
         assert r.status_code == 403
