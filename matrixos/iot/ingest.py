@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -192,7 +193,9 @@ class IotIngest:
             if new_tags:
                 self._add_tags(st, new_tags)
             st.schema = series.merged_schema(st.schema, rows)
-        rows = series.last_wins(rows, st.keys)
+        spans, repeats = _series_spans_and_repeats(rows, st.tags)
+        if repeats:  # a point repeated within the body: the later line wins
+            rows = series.last_wins(rows, st.keys)
         if self._pending_bytes + rows.nbytes > self.max_pending_bytes:
             self.flusher.wake()
             raise IngestBusy(
@@ -203,7 +206,6 @@ class IotIngest:
             )
         if st.latest is None:
             self._load_latest(st)
-        spans = _series_spans(rows, st.tags)
         payload = encode(str(ident), {"tags": st.tags}, rows)
 
         def durable(seqs: list[int]) -> None:
@@ -431,17 +433,38 @@ def close_ingest(lakehouse: Lakehouse) -> None:
 
 def _series_spans(rows: pa.Table, tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Each series' (key, first time, last time) in ``rows`` (times in µs)."""
-    t = pc.cast(rows.column(series.TIME), pa.int64())
-    key = series_key(rows, tags)
-    agg = pa.table({"k": key, "t": t}).group_by("k").aggregate([("t", "min"), ("t", "max")])
-    return list(
+    return _series_spans_and_repeats(rows, tags)[0]
+
+
+def _series_spans_and_repeats(
+    rows: pa.Table, tags: Sequence[str]
+) -> tuple[list[tuple[str, int, int]], bool]:
+    """Each series' (key, first time, last time) in ``rows`` (times in µs), and whether a
+    (series, time) repeats. Sorting codes and times with numpy: a hash aggregate over the tag
+    columns cost more than parsing the body."""
+    if not rows.num_rows:
+        return [], False
+    enc = pc.dictionary_encode(series_key(rows, tags))
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    names = enc.dictionary.to_pylist()
+    t = pc.cast(rows.column(series.TIME), pa.int64()).to_numpy()
+    order = np.lexsort((t, codes))
+    c, tt = codes[order], t[order]
+    same = c[1:] == c[:-1]
+    repeats = bool(np.any(same & (tt[1:] == tt[:-1])))
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ends = np.concatenate([starts[1:], [len(c)]]) - 1
+    spans = list(
         zip(
-            agg.column("k").to_pylist(),
-            agg.column("t_min").to_pylist(),
-            agg.column("t_max").to_pylist(),
+            [names[i] for i in c[starts].tolist()],
+            tt[starts].tolist(),
+            tt[ends].tolist(),
             strict=True,
         )
     )
+    return spans, repeats
 
 
 def series_key(rows: pa.Table, tags: Sequence[str]) -> pa.Array:
