@@ -266,3 +266,27 @@ def test_password_login_and_logout(page: Any, console_warehouse: ServedWarehouse
     page.wait_for_selector("#login:not([hidden])")
     page.goto("/#/sql")
     page.wait_for_selector("#login:not([hidden])")
+
+
+def test_an_admin_grants_and_revokes_from_the_explorer(
+    page: Any, console_warehouse: ServedWarehouse
+) -> None:
+    import matrixos as mx
+    from matrixos.catalog.accounts import Accounts
+
+    def bobs() -> list[str]:
+        with mx.connect(console_warehouse.uri) as lh:
+            return [f"{g.privilege} {g.securable}" for g in Accounts(lh.catalog).grants("bob")]
+
+    login(page, console_warehouse.tokens["admin"])
+    page.goto("/#/catalog/main.hr.salaries")
+    page.click(".tabs button:has-text('Grants')")
+    page.wait_for_selector(".tab-body p:has-text('No grants')")
+    page.fill("input[aria-label='grantee']", "bob")
+    page.click(".tab-body button:has-text('Grant')")
+    row = page.wait_for_selector(".tab-body tbody tr:has-text('bob')")
+    assert "SELECT" in row.inner_text()
+    assert bobs() == ["SELECT main.hr.salaries"]
+    page.click(".tab-body tbody tr:has-text('bob') button:has-text('Revoke')")
+    page.wait_for_selector(".tab-body p:has-text('No grants')")
+    assert bobs() == []

@@ -81,7 +81,7 @@ const VIEWS = {
       clear(list);
       const rows = await query(`SHOW GRANTS ON TABLE ${ident(d.name)}`);
       const cols = rows.length ? Object.keys(rows[0]) : ["privilege", "grantee"];
-      const cell = (v, col, r) => col !== "" ? v : h("button", { type: "button", onclick: () => change(`REVOKE ${r.privilege} ON TABLE ${ident(d.name)} FROM ${ident(r.grantee)}`) }, "Revoke");
+      const cell = (v, col, r) => col !== "" ? v : h("button", { type: "button", onclick: () => change(`REVOKE ${r.privilege} ON TABLE ${ident(d.name)} FROM ${ident(r.principal ?? r.grantee)}`) }, "Revoke");
       list.append(rows.length ? table([...cols, ""], rows, cell) : h("p", { class: "empty" }, "No grants on this table."));
     }
     const priv = h("select", { "aria-label": "privilege" }, PRIVILEGES.map((p) => h("option", {}, p)));
