@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -70,6 +71,8 @@ __all__ = [
     "may_see",
     "to_nano",
 ]
+
+log = logging.getLogger(__name__)
 
 NANO = 1_000_000_000
 _QUANTUM = Decimal("0.000000001")
@@ -313,6 +316,7 @@ class Billing:
             delta = totals.setdefault(account, [0, 0])
             delta[0 if kind == "credit" else 1] += nano if kind != "refund" else -nano
         out: dict[str, Decimal] = {}
+        fired: list[tuple[str, int, int]] = []  # (account, threshold, credited)
         try:
             with self.engine.begin() as conn:
                 # Accounts in name order: two transactions never wait on each other's rows.
@@ -332,7 +336,8 @@ class Billing:
                     ).one()
                     out[account] = from_nano(row.balance)
                     if consumed > 0:
-                        _alert(conn, account, row.credited, row.consumed, at)
+                        for t in _alert(conn, account, row.credited, row.consumed, at):
+                            fired.append((account, t, row.credited))
                 entries = [
                     {
                         "account": account,
@@ -351,6 +356,14 @@ class Billing:
                     also(conn)
         except OperationalError as e:
             raise StorageError(f"the credit ledger could not be written: {e.orig}") from e
+        for account, threshold, credited in fired:
+            log.warning(
+                "%s has used %d%% of the %s degrees credited to it (balance %s)",
+                account,
+                threshold,
+                from_nano(credited),
+                out[account],
+            )
         return out
 
     def _ensure_balance(self, account: str, at: datetime) -> None:
@@ -454,14 +467,17 @@ class Billing:
         return balance
 
 
-def _alert(conn: sa.Connection, account: str, credited: int, consumed: int, at: datetime) -> None:
+def _alert(
+    conn: sa.Connection, account: str, credited: int, consumed: int, at: datetime
+) -> list[int]:
     """Record each threshold ``consumed`` has reached and that is not recorded yet for this
-    credited total (the caller holds the account's balance row, so this cannot race)."""
+    credited total (the caller holds the account's balance row, so this cannot race); the
+    thresholds recorded now."""
     if credited <= 0:
-        return
+        return []
     reached = [t for t in ALERT_THRESHOLDS if consumed * 100 >= credited * t]
     if not reached:
-        return
+        return []
     c = _alerts.c
     have = set(
         conn.execute(
@@ -483,6 +499,7 @@ def _alert(conn: sa.Connection, account: str, credited: int, consumed: int, at: 
                 for t in new
             ],
         )
+    return new
 
 
 def _summary(row: Any) -> CreditSummary:

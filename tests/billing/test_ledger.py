@@ -33,13 +33,17 @@ def billing(catalog_url: str) -> Billing:
     return Billing(catalog)
 
 
-def test_credit_charge_ledger_and_alerts(billing: Billing) -> None:
+def test_credit_charge_ledger_and_alerts(
+    billing: Billing, caplog: pytest.LogCaptureFixture
+) -> None:
     assert billing.balance("team-a") == 0
     assert billing.credit("team-a", 100, by=ADMIN, note="package 1") == Decimal(100)
     assert billing.charge("team-a", "49.999999999", ref="job-1") == Decimal("50.000000001")
     assert billing.alerts("team-a") == []  # 49.999999999 % is not 50 %
-    billing.charge("team-a", "0.000000001", ref="job-1")
+    with caplog.at_level("WARNING", logger="matrixos.catalog.billing"):
+        billing.charge("team-a", "0.000000001", ref="job-1")
     assert [a.threshold for a in billing.alerts("team-a")] == [50]
+    assert "team-a has used 50% of the 100.000000000 degrees credited to it" in caplog.text
     billing.charge("team-a", 30, ref="job-2")  # 80 %: 75 fires, 50 does not again
     billing.charge("team-a", 1, ref="job-2")
     assert [a.threshold for a in billing.alerts("team-a")] == [50, 75]
