@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -519,6 +520,8 @@ def empty_usage(by: str) -> pa.Table:
     return pa.schema(key + rest).empty_table()
 
 
+#: The node a statement's records name: the host it ran on (the engine runs in this process).
+NODE = socket.gethostname()
 #: Seconds between a running statement's usage records (the issue's "<= 10 s apart").
 STATEMENT_INTERVAL_S = 10.0
 
@@ -591,7 +594,7 @@ class StatementMeter:
         """Queue ``running``'s use from its mark to ``now`` (called with the lock held)."""
         assert self._meter is not None
         self._meter.statement(
-            running.principal, running.statement_id, running.mark, now, self.cores
+            running.principal, running.statement_id, running.mark, now, self.cores, node=NODE
         )
         running.mark = now
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -157,6 +158,8 @@ def test_sql_statements_are_metered_and_stopped_at_zero(tmp_path: Path) -> None:
         mine = {r["account"]: r for r in rows}
         assert mine["bob"]["job"] == "sql" and mine["bob"]["records"] == 1
         assert mine["bob"]["resource"] == "cpu"
+        nodes = lh.sql("SELECT DISTINCT node FROM system.billing.usage").fetchall()
+        assert nodes == [(socket.gethostname(),)]
         assert mine["bob"]["quantity_seconds"] == pytest.approx(2 * mine["bob"]["seconds"])
         assert mine["eve"]["records"] == 1
         # Statements of an account never credited are billed, not stopped.
