@@ -49,6 +49,7 @@ from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
     has_folder,
+    target_file_bytes,
     writer_settings,
 )
 
@@ -127,7 +128,7 @@ class DeltaStore(TableStore):
             warehouse.delta_options(location),
             **writer_settings(settings, properties, name),
             small_file_bytes=settings.small_file_bytes,
-            target_file_bytes=settings.target_file_bytes,
+            target_file_bytes=target_file_bytes(properties, settings.target_file_bytes, name),
         )
 
     @classmethod

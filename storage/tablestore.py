@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 # Auto-compaction threshold of one table, overriding ``Settings.auto_compact_min_files``.
 MIN_FILES_PROPERTY = "matrixos.autoCompact.minFiles"
+TARGET_FILE_PROPERTY = "matrixos.targetFileBytes"
 
 
 @dataclass(frozen=True)
@@ -247,15 +248,25 @@ def writer_settings(settings: Settings, properties: Mapping[str, str], name: str
 
 def auto_compact_min_files(properties: Mapping[str, str], default: int, name: str) -> int:
     """The table's ``matrixos.autoCompact.minFiles`` property (0 turns auto-compaction off)."""
-    raw = properties.get(MIN_FILES_PROPERTY)
+    return _int_property(properties, MIN_FILES_PROPERTY, default, name, minimum=0)
+
+
+def target_file_bytes(properties: Mapping[str, str], default: int, name: str) -> int:
+    """The table's ``matrixos.targetFileBytes`` property: the size its writes cut files at
+    (a continuous aggregate keeps small files, so a refresh rewrites little)."""
+    return _int_property(properties, TARGET_FILE_PROPERTY, default, name, minimum=1)
+
+
+def _int_property(
+    properties: Mapping[str, str], key: str, default: int, name: str, *, minimum: int
+) -> int:
+    raw = properties.get(key)
     if raw is None:
         return default
     try:
         value = int(raw)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"table {name}: property {MIN_FILES_PROPERTY}={raw!r} is not an integer"
-        ) from None
-    if value < 0:
-        raise ConfigError(f"table {name}: property {MIN_FILES_PROPERTY} must be >= 0")
+        raise ConfigError(f"table {name}: property {key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"table {name}: property {key} must be >= {minimum}")
     return value

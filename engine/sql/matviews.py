@@ -45,6 +45,7 @@ from matrixos.engine.sandbox import check_query, is_cte_reference
 from matrixos.engine.sql.frontend import ident_of, ok, table_name
 from matrixos.engine.timeseries import misuse, parse_duration
 from matrixos.errors import MatrixOSError, NotSupported, SQLError
+from matrixos.storage.tablestore import TARGET_FILE_PROPERTY
 
 if TYPE_CHECKING:
     from matrixos.catalog import TableInfo
@@ -64,6 +65,9 @@ QUERY, SOURCE, BUCKET, TIME, REFRESH, VERSION, WATERMARK, MATERIALIZED_ONLY = (
 OPTIONS = {"refresh", "materialized_only"}
 _CACHE_S = 2.0  # how long the list of real-time views is trusted (a view made elsewhere)
 _MATERIALIZED = "mx_materialized"  # meta flag: this reference reads the stored rows
+# Small files, rows sorted by bucket: a refresh's replaceWhere rewrites only the few files
+# whose buckets it replaces (with the session's 128 MB default it rewrote the whole view).
+FILE_BYTES = 8 << 20
 _HISTORY = 50  # commits searched for the last refresh's source version (past compactions)
 _MS = timedelta(milliseconds=1)
 
@@ -248,12 +252,14 @@ class MaterializedViews:
                 table.set("this", exp.to_identifier(source.ident.name, quoted=True))
         text = canonical.sql(dialect="duckdb")
         data = self._query(_pinned(canonical, version), principal).to_arrow()
+        data = data.sort_by(bucket)
         props = {
             QUERY: text,
             SOURCE: source.name,
             BUCKET: bucket,
             TIME: time,
             VERSION: str(version),
+            TARGET_FILE_PROPERTY: str(FILE_BYTES),
         }
         if "refresh" in options:
             props[REFRESH] = options["refresh"]
@@ -305,7 +311,7 @@ class MaterializedViews:
         query = _pinned(definition.query, latest.version)
         rows = 0
         if ranges is None:
-            data = self._query(query, principal).to_arrow()
+            data = self._query(query, principal).to_arrow().sort_by(definition.bucket)
             handle.overwrite(data, commit_metadata={VERSION: str(latest.version)})
             rows = data.num_rows
         elif ranges:
@@ -315,7 +321,7 @@ class MaterializedViews:
                 exp.or_(*[exp.and_(time >= _ts(lo), time < _ts(hi)) for lo, hi in buckets]),
                 copy=False,
             )
-            data = self._query(query, principal).to_arrow()
+            data = self._query(query, principal).to_arrow().sort_by(definition.bucket)
             bucket = '"' + definition.bucket.replace('"', '""') + '"'
             where = " OR ".join(
                 f"({bucket} >= '{_text(lo)}' AND {bucket} < '{_text(hi)}')" for lo, hi in buckets
