@@ -32,6 +32,7 @@ from matrixos.catalog.base import (
     schema_not_empty,
 )
 from matrixos.catalog.base import now as _now
+from matrixos.catalog.migrations import upgrade
 from matrixos.catalog.names import DEFAULT_CATALOG, DEFAULT_SCHEMA, TableIdent
 from matrixos.errors import ConfigError, SchemaNotFound, StorageError, TableExists, VolumeNotFound
 
@@ -86,8 +87,9 @@ _volumes = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Accounts, memberships, grants, API tokens (KDF hashes) and password verifiers. A catalog made
-# before they existed gets these tables when it is next opened (``create_all``).
+# Accounts, memberships, grants, API tokens (KDF hashes) and password verifiers.
+# Every table on METADATA (here or in another module) is made and changed by a revision in
+# matrixos/catalog/migrations/versions; a change without one fails tests/catalog/test_migrations.
 _accounts = sa.Table(
     "mx_accounts",
     _meta,
@@ -124,8 +126,6 @@ _tokens = sa.Table(
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
     sa.Column("last_used_from", sa.String(64)),
 )
-# Columns added after a table's first release: (table, column), added to older databases.
-_ADDED_COLUMNS = [(_tokens, "last_used_from")]
 _passwords = sa.Table(
     "mx_passwords",
     _meta,
@@ -154,12 +154,11 @@ class SQLCatalog(Catalog):
         self.url = url
         try:
             self.engine = _make_engine(url)
-            _meta.create_all(self.engine, checkfirst=True)
-            _add_columns(self.engine)
+            # The one way the schema is made and changed: versioned migrations
+            # (matrixos/catalog/migrations), from nothing or from any older release.
+            upgrade(self.engine)
         except OperationalError as e:
             raise StorageError(f"cannot open catalog database: {e.orig}") from e
-        except IntegrityError:
-            pass  # another process created the tables at the same moment
         except (sa.exc.ArgumentError, ModuleNotFoundError) as e:
             raise ConfigError(f"invalid catalog URL: {e}") from e
         self._ensure_defaults()
@@ -637,23 +636,6 @@ def _token(row: Any) -> TokenInfo:
         last_used_at=ts(row.last_used_at),
         last_used_from=row.last_used_from,
     )
-
-
-def _add_columns(engine: sa.Engine) -> None:
-    """Add the columns of ``_ADDED_COLUMNS`` that a database made by an older version lacks."""
-    inspector = sa.inspect(engine)
-    for table, column in _ADDED_COLUMNS:
-        if column in {c["name"] for c in inspector.get_columns(table.name)}:
-            continue
-        col = table.c[column]
-        ddl = f"ALTER TABLE {table.name} ADD COLUMN {column} {col.type.compile(engine.dialect)}"
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(ddl))
-        except (OperationalError, sa.exc.ProgrammingError):
-            # another process added it at the same moment
-            if column not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
-                raise
 
 
 def _make_engine(url: str) -> sa.Engine:
