@@ -343,3 +343,31 @@ def test_a_view_over_a_cte_is_recomputed_whole(cpu: mx.Lakehouse) -> None:
         "SELECT time_bucket('1 minute', time), max(usage) FROM iot.cpu GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert got == want
+
+
+def test_real_time_reads_include_points_still_in_the_write_ahead_log(
+    lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    """Points acknowledged by the IoT ingest and not yet committed are part of the source's
+    latest version: a view's real-time part sees them before any flush or refresh."""
+    from matrixos.iot.ingest import IotIngest
+
+    ingest = IotIngest(lh, tmp_path / "wal", start=False)  # no flusher: points stay pending
+    try:
+        base = int(T0.replace(tzinfo=dt.UTC).timestamp())
+        lines = "\n".join(f"cpu,host=a usage={m}.0 {base + 60 * m}" for m in range(5))
+        ingest.write_lines(lh.principal, "iot.cpu", lines, "s")
+        ingest.flush()
+        lh.sql(
+            "CREATE MATERIALIZED VIEW iot.m AS SELECT time_bucket('1 minute', time) AS bucket, "
+            "max(usage) AS top FROM iot.cpu GROUP BY 1"
+        )
+        ingest.write_lines(lh.principal, "iot.cpu", f"cpu,host=a usage=99.0 {base + 600}", "s")
+        assert ingest.uncommitted == 1
+        rows = lh.sql("SELECT bucket, top FROM iot.m ORDER BY 1").fetchall()
+        assert [(r[0].minute, r[1]) for r in rows] == [
+            (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (10, 99.0)
+        ]  # fmt: skip
+        assert lh.table("iot.m").to_arrow().num_rows == 5  # stored: not refreshed
+    finally:
+        ingest.close(flush=False)

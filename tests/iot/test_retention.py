@@ -93,3 +93,20 @@ def test_background_task_enforces_retention(lh: mx.Lakehouse) -> None:
         task.stop()
     assert not task.running
     assert days(lh, "iot.r") == [(now - dt.timedelta(days=d)).date() for d in (1, 0)]
+
+
+def test_retention_of_a_series_table_written_by_the_ingest(lh: mx.Lakehouse, tmp_path) -> None:
+    """The IoT ingest's tables (partitioned by a DATE ``day``) take the property as they are."""
+    from matrixos.iot.ingest import IotIngest
+
+    now = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
+    lines = "\n".join(
+        f"cpu,host=a usage={d}.0 {int((now - dt.timedelta(days=d)).timestamp())}"
+        for d in (0, 10, 40, 41)
+    )
+    with IotIngest(lh, tmp_path / "wal") as ingest:
+        ingest.write_lines(lh.principal, "iot.cpu", lines, "s")
+    lh.sql("ALTER TABLE iot.cpu SET TBLPROPERTIES ('matrixos.retention' = '30 days')")
+    deleted = enforce_retention(lh.service, lh.principal, now=now.replace(tzinfo=None))
+    assert deleted == {"main.iot.cpu": 2}
+    assert lh.sql("SELECT usage FROM iot.cpu ORDER BY 1").fetchall() == [(0.0,), (10.0,)]
