@@ -60,6 +60,15 @@ def test_login_run_query_types_and_history(
     assert page.locator("table.grid tbody tr").count() == 5
     assert "rows 1\u20135 of 5" in page.inner_text(".page-info")
     assert "ORDER BY id" in page.inner_text("ol.history")
+    # the server's history (system.query.history): this user's statements, literals blanked
+    recorded = page.locator("ol.history a:has-text('FROM sales.orders')")
+    for _ in range(60):  # the server writes its history about once a second
+        page.click(".side button:has-text('Server')")
+        page.wait_for_selector("ol.history :is(li, p, .error)")
+        if recorded.count():
+            break
+        page.wait_for_timeout(500)
+    assert recorded.count() == 1, page.inner_text("ol.history")
     # highlighting: the keywords are spans of class kw
     assert "SELECT" in page.locator(".sql-shade span.kw").all_inner_texts()
     page.screenshot(path=str(artifacts / "sql.png"))
@@ -177,9 +186,18 @@ def test_a_user_without_grants_sees_no_table_names(
     page: Any, console_warehouse: ServedWarehouse, artifacts: Path
 ) -> None:
     login(page, console_warehouse.tokens["bob"])
-    names = ["orders", "customers", "salaries", "nums", "docs", "pics", "pages", "sales", "audit"]
-    for where in ("/#/catalog", "/#/search", "/#/sql", "/#/admin", "/#/compute"):
+    # (not "audit": the admin page says only admins read the audit log)
+    names = ["orders", "customers", "salaries", "nums", "docs", "pics", "pages", "sales", "access"]
+    loaded = {
+        "/#/catalog": ".tree p.empty",
+        "/#/search": "p.empty:has-text('No Lance table')",
+        "/#/sql": "textarea.sql-input",
+        "/#/admin": "section:has(h2:has-text('API tokens')) table",
+        "/#/compute": "section:has(h2:has-text('Usage')) h3",
+    }
+    for where, marker in loaded.items():
         page.goto(where)
+        page.wait_for_selector(marker)
         page.wait_for_load_state("networkidle")
         text = page.inner_text("body")
         assert not [n for n in names if n in text], (where, text)
@@ -236,8 +254,8 @@ def test_admin_creates_a_token_shown_once_and_reads_the_audit(
     page.wait_for_selector("td:has-text('analysts')")
 
 
-def test_compute_page_shows_nodes_and_balances(
-    page: Any, console_warehouse: ServedWarehouse, console_server: MatrixOSServer
+def test_compute_page_shows_nodes_usage_and_balances(
+    page: Any, console_warehouse: ServedWarehouse, console_server: MatrixOSServer, artifacts: Path
 ) -> None:
     import httpx
 
@@ -249,10 +267,17 @@ def test_compute_page_shows_nodes_and_balances(
     )
     assert r.status_code == 200, r.text
     login(page, console_warehouse.tokens["alice"])
+    run_sql(page, "SELECT count(*) FROM sales.orders")  # metered: usage for alice
+    page.wait_for_selector("table.grid tbody tr")
     page.goto("/#/compute")
     page.wait_for_selector("section:has(h2:has-text('Nodes')) td:has-text('in-process')")
+    usage = page.wait_for_selector("section:has(h2:has-text('Usage'))")
     page.wait_for_selector("section:has(h2:has-text('Usage')) td:has-text('alice')")
-    assert "100" in page.inner_text("section:has(h2:has-text('Usage'))")
+    assert "100" in usage.inner_text()
+    page.wait_for_selector(
+        "section:has(h2:has-text('Usage')) h4:has-text('alice') + .chart-box svg"
+    )
+    page.screenshot(path=str(artifacts / "compute.png"), full_page=True)
 
 
 def test_password_login_and_logout(page: Any, console_warehouse: ServedWarehouse) -> None:

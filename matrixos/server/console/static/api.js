@@ -48,7 +48,7 @@ export class Statement {
     }).catch((e) => { if (e.body && e.body.statement_id) return e.body; throw e; });
     this.id = body.statement_id;
     if (this.canceled) await this.cancel();
-    let pause = 15;
+    let pause = 5;
     while (["PENDING", "RUNNING"].includes(body.status.state)) {
       if (onState) onState(body.status.state);
       await sleep(pause);

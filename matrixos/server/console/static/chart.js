@@ -34,7 +34,7 @@ export function chart(kind, points, { width = 640, height = 260, xLabel = "", yL
   if (kind === "line") {
     svg.append(s("polyline", { class: "series", fill: "none", points: order.map((i) => `${X(xv[i])},${Y(ys[i])}`).join(" ") }));
   } else if (kind === "bar") {
-    const bw = Math.max(1, (W / Math.max(1, points.length)) * 0.8);
+    const bw = Math.min(48, Math.max(1, (W / Math.max(1, points.length)) * 0.8));
     order.forEach((i) => {
       const top = Math.min(Y(ys[i]), Y(0));
       const bar = s("rect", { class: "bar", x: X(xv[i]) - bw / 2, y: top, width: bw, height: Math.abs(Y(ys[i]) - Y(0)) });

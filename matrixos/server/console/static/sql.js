@@ -1,6 +1,6 @@
 // The SQL editor page: highlight, complete, run / run selection / cancel, paged grid, errors at
 // line:column, history, download, chart.
-import { Statement, get, ApiError } from "./api.js";
+import { Statement, get, query, ApiError } from "./api.js";
 import { h, clear, errorBox } from "./dom.js";
 import { Editor } from "./editor.js";
 import { ResultGrid } from "./grid.js";
@@ -41,7 +41,11 @@ export async function sqlPage(el, _rest, state) {
     h("div", { class: "sql-main" },
       h("div", { class: "toolbar" }, runB, runSelB, cancelB, h("label", {}, "Dialect ", dialect), status),
       editor.el, out),
-    h("aside", { class: "side" }, h("h3", {}, "History"), hist)));
+    h("aside", { class: "side" }, h("h3", {}, "History"),
+      h("div", { class: "row" },
+        h("button", { type: "button", onclick: () => showHistory() }, "This browser"),
+        h("button", { type: "button", onclick: () => serverHistory() }, "Server")),
+      hist)));
   editor.area.addEventListener("keydown", (e) => { if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); run(false); } });
   editor.value = pending || sessionStorage.getItem("mx.console.sql") || "SELECT 1 AS one";
   editor.area.addEventListener("input", () => sessionStorage.setItem("mx.console.sql", editor.value));
@@ -121,6 +125,20 @@ export async function sqlPage(el, _rest, state) {
     for (const q of JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]")) {
       hist.append(h("li", {}, h("a", { href: "#/sql", title: q, onclick: (e) => { e.preventDefault(); editor.value = q; } }, q.length > 80 ? q.slice(0, 80) + "…" : q)));
     }
+  }
+  // system.query.history: every statement of this principal on the server (literals blanked).
+  async function serverHistory() {
+    clear(hist).append("loading…");
+    try {
+      const rows = await query("SELECT start_time, state, duration_ms, statement FROM system.query.history ORDER BY start_time DESC LIMIT 50");
+      clear(hist);
+      for (const r of rows) {
+        hist.append(h("li", { class: r.state === "SUCCEEDED" ? "" : "failed" },
+          h("small", {}, `${r.start_time ?? ""} · ${r.state} · ${Math.round(Number(r.duration_ms) || 0)} ms`), h("br"),
+          h("a", { href: "#/sql", title: r.statement, onclick: (e) => { e.preventDefault(); editor.value = r.statement; } }, (r.statement || "").slice(0, 80))));
+      }
+      if (!rows.length) hist.append(h("p", { class: "empty" }, "No statements recorded yet (they arrive within a second or two)."));
+    } catch (e) { clear(hist).append(errorBox(e)); }
   }
   if (pending) { pending = null; run(false); }
   return { leave() { if (active) active.cancel(); } };
