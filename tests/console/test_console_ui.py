@@ -315,3 +315,18 @@ def test_an_admin_grants_and_revokes_from_the_explorer(
     page.click(".tab-body tbody tr:has-text('bob') button:has-text('Revoke')")
     page.wait_for_selector(".tab-body p:has-text('No grants')")
     assert bobs() == []
+
+
+def test_run_selection_and_its_error_line(page: Any, console_warehouse: ServedWarehouse) -> None:
+    login(page, console_warehouse.tokens["admin"])
+    page.goto("/#/sql")
+    area = page.locator("textarea.sql-input")
+    area.fill("SELECT 1 AS first_one\n\nSELECT nosuch FROM sales.orders")
+    area.evaluate("t => t.setSelectionRange(0, 21)")
+    page.click("button:has-text('Run selection')")
+    page.wait_for_selector("table.grid th:has-text('first_one')")
+    area.evaluate("t => t.setSelectionRange(t.value.indexOf('SELECT nosuch'), t.value.length)")
+    page.click("button:has-text('Run selection')")
+    err = page.wait_for_selector(".output .error")
+    assert "line 3" in err.inner_text()  # line 1 of the selection is line 3 of the editor
+    assert page.locator(".sql-shade .line.bad").inner_text().startswith("SELECT nosuch")
