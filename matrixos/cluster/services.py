@@ -1,7 +1,10 @@
-"""Real services for tests and benchmarks: an S3 server (moto) and a PostgreSQL server.
+"""Real services as local processes: an S3 server (moto, MinIO's stand-in) and a PostgreSQL
+server, for ``matrixos cluster up`` (the docker/compose.yaml topology without docker), the tests
+and the benchmarks.
 
-Plain classes with ``start()`` / ``stop()`` (and context-manager support), so the pytest
-fixtures in ``conftest.py`` and the benchmarks share one implementation. Every server binds
+Plain classes with ``start()`` / ``stop()`` (and context-manager support), so the cluster
+launcher, the pytest fixtures in ``tests/conftest.py`` and the benchmarks share one
+implementation. Every server binds
 127.0.0.1 on a port picked at runtime and keeps its files in its own temporary folder, so
 several pytest-xdist workers (or a benchmark beside a test run) never collide.
 
@@ -27,15 +30,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-if TYPE_CHECKING:
-    pass
+from matrixos.errors import MatrixOSError
 
 __all__ = [
+    "LOCALHOST",
     "PostgresServer",
     "PostgresUnavailable",
     "S3Server",
+    "ServiceError",
     "WarehouseTarget",
     "find_postgres_bin",
     "free_port",
@@ -67,6 +71,10 @@ class WarehouseTarget:
     uri: str
     storage_options: dict[str, str] | None
     kind: str
+
+
+class ServiceError(MatrixOSError, RuntimeError):
+    """A local service (S3, PostgreSQL, a cluster process) did not start or stop."""
 
 
 class _Server:
@@ -108,9 +116,15 @@ for _name in ("put_object", "_key_response_post"):
     setattr(S3Response, _name, _serialized(getattr(S3Response, _name)))
 from moto.server import ThreadedMotoServer
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
-server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
+port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+server = ThreadedMotoServer(ip_address=sys.argv[1], port=port, verbose=False)
 server.start()
 print(server.get_host_and_port()[1], flush=True)
+if len(sys.argv) > 3:  # detached: runs until SIGTERM
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()
 sys.stdin.read()
 server.stop()
 """
@@ -132,6 +146,28 @@ class S3Server(_Server):
         self.host = LOCALHOST
         self.port = 0
 
+    @classmethod
+    def start_detached(cls, log: str | os.PathLike[str]) -> tuple[Self, int]:
+        """Start a server that outlives this process (its own session, stopped by SIGTERM to
+        the returned process id); return it and that id."""
+        server = cls()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _MOTO_CHILD, LOCALHOST, "0", "detached"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                start_new_session=True,
+            )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        proc.stdout.close()
+        if not line.isdigit():
+            proc.kill()
+            raise ServiceError(f"moto server failed to start: {line!r} (log: {log})")
+        server.port = int(line)
+        return server, proc.pid
+
     def start(self) -> None:
         # moto runs in a child process: delta-rs and lance make blocking S3 calls that may hold
         # the GIL, which would starve an in-process server thread (a deadlock until timeout).
@@ -145,7 +181,7 @@ class S3Server(_Server):
         line = self._server.stdout.readline().strip()
         if not line.isdigit():
             self.stop()
-            raise RuntimeError(f"moto server failed to start: {line!r}")
+            raise ServiceError(f"moto server failed to start: {line!r}")
         self.port = int(line)
 
     def stop(self) -> None:
@@ -206,11 +242,11 @@ class S3Server(_Server):
 # --------------------------------------------------------------------------------- Postgres
 
 
-class PostgresUnavailable(RuntimeError):
+class PostgresUnavailable(ServiceError):
     """The PostgreSQL server binaries are not installed."""
 
 
-class _CommandFailed(RuntimeError):
+class _CommandFailed(ServiceError):
     pass
 
 
@@ -334,9 +370,23 @@ class PostgresServer(_Server):
                 last_error = e
                 if "could not bind" not in self._log_tail():
                     break
-        raise RuntimeError(
+        raise ServiceError(
             f"PostgreSQL did not start: {last_error}\n--- {self.log_file} ---\n{self._log_tail()}"
         ) from last_error
+
+    @classmethod
+    def attach(cls, root: str | os.PathLike[str], port: int) -> PostgresServer:
+        """The server of a cluster folder started earlier (by another process), to stop it."""
+        server = cls()
+        server.root, server.port = Path(root), port
+        return server
+
+    def postmaster_pid(self) -> int | None:
+        """The server's process id while it runs."""
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
         if self.root is None:
