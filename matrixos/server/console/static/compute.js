@@ -6,6 +6,12 @@ import { chart } from "./chart.js";
 
 const JOBS = "/api/2.0/jobs";
 
+// Epoch seconds (the jobs API's times) or ISO text, as ISO text.
+function when(v) {
+  if (v === null || v === undefined || v === "") return null;
+  return typeof v === "number" ? new Date(v * 1000).toISOString().replace(".000Z", "Z") : String(v);
+}
+
 export async function computePage(el) {
   const nodes = h("section", {}, h("h2", {}, "Nodes"));
   const jobs = h("section", {}, h("h2", {}, "Jobs"));
@@ -61,7 +67,8 @@ async function showJobs(el) {
     const cell = (v, col, r) => col !== "" ? (v ?? "—") : h("span", {},
       h("button", { type: "button", onclick: () => showLogs(r.id) }, "Logs"),
       ["QUEUED", "RUNNING", "PENDING"].includes(r.state) ? h("button", { type: "button", onclick: () => post(`${JOBS}/${encodeURIComponent(r.id)}/cancel`).then(load) }, "Cancel") : null);
-    clear(list).append(items.length ? table(["id", "name", "state", "account", "position", "eta", "gpus", "exit_code", ""], items, cell) : h("p", { class: "empty" }, "No jobs."));
+    const shown = items.map((r) => ({ ...r, eta: when(r.eta), submitted_at: when(r.submitted_at), gpus: r.gpus ?? (r.spec && r.spec.gpus) }));
+    clear(list).append(shown.length ? table(["id", "name", "state", "account", "position", "eta", "submitted_at", "gpus", "exit_code", ""], shown, cell) : h("p", { class: "empty" }, "No jobs."));
     if (items.some((r) => !["SUCCEEDED", "FAILED", "CANCELED"].includes(r.state))) timer = setTimeout(load, 1000);
   }
   async function showLogs(id) {

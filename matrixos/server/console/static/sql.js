@@ -58,6 +58,7 @@ export async function sqlPage(el, _rest, state) {
     // An error's line/column counts from the start of what ran: shift it for a selection.
     const before = selectionOnly && editor.selection() ? editor.value.slice(0, editor.area.selectionStart) : "";
     const lineShift = before.split("\n").length - 1;
+    const colShift = before.length - before.lastIndexOf("\n") - 1; // on the selection's first line
     const st = (active = new Statement(text, { dialect: dialect.value }));
     runB.disabled = runSelB.disabled = true; cancelB.disabled = false;
     clear(out); editor.markError(null);
@@ -75,20 +76,21 @@ export async function sqlPage(el, _rest, state) {
         out.append(h("div", { class: "notice" }, "The statement was canceled."));
       } else {
         status.textContent = `${body.status.state.toLowerCase()} after ${secs} s`;
-        fail(body.status.error || {}, lineShift);
+        fail(body.status.error || {}, lineShift, colShift);
       }
     } catch (e) {
       status.textContent = "failed";
-      if (e instanceof ApiError) fail(e.body, lineShift); else out.append(errorBox(e));
+      if (e instanceof ApiError) fail(e.body, lineShift, colShift); else out.append(errorBox(e));
     } finally {
       active = null;
       runB.disabled = runSelB.disabled = false; cancelB.disabled = true;
     }
   }
-  function fail(err, lineShift) {
-    const e = new ApiError(400, { ...err, line: err.line ? err.line + lineShift : err.line });
-    out.append(errorBox(e));
-    if (err.line) editor.markError(err.line + lineShift, err.column);
+  function fail(err, lineShift, colShift) {
+    const line = err.line ? err.line + lineShift : err.line;
+    const column = err.line === 1 && err.column ? err.column + colShift : err.column;
+    out.append(errorBox(new ApiError(400, { ...err, line, column })));
+    if (line) editor.markError(line, column);
   }
   function show(st, body) {
     if (!body.manifest) return;
