@@ -5,6 +5,7 @@ result download (CSV and Parquet, streamed) and the assets shipped in the packag
 from __future__ import annotations
 
 import io
+import time
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -137,3 +138,17 @@ def test_assets_ship_in_the_package() -> None:
     config = tomllib.loads(text)["tool"]["setuptools"]
     assert "matrixos.server.console" in config["packages"]
     assert config["package-data"]["matrixos.server.console"] == ["static/*"]
+
+
+def test_sessions_expire_and_the_oldest_go_first() -> None:
+    from matrixos.server.console.sessions import ConsoleSessions
+
+    short = ConsoleSessions(ttl_s=0.05)
+    s = short.create("mxt_a_b", "alice")
+    assert short.get(s.id) == s and s.csrf != s.id
+    time.sleep(0.1)
+    assert short.get(s.id) is None  # expired: gone
+    few = ConsoleSessions(max_sessions=2)
+    a, b, c = (few.create(f"mxt_{i}_x", "u") for i in range(3))
+    assert few.get(a.id) is None and few.get(b.id) == b and few.get(c.id) == c
+    assert few.drop(b.id) == b and few.get(b.id) is None
