@@ -155,3 +155,38 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert not SECRET_WORDS.search(re.sub(r"#.*", "", text).replace("NAME_FILE", ""))
     torch_pin = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert torch_pin and "ml]" in text  # the GPU image installs the pinned torch extra
+
+
+def test_cluster_up_reads_its_topology_from_the_compose_file(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    from matrixos.cluster.topology import read_topology
+
+    topo = read_topology(COMPOSE)
+    assert (topo.workers, topo.worker_cpus, topo.head_cpus) == (2, 2, 2)
+    assert (topo.gpu_workers, topo.gpus_per_worker, topo.accelerator) == (1, 1, "L4")
+    assert (topo.bucket, topo.prefix, topo.mqtt) == ("warehouse", "wh", True)
+    assert topo.serve_options == ["--workers", "8", "--route", "sensors/#=iot.readings"]
+    # a change to the compose file is a change to what `cluster up` starts
+    changed = json.loads(json.dumps(compose))
+    changed["services"]["ray-worker"]["deploy"]["replicas"] = 3
+    changed["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "count"
+    ] = 2
+    changed["services"]["serve"]["environment"]["MATRIXOS_WAREHOUSE"] = "s3://lake/prod"
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    topo = read_topology(path)
+    assert (topo.workers, topo.gpus_per_worker, topo.bucket, topo.prefix) == (3, 2, "lake", "prod")
+
+
+def test_cluster_commands_without_a_cluster(tmp_path: Path) -> None:
+    from matrixos.cluster.launcher import cluster_down, cluster_status
+    from matrixos.cluster.topology import read_topology
+    from matrixos.errors import ConfigError
+
+    assert cluster_status(tmp_path) == {"running": False, "processes": {}}
+    assert cluster_down(tmp_path) == []
+    with pytest.raises(ConfigError, match="no service labelled"):
+        (tmp_path / "c.yaml").write_text("services:\n  x:\n    image: busybox\n")
+        read_topology(tmp_path / "c.yaml")
