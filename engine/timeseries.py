@@ -165,7 +165,8 @@ def _windowed(node: exp.Func, name: str) -> None:
         raise misuse(node, f"{name}() takes {want} argument{'s' if want > 1 else ''}: {usage}")
     spec = window.copy()
     spec.set("this", None)
-    if not spec.args.get("order"):
+    # ``OVER w`` names a WINDOW clause's window: its ORDER BY is DuckDB's to apply.
+    if not spec.args.get("order") and not spec.args.get("alias"):
         if name == "delta":
             raise misuse(node, "delta() needs an ordered window", hint=usage)
         spec.set("order", exp.Order(expressions=[exp.Ordered(this=args[1].copy())]))

@@ -202,6 +202,16 @@ def test_delta_and_rate_with_counter_reset(cpu: mx.Lakehouse, dialect: str) -> N
     assert all(math.isclose(r["r"], 100 / 60) for r in a[1:])
 
 
+def test_delta_and_rate_over_a_named_window(cpu: mx.Lakehouse) -> None:
+    rows = cpu.sql(
+        "SELECT delta(bytes) OVER w AS d, rate(bytes, time) OVER w AS r FROM iot.cpu "
+        "WHERE host = 'a' WINDOW w AS (PARTITION BY host ORDER BY time) ORDER BY time",
+        dialect="postgres",
+    ).fetchall()
+    assert [r[0] for r in rows] == [None, 100, 300, 100]
+    assert rows[0][1] is None and all(math.isclose(r[1], 100 / 60) for r in rows[1:])
+
+
 @pytest.mark.parametrize(
     ("sql", "message", "line", "col"),
     [
