@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -184,7 +183,7 @@ def _start_all(
     ray_env = {**os.environ, **env, **node_env(token), "RAY_scheduler_avoid_gpu_nodes": "0"}
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
         ray_env.pop(name, None)
-    gcs = free_port(HEAD_IP)
+    gcs = _port(HEAD_IP)
     state.ray_address = f"{HEAD_IP}:{gcs}"
     n_workers = topo.workers if workers is None else workers
     n_gpu = topo.gpu_workers if gpu_workers is None else gpu_workers
@@ -200,13 +199,13 @@ def _start_all(
         temp.mkdir(exist_ok=True)
         state.temp_dirs.append(str(temp))
         ports = {
-            "dashboard-agent-listen-port": free_port(ip),
-            "dashboard-agent-grpc-port": free_port(ip),
-            "metrics-export-port": free_port(ip),
-            "runtime-env-agent-port": free_port(ip),
+            "dashboard-agent-listen-port": _port(ip),
+            "dashboard-agent-grpc-port": _port(ip),
+            "metrics-export-port": _port(ip),
+            "runtime-env-agent-port": _port(ip),
         }
         if name == "head":
-            ports["ray-client-server-port"] = free_port(ip)
+            ports["ray-client-server-port"] = _port(ip)
         resources = (
             {f"accelerator_type:{topo.accelerator}": gpus} if gpus and topo.accelerator else None
         )
@@ -242,7 +241,7 @@ def _start_all(
     )
     serve_extra: list[str] = []
     if topo.mqtt and mosquitto:
-        mqtt_port = free_port()
+        mqtt_port = _port()
         conf = root / "mosquitto.conf"
         conf.write_text(f"listener {mqtt_port} {LOCALHOST}\nallow_anonymous true\n")
         log = logs / "mosquitto.log"
@@ -267,8 +266,8 @@ def _start_all(
     token_file, password_file = _bootstrap_admin(state.catalog_url, root)
     state.token_file = str(token_file)
     # -- matrixos serve
-    http = http_port or free_port()
-    state.pg_port = pg_port or free_port()
+    http = http_port or _port()
+    state.pg_port = pg_port or _port()
     state.http_url = f"http://{LOCALHOST}:{http}"
     serve = [
         sys.executable,
@@ -299,6 +298,18 @@ def _start_all(
         "MATRIXOS_TOKEN_FILE": state.token_file,
         **node_env(token),
     }
+
+
+_taken: set[int] = set()
+
+
+def _port(host: str = LOCALHOST) -> int:
+    """A port free now and not handed out before by this process (the OS may give a just-closed
+    port twice; Ray refuses a port two of its components share)."""
+    while (port := free_port(host)) in _taken:
+        pass
+    _taken.add(port)
+    return port
 
 
 def _connects(host: str, port: int) -> bool:
@@ -372,9 +383,6 @@ def cluster_down(folder: str | os.PathLike[str], grace_s: float = 20.0) -> list[
     for name in order:
         pid = state.pids.get(name)
         if pid is not None and session_pids(pid):
-            if name == "s3":
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
             stop_sessions([pid], grace_s=grace_s)
             stopped.append(pid)
     if state.postgres_root:

@@ -122,7 +122,8 @@ server.start()
 print(server.get_host_and_port()[1], flush=True)
 if len(sys.argv) > 3:  # detached: runs until SIGTERM
     import signal
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    import os
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         signal.pause()
 sys.stdin.read()
