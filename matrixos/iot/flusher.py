@@ -129,9 +129,10 @@ class Flusher:
                 continue
             except MatrixOSError as e:
                 errors.append(f"{st.ident}: {e}")
-                self.last_error = e
+                self.last_error = st.commit_error = e  # writes to it stop being acknowledged
                 blocked.extend(x.seq for x in todo)
                 continue
+            st.commit_error = None
             ingest.committed(st, todo, version)
             self.commits += 1
             stats["tables"] += 1

@@ -196,6 +196,16 @@ class IotIngest:
         spans, repeats = _series_spans_and_repeats(rows, st.tags)
         if repeats:  # a point repeated within the body: the later line wins
             rows = series.last_wins(rows, st.keys)
+        if st.commit_error is not None:
+            self.flusher.wake()  # try the commit again; acknowledge once it went through
+            raise IngestBusy(
+                f"points not acknowledged: the last commit to table {ident} failed "
+                f"({st.commit_error}); nothing written",
+                retry_after=5.0,
+                storage_failure=True,
+                hint="check that the warehouse is reachable and writable; points already "
+                "acknowledged are safe in the write-ahead log",
+            )
         if self._pending_bytes + rows.nbytes > self.max_pending_bytes:
             self.flusher.wake()
             raise IngestBusy(

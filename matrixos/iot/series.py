@@ -168,6 +168,9 @@ class SeriesTable:
     latest: dict[str, int] | None = None  # series key → latest time (µs); None: not loaded
     entries: list[Entry] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The last commit's failure (a read-only or unreachable warehouse): until a commit
+    # succeeds again, writes to the table are refused rather than piled up in the log.
+    commit_error: Exception | None = None
 
     @property
     def keys(self) -> list[str]:

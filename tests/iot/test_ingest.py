@@ -169,3 +169,32 @@ def test_writes_need_modify(lh: mx.Lakehouse, ingest: IotIngest) -> None:
     with pytest.raises(mx.errors.AccessDenied):
         ingest.write_lines(nobody, "iot.other", lines(1))
     assert count(lh) == 1
+
+
+def test_a_warehouse_that_refuses_commits_stops_acknowledging(
+    lh: mx.Lakehouse, ingest: IotIngest
+) -> None:
+    """The table's log cannot be written (its _delta_log is replaced by a file): the flush
+    fails, writes are refused (503-class IngestBusy) instead of piling up, acknowledged points
+    stay visible; once the warehouse takes commits again, everything lands once."""
+    ingest.write_lines(lh.principal, "iot.cpu", lines(10))
+    ingest.flush()
+    location = lh.service.catalog.get_table(TableIdent.parse("iot.cpu")).location
+    log_dir = Path(location.removeprefix("file://")) / "_delta_log"
+    ingest.write_lines(lh.principal, "iot.cpu", lines(5, start=10))
+    moved = log_dir.with_name("_delta_log.moved")
+    log_dir.rename(moved)
+    log_dir.write_text("not a folder")
+    try:
+        stats = ingest.flush()
+        assert stats.get("errors") and stats["points"] == 0
+        with pytest.raises(IngestBusy) as e:
+            ingest.write_lines(lh.principal, "iot.cpu", lines(5, start=20))
+        assert e.value.storage_failure and "last commit" in str(e.value)
+    finally:
+        log_dir.unlink()
+        moved.rename(log_dir)
+    assert ingest.flush()["points"] == 5
+    ingest.write_lines(lh.principal, "iot.cpu", lines(5, start=20))
+    ingest.flush()
+    assert lh.sql("SELECT count(*), count(DISTINCT time) FROM iot.cpu").fetchall() == [(20, 20)]
