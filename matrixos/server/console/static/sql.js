@@ -15,9 +15,12 @@ export function runLater(sql) { pending = sql; location.hash = "#/sql"; }
 
 export async function sqlPage(el, _rest, state) {
   HISTORY_KEY = `mx.console.history.${state.me.name}`;
-  const t = await tree().catch(() => ({ catalogs: [] }));
-  const tables = tableNames(t);
-  const words = tables.map((x) => x.full_name).concat(tables.map((x) => `${x.schema}.${x.name}`));
+  // The names for completion arrive in the background: the editor is usable at once.
+  const tables = [], words = [];
+  tree().then((t) => {
+    tables.push(...tableNames(t));
+    words.push(...tables.map((x) => x.full_name), ...tables.map((x) => `${x.schema}.${x.name}`));
+  }).catch(() => {});
   const colCache = new Map();
   async function columnsOf(name) {
     const found = name ? tables.filter((x) => [x.full_name, `${x.schema}.${x.name}`, x.name].includes(name)) : [];
