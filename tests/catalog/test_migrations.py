@@ -156,3 +156,31 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="newer release") as info:
         SQLCatalog(f"sqlite:///{db}")
     assert "upgrade MatrixOS" in str(info.value.hint)
+
+
+def test_processes_opening_one_new_database_at_once_all_succeed(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from matrixos.catalog.store import SQLCatalog; "
+        "c = SQLCatalog(sys.argv[1]); print(len(c.list_schemas())); c.close()"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == "1"
+    engine = sa.create_engine(database_url)
+    try:
+        assert migrations.current_revision(engine) == migrations.head_revision()
+    finally:
+        engine.dispose()
