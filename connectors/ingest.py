@@ -22,12 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from matrixos.ai.embed import embed_rows
-from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog import TableIdent, TableInfo, lineage, lineage_runs
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
 from matrixos.connectors.files import list_files, normalize_format, read_files
@@ -94,6 +94,27 @@ def table_schema(service: TableService, info: TableInfo) -> pa.Schema:
 
 
 def ingest(
+    service: TableService,
+    principal: Principal,
+    paths: Sequence[str],
+    table: str,
+    **options: Any,
+) -> IngestSummary:
+    """Read ``paths`` into ``table`` as ``principal`` (see ``ingest_files``), recording the
+    paths read as the write's inputs in ``system.lineage.events``."""
+    with lineage.run(
+        service,
+        "ingest",
+        principal=principal.name,
+        statement=f"ingest {' '.join(paths)} into {table}",
+        always=True,
+    ):
+        for p in paths:
+            lineage_runs.read_source(lineage_runs.file_dataset(p))
+        return ingest_files(service, principal, paths, table, **options)
+
+
+def ingest_files(
     service: TableService,
     principal: Principal,
     paths: Sequence[str],

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from matrixos.catalog import TableIdent, TableInfo, catalog_for
 from matrixos.catalog.access import Principal, embedded_principal
+from matrixos.catalog.lineage import Lineage, LineageLog
 from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
 from matrixos.errors import TableNotFound, WarehouseNotFound
@@ -372,6 +373,28 @@ class Lakehouse:
         except TableNotFound:
             return empty_usage(by)
         return self._engine.execute(sql, "duckdb", principal=USAGE_READER).to_arrow()
+
+    def lineage(
+        self,
+        table: str,
+        *,
+        direction: Literal["up", "down", "both"] = "both",
+        depth: int = 5,
+    ) -> Lineage:
+        """Where ``table``'s rows came from (``up``) and what was made from them (``down``),
+        up to ``depth`` links away, with versions, from ``system.lineage.events``. Tables this
+        session's principal may not read show as ``<hidden>``. ``print()`` draws a tree.
+
+        Example:
+            >>> import tempfile, matrixos as mx
+            >>> lh = mx.connect(tempfile.mkdtemp())
+            >>> _ = lh.create_table("s.a", [{"id": 1}])
+            >>> _ = lh.sql("CREATE TABLE s.b AS SELECT * FROM s.a")
+            >>> [(e.source.name, e.source.version) for e in lh.lineage("s.b").upstream]
+            [('main.s.a', 0)]
+        """
+        log = LineageLog.of(self.service)
+        return log.graph(self.principal, table, direction=direction, depth=depth)
 
     # -- schemas ----------------------------------------------------------------------------
     def create_schema(

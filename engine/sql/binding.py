@@ -17,7 +17,7 @@ import duckdb
 from sqlglot import exp
 
 from matrixos._lru import LRU
-from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog import TableIdent, TableInfo, lineage_runs
 from matrixos.engine.sandbox import check_query
 from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
@@ -132,6 +132,7 @@ class Binder:
                     else self.dataset_scan(info, version, timestamp),
                 )
             snaps.append((node, info, snap))
+            lineage_runs.read(info.name, snap.version)
             if (version, timestamp) == (None, None):
                 latest.add(id(node))
         out: Bound = []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
+from matrixos.catalog import lineage_runs
 from matrixos.catalog.names import check_part
 from matrixos.catalog.service import TableHandle
 from matrixos.engine.result import Result
@@ -172,6 +173,7 @@ class DML:
 
         res = store.merge_statement(build)
         self.service.touch(table.info)
+        lineage_runs.wrote(self.service, table.name, res.version, principal.name)
         metrics = res.metrics
         n = sum(
             int(metrics.get(k, 0) or 0)

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog import TableIdent, TableInfo, lineage, lineage_runs
 from matrixos.catalog.access import EMBEDDED_USER, Principal
 from matrixos.config import parse_compute
 from matrixos.engine._syntax import locate_engine_error
@@ -33,7 +33,7 @@ from matrixos.engine.sql.binding import Binder
 from matrixos.engine.sql.ddl import DDL
 from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
-from matrixos.engine.sql.grants import GrantStatements, without_secrets
+from matrixos.engine.sql.grants import GrantStatements, redact_literals, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
 from matrixos.engine.sql.policies import PolicyDefinitions
@@ -132,7 +132,9 @@ class SQLEngine:
                 raise SQLError("empty statement", sql=sql)
             result: Result | None = None
             for stmt in statements:
-                result = self._run(stmt, dialect, engine, principal)
+                # The statement's text as written (binding rewrites its tree), for lineage.
+                text = sql if len(statements) == 1 else stmt.sql(dialect=dialect)
+                result = self._run(stmt, dialect, engine, principal, text)
         except SQLError as e:
             located = locate_engine_error(e, sql, dialect)
             clean = without_secrets(located, sql)  # nor in the chained cause: from None
@@ -158,16 +160,24 @@ class SQLEngine:
                 raise
             return [refresh]
 
-    def _run(self, stmt: exp.Expr, dialect: str, engine: str, principal: Principal) -> Result:
+    def _run(
+        self, stmt: exp.Expr, dialect: str, engine: str, principal: Principal, sql: str
+    ) -> Result:
         frontend.check_translation(stmt, dialect)
         if isinstance(stmt, exp.Query):
             return self.query(stmt, engine=engine, principal=principal)
-        if isinstance(stmt, exp.Command):
-            return self._command(stmt, dialect, engine, principal)
-        handler = self._handlers.get(type(stmt))
-        if handler is None:
-            raise frontend.refused(stmt, dialect)
-        return handler(stmt, dialect, principal)
+
+        # A statement that writes records what it read (catalog.lineage); a query reads only.
+        def text() -> str | None:  # only for a run that is recorded: INSERT … VALUES is big
+            return redact_literals(sql, dialect)
+
+        with lineage.run(self.service, "sql", principal=principal.name, statement=text):
+            if isinstance(stmt, exp.Command):
+                return self._command(stmt, dialect, engine, principal)
+            handler = self._handlers.get(type(stmt))
+            if handler is None:
+                raise frontend.refused(stmt, dialect)
+            return handler(stmt, dialect, principal)
 
     def _alter(self, stmt: exp.Alter, dialect: str, principal: Principal) -> Result:
         """``ALTER TABLE … DROP ROW FILTER`` (sqlglot parses it), ``ALTER TABLE … SET
@@ -286,7 +296,9 @@ class SQLEngine:
         columns: Sequence[str] | None,
     ) -> pa.Table:
         """All rows of one Delta table (a projection of ``columns`` when given)."""
-        return self._local.read(self._binder.snapshot(info, version, timestamp), columns)
+        snap = self._binder.snapshot(info, version, timestamp)
+        lineage_runs.read(info.name, snap.version)
+        return self._local.read(snap, columns)
 
     def read_as(
         self,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from matrixos.catalog import lineage, lineage_runs
 from matrixos.errors import ConfigError, FileNotFound, IngestError, MatrixOSError, TableNotFound
 
 if TYPE_CHECKING:
@@ -160,6 +161,36 @@ class RAG:
             >>> (s.documents, s.added, s.chunks_written)
             (1, 1, 1)
         """
+        what = source if isinstance(source, str) else ", ".join(source)
+        with lineage.run(
+            self._lh.service,
+            "rag.index",
+            principal=self._lh.principal.name,
+            statement=f"rag.index({what}) into {table}",
+        ):
+            return self._index(
+                source, table, embedder=embedder, max_tokens=max_tokens, overlap=overlap,
+                batch_chunks=batch_chunks, text_column=text_column, uri_column=uri_column,
+                delete_missing=delete_missing, build_indexes=build_indexes,
+                progress=progress, workers=workers,
+            )  # fmt: skip
+
+    def _index(
+        self,
+        source: str | Sequence[str],
+        table: str,
+        *,
+        embedder: str | None,
+        max_tokens: int,
+        overlap: int,
+        batch_chunks: int,
+        text_column: str,
+        uri_column: str,
+        delete_missing: bool,
+        build_indexes: bool,
+        progress: bool,
+        workers: int | None,
+    ) -> IndexSummary:
         from matrixos.ai.embed import get_embedder
 
         started = time.perf_counter()
@@ -217,6 +248,8 @@ class RAG:
             summary.indexes = refresh_indexes(t)
         summary.seconds = time.perf_counter() - started
         self._lh.service.touch(t.info)
+        if summary.chunks_written or summary.chunks_deleted:  # commits made by the store itself
+            lineage_runs.wrote(self._lh.service, t.info.name, t.version, self._lh.principal.name)
         return summary
 
     # -- sources ----------------------------------------------------------------------------
@@ -228,14 +261,17 @@ class RAG:
                 yield from self._documents(s, text_column=text_column, uri_column=uri_column)
             return
         if "://" in source and not source.startswith("file://"):
+            lineage_runs.read_source(lineage_runs.file_dataset(source))
             yield from _object_store_docs(self._lh, source)
             return
         path = Path(source.removeprefix("file://")).expanduser()
         if path.exists():
+            lineage_runs.read_source(lineage_runs.file_dataset(str(path)))
             yield from _folder_docs(path)
             return
         volume = self._find_volume(source)
         if volume is not None:
+            lineage_runs.read_source(lineage_runs.Dataset(lineage_runs.VOLUMES, volume.name))
             for f in volume.list():
                 if Path(f.name).suffix.lower() in DOC_SUFFIXES:
                     yield SourceDoc(f.uri, f.size, (lambda n=f.name: volume.read_bytes(n)), None)
@@ -254,7 +290,10 @@ class RAG:
                 "table",
                 hint="lh.volumes() and lh.tables() list what this warehouse has",
             ) from None
-        yield from _table_docs(docs_table.to_arrow(), source, text_column, uri_column)
+        version = docs_table.version
+        lineage_runs.read(docs_table.name, version)
+        rows = docs_table.to_arrow(version=version)
+        yield from _table_docs(rows, source, text_column, uri_column)
 
     def _find_volume(self, name: str) -> Any:
         getter = getattr(self._lh, "volume", None)

@@ -15,8 +15,18 @@ import pyarrow as pa
 from matrixos._progress import RateBar, interactive
 from matrixos.batch.executors import make_executor, run_ordered
 from matrixos.batch.gpu import Sampling
-from matrixos.batch.resume import Run, Source, Writer, job_key, last_run, open_source, rebatch
+from matrixos.batch.resume import (
+    Run,
+    Source,
+    Writer,
+    is_query,
+    job_key,
+    last_run,
+    open_source,
+    rebatch,
+)
 from matrixos.batch.udf import BatchFormat, Failure
+from matrixos.catalog import lineage, lineage_runs
 from matrixos.errors import BatchError, ConfigError, TableNotFound
 
 if TYPE_CHECKING:
@@ -106,8 +116,55 @@ def map_batches(
     """Run ``fn`` over ``source`` in batches on the compute pool; write to ``output``.
 
     See the module docstring for the guarantees, and ``Lakehouse.map_batches`` for the
-    parameters.
+    parameters. The run's lineage (the source table and version, or the tables its query
+    reads, into ``output``) goes to ``system.lineage.events``, the run's id as its run.
     """
+    what = getattr(fn, "__qualname__", None) or type(fn).__name__
+    with lineage.run(
+        lh.service,
+        "map_batches",
+        principal=lh.principal.name,
+        statement=f"map_batches({what}) from {source} into {output}",
+    ) as tracked:
+        summary = _map_batches(
+            lh, source, fn, output=output, batch_size=batch_size, num_gpus=num_gpus,
+            num_cpus=num_cpus, concurrency=concurrency, columns=columns, filter=filter,
+            key=key, mode=mode, resume=resume, format=format, batch_format=batch_format,
+            fn_constructor_args=fn_constructor_args,
+            fn_constructor_kwargs=fn_constructor_kwargs, commit_batches=commit_batches,
+            max_in_flight=max_in_flight, progress=progress, ray_options=ray_options,
+        )  # fmt: skip
+        if summary.source_version is not None and not is_query(source):
+            lineage_runs.read(lh.table(source).name, summary.source_version)
+        if tracked.job == "map_batches" and summary.run:  # not when a job's run holds it
+            tracked.run_id = summary.run
+    return summary
+
+
+def _map_batches(
+    lh: SessionHost,
+    source: str,
+    fn: Callable[[Any], Any] | type,
+    *,
+    output: str,
+    batch_size: int,
+    num_gpus: float,
+    num_cpus: float,
+    concurrency: int | None,
+    columns: Sequence[str] | None,
+    filter: str | None,
+    key: str | Sequence[str] | None,
+    mode: Literal["append", "overwrite", "merge"],
+    resume: bool,
+    format: Literal["delta", "lance"] | None,
+    batch_format: BatchFormat,
+    fn_constructor_args: Sequence[Any],
+    fn_constructor_kwargs: Mapping[str, Any] | None,
+    commit_batches: int,
+    max_in_flight: int | None,
+    progress: bool | None,
+    ray_options: Mapping[str, Any] | None,
+) -> MapBatchesSummary:
     started = time.perf_counter()
     _check_args(batch_size, commit_batches, max_in_flight, mode, key, batch_format)
     keys = [key] if isinstance(key, str) else list(key or [])

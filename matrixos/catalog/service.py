@@ -34,6 +34,7 @@ from typing import IO, Any, Literal
 import pyarrow as pa
 
 from matrixos.ai.embed import PROP_SOURCE, embed_rows
+from matrixos.catalog import lineage_runs
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, TableInfo, VolumeInfo
 from matrixos.catalog.names import TableIdent, parse_schema
@@ -358,6 +359,8 @@ class TableService:
             with contextlib.suppress(Exception):
                 self.warehouse.remove(location)
             raise
+        if lineage_runs.current() is not None and data is not None:
+            lineage_runs.wrote(self, info.name, store.version(), principal.name)
         return self.catalog.get_table(ident)
 
     def register_table(
@@ -602,6 +605,7 @@ class TableHandle:
 
     def _done(self, result: WriteResult) -> WriteResult:
         self.service.touch(self.info)
+        lineage_runs.wrote(self.service, self.name, result.version, self.principal.name)
         return result
 
     # ``commit_metadata`` is recorded in the commit, atomically with the rows (map_batches
