@@ -19,7 +19,8 @@ from matrixos.catalog.lineage import Lineage, LineageLog
 from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
 from matrixos.errors import TableNotFound, WarehouseNotFound
-from matrixos.jobs import Jobs, JobService, open_jobs
+from matrixos.jobs.service import Jobs, JobService
+from matrixos.jobs.wiring import open_jobs
 from matrixos.lance_table import lance_table_or_error
 from matrixos.storage._errors import storage_error
 from matrixos.storage.options import StorageOptions

@@ -4,32 +4,13 @@ of a Ray pool."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
 
+from matrixos._nvidia import nvidia_smi
+
 if TYPE_CHECKING:
     from matrixos.compute import ComputePool
-
-
-def nvidia_smi(query: str, timeout: float = 5) -> list[str] | None:
-    """One line per local GPU of ``nvidia-smi --query-gpu=<query>`` (CSV, no header, no
-    units); None without ``nvidia-smi`` or when it fails."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def gpu_utilization_sample() -> list[float] | None:

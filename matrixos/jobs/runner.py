@@ -22,6 +22,7 @@ rank ends with an error or is lost, the others are stopped and the whole gang is
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -30,11 +31,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from matrixos.batch.gpu import nvidia_smi
+from matrixos._nvidia import nvidia_smi
 from matrixos.jobs.specs import NodeSpec
 
 __all__ = [
@@ -132,15 +134,22 @@ class Supervisor:
                 f.write(payload)
             args += [path, os.path.join(self.tmp, "result.pkl")]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                args,
-                env={**os.environ, **env},
-                cwd=cwd or self.tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+            # Started from one long-lived thread: the parent-death signal fires when the
+            # thread that forked the child ends, and a scheduler's loop thread may end first.
+            self.proc = (
+                _spawner()
+                .submit(
+                    subprocess.Popen,
+                    args,
+                    env={**os.environ, **env},
+                    cwd=cwd or self.tmp,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+                .result()
             )
         return self.proc.pid
 
@@ -190,6 +199,11 @@ class Supervisor:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+@functools.cache
+def _spawner() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="matrixos-jobs-spawner")
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL it when its supervisor dies (Linux), so a killed
     scheduler or Ray worker never leaves a job's process behind."""
@@ -209,7 +223,8 @@ class Run(Protocol):
 
     def step(self) -> Outcome | None: ...
     def terminate(self, grace_s: float) -> None: ...
-    def release(self) -> None: ...
+    def release(self) -> None: ...  # starts releasing everything the job held
+    def released(self) -> bool: ...  # finishes it (at a later step); whether it is done
 
 
 class Pool(Protocol):
@@ -319,6 +334,9 @@ class _LocalRun:
         for sup in self.sups:
             sup.cleanup()
 
+    def released(self) -> bool:
+        return True
+
 
 class LocalPool:
     """This machine as a one-node pool: its CPUs, memory and (``nvidia-smi``) GPUs."""
@@ -363,6 +381,9 @@ def _local_gpus() -> tuple[int, str | None]:
 # -- Ray ---------------------------------------------------------------------------------------
 @dataclass
 class _RayRun:
+    """A gang on Ray. Nothing here blocks the scheduler: placing, starting, polling and
+    releasing each send their calls and look for the answers at the next ``step``."""
+
     spec: LaunchSpec
     ips: dict[str, str]
     place_timeout_s: float
@@ -372,8 +393,12 @@ class _RayRun:
     ready: Any = None
     actors: list[Any] = field(default_factory=list)
     placed_at: float = 0.0
+    starting: list[Any] | None = None
+    polls: dict[int, Any] = field(default_factory=dict)  # rank -> its pending poll
     ended: dict[int, tuple[int, bytes | None, str | None]] = field(default_factory=dict)
     logs: _Logs | None = None
+    closing: list[Any] | None = None
+    closing_since: float = 0.0
 
     def __post_init__(self) -> None:
         from ray.util.placement_group import placement_group
@@ -403,7 +428,7 @@ class _RayRun:
 
         actor = ray.remote(Supervisor)
         for rank, b in enumerate(self.spec.bundles):
-            a = actor.options(
+            a = actor.options(  # type: ignore[attr-defined]
                 name=f"{NAME_PREFIX}{self.job_id}-{rank}",
                 namespace=_NAMESPACE,
                 num_cpus=b.cpus,
@@ -414,58 +439,75 @@ class _RayRun:
                 ),
             ).remote(self.job_id, rank)
             self.actors.append(a)
-        ray.get(
-            [
-                a.start.remote(
-                    self.spec.argv, _gang_env(self.spec, r), self.spec.cwd, self.spec.payload
-                )
-                for r, a in enumerate(self.actors)
-            ],
-            timeout=120,
-        )
+        self.starting = [
+            a.start.remote(
+                self.spec.argv, _gang_env(self.spec, r), self.spec.cwd, self.spec.payload
+            )
+            for r, a in enumerate(self.actors)
+        ]
+
+    def _placing(self) -> Outcome | None:
+        """Place and start the gang; an outcome when that failed."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        waited = time.time() - self.placed_at
+        if self.starting is None:
+            done, _ = ray.wait([self.ready], timeout=0)
+            if not done:
+                if waited > self.place_timeout_s:
+                    why = f"the placement group was not placed within {self.place_timeout_s:.0f} s"
+                    return Outcome(None, why, lost=True)
+                return None
+            self._start()
+        assert self.starting is not None
+        done, _ = ray.wait(self.starting, num_returns=len(self.starting), timeout=0)
+        if len(done) < len(self.starting):
+            if waited > self.place_timeout_s + 120:
+                return Outcome(None, "its workers did not start within 120 s", lost=True)
+            return None
+        try:
+            ray.get(self.starting)
+        except RayActorError as e:
+            return Outcome(None, f"a worker did not start: {_one_line(e)}", lost=True)
+        except Exception as e:  # a broken entry or environment: not worth retrying
+            return Outcome(None, f"the job's processes did not start: {_one_line(e)}")
         self.running = True
+        return None
 
     def step(self) -> Outcome | None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         if not self.running:
-            done, _ = ray.wait([self.ready], timeout=0)
-            if not done:
-                if time.time() - self.placed_at > self.place_timeout_s:
-                    return Outcome(
-                        None,
-                        f"the placement group was not placed within {self.place_timeout_s:.0f} s",
-                        lost=True,
-                    )
-                return None
+            failed = self._placing()
+            if failed is not None or not self.running:
+                return failed
+        assert self.logs is not None
+        for rank, a in enumerate(self.actors):
+            if rank not in self.ended and rank not in self.polls:
+                self.polls[rank] = a.poll.remote(self.logs.offsets[rank])
+        ready, _ = ray.wait(list(self.polls.values()), num_returns=len(self.polls), timeout=0)
+        answered = {ref.hex() for ref in ready}
+        for rank, ref in list(self.polls.items()):
+            if ref.hex() not in answered:
+                continue
+            del self.polls[rank]
             try:
-                self._start()
-            except (RayActorError, GetTimeoutError) as e:
-                return Outcome(None, f"a worker did not start: {_one_line(e)}", lost=True)
-            except Exception as e:  # a broken entry or environment: not worth retrying
-                return Outcome(None, f"the job's processes did not start: {_one_line(e)}")
-        pending = [r for r in range(len(self.actors)) if r not in self.ended]
-        refs = [self.actors[r].poll.remote(self.logs.offsets[r]) for r in pending]  # type: ignore[union-attr]
-        for rank, ref in zip(pending, refs, strict=True):
-            try:
-                code, chunk, result, error = ray.get(ref, timeout=30)
-            except (RayActorError, GetTimeoutError) as e:
+                code, chunk, result, error = ray.get(ref)
+            except RayActorError as e:
                 self.terminate(0)
                 node = self.spec.bundles[rank].node
-                return Outcome(
-                    None,
-                    f"rank {rank}'s worker on node {node[:12]} was lost: {_one_line(e)}",
-                    lost=True,
-                )
-            self.logs.add(rank, chunk)  # type: ignore[union-attr]
+                why = f"rank {rank}'s worker on node {node[:12]} was lost: {_one_line(e)}"
+                return Outcome(None, why, lost=True)
+            self.logs.add(rank, chunk)
             if code is not None:
                 self.ended[rank] = (code, result, error)
                 if code != 0:
                     self.terminate(0)
         if len(self.ended) < len(self.actors):
             return None
-        self.logs.flush()  # type: ignore[union-attr]
+        self.logs.flush()
         ranks = range(len(self.actors))
         return _outcome(
             [self.ended[r][0] for r in ranks],
@@ -479,20 +521,32 @@ class _RayRun:
                 a.terminate.remote(grace_s)
 
     def release(self) -> None:
+        """Ask every supervisor to kill what is left and delete its folder, then exit."""
+        self.closing = []
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                self.closing.append(a.cleanup.remote())
+                a.__ray_terminate__.remote()
+        self.closing_since = time.time()
+
+    def released(self) -> bool:
+        """Finish ``release``: once the supervisors are done (or after 10 s), kill them and
+        remove the placement group. Whether it is all gone."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        cleanups = []
-        for a in self.actors:
-            with contextlib.suppress(Exception):
-                cleanups.append(a.cleanup.remote())
-        with contextlib.suppress(Exception):
-            ray.wait(cleanups, num_returns=len(cleanups), timeout=10)
+        if self.closing is None:
+            self.release()
+        assert self.closing is not None
+        done, _ = ray.wait(self.closing, num_returns=len(self.closing), timeout=0)
+        if len(done) < len(self.closing) and time.time() - self.closing_since < 10:
+            return False
         for a in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=True)
         with contextlib.suppress(Exception):
             remove_placement_group(self.pg)
+        return True
 
 
 def _one_line(e: BaseException) -> str:
@@ -589,5 +643,7 @@ def live_job_groups() -> list[str]:
 
 
 def python_argv() -> list[str]:
-    """The command a Python or SQL job's worker runs (its payload and result paths follow)."""
-    return [sys.executable, "-m", "matrixos.jobs._worker"]
+    """The command a Python or SQL job's worker runs (its payload and result paths follow):
+    the worker's source as ``python -c``, so that a Python job's process imports neither
+    ``matrixos`` nor anything else it does not need (a SQL job's imports ``matrixos``)."""
+    return [sys.executable, "-c", (Path(__file__).parent / "_worker.py").read_text()]

@@ -39,6 +39,8 @@ from matrixos.jobs.store import ACTIVE, JobInfo, JobStore
 __all__ = ["Metering", "Scheduler", "job_spec"]
 
 log = logging.getLogger(__name__)
+#: Each scheduler's heartbeat is a lease named ``alive:<holder>`` in ``mx_job_leases``.
+ALIVE_PREFIX = "alive:"
 
 
 class Metering(Protocol):
@@ -96,6 +98,7 @@ class Scheduler:
         lease_ttl_s: float = 10.0,
         max_attempts: int = 3,
         nodes_ttl_s: float = 5.0,
+        drain_s: float = 30.0,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -109,9 +112,12 @@ class Scheduler:
         self.lease_ttl_s = lease_ttl_s
         self.max_attempts = max_attempts
         self.nodes_ttl_s = nodes_ttl_s
+        self.drain_s = drain_s
         self.holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._alive = ALIVE_PREFIX + self.holder
         self.leader = False
         self.active: dict[str, _Active] = {}
+        self.releasing: list[Run] = []  # ended runs whose resources are being given back
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,16 +141,26 @@ class Scheduler:
         self._wake.set()
 
     def close(self) -> None:
-        """Stop the loop; jobs this process runs are stopped and queued again (another
-        scheduler, or this one's next start, runs them), and the lease is given up."""
+        """Stop the loop: start nothing more and give the lease up at once (another process
+        may schedule), let the jobs this process runs finish for up to ``drain_s`` seconds,
+        then stop the rest (SIGTERM, no grace) and queue them again."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(60)
         with self._lock:
+            if self.leader:
+                self.store.release_lease(self.holder)
+                self.leader = False
+            deadline = time.monotonic() + self.drain_s
+            while self.active and time.monotonic() < deadline:
+                self.store.acquire_lease(self.holder, self.lease_ttl_s, name=self._alive)
+                self.watch()
+                time.sleep(self.watch_s)
             for job_id, act in list(self.active.items()):
                 act.run.terminate(0)
                 act.run.release()
+                self.releasing.append(act.run)
                 self.store.transition(
                     job_id,
                     ACTIVE,
@@ -155,9 +171,11 @@ class Scheduler:
                     error="its scheduler stopped while it ran; queued again",
                 )
                 del self.active[job_id]
-            if self.leader:
-                self.store.release_lease(self.holder)
-                self.leader = False
+            deadline = time.monotonic() + 15
+            while self.releasing and time.monotonic() < deadline:
+                self._released()
+                time.sleep(0.05)
+            self.store.release_lease(self.holder, name=self._alive)
 
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -174,30 +192,45 @@ class Scheduler:
                 self.error = e
                 log.exception("job scheduler round failed")
                 self._stop.wait(self.tick_s)
-            self._wake.wait(self.watch_s if self.active else self.tick_s)
+            self._wake.wait(self.watch_s if self.active or self.releasing else self.tick_s)
 
     def round(self) -> None:
         """One scheduling round (when this process holds the lease)."""
         with self._lock:
+            # Every scheduler says it is alive, leader or not: the jobs it runs are its own
+            # until that stops (then the leader queues them again).
+            self.store.acquire_lease(self.holder, self.lease_ttl_s, name=self._alive)
             prev = self.store.acquire_lease(self.holder, self.lease_ttl_s)
             if prev is None:
                 self.leader = False
                 return
+            alive = self.store.live_holders(ALIVE_PREFIX)
             if not self.leader:
                 self.leader = True
-                self.reconcile(prev)
+                self.reconcile(prev, alive)
+            else:
+                self._requeue_orphaned(alive)
             self._cancels()
             self._schedule(time.time())
 
-    def reconcile(self, previous: str) -> None:
-        """Requeue (or fail) jobs another scheduler started, and remove orphaned Ray resources."""
-        for row in self.store.list(states=ACTIVE):
-            if row.id in self.active or row.scheduler == self.holder:
-                continue
-            self._requeue_lost(row, f"its scheduler ({row.scheduler or previous}) stopped")
-        removed = self.pool.orphans(set(self.active))
+    def reconcile(self, previous: str, alive: set[str]) -> None:
+        """Requeue (or fail) the jobs of schedulers that stopped, and remove Ray resources
+        no live scheduler's job owns."""
+        keep = self._requeue_orphaned(alive, previous)
+        removed = self.pool.orphans(keep)
         if removed:
             log.warning("removed %d orphaned job placement groups/actors", removed)
+
+    def _requeue_orphaned(self, alive: set[str], previous: str = "") -> set[str]:
+        """Requeue the active jobs whose scheduler is no longer alive; the ids of the active
+        jobs that stay (this scheduler's and live ones')."""
+        keep = set(self.active)
+        for row in self.store.list(states=ACTIVE):
+            if row.id in self.active or row.scheduler == self.holder or row.scheduler in alive:
+                keep.add(row.id)
+            else:
+                self._requeue_lost(row, f"its scheduler ({row.scheduler or previous}) stopped")
+        return keep
 
     def _requeue_lost(self, row: JobInfo, why: str) -> None:
         if row.state == "PREEMPTED" or row.attempts < self.max_attempts:
@@ -220,8 +253,22 @@ class Scheduler:
             )
 
     # -- watching what runs ------------------------------------------------------------------
+    def _released(self) -> None:
+        still = []
+        for run in self.releasing:
+            try:
+                if not run.released():
+                    still.append(run)
+            except Exception:
+                log.exception("releasing job %s", run.job_id)
+        self.releasing = still
+
     def watch(self) -> None:
-        """Advance every job this process started (output, ends, limits, metering)."""
+        """Advance every job this process started (output, ends, limits, metering) and
+        finish releasing what ended ones held."""
+        if self.releasing:
+            with self._lock:
+                self._released()
         if not self.active:
             return
         with self._lock:
@@ -289,6 +336,7 @@ class Scheduler:
                 self._meter(act, now)
         try:
             act.run.release()
+            self.releasing.append(act.run)
         except Exception:
             log.exception("releasing job %s", job_id)
         del self.active[job_id]

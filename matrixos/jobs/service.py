@@ -34,26 +34,21 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
 from matrixos.catalog.access import Principal
-from matrixos.catalog.accounts import parse_duration
+from matrixos.catalog.accounts import Accounts, parse_duration
 from matrixos.errors import AccessDenied, AccountNotFound, ConfigError, JobError
 from matrixos.jobs.policy import POLICIES, earliest_window, validate
 from matrixos.jobs.runner import Pool
 from matrixos.jobs.scheduler import Metering, Scheduler, job_spec, wait_for
 from matrixos.jobs.specs import STRATEGIES, JobSpec, NodeSpec, Reservation, RunningJob
 from matrixos.jobs.store import ACTIVE, ENDED, JobInfo, JobStore, ReservationRow
-from matrixos.metering import Meter, UsageRecord, degrees
 
-if TYPE_CHECKING:
-    from matrixos.catalog.accounts import Accounts
-
-__all__ = ["JOBS_SCHEMA", "PRIORITIES", "BillingMeter", "Job", "JobService", "Jobs"]
+__all__ = ["JOBS_SCHEMA", "PRIORITIES", "Job", "JobService", "Jobs"]
 
 #: Named priorities (any integer works too; higher runs first and may preempt lower).
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
@@ -699,82 +694,3 @@ def _default_name(target: Any, kind: str) -> str:
     if kind == "sql":
         return " ".join(str(target).split())[:60]
     return " ".join(map(str, target if not isinstance(target, str) else [target]))[:60]
-
-
-class BillingMeter:
-    """``Metering`` through ``matrixos.metering.Meter``: a job's cores, GPUs and memory per
-    bundle as usage records (``system.billing.usage``), charged to its account. A GPU of no
-    known type is priced as the unit's A100. The balance is reported only for an account that
-    holds a prepaid package (was ever credited): the jobs of accounts billed afterwards are not
-    stopped."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-
-    def charge(
-        self, job: JobInfo, nodes: Sequence[NodeSpec], start: float, end: float
-    ) -> tuple[float, Decimal | float | None]:
-        req = job.spec.get("request", {})
-        cpus, gpus, mem = (
-            float(req.get("cpus", 1)),
-            int(req.get("gpus", 0)),
-            float(req.get("memory_gb", 0)),
-        )
-        records = []
-
-        def record(resource: str, quantity: float, node: str, accel: str | None = None) -> None:
-            records.append(
-                UsageRecord(
-                    job.account,
-                    job.principal,
-                    resource=resource,
-                    quantity=quantity,
-                    start=start,
-                    end=end,
-                    accelerator=accel,
-                    job_id=job.id,
-                    node=node,
-                )
-            )
-
-        for node in nodes:
-            if cpus:
-                record("cpu", cpus, node.id)
-            if gpus:
-                record("gpu", gpus, node.id, node.accelerator or "A100")
-            if mem:
-                record("memory", mem, node.id)
-        if not records:
-            return 0.0, None
-        priced = [r.priced(self.meter.table) for r in records]
-        balance = self.meter.record(priced)
-        summary = self.meter.billing.summary(job.account)
-        used = sum(r.degrees or 0.0 for r in priced)
-        return used, (balance if summary.credited > 0 else None)
-
-    def check_credit(self, account: str, degrees: float) -> None:
-        """``OutOfCredit`` when ``account`` holds a prepaid package that cannot pay
-        ``degrees`` (or is used up)."""
-        if self.meter.billing.summary(account).credited > 0:
-            self.meter.billing.check_affordable(account, degrees)
-
-    def estimate(self, spec: JobSpec, nodes: Sequence[NodeSpec], seconds: float) -> float:
-        """The most ``spec`` can cost in ``seconds`` on the dearest acceptable node type."""
-        ok = [
-            n for n in nodes if not spec.accelerators or (n.accelerator or "") in spec.accelerators
-        ]
-        gpu = 0.0
-        if spec.gpus:
-            gpu = max(
-                (
-                    degrees(
-                        "gpu", n.accelerator or "A100", spec.gpus, seconds, table=self.meter.table
-                    )
-                    for n in ok
-                    if n.gpus
-                ),
-                default=0.0,
-            )
-        cpu = degrees("cpu", None, spec.cpus, seconds, table=self.meter.table)
-        mem = degrees("memory", None, spec.memory_gb, seconds, table=self.meter.table)
-        return (gpu + cpu + mem) * spec.nodes

@@ -362,6 +362,14 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(_leases.delete().where(_leases.c.name == name, _leases.c.holder == holder))
 
+    def live_holders(self, prefix: str) -> set[str]:
+        """Holders of the unexpired leases whose names start with ``prefix``."""
+        q = sa.select(_leases.c.holder).where(
+            _leases.c.name.startswith(prefix, autoescape=True), _leases.c.expires_at > time.time()
+        )
+        with self.engine.connect() as conn:
+            return {r.holder for r in conn.execute(q)}
+
     def lease_holder(self, name: str = "scheduler") -> tuple[str, float] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(_leases).where(_leases.c.name == name)).first()

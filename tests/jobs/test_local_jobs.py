@@ -244,8 +244,10 @@ _SUBMITTER = textwrap.dedent(
         jobs = svc.for_principal(lh.principal)
         handles = [jobs.submit(mark, out, f"{me}-{i}", cpus=0.5) for i in range(n)]
         states = [h.wait(120) for h in handles]
+        errors = [h.error for h in handles if h.status != "SUCCEEDED"]
         svc.close()
     print(",".join(states))
+    print(errors, file=sys.stderr)
     """
 )
 
@@ -267,7 +269,7 @@ def test_submitters_in_several_processes_share_one_queue(tmp_path: Path) -> None
     for p in procs:
         stdout, stderr = p.communicate(timeout=240)
         assert p.returncode == 0, stderr[-3000:]
-        assert stdout.strip().split(",") == ["SUCCEEDED"] * 8
+        assert stdout.strip().split(",") == ["SUCCEEDED"] * 8, stderr[-2000:]
     marks = out.read_text().split()
     assert sorted(marks) == sorted(f"p{p}-{i}" for p in range(3) for i in range(8))
 
