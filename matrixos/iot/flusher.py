@@ -117,7 +117,7 @@ class Flusher:
             if not todo:
                 continue
             try:
-                version = commit_entries(ingest, st, todo)
+                commit_entries(ingest, st, todo)
             except TableNotFound as e:
                 log.warning(
                     "table %s is gone: %d acknowledged point(s) dropped (%s)",
@@ -133,7 +133,6 @@ class Flusher:
                 blocked.extend(x.seq for x in todo)
                 continue
             st.commit_error = None
-            ingest.committed(st, todo, version)
             self.commits += 1
             stats["tables"] += 1
             stats["points"] += sum(e.rows.num_rows for e in todo)
@@ -155,8 +154,8 @@ class Flusher:
 
 
 def commit_entries(ingest: FlushTarget, st: SeriesTable, entries: Sequence[Entry]) -> int:
-    """Commit ``entries`` (in log order) to their table; returns the Delta version holding
-    them (the existing one when a previous attempt already committed them)."""
+    """Commit ``entries`` (in log order) to their table and mark them committed; returns the
+    Delta version holding them (the existing one when a previous attempt committed them)."""
     rows = pa.concat_tables([e.rows for e in entries], promote_options="permissive")
     late = any(e.late for e in entries)
     if late:
@@ -166,9 +165,20 @@ def commit_entries(ingest: FlushTarget, st: SeriesTable, entries: Sequence[Entry
     if not isinstance(store, DeltaStore):
         raise NotSupported(f"table {st.ident} is not a Delta table: IoT points need one")
     version = max(e.seq for e in entries)
-    result = commit_once(
-        store, rows, app_id=ingest.wal.id, version=version, keys=st.keys if late else None
-    )
+    with st.lock:
+        for e in entries:  # from here a query may find them in the table: it checks the txn
+            e.committing = True
+    try:
+        result = commit_once(
+            store, rows, app_id=ingest.wal.id, version=version, keys=st.keys if late else None
+        )
+    finally:
+        with st.lock:
+            for e in entries:
+                e.committing = False
+    # Marked at once: a query that loads the new version must not count them again.
+    ingest.committed(st, entries, result)
+    store.maybe_autocompact()
     ingest.service.touch(info)
     return result
 
@@ -209,7 +219,6 @@ def commit_once(
         return {"num_added_rows": data.num_rows}
 
     result = store.run_with_retries("IoT commit", run, retries=max(store.commit_retries, 10))
-    store.maybe_autocompact()
     return result.version
 
 

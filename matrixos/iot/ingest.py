@@ -373,12 +373,27 @@ class IotIngest:
             return None
         with st.lock:
             entries = [e for e in st.entries if e.version is None or e.version > version]
+        if any(e.committing and e.version is None for e in entries):
+            # A commit under way may be in the version the query reads: its txn says.
+            done = self._txn_at(st, version)
+            entries = [e for e in entries if not (e.version is None and e.seq <= done)]
         if not entries:
             return None
         table = pa.concat_tables([e.rows for e in entries], promote_options="permissive")
         if any(e.late for e in entries):
             return PendingRows(series.last_wins(table, st.keys), tuple(st.keys))
         return PendingRows(table)
+
+    def _txn_at(self, st: SeriesTable, version: int) -> int:
+        """The highest log seq the table's ``version`` holds (-1: none)."""
+        try:
+            dt = self.service.snapshot(st.info)
+            if dt.version() != version:
+                dt = self.service.store(st.info).open(version=version)
+            done = dt.transaction_version(self.wal.id)
+        except MatrixOSError:
+            return -1
+        return -1 if done is None else int(done)
 
     # -- the flusher's side (matrixos.iot.flusher) ------------------------------------------
     def tables(self) -> list[SeriesTable]:
@@ -454,9 +469,10 @@ def _series_spans_and_repeats(
     columns cost more than parsing the body."""
     if not rows.num_rows:
         return [], False
-    enc = pc.dictionary_encode(series_key(rows, tags))
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks()
+    key = series_key(rows, tags)
+    if isinstance(key, pa.ChunkedArray):  # one dictionary for all chunks
+        key = key.combine_chunks()
+    enc = pc.dictionary_encode(key)
     codes = enc.indices.to_numpy(zero_copy_only=False)
     names = enc.dictionary.to_pylist()
     t = pc.cast(rows.column(series.TIME), pa.int64()).to_numpy()

@@ -303,8 +303,8 @@ def _typed(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
         kinds = [_kind(t) for t in present.to_pylist()]
         kind = next((k for k in kinds if k != "x"), "x")
         if kind == "x":
-            bad = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
-            return pa.nulls(len(col), pa.float64()), bad
+            every = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+            return pa.nulls(len(col), pa.float64()), every
     try:
         if kind in ("i", "u"):
             if pc.all(pc.ends_with(col, kind)).as_py() is False:

@@ -153,6 +153,7 @@ class Entry:
     late: bool  # may replace points with the same series and time (last write wins)
     version: int | None = None  # the Delta version that holds them, once committed
     committed_at: float = 0.0
+    committing: bool = False  # their commit is under way (it may have landed already)
 
 
 @dataclass
