@@ -33,6 +33,8 @@ class QueueIndex:
         self.default_runtime_s = default_runtime_s
         self.row: dict[str, int] = {}
         self.specs: list[JobSpec] = []
+        self.shape: list[int] = []  # rows asking for the same thing share a number
+        self._shapes: dict[tuple, int] = {}
         self.ids: list[str] = []
         self.accounts: dict[str, int] = {}
         self.account_names: list[str] = []
@@ -72,6 +74,17 @@ class QueueIndex:
         self.row[j.id] = r
         self.ids.append(j.id)
         self.specs.append(j)
+        key = (
+            j.gpus,
+            j.nodes,
+            j.cpus,
+            j.memory_gb,
+            j.accelerators,
+            j.min_gpu_memory_gb,
+            j.bf16,
+            j.strategy,
+        )
+        self.shape.append(self._shapes.setdefault(key, len(self._shapes)))
         self.submitted[r] = j.submitted_at
         self.priority[r] = j.priority
         self.account[r] = a

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -191,6 +192,7 @@ class QueuePolicy:
         backfill_depth: int = 512,
         grace_s: float = 30.0,
         preempt_after_s: float = 300.0,
+        preempt_retry_s: float = 60.0,
         usage_half_life_s: float = 24 * 3600.0,
         default_runtime_s: float = DEFAULT_RUNTIME_S,
     ) -> None:
@@ -209,6 +211,8 @@ class QueuePolicy:
         self._last: float | None = None
         self._preempting: dict[str, float] = {}  # victim id -> when it was asked to stop
         self._ix = QueueIndex(default_runtime_s)
+        self._tried: dict[str, float] = {}  # head id -> when preemption last found no victims
+        self.preempt_retry_s = preempt_retry_s
 
     # --- the round ------------------------------------------------------------------------
     def decide(
@@ -232,7 +236,8 @@ class QueuePolicy:
         cap: dict[int, float] | None = None
         failed: set[tuple] = set()
         scanned = 0
-        specs = self._ix.specs
+        urgent = False
+        specs, shape = self._ix.specs, self._ix.shape
         for pos, row in enumerate(order.tolist()):
             if failed:  # past the first job that did not fit: a bounded look further
                 scanned += 1
@@ -242,8 +247,12 @@ class QueuePolicy:
                 break
             job = specs[row]
             limit_end = now + job.max_runtime_s if job.max_runtime_s else math.inf
-            short = head is not None and limit_end <= shadow
-            key = self._shape(job, holds, short)
+            # Behind an urgent (starving) head nothing jumps onto its nodes, not even a job
+            # that would end in time: the nodes drain for it as running jobs really end,
+            # rather than at the hard ends its shadow is computed from.
+            short = head is not None and limit_end <= shadow and not urgent
+            # Same request, same outcome this round (holds are per account: key them so).
+            key = (shape[row], short, job.account if holds else None)
             if key in failed:
                 continue
             got = self._place(job, now, c, holds, cap if head is not None and not short else None)
@@ -252,12 +261,19 @@ class QueuePolicy:
                 if head is not None or self.blocked == "skip":
                     continue
                 head = pos
+                urgent = self.ordering != "fifo" and job.submitted_at <= now - self.starve_after_s
                 shadow, cap = self._reserve(job, now, c, reservations)
                 if self.blocked == "stop":
                     break
-                if self.preempts and shadow > now + self.preempt_after_s:
+                if (
+                    self.preempts
+                    and shadow > now + self.preempt_after_s
+                    and self._tried.get(job.id, -math.inf) <= now - self.preempt_retry_s
+                ):
                     d.preempt = self._preempt(job, now, c)
-                    if d.preempt:
+                    if not d.preempt:  # no victims now: look again a little later, not each round
+                        self._tried = {job.id: now}
+                    else:
                         shadow, cap = self._reserve(job, now, c, reservations)
                 continue
             acc, idxs = got
@@ -318,20 +334,6 @@ class QueuePolicy:
             gpus = float(sum(v for a, v in c.total_gpus.items() if a is not None))
             order = self._ix.fair(rows, now, self.starve_after_s, share, gpus)
         return order, self._ix.ids_of(order)
-
-    def _shape(self, job: JobSpec, holds: Holds, short: bool) -> tuple:
-        return (
-            job.gpus,
-            job.nodes,
-            job.cpus,
-            job.memory_gb,
-            job.accelerators,
-            job.min_gpu_memory_gb,
-            job.bf16,
-            job.strategy,
-            short,
-            job.account if holds else None,
-        )
 
     def _types_of(self, job: JobSpec, c: Cluster) -> list[GpuKey]:
         key = (job.gpus > 0, job.accelerators, job.min_gpu_memory_gb, job.bf16)
@@ -403,7 +405,7 @@ class QueuePolicy:
             when = now
             if f.have < need:
                 when = math.inf
-                for end, jid in [*soon, *c.ends]:
+                for end, jid in itertools.chain(soon, c.ends):
                     if c.job_type.get(jid) != acc or jid not in c.running:
                         continue
                     f.release(c.running[jid])

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from matrixos.jobs.policy import Policy
+from matrixos.errors import JobError
+from matrixos.jobs.policy import Policy, validate
 from matrixos.jobs.specs import JobSpec, NodeSpec, RunningJob
 
 DAY = 86400.0
@@ -58,6 +59,7 @@ def cluster(h100: int, a100: int, l4: int, gpus_per_node: int = 8) -> list[NodeS
 
 
 _SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+_PINS: list[tuple[str, ...]] = [("H100", "A100"), ("H100",), ("A100",), ()]
 _WEIGHTS = [0.5, 0.08, 0.1, 0.16, 0.05, 0.04, 0.025, 0.018, 0.012, 0.008, 0.005, 0.002]
 
 
@@ -89,17 +91,18 @@ def synthetic_trace(
         for _ in range(rnd.randint(10, 60) if burst else 1):
             median = 600.0 * (1 + math.log2(size))  # bigger gangs run longer (Helios)
             runtime = min(3 * DAY, max(30.0, rnd.lognormvariate(math.log(median), sigma)))
+            # Many users pin a type (FP8 wants an H100, a tuned recipe an A100): a pinned head
+            # idles the other pools under plain FIFO.
             if size <= 8:
                 r = rnd.random()
                 kind = "inference" if r < 0.25 else "finetune" if r < 0.6 else "train"
-                accs: tuple[str, ...] = (
-                    ("L4",) if kind == "inference" and rnd.random() < 0.5 else ()
-                )
-                if kind != "inference" and rnd.random() < 0.4:
-                    accs = ("H100", "A100")
+                if kind == "inference":
+                    accs: tuple[str, ...] = ("L4",) if rnd.random() < 0.5 else ()
+                else:
+                    accs = rnd.choices(_PINS, [0.35, 0.25, 0.15, 0.25])[0]
             else:
                 kind = "train"
-                accs = ("H100", "A100") if rnd.random() < 0.7 else ("H100",)
+                accs = rnd.choices(_PINS[:3], [0.2, 0.5, 0.3])[0]
             prio = rnd.choices([0, 1, 2], [0.75, 0.2, 0.05])[0]
             raw.append((size, runtime, account, accs, prio, kind))
     raw = raw[:n]
@@ -140,6 +143,26 @@ def _diurnal(rnd: random.Random, span: float) -> float:
             return t
 
 
+def _unrunnable(trace: Sequence[SimJob], nodes: Sequence[NodeSpec]) -> set[str]:
+    """Ids of the jobs the runtime would refuse at submit (``validate``), by request shape."""
+    verdict: dict[tuple, bool] = {}
+    out: set[str] = set()
+    for j in trace:
+        s = j.spec
+        key = (s.gpus, s.nodes, s.cpus, s.memory_gb, s.accelerators, s.strategy)
+        ok = verdict.get(key)
+        if ok is None:
+            try:
+                validate(s, nodes)
+                ok = True
+            except JobError:
+                ok = False
+            verdict[key] = ok
+        if not ok:
+            out.add(s.id)
+    return out
+
+
 @dataclass
 class SimResult:
     """What one simulated run measured."""
@@ -153,8 +176,10 @@ class SimResult:
     decisions: list[tuple[int, float]]  # (queued jobs, seconds) per decide call
     preemptions: int
     makespan: float
+    rejected: int = 0  # jobs ``validate`` refuses on this cluster (never queued)
     waits_by_size: dict[int, list[float]] = field(default_factory=dict)
     timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (t, busy GPUs, queued)
+    utilization_by_type: dict[str, float] = field(default_factory=dict)
 
     def pct(self, values: Sequence[float], q: float) -> float:
         """The q-quantile (0-1) of ``values`` (nearest rank)."""
@@ -195,8 +220,10 @@ def simulate(
         seq += 1
         heapq.heappush(events, (t, seq, kind, jid))
 
+    rejected = _unrunnable(trace, nodes)
     for j in trace:
-        push(j.spec.submitted_at, "arrive", j.spec.id)
+        if j.spec.id not in rejected:
+            push(j.spec.submitted_at, "arrive", j.spec.id)
     queue: dict[str, JobSpec] = {}
     running: dict[str, RunningJob] = {}
     ends: dict[str, float] = {}  # job id -> its scheduled end (stale end events are ignored)
@@ -205,6 +232,8 @@ def simulate(
     stopping: set[str] = set()
     busy = 0
     busy_area = 0.0
+    busy_by: dict[str, int] = {}
+    area_by: dict[str, float] = {}
     last_t = 0.0
     degrees = 0.0
     preemptions = 0
@@ -220,6 +249,8 @@ def simulate(
         lo, hi = max(last_t, window_start), min(t, window_end)
         if hi > lo:
             busy_area += busy * (hi - lo)
+            for a, b in busy_by.items():
+                area_by[a] = area_by.get(a, 0.0) + b * (hi - lo)
         last_t = t
 
     def stop(jid: str, t: float) -> RunningJob:
@@ -229,6 +260,7 @@ def simulate(
         g = rj.spec.gpus * len(rj.nodes)
         busy -= g
         acc = node_acc.get(rj.nodes[0]) if rj.nodes else None
+        busy_by[acc or ""] -= g
         degrees += g * (t - rj.started_at) / 3600 * peaks.get(acc or "", 0.0) / 312
         return rj
 
@@ -271,6 +303,7 @@ def simulate(
                 running[jid] = RunningJob(spec, placed, decide_at, decide_at + limit)
                 ends[jid] = end
                 busy += spec.gpus * len(placed)
+                busy_by[acc or ""] = busy_by.get(acc or "", 0) + spec.gpus * len(placed)
                 first_start.setdefault(jid, decide_at)
                 push(end, "end", jid)
             for jid in d.preempt:
@@ -295,6 +328,9 @@ def simulate(
                 first_start[j.spec.id] - j.spec.submitted_at
             )
     span = max(window_end - window_start, 1e-9)
+    per_type: dict[str, int] = {}
+    for n in nodes:
+        per_type[n.accelerator or ""] = per_type.get(n.accelerator or "", 0) + n.gpus
     return SimResult(
         policy=getattr(policy, "name", type(policy).__name__),
         gpus=total,
@@ -307,4 +343,8 @@ def simulate(
         makespan=max(finish.values(), default=0.0) - window_start,
         waits_by_size=by_size,
         timeline=timeline,
+        rejected=len(rejected),
+        utilization_by_type={
+            a: area_by.get(a, 0.0) / (per_type[a] * span) for a in sorted(per_type) if per_type[a]
+        },
     )
