@@ -21,7 +21,7 @@ import sys
 
 import typer
 
-from matrixos.cli import accounts, ai, cluster, compute, demo, lineage, sql, tables, usage
+from matrixos.cli import accounts, ai, cluster, compute, demo, jobs, lineage, sql, tables, usage
 from matrixos.cli.common import HELP, fail, hoist_global_options, root
 from matrixos.errors import MatrixOSError
 
@@ -48,6 +48,8 @@ app.command()(sql.serve)
 app.command()(ai.search)
 app.add_typer(ai.rag_app, name="rag")
 app.add_typer(compute.compute_app, name="compute")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.command("reserve")(jobs.reserve)
 app.add_typer(cluster.cluster_app, name="cluster")
 app.add_typer(accounts.accounts_app, name="accounts")
 app.add_typer(accounts.tokens_app, name="tokens")

@@ -169,7 +169,8 @@ class JobService:
     ``pool``: where jobs run (``LocalPool`` or ``RayPool``); ``connect``: ``mx.connect``
     arguments for a SQL job's process; ``check_credit(account, degrees)`` raises
     ``OutOfCredit`` when an account cannot pay; ``metering`` charges usage while jobs run.
-    ``policy_options`` go to the policy (e.g. ``preempt_after_s``); scheduler options
+    ``schedule=False``: this process only submits and reads (a CLI command); another runs
+    the queue. ``policy_options`` go to the policy (e.g. ``preempt_after_s``); scheduler options
     (``tick_s``, ``grace_s``, ``meter_interval_s``, ``max_attempts``…) to ``Scheduler``.
     """
 
@@ -186,6 +187,7 @@ class JobService:
         metering: Metering | None = None,
         check_credit: Callable[[str, float], None] | None = None,
         degrees_of: Callable[[JobSpec, Sequence[NodeSpec], float], float] | None = None,
+        schedule: bool = True,
         **scheduler: Any,
     ) -> None:
         if policy not in POLICIES:
@@ -206,12 +208,13 @@ class JobService:
             metering=metering,
             **scheduler,
         )
+        self.schedule = schedule
         self._started = False
         self._lock = threading.Lock()
 
     def ensure_scheduler(self) -> None:
         """Start this process's scheduler loop (it schedules while it holds the lease)."""
-        if not self._started:
+        if not self._started and self.schedule:
             with self._lock:
                 if not self._started:
                     self.scheduler.start()
@@ -352,12 +355,7 @@ class Jobs:
             id=job_id, account=account, priority=prio, submitted_at=now, kind=kind, **req
         )
         pool_nodes = svc.scheduler.nodes()
-        try:
-            validate(spec, pool_nodes)
-        except JobError as e:  # the id is the policy's; this request has none yet
-            raise JobError(
-                e.message.removeprefix(f"job {job_id}: "), field=e.field, hint=e.hint
-            ) from None
+        _validate(spec, pool_nodes)
         if svc.check_credit is not None:
             estimate = max_degrees
             if estimate is None and svc.degrees_of is not None and spec.max_runtime_s:
@@ -365,7 +363,7 @@ class Jobs:
             svc.check_credit(account, float(estimate or 0.0))
         row = JobInfo(
             id=job_id,
-            name=name or _default_name(target, kind),
+            name=name or _default_name(target, kind, entry),
             kind=kind,
             account=account,
             principal=self.principal.name,
@@ -559,7 +557,7 @@ class Jobs:
             gpus=gpus,
             accelerators=(accelerator,) if accelerator else (),
         )
-        validate(probe, nodes)
+        _validate(probe, nodes)
         now = time.time()
         running = [
             RunningJob(job_spec(r), tuple(r.nodes), r.started_at or now, _ends_by(r, now))
@@ -654,6 +652,16 @@ def _request(**r: Any) -> dict[str, Any]:
     }
 
 
+def _validate(spec: JobSpec, nodes: Sequence[NodeSpec]) -> None:
+    """The policy's checks of a request against the pool (``JobError`` naming the field)."""
+    try:
+        validate(spec, nodes)
+    except JobError as e:  # the policy names the job; a refused request has no id yet
+        raise JobError(
+            e.message.removeprefix(f"job {spec.id}: "), field=e.field, hint=e.hint
+        ) from None
+
+
 def _priority(value: int | str) -> int:
     if isinstance(value, str):
         if value.lower() not in PRIORITIES:
@@ -688,9 +696,12 @@ def _ends_by(row: JobInfo, now: float) -> float:
     return (row.started_at or now) + limit if limit else float("inf")
 
 
-def _default_name(target: Any, kind: str) -> str:
+def _default_name(target: Any, kind: str, entry: Mapping[str, Any]) -> str:
     if kind == "python":
         return str(getattr(target, "__qualname__", None) or getattr(target, "__name__", "python"))
     if kind == "sql":
         return " ".join(str(target).split())[:60]
-    return " ".join(map(str, target if not isinstance(target, str) else [target]))[:60]
+    argv = list(entry["argv"])
+    if argv[0] != "-m":
+        argv[0] = Path(argv[0]).name  # the script, not the folder it is in
+    return " ".join(argv)[:60]
