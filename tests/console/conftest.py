@@ -3,7 +3,8 @@ Playwright, never a downloaded browser) per test module.
 
 The warehouse is the server tests' (``make_served_warehouse``: ``admin``, ``alice`` with
 schema ``sales``, ``bob`` with no grants) plus ``media.pics`` (a Lance table with PNG
-thumbnails) and ``web.pages`` (cells and a comment holding an ``<img onerror>`` payload).
+thumbnails), ``web.pages`` (cells and a comment holding an ``<img onerror>`` payload) and
+``web.page_ids`` made from it (lineage).
 Screenshots go to ``$MATRIXOS_TEST_ARTIFACTS`` (or the test's ``tmp_path``).
 """
 
@@ -55,6 +56,7 @@ def console_warehouse(tmp_path_factory: pytest.TempPathFactory) -> ServedWarehou
         lh.create_table("web.pages", [{"id": 1, "html": XSS}], comment=XSS)
         t = lh.table("web.pages")
         t.append([{"id": 2, "html": "two"}, {"id": 3, "html": "three"}])
+        lh.sql("CREATE TABLE web.page_ids AS SELECT id FROM web.pages")  # lineage: pages → ids
     return wh
 
 

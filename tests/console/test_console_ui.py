@@ -133,6 +133,15 @@ def test_catalog_history_time_travel_and_diff(
     page.locator(".tab-body tbody tr").last.locator("button:has-text('Time travel')").click()
     page.wait_for_selector(".page-info:has-text('of 1')")
     assert "VERSION AS OF 0" in page.input_value("textarea.sql-input")
+    # lineage (system.lineage.events): web.page_ids was made from version 1 of web.pages
+    page.goto("/#/catalog/main.web.page_ids")
+    page.click(".tabs button:has-text('Lineage')")
+    up = page.wait_for_selector(".tab-body h3:has-text('Upstream') + table")
+    assert "main.web.pages v1" in up.inner_text() and "sql" in up.inner_text()
+    page.click(".tab-body a:has-text('main.web.pages')")
+    page.click(".tabs button:has-text('Lineage')")
+    down = page.wait_for_selector(".tab-body h3:has-text('Downstream') + table")
+    assert "main.web.page_ids" in down.inner_text()
     # details: files and size; columns
     page.goto("/#/catalog/main.web.pages")
     page.click(".tabs button:has-text('Details')")

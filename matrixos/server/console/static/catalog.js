@@ -98,8 +98,21 @@ const VIEWS = {
     else el.append(h("p", { class: "muted" }, "Only the table's owner and admins change its grants."));
     await load();
   },
-  async Lineage(el) {
-    el.append(h("p", { class: "empty" }, "No lineage is recorded yet: MatrixOS does not track which statements read and wrote this table."));
+  // From system.lineage.events (GET /api/2.0/lineage): what this table was made from, and what
+  // was made from it; tables the caller may not read arrive as <hidden>.
+  async Lineage(el, d) {
+    const { edges } = await get(`/api/2.0/lineage?table=${encodeURIComponent(d.name)}&direction=both&depth=5`);
+    const ds = (x) => {
+      const label = `${x.name}${x.version !== null && x.version !== undefined ? " v" + x.version : ""}`;
+      return x.name === "<hidden>" || x.name === d.name || (x.namespace && x.namespace !== "matrixos")
+        ? label : h("a", { href: `#/catalog/${encodeURIComponent(x.name)}` }, label);
+    };
+    for (const [dir, title] of [["up", "Upstream (made from)"], ["down", "Downstream (made from this)"]]) {
+      const rows = edges.filter((e) => e.direction === dir).map((e) => ({
+        depth: e.depth, source: ds(e.source), target: ds(e.target), job: e.job ?? "", principal: e.principal ?? "", time: e.event_time ?? "",
+      }));
+      el.append(h("h3", {}, title), rows.length ? table(["depth", "source", "target", "job", "principal", "time"], rows) : h("p", { class: "empty" }, "None recorded."));
+    }
   },
 };
 
