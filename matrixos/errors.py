@@ -337,6 +337,12 @@ class JobError(MatrixOSError, ValueError):
         self.earliest = earliest
 
 
+class JobNotFound(JobError, LookupError):
+    """No such job, or not one the principal may see (``field`` is ``"id"``)."""
+
+    sqlstate = "42704"  # undefined_object
+
+
 class TpchError(MatrixOSError, RuntimeError):
     """The TPC-H sample data could not be generated (``matrixos demo``, the benchmarks)."""
 
@@ -352,6 +358,7 @@ __all__ = [
     "FileNotFound",
     "IngestError",
     "JobError",
+    "JobNotFound",
     "MatrixOSError",
     "NotSupported",
     "OutOfCredit",

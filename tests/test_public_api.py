@@ -64,6 +64,7 @@ def test_errors_surface() -> None:
         "FileNotFound",
         "IngestError",
         "JobError",
+        "JobNotFound",
         "MatrixOSError",
         "NotSupported",
         "OutOfCredit",

@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts, parse_duration
-from matrixos.errors import AccessDenied, AccountNotFound, ConfigError, JobError
+from matrixos.errors import AccessDenied, AccountNotFound, ConfigError, JobError, JobNotFound
 from matrixos.jobs.policy import POLICIES, earliest_window, validate
 from matrixos.jobs.runner import Pool
 from matrixos.jobs.scheduler import Metering, Scheduler, job_spec, wait_for
@@ -486,7 +486,7 @@ class Jobs:
     def _row(self, job_id: str) -> JobInfo:
         row = self.service.store.get(job_id)
         if row is None or not self._visible(row):
-            raise JobError(f"no job {job_id!r}", field="id", hint="matrixos jobs list")
+            raise JobNotFound(f"no job {job_id!r}", field="id", hint="matrixos jobs list")
         return row
 
     def _visible(self, row: JobInfo) -> bool:

@@ -45,6 +45,7 @@ from matrixos.server.console import mount_console
 from matrixos.server.http_billing import billing_router
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_iot import iot_router
+from matrixos.server.http_jobs import jobs_router
 from matrixos.server.http_lineage import lineage_router
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
 from matrixos.server.http_models import StatementIn, StatementOut
@@ -172,6 +173,7 @@ def create_app(
     app.include_router(lineage_router(lakehouse, User))
     app.include_router(billing_router(lakehouse, User))
     app.include_router(iot_router(lakehouse, User))
+    app.include_router(jobs_router(lakehouse, User))
     mount_console(app, lakehouse, User)  # the web console at / (its session cookie → bearer)
 
     # -- errors -----------------------------------------------------------------------------

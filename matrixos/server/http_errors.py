@@ -82,4 +82,8 @@ def error_body(e: MatrixOSError) -> dict[str, Any]:
         body["line"] = line
     if col is not None:
         body["column"] = col
+    for name in ("field", "earliest"):  # a refused job request: what to change
+        value = getattr(e, name, None)
+        if value is not None:
+            body[name] = value
     return body
