@@ -43,11 +43,17 @@ def make_policy(name: str) -> Policy:
 def run_trace(args: argparse.Namespace, nodes: list[NodeSpec]) -> dict[str, SimResult]:
     gpus = sum(n.gpus for n in nodes)
     trace = synthetic_trace(
-        args.jobs, gpus=gpus, load=args.load, seed=args.seed, max_gang=min(2048, gpus // 4)
+        args.jobs,
+        gpus=gpus,
+        load=args.load,
+        seed=args.seed,
+        max_gang=min(2048, gpus // 4),
+        sigma=args.sigma,
     )
     sizes = [j.spec.total_gpus for j in trace]
     print(
         f"trace: {len(trace)} jobs, {gpus} GPUs ({len(nodes)} nodes), offered load {args.load}, "
+        f"runtime sigma {args.sigma}, "
         f"gangs 1-{max(sizes)} GPUs ({sum(s <= 8 for s in sizes) / len(sizes):.0%} <= 8), "
         f"arrivals over {max(j.spec.submitted_at for j in trace) / HOUR:.1f} h"
     )
@@ -139,7 +145,7 @@ def report(results: dict[str, SimResult], bound_h: float) -> list[dict[str, Any]
     )
     for name, r in results.items():
         ds = sorted(d for _, d in r.decisions)
-        row = {
+        row: dict[str, Any] = {
             "policy": name,
             "utilization": r.utilization,
             "wait_p50_h": r.pct(r.waits, 0.5) / HOUR,
@@ -152,6 +158,7 @@ def report(results: dict[str, SimResult], bound_h: float) -> list[dict[str, Any]
             "decide_p50_ms": _q(ds, 0.5) * 1e3,
             "decide_max_ms": (ds[-1] if ds else 0.0) * 1e3,
             "max_queued": max((q for q, _ in r.decisions), default=0),
+            "utilization_by_type": r.utilization_by_type,
         }
         rows.append(row)
         print(
@@ -160,6 +167,9 @@ def report(results: dict[str, SimResult], bound_h: float) -> list[dict[str, Any]
             f"{row['jct_p99_h']:>8.2f}h {row['degrees']:>10,.0f} {row['preemptions']:>7} "
             f"{row['decide_p50_ms']:>8.2f}/{row['decide_max_ms']:<8.1f}"
         )
+    for row in rows:
+        by = ", ".join(f"{a} {u:.1%}" for a, u in row["utilization_by_type"].items())
+        print(f"  {row['policy']}: {by}")
     print(
         f"(utilization: busy GPU-seconds / (GPUs x arrival window); decide: wall time inside the "
         f"simulation, queue up to {max(r['max_queued'] for r in rows)} jobs)\n"
@@ -209,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a small cluster and trace (seconds)")
     ap.add_argument("--jobs", type=int, default=15000)
     ap.add_argument("--gpus", type=int, default=10000, help="cluster size (8-GPU nodes)")
-    ap.add_argument("--load", type=float, default=3.0, help="offered GPU-seconds / capacity")
+    ap.add_argument("--load", type=float, default=2.4, help="offered A100 GPU-seconds / capacity")
+    ap.add_argument("--sigma", type=float, default=2.2, help="log-normal runtime spread")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--queued", type=int, default=10000, help="queue for the decision timing")
     ap.add_argument("--rounds", type=int, default=200)
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.jobs, args.gpus, args.queued, args.rounds = 600, 112, 1000, 20
     nodes_per = max(1, args.gpus // 8)
-    h100, a100 = round(nodes_per * 0.4), round(nodes_per * 0.4)
+    h100, a100 = round(nodes_per * 0.45), round(nodes_per * 0.45)
     nodes = cluster(h100=h100, a100=a100, l4=max(1, nodes_per - h100 - a100))
     results = run_trace(args, nodes)
     bound_h = make_policy("priority_preempt").starve_after_s / HOUR  # type: ignore[attr-defined]
