@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from matrixos._ray_nodes import session_pids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +99,40 @@ def test_the_cluster_walk_through(tmp_path: Path) -> None:
         timeout=120,
     )
     assert status.returncode == 1 and "no cluster" in status.stdout
+
+
+def test_a_failed_up_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    import yaml
+
+    from matrixos.cluster.launcher import cluster_up
+    from matrixos.cluster.services import ServiceError
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    compose["services"]["serve"]["command"].append("--no-such-option")
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(compose))
+    marker = f"MX_CLUSTER_TEST={uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("="))  # every process the launcher starts inherits it
+    with pytest.raises(ServiceError, match="matrixos serve did not start") as info:
+        cluster_up(tmp_path / "cluster", compose=path, workers=0, gpu_workers=0)
+    assert "no-such-option" in str(info.value)  # the end of the server's log
+    assert not (tmp_path / "cluster" / "cluster.json").exists()
+    assert not _marked(marker.encode()), "a process of the failed cluster is still running"
+
+
+def _marked(marker: bytes) -> list[int]:
+    """Processes (other than this one) whose environment holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                found.append(int(entry))
+    return found
