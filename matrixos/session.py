@@ -20,7 +20,7 @@ from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
 from matrixos.errors import TableNotFound, WarehouseNotFound
 from matrixos.jobs.service import Jobs, JobService
-from matrixos.jobs.wiring import open_jobs
+from matrixos.jobs.wiring import open_jobs, register_jobs_view
 from matrixos.lance_table import lance_table_or_error
 from matrixos.storage._errors import storage_error
 from matrixos.storage.options import StorageOptions
@@ -124,6 +124,7 @@ class Lakehouse:
         self.warehouse = Warehouse(settings.warehouse, options)
         self.catalog = catalog_for(self.warehouse, settings.catalog_url, settings.home)
         self.service = TableService(self.warehouse, self.catalog, settings)
+        register_jobs_view(self.service)  # system.compute.jobs
         self.user = settings.user or _whoami()
         # The embedded user: every grant; it owns what it creates as embedded:<OS user>
         # (no server account can take that name) unless settings.user names the owner.

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from matrixos._lru import LRU
 from matrixos.catalog import TableIdent, TableInfo, lineage_runs
+from matrixos.catalog.service import VIEW_FORMAT
 from matrixos.engine.sandbox import check_query
 from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
@@ -124,13 +125,17 @@ class Binder:
             if snap is None:
                 # Delta tables are read from their file lists (engine.scan: pruning, deletion
                 # vectors, column mapping); any other format as its store's dataset.
-                snap = seen[skey] = self.own_rows(
-                    principal,
-                    info,
-                    self.snapshot(info, version, timestamp)
-                    if store_class(info.format).file_lists
-                    else self.dataset_scan(info, version, timestamp),
-                )
+                if info.format == VIEW_FORMAT:  # rows computed for the principal
+                    rows = self.service.view_rows(info, principal)
+                    snap = seen[skey] = DatasetScan(info.location, 0, rows, VIEW_FORMAT)
+                else:
+                    snap = seen[skey] = self.own_rows(
+                        principal,
+                        info,
+                        self.snapshot(info, version, timestamp)
+                        if store_class(info.format).file_lists
+                        else self.dataset_scan(info, version, timestamp),
+                    )
             snaps.append((node, info, snap))
             lineage_runs.read(info.name, snap.version)
             if (version, timestamp) == (None, None):

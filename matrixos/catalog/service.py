@@ -58,6 +58,8 @@ from matrixos.storage.warehouse import Warehouse, filesystem_for, normalize_uri
 CREATING_GRACE = timedelta(minutes=10)
 
 log = logging.getLogger(__name__)
+#: The ``format`` of a system view's ``TableInfo`` (``register_view``): no storage behind it.
+VIEW_FORMAT = "view"
 
 #: Platform tables every principal may query, seeing only its own rows: table → the column
 #: (the table's partition column) that holds the principal's name (``own_rows``).
@@ -75,6 +77,7 @@ class TableService:
         self._latest: dict[str, Any] = {}  # location → the latest snapshot handle seen
         self.policies = PolicyStore(catalog)  # row filters and column masks
         self._pending = PendingSources()
+        self._views: dict[str, Callable[[Principal], pa.Table]] = {}
 
     def close(self) -> None:
         self._latest.clear()
@@ -91,6 +94,17 @@ class TableService:
         """The acknowledged rows of ``ident`` that its ``version`` lacks, from every pending
         source (``None`` when there are none)."""
         return self._pending.rows(ident, version)
+
+    # -- system views: tables computed per principal (``system.compute.jobs``) ---------------
+    def register_view(self, name: str, rows: Callable[[Principal], pa.Table]) -> None:
+        """Let SQL read ``name`` (``catalog.schema.table``) as ``rows(principal)``: the rows
+        the asking principal may see, computed when a query binds it (the jobs queue, which
+        lives in the catalog database, registers ``system.compute.jobs``)."""
+        self._views[str(TableIdent.parse(name))] = rows
+
+    def view_rows(self, info: TableInfo, principal: Principal) -> pa.Table:
+        """A system view's rows for ``principal`` (``info`` from ``resolve``)."""
+        return self._views[info.name](principal)
 
     # -- authorization ----------------------------------------------------------------------
     def authorize(self, principal: Principal, privilege: str, info: TableInfo) -> TableInfo:
@@ -118,7 +132,12 @@ class TableService:
         """The catalog entry of table ``name``, checked for ``privilege``; ``TableNotFound``.
         A query of a platform table of ``OWN_ROWS`` is let through: the binder reads only the
         principal's own rows of it (``own_rows``)."""
-        info = self.catalog.get_table(TableIdent.parse(name))
+        ident = TableIdent.parse(name)
+        if str(ident) in self._views:
+            if privilege != "SELECT":
+                raise AccessDenied(f"{ident} is a system view: it can only be read with SQL")
+            return TableInfo(ident, VIEW_FORMAT, f"{VIEW_FORMAT}:{ident}", owner="system")
+        info = self.catalog.get_table(ident)
         if privilege == "SELECT" and self.own_rows(principal, info) is not None:
             return info
         return self.authorize(principal, privilege, info)
@@ -143,7 +162,10 @@ class TableService:
 
     def table(self, principal: Principal, name: str | TableIdent) -> TableHandle:
         """The table ``name`` as ``principal`` may use it (its reads and writes check)."""
-        return TableHandle(self, principal, self.catalog.get_table(TableIdent.parse(name)))
+        ident = TableIdent.parse(name)
+        if str(ident) in self._views:
+            raise AccessDenied(f"{ident} is a system view: it can only be read with SQL")
+        return TableHandle(self, principal, self.catalog.get_table(ident))
 
     def store(self, info: TableInfo) -> TableStore:
         """The ``TableStore`` of a catalog entry (its format's, from the registry)."""

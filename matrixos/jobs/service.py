@@ -48,10 +48,12 @@ from matrixos.jobs.scheduler import Metering, Scheduler, job_spec, wait_for
 from matrixos.jobs.specs import STRATEGIES, JobSpec, NodeSpec, Reservation, RunningJob
 from matrixos.jobs.store import ACTIVE, ENDED, JobInfo, JobStore, ReservationRow
 
-__all__ = ["JOBS_SCHEMA", "PRIORITIES", "Job", "JobService", "Jobs"]
+__all__ = ["JOBS_SCHEMA", "JOBS_VIEW", "PRIORITIES", "Job", "JobService", "Jobs", "jobs_table"]
 
 #: Named priorities (any integer works too; higher runs first and may preempt lower).
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
+#: The SQL name of the jobs a principal may see.
+JOBS_VIEW = "system.compute.jobs"
 #: The columns of ``system.compute.jobs``.
 JOBS_SCHEMA = pa.schema(
     [
@@ -78,6 +80,49 @@ JOBS_SCHEMA = pa.schema(
         ("degrees", pa.float64()),
     ]
 )
+
+
+def jobs_table(store: JobStore, principal: Principal) -> pa.Table:
+    """``system.compute.jobs`` as ``principal`` sees it: their own jobs, and their groups'
+    accounts' (an admin sees every job)."""
+    rows = (
+        store.list()
+        if principal.is_admin
+        else [
+            r
+            for r in store.list()
+            if r.principal == principal.name or r.account in principal.groups
+        ]
+    )
+    out = []
+    for r in rows:
+        req = r.spec.get("request", {})
+        out.append(
+            {
+                "id": r.id,
+                "name": r.name,
+                "kind": r.kind,
+                "state": r.state,
+                "account": r.account,
+                "principal": r.principal,
+                "priority": r.priority,
+                "cpus": float(req.get("cpus", 1)),
+                "gpus": int(req.get("gpus", 0)),
+                "nodes": int(req.get("nodes", 1)),
+                "accelerators": list(req.get("accelerators", [])),
+                "submitted_at": _ts(r.submitted_at),
+                "started_at": _ts(r.started_at),
+                "ended_at": _ts(r.ended_at),
+                "position": r.position if r.state == "QUEUED" else None,
+                "eta": _ts(r.eta) if r.state == "QUEUED" else None,
+                "exit_code": r.exit_code,
+                "error": r.error,
+                "attempts": r.attempts,
+                "placed_on": list(r.nodes),
+                "degrees": r.degrees,
+            }
+        )
+    return pa.Table.from_pylist(out, schema=JOBS_SCHEMA)
 
 
 def _ts(t: float | None) -> datetime | None:
@@ -229,46 +274,8 @@ class JobService:
         return Jobs(self, principal)
 
     def jobs_table(self, principal: Principal) -> pa.Table:
-        """``system.compute.jobs`` as ``principal`` sees it: their own jobs, and their groups'
-        accounts' (an admin sees every job)."""
-        rows = (
-            self.store.list()
-            if principal.is_admin
-            else [
-                r
-                for r in self.store.list()
-                if r.principal == principal.name or r.account in principal.groups
-            ]
-        )
-        out = []
-        for r in rows:
-            req = r.spec.get("request", {})
-            out.append(
-                {
-                    "id": r.id,
-                    "name": r.name,
-                    "kind": r.kind,
-                    "state": r.state,
-                    "account": r.account,
-                    "principal": r.principal,
-                    "priority": r.priority,
-                    "cpus": float(req.get("cpus", 1)),
-                    "gpus": int(req.get("gpus", 0)),
-                    "nodes": int(req.get("nodes", 1)),
-                    "accelerators": list(req.get("accelerators", [])),
-                    "submitted_at": _ts(r.submitted_at),
-                    "started_at": _ts(r.started_at),
-                    "ended_at": _ts(r.ended_at),
-                    "position": r.position if r.state == "QUEUED" else None,
-                    "eta": _ts(r.eta) if r.state == "QUEUED" else None,
-                    "exit_code": r.exit_code,
-                    "error": r.error,
-                    "attempts": r.attempts,
-                    "placed_on": list(r.nodes),
-                    "degrees": r.degrees,
-                }
-            )
-        return pa.Table.from_pylist(out, schema=JOBS_SCHEMA)
+        """``system.compute.jobs`` as ``principal`` sees it (see ``jobs_table``)."""
+        return jobs_table(self.store, principal)
 
 
 class Jobs:

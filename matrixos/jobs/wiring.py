@@ -11,9 +11,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from matrixos.catalog.access import Principal
 from matrixos.catalog.accounts import Accounts
 from matrixos.jobs.runner import LocalPool, Pool, RayPool
-from matrixos.jobs.service import JobService
+from matrixos.jobs.service import JOBS_VIEW, JobService, jobs_table
 from matrixos.jobs.specs import JobSpec, NodeSpec
 from matrixos.jobs.store import JobInfo, JobStore, jobs_engine
 from matrixos.metering import Meter, UsageRecord, degrees
@@ -21,7 +24,7 @@ from matrixos.metering import Meter, UsageRecord, degrees
 if TYPE_CHECKING:
     from matrixos.catalog.service import TableService
 
-__all__ = ["BillingMeter", "open_jobs"]
+__all__ = ["BillingMeter", "open_jobs", "register_jobs_view"]
 
 
 class BillingMeter:
@@ -131,3 +134,17 @@ def open_jobs(
         degrees_of=billing.estimate,
         **options,
     )
+
+
+def register_jobs_view(service: TableService) -> None:
+    """Make ``system.compute.jobs`` readable in SQL on ``service``: the jobs of the asking
+    principal and of its groups' accounts (an admin: all), read from the queue when a query
+    binds it."""
+    store: list[JobStore] = []
+
+    def rows(principal: Principal) -> pa.Table:
+        if not store:
+            store.append(JobStore(jobs_engine(service.catalog, service.settings.home)))
+        return jobs_table(store[0], principal)
+
+    service.register_view(JOBS_VIEW, rows)

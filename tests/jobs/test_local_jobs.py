@@ -216,14 +216,21 @@ def test_out_of_credit_stops_a_job_and_the_ledger_balances(
 
 
 def test_system_compute_jobs_in_sql(env: tuple[mx.Lakehouse, JobService]) -> None:
-    lh, svc = env
+    lh, _ = env
     done = _jobs(env, BOB).submit(_square, 3, account="team-a")
-    _jobs(env, EVE).submit(_square, 4)
-    assert done.wait(60) == "SUCCEEDED"
-    table = svc.jobs_table(BOB)
-    assert table.column("id").to_pylist() == [done.id]
-    assert table.column("state").to_pylist() == ["SUCCEEDED"]
-    assert svc.jobs_table(lh.principal).num_rows == 2
+    other = _jobs(env, EVE).submit(_square, 4)
+    assert done.wait(60) == "SUCCEEDED" and other.wait(60) == "SUCCEEDED"
+    query = "SELECT id, state, account, exit_code FROM system.compute.jobs ORDER BY id"
+    # each principal sees its own jobs and its groups' accounts' jobs; an admin sees all
+    assert lh.with_principal(BOB).sql(query).fetchall() == [(done.id, "SUCCEEDED", "team-a", 0)]
+    assert [r[0] for r in lh.with_principal(EVE).sql(query).fetchall()] == [other.id]
+    assert len(lh.sql(query).fetchall()) == 2
+    joined = lh.sql(
+        "SELECT j.state, count(*) FROM system.compute.jobs j GROUP BY j.state"
+    ).fetchall()
+    assert joined == [("SUCCEEDED", 2)]
+    with pytest.raises(AccessDenied, match="system view"):
+        lh.sql("DELETE FROM system.compute.jobs")
 
 
 _SUBMITTER = textwrap.dedent(
