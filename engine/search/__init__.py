@@ -54,6 +54,7 @@ from __future__ import annotations
 from matrixos.engine.search.ann import cache_info as cache_info
 from matrixos.engine.search.ann import clear_cache as clear_cache
 from matrixos.engine.search.ann import configure_cache as configure_cache
+from matrixos.engine.search.ann import prewarm as prewarm
 from matrixos.engine.search.ann import warm as warm
 
 # The HNSW parameters, for reports (benchmarks/search.py); set them on ``ann_index``, which
@@ -78,6 +79,7 @@ __all__ = [
     "hybrid_search",
     "index_status",
     "optimize_indexes",
+    "prewarm",
     "text_search",
     "vector_search",
     "warm",

@@ -1,0 +1,85 @@
+"""A process keeps the snapshot its last Delta write left behind and brings it up to date before
+the next write (``storage.delta``): commits made meanwhile by another process — rows added,
+deleted, the schema evolved, the table overwritten — are all seen by that next write."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import matrixos as mx
+
+_OTHER = """
+import json, sys
+import pyarrow as pa
+import matrixos as mx
+uri, options, op = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+with mx.connect(uri, storage_options=options) as lh:
+    t = lh.table("s.h")
+    if op == "evolve":
+        t.append(pa.table({"id": [2], "note": ["from the other process"]}), evolve=True)
+    elif op == "delete":
+        t.delete("id = 1")
+    elif op == "overwrite":
+        t.overwrite(pa.table({"id": [10, 11]}))
+"""
+
+
+def other_process(target: Any, op: str) -> None:
+    """``op`` on table s.h, committed by another Python process."""
+    subprocess.run(
+        [sys.executable, "-c", _OTHER, target.uri, json.dumps(target.storage_options), op],
+        check=True,
+        timeout=120,
+    )
+
+
+def ids(t: Any) -> list[int]:
+    return sorted(t.to_arrow().column("id").to_pylist())
+
+
+def test_the_next_append_sees_another_process_evolve_the_schema(
+    lh: mx.Lakehouse, warehouse_root: Any
+) -> None:
+    t = lh.create_table("s.h", pa.table({"id": [0]}))
+    t.append(pa.table({"id": [1]}))  # this process now holds the snapshot at version 1
+    other_process(warehouse_root, "evolve")
+    assert t.append(pa.table({"id": [3]})).version == 3
+    got = sorted(t.to_arrow().to_pylist(), key=lambda r: r["id"])
+    assert got == [
+        {"id": 0, "note": None},
+        {"id": 1, "note": None},
+        {"id": 2, "note": "from the other process"},
+        {"id": 3, "note": None},
+    ]
+    assert t.schema.names == ["id", "note"]
+    assert [h["version"] for h in t.history()] == [3, 2, 1, 0]
+
+
+def test_the_next_append_keeps_another_process_delete_and_overwrite(
+    lh: mx.Lakehouse, warehouse_root: Any
+) -> None:
+    t = lh.create_table("s.h", pa.table({"id": [0]}))
+    t.append(pa.table({"id": [1]}))
+    other_process(warehouse_root, "delete")
+    t.append(pa.table({"id": [2]}))
+    assert ids(t) == [0, 2]  # the row deleted meanwhile stays deleted
+    other_process(warehouse_root, "overwrite")
+    t.append(pa.table({"id": [3]}))
+    assert ids(t) == [3, 10, 11]
+    assert lh.sql("SELECT count(*) FROM s.h").fetchall() == [(3,)]
+    assert t.version == 5
+
+
+def test_a_failed_write_leaves_no_handle_behind(lh: mx.Lakehouse) -> None:
+    t = lh.create_table("s.h", pa.table({"id": [0]}))
+    t.append(pa.table({"id": [1]}))
+    with pytest.raises(mx.MatrixOSError):
+        t.append(pa.table({"id": ["not a number"]}))
+    assert t.append(pa.table({"id": [2]})).version == 2
+    assert ids(t) == [0, 1, 2]
