@@ -155,6 +155,7 @@ class Scheduler:
             deadline = time.monotonic() + self.drain_s
             while self.active and time.monotonic() < deadline:
                 self.store.acquire_lease(self.holder, self.lease_ttl_s, name=self._alive)
+                self._cancels()
                 self.watch()
                 time.sleep(self.watch_s)
             for job_id, act in list(self.active.items()):
