@@ -292,6 +292,7 @@ def _start_all(
     state.env = {
         **env,
         "MATRIXOS_PG_PORT": str(state.pg_port),
+        **({"MATRIXOS_MQTT_URL": state.mqtt_url} if state.mqtt_url else {}),
         "PGPASSFILE": str(pgpass),
         "MATRIXOS_COMPUTE": state.ray_address,
         "MATRIXOS_URL": state.http_url,

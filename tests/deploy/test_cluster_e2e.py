@@ -78,6 +78,7 @@ def test_the_cluster_walk_through(tmp_path: Path) -> None:
         assert lines[2] == "(0, 286, 427927.5)"
         assert lines[3] == "SUCCEEDED GPU 0"
         assert lines[4] == "[('cpu', '-'), ('gpu', 'L4')]"
+        assert lines[5] == "[('http', 21.5), ('sensors/hall', 22.5)]"
     finally:
         postgres = 0
         pidfile = Path(state.get("postgres_root", "/nonexistent")) / "data" / "postmaster.pid"
