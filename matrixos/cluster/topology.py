@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,18 @@ def _cpus(service: dict[str, Any], default: int = 1) -> int:
     return max(1, math.ceil(float(cpus))) if cpus is not None else default
 
 
+def _server_command(command: list[Any] | str) -> list[str]:
+    """The words of the service's command from ``matrixos serve`` on (a ``sh -c`` script is
+    split as the shell would; what runs before the server, such as joining Ray, is dropped)."""
+    words = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    if len(words) >= 3 and words[0] in ("sh", "bash") and words[1] == "-c":
+        words = shlex.split(words[2])
+    for i in range(len(words) - 1):
+        if words[i].endswith("matrixos") and words[i + 1] == "serve":
+            return words[i:]
+    return words
+
+
 def read_topology(path: str | os.PathLike[str] | None = None) -> Topology:
     """Read the topology from a compose file (default: :func:`default_compose_file`)."""
     import yaml
@@ -82,7 +95,7 @@ def read_topology(path: str | os.PathLike[str] | None = None) -> Topology:
     server = services["server"]
     env = server.get("environment") or {}
     warehouse = urlparse(str(env.get("MATRIXOS_WAREHOUSE", "s3://warehouse/wh")))
-    command = [str(c) for c in server.get("command") or []]
+    command = _server_command(server.get("command") or [])
     options = command[command.index("serve") + 1 :] if "serve" in command else []
     kept: list[str] = []
     skip = False

@@ -87,7 +87,10 @@ def test_the_topology_is_complete(compose: dict[str, Any]) -> None:
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert gpu["build"]["target"] == "gpu"
     server = services[roles["server"]]
-    assert "--mqtt" in server["command"] and "--pg-port" in server["command"]
+    script = " ".join(server["command"])
+    assert "matrixos serve" in script and "--mqtt" in script and "--pg-port" in script
+    # the server's Ray driver runs on a node of the cluster: its container joins first
+    assert script.index("compute start --address ray-head") < script.index("matrixos serve")
 
 
 def test_references_resolve(compose: dict[str, Any]) -> None:
