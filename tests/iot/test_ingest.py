@@ -216,3 +216,15 @@ def test_points_in_a_commit_under_way_are_counted_once(lh: mx.Lakehouse, ingest:
     commit_once(store, rows, app_id=ingest.wal.id, version=max(e.seq for e in st.entries))
     assert count(lh) == 10  # in the table, and still unmarked in the log
     assert series.TIME in lh.table("iot.cpu").schema.names
+
+
+def test_object_store_warehouse(s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The log stays on local disk; the flusher commits to the S3 warehouse (moto server)."""
+    uri = f"s3://{s3_server.make_bucket()}/wh"
+    with mx.connect(uri, storage_options=s3_server.storage_options) as s3lh:
+        with IotIngest(s3lh, tmp_path / "wal", flush_interval=3600) as ing:
+            ing.write_lines(s3lh.principal, "iot.cpu", lines(20))
+            assert count(s3lh) == 20
+            assert ing.flush()["points"] == 20
+            assert count(s3lh) == 20
+        assert s3lh.table("iot.cpu").version == 1
