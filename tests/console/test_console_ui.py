@@ -201,8 +201,8 @@ def test_a_user_without_grants_sees_no_table_names(
         "/#/catalog": ".tree p.empty",
         "/#/search": "p.empty:has-text('No Lance table')",
         "/#/sql": "textarea.sql-input",
-        "/#/admin": "section:has(h2:has-text('API tokens')) table",
-        "/#/compute": "section:has(h2:has-text('Usage')) h3",
+        "/#/admin": "section:has(> h2:has-text('API tokens')) table",
+        "/#/compute": "section:has(> h2:has-text('Usage')) h3",
     }
     for where, marker in loaded.items():
         page.goto(where)
@@ -240,7 +240,7 @@ def test_admin_creates_a_token_shown_once_and_reads_the_audit(
     login(page, console_warehouse.tokens["admin"])
     page.goto("/#/admin")
     page.wait_for_selector("h3:has-text('users')")
-    assert "alice" in page.inner_text("section:has(h2:has-text('Users'))")
+    assert "alice" in page.inner_text("section:has(> h2:has-text('Users'))")
     page.fill("input[aria-label='token account']", "alice")
     page.click("button:has-text('Create token')")
     token = page.wait_for_selector("code.token").inner_text()
@@ -255,7 +255,7 @@ def test_admin_creates_a_token_shown_once_and_reads_the_audit(
     assert token not in page.content()  # shown once
     page.fill("input[aria-label='audit action']", "login")
     page.click("button:has-text('Filter')")
-    page.wait_for_selector("section:has(h2:has-text('Audit')) td:has-text('LOGIN')")
+    page.wait_for_selector("section:has(> h2:has-text('Audit')) td:has-text('LOGIN')")
     # a new group through SQL, from the form
     page.fill("input[aria-label='account name']", "analysts")
     page.select_option("select[aria-label='kind']", "GROUP")
@@ -279,12 +279,12 @@ def test_compute_page_shows_nodes_usage_and_balances(
     run_sql(page, "SELECT count(*) FROM sales.orders")  # metered: usage for alice
     page.wait_for_selector("table.grid tbody tr")
     page.goto("/#/compute")
-    page.wait_for_selector("section:has(h2:has-text('Nodes')) td:has-text('in-process')")
-    usage = page.wait_for_selector("section:has(h2:has-text('Usage'))")
-    page.wait_for_selector("section:has(h2:has-text('Usage')) td:has-text('alice')")
+    page.wait_for_selector("section:has(> h2:has-text('Nodes')) td:has-text('in-process')")
+    usage = page.wait_for_selector("section:has(> h2:has-text('Usage'))")
+    page.wait_for_selector("section:has(> h2:has-text('Usage')) td:has-text('alice')")
     assert "100" in usage.inner_text()
     page.wait_for_selector(
-        "section:has(h2:has-text('Usage')) h4:has-text('alice') + .chart-box svg"
+        "section:has(> h2:has-text('Usage')) h4:has-text('alice') + .chart-box svg"
     )
     page.screenshot(path=str(artifacts / "compute.png"), full_page=True)
 
@@ -339,3 +339,34 @@ def test_run_selection_and_its_error_line(page: Any, console_warehouse: ServedWa
     err = page.wait_for_selector(".output .error")
     assert "line 3" in err.inner_text()  # line 1 of the selection is line 3 of the editor
     assert page.locator(".sql-shade .line.bad").inner_text().startswith("SELECT nosuch")
+
+
+def test_submit_a_sql_job_watch_it_finish_and_see_its_usage(
+    page: Any, console_warehouse: ServedWarehouse, artifacts: Path
+) -> None:
+    login(page, console_warehouse.tokens["alice"])
+    page.goto("/#/compute")
+    page.fill("textarea[aria-label='job SQL']", "SELECT count(*) AS n FROM sales.orders")
+    page.click("button:has-text('Submit SQL job')")
+    notice = page.wait_for_selector(".notice:has-text('submitted job')")
+    job_id = notice.inner_text().rsplit(" ", 1)[1]
+    row = page.locator(f"section:has(> h2:has-text('Jobs')) tbody tr:has-text('{job_id}')")
+    # the page refreshes the queue while a job is active: it ends SUCCEEDED without a reload
+    row.locator("td:has-text('SUCCEEDED')").wait_for(timeout=120_000)
+    row.locator("button:has-text('Logs')").click()
+    page.wait_for_selector(f"pre.logs[data-job='{job_id}']:has-text('1 rows')")
+    page.screenshot(path=str(artifacts / "job.png"), full_page=True)
+    # its metered use shows per job once the meter wrote it
+    usage = page.locator(f"section:has(> h2:has-text('Usage')) td:has-text('{job_id}')")
+    for _ in range(60):
+        page.goto("/#/sql")
+        page.goto("/#/compute")
+        page.wait_for_selector("section:has(> h2:has-text('Usage')) h3:has-text('per job')")
+        if usage.count():
+            break
+        page.wait_for_timeout(1000)
+    assert usage.count() == 1
+    # a reservation the pool cannot hold (it has no GPU) is refused, naming the field
+    page.fill("input[aria-label='gpus']", "1")
+    page.click("button:has-text('Reserve')")
+    page.wait_for_selector("section:has(> h2:has-text('Reserve')) .error")

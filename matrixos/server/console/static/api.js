@@ -29,6 +29,12 @@ export async function call(method, path, body, headers = {}) {
 }
 
 export const get = (p) => call("GET", p);
+export async function getText(p) {
+  const r = await fetch(p, { credentials: "same-origin" });
+  const text = await r.text();
+  if (!r.ok) { let b = {}; try { b = JSON.parse(text); } catch { b = { message: text }; } throw new ApiError(r.status, b); }
+  return text;
+}
 export const post = (p, b) => call("POST", p, b === undefined ? {} : b);
 export const del = (p) => call("DELETE", p);
 

@@ -1,6 +1,6 @@
 // Compute: the pool's nodes, the job queue (positions, ETAs), a job's logs, submitting a SQL job,
 // reserving GPUs (the earliest free window shown when refused), usage per account and balances.
-import { get, post, ApiError } from "./api.js";
+import { get, getText, post, ApiError } from "./api.js";
 import { h, clear, table, errorBox, bytes } from "./dom.js";
 import { chart } from "./chart.js";
 
@@ -51,10 +51,10 @@ async function showJobs(el) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault(); clear(msg);
     try {
-      const body = { kind: "sql", sql: sql.value, name: "console" };
+      const body = { sql: sql.value, name: "console" };
       if (account.value.trim()) body.account = account.value.trim();
       const j = await post(JOBS, body);
-      msg.append(h("p", { class: "notice" }, `submitted job ${j.id ?? j.job_id}`));
+      msg.append(h("p", { class: "notice" }, `submitted job ${j.id}`));
       await load();
     } catch (err) { if (!jobsMissing(msg, err)) msg.append(errorBox(err)); }
   });
@@ -73,7 +73,8 @@ async function showJobs(el) {
   }
   async function showLogs(id) {
     logs.hidden = false;
-    try { const r = await get(`${JOBS}/${encodeURIComponent(id)}/logs`); logs.textContent = typeof r === "string" ? r : r.logs ?? JSON.stringify(r); }
+    logs.dataset.job = id;
+    try { logs.textContent = (await getText(`${JOBS}/${encodeURIComponent(id)}/logs?tail=500`)) || "(no output yet)"; }
     catch (e) { logs.textContent = e.message; }
   }
   await load();
@@ -104,15 +105,32 @@ async function showReserve(el) {
 
 async function showUsage(el) {
   try {
-    const [{ rows }, { accounts }] = await Promise.all([get("/api/2.0/billing/usage?by=day"), get("/api/2.0/billing/accounts")]);
+    const [{ rows }, { accounts }, perJob] = await Promise.all([
+      get("/api/2.0/billing/usage?by=day"), get("/api/2.0/billing/accounts"), get("/api/2.0/billing/usage?by=job")]);
     el.append(h("h3", {}, "Prepaid balances"), accounts.length ? table(["account", "credited", "consumed", "balance"], accounts) : h("p", { class: "empty" }, "No credit recorded."));
+    // Rows come per (day, account, resource): summed per account and day.
     const byAccount = new Map();
     for (const r of rows) {
-      if (!byAccount.has(r.account)) byAccount.set(r.account, []);
-      byAccount.get(r.account).push([r.period, Number(r.degrees)]);
+      if (!byAccount.has(r.account)) byAccount.set(r.account, new Map());
+      const days = byAccount.get(r.account);
+      days.set(r.period, (days.get(r.period) || 0) + Number(r.degrees));
     }
     el.append(h("h3", {}, "Usage per day (degrees)"));
     if (!byAccount.size) el.append(h("p", { class: "empty" }, "No usage recorded yet."));
-    for (const [acct, pts] of byAccount) el.append(h("h4", {}, acct), chart(pts.length > 1 ? "line" : "bar", pts, { xLabel: "day", yLabel: "degrees" }));
+    for (const [acct, days] of byAccount) {
+      const pts = [...days.entries()];
+      el.append(h("h4", {}, acct), chart(pts.length > 1 ? "line" : "bar", pts, { xLabel: "day", yLabel: "degrees" }));
+    }
+    const jobs = new Map();
+    for (const r of perJob.rows) {
+      const key = `${r.job}\u0000${r.account}`;
+      const j = jobs.get(key) || { job: r.job === "sql" ? "(statements)" : r.job, account: r.account, start: r.start, degrees: 0 };
+      j.degrees += Number(r.degrees);
+      jobs.set(key, j);
+    }
+    const last = [...jobs.values()].sort((a, b) => String(b.start).localeCompare(String(a.start))).slice(0, 20);
+    el.append(h("h3", {}, "Usage per job (degrees)"), last.length
+      ? table(["job", "account", "start", "degrees"], last.map((j) => ({ ...j, degrees: j.degrees.toPrecision(4) })))
+      : h("p", { class: "empty" }, "No usage recorded yet."));
   } catch (e) { el.append(errorBox(e)); }
 }
