@@ -25,7 +25,7 @@ from typing import Any
 
 import matrixos as mx
 from matrixos.compute import node_env
-from matrixos.jobs.runner import NAME_PREFIX, live_job_actors, live_job_groups
+from matrixos.jobs.runner import job_of, live_job_actors, live_job_groups
 from matrixos.jobs.wiring import open_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +69,7 @@ def run(address: str, jobs: int, cpus: float, work: Path) -> dict[str, Any]:
             done = time.perf_counter() - t0
             time.sleep(2)
             ids = {h.id for h in handles}
-            left = [
-                n
-                for n in live_job_groups() + live_job_actors()
-                if n[len(NAME_PREFIX) :].split("-")[0] in ids
-            ]
+            left = [n for n in live_job_groups() + live_job_actors() if job_of(n) in ids]
             attempts = Counter(r.attempts for r in svc.store.list())
         finally:
             svc.close()

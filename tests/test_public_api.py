@@ -108,6 +108,7 @@ def test_lakehouse_surface() -> None:
         "drop_volume",
         "ingest",
         "ingest_media",
+        "jobs",
         "maintenance",
         "map_batches",
         "open_uri",

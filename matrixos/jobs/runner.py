@@ -50,9 +50,13 @@ __all__ = [
     "Run",
     "Supervisor",
     "accelerator_traits",
+    "job_of",
+    "live_job_actors",
+    "live_job_groups",
+    "python_argv",
 ]
 
-#: Placement groups and actors of MatrixOS jobs are named ``mx-job-<job id>[-<rank>]``.
+#: Placement groups and actors of MatrixOS jobs are named ``mx-job-<job id>-<attempt>[-<rank>]``.
 NAME_PREFIX = "mx-job-"
 _NAMESPACE = "matrixos"
 _LOG_CHUNK = 1 << 20
@@ -99,6 +103,13 @@ class LaunchSpec:
     payload: bytes | None = None
     cwd: str | None = None
     strategy: str = "PACK"
+    attempt: int = 1
+
+    @property
+    def group_name(self) -> str:
+        """``mx-job-<id>-<attempt>``: its placement group (``…-<rank>``: its actors). The
+        attempt keeps a rerun's names apart from a previous attempt still being released."""
+        return f"{NAME_PREFIX}{self.job_id}-{self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -416,9 +427,7 @@ class _RayRun:
             if ip:
                 res[f"node:{ip}"] = 0.001  # the node the policy chose
             bundles.append(res)
-        self.pg = placement_group(
-            bundles, strategy=self.spec.strategy, name=NAME_PREFIX + self.job_id
-        )
+        self.pg = placement_group(bundles, strategy=self.spec.strategy, name=self.spec.group_name)
         self.ready = self.pg.ready()
         self.placed_at = time.time()
 
@@ -429,7 +438,7 @@ class _RayRun:
         actor = ray.remote(Supervisor)
         for rank, b in enumerate(self.spec.bundles):
             a = actor.options(  # type: ignore[attr-defined]
-                name=f"{NAME_PREFIX}{self.job_id}-{rank}",
+                name=f"{self.spec.group_name}-{rank}",
                 namespace=_NAMESPACE,
                 num_cpus=b.cpus,
                 num_gpus=b.gpus,
@@ -604,19 +613,23 @@ class RayPool:
             name = info.get("name") or ""
             if not name.startswith(NAME_PREFIX) or info.get("state") == "REMOVED":
                 continue
-            if name[len(NAME_PREFIX) :] in keep:
+            if job_of(name) in keep:
                 continue
             with contextlib.suppress(Exception):
                 remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
                 removed += 1
         for name in live_job_actors():
-            job = name[len(NAME_PREFIX) :].rsplit("-", 1)[0]
-            if job in keep:
+            if job_of(name) in keep:
                 continue
             with contextlib.suppress(Exception):
                 ray.kill(ray.get_actor(name, namespace=_NAMESPACE), no_restart=True)
                 removed += 1
         return removed
+
+
+def job_of(name: str) -> str:
+    """The job id in a placement group's or actor's ``mx-job-`` name."""
+    return name[len(NAME_PREFIX) :].split("-", 1)[0]
 
 
 def live_job_actors() -> list[str]:

@@ -32,7 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from matrixos.jobs.runner import Bundle, LaunchSpec, Outcome, Pool, Run, python_argv
+from matrixos.jobs.runner import NAME_PREFIX, Bundle, LaunchSpec, Outcome, Pool, Run, python_argv
 from matrixos.jobs.specs import JobSpec, NodeSpec, Reservation, RunningJob
 from matrixos.jobs.store import ACTIVE, JobInfo, JobStore
 
@@ -449,7 +449,7 @@ class Scheduler:
             scheduler=self.holder,
             attempts=attempts,
             log_path=log_path,
-            placement_group=f"mx-job-{row.id}",
+            placement_group=f"{NAME_PREFIX}{row.id}-{attempts}",
             position=None,
             eta=None,
             started_at=None,
@@ -485,6 +485,7 @@ class Scheduler:
             payload=payload,
             cwd=entry.get("cwd"),
             strategy=req.get("strategy", "PACK"),
+            attempt=attempts,
         )
         if attempts > 1:
             with contextlib.suppress(OSError), open(log_path, "ab") as f:

@@ -577,6 +577,12 @@ class Jobs:
         earliest = earliest_window(
             gpus, accelerator, length, max(begin, now), nodes, running, booked
         )
+        if earliest == float("inf"):
+            raise JobError(
+                f"the pool never has {gpus} {accelerator or 'GPU'}s free for {length:g} s",
+                field="gpus",
+                hint="ask for fewer GPUs",
+            )
         if earliest > max(begin, now) + 1e-6:
             when = _ts(earliest)
             raise JobError(

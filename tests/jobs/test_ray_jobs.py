@@ -20,8 +20,9 @@ import pytest
 
 import matrixos as mx
 from matrixos.compute import ComputePool
+from matrixos.errors import JobError
 from matrixos.jobs import Jobs, JobService, open_jobs
-from matrixos.jobs.runner import NAME_PREFIX, live_job_actors, live_job_groups
+from matrixos.jobs.runner import job_of, live_job_actors, live_job_groups
 
 try:
     from tests.compute._cluster import RayCluster
@@ -72,7 +73,7 @@ def _released(svc: JobService, timeout: float = 30.0) -> None:
 
     def leftovers() -> list[str]:
         names = live_job_groups() + live_job_actors()
-        return [n for n in names if n[len(NAME_PREFIX) :].split("-")[0] in ids]
+        return [n for n in names if job_of(n) in ids]
 
     assert _until(lambda: not leftovers(), timeout), leftovers()
 
@@ -239,12 +240,13 @@ def test_a_killed_scheduler_loses_no_job_and_leaks_nothing(
             svc.close()
 
 
+@pytest.mark.timeout(900)  # about a second a job on a busy 2-core machine
 def test_a_burst_of_short_jobs_each_runs_exactly_once(
     ray_jobs: tuple[JobService, Jobs], tmp_path: Path
 ) -> None:
     svc, jobs = ray_jobs
     out = tmp_path / "intervals.txt"
-    n = 60
+    n = 100
     handles = [jobs.submit(interval, str(out), f"j{i}", 0.0, cpus=0.5) for i in range(n)]
     assert [h.wait(600) for h in handles] == ["SUCCEEDED"] * n
     done = _intervals(out)
@@ -268,3 +270,20 @@ def _until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_reservations_book_a_window_or_say_the_earliest(
+    ray_jobs: tuple[JobService, Jobs],
+) -> None:
+    _, jobs = ray_jobs
+    start = time.time() + 3600
+    first = jobs.reserve(gpus=1, accelerator=GPU_TYPE, start=start, duration="1h")
+    assert (first.gpus, first.accelerator, first.end - first.start) == (1, GPU_TYPE, 3600)
+    with pytest.raises(JobError) as e:  # the pool's one L4 is booked then
+        jobs.reserve(gpus=1, accelerator=GPU_TYPE, start=start + 600, duration="1h")
+    assert e.value.field == "start" and e.value.earliest == pytest.approx(first.end)
+    later = jobs.reserve(gpus=1, accelerator=GPU_TYPE, start=e.value.earliest, duration="30m")
+    assert [r.id for r in jobs.reservations()] == [first.id, later.id]
+    with pytest.raises(JobError) as e:
+        jobs.reserve(gpus=2, accelerator=GPU_TYPE, start=start, duration="1h")
+    assert e.value.field == "gpus"
