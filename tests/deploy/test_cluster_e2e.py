@@ -109,17 +109,20 @@ def test_a_failed_up_leaves_nothing_running(
 
     import yaml
 
-    from matrixos.cluster.launcher import cluster_up
+    from matrixos.cluster.launcher import cluster_down, cluster_up
     from matrixos.cluster.services import ServiceError
 
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
-    compose["services"]["serve"]["command"].append("--no-such-option")
+    compose["services"]["serve"]["command"][-1] += " --no-such-option"  # its sh -c script
     path = tmp_path / "compose.yaml"
     path.write_text(yaml.safe_dump(compose))
     marker = f"MX_CLUSTER_TEST={uuid.uuid4().hex}"
     monkeypatch.setenv(*marker.split("="))  # every process the launcher starts inherits it
-    with pytest.raises(ServiceError, match="matrixos serve did not start") as info:
-        cluster_up(tmp_path / "cluster", compose=path, workers=0, gpu_workers=0)
+    try:
+        with pytest.raises(ServiceError, match="matrixos serve did not start") as info:
+            cluster_up(tmp_path / "cluster", compose=path, workers=0, gpu_workers=0)
+    finally:
+        cluster_down(tmp_path / "cluster")  # a no-op unless `up` wrongly succeeded
     assert "no-such-option" in str(info.value)  # the end of the server's log
     assert not (tmp_path / "cluster" / "cluster.json").exists()
     assert not _marked(marker.encode()), "a process of the failed cluster is still running"
