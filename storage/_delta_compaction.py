@@ -86,6 +86,44 @@ class CompactionConflict(MatrixOSError):
 
 
 @dataclass(frozen=True)
+class Tiers:
+    """Size-tiered selection for auto-compaction, so that many small appends do not rewrite
+    the whole table again every ``fanout`` appends (quadratic: at 1,000 appends of 1,000 rows
+    each auto-compaction re-read and re-wrote every row so far, ~20 ms per append on average).
+
+    Files below ``small`` fall into tiers by size, each ``fanout`` times smaller than the one
+    above (tier 0: from ``small / fanout`` up to ``small``). Once a tier of a partition holds
+    ``fanout`` files, they are compacted with every smaller file of the partition: ``fanout``
+    appends become one file a tier up while larger files stay put, so each row is rewritten
+    about once per tier (the log of the table's size over an append's) instead of once every
+    ``fanout`` appends. A partition then keeps fewer than ``fanout`` files per tier.
+    """
+
+    small: int
+    fanout: int
+
+    def tier(self, size: int) -> int:
+        t, bound = 0, self.small / self.fanout
+        while size < bound and t < 32:
+            t, bound = t + 1, bound / self.fanout
+        return t
+
+    def pick(self, files: Sequence[_File]) -> list[_File]:
+        """The files of one partition to compact now (none when no tier is full)."""
+        small = [f for f in files if f.size < self.small]
+        tiers = [self.tier(f.size) for f in small]
+        full = [t for t in set(tiers) if tiers.count(t) >= self.fanout]
+        if not full:
+            return []
+        return [f for f, t in zip(small, tiers, strict=True) if t >= min(full)]
+
+    def due(self, sizes: Sequence[int]) -> bool:
+        """Whether some tier of these file sizes (one partition's, or a table's) is full."""
+        tiers = [self.tier(n) for n in sizes if n < self.small]
+        return any(tiers.count(t) >= self.fanout for t in set(tiers))
+
+
+@dataclass(frozen=True)
 class _File:
     path: str  # as in the log (URL-encoded)
     size: int
@@ -100,9 +138,11 @@ def compact(
     *,
     target_size: int,
     zorder: Sequence[str] | None = None,
+    tiers: Tiers | None = None,
 ) -> dict[str, Any]:
     """Compact ``dt``'s small files (with ``zorder``: rewrite every file of each partition,
-    rows in Z-order of those columns) and commit; returns the metrics.
+    rows in Z-order of those columns) and commit; returns the metrics. With ``tiers`` (auto-
+    compaction) only the smallest files of each partition are rewritten (see :class:`Tiers`).
 
     Raises :class:`CompactionConflict` when a concurrent commit removed one of the inputs (or
     changed the schema) first, ``NotSupported`` for tables whose features this writer does not
@@ -125,7 +165,7 @@ def compact(
             f"ZORDER BY column(s) {bad} are not data columns of the table "
             f"(data columns: {data_schema.names}; partition columns cannot be z-ordered)"
         )
-    bins = _plan(dt, target_size, every_file=bool(cols))
+    bins = _plan(dt, target_size, every_file=bool(cols), tiers=tiers)
     metrics: dict[str, Any] = {
         "numFilesAdded": 0,
         "numFilesRemoved": 0,
@@ -246,10 +286,13 @@ def unsupported(dt: DeltaTable) -> str | None:
     return None
 
 
-def _plan(dt: DeltaTable, target_size: int, *, every_file: bool) -> list[list[_File]]:
+def _plan(
+    dt: DeltaTable, target_size: int, *, every_file: bool, tiers: Tiers | None = None
+) -> list[list[_File]]:
     """Bins of small files per partition (delta-rs's rule: files below ``target_size``,
     consecutive in commit order, packed until a bin would exceed ``target_size``); with
-    ``every_file`` (Z-order) one bin of all files per partition."""
+    ``every_file`` (Z-order) one bin of all files per partition; with ``tiers`` only the files
+    ``Tiers.pick`` chooses."""
     actions = pa.table(dt.get_add_actions(flatten=True))  # type: ignore[arg-type]
     part_cols = [c for c in actions.column_names if c.startswith("partition.")]
     raw = _raw_partitions(dt)
@@ -268,6 +311,8 @@ def _plan(dt: DeltaTable, target_size: int, *, every_file: bool) -> list[list[_F
         groups.setdefault(json.dumps(values, sort_keys=True), []).append(f)
     bins: list[list[_File]] = []
     for files in groups.values():
+        if tiers is not None and not every_file:
+            files = tiers.pick(files)
         files.sort(key=lambda f: (f.mtime, f.path))
         current: list[_File] = []
         size = 0

@@ -41,7 +41,7 @@ from matrixos.errors import (
     TableNotFound,
     VersionNotFound,
 )
-from matrixos.storage._delta_compaction import CompactionConflict, compact
+from matrixos.storage._delta_compaction import CompactionConflict, Tiers, compact
 from matrixos.storage._delta_compaction import unsupported as compaction_unsupported
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._retry import commit_retrying, gave_up
@@ -531,6 +531,11 @@ class DeltaStore(TableStore):
         conflict with it. A lost race is retried on a fresh snapshot up to ``retries`` times
         (default ``commit_retries``), then raises ``ConcurrentWriteError``.
         """
+        return self._compact(zorder, retries, None)
+
+    def _compact(
+        self, zorder: Sequence[str] | None, retries: int | None, tiers: Tiers | None
+    ) -> dict[str, Any]:
         return self.run_with_retries(
             "optimize",
             lambda dt: compact(
@@ -539,6 +544,7 @@ class DeltaStore(TableStore):
                 self.storage_options,
                 target_size=self.target_file_bytes,
                 zorder=zorder,
+                tiers=tiers,
             ),
             retries=retries,
         ).metrics
@@ -567,17 +573,21 @@ class DeltaStore(TableStore):
         return int(pa.compute.sum(pa.compute.less(sizes, self.small_file_bytes)).as_py() or 0)
 
     def maybe_autocompact(self, dt: DeltaTable | None = None) -> dict[str, Any] | None:
-        """Compact when the table has at least ``auto_compact_min_files`` small files."""
+        """Compact when ``auto_compact_min_files`` small files of about one size (a tier, see
+        ``Tiers``) have gathered, e.g. that many small appends."""
         if self.auto_compact_min_files <= 0:
             return None
         dt = dt or self.open()
-        if self.small_files(dt) < self.auto_compact_min_files or compaction_unsupported(dt):
+        tiers = Tiers(self.small_file_bytes, max(self.auto_compact_min_files, 2))
+        sizes = pa.table(dt.get_add_actions(flatten=False)).column("size_bytes").to_pylist()
+        if not tiers.due(sizes) or compaction_unsupported(dt):
             return None
         log.info("auto-compacting %s", self.location)
         try:
             # One retry: a writer that lost the race leaves the work to whoever won it, or to
-            # the next append that finds the small files still there.
-            return self.optimize(retries=1)
+            # the next append that finds the small files still there. Size-tiered, so that
+            # appends do not rewrite the whole table every few commits; OPTIMIZE compacts all.
+            return self._compact(None, 1, tiers)
         except ConcurrentWriteError as e:  # a concurrent writer won: expected, not a fault
             log.info("auto-compaction of %s skipped: %s", self.location, e)
             return None

@@ -71,6 +71,12 @@ def test_create_index_warms_the_cache_and_searches_follow_writes(
     assert t.search(q, k=1).column("id").to_pylist() == [7]
     got = lh.sql(f"SELECT id FROM vector_search(kb.vecs, {q!r}, k => 1)").fetchall()
     assert got == [(7,)]
+    # The vector as a literal in scientific notation, negatives included: folded without
+    # DuckDB, to the same numbers.
+    literal = "[" + ", ".join(f"{x:.9e}" for x in q) + "]"
+    assert "-" in literal and "e" in literal
+    got = lh.sql(f"SELECT id, _score FROM vector_search(kb.vecs, {literal}, k => 2)").fetchall()
+    assert [r[0] for r in got] == t.search(q, k=2).column("id").to_pylist()
     assert _entry(t.location)["builds"] == 1  # answered by the warm entry, not a rebuild
 
     more = _rows(400, 420)

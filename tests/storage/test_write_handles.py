@@ -1,6 +1,7 @@
-"""A process keeps the snapshot its last Delta write left behind and brings it up to date before
-the next write (``storage.delta``): commits made meanwhile by another process — rows added,
-deleted, the schema evolved, the table overwritten — are all seen by that next write."""
+"""The small-append path of Delta tables (``storage.delta``). A process keeps the snapshot its
+last write left behind and brings it up to date before the next write: commits made meanwhile by
+another process (rows added, deleted, the schema evolved, the table overwritten) are all seen by
+that next write. Auto-compaction is size-tiered, so appends do not rewrite the whole table."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 import matrixos as mx
 
@@ -83,3 +86,35 @@ def test_a_failed_write_leaves_no_handle_behind(lh: mx.Lakehouse) -> None:
         t.append(pa.table({"id": ["not a number"]}))
     assert t.append(pa.table({"id": [2]})).version == 2
     assert ids(t) == [0, 1, 2]
+
+
+def _random_rows(lo: int, n: int = 2_000) -> pa.Table:
+    # Random doubles do not compress: each batch is a ~17 KB file.
+    values = np.random.default_rng(lo).random(n)
+    return pa.table({"id": np.arange(lo, lo + n), "v": values})
+
+
+def test_auto_compaction_is_size_tiered(warehouse_root: Any) -> None:
+    """Four appended files of one size become one file a tier up; the next four appends are
+    compacted without rewriting that larger file again."""
+    with mx.connect(
+        warehouse_root.uri,
+        storage_options=warehouse_root.storage_options,
+        auto_compact_min_files=4,
+    ) as lh:
+        t = lh.create_table("s.tiers", _random_rows(0))
+        for i in range(1, 4):
+            t.append(_random_rows(i * 2_000))
+        first = DeltaTable(t.location, storage_options=warehouse_root.storage_options)
+        (big,) = first.file_uris()  # the four files, compacted on the 4th
+        for i in range(4, 8):
+            t.append(_random_rows(i * 2_000))
+        now = DeltaTable(t.location, storage_options=warehouse_root.storage_options)
+        files = now.file_uris()
+        assert len(files) == 2 and big in files  # the larger file was left alone
+        ops = [h["operation"] for h in t.history()]
+        assert ops.count("OPTIMIZE") == 2
+        assert sorted(t.to_arrow().column("id").to_pylist()) == list(range(16_000))
+        assert lh.sql("SELECT count(*), count(DISTINCT id) FROM s.tiers").fetchall() == [
+            (16_000, 16_000)
+        ]
