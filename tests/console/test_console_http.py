@@ -138,6 +138,13 @@ def test_assets_ship_in_the_package() -> None:
     config = tomllib.loads(text)["tool"]["setuptools"]
     assert "matrixos.server.console" in config["packages"]
     assert config["package-data"]["matrixos.server.console"] == ["static/*"]
+    # every package folder of matrixos/ is in the wheel (serve imports iot, jobs, the console)
+    root = Path(__file__).parents[2] / "matrixos"
+    folders = {
+        "matrixos" + ".".join(["", *p.parent.relative_to(root).parts])
+        for p in root.rglob("__init__.py")
+    }
+    assert folders <= set(config["packages"]), folders - set(config["packages"])
 
 
 def test_sessions_expire_and_the_oldest_go_first() -> None:
