@@ -62,7 +62,9 @@ def job_spec(row: JobInfo) -> JobSpec:
         account=row.account,
         priority=row.priority,
         submitted_at=row.submitted_at,
-        kind=row.kind,
+        # Jobs of one kind: the same callable, script or statement (the policy learns their
+        # speed per accelerator type).
+        kind=f"{row.kind}:{row.name}",
         **req,
     )
 
@@ -363,6 +365,7 @@ class Scheduler:
             self.store.transition(
                 job_id, ACTIVE, "SUCCEEDED", ended_at=now, exit_code=0, result=outcome.result
             )
+            self._learn(act, now)
         else:
             self.store.transition(
                 job_id,
@@ -372,6 +375,16 @@ class Scheduler:
                 exit_code=outcome.exit_code,
                 error=outcome.error,
             )
+
+    def _learn(self, act: _Active, now: float) -> None:
+        """Teach the policy how fast this kind of job ran on its accelerator type (its
+        ``ThroughputModel``): later jobs of the kind are placed and estimated with it."""
+        model = getattr(self.policy, "throughput", None)
+        if model is None or not act.nodes:
+            return
+        model.observe(
+            job_spec(act.row).kind, act.nodes[0].accelerator, max(now - act.started, 1e-3)
+        )
 
     def _state(self, job_id: str) -> str:
         row = self.store.get(job_id)

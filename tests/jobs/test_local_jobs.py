@@ -108,6 +108,8 @@ def test_kinds_run_with_their_logs_results_and_exit_codes(
         err.result()
     info = py.info()
     assert info.kind == "python" and info.name == "square" and info.attempts == 1
+    # the policy learned how long this kind of job runs here
+    assert env[1].scheduler.policy.throughput.observations("python:square", None) == 1
     assert info.started_at is not None and info.ended_at is not None
     assert info.submitted_at <= info.started_at <= info.ended_at
     # a job's processes and temporary folders are gone once it ended
