@@ -150,7 +150,23 @@ def corpus(
 # --- The dataset -------------------------------------------------------------------------------
 
 
-def dataset(docs: list[str], vectors: np.ndarray, log: Callable[[str], None], rebuild: bool) -> str:
+def synthetic(n: int, queries: int, dim: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``n`` clustered random vectors (500 Gaussian clusters) and ``queries`` more from the same
+    clusters, for latency at sizes the embedder cannot reach in time; recall on them is easy."""
+    rng = np.random.default_rng(SEED)
+    centers = rng.normal(size=(500, dim)).astype(np.float32)
+    x = centers[rng.integers(0, 500, n + queries)] + 0.5 * rng.normal(size=(n + queries, dim))
+    x = x.astype(np.float32)
+    return [f"synthetic passage {i}" for i in range(n)], x[:n], x[n:]
+
+
+def dataset(
+    docs: list[str],
+    vectors: np.ndarray,
+    log: Callable[[str], None],
+    rebuild: bool,
+    tag: str = "",
+) -> str:
     """The Lance dataset of the corpus with an IVF_HNSW_SQ index (cached beside the vectors).
 
     It lives in a LanceDB database folder (``<db>/docs.lance``) so that LanceDB opens the very
@@ -159,7 +175,7 @@ def dataset(docs: list[str], vectors: np.ndarray, log: Callable[[str], None], re
 
     from matrixos.engine import search
 
-    db = cache_dir() / f"db-{len(docs)}"
+    db = cache_dir() / f"db{tag}-{len(docs)}"
     uri = str(db / "docs.lance")
     if not rebuild and Path(uri).exists():
         try:
@@ -521,7 +537,7 @@ def _table(rows: list[Row], n: int, queries: int, k: int) -> Any:
     from rich.table import Table
 
     t = Table(
-        title=f"Vector search: {n:,} MiniLM vectors (384-d), {queries} held-out queries, k={k}",
+        title=f"Vector search: {n:,} vectors, {queries} held-out queries, k={k}",
         title_justify="left",
         caption="one query at a time, in-process; recall@k against exact numpy search "
         "(the filtered rows against exact search over the matching rows)",
@@ -557,6 +573,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--rebuild", action="store_true", help="rewrite the Lance dataset and its index"
     )
+    ap.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="DIM",
+        help="clustered random vectors of this dimension instead of MiniLM embeddings",
+    )
     a = ap.parse_args(argv)
     if a.n < 1000 or a.queries < 1 or a.k < 1:
         ap.error("need --n >= 1000, --queries >= 1, --k >= 1")
@@ -572,8 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         console.print(f"[dim]{msg}[/]")
 
-    docs, dv, _, qv = corpus(a.n, a.queries, log)
-    uri = dataset(docs, dv, log, a.rebuild)
+    if a.synthetic:
+        docs, dv, qv = synthetic(a.n, a.queries, a.synthetic)
+        uri = dataset(docs, dv, log, a.rebuild, tag=f"-synthetic{a.synthetic}")
+    else:
+        docs, dv, _, qv = corpus(a.n, a.queries, log)
+        uri = dataset(docs, dv, log, a.rebuild)
     load_before = os.getloadavg()[0]
     console.print(
         f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
