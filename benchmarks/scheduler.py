@@ -49,6 +49,7 @@ def run_trace(args: argparse.Namespace, nodes: list[NodeSpec]) -> dict[str, SimR
         seed=args.seed,
         max_gang=min(2048, gpus // 4),
         sigma=args.sigma,
+        inference=args.inference,
     )
     sizes = [j.spec.total_gpus for j in trace]
     print(
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpus", type=int, default=10000, help="cluster size (8-GPU nodes)")
     ap.add_argument("--load", type=float, default=2.4, help="offered A100 GPU-seconds / capacity")
     ap.add_argument("--sigma", type=float, default=2.2, help="log-normal runtime spread")
+    ap.add_argument("--mix", default="45,45,10", help="H100,A100,L4 shares of the nodes")
+    ap.add_argument("--inference", type=float, default=0.25, help="share of small inference jobs")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--queued", type=int, default=10000, help="queue for the decision timing")
     ap.add_argument("--rounds", type=int, default=200)
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.jobs, args.gpus, args.queued, args.rounds = 600, 112, 1000, 20
     nodes_per = max(1, args.gpus // 8)
-    h100, a100 = round(nodes_per * 0.45), round(nodes_per * 0.45)
+    share = [float(x) for x in args.mix.split(",")]
+    h100, a100 = (round(nodes_per * x / sum(share)) for x in share[:2])
     nodes = cluster(h100=h100, a100=a100, l4=max(1, nodes_per - h100 - a100))
     results = run_trace(args, nodes)
     bound_h = make_policy("priority_preempt").starve_after_s / HOUR  # type: ignore[attr-defined]

@@ -72,6 +72,7 @@ def synthetic_trace(
     accounts: int = 8,
     max_gang: int = 2048,
     sigma: float = 1.5,
+    inference: float = 0.25,
 ) -> list[SimJob]:
     """``n`` jobs whose GPU-seconds (at A100 speed) offer ``load`` * ``gpus`` over the trace.
 
@@ -95,9 +96,9 @@ def synthetic_trace(
             # idles the other pools under plain FIFO.
             if size <= 8:
                 r = rnd.random()
-                kind = "inference" if r < 0.25 else "finetune" if r < 0.6 else "train"
+                kind = "inference" if r < inference else "finetune" if r < 0.65 else "train"
                 if kind == "inference":
-                    accs: tuple[str, ...] = ("L4",) if rnd.random() < 0.5 else ()
+                    accs: tuple[str, ...] = ("L4",) if rnd.random() < 0.7 else ()
                 else:
                     accs = rnd.choices(_PINS, [0.35, 0.25, 0.15, 0.25])[0]
             else:
