@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -110,6 +111,8 @@ def main() -> None:
     finally:
         if cluster is not None:
             conftest._stop_nodes(cluster.nodes)
+            shutil.rmtree(cluster.root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     result["cluster"] = "3-node loopback (1 CPU each)" if cluster is not None else address
     print(json.dumps(result, indent=2))
 

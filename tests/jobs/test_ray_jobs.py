@@ -178,6 +178,11 @@ def test_a_higher_priority_gpu_job_preempts_and_the_victim_is_requeued(
     assert info.attempts == 2 and low.result() == "again"
     assert "preempted" in (info.error or "")
     assert high.info().nodes == low.info().nodes  # the one L4 node
+    # metered while it ran: one L4 (121 TFLOPS) and one core (0.1) a second, in degrees
+    run = high.info()
+    seconds = (run.ended_at or 0) - (run.started_at or 0)
+    per_s = (121 + 0.1) / 312 / 3600
+    assert 0 < run.degrees <= per_s * (seconds + 1.5)
     _released(svc)
 
 
