@@ -101,6 +101,8 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     )
     audit = AuditWriter(AuditLog(lakehouse.service), history=QueryHistory(lakehouse.service))
     iot = start_iot(lakehouse, options.iot)  # before the routes: replayed points are visible
+    # The server schedules the jobs queue (jobs submitted by the CLI or the SDK included).
+    lakehouse.jobs.service.ensure_scheduler()
     app = create_app(
         lakehouse,
         manager,

@@ -11,6 +11,7 @@ import httpx
 
 import matrixos as mx
 from matrixos.catalog.accounts import Accounts
+from matrixos.jobs.wiring import open_jobs
 from tests.server._serve import MatrixOSServer
 
 JOBS = "/api/2.0/jobs"
@@ -80,6 +81,13 @@ def test_jobs_over_http(tmp_path: Path) -> None:
         assert alice.get(f"{JOBS}/{ok['id']}").status_code == 404  # admin's job
         assert {j["id"] for j in alice.get(JOBS).json()["jobs"]} == {sql_job["id"]}
         assert len(admin.get(JOBS).json()["jobs"]) == 3
+        # a job queued by another process (here: a session that does not schedule) is run
+        # by the server's scheduler
+        with mx.connect(uri) as lh:
+            svc = open_jobs(lh.service, ray=False, connect={"warehouse": uri}, schedule=False)
+            queued = svc.for_principal(lh.principal).submit("SELECT 2 AS two")
+            svc.close()
+        assert _until_ended(admin, queued.id)["state"] == "SUCCEEDED"
         booking = alice.post(
             "/api/2.0/reservations", json={"gpus": 1, "start": time.time() + 60, "duration": "1h"}
         )
