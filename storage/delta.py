@@ -276,6 +276,9 @@ class DeltaStore(TableStore):
         """Create the table from ``data`` or an empty one from ``schema``; refuses if one exists."""
         if self.exists():
             raise TableExists(f"a Delta table already exists at {self.location}")
+        # A table dropped and made again here: a kept handle of the old one would commit past
+        # the new log's end.
+        _WRITERS.pop(self._writer_key())
         part = list(partition_by or [])
         try:
             if data is None:

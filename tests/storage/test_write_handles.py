@@ -6,6 +6,7 @@ that next write. Auto-compaction is size-tiered, so appends do not rewrite the w
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 import matrixos as mx
+from matrixos.storage.delta import DeltaStore
 
 _OTHER = """
 import json, sys
@@ -118,3 +120,15 @@ def test_auto_compaction_is_size_tiered(warehouse_root: Any) -> None:
         assert lh.sql("SELECT count(*), count(DISTINCT id) FROM s.tiers").fetchall() == [
             (16_000, 16_000)
         ]
+
+
+def test_a_table_made_again_at_the_same_location_starts_afresh(tmp_path: Any) -> None:
+    loc = str(tmp_path / "t")
+    store = DeltaStore(loc)
+    store.create(pa.table({"id": [0]}))
+    for i in range(1, 4):
+        store.append(pa.table({"id": [i]}))  # the handle kept stands at version 3
+    shutil.rmtree(loc)
+    store.create(pa.table({"id": [10]}))
+    assert store.append(pa.table({"id": [11]})).version == 1
+    assert sorted(store.open().to_pyarrow_table().column("id").to_pylist()) == [10, 11]
