@@ -70,7 +70,9 @@ def parse(sql: str, dialect: str) -> list[exp.Expr]:
         raise syntax_error(e, sql, dialect) from e
     except SqlglotError as e:
         raise SQLError(f"cannot parse SQL: {e}", sql=sql) from e
-    return [_integer_division(t) for t in trees if t is not None]
+    # A comment after the last ``;`` parses as an empty statement (exp.Semicolon): nothing to run.
+    kept = [t for t in trees if t is not None and not isinstance(t, exp.Semicolon)]
+    return [_integer_division(t) for t in kept]
 
 
 def _integer_division(tree: exp.Expr) -> exp.Expr:
