@@ -69,7 +69,7 @@ from typing import Any, Final, Literal
 import pyarrow as pa
 
 from matrixos.ai.embed import embed_rows
-from matrixos.catalog import TableIdent, TableInfo
+from matrixos.catalog import TableIdent, TableInfo, lineage, lineage_runs
 from matrixos.catalog.access import Principal
 from matrixos.catalog.service import TableService
 from matrixos.connectors.documents import DOCUMENT_MIMES, parse_document, sniff_mime
@@ -182,6 +182,28 @@ class _Previous:
 
 
 def ingest_media(
+    service: TableService,
+    principal: Principal,
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    table: str,
+    **options: Any,
+) -> MediaIngestSummary:
+    """Ingest media files (see ``ingest_media_files``), recording the paths read as the
+    write's inputs in ``system.lineage.events``."""
+    given = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    with lineage.run(
+        service,
+        "ingest",
+        principal=principal.name,
+        statement=f"ingest_media {' '.join(given)} into {table}",
+        always=True,
+    ):
+        for p in given:
+            lineage_runs.read_source(lineage_runs.file_dataset(p))
+        return ingest_media_files(service, principal, paths, table, **options)
+
+
+def ingest_media_files(
     service: TableService,
     principal: Principal,
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

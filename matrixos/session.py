@@ -416,8 +416,10 @@ class Lakehouse:
     # -- tables -----------------------------------------------------------------------------
     def tables(self, schema: str | None = None) -> list[str]:
         """Fully qualified names of the tables (in ``[catalog.]schema`` when given) that this
-        session's principal may read."""
-        return [i.name for i in self.service.tables(self.principal, schema)]
+        session's principal may read. The platform's own tables (catalog ``system``: audit,
+        usage, lineage) are listed only when asked for (``lh.tables("system.lineage")``)."""
+        infos = self.service.tables(self.principal, schema)
+        return [i.name for i in infos if schema or i.ident.catalog != "system"]
 
     def table(self, name: str | TableIdent) -> Table:
         """An existing table; raises ``TableNotFound``. Its reads need ``SELECT``, its

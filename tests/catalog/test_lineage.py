@@ -223,3 +223,14 @@ def test_cli_prints_the_tree_and_json(lh: mx.Lakehouse) -> None:
     ]
     out = runner.invoke(app, ["--warehouse", wh, "lineage", "s.nope"])
     assert isinstance(out.exception, TableNotFound)  # main() prints it as "error: …"
+
+
+def test_media_ingest_records_its_folder(lh: mx.Lakehouse, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "caption.txt").write_text("a cat on a mat")
+    lh.ingest_media(str(photos), "media.photos")
+    (ev,) = _events(lh)
+    assert ev["job_name"] == "ingest"
+    assert ev["inputs"] == [{"namespace": "file", "name": str(photos), "version": None}]
+    assert _pairs(ev, "outputs") == [("main.media.photos", lh.table("media.photos").version)]
