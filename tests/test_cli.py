@@ -190,9 +190,13 @@ COMMANDS = (
     "demo",
     "serve",
     "search",
-    "usage",  # commands come before groups in Typer's order
+    "reserve",
+    "usage",
+    "lineage",  # commands come before groups in Typer's order
     "rag",
     "compute",
+    "jobs",
+    "cluster",
     "accounts",
     "tokens",
 )

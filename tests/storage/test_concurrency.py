@@ -700,16 +700,16 @@ def active_files(t: Any) -> int:
 
 
 class _CountingStore(DeltaStore):
-    """Counts snapshots taken; the second one (the merge's first attempt; the first is its
-    schema check) lets ``rival`` commit before the attempt does."""
+    """Counts write attempts (each takes the latest snapshot to write on); right after the
+    first attempt took its snapshot, ``rival`` commits before the attempt does."""
 
-    opens = 0
+    attempts = 0
     rival: Callable[[], object] | None = None
 
-    def open(self, version: int | None = None, timestamp: Any = None) -> DeltaTable:
-        dt = super().open(version, timestamp)
-        self.opens += 1
-        if self.opens == 2 and self.rival is not None:
+    def _writable(self) -> DeltaTable:
+        dt = super()._writable()
+        self.attempts += 1
+        if self.attempts == 1 and self.rival is not None:
             self.rival()
         return dt
 
@@ -725,7 +725,7 @@ def test_merge_rebases_over_appends_outside_its_keys(
     appender = DeltaStore(loc, opts)
     m.rival = lambda: appender.append(pa.table({"id": [appended], "v": [1]}))
     m.merge(pa.table({"id": [15, 5001], "v": [7, 7]}), on=["id"])
-    assert m.opens == 1 + attempts
+    assert m.attempts == attempts
     rows = DeltaTable(loc, storage_options=opts).to_pyarrow_table().to_pylist()
     got = {r["id"]: r["v"] for r in rows}
     assert len(rows) == len(got) == 122
