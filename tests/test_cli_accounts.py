@@ -25,7 +25,13 @@ def wh(tmp_path: Path) -> Path:
 
 
 def matrixos(wh: Path, *args: str, stdin: str = "", code: int = 0) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MATRIXOS_")}
+    # Piped output takes the width its rows need unless COLUMNS says otherwise: keep the
+    # runner's own terminal size out of it.
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MATRIXOS_") and k not in ("COLUMNS", "LINES")
+    }
     environ.update(MATRIXOS_HOME=str(wh.parent / "home"), PYTHONIOENCODING="utf-8")
     p = subprocess.run(
         [sys.executable, "-m", "matrixos.cli", "--warehouse", str(wh), *args],
