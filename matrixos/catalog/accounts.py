@@ -92,17 +92,23 @@ def parse_duration(value: str | float | timedelta) -> timedelta:
         >>> parse_duration("30d"), parse_duration(90)
         (datetime.timedelta(days=30), datetime.timedelta(seconds=90))
     """
-    if isinstance(value, timedelta):
-        out = value
-    elif isinstance(value, int | float):
-        out = timedelta(seconds=value)
-    else:
-        m = _DURATION.fullmatch(value)
-        if m is None:
-            raise ConfigError(
-                f"{value!r} is not a duration", hint="write e.g. 90s, 15m, 12h, 30d or 2w"
-            )
-        out = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        if isinstance(value, timedelta):
+            out = value
+        elif isinstance(value, int | float):
+            out = timedelta(seconds=value)
+        else:
+            m = _DURATION.fullmatch(value)
+            if m is None:
+                raise ConfigError(
+                    f"{value!r} is not a duration", hint="write e.g. 90s, 15m, 12h, 30d or 2w"
+                )
+            out = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+    except (OverflowError, ValueError):  # NaN, ±inf, or more than timedelta holds
+        raise ConfigError(
+            f"{value!r} is not a duration timedelta can hold",
+            hint="a finite duration of at most 999,999,999 days",
+        ) from None
     if out <= timedelta(0):
         raise ConfigError(f"a duration must be positive, not {value!r}")
     return out

@@ -22,10 +22,12 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +277,48 @@ def find_postgres_bin() -> Path:
     )
 
 
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter from ``/proc`` (``None``: no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else None
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts as exited: it runs nothing any more)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    state = _proc_state(pid)
+    return state is None or state in ("Z", "X")
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` seconds for ``pid`` to exit; whether it did."""
+    deadline = time.monotonic() + timeout_s
+    while not _gone(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _is_postgres(pid: int) -> bool:
+    """Whether ``pid`` is still a PostgreSQL server process (not a reused pid)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return not _gone(pid)  # no /proc: trust the pid file
+    return comm.startswith(("postgres", "postmaster"))
+
+
 class PostgresServer(_Server):
     """A throwaway PostgreSQL cluster: trust auth, 127.0.0.1 only, a free port.
 
@@ -389,12 +433,32 @@ class PostgresServer(_Server):
         except (OSError, ValueError, IndexError):
             return None
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop the server and remove its folder; return only once the postmaster has exited.
+
+        ``pg_ctl stop -m fast -w`` first; when it fails or times out (a heavily loaded machine),
+        SIGTERM then SIGKILL to the postmaster, waiting for it to be gone each time. ``pg_ctl``
+        itself only waits for ``postmaster.pid`` to vanish, which the postmaster removes just
+        before it exits, so its process is waited for here as well.
+        """
         if self.root is None:
             return
+        pid = self.postmaster_pid()
         if (self.data_dir / "postmaster.pid").exists():
             with contextlib.suppress(_CommandFailed):
-                self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+                self._run(
+                    "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w",
+                    "-t", str(max(1, int(timeout_s))), "stop",
+                )  # fmt: skip
+        if pid is not None and not _wait_exit(pid, 10.0):
+            for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 20.0)):
+                if _is_postgres(pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                if _wait_exit(pid, wait_s):
+                    break
+            else:
+                raise ServiceError(f"PostgreSQL postmaster {pid} did not exit after SIGKILL")
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -555,6 +556,15 @@ class Jobs:
             length = parse_duration(duration).total_seconds()
         except ConfigError as e:
             raise JobError(e.message, field="duration", hint=e.hint) from None
+        try:
+            _ts(begin + length)
+        except (OverflowError, ValueError, OSError):
+            raise JobError(
+                f"a reservation of {length:g} s from {start!r} ends after the year 9999",
+                field="duration",
+            ) from None
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not 0 <= cpus < math.inf:
+            raise JobError(f"cpus must be a finite number ≥ 0, not {cpus!r}", field="cpus")
         svc = self.service
         nodes = svc.scheduler.nodes()
         probe = JobSpec(
@@ -684,11 +694,28 @@ def _priority(value: int | str) -> int:
         return PRIORITIES[value.lower()]
     if isinstance(value, bool) or not isinstance(value, int):
         raise JobError(f"priority must be an integer or a name, not {value!r}", field="priority")
+    if not -_PRIORITY_LIMIT <= value <= _PRIORITY_LIMIT:
+        raise JobError(
+            f"priority must be between -{_PRIORITY_LIMIT} and {_PRIORITY_LIMIT}, not {value}",
+            field="priority",
+        )
     return value
+
+
+#: The largest priority magnitude (a 32-bit integer: stored, compared and aged safely).
+_PRIORITY_LIMIT = 2**31 - 1
 
 
 def _when(value: str | float | datetime) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        try:  # NaN, ±inf and times datetime cannot show (before year 1, after 9999) are refused
+            datetime.fromtimestamp(value, UTC)
+        except (OverflowError, ValueError, OSError):
+            raise JobError(
+                f"start {value!r} is not a time (epoch seconds between years 1 and 9999)",
+                field="start",
+                hint="2026-12-06T08:00, or epoch seconds",
+            ) from None
         return float(value)
     if isinstance(value, str):
         try:

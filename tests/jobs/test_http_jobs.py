@@ -94,3 +94,59 @@ def test_jobs_over_http(tmp_path: Path) -> None:
         assert booking.status_code == 400 and booking.json()["field"] in ("gpus", "accelerators")
     finally:
         server.stop()
+
+
+def test_huge_or_non_finite_numbers_are_refused_naming_the_field(tmp_path: Path) -> None:
+    """Regression (schemathesis): huge, negative or NaN numbers in a job or reservation body
+    answer 400 naming the field, never a 500 (timedelta/datetime overflow, SQLite int64)."""
+    uri = str(tmp_path / "wh")
+    with mx.connect(uri) as lh:
+        accounts = Accounts(lh.catalog)
+        accounts.create("alice")
+        token = accounts.create_token("alice")
+    server = MatrixOSServer(uri, tmp_path / "server.log").start()
+    try:
+        alice = httpx.Client(
+            base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        bookings = [
+            ({"gpus": 14859176922705745994517053440, "start": -1.19e305, "duration": -5.5e16},
+             {"gpus", "start"}),
+            ({"gpus": 1, "start": -1.19e305, "duration": 60}, {"gpus", "start"}),
+            ({"gpus": 1, "start": 0, "duration": 1e300}, {"gpus", "duration"}),
+            ({"gpus": 1, "start": 0, "duration": "99999999999999999999999d"}, {"gpus", "duration"}),
+        ]  # fmt: skip
+        for body, fields in bookings:
+            r = alice.post("/api/2.0/reservations", json={**body, "extra": 1})
+            assert r.status_code == 400, (body, r.text)
+            assert r.json()["field"] in fields, (body, r.text)
+        for raw, field in (
+            ('{"gpus": 1, "start": NaN, "duration": 60}', {"gpus", "start"}),
+            ('{"gpus": 1, "start": 0, "duration": Infinity}', {"gpus", "duration"}),
+            ('{"gpus": 1, "start": 0, "duration": 60, "cpus": NaN}', {"gpus", "cpus"}),
+        ):
+            r = alice.post(
+                "/api/2.0/reservations", content=raw, headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code == 400 and r.json()["field"] in field, (raw, r.text)
+        jobs = [
+            ({"priority": 2**70}, "priority"),
+            ({"priority": -(2**70)}, "priority"),
+            ({"max_runtime": 1e300}, "max_runtime"),
+            ({"max_runtime": "9999999999999999999999999w"}, "max_runtime"),
+            ({"nodes": 2**70}, "nodes"),
+            ({"gpus": 2**70}, "gpus"),
+            ({"cpus": 1e308}, "cpus"),
+        ]
+        for extra, field in jobs:
+            r = alice.post(JOBS, json={"sql": "SELECT 1", **extra})
+            assert r.status_code == 400 and r.json()["field"] == field, (extra, r.text)
+        r = alice.post(
+            JOBS,
+            content='{"sql": "SELECT 1", "max_runtime": NaN}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["field"] == "max_runtime", r.text
+        assert alice.get(JOBS).json()["jobs"] == []
+    finally:
+        server.stop()
