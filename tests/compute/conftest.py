@@ -224,16 +224,23 @@ def ray_cluster(
         yield cluster
     finally:
         with locked(lock):
-            data = json.loads(state.read_text())
-            # Users are process ids: an xdist worker that crashed (and never got here) does
-            # not keep the cluster alive after the last live user leaves.
-            data["users"] = [p for p in data["users"] if p != os.getpid() and _alive_pid(p)]
-            if not data["users"]:
+            data = json.loads(state.read_text()) if state.exists() else None
+            if data is None or data["cluster"]["root"] != cluster.root:
+                # Our cluster died and another worker started a new one in its place (without
+                # us among its users), which may be gone already too: only ours is left to
+                # clean up, and the shared state is not ours to change.
                 _stop_nodes(cluster.nodes)
-                state.unlink()
                 shutil.rmtree(cluster.root, ignore_errors=True)
             else:
-                state.write_text(json.dumps(data))
+                # Users are process ids: an xdist worker that crashed (and never got here) does
+                # not keep the cluster alive after the last live user leaves.
+                data["users"] = [p for p in data["users"] if p != os.getpid() and _alive_pid(p)]
+                if not data["users"]:
+                    _stop_nodes(cluster.nodes)
+                    state.unlink()
+                    shutil.rmtree(cluster.root, ignore_errors=True)
+                else:
+                    state.write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="session")
