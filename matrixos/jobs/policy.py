@@ -75,6 +75,12 @@ def _bad(job: JobSpec, field: str, msg: str, hint: str | None = None) -> JobErro
     return JobError(f"job {job.id}: {msg}", field=field, hint=hint)
 
 
+#: The smallest CPU share a bundle may ask for (Ray counts resources in 1/10,000ths).
+MIN_CPUS = 0.0001
+#: The largest gang: bundles beyond this are refused at submit, whatever the cluster's size.
+MAX_GANG = 65_536
+
+
 def validate(job: JobSpec, nodes: Sequence[NodeSpec]) -> None:
     """Refuse a request this cluster can never run, naming the field at fault.
 
@@ -90,10 +96,16 @@ def validate(job: JobSpec, nodes: Sequence[NodeSpec]) -> None:
         v = getattr(job, f)
         if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
             raise _bad(job, f, f"{f} must be a number ≥ 0, got {v!r}")
+    if 0 < job.cpus < MIN_CPUS:
+        raise _bad(
+            job, "cpus", f"cpus must be 0 or ≥ {MIN_CPUS} (Ray's resolution), got {job.cpus!r}"
+        )
     if not isinstance(job.gpus, int) or isinstance(job.gpus, bool) or job.gpus < 0:
         raise _bad(job, "gpus", f"gpus must be a whole number ≥ 0, got {job.gpus!r}")
-    if not isinstance(job.nodes, int) or job.nodes < 1:
-        raise _bad(job, "nodes", f"nodes (the gang size) must be ≥ 1, got {job.nodes!r}")
+    if not isinstance(job.nodes, int) or not 1 <= job.nodes <= MAX_GANG:
+        raise _bad(
+            job, "nodes", f"nodes (the gang size) must be 1 to {MAX_GANG:,}, got {job.nodes!r}"
+        )
     for f in ("max_runtime_s", "expected_runtime_s", "deadline_s"):
         v = getattr(job, f)
         if v is not None and not (isinstance(v, int | float) and v > 0):

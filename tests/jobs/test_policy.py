@@ -226,6 +226,8 @@ def test_nodes_drain_for_a_starving_head() -> None:
         ({"gpus": -1}, "gpus"),
         ({"cpus": -2}, "cpus"),
         ({"nodes": 0}, "nodes"),
+        ({"nodes": 8_749_721_787, "cpus": 1}, "nodes"),  # found by the server's schemathesis run
+        ({"nodes": 2, "cpus": 9.68e-158}, "cpus"),  # each bundle next to nothing: no endless fit
         ({"gpus": 1, "accelerators": ("TPU",)}, "accelerators"),
         ({"gpus": 8, "nodes": 5, "strategy": "STRICT_SPREAD"}, "nodes"),
         ({"gpus": 8, "nodes": 40}, "nodes"),
