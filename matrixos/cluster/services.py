@@ -286,7 +286,7 @@ def _proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else None
 
 
-def _gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie counts as exited: it runs nothing any more)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
@@ -303,7 +303,7 @@ def _gone(pid: int) -> bool:
 def _wait_exit(pid: int, timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` seconds for ``pid`` to exit; whether it did."""
     deadline = time.monotonic() + timeout_s
-    while not _gone(pid):
+    while not process_gone(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -315,7 +315,7 @@ def _is_postgres(pid: int) -> bool:
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return not _gone(pid)  # no /proc: trust the pid file
+        return not process_gone(pid)  # no /proc: trust the pid file
     return comm.startswith(("postgres", "postmaster"))
 
 
