@@ -19,30 +19,13 @@ of about a millisecond).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-import pyarrow as pa
-
-import matrixos as mx
-from matrixos.catalog.accounts import Accounts
+from benchmarks.server_http import served
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _report(name: str, samples: list[float]) -> None:
@@ -65,73 +48,40 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rows", type=int, default=1_000_000)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="mx-bench-console-"))
-    wh = str(root / "warehouse")
-    rng = np.random.default_rng(0)
-    n = args.rows
-    data = pa.table({
-        "id": np.arange(n, dtype=np.int64),
-        "x": rng.random(n),
-        "k": rng.integers(0, 1000, n, dtype=np.int32),
-        "s": pa.array([f"row{i % 10_000}" for i in range(n)]),
-    })  # fmt: skip
-    with mx.connect(wh) as lh:
-        lh.create_table("bench.t", data)
-        accounts = Accounts(lh.catalog)
-        accounts.create("bench", admin=True)
-        token = accounts.create_token("bench")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "matrixos.cli", "serve", "--warehouse", wh, "--port", str(port),
-         "--pg-port", "-1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            ctx = browser.new_context(base_url=url)
-            ctx.set_default_timeout(300_000)
-            page = ctx.new_page()
-            page.goto("/")
-            page.fill("#token", token)
-            page.click("#login-token button")
-            _ready(page)
-            loads = []
-            for _ in range(args.reps):
-                tab = ctx.new_page()
+    with served(args.rows, "mx-bench-console-") as (_, url, token), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        ctx = browser.new_context(base_url=url)
+        ctx.set_default_timeout(300_000)
+        page = ctx.new_page()
+        page.goto("/")
+        page.fill("#token", token)
+        page.click("#login-token button")
+        _ready(page)
+        loads = []
+        for _ in range(args.reps):
+            tab = ctx.new_page()
+            t = time.perf_counter()
+            tab.goto("/#/sql")
+            _ready(tab)
+            loads.append(time.perf_counter() - t)
+            tab.close()
+        print(f"console on {url}, {args.reps} runs each (chromium {browser.version})")
+        _report("page load (/ to SQL editor ready)", loads)
+        for sql in ("SELECT 1", "SELECT * FROM bench.t LIMIT 100", "SELECT * FROM bench.t"):
+            samples = []
+            whole = sql.endswith("bench.t")  # the slow one: fewer runs
+            for _ in range(max(3, args.reps // 3) if whole else args.reps):
+                page.fill("textarea.sql-input", sql)
+                page.evaluate("document.querySelector('.output').replaceChildren()")
                 t = time.perf_counter()
-                tab.goto("/#/sql")
-                _ready(tab)
-                loads.append(time.perf_counter() - t)
-                tab.close()
-            print(f"console on {url}, {args.reps} runs each (chromium {browser.version})")
-            _report("page load (/ to SQL editor ready)", loads)
-            for sql in ("SELECT 1", "SELECT * FROM bench.t LIMIT 100", "SELECT * FROM bench.t"):
-                samples = []
-                whole = sql.endswith("bench.t")  # the slow one: fewer runs
-                for _ in range(max(3, args.reps // 3) if whole else args.reps):
-                    page.fill("textarea.sql-input", sql)
-                    page.evaluate("document.querySelector('.output').replaceChildren()")
-                    t = time.perf_counter()
-                    page.click("button:has-text('Run')")
-                    page.wait_for_selector("table.grid tbody tr")
-                    samples.append(time.perf_counter() - t)
-                rows = page.locator("table.grid tbody tr").count()
-                _report(f"query to first rows: {sql[:30]} ({rows} in DOM)", samples)
-            info = page.inner_text(".page-info")
-            print(f"last grid: {info}")
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(60)
+                page.click("button:has-text('Run')")
+                page.wait_for_selector("table.grid tbody tr")
+                samples.append(time.perf_counter() - t)
+            rows = page.locator("table.grid tbody tr").count()
+            _report(f"query to first rows: {sql[:30]} ({rows} in DOM)", samples)
+        info = page.inner_text(".page-info")
+        print(f"last grid: {info}")
+        browser.close()
 
 
 if __name__ == "__main__":

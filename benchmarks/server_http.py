@@ -15,6 +15,7 @@ one table of ``--rows`` rows x 4 columns, then times, in the same run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,47 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(rows: int, prefix: str) -> Iterator[tuple[str, str, str]]:
+    """A fresh warehouse holding ``bench.t`` (``rows`` rows x 4 columns) and an admin token,
+    served by ``matrixos serve`` on a free loopback port: yields (warehouse, url, token); the
+    server gets SIGTERM at the end (the server benchmarks share it)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    wh = str(root / "warehouse")
+    rng = np.random.default_rng(0)
+    n = rows
+    data = pa.table({
+        "id": np.arange(n, dtype=np.int64),
+        "x": rng.random(n),
+        "k": rng.integers(0, 1000, n, dtype=np.int32),
+        "s": pa.array([f"row{i % 10_000}" for i in range(n)]),
+    })  # fmt: skip
+    with mx.connect(wh) as lh:
+        lh.create_table("bench.t", data)
+        accounts = Accounts(lh.catalog)
+        accounts.create("bench", admin=True)
+        token = accounts.create_token("bench")
+    port = _free_port()
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matrixos.cli", "serve", "--warehouse", wh, "--port", str(port),
+         "--pg-port", "-1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield wh, url, token
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
 
 
 def times(fn: Callable[[], object], reps: int, warm: int) -> list[float]:
@@ -65,36 +107,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--rows", type=int, default=1_000_000)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="mx-bench-http-"))
-    wh = str(root / "warehouse")
-    rng = np.random.default_rng(0)
-    n = args.rows
-    data = pa.table({
-        "id": np.arange(n, dtype=np.int64),
-        "x": rng.random(n),
-        "k": rng.integers(0, 1000, n, dtype=np.int32),
-        "s": pa.array([f"row{i % 10_000}" for i in range(n)]),
-    })  # fmt: skip
-    with mx.connect(wh) as lh:
-        lh.create_table("bench.t", data)
-        accounts = Accounts(lh.catalog)
-        accounts.create("bench", admin=True)
-        token = accounts.create_token("bench")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "matrixos.cli", "serve", "--warehouse", wh, "--port", str(port),
-         "--pg-port", "-1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with served(args.rows, "mx-bench-http-") as (wh, url, token):
+        n = args.rows
         lh = mx.connect(wh)
         remote = mx.connect(url, token=token)
         raw = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
@@ -118,9 +132,6 @@ def main() -> None:
         assert remote.sql(q).to_arrow().num_rows == n
         print(f"rows/s: in-process {n / t_local:,.0f}, remote {n / t_sdk:,.0f} "
               f"(ratio {t_local / t_sdk:.2f})")  # fmt: skip
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 if __name__ == "__main__":
