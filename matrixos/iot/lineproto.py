@@ -4,12 +4,15 @@
 reference (escapes ``\\,`` ``\\=`` ``\\ `` in names and tag values, double-quoted string fields,
 ``i``/``u`` suffixes for integers, ``t``/``true``/``f``/``false`` booleans).
 
-Two parsers give the same result: a vectorised one (pyarrow compute kernels over the whole
-body: split, pivot and cast column by column, no Python object per value) takes every line
-without quotes or backslashes, which is nearly every line a sensor sends; a plain per-line
-scanner takes the rest and is the one that words the errors (line, column, field). Why not the
-PyPI parser: ``line-protocol-parser`` returns a dict per line (Python objects per value), about
-as slow as the scanner here, and its errors name no column.
+Three parsers give the same result. A body whose lines all have its first line's shape (the
+same measurement, tag keys and field keys in the same order, no quotes, escapes or comments:
+what a sensor or Telegraf sends) is read by Arrow's CSV reader in one pass, the separators
+turned into commas (``_uniform``; about 3x the general path). Otherwise a vectorised parser
+(pyarrow compute kernels over the whole body: split, pivot and cast column by column, no Python
+object per value) takes every line without quotes or backslashes, and a plain per-line scanner
+takes the rest and is the one that words the errors (line, column, field). Why not the PyPI
+parser: ``line-protocol-parser`` returns a dict per line (Python objects per value), about as
+slow as the scanner here, and its errors name no column.
 
 Example:
     >>> batch = parse(b"cpu,host=a usage=0.5,n=3i 1700000000000000000\\n")
@@ -19,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from matrixos.errors import PointsRejected
 
@@ -100,6 +105,9 @@ def parse(
     """
     factor = precision_factor(precision)
     now = time.time_ns() if now_ns is None else now_ns
+    uniform = _uniform(body.encode() if isinstance(body, str) else body, factor, now)
+    if uniform is not None:
+        return uniform
     text = body.decode("utf-8", errors="strict") if isinstance(body, bytes) else body
     raw = pc.list_flatten(pc.split_pattern(pa.array([text], pa.string()), "\n"))
     raw = pc.utf8_rtrim(raw, "\r")
@@ -149,6 +157,99 @@ def parse(
             hint="fix the lines listed, or send accept_partial=true to keep the good lines",
         )
     return batch
+
+
+# -- bodies of one shape: Arrow's CSV reader ------------------------------------------------
+_SEPARATORS = b", =\n"
+_NOT_SEPARATORS = bytes(b for b in range(256) if b not in _SEPARATORS)
+_TO_COMMAS = bytes.maketrans(b" =", b",,")
+# measurement, tags; fields; an optional timestamp: the separators of a line, in order
+_SHAPE = re.compile(rb"((?:,=)*) =((?:,=)*)( ?)")
+
+
+def _uniform(data: bytes, factor: int, now: int) -> Batch | None:
+    """The points of a body whose every line has the shape of its first (``None`` for any
+    other body: the general parser takes it and words its errors). Checked, not assumed: the
+    separators of every line must be the first line's (one ``translate`` over the body), the
+    measurement and each key column the same on every line, no value empty, every value of a
+    field of the type of the field, every timestamp an integer."""
+    data = data.rstrip(b"\n")
+    if not data or b'"' in data or b"\\" in data or b"\r" in data or b"\n\n" in data:
+        return None
+    if data[:1] in b"# " or b"\n#" in data:
+        return None
+    end = data.find(b"\n")
+    first = data if end < 0 else data[:end]
+    shape = first.translate(None, _NOT_SEPARATORS)
+    found = _SHAPE.fullmatch(shape)
+    if found is None:
+        return None
+    n = data.count(b"\n") + 1
+    if n > 1 and data.translate(None, _NOT_SEPARATORS) != b"\n".join([shape] * n):
+        return None
+    try:
+        head, fieldset, *_ = first.decode().split(" ")
+    except UnicodeDecodeError:
+        return None
+    measurement, *tag_items = head.split(",")
+    tag_keys = [t.split("=", 1)[0] for t in tag_items]
+    field_keys = [f.split("=", 1)[0] for f in fieldset.split(",")]
+    keys = tag_keys + field_keys
+    if not measurement or not all(keys) or len(set(keys)) < len(keys):
+        return None
+    if any(k in RESERVED for k in keys):
+        return None
+    has_ts = bool(found.group(3))
+    width = 1 + 2 * len(keys) + has_ts
+    names = [f"c{i}" for i in range(width)]
+    types = {c: pa.string() for c in names}
+    if has_ts:
+        types[names[-1]] = pa.int64()
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(data.translate(_TO_COMMAS)),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=4 << 20),
+            parse_options=pacsv.ParseOptions(
+                quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != n:
+        return None
+    constant = [(0, measurement)] + [(1 + 2 * i, k) for i, k in enumerate(keys)]
+    for i, expected in constant:
+        if not pc.all(pc.equal(table.column(i), expected)).as_py():
+            return None
+    columns: dict[str, pa.ChunkedArray] = {}
+    for i, k in enumerate(keys):
+        values = table.column(2 + 2 * i)
+        if pc.min(pc.binary_length(values)).as_py() == 0:
+            return None
+        if i < len(tag_keys):
+            columns[k] = values
+            continue
+        typed, bad = _typed(values)
+        if bad.size:
+            return None
+        columns[k] = typed
+    if has_ts:
+        stamps = table.column(width - 1)
+        if stamps.null_count:
+            return None
+        ts = stamps.to_numpy()
+        if factor > 1:
+            if np.any(np.abs(ts) > _INT64_MAX // factor):
+                return None
+            ts = ts * factor
+    else:
+        ts = np.full(n, now, dtype=np.int64)
+    columns["time"] = pa.array(ts, pa.int64())
+    columns[LINE] = pa.array(np.arange(1, n + 1, dtype=np.int32))
+    return Batch(tables={measurement: pa.table(columns)}, tags={measurement: tag_keys})
 
 
 # -- the vectorised parser -------------------------------------------------------------------

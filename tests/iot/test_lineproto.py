@@ -144,3 +144,77 @@ def test_vectorised_and_scanner_agree(points: list, quoted: bool) -> None:
     assert sorted(a.to_pylist(), key=lambda r: r["_line"]) == sorted(
         b.select(a.column_names).to_pylist(), key=lambda r: r["_line"]
     )
+
+
+_kinds = {
+    "i": st.integers(-(2**40), 2**40).map(lambda v: f"{v}i"),
+    "u": st.integers(0, 2**40).map(lambda v: f"{v}u"),
+    "f": st.floats(-1e9, 1e9, allow_nan=False).map(repr),
+    "b": st.sampled_from(["t", "false", "T", "FALSE", "true"]),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["host", "rack", "dc"]), unique=True, max_size=3),
+    st.dictionaries(st.sampled_from("abcd"), st.sampled_from("iufb"), min_size=1),
+    st.integers(1, 8),
+    st.booleans(),
+    st.data(),
+)
+def test_one_shape_bodies_agree_with_the_general_parser(
+    tag_keys: list, field_kinds: dict, n: int, stamped: bool, data: st.DataObject
+) -> None:
+    """A body whose lines share one shape takes the CSV reader's path; a trailing comment
+    line sends the same body through the general parser: the same rows and types."""
+    lines = []
+    for i in range(n):
+        tags = "".join(f",{k}={data.draw(_tag)}" for k in tag_keys)
+        fields = ",".join(f"{k}={data.draw(_kinds[kind])}" for k, kind in field_kinds.items())
+        stamp = f" {1_700_000_000 + i}" if stamped else ""
+        lines.append(f"m{tags} {fields}{stamp}")
+    body = "\n".join(lines)
+    a = parse(body, "s", now_ns=5)
+    b = parse(body + "\n# end", "s", now_ns=5)
+    assert a.tags == b.tags == {"m": tag_keys}
+    assert a.tables["m"].schema == b.tables["m"].schema
+    assert a.tables["m"].to_pylist() == b.tables["m"].to_pylist()
+    assert a.tables["m"].column("time").to_pylist() == [
+        (1_700_000_000 + i) * 10**9 if stamped else 5 for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field"),
+    [
+        (b"m,h=a x=1i,y=2i 1\nm,h=b x=3i,y=4i 2\nm,h=c x=5i,y=abc 3", 3, "y"),
+        (b"m,h=a x=1i 1\nm,h=b x=2.5 2", 2, "x"),  # integer then float: a type conflict
+        (b"m,h=a x=1i 1\nm,h= x=2i 2", 2, None),  # an empty tag value
+        (b"m,h=a x=1i 1\nm,h=b x=2i 12a", 2, None),  # a bad timestamp
+        (b"m,h=a x=1i 1\nm,h=b x=2i 99999999999999999999", 2, None),  # out of range
+        (b"m,h=a x=1i 1\nm,time=b x=2i 2", 2, "time"),  # same shape, a reserved key
+    ],
+)
+def test_one_shape_bodies_with_a_bad_line_name_it(
+    body: bytes, line: int, field: str | None
+) -> None:
+    with pytest.raises(PointsRejected) as e:
+        parse(body)
+    first = e.value.rejected[0]
+    assert first["line"] == line
+    if field:
+        assert first["field"] == field
+
+
+def test_lines_of_the_same_width_but_another_shape_are_not_mixed_up() -> None:
+    """As many separators on every line, but other keys or another tag/field split: each line
+    keeps its own columns (the CSV reader's path must not take such a body)."""
+    rows = parse(b"m,a=1 x=2i 1\nm,b=1 x=3i 2").tables["m"].to_pylist()
+    assert [(r["a"], r["b"], r["x"]) for r in rows] == [("1", None, 2), (None, "1", 3)]
+    rows = parse(b"m,a=1 x=2i,y=3i 1\nm,a=1,b=2 x=3i 2").tables["m"].to_pylist()
+    assert [(r["a"], r["b"], r["x"], r["y"]) for r in rows] == [
+        ("1", None, 2, 3),
+        ("1", "2", 3, None),
+    ]
+    two = parse(b"m,a=1 x=2i 1\nn,a=1 x=2i 2")  # another measurement
+    assert set(two.tables) == {"m", "n"}
