@@ -44,24 +44,26 @@ class QueueIndex:
         self.account = np.zeros(n, dtype=np.int64)
         self.demand = np.zeros(n)  # GPUs of the whole gang (≥ 1: a CPU job counts as one)
         self.work = np.zeros(n)  # GPU-seconds expected (CPU jobs: 0)
+        self.id_array = np.zeros(n, dtype=object)  # ids by row, for fancy indexing
 
     def rows(self, queue: Sequence[JobSpec]) -> np.ndarray:
         """Row numbers of ``queue``'s jobs (new ones are added); forgets jobs long gone."""
-        ids = list(map(_ID, queue))
-        if len(self.row) > 4 * len(ids) + 4096:  # mostly departed jobs: start afresh
+        n = len(queue)
+        if len(self.row) > 4 * n + 4096:  # mostly departed jobs: start afresh
             self.__init__(self.default_runtime_s)  # type: ignore[misc]
-        new = set(ids).difference(self.row)
-        if new:
-            for j in queue:
-                if j.id in new:
-                    self._add(j)
-                    new.discard(j.id)
-        return np.fromiter(map(self.row.__getitem__, ids), dtype=np.int64, count=len(ids))
+        got = list(map(self.row.get, map(_ID, queue)))
+        if None in got:  # new jobs: give them rows
+            for k, j in enumerate(queue):
+                if got[k] is None:
+                    got[k] = self.row.get(j.id)
+                    if got[k] is None:
+                        got[k] = self._add(j)
+        return np.array(got, dtype=np.int64)
 
-    def _add(self, j: JobSpec) -> None:
+    def _add(self, j: JobSpec) -> int:
         r = len(self.ids)
         if r == len(self.submitted):
-            for name in ("submitted", "priority", "account", "demand", "work"):
+            for name in ("submitted", "priority", "account", "demand", "work", "id_array"):
                 old = getattr(self, name)
                 grown = np.zeros(2 * len(old), dtype=old.dtype)
                 grown[: len(old)] = old
@@ -73,6 +75,7 @@ class QueueIndex:
         g = j.gpus * j.nodes
         self.row[j.id] = r
         self.ids.append(j.id)
+        self.id_array[r] = j.id
         self.specs.append(j)
         key = (
             j.gpus,
@@ -90,6 +93,7 @@ class QueueIndex:
         self.account[r] = a
         self.demand[r] = max(g, 1)
         self.work[r] = g * (j.expected_runtime_s or j.max_runtime_s or self.default_runtime_s)
+        return r
 
     def fifo(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` in arrival order (ties: queue order)."""
@@ -129,10 +133,7 @@ class QueueIndex:
 
     def ids_of(self, rows: np.ndarray) -> list[str]:
         """Job ids of ``rows``, in order."""
-        if not len(rows):
-            return []
-        got = operator.itemgetter(*rows.tolist())(self.ids)
-        return list(got) if len(rows) > 1 else [got]
+        return self.id_array[rows].tolist()  # type: ignore[no-any-return]
 
     def etas(
         self,

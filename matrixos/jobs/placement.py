@@ -198,11 +198,15 @@ class Cluster:
         if job.strategy == "PACK" and need > 1 and g * need <= top:
             for k in range(g * need, top + 1):
                 for i in b[k]:
+                    if cap and cap.get(i, top) < g * need:
+                        continue
                     if self._fits(i, job, cap) >= need:
                         return [i] * need
         out: list[int] = []
         for k in range(g, top + 1):
             for i in b[k]:
+                if cap and cap.get(i, g) < g:  # reserved for a blocked head: skip it cheaply
+                    continue
                 m = min(self._fits(i, job, cap), per_node, need - len(out))
                 if m > 0:
                     out.extend([i] * m)
