@@ -44,10 +44,10 @@ class RowSecurity:
 
     def policies(self, principal: Principal, names: list[str]) -> dict[str, TablePolicy]:
         """What applies to ``principal`` on each of the tables ``names`` (full names)."""
-        catalog = self.service.catalog
+        cache = self.service.cache
 
         def owner(name: str) -> str | None:
-            return catalog.get_table(TableIdent.parse(name)).owner
+            return cache.get_table(TableIdent.parse(name)).owner
 
         return self.service.policies.applying(principal, names, owner)
 

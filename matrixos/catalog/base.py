@@ -162,6 +162,13 @@ class Catalog(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def changes(self) -> int | None:
+        """A number that moves whenever a name, a table entry (not its ``updated_at``), a
+        policy, a grant or an account changes, in any process; ``None`` when the backend has
+        none (callers then read the catalog every time). Cheap: ``catalog.cache`` reads it
+        once per lookup and re-reads rows only when it moved."""
+        return None
+
     # -- catalogs and schemas ---------------------------------------------------------------
     @abstractmethod
     def create_catalog(

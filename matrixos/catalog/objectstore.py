@@ -246,6 +246,7 @@ class ObjectStoreCatalog(Catalog):
         self._tag: str | None = None  # its tag, to notice a log that was deleted
         self._loaded = False
         self._checked_at = 0.0  # when the last look at the log began (time.monotonic())
+        self._loads = 0  # full reads of the log: a log started afresh repeats versions
 
     def __repr__(self) -> str:
         return f"ObjectStoreCatalog({self.url!r})"
@@ -257,6 +258,12 @@ class ObjectStoreCatalog(Catalog):
     def version(self) -> int:
         """The last commit this process has seen (-1: none yet)."""
         return self._version
+
+    def changes(self) -> int | None:
+        # The log's newest version (one LIST), told apart from the same version of a log that
+        # was deleted and started again.
+        self._fresh()
+        return (self._loads << 40) + self._version + 1
 
     # -- reading the log --------------------------------------------------------------------
     def _fresh(self) -> _State:
@@ -288,6 +295,7 @@ class ObjectStoreCatalog(Catalog):
     def _load(self) -> None:
         """Read the state from the newest checkpoint and the commits after it."""
         self._loaded = False  # until it is complete: a failed load is retried by the next call
+        self._loads += 1
         state, version = _State.initial(), -1
         for key, _ in reversed(self._list("checkpoints")):
             raw = self._objects.read(key)

@@ -31,15 +31,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, now
+from matrixos.catalog.cache import CatalogCache
 from matrixos.catalog.store import METADATA
 from matrixos.errors import ConcurrentWriteError, NotSupported
 
@@ -120,9 +122,13 @@ def applies(account: str, principal: Principal, owner: str | None) -> bool:
 
 class PolicyStore:
     """The policies of one catalog. On a catalog that is not a SQL database (the object-store
-    catalog) none can be defined (``NotSupported``) and none apply."""
+    catalog) none can be defined (``NotSupported``) and none apply.
 
-    def __init__(self, catalog: Catalog) -> None:
+    With ``cache`` (``catalog.cache``), each table's policies are read once per catalog
+    change (any process's ``put`` or ``remove`` moves the catalog's change counter)."""
+
+    def __init__(self, catalog: Catalog, cache: CatalogCache | None = None) -> None:
+        self.cache = cache
         engine = getattr(catalog, "engine", None)
         self.engine: sa.Engine | None = engine if isinstance(engine, sa.Engine) else None
         if self.engine is not None:
@@ -202,8 +208,7 @@ class PolicyStore:
         table's owner) is asked only about tables that have policies."""
         if self.engine is None or not tables:
             return {}
-        with self.engine.connect() as conn:
-            rows = [_policy(r) for r in conn.execute(_OF_TABLES, {"names": sorted(set(tables))})]
+        rows = self._of_tables(sorted(set(tables)))
         owners = {t: owner_of(t) for t in {p.table for p in rows}}
         out: dict[str, TablePolicy] = {}
         for table in sorted({p.table for p in rows}):
@@ -224,6 +229,20 @@ class PolicyStore:
                     tuple((p.column, p.expression, p.cast_to) for p in masks.values()),
                 )
         return out
+
+    def _of_tables(self, names: Sequence[str]) -> tuple[Policy, ...]:
+        """Every policy of the tables ``names`` (through the cache when there is one)."""
+        engine = self._engine()
+
+        def read(missing: Sequence[Hashable]) -> dict[Hashable, Any]:
+            wanted = [str(k[1]) for k in missing]  # type: ignore[index]
+            with engine.connect() as conn:
+                rows = [_policy(r) for r in conn.execute(_OF_TABLES, {"names": wanted})]
+            return {("policies", n): tuple(p for p in rows if p.table == n) for n in wanted}
+
+        keys: Sequence[Hashable] = [("policies", n) for n in names]
+        found = read(keys) if self.cache is None else self.cache.get_many(keys, read)
+        return tuple(p for k in keys for p in found[k])
 
 
 def _order(p: Policy) -> tuple[str, str]:

@@ -7,6 +7,8 @@ The SQL engine, ``Table``, connectors, ``map_batches`` and RAG take this service
   ``Principal`` (``matrixos.catalog.access``);
 - the format registry lookup (``matrixos.storage.tablestore``): a catalog entry's ``format``
   names its ``TableStore`` class, so no caller branches on a format's name;
+- the catalog cache (``self.cache``, ``matrixos.catalog.cache``): entries and policies read
+  once per catalog change, so resolving a cached table costs one counter read;
 - the latest-snapshot cache (refreshed incrementally) and opening a table at a version;
 - the create / register / drop protocols, where the catalog row is the lock on a name: of
   several processes creating one name exactly one inserts the row, and only that one touches
@@ -37,6 +39,7 @@ from matrixos.ai.embed import PROP_SOURCE, embed_rows
 from matrixos.catalog import lineage_runs
 from matrixos.catalog.access import Principal
 from matrixos.catalog.base import Catalog, TableInfo, VolumeInfo
+from matrixos.catalog.cache import CatalogCache
 from matrixos.catalog.names import TableIdent, parse_schema
 from matrixos.catalog.pending import PendingRows, PendingSource, PendingSources
 from matrixos.catalog.policies import PolicyStore, TablePolicy
@@ -75,12 +78,15 @@ class TableService:
         self.settings = settings
         self._lock = threading.Lock()
         self._latest: dict[str, Any] = {}  # location → the latest snapshot handle seen
-        self.policies = PolicyStore(catalog)  # row filters and column masks
+        # Catalog entries and policies, re-read only when the catalog's change counter moved.
+        self.cache = CatalogCache(catalog)
+        self.policies = PolicyStore(catalog, self.cache)  # row filters and column masks
         self._pending = PendingSources()
         self._views: dict[str, Callable[[Principal], pa.Table]] = {}
 
     def close(self) -> None:
         self._latest.clear()
+        self.cache.clear()
         self.catalog.close()
 
     # -- rows acknowledged by a write-ahead log, not committed yet (catalog/pending.py) ------
@@ -137,7 +143,7 @@ class TableService:
             if privilege != "SELECT":
                 raise AccessDenied(f"{ident} is a system view: it can only be read with SQL")
             return TableInfo(ident, VIEW_FORMAT, f"{VIEW_FORMAT}:{ident}", owner="system")
-        info = self.catalog.get_table(ident)
+        info = self.cache.get_table(ident)
         if privilege == "SELECT" and self.own_rows(principal, info) is not None:
             return info
         return self.authorize(principal, privilege, info)
@@ -165,7 +171,7 @@ class TableService:
         ident = TableIdent.parse(name)
         if str(ident) in self._views:
             raise AccessDenied(f"{ident} is a system view: it can only be read with SQL")
-        return TableHandle(self, principal, self.catalog.get_table(ident))
+        return TableHandle(self, principal, self.cache.get_table(ident))
 
     def store(self, info: TableInfo) -> TableStore:
         """The ``TableStore`` of a catalog entry (its format's, from the registry)."""

@@ -133,6 +133,15 @@ _passwords = sa.Table(
     sa.Column("verifier", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+# One row (id 1) whose ``n`` the database's triggers move on every change of names, entries,
+# policies, grants and accounts (revision 0004): ``SQLCatalog.changes``.
+_changes = sa.Table(
+    "mx_catalog_changes",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+_CHANGES = "SELECT n FROM mx_catalog_changes WHERE id = 1"
 
 
 def _aware(ts: datetime) -> datetime:
@@ -168,6 +177,12 @@ class SQLCatalog(Catalog):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def changes(self) -> int | None:
+        # Plain driver SQL: ~30 us on SQLite, where a compiled select costs ~50.
+        with self.engine.connect() as conn:
+            n = conn.exec_driver_sql(_CHANGES).scalar()
+        return None if n is None else int(n)
 
     def _ensure_defaults(self) -> None:
         self.create_catalog(DEFAULT_CATALOG, if_not_exists=True)
