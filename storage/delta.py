@@ -11,6 +11,7 @@ let two compactions both commit and duplicate rows; docs/architecture.md has the
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
     has_folder,
+    sort_columns,
     target_file_bytes,
     writer_settings,
 )
@@ -106,6 +108,7 @@ class DeltaStore(TableStore):
         name: str | None = None,
         small_file_bytes: int = 16 * 1024 * 1024,
         target_file_bytes: int = 128 * 1024 * 1024,
+        sort_by: Sequence[str] = (),
     ) -> None:
         self.location = location
         self.storage_options = dict(storage_options) if storage_options else None
@@ -115,6 +118,8 @@ class DeltaStore(TableStore):
         self.label = f"table {name}" if name else f"the Delta table at {location}"
         self.small_file_bytes = small_file_bytes
         self.target_file_bytes = target_file_bytes
+        # The order compaction writes rows in (table property ``matrixos.sort_by``).
+        self.sort_by = list(sort_by)
 
     format = "delta"
     partitioned = True
@@ -136,6 +141,7 @@ class DeltaStore(TableStore):
             **writer_settings(settings, properties, name),
             small_file_bytes=settings.small_file_bytes,
             target_file_bytes=target_file_bytes(properties, settings.target_file_bytes, name),
+            sort_by=sort_columns(properties, name),
         )
 
     @classmethod
@@ -154,6 +160,21 @@ class DeltaStore(TableStore):
 
     def version(self, snapshot: DeltaTable | None = None) -> int:
         return int((snapshot or self.open()).version())
+
+    def is_latest(self, snapshot: DeltaTable) -> bool:
+        # On a local disk two stats tell it (~10 us, where update_incremental lists the log:
+        # ~1.5 ms): no commit after the handle's, and its own commit (or a checkpoint at it)
+        # still there, so a table deleted and written again at this path is not taken for it.
+        # On an object store a HEAD costs about what update_incremental's LIST does.
+        if "://" in self.location:
+            return False
+        log = os.path.join(self.location, "_delta_log")
+        v = int(snapshot.version())
+        if os.path.exists(os.path.join(log, f"{v + 1:020d}.json")):
+            return False
+        return os.path.exists(os.path.join(log, f"{v:020d}.json")) or os.path.exists(
+            os.path.join(log, f"{v:020d}.checkpoint.parquet")
+        )
 
     def schema(self, snapshot: DeltaTable | None = None) -> pa.Schema:
         return _arrow_schema(snapshot or self.open())
@@ -533,6 +554,10 @@ class DeltaStore(TableStore):
         never removes a file a concurrent commit already removed and blind appends never
         conflict with it. A lost race is retried on a fresh snapshot up to ``retries`` times
         (default ``commit_retries``), then raises ``ConcurrentWriteError``.
+
+        A table with a sort order (property ``matrixos.sort_by``) has each partition holding
+        small files rewritten whole, rows sorted by those columns and cut at the target size
+        (auto-compaction sorts the files it merges).
         """
         return self._compact(zorder, retries, None)
 
@@ -548,6 +573,7 @@ class DeltaStore(TableStore):
                 target_size=self.target_file_bytes,
                 zorder=zorder,
                 tiers=tiers,
+                sort_by=self.sort_by,
             ),
             retries=retries,
         ).metrics

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 # Auto-compaction threshold of one table, overriding ``Settings.auto_compact_min_files``.
 MIN_FILES_PROPERTY = "matrixos.autoCompact.minFiles"
 TARGET_FILE_PROPERTY = "matrixos.targetFileBytes"
+# Columns compaction sorts a table's rewritten files by (a JSON list, or names separated by
+# commas), e.g. a series table's tags then ``time``: a query for one series then reads few
+# row groups, and each file's min/max statistics are tight.
+SORT_BY_PROPERTY = "matrixos.sort_by"
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,12 @@ class TableStore(ABC):
     def version(self, snapshot: Any = None) -> int:
         """The latest committed version."""
         return int(self.describe()["version"])
+
+    def is_latest(self, snapshot: Any) -> bool:
+        """Whether ``snapshot`` (a handle ``open()`` returned) is still the latest version,
+        when that can be told without reading the table (a stat or two); False when unsure:
+        the caller then refreshes it."""
+        return False
 
     @abstractmethod
     def schema(self, snapshot: Any = None) -> pa.Schema: ...
@@ -255,6 +266,29 @@ def target_file_bytes(properties: Mapping[str, str], default: int, name: str) ->
     """The table's ``matrixos.targetFileBytes`` property: the size its writes cut files at
     (a continuous aggregate keeps small files, so a refresh rewrites little)."""
     return _int_property(properties, TARGET_FILE_PROPERTY, default, name, minimum=1)
+
+
+def sort_columns(properties: Mapping[str, str], name: str) -> list[str]:
+    """The table's ``matrixos.sort_by`` property: the columns compaction sorts rows by.
+
+    Example:
+        >>> sort_columns({"matrixos.sort_by": '["host", "time"]'}, "t"), sort_columns({}, "t")
+        (['host', 'time'], [])
+    """
+    raw = properties.get(SORT_BY_PROPERTY)
+    if raw is None or not raw.strip():
+        return []
+    text = raw.strip()
+    try:
+        cols = json.loads(text) if text.startswith("[") else text.split(",")
+    except ValueError:
+        cols = None
+    if not isinstance(cols, list) or not all(isinstance(c, str) and c.strip() for c in cols):
+        raise ConfigError(
+            f"table {name}: property {SORT_BY_PROPERTY}={raw!r} is not a list of column names",
+            hint='write a JSON list (\'["host", "time"]\') or names separated by commas',
+        )
+    return [c.strip() for c in cols]
 
 
 def _int_property(

@@ -279,11 +279,15 @@ class IotIngest:
         store = self.service.store(info)
         schema = store.schema(self.service.snapshot(info))
         known = series.tags_of(info.properties)
+        if known and series.SORT_PROPERTY not in info.properties:  # made before sort orders
+            info = self.service.update_properties(
+                info, {**info.properties, **series.tag_properties(known)}
+            )
         return SeriesTable(ident, info, known, schema)
 
     def _add_tags(self, st: SeriesTable, new: list[str]) -> None:
         st.tags = [*st.tags, *new]
-        props = {**st.info.properties, series.TAGS_PROPERTY: series.json.dumps(st.tags)}
+        props = {**st.info.properties, **series.tag_properties(st.tags)}
         st.info = self.service.update_properties(st.info, props)
 
     def _load_latest(self, st: SeriesTable) -> None:
