@@ -33,7 +33,9 @@ SQL statements (with ``Settings.meter_statements``; ``matrixos serve`` turns it 
 as core-seconds: the statement's wall time, from its start to the end of its rows, times the
 cores the engine may use (``duckdb_threads``, default this machine's CPUs), charged to the
 account of the principal that ran it (the user's own; a group's credit is drawn on by jobs,
-which name their account). Statements of an account that holds a prepaid package (was ever
+which name their account). A statement that runs as tasks on the Ray pool (``engine="ray"``) also
+gets one record per Ray node that ran its tasks: their core-seconds (each task's reserved CPUs x
+its wall time, or its worker's measured CPU time when more; ``matrixos.engine.usage``). Statements of an account that holds a prepaid package (was ever
 credited) are refused with ``OutOfCredit`` once its balance is <= 0; accounts never credited
 are billed afterwards (their balance goes below zero) and not stopped.
 
@@ -70,6 +72,7 @@ from matrixos.errors import AccessDenied, ConfigError, OutOfCredit
 if TYPE_CHECKING:
     from matrixos.catalog.service import TableService
     from matrixos.config import Settings
+    from matrixos.engine.usage import TaskUsage
 
 __all__ = [
     "DEGREE_TFLOPS",
@@ -333,6 +336,7 @@ class Meter:
         self.usage = SystemTable(service, USAGE_TABLE, USAGE_SCHEMA)
         self.owner = uuid.uuid4().hex  # this meter's rows in the outbox
         self.stale_s = stale_s
+        self._admitted: dict[str, float] = {}  # account -> until when its pass holds
         # Statements still to be charged; None: only move the outbox on.
         self._writer: BatchWriter[UsageRecord | None] = BatchWriter(
             self._write, interval_s=interval_s, what="usage records"
@@ -351,7 +355,11 @@ class Meter:
 
     def admit(self, account: str) -> None:
         """Refuse a statement of ``account`` when it holds a prepaid package and its balance
-        is <= 0 (``OutOfCredit``); accounts never credited pass."""
+        is <= 0 (``OutOfCredit``); accounts never credited pass. A pass is remembered for
+        ``ADMIT_TTL_S`` (one balance read a second, not one per statement) and forgotten at
+        once when this meter charges the account; a refusal is never remembered."""
+        if time.monotonic() < self._admitted.get(account, 0.0):
+            return
         summary = self.billing.summary(account)
         if summary.credited > 0 and summary.balance <= 0:
             raise OutOfCredit(
@@ -361,6 +369,9 @@ class Meter:
                 asked=Decimal(0),
                 hint=f"ask an admin for credit: matrixos accounts credit {account} --degrees N",
             )
+        if len(self._admitted) >= 10_000:
+            self._admitted.clear()
+        self._admitted[account] = time.monotonic() + ADMIT_TTL_S
 
     def statement(
         self,
@@ -371,8 +382,10 @@ class Meter:
         cores: float,
         *,
         node: str | None = None,
+        seconds: float | None = None,
     ) -> UsageRecord:
-        """Queue one statement's core-seconds (charged to ``principal``'s own account)."""
+        """Queue one statement's core-seconds (``cores`` x ``seconds``, default ``end -
+        start``) on ``node``, charged to ``principal``'s own account."""
         record = UsageRecord(
             principal,
             principal,
@@ -382,6 +395,7 @@ class Meter:
             end=end,
             statement_id=statement_id,
             node=node,
+            seconds=seconds,
         ).priced(self.table)
         self._writer.put(record)
         return record
@@ -398,10 +412,14 @@ class Meter:
 
     def _charge(self, records: list[UsageRecord]) -> dict[str, Decimal]:
         rows = [(r.record_id, r.payload()) for r in records]
-        return self.billing.charge_many(
-            [(r.account, _cost(r), r.job_id or r.statement_id) for r in records],
-            also=lambda conn: self.outbox.insert(conn, self.owner, rows),
-        )
+        try:
+            return self.billing.charge_many(
+                [(r.account, _cost(r), r.job_id or r.statement_id) for r in records],
+                also=lambda conn: self.outbox.insert(conn, self.owner, rows),
+            )
+        finally:  # the next statement of a charged account reads its balance again
+            for r in records:
+                self._admitted.pop(r.account, None)
 
     def _write(self, items: list[UsageRecord | None]) -> None:
         due = [r for r in items if r is not None]
@@ -524,6 +542,9 @@ def empty_usage(by: str) -> pa.Table:
 NODE = socket.gethostname()
 #: Seconds between a running statement's usage records (the issue's "<= 10 s apart").
 STATEMENT_INTERVAL_S = 10.0
+#: How long an account's admission (credit left, or never credited) holds before its balance
+#: is read again (seconds).
+ADMIT_TTL_S = 1.0
 
 
 @dataclass
@@ -589,6 +610,31 @@ class StatementMeter:
             if self._running.pop(running.statement_id, None) is None:
                 return  # ended already
             self._record(running, time.time())
+
+    def tasks(self, running: RunningStatement, usages: Sequence[TaskUsage]) -> None:
+        """Queue what the statement's Ray tasks used (``engine.usage``), one record per node:
+        its core-seconds (reserved CPUs x wall time, or the CPU time measured when more) over
+        the span from its first task's start to its last one's end."""
+        meter = self._meter
+        if meter is None or not usages:
+            return
+        by_node: dict[str, list[TaskUsage]] = {}
+        for u in usages:
+            by_node.setdefault(u.node, []).append(u)
+        for node, tasks in sorted(by_node.items()):
+            used = sum(u.core_seconds for u in tasks)
+            start, end = min(u.start for u in tasks), max(u.end for u in tasks)
+            span = max(end - start, 1e-3)
+            if used > 0:
+                meter.statement(
+                    running.principal,
+                    running.statement_id,
+                    start,
+                    start + span,
+                    used / span,
+                    node=node,
+                    seconds=span,
+                )
 
     def _record(self, running: RunningStatement, now: float) -> None:
         """Queue ``running``'s use from its mark to ``now`` (called with the lock held)."""

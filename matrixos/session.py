@@ -18,6 +18,7 @@ from matrixos.catalog.access import Principal, embedded_principal
 from matrixos.catalog.lineage import Lineage, LineageLog
 from matrixos.catalog.service import TableService
 from matrixos.config import Settings, check_names, resolve_settings
+from matrixos.engine.usage import TASK_USAGE, TaskUsage
 from matrixos.errors import TableNotFound, WarehouseNotFound
 from matrixos.jobs.service import Jobs, JobService
 from matrixos.jobs.wiring import open_jobs, register_jobs_view
@@ -308,6 +309,8 @@ class Lakehouse:
         """
         meter = self._statement_meter()
         running = meter.begin(self.principal) if meter else None
+        tasks: list[TaskUsage] = []  # what its Ray tasks used, if it runs on the pool
+        token = TASK_USAGE.set(tasks) if running else None
         try:
             result = self._engine.execute(
                 query,
@@ -319,6 +322,11 @@ class Lakehouse:
             if meter and running:
                 meter.end(running)
             raise
+        finally:
+            if token is not None:
+                TASK_USAGE.reset(token)
+            if meter and running:
+                meter.tasks(running, tasks)
         if meter and running:
             # Metered until its rows are read to the end, or the result is dropped unread.
             result.on_end(lambda: meter.end(running))

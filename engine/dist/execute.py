@@ -23,6 +23,7 @@ from matrixos.engine.dist.runtime import (
     slim_scan,
 )
 from matrixos.engine.filecache import ReadStats, observe
+from matrixos.engine.usage import TaskUsage, report_usage
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
@@ -60,12 +61,13 @@ def run_fragments(query: QueryContext, plan: FragmentPlan) -> pa.Table:
         )
         for files, place in zip(plan.fragments, plan.placements, strict=True)
     ]
-    done: list[tuple[pa.Table, ReadStats]] = gather(
+    done: list[tuple[pa.Table, ReadStats, TaskUsage]] = gather(
         refs, f"a fragment of {plan.ident}", task_error(session)
     )
-    for (_, stats), place in zip(done, plan.placements, strict=True):
+    for (_, stats, _), place in zip(done, plan.placements, strict=True):
         observe(stats, place)
-    partials = pa.concat_tables([t for t, _ in done], promote_options="permissive")
+    report_usage([u for _, _, u in done])
+    partials = pa.concat_tables([t for t, _, _ in done], promote_options="permissive")
     cur = session.cursor()
     try:
         out = merge(cur, plan, partials)
@@ -104,6 +106,7 @@ class RayStages:
                 )
             )
         stats = gather([o[-1] for o in outs], "a stage task", task_error(self.session))
+        report_usage([st["usage"] for st in stats])
         for st, place in zip(stats, stage.places, strict=True):
             for r in st["read"]:
                 observe(r, place)

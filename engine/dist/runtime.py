@@ -22,6 +22,7 @@ import pyarrow as pa
 from matrixos.engine.filecache import ReadStats, localize, readable_dirs
 from matrixos.engine.sandbox import locked_connection
 from matrixos.engine.scan import FileEntry, PrunedScan, make_context, render_scan
+from matrixos.engine.usage import TaskUsage, task_clock, task_usage
 from matrixos.errors import ComputeError, MatrixOSError
 from matrixos.storage.warehouse import is_remote
 
@@ -46,11 +47,14 @@ def remote_task(fn: Callable[..., Any], **options: Any) -> Any:
 
 
 def slim_scan(scan: PrunedScan, files: list[FileEntry]) -> PrunedScan:
-    """What a task needs of the scan: its files (no statistics) and their deletion vectors."""
+    """What a task needs of the scan: its files (no statistics) and their deletion vectors;
+    the fragment of no files (``planner.fragment_plan`` adds one) takes the scan's rows still
+    in a write-ahead log."""
     snap = scan.snapshot
     light = [FileEntry(f.path, f.size, f.num_records, f.partition, {}, {}, {}) for f in files]
     dvs = {f.path: snap.deletion_vectors[f.path] for f in files if f.path in snap.deletion_vectors}
-    return PrunedScan(replace(snap, files=light, deletion_vectors=dvs), light, [])
+    pending = None if files else scan.pending
+    return PrunedScan(replace(snap, files=light, deletion_vectors=dvs), light, [], pending)
 
 
 def run_fragment(
@@ -60,9 +64,10 @@ def run_fragment(
     options: StorageOptions | None,
     threads: int,
     memory_limit: str | None,
-) -> tuple[pa.Table, ReadStats]:
+) -> tuple[pa.Table, ReadStats, TaskUsage]:
     """One fragment: DuckDB (sandboxed, reading only the table's folder, or its files in this
-    node's cache) over its files; returns its rows and what it read where."""
+    node's cache) over its files; returns its rows, what it read where and what it used."""
+    started = task_clock()
     scan, stats = localize(scan, options)  # `scan` keeps the cached files pinned until return
     remote = is_remote(scan.snapshot.location)
     cur = worker_connection(readable_dirs(scan), threads, memory_limit).cursor()
@@ -71,7 +76,8 @@ def run_fragment(
         body = render_scan(scan, ctx)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
-        return cur.sql(sql.replace(placeholder, f"({body})")).to_arrow_table(), stats
+        rows = cur.sql(sql.replace(placeholder, f"({body})")).to_arrow_table()
+        return rows, stats, task_usage(started)
     except duckdb.Error as e:
         # DuckDB's exceptions do not survive pickling with their type: send what maps it.
         raise FragmentError(type(e).__name__, str(e)) from None
@@ -189,6 +195,7 @@ def run_stage(
     """One stage task: DuckDB over its inputs (file scans localized through the node's cache,
     Arrow partitions of earlier stages); returns ``nout`` Arrow tables (the rows hash-split by
     ``key_sql``, or all rows when ``nout`` is 1) and its statistics."""
+    started = task_clock()
     t0 = time.perf_counter()
     scans: list[PrunedScan] = []  # keeps localized files pinned until the task returns
     read: list[ReadStats] = []
@@ -244,6 +251,7 @@ def run_stage(
         "read": read,
         "setup_ms": (t1 - t0) * 1000,
         "run_ms": (time.perf_counter() - t1) * 1000,
+        "usage": task_usage(started),
     }
     return [*outs, stats]
 
