@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlglot import Dialect
@@ -87,6 +88,12 @@ class AuditWriter:
                 batch=batch,
                 what="query history rows",
             )
+        self._on_statement: list[Callable[[str], None]] = []
+
+    def on_statement(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(sql)`` for each statement recorded (HTTP and wire alike), after it
+        ended: how a server notices the account and grant changes it made itself."""
+        self._on_statement.append(listener)
 
     def record(self, event: AuditEvent) -> None:
         """Queue ``event`` (written within ``interval_s``)."""
@@ -111,6 +118,8 @@ class AuditWriter:
         """Queue a statement's event: its first keyword as the action, its text redacted.
         With a ``statement_id`` (and a history), also its ``system.query.history`` row:
         ``started`` is its start (``time.time()``), ``nbytes`` the bytes of its result."""
+        for listener in self._on_statement:
+            listener(sql)
         text = redact_literals(sql, dialect) or "<not tokenizable: not recorded>"
         action = statement_action(sql)
         outcome = outcome or outcome_of(error)

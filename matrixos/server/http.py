@@ -26,22 +26,26 @@ Routes (``/openapi.json`` lists them with their bodies):
 # ``User`` dependency is local to ``create_app``) when they are defined.
 import json
 import logging
-import threading
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request, Response, Security
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from matrixos.catalog.access import Principal
-from matrixos.catalog.audit import AuditEvent, outcome_of
 from matrixos.catalog.throttle import LoginThrottle
 from matrixos.errors import MatrixOSError, SQLError
 from matrixos.server.audit import AuditWriter
 from matrixos.server.console import mount_console
+from matrixos.server.http_auth import (
+    Authenticate,
+    LoginsThrottled,
+    TokenCache,
+    Unauthenticated,
+    principal_dependency,
+)
 from matrixos.server.http_billing import billing_router
 from matrixos.server.http_errors import error_body, http_status
 from matrixos.server.http_iot import iot_router
@@ -78,31 +82,7 @@ ARROW_STREAM = MEDIA_TYPES[Format.ARROW_STREAM]
 HTTP_THREADS = 256
 _CANCEL_SETTLE_S = 10.0  # on_wait_timeout=CANCEL: how long to wait for the cancel to land
 _INLINE_RENDER_ROWS = 2_000  # a first chunk larger than this is turned into JSON off the loop
-
-
-class Authenticate(Protocol):
-    """``accounts.authenticate_token``: the token's principal (``client``: the caller's
-    address, recorded as the token's last use and used to throttle failures), or raises."""
-
-    def __call__(self, token: str, *, client: str | None = None) -> Principal: ...
-
-
-class Unauthenticated(Exception):
-    """No valid bearer token: answered 401 (not a MatrixOSError: nothing ran)."""
-
-
-class LoginsThrottled(Exception):
-    """Too many failed logins for an address and token id: answered 429."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"retry after {retry_after:.0f} s")
-        self.retry_after = retry_after
-
-
-def _token_id(token: str) -> str:
-    """The id part of an ``mxt_<id>_<secret>`` token ("?" for anything else)."""
-    parts = token.split("_")
-    return parts[1][:64] if len(parts) >= 3 and parts[0] == "mxt" else "?"
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change no token or grant
 
 
 def create_app(
@@ -113,14 +93,15 @@ def create_app(
     default_dialect: str = "duckdb",
     throttle: LoginThrottle | None = None,
     audit: AuditWriter | None = None,
+    tokens: TokenCache | None = None,
 ) -> FastAPI:
     """The API over ``lakehouse`` (each call acting as the token's principal), running
     statements on ``manager``; ``authenticate(token)`` gives the principal or raises.
     ``throttle`` counts failed logins (default: 10 a minute per address and token id, then 30 s
     of 429s). ``audit`` records every statement and each token's first login from an address
-    (and every failed one)."""
+    (and every failed one). ``tokens``: the tokens checked recently, reused for a moment
+    (``http_auth.TokenCache``; ``authenticate`` is then not called)."""
     logins = throttle or LoginThrottle(limit=10, window=60.0, lockout=30.0)
-    seen = _SeenLogins()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -139,36 +120,7 @@ def create_app(
     if audit is not None:
         manager.on_finish(lambda s: _audit_statement(audit, s))
     app.state.manager = manager
-    bearer = HTTPBearer(auto_error=False, description="a MatrixOS API token")
-
-    def principal(
-        request: Request,
-        creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    ) -> Principal:
-        # In a worker thread, not on the event loop: a token not seen before costs a scrypt
-        # hash, and a catalog on PostgreSQL a network round trip.
-        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials.strip():
-            raise Unauthenticated("missing bearer token")
-        token = creds.credentials.strip()
-        # Failures count per client address and token id (never the secret).
-        address = request.client.host if request.client else None
-        token_id = _token_id(token)
-        key = f"{address or '?'}|{token_id}"
-        wait = logins.retry_after(token_id, address)
-        if wait > 0:
-            raise LoginsThrottled(wait)
-        try:
-            who = authenticate(token, client=address)
-        except MatrixOSError as e:
-            logins.failed(token_id, address)
-            if audit is not None:
-                audit.record(_login_event("unknown", token, address, outcome_of(e)))
-            raise Unauthenticated("invalid, expired or revoked token") from e
-        logins.succeeded(token_id, address)
-        if audit is not None and seen.first(key):
-            audit.record(_login_event(who.name, token, address, "ok"))
-        return who
-
+    principal = principal_dependency(authenticate, cache=tokens, throttle=logins, audit=audit)
     User = Annotated[Principal, Depends(principal)]
     app.include_router(lineage_router(lakehouse, User))
     app.include_router(billing_router(lakehouse, User))
@@ -221,11 +173,11 @@ def create_app(
             status_code=500,
         )
 
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(_CountRequests, metrics=metrics, tokens=tokens)
 
     # -- health -----------------------------------------------------------------------------
     @app.get("/healthz", tags=["server"])
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         """``ok``, or 503 ``draining`` while the server shuts down."""
         if manager.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -358,9 +310,10 @@ class _CountRequests:
     """ASGI middleware counting requests by method, route and status (cheaper than
     Starlette's ``BaseHTTPMiddleware``, which wraps every response in a stream)."""
 
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+    def __init__(self, app: Any, metrics: ServerMetrics, tokens: TokenCache | None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tokens = tokens
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -379,31 +332,8 @@ class _CountRequests:
         finally:
             route = getattr(scope.get("route"), "path", "other")
             self.metrics.request(scope["method"], route, status)
-
-
-class _SeenLogins:
-    """Keys (address|token id) that logged in already: a token's first request from an
-    address is its login in the audit, not every request. Bounded: forgets all at 100,000."""
-
-    def __init__(self) -> None:
-        self._keys: set[str] = set()
-        self._lock = threading.Lock()
-
-    def first(self, key: str) -> bool:
-        with self._lock:
-            if key in self._keys:
-                return False
-            if len(self._keys) >= 100_000:
-                self._keys.clear()
-            self._keys.add(key)
-            return True
-
-
-def _login_event(principal: str, token: str, address: str | None, outcome: str) -> AuditEvent:
-    return AuditEvent(
-        principal, "LOGIN", object=f"token {_token_id(token)}", outcome=outcome,
-        protocol="http", client_address=address,
-    )  # fmt: skip
+            if self.tokens is not None and scope["method"] not in _READS and route != STATEMENTS:
+                self.tokens.clear()  # a console or API call may have changed tokens or grants
 
 
 def _audit_statement(audit: AuditWriter, stmt: Statement) -> None:

@@ -25,6 +25,7 @@ from matrixos.catalog.throttle import LoginThrottle
 from matrixos.iot.runtime import IotOptions, start_iot
 from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
+from matrixos.server.http_auth import TokenCache, forget_tokens_after
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
 from matrixos.server.statements import Limits, Slots, StatementManager
 
@@ -86,8 +87,14 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     tokens = Accounts(lakehouse.catalog)
     lakehouse.start_maintenance()  # continuous aggregates refreshed, retention enforced
 
+    # Tokens checked in the last second are not checked again; a change of accounts, tokens
+    # or grants made through this server counts from the next request on.
+    cache = TokenCache(tokens)
+
     def run(principal: Principal, sql: str, dialect: str) -> Any:
-        return lakehouse.with_principal(principal).sql(sql, dialect=dialect)
+        result = lakehouse.with_principal(principal).sql(sql, dialect=dialect)
+        forget_tokens_after(cache, sql)
+        return result
 
     # One count of each principal's running statements for HTTP, SDK reads and the wire.
     slots = Slots(options.limits)
@@ -100,6 +107,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         slots=slots,
     )
     audit = AuditWriter(AuditLog(lakehouse.service), history=QueryHistory(lakehouse.service))
+    audit.on_statement(lambda sql: forget_tokens_after(cache, sql))  # the wire's too
     iot = start_iot(lakehouse, options.iot)  # before the routes: replayed points are visible
     # The server schedules the jobs queue (jobs submitted by the CLI or the SDK included).
     lakehouse.jobs.service.ensure_scheduler()
@@ -109,6 +117,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         tokens.authenticate_token,
         default_dialect=lakehouse.settings.default_dialect,
         audit=audit,
+        tokens=cache,
     )
     pg = start_pg(lakehouse, accounts, options, audit, slots)
 

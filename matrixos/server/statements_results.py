@@ -48,6 +48,7 @@ class ResultSet:
     chunks: list[pa.Table] = field(default_factory=list)
     truncated: bool = False
     _offsets: list[int] = field(default_factory=list, repr=False)
+    _nbytes: tuple[int, int] | None = field(default=None, repr=False)  # (chunks, bytes)
 
     @classmethod
     def collect(
@@ -94,8 +95,10 @@ class ResultSet:
 
     @property
     def nbytes(self) -> int:
-        """The bytes (Arrow, in memory) the chunks hold."""
-        return sum(c.nbytes for c in self.chunks)
+        """The bytes (Arrow, in memory) the chunks hold (summed once the chunks are final)."""
+        if self._nbytes is None or self._nbytes[0] != len(self.chunks):
+            self._nbytes = (len(self.chunks), sum(c.nbytes for c in self.chunks))
+        return self._nbytes[1]
 
     @property
     def total_row_count(self) -> int:

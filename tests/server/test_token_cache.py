@@ -1,0 +1,84 @@
+"""The HTTP server reuses a checked token's principal for a moment (``http_auth.TokenCache``):
+a revoked token, or a grant revoked through the server, still takes effect."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+import matrixos as mx
+from matrixos.catalog.accounts import Accounts
+from matrixos.server.http_auth import TOKEN_TTL_S, TokenCache
+
+try:
+    from tests.server._serve import MatrixOSServer, ServedWarehouse
+except ModuleNotFoundError:
+    from _serve import MatrixOSServer, ServedWarehouse  # type: ignore[no-redef]
+
+STATEMENTS = "/api/2.0/sql/statements"
+CLIENT = "127.0.0.1"
+
+
+def test_cache_keeps_a_checked_token_until_its_ttl_or_expiry(tmp_path: Path) -> None:
+    with mx.connect(str(tmp_path / "wh")) as lh:
+        accounts = Accounts(lh.catalog)
+        accounts.create("ann")
+        token = accounts.create_token("ann")
+        brief = accounts.create_token("ann", expires_in=1.0)
+        cache = TokenCache(accounts, ttl_s=3600)
+        assert cache.cached(token, CLIENT) is None  # nothing before the first check
+        assert cache.authenticate_token(token, client=CLIENT).name == "ann"
+        hit = cache.cached(token, CLIENT)
+        assert hit is not None and hit.name == "ann"
+        # Keyed by address too (a new address is a new login, its last use recorded).
+        assert cache.cached(token, "127.0.0.2") is None
+        assert cache.cached(token + "x", CLIENT) is None
+        # Never past the token's own expiry, however long the TTL.
+        assert cache.authenticate_token(brief, client=CLIENT).name == "ann"
+        assert cache.cached(brief, CLIENT) is not None
+        time.sleep(1.2)
+        assert cache.cached(brief, CLIENT) is None
+        assert cache.cached(token, CLIENT) is not None
+        cache.clear()
+        assert cache.cached(token, CLIENT) is None
+        # A TTL of 0 keeps nothing.
+        none = TokenCache(accounts, ttl_s=0)
+        none.authenticate_token(token, client=CLIENT)
+        assert none.cached(token, CLIENT) is None
+
+
+def _count(client: httpx.Client, table: str) -> httpx.Response:
+    return client.post(
+        STATEMENTS, json={"statement": f"SELECT count(*) FROM {table}", "wait_timeout": "10s"}
+    )
+
+
+def test_revocations_take_effect_through_the_cache(
+    matrixos_server: MatrixOSServer, served_warehouse: ServedWarehouse
+) -> None:
+    url = matrixos_server.http_url
+    with mx.connect(served_warehouse.uri) as lh:
+        mine = Accounts(lh.catalog).create_token("alice")
+    alice = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mine}"}, timeout=30)
+    admin_token = served_warehouse.tokens["admin"]
+    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token}"})
+    for _ in range(3):  # checked once, then served from the cache
+        assert _count(alice, "sales.orders").status_code == 200
+
+    # A grant revoked over HTTP counts from alice's very next request.
+    r = admin.post(STATEMENTS, json={"statement": "REVOKE SELECT ON SCHEMA main.sales FROM alice"})
+    assert r.status_code == 200 and r.json()["status"]["state"] == "SUCCEEDED", r.text
+    denied = _count(alice, "sales.orders")
+    assert denied.status_code == 403 and "SELECT" in denied.json()["message"], denied.text
+    r = admin.post(STATEMENTS, json={"statement": "GRANT SELECT ON SCHEMA main.sales TO alice"})
+    assert r.status_code == 200, r.text
+    assert _count(alice, "sales.orders").status_code == 200
+
+    # A token revoked by another process (the CLI) stops working once the TTL has passed.
+    with mx.connect(served_warehouse.uri) as lh:
+        Accounts(lh.catalog).revoke_token(mine.split("_")[1])
+    time.sleep(TOKEN_TTL_S + 0.5)
+    gone = _count(alice, "sales.orders")
+    assert gone.status_code == 401 and gone.json()["error_code"] == "UNAUTHENTICATED"
