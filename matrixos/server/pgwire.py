@@ -40,11 +40,9 @@ import asyncio
 import inspect
 import logging
 import os
-import re
 import struct
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pyarrow as pa
-import sqlglot
 from pg_mimic import PgServer, Portal, ResultColumn, Session, Statement, messages
 from pg_mimic.auth import AuthPlugin, TrustAuthPlugin
 from pg_mimic.connection import Connection, command_tag
@@ -74,6 +71,7 @@ from matrixos.engine.interrupt import Interrupt, interruptible
 from matrixos.errors import (
     ConfigError,
     MatrixOSError,
+    SQLError,
     StatementCanceled,
 )
 from matrixos.server.pg_auth import PasswordAuth, ScramAuth, peer_address
@@ -84,11 +82,11 @@ from matrixos.server.pg_catalog import (
     is_catalog_query,
 )
 from matrixos.server.pg_cursors import cursors
-from matrixos.server.pg_encode import data_rows as encoded_rows
 from matrixos.server.pg_encode import text_only
+from matrixos.server.pg_portal import MxPortal, MxStatement
 from matrixos.server.pg_settings import qualified_session_functions, settings
 from matrixos.server.pg_transactions import transactions
-from matrixos.server.pg_types import bind_parameters, oid_for, parameter_oids, pg_error, rows
+from matrixos.server.pg_types import parameter_oids, pg_error
 from matrixos.server.statements import Limits, Slots, interrupt_until
 
 if TYPE_CHECKING:
@@ -105,207 +103,6 @@ AuthMethod = Literal["scram-sha-256", "password", "trust"]
 SERVER_VERSION = f"16.0 (MatrixOS {__version__})"
 MAX_STARTUP_BYTES = 10_000  # PostgreSQL's own limit on the first message
 STARTUP_TIMEOUT_S = 60.0  # a client that opens a socket and says nothing is dropped
-SMALL_RESULT = 256  # rows: read whole with the statement, encoded without another hand-off
-
-_NO_ROWS = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
-
-
-# -- statements ------------------------------------------------------------------------------
-class MxPortal(Portal):
-    """One bound statement: run on the first Describe or Execute (in a worker thread, as the
-    session's principal, interruptible), then drained in steps."""
-
-    def __init__(
-        self,
-        session: MxSession,
-        sql: str,
-        param_oids: list[int | None],
-        params: list[Any],
-        *,
-        audited: bool = True,
-    ) -> None:
-        self.session = session
-        self.sql = sql
-        self.param_oids = param_oids
-        self.params = params
-        self.columns: list[ResultColumn] | None = None
-        self.message: str | None = None  # the engine's command tag for DML/DDL
-        self.kind = "SELECT"
-        self._schema: pa.Schema | None = None
-        self._reader: Any = None  # the result's batches (None: no rows, or all read)
-        self._queue: list[pa.RecordBatch] = []  # read from the reader, not yet sent
-        self.audited = audited  # recorded in the audit trail when it completes
-        self.id = uuid.uuid4().hex  # its statement id in system.query.history
-        self.nbytes = 0  # the DataRow bytes sent
-        self._t0 = time.monotonic()
-        self._started_at = time.time()
-        self._started = False
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        self._t0, self._started_at = time.monotonic(), time.time()
-        sql = bind_parameters(self.sql, self.params, self.param_oids)
-        result = await self.session.run(
-            sql, self._prefetch, audit_as=(self.sql, self.id) if self.audited else None
-        )
-        self.message, self.kind = result.message, result.statement
-        if self.message is None:  # rows (a DML/DDL result is only its command tag)
-            self._schema = result.schema
-            self.columns = [ResultColumn(f.name, oid_for(f.type)) for f in result.schema]
-
-    def _prefetch(self, result: Result) -> None:
-        """Open the rows and read a small result whole (the query runs here, in the
-        statement's thread, and a small result's Execute needs no second hand-off)."""
-        if result.message is not None:
-            return
-        self._reader = result.to_arrow_reader(keep=False)
-        total = 0
-        while total <= SMALL_RESULT and self._read_batch():
-            total += self._queue[-1].num_rows
-
-    def _read_batch(self) -> bool:
-        """Queue the reader's next batch; False at its end."""
-        if self._reader is None:
-            return False
-        try:
-            self._queue.append(self._reader.read_next_batch())
-        except StopIteration:
-            self._reader = None
-            return False
-        return True
-
-    def _take(self, n: int | None) -> list[pa.RecordBatch]:
-        """The next ``n`` rows (None: all the rest) as batches; in a worker thread."""
-        out: list[pa.RecordBatch] = []
-        want = n
-        while (want is None or want > 0) and (self._queue or self._read_batch()):
-            batch = self._queue.pop(0)
-            if want is not None and batch.num_rows > want:
-                batch, rest = batch.slice(0, want), batch.slice(want)
-                self._queue.insert(0, rest)
-            out.append(batch)
-            if want is not None:
-                want -= batch.num_rows
-        return out
-
-    async def execute(self, max_rows: int) -> tuple[list[tuple[Any, ...]], bool]:
-        """The next rows as tuples (``max_rows`` 0: all)."""
-        await self.start()
-        if self._schema is None:
-            return [], False
-        schema, n = self._schema, (max_rows if max_rows > 0 else None)
-        fetched = await self.session.in_thread(lambda: list(rows(schema, iter(self._take(n)))))
-        return fetched, n is not None and len(fetched) == n
-
-    async def data_rows(self, max_rows: int) -> tuple[bytes, int, bool]:
-        """The next rows as text-format DataRow messages, their count, and whether the limit
-        was reached (``max_rows`` 0: all)."""
-        await self.start()
-        if self._schema is None or self.columns is None:
-            return b"", 0, False
-        n = max_rows if max_rows > 0 else None
-        oids = [c.oid for c in self.columns]
-        queued = sum(b.num_rows for b in self._queue)
-        if self._reader is None and queued <= SMALL_RESULT and (n is None or n > queued):
-            # a small result, read whole: encoded here, row by row, without a hand-off
-            batches, self._queue = self._queue, []
-            cols = self.columns
-            fetched = list(rows(self._schema, iter(batches)))
-            data = b"".join(messages.make_data_row(encode_row(r, cols)) for r in fetched)
-            self.nbytes += len(data)
-            return data, len(fetched), False
-
-        def encode() -> tuple[bytes, int]:
-            batches = self._take(n)
-            return b"".join(encoded_rows(b, oids) for b in batches), sum(
-                b.num_rows for b in batches
-            )
-
-        data, count = await self.session.in_thread(encode)
-        self.nbytes += len(data)
-        return data, count, n is not None and count == n
-
-    def command_tag(self, rows_returned: int) -> str:
-        """The CommandComplete tag (the statement is done: audited here)."""
-        if self.message is not None:
-            tag = self.message
-            last = tag.rsplit(" ", 1)[-1]
-            rows_returned = int(last) if last.isdigit() else 0
-        elif self.kind in ("SHOW", "EXPLAIN", "DESCRIBE"):
-            tag = "SHOW" if self.kind == "SHOW" else self.kind
-        else:
-            tag = f"SELECT {rows_returned}"
-        if self.message is not None:
-            self.session.writes += 1  # committed on its own: a ROLLBACK cannot undo it
-        if self.audited:
-            self.audited = False  # once
-            seconds = time.monotonic() - self._t0
-            self.session.audit(
-                self.sql, None, rows_returned, seconds, statement_id=self.id,
-                started=self._started_at, nbytes=self.nbytes,
-            )  # fmt: skip
-        return tag
-
-
-class MxStatement(Statement):
-    """A parsed statement (``$n`` parameters allowed) bound any number of times."""
-
-    def __init__(
-        self,
-        session: MxSession,
-        sql: str,
-        param_oids: list[int | None],
-        tree: exp.Expr | None = None,
-    ) -> None:
-        """``tree``: ``sql`` parsed already (one statement), or None."""
-        self.session = session
-        self.sql = sql
-        self.param_oids = param_oids
-        self._pending: MxPortal | None = None
-        last = tree
-        if last is None:
-            try:
-                trees = sqlglot.parse(sql, dialect="postgres")
-            except sqlglot.errors.SqlglotError:
-                trees = []
-            last = trees[-1] if trees else None
-        self.returns_rows = not isinstance(last, _NO_ROWS)
-
-    async def describe(self) -> list[ResultColumn] | None:
-        portal, self._pending = self._pending, None
-        if portal is not None and self.returns_rows:
-            await portal.start()  # the columns a query returns are known once it runs
-            return portal.columns
-        if not self.returns_rows:
-            return None
-        # Describe before Bind: the shape of the query with every parameter NULL, no rows.
-        nulls = [None] * _parameter_count(self.sql)
-        probe = MxPortal(self.session, _probe(self.sql), self.param_oids, nulls, audited=False)
-        await probe.start()
-        return probe.columns
-
-    def bind(self, params: list[Any]) -> Portal:
-        portal = MxPortal(self.session, self.sql, self.param_oids, params)
-        self._pending = portal
-        return portal
-
-
-def _probe(sql: str) -> str:
-    """The query as ``SELECT * FROM (…) LIMIT 0``: its columns, not its rows."""
-    try:
-        tree = sqlglot.parse_one(sql, dialect="postgres")
-    except sqlglot.errors.SqlglotError:
-        return sql
-    if not isinstance(tree, exp.Query):
-        return sql
-    return exp.select("*").from_(tree.subquery("_q")).limit(0).sql("postgres")
-
-
-def _parameter_count(sql: str) -> int:
-    found = [int(m) for m in re.findall(r"\$(\d+)", sql)]
-    return max(found, default=0)
 
 
 # -- the session: one client connection ------------------------------------------------------
@@ -521,6 +318,8 @@ class MxConnection(Connection):
                 try:
                     values = encode_row(row, entry.columns, entry.result_format_codes)
                 except ValueError as e:
+                    if isinstance(entry.portal, MxPortal):
+                        entry.portal.failed(SQLError(str(e), sqlstate="0A000"))
                     raise PgError("0A000", str(e)) from None
                 self.stream.write(messages.make_data_row(values))
         if suspended:

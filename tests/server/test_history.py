@@ -29,6 +29,7 @@ except ModuleNotFoundError:
 
 ALICE = Principal("alice", frozenset())
 BOB = Principal("bob", frozenset())
+STATEMENTS = "/api/2.0/sql/statements"
 COLUMNS = "statement_id, principal, protocol, statement, state, rows, error_sqlstate"
 
 
@@ -193,3 +194,49 @@ def test_every_server_path_is_recorded(
     assert canceled in [r[:4] for r in everyone], everyone
     for c in http.values():
         c.close()
+
+
+def test_a_failure_while_rows_stream_over_the_wire_is_recorded(
+    matrixos_server: MatrixOSServer, served_warehouse: ServedWarehouse
+) -> None:
+    # big.nums holds 0…19,999: the cast fails at row 19,000, long after the first rows were
+    # read and sent (the statement itself started fine).
+    late = (
+        "SELECT CASE WHEN n < 19000 THEN n ELSE CAST('x' || n::text AS INTEGER) END FROM big.nums"
+    )
+    with psycopg.connect(
+        host="127.0.0.1", port=matrixos_server.pg_port, dbname="main", user="admin",
+        password=served_warehouse.passwords["admin"], autocommit=True,
+    ) as conn:  # fmt: skip
+        with pytest.raises(psycopg.Error, match="Could not convert string"):
+            conn.execute(late).fetchall()  # the simple protocol, text rows
+        with (
+            pytest.raises(psycopg.Error, match="Could not convert string"),
+            conn.cursor(binary=True) as cur,  # the extended protocol, binary rows
+        ):
+            cur.execute(late + " LIMIT %s", (20_000,)).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+    admin = httpx.Client(
+        base_url=matrixos_server.http_url, timeout=60,
+        headers={"Authorization": f"Bearer {served_warehouse.tokens['admin']}"},
+    )  # fmt: skip
+
+    def failed(rows: list[list[str]]) -> list[list[str]]:
+        return [r for r in rows if r[1] == "pg" and "CAST(? || n" in r[5]]
+
+    rows = failed(history_of(admin, until=lambda rows: len(failed(rows)) >= 2))
+    assert [(r[0], r[2], r[3]) for r in rows] == [("admin", "SELECT", "FAILED")] * 2, rows
+    assert all(r[4] and r[4] != "00000" for r in rows), rows
+    sql = (
+        "SELECT outcome FROM system.access.audit "
+        "WHERE protocol = 'pg' AND statement LIKE '%CAST(? || n%'"
+    )
+    deadline = time.monotonic() + 60  # the audit's writer runs beside the history's
+    while True:
+        audit = admin.post(STATEMENTS, json={"statement": sql, "wait_timeout": "30s"}).json()
+        outcomes = audit["result"]["data_array"]
+        if len(outcomes) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(outcomes) == 2 and all(o[0].startswith("failed") for o in outcomes), outcomes
+    admin.close()
