@@ -193,7 +193,7 @@ class _Ctx:
 
     def probe(self, sql: str) -> duckdb.DuckDBPyRelation:
         """``sql`` over the table with no rows: types and names, no I/O."""
-        empty = replace(self.scan, files=[])
+        empty = replace(self.scan, files=[], pending=None)  # no write-ahead log rows either
         ctx = make_context(None, False)
         body = render_scan(empty, ctx)
         cur = self.session.planning_cursor()

@@ -55,6 +55,22 @@ def fragment_plan(query: QueryContext, cpus: int | Callable[[], int]) -> Distrib
     if isinstance(planned, str):
         return planned
     fragments = split_files(planned.scan.files, cpus if isinstance(cpus, int) else cpus())
+    # Points a write-ahead log acknowledged (catalog/pending.py) are one more fragment, with
+    # no files: each fragment's partial result covers its rows, so the merge counts them
+    # once. Not cached with the plan: they change from one statement to the next.
+    pending = query.bound[0][1].pending if isinstance(query.bound[0][1], PrunedScan) else None
+    if pending is not None and pending.replaces:
+        return (
+            f"{pending.table.num_rows} point(s) in the write-ahead log of {planned.ident} may "
+            "replace committed ones (last write wins), which only one node can apply"
+        )
+    if pending is not None and set(pending.table.column_names) - set(
+        planned.scan.snapshot.schema.names
+    ):
+        return f"new columns of {planned.ident} are still in the write-ahead log"
+    planned = replace(planned, scan=replace(planned.scan, pending=pending))
+    if pending is not None:
+        fragments = [*fragments, []]
     zones = query.session.settings.storage_zones
     planned = replace(
         planned, fragments=fragments, placements=plan_placement(fragments, zones=zones)
@@ -120,6 +136,8 @@ def delta_scans(query: QueryContext) -> list[tuple[TableIdent, PrunedScan]] | st
     for ident, scan in query.bound:
         if not isinstance(scan, PrunedScan):
             return "Lance tables"
+        if scan.pending is not None:  # the local engine unions them into the scan
+            return f"points of {ident} still in the write-ahead log"
         scans.append((ident, scan))
     if not scans:
         return "no tables"
