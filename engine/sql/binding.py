@@ -73,6 +73,9 @@ class Binder:
         self.service = service
         self._planning = planning
         self._snapshots: LRU[tuple[str, int], Snapshot] = LRU(_SNAPSHOTS)
+        # Told when binding evaluates something whose value may change between runs (a
+        # constant DuckDB folds, a time-travel offset): the plan is then not reused.
+        self.volatile: Callable[[], None] = _nothing
 
     def clear(self) -> None:
         """Forget the cached snapshots."""
@@ -226,6 +229,7 @@ class Binder:
         if kind == "OFFSET":
             if not isinstance(value, int | float | Decimal) or isinstance(value, bool):
                 raise SQLError(f"{text} needs a number of seconds", sql=node.sql())
+            self.volatile()
             return None, datetime.now(UTC) + timedelta(seconds=float(value))
         if isinstance(value, str):
             try:
@@ -248,6 +252,7 @@ class Binder:
             return value
         # Callers check their statements first; checked again here because this connection
         # runs the expression as it stands.
+        self.volatile()  # now(), current_date, random(): decided when it runs
         select = exp.select(node.copy())
         check_query(select)
         try:
@@ -436,6 +441,10 @@ def _literal_value(node: exp.Expr) -> Any:
         except ValueError:
             return _NOT_LITERAL
     return _NOT_LITERAL
+
+
+def _nothing() -> None:
+    pass
 
 
 def _is_const(e: exp.Expr | None) -> bool:

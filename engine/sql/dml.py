@@ -46,6 +46,23 @@ class DML:
 
     def insert(self, stmt: exp.Insert, dialect: str, principal: Principal) -> Result:
         """``INSERT [OVERWRITE] INTO t [(columns) | BY NAME] VALUES … | query``."""
+
+        def rows() -> pa.Table:
+            source = stmt.expression
+            if not isinstance(source, exp.Query | exp.Values):
+                raise NotSupported("INSERT supports VALUES and SELECT")
+            if isinstance(source, exp.Values):
+                # Not copied: the statement is not used again (a copy of 20,000 rows: seconds)
+                source = exp.select("*").from_(source.as_("__mx_values", copy=False))
+            return self._query(source, principal).to_arrow()
+
+        return self.insert_rows(stmt, principal, rows)
+
+    def insert_rows(
+        self, stmt: exp.Insert, principal: Principal, rows: Callable[[], pa.Table]
+    ) -> Result:
+        """``stmt``'s target (and columns) given the rows ``rows()`` makes, asked for once
+        the principal may write there."""
         target = stmt.this
         columns: list[str] | None = None
         if isinstance(target, exp.Schema):
@@ -53,12 +70,7 @@ class DML:
             target = target.this
         table = self._table(target, principal)
         table.writable()  # refused before the source query runs
-        source = stmt.expression
-        if not isinstance(source, exp.Query | exp.Values):
-            raise NotSupported("INSERT supports VALUES and SELECT")
-        if isinstance(source, exp.Values):
-            source = exp.select("*").from_(source.copy().as_("__mx_values"))
-        data = self._query(source, principal).to_arrow()
+        data = rows()
         names = [f.name for f in table.schema]
         if not stmt.args.get("by_name"):
             wanted = columns or names[: data.num_columns]

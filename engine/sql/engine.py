@@ -11,7 +11,8 @@ It takes the ``TableService`` (names, grants, snapshots, writes) and, per statem
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from matrixos.engine.dist import route
 from matrixos.engine.functions import SearchTarget, expand_functions, is_function_result
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query, locked_connection
+from matrixos.engine.scan import PrunedScan
 from matrixos.engine.sql import frontend
 from matrixos.engine.sql.binding import Binder
 from matrixos.engine.sql.ddl import DDL
@@ -36,15 +38,19 @@ from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, redact_literals, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
+from matrixos.engine.sql.plans import MAX_TEXT, Plan, PlanCache, TableRead
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
+from matrixos.engine.sql.values import bulk_insert, redacted
 from matrixos.engine.timeseries import rewrite as rewrite_time_series
-from matrixos.errors import NotSupported, SQLError
+from matrixos.errors import MatrixOSError, NotSupported, SQLError
 from matrixos.storage.tablestore import store_class
 
 if TYPE_CHECKING:
+    from matrixos.catalog.pending import PendingRows
     from matrixos.catalog.service import TableService
     from matrixos.engine.functions import FunctionResults
+    from matrixos.engine.scan import Snapshot
     from matrixos.engine.sql.binding import Bound
 
 
@@ -68,6 +74,8 @@ class SQLEngine:
         # Constant folding and planning never spill: this connection may touch no file.
         self._planning = locked_connection([], spill=False)
         self._binder = Binder(service, self._planning.cursor)
+        self._plans = PlanCache()  # plans of repeated queries (engine.sql.plans)
+        self._binder.volatile = self._plans.volatile
         self._local = LocalRunner(service.warehouse, service.settings)
         self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
         self._dml = dml = DML(service, self._as_query)
@@ -105,6 +113,7 @@ class SQLEngine:
         """Drop the query connection and the cached snapshots."""
         self._local.close()
         self._binder.clear()
+        self._plans.clear()
 
     def cursor(self, locations: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
         """A cursor on the locked connection queries run on (its allowed directories cover
@@ -127,6 +136,12 @@ class SQLEngine:
         """Run ``sql`` as ``principal``; ``engine`` (``auto``/``local``/``ray``) picks where
         queries run (see ``engine.dist``)."""
         try:
+            bulk = bulk_insert(sql, dialect)  # a long INSERT … VALUES of literals: no sqlglot
+            if bulk is not None:
+                return self._bulk_insert(bulk[0], bulk[1], dialect, principal)
+            key = _plan_key(sql, dialect, engine, principal)
+            if key is not None and (cached := self._planned(key, sql)) is not None:
+                return cached
             statements = self.parse(sql, dialect)
             if not statements:
                 raise SQLError("empty statement", sql=sql)
@@ -134,7 +149,8 @@ class SQLEngine:
             for stmt in statements:
                 # The statement's text as written (binding rewrites its tree), for lineage.
                 text = sql if len(statements) == 1 else stmt.sql(dialect=dialect)
-                result = self._run(stmt, dialect, engine, principal, text)
+                kept = key if len(statements) == 1 else None
+                result = self._run(stmt, dialect, engine, principal, text, kept)
         except SQLError as e:
             located = locate_engine_error(e, sql, dialect)
             clean = without_secrets(located, sql)  # nor in the chained cause: from None
@@ -161,11 +177,17 @@ class SQLEngine:
             return [refresh]
 
     def _run(
-        self, stmt: exp.Expr, dialect: str, engine: str, principal: Principal, sql: str
+        self,
+        stmt: exp.Expr,
+        dialect: str,
+        engine: str,
+        principal: Principal,
+        sql: str,
+        plan_key: Hashable | None = None,
     ) -> Result:
         frontend.check_translation(stmt, dialect)
         if isinstance(stmt, exp.Query):
-            return self.query(stmt, engine=engine, principal=principal)
+            return self.query(stmt, engine=engine, principal=principal, plan_key=plan_key)
 
         # A statement that writes records what it read (catalog.lineage); a query reads only.
         def text() -> str | None:  # only for a run that is recorded: INSERT … VALUES is big
@@ -178,6 +200,31 @@ class SQLEngine:
             if handler is None:
                 raise frontend.refused(stmt, dialect)
             return handler(stmt, dialect, principal)
+
+    def _bulk_insert(
+        self, head: exp.Insert, rows: str, dialect: str, principal: Principal
+    ) -> Result:
+        """``INSERT … VALUES`` whose rows ``values.bulk_insert`` checked to be literals only:
+        DuckDB reads them as written, on the connection that may touch no file."""
+
+        def data() -> pa.Table:
+            cur = self._planning.cursor()
+            try:
+                # ``execute``, not ``sql``: the relation API scans the text for parameter
+                # markers in Python (~2 s for 20,000 rows); the copy it warns of is cheap.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Arrow output on a DB-API", UserWarning)
+                    return cur.execute(f"SELECT * FROM (VALUES {rows})").to_arrow_table()
+            except duckdb.Error as e:
+                raise engine_error(e, head.sql(dialect=dialect)) from e
+            finally:
+                cur.close()
+
+        def text() -> str:
+            return redacted(head, rows, dialect)
+
+        with lineage.run(self.service, "sql", principal=principal.name, statement=text):
+            return self._dml.insert_rows(head, principal, data)
 
     def _alter(self, stmt: exp.Alter, dialect: str, principal: Principal) -> Result:
         """``ALTER TABLE … DROP ROW FILTER`` (sqlglot parses it), ``ALTER TABLE … SET
@@ -240,15 +287,35 @@ class SQLEngine:
         analyze: bool = False,
         engine: str = "local",
         principal: Principal = EMBEDDED_USER,
+        plan_key: Hashable | None = None,
     ) -> Result:
         """Run (or with ``explain``, explain) one query tree as ``principal``, here or on the
-        compute pool."""
+        compute pool. With ``plan_key``, a plan that can be used again is kept under it
+        (``engine.sql.plans``)."""
+        # Planning reads the catalog's change counter once (a query writes nothing).
+        with self.service.cache.pinned():
+            return self._query(tree, explain, analyze, engine, principal, plan_key)
+
+    def _query(
+        self,
+        tree: exp.Expr,
+        explain: bool,
+        analyze: bool,
+        engine: str,
+        principal: Principal,
+        plan_key: Hashable | None,
+    ) -> Result:
         tree = tree.copy() if explain else tree
+        counter = None
+        if plan_key is not None and not explain:
+            counter = self.service.cache.counter()  # read before anything it guards
+            self._plans.begin()
         # Checked before anything in it is evaluated: the platform functions' arguments
         # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
         check_query(tree)
         host = _Functions(self, principal)
-        self.views.expand_realtime(tree, principal)  # newest buckets of views from their source
+        # newest buckets of real-time views from their source
+        realtime = self.views.expand_realtime(tree, principal)
         tree = rewrite_time_series(tree, host)  # time_bucket_gapfill, first/last, rate… (plain SQL)
         functions = expand_functions(host, tree)
         # Row filters and column masks: every reference they apply to becomes their subquery.
@@ -262,7 +329,47 @@ class SQLEngine:
             if routed.result is not None:
                 return routed.result
             notes = routed.notes
-        return self._local.run(tree, bound, functions, explain=explain, notes=notes)
+        keep = None
+        if counter is not None and plan_key is not None and not realtime:
+            reads = _reads(self.service, refs, bound)
+            if reads is not None:
+
+                def keep(sql: str) -> None:
+                    if not self._plans.is_volatile():
+                        locations = tuple(r.location for r in reads)
+                        plan = Plan(sql, counter, reads, locations, tuple(notes))
+                        self._plans.put(plan_key, plan)
+
+        result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
+        result.stats["engine"] = "local"
+        return result
+
+    def _planned(self, key: Hashable, sql: str) -> Result | None:
+        """The result of the plan kept under ``key``, run again, when nothing it depends on
+        changed (the catalog's counter, each latest table's version, pending rows); else
+        None (the plan is dropped: the caller plans the statement again)."""
+        plan = self._plans.get(key)
+        if plan is None:
+            return None
+        try:
+            fresh = plan.counter == self.service.cache.counter() and all(
+                not r.latest
+                or (
+                    self._binder.snapshot(r.info).version == r.version
+                    and self.service.pending_rows(r.info.ident, r.version) is None
+                )
+                for r in plan.reads
+            )
+        except MatrixOSError:
+            fresh = False  # planning again raises what is wrong
+        if not fresh:
+            self._plans.drop(key)
+            return None
+        for r in plan.reads:
+            lineage_runs.read(r.info.name, r.version)
+        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql)
+        result.stats.update(engine="local", plan="cached")
+        return result
 
     def query_context(
         self,
@@ -295,10 +402,11 @@ class SQLEngine:
         timestamp: datetime | str | None,
         columns: Sequence[str] | None,
     ) -> pa.Table:
-        """All rows of one Delta table (a projection of ``columns`` when given)."""
+        """All rows of one Delta table (a projection of ``columns`` when given); the latest
+        version's with the points a write-ahead log acknowledged (catalog/pending.py)."""
         snap = self._binder.snapshot(info, version, timestamp)
         lineage_runs.read(info.name, snap.version)
-        return self._local.read(snap, columns)
+        return self._local.read(snap, columns, self._pending(info, snap, version, timestamp))
 
     def read_as(
         self,
@@ -358,8 +466,16 @@ class SQLEngine:
 
     def count_rows(self, info: TableInfo, principal: Principal = EMBEDDED_USER) -> int:
         """The number of rows of one Delta table's latest version (the caller has authorized
-        the read, as for ``read_table``)."""
-        return self._local.count(self._binder.snapshot(info))
+        the read, as for ``read_table``), points still in a write-ahead log included."""
+        snap = self._binder.snapshot(info)
+        return self._local.count(snap, self._pending(info, snap, None, None))
+
+    def _pending(
+        self, info: TableInfo, snap: Snapshot, version: int | None, timestamp: object
+    ) -> PendingRows | None:
+        if version is not None or timestamp is not None:
+            return None  # time travel reads what was committed
+        return self.service.pending_rows(info.ident, snap.version)
 
     # -- what the platform functions need (``functions.FunctionHost``) ----------------------
     def constant(self, node: exp.Expr) -> Any:
@@ -377,6 +493,31 @@ class SQLEngine:
         options = self.service.warehouse.lance_options(info.location)
         policy = self.service.policy(principal, info)
         return SearchTarget(info.name, info.location, dict(info.properties), options, policy)
+
+
+def _plan_key(sql: str, dialect: str, engine: str, principal: Principal) -> Hashable | None:
+    """The key a query's plan is kept under (None: not kept: too long, or ``engine="ray"``,
+    which distributes whatever it can)."""
+    if engine not in ("auto", "local") or len(sql) > MAX_TEXT:
+        return None
+    return (sql, dialect, engine, principal)
+
+
+def _reads(
+    service: TableService, refs: Sequence[exp.Table], bound: Bound
+) -> tuple[TableRead, ...] | None:
+    """What a bound query reads, as a plan records it; None when its plan cannot be kept
+    (a table read as a dataset or view, rows pending in a write-ahead log)."""
+    reads = []
+    for node, (ident, scan) in zip(refs, bound, strict=True):
+        if not isinstance(scan, PrunedScan) or scan.pending is not None:
+            return None
+        info = service.cache.get_table(ident)
+        if info.location != scan.snapshot.location:
+            return None  # replaced meanwhile
+        latest = node.args.get("version") is None and node.args.get("when") is None
+        reads.append(TableRead(info, scan.snapshot.version, latest))
+    return tuple(reads)
 
 
 class _Functions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -29,6 +29,7 @@ from matrixos.errors import SQLError
 from matrixos.storage.warehouse import is_remote
 
 if TYPE_CHECKING:
+    from matrixos.catalog.pending import PendingRows
     from matrixos.config import Settings
     from matrixos.engine.functions import FunctionResults
     from matrixos.engine.sql.binding import Bound
@@ -38,6 +39,7 @@ BATCH_ROWS = 64 * 1024
 # Table-reference modifiers a scan's stand-in keeps: they apply to the rows read (the ones
 # that would select other rows are refused in binding).
 TABLE_CARRIED = ("pivots", "sample", "laterals", "joins")
+_STAND_IN = re.compile(r'"(__mx_scan_[0-9a-f]{32}_[0-9]+)"')
 
 
 class LocalRunner:
@@ -87,13 +89,18 @@ class LocalRunner:
         *,
         explain: bool = False,
         notes: Sequence[str] = (),
+        keep: Callable[[str], None] | None = None,
     ) -> Result:
         """The query's rows (streamed), or with ``explain`` its plan: ``notes`` (why it runs
-        here), the functions evaluated first, each scan's pruning, then DuckDB's plan."""
+        here), the functions evaluated first, each scan's pruning, then DuckDB's plan.
+        ``keep`` is given the DuckDB SQL when it stands alone (nothing registered on the
+        cursor: it can run again on any cursor, ``run_sql``)."""
         cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, DatasetScan)])
         try:
             functions.install(cur)
-            sql = self.install(cur, tree, bound)
+            sql, registered = self._install(cur, tree, bound)
+            if keep is not None and not registered and not functions.tables and not functions.udfs:
+                keep(sql)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
                 lines = [*notes, *functions.explain, *explain_scans(bound)]
@@ -110,21 +117,39 @@ class LocalRunner:
             raise
         return Result(reader, statement="SELECT", on_close=cur.close)
 
-    def read(self, snap: Snapshot, columns: Sequence[str] | None) -> pa.Table:
-        """All rows of one Delta snapshot (a projection of ``columns`` when given)."""
+    def run_sql(self, sql: str, locations: Sequence[str], tree: Callable[[], str]) -> Result:
+        """Run DuckDB SQL a ``run`` kept (a cached plan); ``tree()``: the statement as the
+        user wrote it, for errors."""
+        cur = self.cursor(locations)
+        try:
+            reader = cur.sql(sql).to_arrow_reader(BATCH_ROWS)
+        except duckdb.Error as e:
+            cur.close()
+            raise without_scan_excerpt(engine_error(e, tree())) from e
+        except BaseException:
+            cur.close()
+            raise
+        return Result(reader, statement="SELECT", on_close=cur.close)
+
+    def read(
+        self, snap: Snapshot, columns: Sequence[str] | None, pending: PendingRows | None = None
+    ) -> pa.Table:
+        """All rows of one Delta snapshot (a projection of ``columns`` when given), with the
+        ``pending`` rows of a write-ahead log."""
         cur = self.cursor([snap.location])
         try:
-            return cur.sql(self._scan_sql(cur, snap, columns)).to_arrow_table()
+            return cur.sql(self._scan_sql(cur, snap, columns, pending)).to_arrow_table()
         except duckdb.Error as e:
             raise engine_error(e, "") from e
         finally:
             cur.close()
 
-    def count(self, snap: Snapshot) -> int:
-        """The number of rows of one Delta snapshot (deletion vectors applied)."""
+    def count(self, snap: Snapshot, pending: PendingRows | None = None) -> int:
+        """The number of rows of one Delta snapshot (deletion vectors applied), with the
+        ``pending`` rows of a write-ahead log."""
         cur = self.cursor([snap.location])
         try:
-            sql = f"SELECT count(*) FROM ({self._scan_sql(cur, snap, None)})"
+            sql = f"SELECT count(*) FROM ({self._scan_sql(cur, snap, None, pending)})"
             row = cur.execute(sql).fetchone()
             return int(row[0]) if row else 0
         except duckdb.Error as e:
@@ -133,10 +158,16 @@ class LocalRunner:
             cur.close()
 
     def _scan_sql(
-        self, cur: duckdb.DuckDBPyConnection, snap: Snapshot, columns: Sequence[str] | None
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        snap: Snapshot,
+        columns: Sequence[str] | None,
+        pending: PendingRows | None = None,
     ) -> str:
         ctx = make_context(self.warehouse.options, is_remote(snap.location))
-        sql = render_scan(prune(snap, []), ctx, columns)
+        scan = prune(snap, [])
+        scan.pending = pending
+        sql = render_scan(scan, ctx, columns)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         return sql
@@ -148,6 +179,12 @@ class LocalRunner:
         Inlined rather than created as temporary views: DuckDB binds a view when it is created
         (reading the Parquet footers an extra time), which cost 2-5 ms per table per query.
         """
+        return self._install(cur, tree, bound)[0]
+
+    def _install(
+        self, cur: duckdb.DuckDBPyConnection, tree: exp.Expr, bound: Bound
+    ) -> tuple[str, bool]:
+        """``install``'s SQL, and whether anything was registered on ``cur``."""
         ctx = make_context(self.warehouse.options, self.warehouse.is_remote)
         # A per-statement token: user SQL cannot spell it, so only our placeholders match.
         token = f"__mx_scan_{uuid.uuid4().hex}_"
@@ -163,6 +200,7 @@ class LocalRunner:
             )
             bodies[placeholder] = render_scan(scan, ctx)
             _stand_in(node, placeholder)
+        registered = bool(ctx.registrations)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.
@@ -176,9 +214,11 @@ class LocalRunner:
                 sql=user_statement(tree),
             ) from e
         if not bodies:
-            return sql
-        pattern = re.compile('"(' + re.escape(token) + r'\d+)"')
-        return pattern.sub(lambda m: "(" + bodies[m.group(1)] + ")", sql)
+            return sql, registered
+        # One pattern for every statement (compiling one per token cost ~0.5 ms a query); a
+        # name that only looks like a stand-in (not this statement's token) stays as it is.
+        sql = _STAND_IN.sub(lambda m: "(" + bodies[m[1]] + ")" if m[1] in bodies else m[0], sql)
+        return sql, registered
 
 
 def explain_scans(bound: Bound) -> list[str]:

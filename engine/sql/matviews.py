@@ -342,15 +342,17 @@ class MaterializedViews:
         }
 
     # -- real-time reads --------------------------------------------------------------------
-    def expand_realtime(self, tree: exp.Expr, principal: Principal) -> None:
+    def expand_realtime(self, tree: exp.Expr, principal: Principal) -> bool:
         """Each reference to a real-time view in ``tree`` (latest version, not time travel)
         becomes its stored rows before the watermark united with the newer buckets computed
-        from the source; a principal who may not read the source gets the stored rows."""
+        from the source; a principal who may not read the source gets the stored rows.
+        Returns whether ``tree`` reads a real-time view (its plan then depends on time)."""
         if not any(isinstance(t.this, exp.Identifier) for t in tree.find_all(exp.Table)):
-            return  # reads no table (SELECT 1, a search function)
+            return False  # reads no table (SELECT 1, a search function)
         views = self._realtime_views()
         if not views:
-            return
+            return False
+        found = False
         for node in list(tree.find_all(exp.Table)):
             if node.meta.get(_MATERIALIZED) or not isinstance(node.this, exp.Identifier):
                 continue
@@ -363,6 +365,7 @@ class MaterializedViews:
             info = views.get(str(ident))
             if info is None:
                 continue
+            found = True
             definition = Definition.of(info)
             if definition is None:
                 continue
@@ -371,6 +374,7 @@ class MaterializedViews:
             except MatrixOSError:
                 continue  # the stored rows only: what a reader of the view alone may see
             node.replace(_realtime_union(node, definition, info.properties[WATERMARK]))
+        return found
 
     def _realtime_views(self) -> dict[str, TableInfo]:
         now = time_.monotonic()

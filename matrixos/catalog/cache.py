@@ -19,6 +19,8 @@ How to use it (the table service holds one: ``TableService.cache``)::
     info = service.cache.get_table(ident)           # TableInfo, or TableNotFound
     info = service.cache.find_table(ident)          # TableInfo | None
     value = service.cache.get(("my-part", key), load)  # any value derived from catalog rows
+    with service.cache.pinned():                    # several lookups, one counter read
+        ...                                         # (read-only work: a query's planning)
 
 Keys of ``get`` are tuples whose first item names the user of the cache (``"table"`` and
 ``"policies"`` are taken). Cached values are shared between threads: never mutate them. What a
@@ -39,8 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from matrixos.catalog.base import Catalog, TableInfo
@@ -62,6 +65,7 @@ class CatalogCache:
         self._lock = threading.Lock()
         self._counter: int | None = None
         self._entries: dict[Hashable, Any] = {}
+        self._local = threading.local()  # pinned(): depth and the counter read
         self.hits = 0
         self.misses = 0
 
@@ -72,8 +76,29 @@ class CatalogCache:
             self._counter = None
 
     def counter(self) -> int | None:
-        """The catalog's change counter now (None: it has none)."""
+        """The catalog's change counter now (None: it has none); inside ``pinned()``, as
+        first read there."""
+        local = self._local
+        if getattr(local, "depth", 0):
+            if local.value is _MISSING:
+                local.value = self.catalog.changes()
+            return local.value  # type: ignore[no-any-return]
         return self.catalog.changes()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within it, this thread reads the counter once (at its first lookup): for a
+        sequence of lookups that writes nothing, such as planning one query, which then sees
+        one state of the catalog. Never around a write: what it changed would not be seen."""
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if depth == 0:
+            local.value = _MISSING
+        local.depth = depth + 1
+        try:
+            yield
+        finally:
+            local.depth = depth
 
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
         """The value cached under ``key`` for the catalog as it is now, else ``load()``'s

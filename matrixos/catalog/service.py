@@ -196,6 +196,8 @@ class TableService:
             return store.open(version=version, timestamp=timestamp)
         handle = self._latest.get(info.location)
         if handle is not None and hasattr(handle, "update_incremental"):
+            if store.is_latest(handle):  # told by a stat where it can be: no log listing
+                return handle
             try:
                 handle.update_incremental()
                 return handle
