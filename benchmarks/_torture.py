@@ -38,7 +38,18 @@ from typing import Any
 
 import pyarrow as pa
 
-SPAWN = mp.get_context("spawn")
+# Writers start from a fork server: a fresh interpreter that has only imported these modules
+# (nothing connected, no table opened, no engine runtime started) and forks one process per
+# writer. A writer therefore starts as a new process with no state of the one it replaces,
+# without paying the ~2 CPU-seconds of imports a spawned interpreter costs (most of a trial's
+# cost on two shared cores).
+PRELOAD = [
+    *("matrixos.session", "matrixos.table", "matrixos.lance_table", "matrixos.catalog.service"),
+    *("matrixos.storage.delta", "matrixos.storage.lance_datasets", "matrixos.engine.search"),
+    *("s3fs", "aiobotocore.session", "pandas", "sqlalchemy", "sqlglot", "duckdb", "deltalake"),
+]
+WRITERS = mp.get_context("forkserver")
+WRITERS.set_forkserver_preload(PRELOAD)
 ID_SPACE = 10**12
 TABLE = "torture.t"
 DELTA_OPS = {"append": 30, "merge": 15, "update": 15, "delete": 10, "overwrite": 8, "optimize": 6}
@@ -74,10 +85,14 @@ class Report:
     half_visible: int = 0
     compactions: int = 0
     kills_mid_op: dict[str, int] = field(default_factory=dict)
+    kills_applied: dict[str, int] = field(default_factory=dict)  # the kill came after the commit
     conflicts_by_op: dict[str, int] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
     rows: int = 0
     problems: list[str] = field(default_factory=list)
+    trials: dict[str, int] = field(default_factory=dict)  # targeted kills inside each kind
+    complete: bool = True  # False when the run stopped before its planned end
+    driver_seconds: dict[str, float] = field(default_factory=dict)  # where the driver's time went
 
     @property
     def ok(self) -> bool:
@@ -90,6 +105,7 @@ class Report:
             "rounds": self.rounds,
             "kills": self.kills,
             "kills_mid_operation": dict(sorted(self.kills_mid_op.items())),
+            "kills_after_the_commit": dict(sorted(self.kills_applied.items())),
             "operations_acknowledged": dict(sorted(self.operations.items())),
             "operations_total": sum(self.operations.values()),
             "conflicts_surfaced": self.conflicts,
@@ -103,11 +119,14 @@ class Report:
             "compactions_committed": self.compactions,
             "rows_at_end": self.rows,
             "problems": self.problems[:20],
+            **({"trials_by_kind": dict(self.trials)} if self.trials else {}),
+            "complete": self.complete,
+            "driver_seconds": {k: round(v, 1) for k, v in sorted(self.driver_seconds.items())},
         }
 
 
 # ------------------------------------------------------------------------------- the ledger
-def _ledger(target: Target, w: int) -> Path:
+def ledger_path(target: Target, w: int) -> Path:
     return Path(target.ledger_dir) / f"writer-{w}.jsonl"
 
 
@@ -141,6 +160,7 @@ class Replay:
     errors: list[str]
     seconds: dict[str, list[float]]  # per operation kind: how long acknowledged calls took
     failed: dict[str, int]  # per operation kind: ConcurrentWriteErrors
+    applied: dict[str, int]  # per operation kind: kills after which it was wholly visible
 
 
 def replay(path: Path) -> Replay:
@@ -151,6 +171,7 @@ def replay(path: Path) -> Replay:
     seconds: dict[str, list[float]] = {}
     failed: dict[str, int] = {}
     kills: dict[str, int] = {}
+    applied: dict[str, int] = {}
     conflicts = 0
     errors: list[str] = []
     n = 0
@@ -178,8 +199,9 @@ def replay(path: Path) -> Replay:
                 kills[pending["op"]] = kills.get(pending["op"], 0) + 1
                 if e["applied"]:
                     state = _apply(state, pending["effect"])
+                    applied[pending["op"]] = applied.get(pending["op"], 0) + 1
                 pending = None
-    return Replay(state, pending, n, acked, conflicts, kills, errors, seconds, failed)
+    return Replay(state, pending, n, acked, conflicts, kills, errors, seconds, failed, applied)
 
 
 # ------------------------------------------------------------------------------- the writer
@@ -216,65 +238,116 @@ def _operation(
 def writer_main(target: Target, w: int, seed: int) -> None:
     """One writer process: run random operations on its own rows until killed."""
     import matrixos as mx
+
+    with mx.connect(target.uri, storage_options=target.storage_options, **target.settings) as lh:
+        _write(lh, target, w, seed)
+
+
+def standby_main(target: Target, conn: Any) -> None:
+    """A writer process made ahead of need: it imports what a writer uses and connects, then
+    waits for the writer it is to become, so a killed writer's replacement starts at once
+    (a fresh process all the same: nothing of the killed one survives in it)."""
+    import matrixos as mx
+
+    if target.format == "delta":
+        import deltalake  # noqa: F401
+    else:
+        import lance  # noqa: F401
+    with mx.connect(target.uri, storage_options=target.storage_options, **target.settings) as lh:
+        try:
+            conn.send("ready")
+            go = conn.recv()
+        except (EOFError, OSError):  # the driver went away
+            return
+        if go is not None:
+            w, seed, target.weights = go
+            _write(lh, target, w, seed)
+
+
+def _write(lh: Any, target: Target, w: int, seed: int) -> None:
     from matrixos.errors import ConcurrentWriteError
 
     rng = random.Random(seed)
-    path = _ledger(target, w)
+    path = ledger_path(target, w)
     r = replay(path)
     if r.pending is not None:  # the parent resolves intents before restarting a writer
         raise SystemExit(f"writer {w}: unresolved intent {r.pending}")
     state, n = r.state, r.next_op
     weights = target.weights or (DELTA_OPS if target.format == "delta" else LANCE_OPS)
     kinds, odds = list(weights), list(weights.values())
-    with mx.connect(target.uri, storage_options=target.storage_options, **target.settings) as lh:
-        t = lh.table(TABLE)
-        while True:
-            kind = rng.choices(kinds, odds)[0]
-            if target.weights is None and rng.random() < 0.02:
-                kind = rng.choice(
-                    [k for k in RARE_OPS if target.format == "delta" or k != "zorder"]
-                )
-            # ids never used before: 8 per operation number (numbers are never reused)
-            new_ids = [w * ID_SPACE + n * 8 + i for i in range(rng.randint(1, 4))]
-            op = _operation(t, kind, w, n, sorted(state), new_ids, rng)
-            if op is None:
-                continue  # update/delete with no rows of ours yet
-            effect, call = op
-            _record(path, {"intent": n, "op": kind, "effect": effect})
-            t0 = time.monotonic()
-            try:
-                res = call()
-            except ConcurrentWriteError as e:
-                took = round(time.monotonic() - t0, 3)
-                _record(path, {"fail": n, "s": took, "error": str(e)[:200]})
-            except Exception as e:  # anything else: the parent resolves it as after a kill
-                cause = e.__cause__ or e.__context__
-                message = f"{type(e).__name__}: {e}"[:300]
-                if cause is not None:  # what the engine said, before any translation
-                    message += f" <- {type(cause).__name__}: {cause}"[:500]
-                _record(path, {"error": n, "message": message})
-                os._exit(3)
-            else:
-                version = getattr(res, "version", None)
-                _record(path, {"ack": n, "version": version, "s": round(time.monotonic() - t0, 3)})
-                state = _apply(state, effect)
-            n += 1
+    t = lh.table(TABLE)
+    while True:
+        kind = rng.choices(kinds, odds)[0]
+        if target.weights is None and rng.random() < 0.02:
+            kind = rng.choice([k for k in RARE_OPS if target.format == "delta" or k != "zorder"])
+        # ids never used before: 8 per operation number (numbers are never reused)
+        new_ids = [w * ID_SPACE + n * 8 + i for i in range(rng.randint(1, 4))]
+        op = _operation(t, kind, w, n, sorted(state), new_ids, rng)
+        if op is None:
+            continue  # update/delete with no rows of ours yet
+        effect, call = op
+        _record(path, {"intent": n, "op": kind, "effect": effect})
+        t0 = time.monotonic()
+        try:
+            res = call()
+        except ConcurrentWriteError as e:
+            took = round(time.monotonic() - t0, 3)
+            _record(path, {"fail": n, "s": took, "error": str(e)[:200]})
+        except Exception as e:  # anything else: the parent resolves it as after a kill
+            cause = e.__cause__ or e.__context__
+            message = f"{type(e).__name__}: {e}"[:300]
+            if cause is not None:  # what the engine said, before any translation
+                message += f" <- {type(cause).__name__}: {cause}"[:500]
+            _record(path, {"error": n, "message": message})
+            os._exit(3)
+        else:
+            version = getattr(res, "version", None)
+            _record(path, {"ack": n, "version": version, "s": round(time.monotonic() - t0, 3)})
+            state = _apply(state, effect)
+        n += 1
 
 
 # ------------------------------------------------------------------------------- checking
 def read_rows(target: Target) -> pa.Table:
     """The table's rows through the format's own library (plain deltalake / lance)."""
-    loc = target.location
-    if target.format == "delta":
-        from deltalake import DeltaTable
+    return Reader(target).rows()
 
-        return DeltaTable(loc, storage_options=target.storage_options).to_pyarrow_table(
-            columns=["id", "w", "val"]
-        )
-    import lance
 
-    opts = {k.lower(): v for k, v in (target.storage_options or {}).items()} or None
-    return lance.dataset(loc, storage_options=opts).to_table(columns=["id", "w", "val"])
+class Reader:
+    """``read_rows`` with the table kept open: each read loads only the commits made since
+    the one before (and opens the table afresh when that fails)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.table: Any = None
+
+    def rows(self) -> pa.Table:
+        if self.table is not None:
+            try:
+                if self.target.format == "delta":
+                    self.table.update_incremental()
+                else:
+                    self.table.checkout_latest()
+                return self._read()
+            except Exception:  # e.g. a log listing caught between two commits
+                self.table = None
+        loc, opts = self.target.location, self.target.storage_options
+        if self.target.format == "delta":
+            from deltalake import DeltaTable
+
+            self.table = DeltaTable(loc, storage_options=opts)
+        else:
+            import lance
+
+            lower = {k.lower(): v for k, v in (opts or {}).items()} or None
+            self.table = lance.dataset(loc, storage_options=lower)
+        return self._read()
+
+    def _read(self) -> pa.Table:
+        columns = ["id", "w", "val"]
+        if self.target.format == "delta":
+            return self.table.to_pyarrow_table(columns=columns)
+        return self.table.to_table(columns=columns)
 
 
 def _by_writer(rows: pa.Table) -> dict[int, dict[int, list[int]]]:
@@ -289,7 +362,7 @@ def _by_writer(rows: pa.Table) -> dict[int, dict[int, list[int]]]:
 def resolve(target: Target, w: int, rows: pa.Table, report: Report) -> None:
     """After writer ``w`` died: its open intent is wholly visible or wholly absent; record
     which. Anything else counts as half-visible (or lost/duplicated)."""
-    path = _ledger(target, w)
+    path = ledger_path(target, w)
     r = replay(path)
     if r.pending is None:
         return
@@ -322,7 +395,7 @@ def check(target: Target, writers: int, report: Report, rows: pa.Table | None = 
     report.rows = len(ids)
     got = _by_writer(rows)
     for w in range(writers):
-        r = replay(_ledger(target, w))
+        r = replay(ledger_path(target, w))
         if r.pending is not None:
             report.problems.append(f"writer {w}: intent left unresolved")
         mine = got.get(w, {})
@@ -393,27 +466,91 @@ def setup(target: Target) -> None:
         target.location = str(t.location)
 
 
-class _Crew:
+class Standby:
+    """Writer processes spawned ahead of need (``standby_main``): ``take`` turns one into
+    writer ``w`` at once, and spawns its successor in the background."""
+
+    def __init__(self, target: Target, size: int = 2) -> None:
+        self.target, self.size = target, size
+        self.spare: list[tuple[Any, Any]] = []  # (process, the driver's end of its pipe)
+        self.fill()
+
+    def fill(self) -> None:
+        while len(self.spare) < self.size:
+            mine, theirs = WRITERS.Pipe()
+            p = WRITERS.Process(target=standby_main, args=(self.target, theirs), daemon=True)
+            p.start()
+            theirs.close()
+            self.spare.append((p, mine))
+
+    def take(self, w: int, seed: int, weights: dict[str, int] | None) -> Any:
+        while True:
+            self.fill()
+            # a spare that said it is ready, else the oldest (it starts once it is)
+            i = next((i for i, (_, c) in enumerate(self.spare) if c.poll()), 0)
+            p, conn = self.spare.pop(i)
+            try:
+                conn.send((w, seed, weights))
+            except OSError:  # it died in its start-up: its successor takes over
+                kill(p)
+                continue
+            p.conn = conn  # open while the process lives
+            self.fill()
+            return p
+
+    def close(self) -> None:
+        for p, _ in self.spare:
+            kill(p)
+        self.spare = []
+
+
+class Crew:
     """The writer processes of one round."""
 
-    def __init__(self, target: Target, rng: random.Random) -> None:
-        self.target, self.rng = target, rng
+    def __init__(self, target: Target, rng: random.Random, standby: Standby | None = None):
+        self.target, self.rng, self.standby = target, rng, standby
         self.procs: dict[int, Any] = {}
         self.started_at: dict[int, int] = {}  # ledger size when the writer (re)started
 
     def start(self, w: int) -> None:
-        p = SPAWN.Process(target=writer_main, args=(self.target, w, self.rng.randrange(2**31)))
-        p.start()
+        seed = self.rng.randrange(2**31)
+        if self.standby is not None:
+            p = self.standby.take(w, seed, self.target.weights)
+        else:
+            p = WRITERS.Process(target=writer_main, args=(self.target, w, seed))
+            p.start()
         self.procs[w] = p
-        path = _ledger(self.target, w)
+        path = ledger_path(self.target, w)
         self.started_at[w] = path.stat().st_size if path.exists() else 0
+
+    def replace_dead(self, reader: Reader, report: Report) -> None:
+        """Resolve and restart writers that died by themselves (an error they recorded)."""
+        for w, p in list(self.procs.items()):
+            if p.exitcode is not None:
+                settle(self.target)
+                resolve(self.target, w, reader.rows(), report)
+                self.start(w)
+
+    def end(self, writers: int, report: Report) -> pa.Table:
+        """Kill every writer, resolve their open intents and check the whole table (read
+        afresh) against every ledger and through every reader; the rows read."""
+        for p in self.procs.values():
+            kill(p)
+            report.kills += 1
+        settle(self.target)
+        rows = read_rows(self.target)
+        for w in range(writers):
+            resolve(self.target, w, rows, report)
+        check(self.target, writers, report, rows)
+        check_readers(self.target, rows, report)
+        return rows
 
     def working(self) -> list[int]:
         """Writers with an operation acknowledged since they (re)started: a kill then lands
         among operations, not in the start-up."""
         out = []
         for w in self.procs:
-            path = _ledger(self.target, w)
+            path = ledger_path(self.target, w)
             if not path.exists():
                 continue
             with open(path, "rb") as f:
@@ -440,163 +577,63 @@ def run(
     rng = random.Random(seed)
     report = Report()
     setup(target)
-    for rnd in range(rounds):
-        crew = _Crew(target, rng)
-        for w in range(writers):
-            crew.start(w)
-        end = time.monotonic() + round_seconds
-        next_kill = time.monotonic() + rng.uniform(*kill_every)
-        kills = 0
-        while time.monotonic() < end or kills < min_kills:
-            time.sleep(0.02)
-            for w, p in list(crew.procs.items()):
-                if p.exitcode is not None:  # died by itself: an error it recorded
-                    _settle(target)
-                    resolve(target, w, read_rows(target), report)
-                    crew.start(w)
-            busy = crew.working()
-            if time.monotonic() >= next_kill and busy:
-                w = rng.choice(busy)
-                _kill(crew.procs[w])
-                report.kills += 1
-                kills += 1
-                _settle(target)
-                resolve(target, w, read_rows(target), report)
-                crew.start(w)
-                next_kill = time.monotonic() + rng.uniform(*kill_every)
-        procs = crew.procs
-        for p in procs.values():
-            _kill(p)
-            report.kills += 1
-        _settle(target)
-        rows = read_rows(target)
-        for w in range(writers):
-            resolve(target, w, rows, report)
-        check(target, writers, report, rows)
-        check_readers(target, rows, report)
-        _vacuum_everything(target)
-        after = read_rows(target)
-        if sorted(after["id"].to_pylist()) != sorted(rows["id"].to_pylist()):
-            report.problems.append("VACUUM with zero retention changed the rows")
-        report.rounds += 1
-        if log:
-            log(f"round {rnd + 1}: {json.dumps(_summary(target, writers, report))}")
-    _summary(target, writers, report)
-    return report
-
-
-def open_intent(target: Target, w: int) -> dict[str, Any] | None:
-    """Writer ``w``'s operation in progress (its last ledger line is an intent), or None."""
-    path = _ledger(target, w)
+    standby, reader = Standby(target), Reader(target)
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        return e if "intent" in e else None
-    return None
-
-
-def run_targeted(
-    target: Target,
-    *,
-    writers: int,
-    kinds: list[str],
-    trials: int,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> Report:
-    """For each operation kind in ``kinds``, one round that kill -9s writers only while they
-    are inside an operation of that kind, until ``trials`` such kills were checked. The
-    writers draw that kind half of the time (the rest keeps the table changing under it); the
-    kill comes at a random moment within the kind's typical duration, so it lands anywhere
-    from before the first file is written to after the commit, before the acknowledgement."""
-    rng = random.Random(seed)
-    report = Report()
-    setup(target)
-    base = DELTA_OPS if target.format == "delta" else LANCE_OPS
-    for kind in kinds:
-        mix = dict(base)
-        mix[kind] = sum(mix.values())  # half the operations are of this kind
-        target.weights = mix
-        crew = _Crew(target, rng)
-        for w in range(writers):
-            crew.start(w)
-        done = 0
-        took: list[float] = [0.05]
-        while done < trials:
-            time.sleep(0.005)
-            for w, p in list(crew.procs.items()):
-                if p.exitcode is not None:  # died by itself: an error it recorded
-                    _settle(target)
-                    resolve(target, w, read_rows(target), report)
+        for rnd in range(rounds):
+            crew = Crew(target, rng, standby)
+            for w in range(writers):
+                crew.start(w)
+            end = time.monotonic() + round_seconds
+            next_kill = time.monotonic() + rng.uniform(*kill_every)
+            kills = 0
+            while time.monotonic() < end or kills < min_kills:
+                time.sleep(0.02)
+                crew.replace_dead(reader, report)
+                busy = crew.working()
+                if time.monotonic() >= next_kill and busy:
+                    w = rng.choice(busy)
+                    kill(crew.procs[w])
+                    report.kills += 1
+                    kills += 1
+                    settle(target)
+                    resolve(target, w, reader.rows(), report)
                     crew.start(w)
-            busy = set(crew.working())
-            candidates = [
-                (w, e)
-                for w in busy
-                if (e := open_intent(target, w)) is not None and e["op"] == kind
-            ]
-            if not candidates:
-                continue
-            w, e = rng.choice(candidates)
-            typical = sorted(took)[len(took) // 2]
-            time.sleep(rng.uniform(0, typical * 1.2))
-            _kill(crew.procs[w])
-            report.kills += 1
-            _settle(target)
-            pending = replay(_ledger(target, w)).pending
-            if pending is not None and pending["op"] == kind:
-                done += 1
-            else:  # it finished before the kill: aim earlier next time
-                took.append(max(typical * 0.6, 0.001))
-            resolve(target, w, read_rows(target), report)
-            crew.start(w)
-            took = took[-50:]
-        for p in crew.procs.values():
-            _kill(p)
-            report.kills += 1
-        _settle(target)
-        rows = read_rows(target)
-        for w in range(writers):
-            resolve(target, w, rows, report)
-        check(target, writers, report, rows)
-        check_readers(target, rows, report)
-        report.rounds += 1
-        if log:
-            log(f"{kind}: {done} kills mid-{kind}; {json.dumps(_summary(target, writers, report))}")
-    target.weights = None
-    _summary(target, writers, report)
+                    next_kill = time.monotonic() + rng.uniform(*kill_every)
+            rows = crew.end(writers, report)
+            _vacuum_everything(target)
+            after = read_rows(target)
+            if sorted(after["id"].to_pylist()) != sorted(rows["id"].to_pylist()):
+                report.problems.append("VACUUM with zero retention changed the rows")
+            report.rounds += 1
+            if log:
+                log(f"round {rnd + 1}: {json.dumps(summarize(target, writers, report))}")
+    finally:
+        standby.close()
+    summarize(target, writers, report)
     return report
 
 
-def _summary(target: Target, writers: int, report: Report) -> dict[str, Any]:
-    ops: dict[str, int] = {}
-    kills: dict[str, int] = {}
-    conflicts = 0
-    report.errors = []
+def summarize(target: Target, writers: int, report: Report) -> dict[str, Any]:
+    """Fill the report's counts from every writer's ledger; the report as a dict."""
+    counts: dict[str, dict[str, int]] = {"acked": {}, "kills": {}, "failed": {}, "applied": {}}
+    report.errors, report.conflicts = [], 0
     seconds: dict[str, list[float]] = {}
-    failed: dict[str, int] = {}
     for w in range(writers):
-        r = replay(_ledger(target, w))
+        r = replay(ledger_path(target, w))
         report.errors.extend(r.errors)
-        for k, v in r.failed.items():
-            failed[k] = failed.get(k, 0) + v
+        report.conflicts += r.conflicts
+        for name, per_kind in (
+            ("acked", r.acked),
+            ("kills", r.kills_mid_op),
+            ("failed", r.failed),
+            ("applied", r.applied),
+        ):
+            for k, v in per_kind.items():
+                counts[name][k] = counts[name].get(k, 0) + v
         for k, xs in r.seconds.items():
             seconds.setdefault(k, []).extend(xs)
-        for k, v in r.acked.items():
-            ops[k] = ops.get(k, 0) + v
-        for k, v in r.kills_mid_op.items():
-            kills[k] = kills.get(k, 0) + v
-        conflicts += r.conflicts
-    report.operations, report.kills_mid_op, report.conflicts = ops, kills, conflicts
-    report.conflicts_by_op = failed
+    report.operations, report.kills_mid_op = counts["acked"], counts["kills"]
+    report.conflicts_by_op, report.kills_applied = counts["failed"], counts["applied"]
     report.latency = {k: _percentiles(xs) for k, xs in sorted(seconds.items())}
     return report.as_dict()
 
@@ -618,13 +655,13 @@ def _vacuum_everything(target: Target) -> None:
         lh.table(TABLE).vacuum(0, enforce=False)
 
 
-def _kill(p: Any) -> None:
+def kill(p: Any) -> None:
     if p.is_alive():
         os.kill(p.pid, signal.SIGKILL)
     p.join(timeout=60)
 
 
-def _settle(target: Target) -> None:
+def settle(target: Target) -> None:
     """On S3, a request fully sent before the kill may still be applied by the server: let it
     land before the table is read."""
     if target.storage_options:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 
-from benchmarks._torture import RARE_OPS, MotoS3, Target, run, run_targeted
+from benchmarks._torture import RARE_OPS, MotoS3, Target, run
+from benchmarks._torture_kinds import run_targeted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         "times per kind (append, merge, update, delete, overwrite, optimize, zorder, vacuum)",
     )
     ap.add_argument("--kinds", help="with --trials-per-kind: only these kinds, e.g. delete,vacuum")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        help="with --trials-per-kind: stop aiming after this long (also on SIGTERM), check the "
+        "table and report what was done, marked incomplete",
+    )
     args = ap.parse_args(argv)
 
     seconds = args.minutes * 60
@@ -59,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
             uri, opts = f"{work}/warehouse", None
         target = Target(uri, opts, args.format, f"{work}/ledgers", settings)
         started = time.monotonic()
+        stopping: list[str] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
+
+        def stop() -> bool:
+            late = (
+                args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60
+            )
+            return bool(stopping) or late
+
+        def progress(summary: dict[str, object]) -> None:  # partial results as they come
+            if args.json:
+                heading = {"backend": args.backend, "format": args.format, "writers": args.writers}
+                minutes = round((time.monotonic() - started) / 60, 2)
+                partial = {**heading, "minutes": minutes, **summary, "complete": False}
+                with open(args.json, "w", encoding="utf-8") as f:
+                    json.dump(partial, f, indent=2)
+
         if args.trials_per_kind:
             kinds = ["append", "merge", "update", "delete", "overwrite", "optimize", *RARE_OPS]
             if args.format != "delta":  # Lance has no replaceWhere overwrite and no ZORDER
@@ -72,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 trials=args.trials_per_kind,
                 seed=args.seed,
                 log=lambda line: print(line, flush=True),
+                progress=progress,
+                stop=stop,
             )
         else:
             report = run(

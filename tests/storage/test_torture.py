@@ -15,7 +15,8 @@ from deltalake import DeltaTable, write_deltalake
 # The harness is shared with the benchmark; pytest puts tests/, not the repository root, on
 # sys.path (spawned writers inherit the path, so they find it too).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks._torture import Report, Target, check, read_rows, run, run_targeted, setup
+from benchmarks._torture import Report, Target, check, read_rows, run, setup
+from benchmarks._torture_kinds import run_targeted
 
 
 def make_target(root: Any, tmp_path: Path, fmt: str) -> Target:
