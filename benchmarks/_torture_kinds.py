@@ -91,12 +91,14 @@ def run_targeted(
     progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every: int = 25,
     stop: Callable[[], bool] = lambda: False,
+    round_trials: int | None = None,
 ) -> Report:
     """For each operation kind in ``kinds``, one round that kill -9s writers only while they
     are inside an operation of that kind, until ``trials`` such kills were checked (or
     ``stop()`` says so: the round then ends with its full check, and the report is marked
-    incomplete). ``progress`` gets the summary so far every ``progress_every`` trials and after
-    every round."""
+    incomplete). With ``round_trials``, the kinds take turns in rounds of that many trials (a
+    run cut short then has every kind covered alike). ``progress`` gets the summary so far
+    every ``progress_every`` trials and after every round."""
     rng = random.Random(seed)
     report = Report()
     setup(target)
@@ -118,8 +120,15 @@ def run_targeted(
         if progress:
             progress(summary)
 
-    try:
+    plan: list[tuple[str, int]] = []  # (kind, trials) per round
+    left = dict.fromkeys(kinds, trials)
+    while any(left.values()):
         for kind in kinds:
+            if left[kind]:
+                plan.append((kind, min(left[kind], round_trials or trials)))
+                left[kind] -= plan[-1][1]
+    try:
+        for kind, wanted in plan:
             if stop():
                 report.complete = False
                 break
@@ -133,7 +142,7 @@ def run_targeted(
             aims: dict[int, tuple[int, float]] = {}  # writer -> (its open intent, kill when)
             done, started = 0, time.monotonic()
             t = started
-            while done < trials:
+            while done < wanted:
                 if stop():
                     report.complete = False
                     break

@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--kinds", help="with --trials-per-kind: only these kinds, e.g. delete,vacuum")
     ap.add_argument(
+        "--trials-per-round",
+        type=int,
+        default=50,
+        help="with --trials-per-kind: the kinds take turns in rounds of this many trials, each "
+        "ending with the full check",
+    )
+    ap.add_argument(
         "--max-minutes",
         type=float,
         help="with --trials-per-kind: stop aiming after this long (also on SIGTERM), check the "
@@ -99,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 log=lambda line: print(line, flush=True),
                 progress=progress,
                 stop=stop,
+                round_trials=args.trials_per_round,
             )
         else:
             report = run(
