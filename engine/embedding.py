@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 from matrixos.ai.embed import PROP_COLUMN, PROP_EMBEDDER, PROP_SOURCE, get_embedder
@@ -128,9 +129,11 @@ def search_table(
     )
 
 
-def _query_vector(query: Any, properties: Mapping[str, str]) -> list[float]:
+def _query_vector(query: Any, properties: Mapping[str, str]) -> Sequence[float] | np.ndarray:
     if isinstance(query, str):
         return embed_query(query, properties)
+    if isinstance(query, np.ndarray) and query.dtype.kind == "f":
+        return query  # checked (shape, finite) by the search itself, with no copy
     try:
         return [float(x) for x in query]
     except TypeError as e:

@@ -297,8 +297,10 @@ class Lakehouse:
 
         ``engine``: ``local`` runs in this process; ``ray`` runs a query over one Delta table
         as tasks on the compute pool (anything else still runs locally; ``EXPLAIN`` says
-        which); ``auto`` picks ``ray`` when the pool is Ray and the query scans at least
-        ``Settings.distributed_min_bytes``. Results do not depend on the engine.
+        which); ``auto`` picks ``ray`` when the pool is Ray, the query scans at least
+        ``Settings.distributed_min_bytes`` and would take longer here than a Ray stage costs
+        (``Settings.ray_stage_ms``). Results do not depend on the engine;
+        ``result.stats["engine"]`` says where it ran.
 
         Example:
             >>> import tempfile, matrixos as mx
@@ -431,8 +433,9 @@ class Lakehouse:
 
     def table(self, name: str | TableIdent) -> Table:
         """An existing table; raises ``TableNotFound``. Its reads need ``SELECT``, its
-        writes ``MODIFY``."""
-        return self._open(self.catalog.get_table(TableIdent.parse(name)))
+        writes ``MODIFY``. The entry comes from the service's catalog cache (one read of the
+        catalog's change counter while nothing changed)."""
+        return self._open(self.service.cache.get_table(TableIdent.parse(name)))
 
     def _open(self, info: TableInfo) -> Table:
         return open_table(self._ctx, info)

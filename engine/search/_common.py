@@ -4,8 +4,10 @@ and under which index, and the error to raise when Lance fails."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pyarrow as pa
 
@@ -19,6 +21,31 @@ Metric = Literal["l2", "cosine", "dot"]
 StorageOptions = Mapping[str, str] | None
 
 CONFIG_METRIC = "matrixos.search.metric."  # + column: the metric chosen for a column
+T = TypeVar("T")
+
+
+# --- What a dataset version says, worked out once per handle -----------------------------------
+
+# A handle is one dataset version (``open_dataset`` keeps it while the version is the latest):
+# its schema, indexes and configuration cannot change under it, so what a query derives from
+# them (the column to search, its metric, the projection) is remembered per handle, and dropped
+# with it. Errors are not remembered.
+_MEMOS: weakref.WeakKeyDictionary[Any, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
+
+
+def memo(ds: LanceDataset, key: Hashable, derive: Callable[[], T]) -> T:
+    """``derive()``, remembered for the handle ``ds`` under ``key``."""
+    with _MEMO_LOCK:
+        found = _MEMOS.get(ds)
+        if found is None:
+            found = _MEMOS[ds] = {}
+        if key in found:
+            return found[key]  # type: ignore[no-any-return]
+    value = derive()
+    with _MEMO_LOCK:
+        found[key] = value
+    return value
 
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -83,6 +110,10 @@ def column_field(ds: LanceDataset, name: str, uri: str) -> pa.Field:
 
 def pick_vector_column(ds: LanceDataset, column: str | None, uri: str) -> tuple[str, int]:
     """The vector column to search (``column``, else the only one) and its dimension."""
+    return memo(ds, ("vector-column", column), lambda: _pick_vector_column(ds, column, uri))
+
+
+def _pick_vector_column(ds: LanceDataset, column: str | None, uri: str) -> tuple[str, int]:
     if column is not None:
         f = column_field(ds, column, uri)
         if not is_vector(f.type):
@@ -161,6 +192,10 @@ def parse_metric(name: str) -> Metric:
 def column_metric(ds: LanceDataset, column: str) -> Metric:
     """The metric the column's index was built with, else the one recorded for it, else
     cosine (what sentence embedders are trained for)."""
+    return memo(ds, ("metric", column), lambda: _column_metric(ds, column))
+
+
+def _column_metric(ds: LanceDataset, column: str) -> Metric:
     idx = vector_index(ds, column)
     if idx is not None:
         details = idx.details if isinstance(idx.details, dict) else {}
@@ -176,10 +211,16 @@ def dataset_config(ds: LanceDataset) -> dict[str, str]:
 
 
 def projection(ds: LanceDataset, columns: Sequence[str] | None, uri: str) -> list[str]:
-    if columns is None:
-        return list(ds.schema.names)
+    """The columns to return (checked): ``columns``, else all (a new list each call)."""
     if isinstance(columns, str):
         columns = [columns]
+    key = None if columns is None else tuple(columns)
+    return list(memo(ds, ("projection", key), lambda: _projection(ds, key, uri)))
+
+
+def _projection(ds: LanceDataset, columns: tuple[str, ...] | None, uri: str) -> tuple[str, ...]:
+    if columns is None:
+        return tuple(ds.schema.names)
     for c in columns:
         column_field(ds, c, uri)
-    return list(columns)
+    return columns

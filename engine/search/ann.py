@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from matrixos._lru import LRU
 from matrixos.engine.search import ann_index
@@ -182,6 +184,14 @@ class AnnCache:
 CACHE = AnnCache()
 
 
+class Hits(NamedTuple):
+    """A cached search's answer, best first."""
+
+    rowids: np.ndarray
+    distances: np.ndarray  # Lance's convention: squared L2, 1 - cosine, 1 - dot
+    rows: pa.Table | None  # the ``columns`` asked for, when the entry keeps them all
+
+
 def cached_search(
     ds: LanceDataset,
     uri: str,
@@ -193,10 +203,11 @@ def cached_search(
     ef: int,
     filter: str | None,
     storage_options: StorageOptions,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(row ids, Lance-convention distances) of the ``k`` rows of ``ds`` nearest to ``q``, best
-    first, from the cache; None when the cache cannot answer (no faiss, the entry is being
-    built or updated, ``ds`` is an older version): Lance answers then."""
+    columns: Sequence[str] | None = None,
+) -> Hits | None:
+    """The ``k`` rows of ``ds`` nearest to ``q``, best first, from the cache, with their
+    ``columns`` when given and kept by the entry; None when the cache cannot answer (no faiss,
+    the entry is being built or updated, ``ds`` is an older version): Lance answers then."""
     if load_faiss() is None:
         return None
     try:
@@ -220,12 +231,14 @@ def cached_search(
         ids = None
         if filter is not None:
             ids = entry.filter_ids(ds, filter, uri, storage_options)
-        rowids, d = entry.search(q, k, ef, ids)
+        iids, d = entry.search(q, k, ef, ids)
+        rowids = entry.rowids[iids]
+        rows = None if columns is None else entry.rows(iids, columns)
     finally:
         entry.lock.release_read()
     # faiss: squared L2, or the negated inner product; Lance: 1 - cosine, 1 - dot.
     dist = d if metric == "l2" else 1.0 + d
-    return rowids, dist.astype(np.float32)
+    return Hits(rowids, dist.astype(np.float32), rows)
 
 
 def configure_cache(*, max_bytes: int | None = None) -> dict[str, Any]:
@@ -244,8 +257,9 @@ def configure_cache(*, max_bytes: int | None = None) -> dict[str, Any]:
 
 def cache_info() -> dict[str, Any]:
     """What the ANN cache holds: ``{"max_bytes", "bytes", "entries": [...], "building": [...]}``
-    (each entry: uri, column, metric, version, kind, rows, deleted_rows, bytes, build_seconds,
-    builds, incremental_updates)."""
+    (each entry: uri, column, metric, version, kind, rows, deleted_rows, bytes (all of it),
+    payload_columns and payload_bytes (the columns kept beside the vectors to answer with),
+    build_seconds, builds, incremental_updates)."""
     entries = [e.info() for e in CACHE.entries.values()]
     with CACHE.lock:
         building = [list(k) for k in CACHE.building]

@@ -163,9 +163,14 @@ def _prepare_vector(
 
 
 def _cached_hits(
-    ds: LanceDataset, uri: str, vq: _VectorQuery, storage_options: StorageOptions
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(row ids, Lance-convention distances) from the ANN cache, or None to ask Lance."""
+    ds: LanceDataset,
+    uri: str,
+    vq: _VectorQuery,
+    storage_options: StorageOptions,
+    columns: list[str] | None = None,
+) -> ann.Hits | None:
+    """The hits from the ANN cache (with ``columns`` when it keeps them), or None to ask
+    Lance."""
     if vq.cache is False:
         return None
     return ann.cached_search(
@@ -178,6 +183,7 @@ def _cached_hits(
         ef=vq.ef,
         filter=vq.filter,
         storage_options=storage_options,
+        columns=columns,
     )
 
 
@@ -218,7 +224,7 @@ def _vector_hits(
 ) -> tuple[np.ndarray, np.ndarray]:
     hits = _cached_hits(ds, uri, vq, storage_options)
     if hits is not None:
-        return hits
+        return hits.rowids, hits.distances
     t = _lance_vector(ds, uri, vq, [], storage_options)
     return t.column("_rowid").to_numpy(), t.column("_distance").to_numpy().astype(np.float32)
 
@@ -291,12 +297,15 @@ def vector_search(
     ds = open_dataset(uri, storage_options, version)
     vq = _prepare_vector(ds, uri, vector, column, k, metric, filter, ef, nprobes, refine, cache)
     cols = projection(ds, columns, uri)
-    hits = _cached_hits(ds, uri, vq, storage_options)
+    hits = _cached_hits(ds, uri, vq, storage_options, cols)
     if hits is not None:
-        rowids, dist = hits
+        rowids, dist = hits.rowids, hits.distances
         if len(rowids) == 0:
             return _empty(ds, cols, ["_distance", "_score"], with_row_id)
-        tbl = _take(ds, rowids, cols, uri, storage_options)
+        if hits.rows is not None:  # the rows kept beside the vectors
+            tbl = hits.rows.append_column("_rowid", pa.array(rowids, type=pa.uint64()))
+        else:
+            tbl = _take(ds, rowids, cols, uri, storage_options)
         if tbl.num_rows != len(rowids):  # a row vanished (cannot at a pinned version)
             keep = np.isin(rowids, tbl.column("_rowid").to_numpy())
             dist = dist[keep]
