@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         ge=0,
         description="engine='auto' runs a query on Ray when it scans at least this many bytes.",
     )
+    ray_stage_ms: float = Field(
+        default=40.0,
+        ge=0,
+        description="What one stage on the Ray pool costs besides its work (scheduling, "
+        "moving results; ~40 ms measured): engine='auto' keeps a query local while its "
+        "estimated local time is below it.",
+    )
     broadcast_max_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=0,

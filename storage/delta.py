@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
@@ -72,6 +72,11 @@ T = TypeVar("T")
 # from its last checkpoint (~15 ms a write at 1,000 versions). A writer takes the handle out
 # while it works (``pop``), so two threads never share one; a failed write drops it.
 _WRITERS: LRU[tuple[str, str], DeltaTable] = LRU(64)
+# Row groups of DuckDB's own size (delta-rs writes 1M rows): a filter skips the row groups its
+# statistics rule out (a point query on a 1M-row table reads one, not the whole file), and
+# DuckDB scans a file's row groups in parallel (one per thread). Snappy, as delta-rs defaults.
+ROW_GROUP_ROWS = 122_880
+WRITER_PROPERTIES = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")
 
 # Reader features whose meaning MatrixOS honours when it reads files itself (see engine.scan).
 SUPPORTED_READER_FEATURES = frozenset(
@@ -332,6 +337,7 @@ class DeltaStore(TableStore):
                     configuration=dict(properties or {}) or None,
                     storage_options=self.storage_options,
                     target_file_size=self.target_file_bytes,
+                    writer_properties=WRITER_PROPERTIES,
                 )
         except MatrixOSError:
             raise
@@ -397,6 +403,7 @@ class DeltaStore(TableStore):
                 storage_options=self.storage_options,
                 target_file_size=self.target_file_bytes,
                 commit_properties=_commit_properties(rebases, commit_metadata),
+                writer_properties=WRITER_PROPERTIES,
             )
             return {"num_added_rows": table.num_rows}
 

@@ -85,6 +85,7 @@ def _query_table(results: list[QueryResult], sf: float, reps: int) -> Table:
     if same:
         t.add_column("DuckDB on\nDelta files", justify="right")
         t.add_column("MatrixOS /\nsame files", justify="right")
+    t.add_column("planning", justify="right")
     t.add_column("rows", justify="right")
     t.add_column("answer")
     for r in results:
@@ -101,6 +102,7 @@ def _query_table(results: list[QueryResult], sf: float, reps: int) -> Table:
             f"{r.matrixos:,.1f}",
             ratio,
             *extra,
+            f"{r.planning:.2f}",
             f"{r.rows:,}",
             "[green]ok[/]" if r.ok else "[red]WRONG[/]",
         )
@@ -111,7 +113,10 @@ def _query_table(results: list[QueryResult], sf: float, reps: int) -> Table:
     if same:
         s = sum(r.same_files or 0.0 for r in results)
         extra = [f"{s:,.1f}", f"[bold]{m / s:.2f}x[/]"]
-    t.add_row("total", f"{d:,.1f}", f"{m:,.1f}", f"[bold]{m / d:.2f}x[/]", *extra, "", "")
+    p = sum(r.planning for r in results)
+    t.add_row(
+        "total", f"{d:,.1f}", f"{m:,.1f}", f"[bold]{m / d:.2f}x[/]", *extra, f"{p:.1f}", "", ""
+    )
     # Sums of each query's best run: noise on a shared machine only ever adds time.
     bd = sum(min(r.duckdb_ms) for r in results)
     bm = sum(min(r.matrixos_ms) for r in results)
@@ -119,8 +124,22 @@ def _query_table(results: list[QueryResult], sf: float, reps: int) -> Table:
     if same:
         bs = sum(min(r.same_files_ms) for r in results)
         extra = [f"{bs:,.1f}", f"{bm / bs:.2f}x"]
-    t.add_row("sum of bests", f"{bd:,.1f}", f"{bm:,.1f}", f"{bm / bd:.2f}x", *extra, "", "")
+    t.add_row("sum of bests", f"{bd:,.1f}", f"{bm:,.1f}", f"{bm / bd:.2f}x", *extra, "", "", "")
     return t
+
+
+def _summary(results: list[QueryResult], sf: float) -> str:
+    """The issue's target metric on one line: the total ratio and MatrixOS's planning share."""
+    d = sum(r.duckdb for r in results)
+    m = sum(r.matrixos for r in results)
+    p = sum(r.planning for r in results)
+    first = [r.first_planning_ms for r in results]
+    return (
+        f"SF{sf:g}: MatrixOS / DuckDB = {m / d:.2f}x (medians; sum of bests "
+        f"{sum(min(r.matrixos_ms) for r in results) / sum(min(r.duckdb_ms) for r in results):.2f}x)"
+        f"; planning {p / len(results):.2f} ms per query, {100 * p / m:.1f} % of MatrixOS's time "
+        f"(first run of each text: {sum(first) / len(first):.2f} ms per query)"
+    )
 
 
 def _extras_table(x: dict[str, Any]) -> Table:
@@ -183,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_queries(data, warehouse, a.queries, a.reps, progress, same_files=a.same_files)
     console.print(_query_table(results, a.sf, a.reps))
+    console.print(_summary(results, a.sf))
     load_after = os.getloadavg()[0]
     log(f"load average {load_before:.1f} before the queries, {load_after:.1f} after")
     wrong = [r for r in results if not r.ok]
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "total_duckdb_ms": d,
             "total_matrixos_ms": m,
             "total_ratio": m / d,
+            "planning_ms_per_query": sum(r.planning for r in results) / len(results),
+            "first_planning_ms_per_query": sum(r.first_planning_ms for r in results) / len(results),
             "total_duckdb_best_ms": sum(min(r.duckdb_ms) for r in results),
             "total_matrixos_best_ms": sum(min(r.matrixos_ms) for r in results),
             "total_duckdb_same_files_ms": sum(r.same_files or 0.0 for r in results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 import matrixos as mx
+from benchmarks._planning import PlanningClock
 from benchmarks.tpch.compare import compare_answer, compare_tables
 from matrixos.tpch import TABLES, TpchData, generate, load
 
@@ -38,6 +40,14 @@ class QueryResult:
     checked_against: list[str] = field(default_factory=list)
     # DuckDB over the very Parquet files of the Delta tables (``--same-files``), when measured.
     same_files_ms: list[float] = field(default_factory=list)
+    # MatrixOS's planning (until DuckDB gets the SQL) in the timed runs, and in the first run
+    # of the text in this process (the warm-up: nothing of it cached).
+    planning_ms: list[float] = field(default_factory=list)
+    first_planning_ms: float = float("nan")
+
+    @property
+    def planning(self) -> float:
+        return statistics.median(self.planning_ms) if self.planning_ms else float("nan")
 
     @property
     def duckdb(self) -> float:
@@ -73,6 +83,9 @@ class QueryResult:
             "ok": self.ok,
             "checked_against": self.checked_against,
             "problems": self.problems,
+            "planning_ms": self.planning_ms,
+            "planning_median_ms": self.planning,
+            "first_planning_ms": self.first_planning_ms,
         }
         if self.same_files_ms:
             out["duckdb_same_files_ms"] = self.same_files_ms
@@ -136,6 +149,19 @@ def _timed(fn: Callable[[], pa.Table]) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
+class _Planned:
+    """``lh.sql(sql).to_arrow()``, timed as a whole with its planning part beside it."""
+
+    def __init__(self, clock: PlanningClock, lh: mx.Lakehouse, sql: str) -> None:
+        self.clock, self.lh, self.sql = clock, lh, sql
+        self.planning: list[float] = []
+
+    def __call__(self) -> pa.Table:
+        table, _, planning = self.clock.call(partial(_run_matrixos, self.lh, self.sql))
+        self.planning.append(planning)
+        return table  # type: ignore[no-any-return]
+
+
 def run_queries(
     data: TpchData,
     warehouse: Path,
@@ -150,6 +176,9 @@ def run_queries(
     con = duckdb_connection(data)
     con_same = duckdb_connection(data, warehouse) if same_files else None
     results = []
+    clock = PlanningClock()
+    timing = ExitStack()
+    timing.enter_context(clock.installed())
     try:
         for n in queries:
             sql = data.query(n)
@@ -157,8 +186,9 @@ def run_queries(
             d_ms: list[float] = []
             m_ms: list[float] = []
             s_ms: list[float] = []
+            planned = _Planned(clock, lh, sql)
             engines.append((partial(_run_duckdb, con, sql), d_ms))
-            engines.append((partial(_run_matrixos, lh, sql), m_ms))
+            engines.append((planned, m_ms))
             if con_same is not None:
                 engines.append((partial(_run_duckdb, con_same, sql), s_ms))
 
@@ -186,10 +216,12 @@ def run_queries(
                 for fn, sink in engines[k:] + engines[:k]:
                     sink.append(_timed(fn))
             res = QueryResult(n, got.num_rows, d_ms, m_ms, problems, checked, s_ms)
+            res.first_planning_ms, res.planning_ms = planned.planning[0], planned.planning[1:]
             results.append(res)
             if on_result:
                 on_result(res)
     finally:
+        timing.close()
         con.close()
         if con_same is not None:
             con_same.close()

@@ -3,6 +3,7 @@ distributed plan (EXPLAIN renders it, the runtime runs it)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
     from matrixos.engine.context import QueryContext
 
 Engine = Literal["auto", "local", "ray"]
+# Compressed Parquet bytes DuckDB scans per millisecond and core (TPC-H SF1 Q1 and Q6 on this
+# project's 2-core machine: ~300 MB/s): engine="auto"'s estimate of a query's local time.
+SCAN_BYTES_PER_MS_PER_CPU = 150_000
+
+
+def local_estimate_ms(scanned: int, cpus: int) -> float:
+    """About how long this process takes to scan ``scanned`` bytes of Parquet on ``cpus``."""
+    return scanned / (SCAN_BYTES_PER_MS_PER_CPU * max(1, cpus))
 
 
 @dataclass
@@ -35,8 +44,9 @@ class Routing:
 def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = False) -> Routing:
     """Run the query on the Ray pool when ``engine`` asks for it and the query allows it.
 
-    ``engine="ray"`` distributes whatever can be; ``"auto"`` only when the pool is Ray and the
-    scans hold at least ``Settings.distributed_min_bytes``. A query that cannot be distributed
+    ``engine="ray"`` distributes whatever can be; ``"auto"`` only when the pool is Ray, the
+    scans hold at least ``Settings.distributed_min_bytes`` and scanning them here would take
+    longer than one Ray stage costs (``Settings.ray_stage_ms``). A query that cannot be distributed
     runs locally (the returned notes say why, for EXPLAIN). ``explain`` plans without running
     anything; with ``analyze`` (``EXPLAIN ANALYZE``) the query runs and the plan shows what
     each stage measured.
@@ -62,6 +72,17 @@ def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = Fa
                 f"distributed_min_bytes={format_size(settings.distributed_min_bytes)})"
             ]
         )
+    if engine == "auto":
+        # Small work never pays a Ray stage: distributed only when running it here would
+        # take longer than a stage's own cost.
+        here = local_estimate_ms(scanned, settings.duckdb_threads or os.cpu_count() or 1)
+        if here < settings.ray_stage_ms:
+            return Routing(
+                notes=[
+                    f"Engine: local (engine=auto: {format_size(scanned)} scanned, about "
+                    f"{here:.0f} ms here, below ray_stage_ms={settings.ray_stage_ms:g})"
+                ]
+            )
     cpus = cache(session.num_cpus)  # a call to Ray's GCS: at most once per query
     frag = fragment_plan(query, cpus)
     if isinstance(frag, str):  # joins, subqueries, other aggregates: stages
@@ -78,7 +99,7 @@ def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = Fa
         if explain:
             return _explained(render(ran))
         result = Result.from_table(table, statement="SELECT")
-        result.stats = report.as_dict()
+        result.stats = {"engine": "ray", **report.as_dict()}
         return Routing(result=result)
     assert frag.fragments is not None
     if explain:
@@ -90,7 +111,7 @@ def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = Fa
         return _explained(lines)
     with query_report() as report:
         result = Result.from_table(run_fragments(query, frag.fragments), statement="SELECT")
-    result.stats = report.as_dict()
+    result.stats = {"engine": "ray", **report.as_dict()}
     return Routing(result=result)
 
 

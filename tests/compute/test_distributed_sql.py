@@ -177,9 +177,19 @@ def test_auto_engine_picks_by_scanned_bytes(
     assert first.startswith("Engine: local (engine=auto:") and "below" in first
     uri, options = tpch_ray_lh.warehouse.uri, tpch_ray_lh.warehouse.options.to_delta() or None
     settings = {"compute": tpch_ray_lh.settings.compute, "distributed_min_bytes": 0}
-    with mx.connect(uri, storage_options=options, **settings) as eager:
+    # No byte floor: still local, the few ms of work here cost less than one Ray stage
+    with mx.connect(uri, storage_options=options, **settings) as small:
+        first = _plan(small, q, engine="auto")[0]
+        assert first.startswith("Engine: local (engine=auto:") and "ray_stage_ms=40" in first
+        result = small.sql(q)
+        assert result.stats["engine"] == "local"
+        assert result.to_arrow().equals(tpch_ray_lh.sql(q, engine="local").to_arrow())
+    # Work estimated above a stage's cost (here: a stage priced at 1 us) is distributed
+    with mx.connect(uri, storage_options=options, ray_stage_ms=0.001, **settings) as eager:
         assert _plan(eager, q, engine="auto")[0].startswith("Engine: ray")
-        assert eager.sql(q).to_arrow().equals(tpch_ray_lh.sql(q, engine="local").to_arrow())
+        result = eager.sql(q)
+        assert result.stats["engine"] == "ray" and result.stats["tasks"] > 0
+        assert result.to_arrow().equals(tpch_ray_lh.sql(q, engine="local").to_arrow())
     assert _plan(tpch_ray_lh, q, engine="local")[0] != "Engine: ray (distributed, 2 stages)"
 
 
