@@ -99,3 +99,30 @@ def test_the_checker_sees_loss_duplicates_and_half_visible_writes(tmp_path: Path
     assert (bad.losses, bad.duplicates, bad.half_visible) == (0, 1, 1)
     assert not bad.ok
     assert DeltaTable(target.location).version() == 2
+
+
+def test_a_targeted_run_stopped_early_still_ends_with_its_full_check(tmp_path: Path) -> None:
+    """What the long S3 run relies on when its time is up: ``stop`` ends the round with the
+    whole-table check, the report counts the trials checked so far and says it is partial, and
+    the kinds take turns (``round_trials``) so none is left at zero."""
+    root = type("Root", (), {"uri": str(tmp_path / "wh"), "storage_options": None})()
+    target = make_target(root, tmp_path, "delta")
+    seen: list[dict[str, Any]] = []
+    report = run_targeted(
+        target,
+        writers=2,
+        kinds=["append", "delete"],
+        trials=1000,
+        round_trials=2,
+        progress=seen.append,
+        progress_every=2,
+        stop=lambda: bool(seen) and seen[-1]["rounds"] >= 2,  # once append and delete had one
+        seed=5,
+    )
+    summary = report.as_dict()
+    assert report.ok, summary
+    assert summary["complete"] is False
+    assert report.rounds == 2, summary  # each round ended with the whole-table check
+    assert report.trials["append"] >= 2 and report.trials["delete"] >= 2, summary
+    assert seen[-1]["trials_by_kind"] == summary["trials_by_kind"]
+    assert summary["kills_mid_operation"]["append"] >= 2
