@@ -16,14 +16,28 @@ Example:
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pg_mimic.types import encode_value
+from pg_mimic import ResultColumn
+from pg_mimic.arrays import ELEMENT_OID
+from pg_mimic.results import format_code_for
+from pg_mimic.types import encode_value, encode_value_binary
 
-from matrixos.server.pg_types import BOOL, FLOAT4, FLOAT8, JSON, json_text
+from matrixos.server.pg_types import (
+    BOOL,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    PgInfinity,
+    PgInterval,
+    column_values,
+    with_infinities,
+)
 
 
 def column_text(arr: pa.Array, oid: int) -> pa.Array:
@@ -34,6 +48,10 @@ def column_text(arr: pa.Array, oid: int) -> pa.Array:
         t = arr.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return arr
+    if (pa.types.is_timestamp(t) or pa.types.is_date32(t)) and with_infinities(arr) is not None:
+        return _python_text(arr, oid)  # "infinity": no Arrow date holds it
+    if pa.types.is_timestamp(t) and t.unit == "ns":  # PostgreSQL keeps microseconds
+        arr = arr.cast(pa.timestamp("us", t.tz), safe=False)
     if pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_date(t):
         return pc.cast(arr, pa.string())
     if oid == BOOL:
@@ -47,11 +65,78 @@ def column_text(arr: pa.Array, oid: int) -> pa.Array:
         # Arrow writes every fraction digit ("…12:30:00.000000"); PostgreSQL drops a zero one.
         text = pc.cast(arr, pa.string())
         return pc.replace_substring_regex(text, r"\.0+$", "")
-    if oid == JSON:
-        return pa.array([None if v is None else json_text(v) for v in arr.to_pylist()], pa.string())
-    return pa.array(
-        [None if v is None else encode_value(oid, v) for v in arr.to_pylist()], pa.string()
-    )
+    return _python_text(arr, oid)
+
+
+def _python_text(arr: pa.Array, oid: int) -> pa.Array:
+    """``arr``'s text output value by value (the types Arrow cannot render)."""
+    values = column_values(arr)
+    return pa.array([None if v is None else encode_value(oid, v) for v in values], pa.string())
+
+
+def encode_row(
+    row: tuple[Any, ...], columns: list[ResultColumn], format_codes: list[int] | None = None
+) -> list[bytes | None]:
+    """One row's values (from ``pg_types.rows``) in the format each column was asked for:
+    text, or binary (``encode_binary``)."""
+    out: list[bytes | None] = []
+    for i, (value, column) in enumerate(zip(row, columns, strict=True)):
+        if value is None:
+            out.append(None)
+        elif format_code_for(format_codes or [], i) == 0:
+            out.append(encode_value(column.oid, value).encode())
+        else:
+            out.append(encode_binary(column.oid, value))
+    return out
+
+
+def encode_binary(oid: int, value: Any) -> bytes:
+    """``value`` in PostgreSQL's binary format for type ``oid``: pg-mimic's codecs, plus
+    intervals with months (``PgInterval``), +-infinity dates and timestamps, and arrays of
+    those. Raises ``ValueError`` for a type without a binary form."""
+    if isinstance(value, PgInterval):
+        return struct.pack("!qii", value.micros, value.days, value.months)
+    if isinstance(value, PgInfinity):
+        if oid == DATE:
+            return struct.pack("!i", 2**31 - 1 if value.positive else -(2**31))
+        return struct.pack("!q", 2**63 - 1 if value.positive else -(2**63))
+    if isinstance(value, list) and oid in ELEMENT_OID:
+        return _array_binary(ELEMENT_OID[oid], value)
+    return encode_value_binary(oid, value)
+
+
+def _array_binary(element: int, value: list[Any]) -> bytes:
+    """An array: dimensions, null flag and element type, each dimension's size and lower bound
+    (1), then the elements (row-major; -1 length for NULL)."""
+    dims: list[int] = []
+    node: Any = value
+    while isinstance(node, list) and node:
+        dims.append(len(node))
+        node = node[0]
+    flat = list(_flatten(value, dims))
+    out = [struct.pack("!iiI", len(dims), int(any(v is None for v in flat)), element)]
+    out += [struct.pack("!ii", n, 1) for n in dims]
+    for v in flat:
+        if v is None:
+            out.append(struct.pack("!i", -1))
+        else:
+            data = encode_binary(element, v)
+            out.append(struct.pack("!i", len(data)) + data)
+    return b"".join(out)
+
+
+def _flatten(value: Any, dims: list[int]) -> Iterator[Any]:
+    if value == []:
+        return  # an empty array: no dimensions, no elements
+    if not dims:
+        if isinstance(value, list):
+            raise ValueError("a PostgreSQL array must be rectangular (this one is ragged)")
+        yield value
+        return
+    if not isinstance(value, list) or len(value) != dims[0]:
+        raise ValueError("a PostgreSQL array must be rectangular (this one is ragged)")
+    for item in value:
+        yield from _flatten(item, dims[1:])
 
 
 def data_rows(batch: pa.RecordBatch, oids: list[int]) -> bytes:

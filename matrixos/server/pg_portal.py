@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 import sqlglot
 from pg_mimic import Portal, ResultColumn, Statement, messages
-from pg_mimic.results import encode_row
 from sqlglot import exp
 
 from matrixos.errors import MatrixOSError
 from matrixos.server.pg_encode import data_rows as encoded_rows
+from matrixos.server.pg_encode import encode_row
 from matrixos.server.pg_types import bind_parameters, oid_for, rows
 
 if TYPE_CHECKING:

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 from pg_mimic.arrays import ARRAY_OID
 from pg_mimic.errors import PgError
@@ -115,24 +119,121 @@ def type_name(oid: int) -> str:
     return f"{_TYPE_NAMES.get(element, 'text')}[]" if element is not None else "text"
 
 
+@dataclass(frozen=True)
+class PgInterval:
+    """An interval as PostgreSQL keeps it: months, days and microseconds, each signed (Arrow's
+    ``month_day_nano_interval``; a month is not a number of days). ``str()`` is its text
+    output (IntervalStyle ``postgres``)."""
+
+    months: int
+    days: int
+    micros: int
+
+    def __str__(self) -> str:
+        years = int(self.months / 12)
+        parts = [
+            f"{n} {unit}{'' if n == 1 else 's'}"
+            for n, unit in ((years, "year"), (self.months - 12 * years, "mon"), (self.days, "day"))
+            if n
+        ]
+        if self.micros or not parts:
+            sign = "-" if self.micros < 0 else "+" if any(p.startswith("-") for p in parts) else ""
+            seconds, micros = divmod(abs(self.micros), 1_000_000)
+            hours, seconds = divmod(seconds, 3600)
+            text = f"{sign}{hours:02d}:{seconds // 60:02d}:{seconds % 60:02d}"
+            parts.append(text + (f".{micros:06d}".rstrip("0") if micros else ""))
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class PgInfinity:
+    """A date or timestamp at ``infinity`` (``positive``) or ``-infinity``: DuckDB's and
+    PostgreSQL's, which no Python date can hold."""
+
+    positive: bool
+
+    def __str__(self) -> str:
+        return "infinity" if self.positive else "-infinity"
+
+
 def rows(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[Any, ...]]:
-    """The rows of ``batches`` as tuples of the Python values the wire encodes (structs and
-    maps as JSON documents, durations as intervals)."""
-    fixes = [_fix_for(f.type) for f in schema]
+    """The rows of ``batches`` as tuples of the Python values the wire encodes (see
+    ``column_values``)."""
     for batch in batches:
-        cols = [c.to_pylist() for c in batch.columns]
-        for i, fix in enumerate(fixes):
-            if fix is not None:
-                cols[i] = [None if v is None else fix(v) for v in cols[i]]
+        cols = [column_values(c) for c in batch.columns]
         yield from zip(*cols, strict=True)
 
 
-def _fix_for(t: pa.DataType) -> Any:
+def column_values(arr: pa.Array) -> list[Any]:
+    """An Arrow column as the Python values the wire encodes: structs and maps as JSON
+    documents, uint64 as ``Decimal``, month/day/nano intervals as ``PgInterval`` (in lists
+    too), dates and timestamps at +-infinity as ``PgInfinity``."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.dictionary_decode()
+        t = arr.type
+    if pa.types.is_timestamp(t) or pa.types.is_date32(t):
+        found = with_infinities(arr)
+        if found is not None:
+            return found
+    if (pa.types.is_timestamp(t) or pa.types.is_time64(t)) and t.unit == "ns":
+        # PostgreSQL keeps microseconds (and pandas' nanosecond Timestamp is no datetime)
+        us = pa.timestamp("us", t.tz) if pa.types.is_timestamp(t) else pa.time64("us")
+        arr = arr.cast(us, safe=False)
+    values = arr.to_pylist()
     if oid_for(t) == JSON:
-        return json_text
+        return [None if v is None else json_text(v) for v in values]
     if pa.types.is_uint64(t):
-        return Decimal
-    return None
+        return [None if v is None else Decimal(v) for v in values]
+    if _holds_intervals(t):
+        return [_interval_of(v) for v in values]
+    return values
+
+
+def _holds_intervals(t: pa.DataType) -> bool:
+    if pa.types.is_interval(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _holds_intervals(t.value_type)
+    return False
+
+
+def _interval_of(v: Any) -> Any:
+    """Arrow's ``MonthDayNano`` (in lists too) as a ``PgInterval`` (nanoseconds truncated)."""
+    if isinstance(v, list):
+        return [_interval_of(x) for x in v]
+    if v is None:
+        return None
+    nanos = int(v.nanoseconds)
+    micros = nanos // 1000 if nanos >= 0 else -(-nanos // 1000)
+    return PgInterval(int(v.months), int(v.days), micros)
+
+
+# What Python's dates hold (years 1 to 9999), in days and in seconds since 1970: DuckDB's
+# infinities (int max and -max) lie beyond.
+_DAYS = ((date(1, 1, 1) - date(1970, 1, 1)).days, (date(9999, 12, 31) - date(1970, 1, 1)).days)
+_SECONDS = (-62135596800, 253402300799)
+_TICKS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def with_infinities(arr: pa.Array) -> list[Any] | None:
+    """The values of a date or timestamp column holding +-infinity (None: it holds none)."""
+    t = arr.type
+    if pa.types.is_date32(t):
+        ticks, (bottom, top) = arr.view(pa.int32()), _DAYS
+    else:
+        per = _TICKS[t.unit]
+        # (int64 nanoseconds reach years 1677 to 2262 only; their infinities are +-(2^63 - 1))
+        bottom, top = max(_SECONDS[0] * per, 2 - 2**63), min(_SECONDS[1] * per, 2**63 - 2)
+        ticks = arr.view(pa.int64())
+    high, low = pc.greater(ticks, top), pc.less(ticks, bottom)
+    if not (pc.any(high).as_py() or pc.any(low).as_py()):
+        return None
+    values = pc.if_else(pc.or_(high, low), pa.scalar(None, t), arr).to_pylist()
+    for mask, positive in ((high, True), (low, False)):
+        for i in np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)):
+            values[i] = PgInfinity(positive)
+    return values
 
 
 def json_text(v: Any) -> str:

@@ -60,7 +60,6 @@ from pg_mimic.middleware import (
     is_transaction_end,
     session_functions,
 )
-from pg_mimic.results import encode_row
 from pg_mimic.stream import ConnectionClosed, PgStream
 from sqlglot import exp
 
@@ -82,7 +81,7 @@ from matrixos.server.pg_catalog import (
     is_catalog_query,
 )
 from matrixos.server.pg_cursors import cursors
-from matrixos.server.pg_encode import text_only
+from matrixos.server.pg_encode import encode_row, text_only
 from matrixos.server.pg_portal import MxPortal, MxStatement
 from matrixos.server.pg_settings import qualified_session_functions, settings
 from matrixos.server.pg_transactions import transactions
