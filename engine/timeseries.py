@@ -74,6 +74,7 @@ def misuse(node: exp.Expr, message: str, hint: str | None = None) -> SQLError:
 def rewrite(tree: exp.Expr, host: ConstantHost) -> exp.Expr:
     """``tree`` with its time-series functions rewritten (in place, but a gap-filled query at
     the root is a new tree: use the return value)."""
+    filling = False  # gap filling needs two more walks of the tree; most queries have none
     for node in list(tree.find_all(exp.Anonymous, exp.DateBin, exp.First, exp.Last)):
         if isinstance(node, exp.First | exp.Last):
             if node.args.get("expression") is not None:  # first(v, time), not first(v)
@@ -85,6 +86,10 @@ def rewrite(tree: exp.Expr, host: ConstantHost) -> exp.Expr:
             _check_interval(node, host)
         elif name in WINDOWED:
             _windowed(node, name)
+        elif name == GAPFILL or name in FILLERS:
+            filling = True
+    if not filling:
+        return tree
     for select in reversed(list(tree.find_all(exp.Select))):
         calls = [c for item in select.expressions for c in item.find_all(exp.Anonymous)]
         if any(_name(c) == GAPFILL for c in calls):

@@ -383,10 +383,17 @@ class IotIngest:
             entries = [e for e in entries if not (e.version is None and e.seq <= done)]
         if not entries:
             return None
+        seqs = tuple(e.seq for e in entries)  # an entry's rows never change
+        memo = st.pending_memo
+        if memo is not None and memo[0] == seqs:
+            return memo[1]  # type: ignore[no-any-return]
         table = pa.concat_tables([e.rows for e in entries], promote_options="permissive")
         if any(e.late for e in entries):
-            return PendingRows(series.last_wins(table, st.keys), tuple(st.keys))
-        return PendingRows(table)
+            found = PendingRows(series.last_wins(table, st.keys), tuple(st.keys))
+        else:
+            found = PendingRows(table)
+        st.pending_memo = (seqs, found)
+        return found
 
     def _txn_at(self, st: SeriesTable, version: int) -> int:
         """The highest log seq the table's ``version`` holds (-1: none)."""

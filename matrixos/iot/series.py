@@ -186,6 +186,10 @@ class SeriesTable:
     # The last commit's failure (a read-only or unreachable warehouse): until a commit
     # succeeds again, writes to the table are refused rather than piled up in the log.
     commit_error: Exception | None = None
+    # What the pending source last answered, by the entries it took (log seqs): queries
+    # between two writes reuse it instead of concatenating (and, for late points, resolving
+    # last write wins over) every pending point again.
+    pending_memo: tuple[tuple[int, ...], Any] | None = None
 
     @property
     def keys(self) -> list[str]:
