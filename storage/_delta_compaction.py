@@ -531,6 +531,31 @@ def parquet_options(table: pa.Table) -> dict[str, Any]:
     return {"compression": "snappy", "use_dictionary": _repeating_columns(table)}
 
 
+def duckdb_writes(schema: pa.Schema) -> bool:
+    """Whether compaction writes files of ``schema`` with DuckDB: flat columns of the types it
+    writes exactly as Delta declares them (checked: integers, floats, booleans, strings,
+    binary, dates, microsecond timestamps with and without a zone, decimals). DuckDB reads
+    those files back faster than pyarrow's: a string column of pyarrow's took ~30 % longer
+    to aggregate than the same rows written by delta-rs or DuckDB."""
+    return all(_duckdb_type(f.type) for f in schema)
+
+
+def _duckdb_type(t: pa.DataType) -> bool:
+    if pa.types.is_timestamp(t):
+        return t.unit == "us"  # type: ignore[attr-defined]
+    return (
+        (pa.types.is_integer(t) and pa.types.is_signed_integer(t))
+        or (pa.types.is_floating(t) and not pa.types.is_float16(t))
+        or pa.types.is_boolean(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_date32(t)
+        or pa.types.is_decimal128(t)
+    )
+
+
 def _repeating_columns(table: pa.Table, sample: int = 4_096) -> list[str]:
     """Top-level primitive columns whose values repeat (in a sample of rows, on average twice
     or more); nested columns are written plain."""
@@ -602,9 +627,11 @@ class LogStore:
         return pq.read_table(self._path(log_path))
 
     def write_parquet(self, log_path: str, table: pa.Table, *, row_group: int | None = None) -> int:
-        """Write ``table`` as the data file ``log_path`` (as ``parquet_options`` says); returns
-        its size in bytes."""
+        """Write ``table`` as the data file ``log_path``; returns its size in bytes. Flat tables
+        are written by DuckDB (see ``duckdb_writes``), others as ``parquet_options`` says."""
         path = self._path(log_path)
+        if duckdb_writes(table.schema):
+            return self._write_with_duckdb(path, table, row_group)
         options = parquet_options(table)
         if self.remote:
             pq.write_table(
@@ -615,21 +642,56 @@ class LogStore:
         pq.write_table(table, path, row_group_size=row_group, **options)
         return os.path.getsize(path)
 
-    def write_bytes(self, log_path: str, data: bytes) -> None:
-        """Write a small data file in one request (a local file is not synced: a data file
-        matters only once a commit names it, and the commit is)."""
+    def _write_with_duckdb(self, path: str, table: pa.Table, row_group: int | None) -> int:
+        import duckdb
+
+        folder = None
+        target = path
+        if self.remote:
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="mx-compact-")
+            target = os.path.join(folder, "part.parquet")
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        options = "FORMAT parquet, COMPRESSION snappy"
+        if row_group:
+            options += f", ROW_GROUP_SIZE {int(row_group)}"
+        try:
+            with duckdb.connect() as con:
+                con.register("rows", table)
+                quoted = target.replace("'", "''")
+                con.execute(f"COPY rows TO '{quoted}' ({options})")
+            size = os.path.getsize(target)
+            if folder is not None:
+                with open(target, "rb") as src, self.arrow_fs.open_output_stream(path) as out:
+                    while chunk := src.read(8 << 20):
+                        out.write(chunk)
+        finally:
+            if folder is not None:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+        return size
+
+    def write_bytes(self, log_path: str, data: bytes, *, sync: bool = True) -> None:
+        """Write a small data file in one request. With ``sync`` a local file is synced to
+        disk before any commit names it. Without, as delta-rs writes (it never syncs): a
+        killed process still leaves all of a commit or none of it, but a power cut may lose
+        the last commits, or keep a commit whose file was lost."""
         path = self._path(log_path)
         if self.remote:
-            with self.arrow_fs.open_output_stream(path) as f:
-                f.write(data)
+            with self.arrow_fs.open_output_stream(path) as out:
+                out.write(data)
             return
-        try:
-            f = open(path, "wb")
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            f = open(path, "wb")
-        with f:
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+        with open(path, "wb") as f:
             f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
 
     def remove(self, log_path: str) -> None:
         try:
@@ -648,8 +710,9 @@ class LogStore:
         with open(path, "rb") as f:
             return f.read()
 
-    def put_if_absent(self, name: str, data: bytes) -> bool:
-        """Write ``name`` unless it exists, atomically; False when it already existed."""
+    def put_if_absent(self, name: str, data: bytes, *, sync: bool = True) -> bool:
+        """Write ``name`` unless it exists, atomically; False when it already existed. With
+        ``sync`` a local file and its folder are synced to disk (see ``write_bytes``)."""
         path = f"{self.root}/{name}"
         if self.remote:
             try:
@@ -661,14 +724,17 @@ class LogStore:
         tmp = os.path.join(folder, f"_commit_{uuid.uuid4().hex}.json.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # fails if ``path`` exists: readers see all of it or nothing
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
+        if not sync:
+            return True
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)

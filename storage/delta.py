@@ -42,11 +42,20 @@ from matrixos.errors import (
     TableNotFound,
     VersionNotFound,
 )
-from matrixos.storage._delta_compaction import CompactionConflict, Tiers, compact
+from matrixos.storage import _delta_append as fast
+from matrixos.storage._delta_append import wait_for_maintenance
+from matrixos.storage._delta_compaction import (
+    CompactionConflict,
+    LogStore,
+    Tiers,
+    checkpoint,
+    compact,
+)
 from matrixos.storage._delta_compaction import unsupported as compaction_unsupported
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
+from matrixos.storage.conform import cast_to, check_merge_source, conform
 from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
@@ -62,7 +71,7 @@ if TYPE_CHECKING:
     from matrixos.config import Settings
     from matrixos.storage.warehouse import Warehouse
 
-__all__ = ["DeltaStore", "WriteResult"]
+__all__ = ["DeltaStore", "WriteResult", "wait_for_maintenance"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +86,9 @@ _WRITERS: LRU[tuple[str, str], DeltaTable] = LRU(64)
 # DuckDB scans a file's row groups in parallel (one per thread). Snappy, as delta-rs defaults.
 ROW_GROUP_ROWS = 122_880
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")
+# What each table's last small append left behind (``_delta_append``): the next one commits
+# after it without reading the log (None: that table's appends go through delta-rs).
+_APPENDERS: LRU[tuple[str, str], fast.AppendState | None] = LRU(64)
 
 # Reader features whose meaning MatrixOS honours when it reads files itself (see engine.scan).
 SUPPORTED_READER_FEATURES = frozenset(
@@ -305,6 +317,7 @@ class DeltaStore(TableStore):
         # A table dropped and made again here: a kept handle of the old one would commit past
         # the new log's end.
         _WRITERS.pop(self._writer_key())
+        _APPENDERS.pop(self._writer_key())
         part = list(partition_by or [])
         try:
             if data is None:
@@ -378,6 +391,10 @@ class DeltaStore(TableStore):
         commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
         data = normalize_for_delta(to_arrow_table(data))
+        if mode == "append":
+            done = self._small_append(data, evolve, commit_metadata)
+            if done is not None:
+                return done
         schema_mode: Literal["merge", "overwrite"] | None = None
         if evolve:
             schema_mode = "overwrite" if mode == "overwrite" and predicate is None else "merge"
@@ -413,11 +430,64 @@ class DeltaStore(TableStore):
         # retry is always safe, and an append is not held to the DML retry budget.
         retries = max(self.commit_retries, 10) if mode == "append" else self.commit_retries
         result = self.run_with_retries(mode, write, retries=retries)
-        if mode == "append":
+        if mode == "append" and committed and self.auto_compact_min_files > 0:
             # The snapshot the write left behind: no second open of the log (~40 ms at 1,000
-            # commits) just to count the small files.
-            self.maybe_autocompact(committed[0] if committed else None)
+            # commits) just to count the small files; the compaction runs off the commit path.
+            sizes = pa.table(committed[0].get_add_actions(flatten=False)).column("size_bytes")
+            if self._tiers().due(sizes.to_pylist()):
+                fast.MAINTENANCE.submit((self._writer_key(), "compact"), self._autocompact)
         return result
+
+    def _small_append(
+        self, data: pa.Table, evolve: bool, metadata: Mapping[str, str] | None
+    ) -> WriteResult | None:
+        """Append ``data`` as ``_delta_append`` does (a Parquet file and a put-if-absent
+        commit after the version this process last saw); None when delta-rs must do it (see
+        ``_delta_append.unsupported`` and ``fits``)."""
+        key = self._writer_key()
+        for _ in range(3):
+            state = _APPENDERS.pop(key) if key in _APPENDERS else self._append_state()
+            if state is None:
+                _APPENDERS.put(key, None)
+                return None
+            table = conform(data, state.schema, evolve=evolve, overwrite=False)
+            if not fast.fits(state, table, min(self.small_file_bytes, self.target_file_bytes)):
+                _APPENDERS.put(key, state)
+                return None
+            try:
+                version = fast.append(
+                    LogStore(self.location, self.storage_options), state, table, metadata
+                )
+            except fast.Stale as e:
+                log.info("append to %s: %s; reading the table again", self.location, e)
+                continue
+            except MatrixOSError:
+                raise
+            except Exception as e:
+                raise _translate(e, f"append to {self.location} failed", self) from e
+            _APPENDERS.put(key, state)
+            self._upkeep(state, version)
+            return WriteResult(version, {"num_added_rows": table.num_rows})
+        return None
+
+    def _append_state(self) -> fast.AppendState | None:
+        dt = self._writable()
+        try:
+            return fast.AppendState.of(dt)
+        finally:
+            _WRITERS.put(self._writer_key(), dt)
+
+    def _upkeep(self, state: fast.AppendState, version: int) -> None:
+        """After a small append: a checkpoint every ``delta.checkpointInterval`` versions and
+        auto-compaction when a tier is full, both in the background (``_delta_append``)."""
+        key = self._writer_key()
+        if version % state.checkpoint_interval == 0:
+            fast.MAINTENANCE.submit(
+                (key, "checkpoint", version),
+                lambda: checkpoint(self.location, self.storage_options, version),
+            )
+        if self.auto_compact_min_files > 0 and state.due(self._tiers()):
+            fast.MAINTENANCE.submit((key, "compact"), self._autocompact)
 
     def merge(
         self,
@@ -608,22 +678,28 @@ class DeltaStore(TableStore):
         sizes = pa.table(dt.get_add_actions(flatten=False)).column("size_bytes")
         return int(pa.compute.sum(pa.compute.less(sizes, self.small_file_bytes)).as_py() or 0)
 
+    def _tiers(self) -> Tiers:
+        return Tiers(self.small_file_bytes, max(self.auto_compact_min_files, 2))
+
     def maybe_autocompact(self, dt: DeltaTable | None = None) -> dict[str, Any] | None:
-        """Compact when ``auto_compact_min_files`` small files of about one size (a tier, see
-        ``Tiers``) have gathered, e.g. that many small appends."""
+        """Compact now when ``auto_compact_min_files`` small files of about one size (a tier,
+        see ``Tiers``) have gathered, e.g. that many small appends. (Appends ask for it in the
+        background: ``wait_for_maintenance``.)"""
         if self.auto_compact_min_files <= 0:
             return None
         dt = dt or self.open()
-        tiers = Tiers(self.small_file_bytes, max(self.auto_compact_min_files, 2))
         sizes = pa.table(dt.get_add_actions(flatten=False)).column("size_bytes").to_pylist()
-        if not tiers.due(sizes) or compaction_unsupported(dt):
+        if not self._tiers().due(sizes) or compaction_unsupported(dt):
             return None
+        return self._autocompact()
+
+    def _autocompact(self) -> dict[str, Any] | None:
         log.info("auto-compacting %s", self.location)
         try:
             # One retry: a writer that lost the race leaves the work to whoever won it, or to
             # the next append that finds the small files still there. Size-tiered, so that
             # appends do not rewrite the whole table every few commits; OPTIMIZE compacts all.
-            return self._compact(None, 1, tiers)
+            return self._compact(None, 1, self._tiers())
         except ConcurrentWriteError as e:  # a concurrent writer won: expected, not a fault
             log.info("auto-compaction of %s skipped: %s", self.location, e)
             return None
@@ -700,115 +776,6 @@ def _check_partitions(schema: pa.Schema, part: Sequence[str]) -> None:
         raise SchemaMismatch(f"partition column(s) {missing} are not in the schema {schema.names}")
 
 
-def cast_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast ``table``'s columns to ``schema`` by name; a value that does not fit is an error."""
-    cols = []
-    for f in schema:
-        if f.name not in table.column_names:
-            cols.append(pa.nulls(table.num_rows, f.type))
-            continue
-        col = table.column(f.name)
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise SchemaMismatch(
-                    f"column {f.name!r}: data of type {col.type} does not fit the table's "
-                    f"type {f.type} ({e}); nothing was written"
-                ) from e
-        cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
-
-
-def conform(table: pa.Table, schema: pa.Schema, *, evolve: bool, overwrite: bool) -> pa.Table:
-    """Make ``table`` fit the table ``schema``: cast what safely casts, refuse type conflicts,
-    add new columns only with ``evolve``, fill columns the data lacks with nulls."""
-    lower = {n.lower(): n for n in schema.names}
-    renamed = {c: lower.get(c.lower(), c) for c in table.column_names}
-    if any(k != v for k, v in renamed.items()):
-        table = table.rename_columns([renamed[c] for c in table.column_names])
-    new = [c for c in table.column_names if c not in schema.names]
-    if new and not evolve:
-        raise SchemaMismatch(
-            f"column(s) {new} are not in the table's schema {schema.names}; nothing was written",
-            hint="pass evolve=True (SDK) or --evolve (CLI) to add them",
-        )
-    if overwrite and evolve:
-        return table
-    conflicts = []
-    for f in schema:
-        if f.name in table.column_names:
-            have = table.schema.field(f.name).type
-            if have != f.type and not _castable(table.column(f.name), f.type):
-                conflicts.append(
-                    f"{f.name!r} is {f.type} in the table but {have} in the data"
-                    + (" (never converted to text)" if _is_text(f.type) else "")
-                )
-    if conflicts:
-        raise SchemaMismatch(
-            "type conflict: " + "; ".join(conflicts) + "; nothing was written",
-            hint="cast the data to the table's types, or overwrite with evolve=True",
-        )
-    fields = list(schema) + [table.schema.field(c) for c in new]
-    return cast_to(table, pa.schema(fields))
-
-
-def check_merge_source(source: pa.Table, keys: Sequence[str], *, inserts: bool) -> None:
-    """Refuse a merge source whose rows are ambiguous on the key columns ``keys``.
-
-    As Databricks does: two source rows with one key would both update (or delete) the same
-    target row, or both be inserted, so the result would depend on row order. A NULL key
-    matches no row, so with inserts it would add a new row on every run of the same merge.
-    Raises ``SQLError`` (SQLSTATE 21506, "cardinality violation") naming the key and rows.
-    """
-    if not keys or source.num_rows == 0:
-        return
-    if inserts:
-        for k in keys:
-            col = source.column(k)
-            if col.null_count:
-                row = pc.index(pc.is_null(col), True).as_py()
-                raise SQLError(
-                    f"merge key {k!r} is NULL in source row {row + 1}: a NULL key matches no "
-                    "row, so the row would be inserted again on every run",
-                    sqlstate="21506",
-                    hint=f"filter the source on {k} IS NOT NULL, or append such rows",
-                )
-    if source.num_rows < 2:
-        return
-    counts = source.select(list(keys)).group_by(list(keys)).aggregate([([], "count_all")])
-    dup = counts.filter(pc.greater(counts.column("count_all"), 1))
-    if dup.num_rows:
-        first = dup.slice(0, 1).to_pylist()[0]
-        n = first.pop("count_all")
-        key = ", ".join(f"{k}={v!r}" for k, v in first.items())
-        more = f" (and {dup.num_rows - 1} more repeated keys)" if dup.num_rows > 1 else ""
-        raise SQLError(
-            f"{n} source rows have the same merge key {key}{more}: each target row may be "
-            "matched, and each key inserted, by one source row only",
-            sqlstate="21506",
-            hint="deduplicate the source first (e.g. keep the latest row per key)",
-        )
-
-
-def _castable(col: pa.ChunkedArray, target: pa.DataType) -> bool:
-    # Never silently turn text into numbers or numbers (dates, booleans…) into text: Arrow
-    # casts both ways, and 7 appended to a string column would be stored as '7'. A column
-    # of nulls only (type null) fits anything.
-    have = col.type
-    if not pa.types.is_null(have) and _is_text(have) != _is_text(target):
-        return False
-    try:
-        col.cast(target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return False
-    return True
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-
-
 def _translate(e: Exception, what: str, store: DeltaStore | None = None) -> MatrixOSError:
     if isinstance(e, MatrixOSError):
         return e
@@ -826,6 +793,4 @@ def _translate(e: Exception, what: str, store: DeltaStore | None = None) -> Matr
         location = store.location if store is not None else what
         endpoint = (store.storage_options or {}).get("AWS_ENDPOINT_URL") if store else None
         return storage_error(e, what, location, endpoint=endpoint)
-    from matrixos.errors import SQLError
-
     return SQLError(f"{what}: {e}")

@@ -747,12 +747,12 @@ def test_commit_check_tells_ours_compatible_and_conflicting_commits(tmp_path: An
     from matrixos.storage._delta_compaction import (
         CompactionConflict,
         _ours_or_compatible,
-        _Store,
+        LogStore,
     )
 
     loc = str(tmp_path / "t")
     small_files_table(loc, None, 3)  # versions 0..2
-    store = _Store(loc, None)
+    store = LogStore(loc, None)
     log = tmp_path / "t" / "_delta_log"
     inputs = set(pa.table(DeltaTable(loc).get_add_actions()).column("path").to_pylist())
     mine = '{"commitInfo":{"operation":"OPTIMIZE","txnId":"t1"}}\n{"remove":{"path":"x"}}\n'

@@ -19,7 +19,7 @@ import matrixos as mx
 from matrixos.catalog.names import TableIdent
 from matrixos.errors import ConcurrentWriteError, ConfigError
 from matrixos.storage._delta_compaction import SORTED_ROW_GROUP
-from matrixos.storage.delta import DeltaStore
+from matrixos.storage.delta import DeltaStore, wait_for_maintenance
 from matrixos.storage.options import StorageOptions
 
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
@@ -137,6 +137,7 @@ def test_auto_compaction_sorts_the_files_it_merges(tmp_path: Any) -> None:
     store.create(batch(0, 300), partition_by=["day"])
     for seed in range(1, 8):
         store.append(batch(seed, 300))  # each ~150 rows a day; a tier of 4 files compacts
+    wait_for_maintenance()  # auto-compaction runs off the commit path
     assert "OPTIMIZE" in [h["operation"] for h in DeltaTable(loc).history()]
     merged = [(a, rows) for a, rows in files_of(loc, None) if a["num_records"] > 300]
     assert merged

@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 import matrixos as mx
-from matrixos.storage.delta import DeltaStore
+from matrixos.storage.delta import DeltaStore, wait_for_maintenance
 
 _OTHER = """
 import json, sys
@@ -107,10 +107,12 @@ def test_auto_compaction_is_size_tiered(warehouse_root: Any) -> None:
         t = lh.create_table("s.tiers", _random_rows(0))
         for i in range(1, 4):
             t.append(_random_rows(i * 2_000))
+        wait_for_maintenance()  # auto-compaction runs off the commit path
         first = DeltaTable(t.location, storage_options=warehouse_root.storage_options)
         (big,) = first.file_uris()  # the four files, compacted on the 4th
         for i in range(4, 8):
             t.append(_random_rows(i * 2_000))
+        wait_for_maintenance()
         now = DeltaTable(t.location, storage_options=warehouse_root.storage_options)
         files = now.file_uris()
         assert len(files) == 2 and big in files  # the larger file was left alone
