@@ -17,7 +17,10 @@ No starvation: a job queued longer than ``starve_after_s`` is *urgent*: urgent j
 arrival order, never get preempted, and the first one holds the EASY reservation, which the
 backfill never delays. An urgent job therefore starts by the later of its becoming urgent and the
 hard ends of the jobs ahead of it — the bound is ``starve_after_s`` plus the longest
-``max_runtime_s`` per urgent job ahead of it.
+``max_runtime_s`` per urgent job ahead of it. Jobs that end (by their limits) before an urgent
+head's shadow still backfill its nodes: they cannot delay it. With ``drain=True`` nothing does:
+its nodes drain as running jobs really end, so it may start before its shadow, at the cost of
+the idle GPUs meanwhile (measured: 2.5 points of utilization on the headline trace).
 
 Example::
 
@@ -188,6 +191,7 @@ class QueuePolicy:
     ``cost_of(accelerator)`` is the price of one GPU-hour in degrees (default 1.0 for all);
     ``throughput`` learns runtime factors per job kind and type (``ThroughputModel``). Keep one
     instance across rounds: it keeps the cluster index and applies only what changed.
+    ``drain``: behind an urgent head, backfill nothing onto its nodes (see the module docstring).
     """
 
     name = "queue"
@@ -207,6 +211,7 @@ class QueuePolicy:
         preempt_retry_s: float = 60.0,
         usage_half_life_s: float = 24 * 3600.0,
         default_runtime_s: float = DEFAULT_RUNTIME_S,
+        drain: bool = False,
     ) -> None:
         self.cost_of = cost_of or (lambda _acc: 1.0)
         self.throughput = throughput or ThroughputModel()
@@ -216,6 +221,7 @@ class QueuePolicy:
         self.preempt_after_s = preempt_after_s
         self.usage_half_life_s = usage_half_life_s
         self.default_runtime_s = default_runtime_s
+        self.drain = drain
         self._cluster: Cluster | None = None
         self._nodes: Sequence[NodeSpec] | None = None
         self._types: dict[tuple, list[GpuKey]] = {}
@@ -259,10 +265,10 @@ class QueuePolicy:
                 break
             job = specs[row]
             limit_end = now + job.max_runtime_s if job.max_runtime_s else math.inf
-            # Behind an urgent (starving) head nothing jumps onto its nodes, not even a job
-            # that would end in time: the nodes drain for it as running jobs really end,
-            # rather than at the hard ends its shadow is computed from.
-            short = head is not None and limit_end <= shadow and not urgent
+            # With ``drain``, behind an urgent (starving) head nothing jumps onto its nodes,
+            # not even a job that would end in time: the nodes drain for it as running jobs
+            # really end, rather than at the hard ends its shadow is computed from.
+            short = head is not None and limit_end <= shadow and not (urgent and self.drain)
             # Same request, same outcome this round (holds are per account: key them so).
             key = (shape[row], short, job.account if holds else None)
             if key in failed:

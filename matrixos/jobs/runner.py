@@ -121,6 +121,7 @@ class Outcome:
     error: str | None = None
     lost: bool = False
     result: bytes | None = None
+    node: str | None = None  # lost: the node whose worker disappeared, when known
 
 
 class Supervisor:
@@ -244,6 +245,7 @@ class Pool(Protocol):
     def nodes(self) -> list[NodeSpec]: ...
     def launch(self, spec: LaunchSpec) -> Run: ...
     def orphans(self, keep: set[str]) -> int: ...
+    def suspect(self, node: str) -> None: ...  # a worker there was lost: place nothing there yet
 
 
 class _Logs:
@@ -380,6 +382,9 @@ class LocalPool:
     def orphans(self, keep: set[str]) -> int:
         return 0  # a local job's processes end with the process that started them
 
+    def suspect(self, node: str) -> None:
+        pass  # this machine is the only node: a lost process says nothing about it
+
 
 def _local_gpus() -> tuple[int, str | None]:
     names = nvidia_smi("name", timeout=10) or []
@@ -508,7 +513,7 @@ class _RayRun:
                 self.terminate(0)
                 node = self.spec.bundles[rank].node
                 why = f"rank {rank}'s worker on node {node[:12]} was lost: {_one_line(e)}"
-                return Outcome(None, why, lost=True)
+                return Outcome(None, why, lost=True, node=node)
             self.logs.add(rank, chunk)
             if code is not None:
                 self.ended[rank] = (code, result, error)
@@ -564,18 +569,32 @@ def _one_line(e: BaseException) -> str:
 
 
 class RayPool:
-    """The Ray cluster this process is connected to."""
+    """The Ray cluster this process is connected to.
 
-    def __init__(self, place_timeout_s: float = 120.0) -> None:
+    A node where a job's worker was lost (``suspect``) is left out of ``nodes`` until the
+    cluster reports it dead or ``suspect_s`` has passed: a node that died is still listed alive
+    until Ray's health checks miss it (some seconds), and a gang requeued meanwhile would be
+    pinned to it again and wait there."""
+
+    def __init__(self, place_timeout_s: float = 120.0, suspect_s: float = 30.0) -> None:
         self.place_timeout_s = place_timeout_s
+        self.suspect_s = suspect_s
         self._ips: dict[str, str] = {}
+        self._suspects: dict[str, float] = {}  # node id -> until when it is left out
+
+    def suspect(self, node: str) -> None:
+        self._suspects[node] = time.monotonic() + self.suspect_s
 
     def nodes(self) -> list[NodeSpec]:
         import ray
 
         out = []
+        now = time.monotonic()
         for n in ray.nodes():
             if not n.get("Alive"):
+                self._suspects.pop(n["NodeID"], None)
+                continue
+            if self._suspects.get(n["NodeID"], 0.0) > now:
                 continue
             res: dict[str, float] = n.get("Resources") or {}
             labels: dict[str, str] = n.get("Labels") or {}

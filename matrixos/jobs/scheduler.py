@@ -360,6 +360,9 @@ class Scheduler:
                 job_id, ACTIVE, state, ended_at=now, exit_code=outcome.exit_code, error=why
             )
         elif outcome.lost:
+            if outcome.node:
+                self.pool.suspect(outcome.node)  # not placed there again until known alive
+                self._nodes = (0.0, [])  # the next round asks the pool again
             self._requeue_lost(replace(row, state=self._state(job_id)), outcome.error or "lost")
         elif outcome.exit_code == 0:
             self.store.transition(

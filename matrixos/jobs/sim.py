@@ -73,6 +73,7 @@ def synthetic_trace(
     max_gang: int = 2048,
     sigma: float = 1.5,
     inference: float = 0.25,
+    gang_weights: Sequence[float] | None = None,
 ) -> list[SimJob]:
     """``n`` jobs whose GPU-seconds (at A100 speed) offer ``load`` * ``gpus`` over the trace.
 
@@ -82,7 +83,7 @@ def synthetic_trace(
     """
     rnd = random.Random(seed)
     sizes = [s for s in _SIZES if s <= max_gang]
-    weights = _WEIGHTS[: len(sizes)]
+    weights = list(gang_weights or _WEIGHTS)[: len(sizes)]
     acct_w = [1 / (k + 1) for k in range(accounts)]
     raw: list[tuple[int, float, str, tuple[str, ...], int, str]] = []
     while len(raw) < n:

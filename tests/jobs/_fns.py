@@ -25,3 +25,16 @@ def first_attempt_hangs(marker: str, seconds: float = 120.0) -> str:
     print(f"pid {os.getpid()} parent {os.getppid()}", flush=True)
     time.sleep(seconds)
     return "first"
+
+
+def rank_waits(folder: str, seconds: float = 120.0) -> str:
+    """Until ``<folder>/go`` exists, each rank writes ``<folder>/<rank>-<pid>`` (holding its
+    node's id) and sleeps; once it exists, returns at once."""
+    if os.path.exists(os.path.join(folder, "go")):
+        return "again"
+    rank = int(os.environ["MATRIXOS_JOB_RANK"])
+    node = os.environ["MATRIXOS_JOB_NODES"].split(",")[rank]
+    with open(os.path.join(folder, f"{rank}-{os.getpid()}"), "w") as f:
+        f.write(node)
+    time.sleep(seconds)
+    return "first"

@@ -206,7 +206,7 @@ def test_a_starving_job_goes_first_and_is_not_preempted() -> None:
     assert d.preempt == [] and d.etas["new"] == 1700
 
 
-def test_nodes_drain_for_a_starving_head() -> None:
+def test_a_starving_head_is_never_delayed_and_drains_when_asked() -> None:
     ns = nodes(n=2)
     r0 = run(job("r0", gpus=8, max_runtime_s=5000), ("h100-0",))
     head = job("head", gpus=8, nodes=2, submitted_at=0, max_runtime_s=100)
@@ -214,8 +214,15 @@ def test_nodes_drain_for_a_starving_head() -> None:
     # Not yet starving: the short job backfills the free node (it ends before the shadow).
     d = PriorityPreempt(starve_after_s=3600).decide(1000, [head, short], [r0], ns)
     assert list(started(d)) == ["short"]
-    # Starving: the free node stays free for the head until r0 really ends.
+    # Starving: the short job still backfills (it ends before the head's shadow, r0's limit)…
     d = PriorityPreempt(starve_after_s=600).decide(1000, [head, short], [r0], ns)
+    assert list(started(d)) == ["short"] and d.positions["head"] == 1
+    # …but one that would end after the shadow does not take the head's free node.
+    late = job("late", gpus=8, submitted_at=900, max_runtime_s=9000)
+    d = PriorityPreempt(starve_after_s=600).decide(1000, [head, late], [r0], ns)
+    assert d.start == [] and d.positions["head"] == 1
+    # drain=True: the free node stays free for the head until r0 really ends.
+    d = PriorityPreempt(starve_after_s=600, drain=True).decide(1000, [head, short], [r0], ns)
     assert d.start == [] and d.positions["head"] == 1
 
 
