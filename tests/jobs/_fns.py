@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 
 def interval(path: str, tag: str, seconds: float) -> str:
@@ -38,3 +39,13 @@ def rank_waits(folder: str, seconds: float = 120.0) -> str:
         f.write(node)
     time.sleep(seconds)
     return "first"
+
+
+def until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``check`` every 0.1 s until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,11 @@ from matrixos.jobs.runner import job_of, live_job_actors, live_job_groups
 try:
     from tests.compute._cluster import RayCluster
     from tests.jobs._fns import first_attempt_hangs, interval
+    from tests.jobs._fns import until as _until
 except ModuleNotFoundError:
     from _cluster import RayCluster  # type: ignore[no-redef]
     from _fns import first_attempt_hangs, interval  # type: ignore[no-redef]
+    from _fns import until as _until  # type: ignore[no-redef]
 
 try:
     from tests.jobs.conftest import GPU_TYPE
@@ -266,15 +268,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_reservations_book_a_window_or_say_the_earliest(

@@ -19,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,12 @@ from matrixos.jobs.runner import job_of, live_job_actors, live_job_groups
 try:
     from tests.compute._cluster import RayCluster
     from tests.jobs._fns import rank_waits
+    from tests.jobs._fns import until as _until
     from tests.jobs.conftest import GPU_TYPE
 except ModuleNotFoundError:
     from _cluster import RayCluster  # type: ignore[no-redef]
     from _fns import rank_waits  # type: ignore[no-redef]
+    from _fns import until as _until  # type: ignore[no-redef]
     from conftest import GPU_TYPE  # type: ignore[no-redef]
 
 RAY_NODES = {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
@@ -121,15 +123,6 @@ def env(
             yield lh, svc, svc.for_principal(lh.principal)
         finally:
             svc.close()
-
-
-def _until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _leftovers(svc: JobService) -> list[str]:
