@@ -160,7 +160,9 @@ def parse(
 
 
 # -- bodies of one shape: Arrow's CSV reader ------------------------------------------------
-_SEPARATORS = b", =\n"
+# Separators, and the bytes that send a body to the general parser (quotes, escapes, carriage
+# returns, comments): one ``translate`` keeps them, in order, for the shape check.
+_SEPARATORS = b', =\n"\\\r#'
 _NOT_SEPARATORS = bytes(b for b in range(256) if b not in _SEPARATORS)
 _TO_COMMAS = bytes.maketrans(b" =", b",,")
 # measurement, tags; fields; an optional timestamp: the separators of a line, in order
@@ -170,22 +172,20 @@ _SHAPE = re.compile(rb"((?:,=)*) =((?:,=)*)( ?)")
 def _uniform(data: bytes, factor: int, now: int) -> Batch | None:
     """The points of a body whose every line has the shape of its first (``None`` for any
     other body: the general parser takes it and words its errors). Checked, not assumed: the
-    separators of every line must be the first line's (one ``translate`` over the body), the
-    measurement and each key column the same on every line, no value empty, every value of a
-    field of the type of the field, every timestamp an integer."""
+    separators of every line must be the first line's (one ``translate`` over the body; a
+    quote, backslash, carriage return, ``#`` or blank line anywhere fails it), the measurement
+    and each key column the same on every line, no value empty, every value of a field of the
+    type of the field, every timestamp an integer."""
     data = data.rstrip(b"\n")
-    if not data or b'"' in data or b"\\" in data or b"\r" in data or b"\n\n" in data:
-        return None
-    if data[:1] in b"# " or b"\n#" in data:
-        return None
     end = data.find(b"\n")
     first = data if end < 0 else data[:end]
     shape = first.translate(None, _NOT_SEPARATORS)
     found = _SHAPE.fullmatch(shape)
     if found is None:
         return None
-    n = data.count(b"\n") + 1
-    if n > 1 and data.translate(None, _NOT_SEPARATORS) != b"\n".join([shape] * n):
+    separators = data.translate(None, _NOT_SEPARATORS)
+    n = (len(separators) + 1) // (len(shape) + 1)
+    if separators != b"\n".join([shape] * n):
         return None
     try:
         head, fieldset, *_ = first.decode().split(" ")

@@ -1,5 +1,5 @@
-"""MQTT ingest: a paho-mqtt subscriber whose messages go through the ingest service's
-write-ahead log, acknowledged to the broker only once durable.
+"""MQTT ingest: a subscriber whose messages go through the ingest service's write-ahead log,
+acknowledged to the broker only once durable.
 
 ``matrixos serve --mqtt mqtt://127.0.0.1:1883 --route 'sensors/{site}/#=iot.readings'``
 
@@ -10,11 +10,16 @@ route without ``{…}`` levels records the whole topic in the tag column ``topic
 line protocol, or JSON when they start with ``{`` or ``[`` (``matrixos.iot.jsonpoints``).
 
 QoS 1: messages are taken in batches (all that arrived, up to ``batch``), each batch written as
-one log append (one fsync for all of them), and only then is each message acknowledged
-(``PUBACK``, paho's manual acknowledgement). A crash before the acknowledgement makes the
-broker send the message again; its points land on the same series and times, so last write
-wins keeps them once. A message that cannot be parsed is logged and acknowledged (sending it
-again would not make it valid).
+one log append (one fsync for all of them), and only then are its messages acknowledged, all
+their ``PUBACK``s in one write (``matrixos.iot.mqttwire``: a minimal MQTT 3.1.1 connection; it
+says why not paho-mqtt). A crash before the acknowledgement makes the broker send the message
+again (a persistent session: ``clean_session=False``, a stable client id); its points land on
+the same series and times, so last write wins keeps them once. Acknowledgements of messages
+received on a connection that has since broken are dropped: the broker sends those again on
+the new one. A message that cannot be parsed is logged and acknowledged (sending it again
+would not make it valid). The broker bounds the QoS 1 messages in flight to one subscriber
+(mosquitto's ``max_inflight_messages``, 20 by default): throughput needs it in the thousands,
+as one batch waits for one fsync.
 
 Example (a route's tag levels):
     >>> Route.parse("sensors/{site}/#=iot.readings").tags("sensors/berlin/t1")
@@ -29,7 +34,7 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
@@ -39,6 +44,7 @@ from matrixos.catalog.names import TableIdent
 from matrixos.errors import ConfigError, IngestBusy, MatrixOSError
 from matrixos.iot import lineproto
 from matrixos.iot.jsonpoints import parse_json
+from matrixos.iot.mqttwire import MqttWire, WireError
 
 if TYPE_CHECKING:
     from matrixos.catalog.access import Principal
@@ -91,6 +97,9 @@ class Route:
         return named or {"topic": topic}
 
 
+_UNKNOWN = Route("", (), "")  # a topic not looked up yet
+
+
 def _name(level: str) -> str | None:
     return level[1:-1] if len(level) > 2 and level[0] == "{" and level[-1] == "}" else None
 
@@ -102,11 +111,12 @@ class _Message:
     mid: int
     qos: int
     route: Route
+    connection: int  # the connection it came on (its acknowledgement goes on that one only)
 
 
 class MqttSubscriber:
-    """Subscribes to ``url`` (``mqtt://host:port``) for ``routes`` and writes what arrives as
-    ``principal``. ``start()`` connects (and reconnects); ``close()`` stops."""
+    """Subscribes to ``url`` (``mqtt://[user:password@]host:port``) for ``routes`` and writes
+    what arrives as ``principal``. ``start()`` connects (and reconnects); ``close()`` stops."""
 
     def __init__(
         self,
@@ -119,13 +129,13 @@ class MqttSubscriber:
         batch: int = 20_000,
         qos: int = 1,
     ) -> None:
-        import paho.mqtt.client as mqtt
-
         parsed = urlparse(url)
         if parsed.scheme not in ("mqtt", "tcp", ""):
             raise ConfigError(f"unsupported MQTT URL {url!r}", hint="mqtt://host:1883")
         if not routes:
             raise ConfigError("--mqtt needs at least one --route 'topic/#=schema.table'")
+        if qos not in (0, 1):
+            raise ConfigError(f"MQTT QoS {qos} is not supported", hint="use QoS 0 or 1")
         self.ingest = ingest
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 1883
@@ -136,71 +146,116 @@ class MqttSubscriber:
         self.received = 0
         self.written = 0
         self.dropped = 0
-        self._queue: queue.Queue[_Message] = queue.Queue()
+        self._queue: queue.Queue[list[_Message]] = queue.Queue()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._routes: dict[str, Route | None] = {}  # topic → its route (None: no route)
+        self._connection = 0
         # A persistent session (clean_session=False, a stable client id): QoS 1 messages not
         # acknowledged before a crash are sent again when the subscriber reconnects.
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"matrixos-{uuid.uuid4().hex[:12]}",
+        self.wire = MqttWire(
+            self.host,
+            self.port,
+            client_id or f"matrixos-{uuid.uuid4().hex[:12]}",
             clean_session=False,
-            manual_ack=True,
+            username=parsed.username,
+            password=parsed.password,
         )
-        if parsed.username:
-            self.client.username_pw_set(parsed.username, parsed.password)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self._reader = threading.Thread(target=self._read_loop, name="iot-mqtt-read", daemon=True)
         self._worker = threading.Thread(target=self._run, name="iot-mqtt", daemon=True)
 
     def start(self, timeout: float = 10.0) -> MqttSubscriber:
-        try:
-            self.client.connect(self.host, self.port, keepalive=30)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot reach the MQTT broker at {self.host}:{self.port}: {e}",
-                hint="check --mqtt mqtt://host:port and that the broker runs",
-            ) from e
-        self.client.loop_start()
+        self._open(timeout)
+        self._reader.start()
         self._worker.start()
-        if not self._connected.wait(timeout):
-            raise ConfigError(f"the MQTT broker at {self.host}:{self.port} did not answer")
+        if not self.wire.subscribed.wait(timeout):
+            self.close()
+            raise ConfigError(f"the MQTT broker at {self.host}:{self.port} did not subscribe us")
+        if any(code & 0x80 for code in self.wire.granted):
+            self.close()
+            raise ConfigError(
+                f"the MQTT broker at {self.host}:{self.port} refused a subscription of "
+                f"{', '.join(r.filter for r in self.routes)}",
+                hint="check the broker's access rules for these topics",
+            )
+        self._connected.set()
         return self
+
+    def _open(self, timeout: float) -> None:
+        self.wire.connect(timeout)
+        self._connection += 1
+        self.wire.subscribe([(r.filter, self.qos) for r in self.routes])
+        log.info("MQTT: subscribing to %s", ", ".join(r.filter for r in self.routes))
 
     def close(self) -> None:
         self._stop.set()
-        self.client.disconnect()
-        self.client.loop_stop()
-        if self._worker.is_alive():
-            self._worker.join(timeout=30)
+        self.wire.close()
+        for t in (self._reader, self._worker):
+            if t.is_alive():
+                t.join(timeout=30)
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("MQTT connection refused: %s", reason)
-            return
-        client.subscribe([(r.filter, self.qos) for r in self.routes])
-        self._connected.set()
-        log.info("MQTT: subscribed to %s", ", ".join(r.filter for r in self.routes))
+    # -- the reader -------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                msgs = self.wire.read()
+            except (WireError, ConfigError) as e:
+                if self._stop.is_set():
+                    return
+                log.warning("MQTT: %s; reconnecting in %.1f s", e, delay)
+                self.wire.close()
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                try:
+                    self._open(10.0)
+                except (WireError, ConfigError) as again:
+                    log.warning("MQTT: reconnecting failed: %s", again)
+                continue
+            delay = 0.5
+            if msgs:
+                self._take(msgs)
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        route = next((r for r in self.routes if r.matches(msg.topic)), None)
-        if route is None:
-            client.ack(msg.mid, msg.qos)
-            return
-        self.received += 1
-        self._queue.put(_Message(msg.topic, msg.payload, msg.mid, msg.qos, route))
+    def _take(self, msgs: list[tuple[str, bytes, int, int]]) -> None:
+        routes = self._routes
+        conn = self._connection
+        batch: list[_Message] = []
+        unrouted: list[int] = []
+        for topic, payload, mid, qos in msgs:
+            route = routes.get(topic, _UNKNOWN)
+            if route is _UNKNOWN:
+                route = next((r for r in self.routes if r.matches(topic)), None)
+                if len(routes) < 100_000:
+                    routes[topic] = route
+            if route is None:
+                if qos:
+                    unrouted.append(mid)
+                continue
+            batch.append(_Message(topic, payload, mid, qos, route, conn))  # type: ignore[arg-type]
+        if unrouted:
+            self._ack(unrouted, conn)
+        if batch:
+            self.received += len(batch)
+            self._queue.put(batch)
+
+    def _ack(self, mids: list[int], connection: int) -> None:
+        if connection != self._connection:
+            return  # that connection broke: the broker sends these messages again
+        try:
+            self.wire.puback(mids)
+        except WireError as e:  # the reader reconnects; the broker sends them again
+            log.warning("MQTT: acknowledgements not sent: %s", e)
 
     # -- the writer -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                first = self._queue.get(timeout=0.2)
+                msgs = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            msgs = [first]
             while len(msgs) < self.batch:
                 try:
-                    msgs.append(self._queue.get_nowait())
+                    msgs += self._queue.get_nowait()
                 except queue.Empty:
                     break
             self._write(msgs)
@@ -219,8 +274,12 @@ class MqttSubscriber:
                     self._stop.wait(e.retry_after)
             else:
                 return  # stopping: unacknowledged messages come again after a restart
+            by_connection: dict[int, list[int]] = {}
             for m in group:
-                self.client.ack(m.mid, m.qos)
+                if m.qos:
+                    by_connection.setdefault(m.connection, []).append(m.mid)
+            for connection, mids in by_connection.items():
+                self._ack(mids, connection)
 
     def _write_group(self, route: Route, group: list[_Message]) -> None:
         ident = TableIdent.parse(route.table)
