@@ -173,7 +173,7 @@ def run_targeted(
                 report.kills += len(killed)
                 settle(target)
                 t = timed("settling", t)
-                rows = reader.rows()
+                rows = reader.rows(killed)
                 t = timed("reading", t)
                 for w in killed:
                     pending = replay(ledger_path(target, w)).pending
