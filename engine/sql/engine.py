@@ -10,6 +10,7 @@ It takes the ``TableService`` (names, grants, snapshots, writes) and, per statem
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -26,7 +27,12 @@ from matrixos.config import parse_compute
 from matrixos.engine._syntax import locate_engine_error
 from matrixos.engine.context import EngineSession, QueryContext
 from matrixos.engine.dist import route
-from matrixos.engine.functions import SearchTarget, expand_functions, is_function_result
+from matrixos.engine.functions import (
+    FunctionResults,
+    SearchTarget,
+    expand_functions,
+    is_function_result,
+)
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query, locked_connection
 from matrixos.engine.scan import PrunedScan
@@ -38,7 +44,7 @@ from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, redact_literals, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
-from matrixos.engine.sql.plans import MAX_TEXT, Plan, PlanCache, TableRead
+from matrixos.engine.sql.plans import MAX_TEXT, PendingSlot, Plan, PlanCache, TableRead
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
 from matrixos.engine.sql.values import bulk_insert, redacted
@@ -49,7 +55,6 @@ from matrixos.storage.tablestore import store_class
 if TYPE_CHECKING:
     from matrixos.catalog.pending import PendingRows
     from matrixos.catalog.service import TableService
-    from matrixos.engine.functions import FunctionResults
     from matrixos.engine.scan import Snapshot
     from matrixos.engine.sql.binding import Bound
 
@@ -316,8 +321,10 @@ class SQLEngine:
         host = _Functions(self, principal)
         # newest buckets of real-time views from their source
         realtime = self.views.expand_realtime(tree, principal)
-        tree = rewrite_time_series(tree, host)  # time_bucket_gapfill, first/last, rate… (plain SQL)
-        functions = expand_functions(host, tree)
+        series, calls = _platform_calls(tree)  # one walk instead of three on plain queries
+        if series:  # time_bucket_gapfill, first/last, rate… (plain SQL)
+            tree = rewrite_time_series(tree, host)
+        functions = expand_functions(host, tree) if calls else FunctionResults()
         # Row filters and column masks: every reference they apply to becomes their subquery.
         self._security.apply(tree, principal, functions.explain)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
@@ -334,11 +341,20 @@ class SQLEngine:
             reads = _reads(self.service, refs, bound)
             if reads is not None:
 
-                def keep(sql: str) -> None:
-                    if not self._plans.is_volatile():
-                        locations = tuple(r.location for r in reads)
-                        plan = Plan(sql, counter, reads, locations, tuple(notes))
-                        self._plans.put(plan_key, plan)
+                def keep(sql: str, slots: dict[int, PendingSlot]) -> None:
+                    if self._plans.is_volatile():
+                        return
+                    if any(
+                        isinstance(s, PrunedScan) and s.pending is not None and i not in slots
+                        for i, (_, s) in enumerate(bound)
+                    ):
+                        return  # rows of a write-ahead log the plan cannot find again
+                    kept = tuple(
+                        dataclasses.replace(r, pending=slots.get(i)) for i, r in enumerate(reads)
+                    )
+                    locations = tuple(r.location for r in kept)
+                    plan = Plan(sql, counter, kept, locations, tuple(notes))
+                    self._plans.put(plan_key, plan)
 
         result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
         result.stats["engine"] = "local"
@@ -351,12 +367,15 @@ class SQLEngine:
         plan = self._plans.get(key)
         if plan is None:
             return None
+        sources: dict[str, Any] = {}  # rows still in a write-ahead log, by the plan's names
         try:
             fresh = plan.counter == self.service.cache.counter() and all(
                 not r.latest
                 or (
                     self._binder.snapshot(r.info).version == r.version
-                    and self.service.pending_rows(r.info.ident, r.version) is None
+                    and _same_pending(
+                        self.service.pending_rows(r.info.ident, r.version), r.pending, sources
+                    )
                 )
                 for r in plan.reads
             )
@@ -367,7 +386,7 @@ class SQLEngine:
             return None
         for r in plan.reads:
             lineage_runs.read(r.info.name, r.version)
-        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql)
+        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql, sources)
         result.stats.update(engine="local", plan="cached")
         return result
 
@@ -495,6 +514,20 @@ class SQLEngine:
         return SearchTarget(info.name, info.location, dict(info.properties), options, policy)
 
 
+def _platform_calls(tree: exp.Expr) -> tuple[bool, bool]:
+    """Whether ``tree`` may hold time-series functions (``timeseries.rewrite``'s nodes), and
+    platform functions (a table function or an unknown call: ``expand_functions``'s)."""
+    series = calls = False
+    for node in tree.walk():
+        if isinstance(node, exp.Anonymous):
+            return True, True
+        if isinstance(node, exp.DateBin | exp.First | exp.Last):
+            series = True
+        elif isinstance(node, exp.Table) and isinstance(node.this, exp.Func):
+            calls = True
+    return series, calls
+
+
 def _plan_key(sql: str, dialect: str, engine: str, principal: Principal) -> Hashable | None:
     """The key a query's plan is kept under (None: not kept: too long, or ``engine="ray"``,
     which distributes whatever it can)."""
@@ -506,11 +539,12 @@ def _plan_key(sql: str, dialect: str, engine: str, principal: Principal) -> Hash
 def _reads(
     service: TableService, refs: Sequence[exp.Table], bound: Bound
 ) -> tuple[TableRead, ...] | None:
-    """What a bound query reads, as a plan records it; None when its plan cannot be kept
-    (a table read as a dataset or view, rows pending in a write-ahead log)."""
+    """What a bound query reads, as a plan records it (where it scans rows pending in a
+    write-ahead log is added once the SQL is made); None when its plan cannot be kept (a
+    table read as a dataset or view)."""
     reads = []
     for node, (ident, scan) in zip(refs, bound, strict=True):
-        if not isinstance(scan, PrunedScan) or scan.pending is not None:
+        if not isinstance(scan, PrunedScan):
             return None
         info = service.cache.get_table(ident)
         if info.location != scan.snapshot.location:
@@ -518,6 +552,20 @@ def _reads(
         latest = node.args.get("version") is None and node.args.get("when") is None
         reads.append(TableRead(info, scan.snapshot.version, latest))
     return tuple(reads)
+
+
+def _same_pending(
+    now: PendingRows | None, slot: PendingSlot | None, sources: dict[str, Any]
+) -> bool:
+    """Whether a kept plan's reading of a table's pending rows (``slot``) still fits the rows
+    pending ``now``: none then and now, or rows of the same shape (then added to ``sources``
+    under the plan's name)."""
+    if now is None or slot is None:
+        return now is None and slot is None
+    if now.shape != slot.shape:
+        return False
+    sources[slot.name] = now.table
+    return True
 
 
 class _Functions:

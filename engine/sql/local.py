@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -25,6 +25,7 @@ from matrixos.engine.result import Result
 from matrixos.engine.sandbox import locked_connection
 from matrixos.engine.scan import DatasetScan, Snapshot, make_context, prune, render_scan
 from matrixos.engine.sql.errors import engine_error, user_statement, without_scan_excerpt
+from matrixos.engine.sql.plans import PendingSlot
 from matrixos.errors import SQLError
 from matrixos.storage.warehouse import is_remote
 
@@ -89,18 +90,19 @@ class LocalRunner:
         *,
         explain: bool = False,
         notes: Sequence[str] = (),
-        keep: Callable[[str], None] | None = None,
+        keep: Callable[[str, dict[int, PendingSlot]], None] | None = None,
     ) -> Result:
         """The query's rows (streamed), or with ``explain`` its plan: ``notes`` (why it runs
         here), the functions evaluated first, each scan's pruning, then DuckDB's plan.
         ``keep`` is given the DuckDB SQL when it stands alone (nothing registered on the
-        cursor: it can run again on any cursor, ``run_sql``)."""
+        cursor but rows still in a write-ahead log, which ``run_sql`` registers again: it can
+        run on any cursor) and where it scans those rows (per scan)."""
         cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, DatasetScan)])
         try:
             functions.install(cur)
-            sql, registered = self._install(cur, tree, bound)
+            sql, registered, slots = self._install(cur, tree, bound)
             if keep is not None and not registered and not functions.tables and not functions.udfs:
-                keep(sql)
+                keep(sql, slots)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
                 lines = [*notes, *functions.explain, *explain_scans(bound)]
@@ -117,11 +119,20 @@ class LocalRunner:
             raise
         return Result(reader, statement="SELECT", on_close=cur.close)
 
-    def run_sql(self, sql: str, locations: Sequence[str], tree: Callable[[], str]) -> Result:
-        """Run DuckDB SQL a ``run`` kept (a cached plan); ``tree()``: the statement as the
-        user wrote it, for errors."""
+    def run_sql(
+        self,
+        sql: str,
+        locations: Sequence[str],
+        tree: Callable[[], str],
+        sources: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Run DuckDB SQL a ``run`` kept (a cached plan), with ``sources`` (Arrow tables by
+        the names it scans them under: rows still in a write-ahead log); ``tree()``: the
+        statement as the user wrote it, for errors."""
         cur = self.cursor(locations)
         try:
+            for name, obj in (sources or {}).items():
+                cur.register(name, obj)
             reader = cur.sql(sql).to_arrow_reader(BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
@@ -183,12 +194,14 @@ class LocalRunner:
 
     def _install(
         self, cur: duckdb.DuckDBPyConnection, tree: exp.Expr, bound: Bound
-    ) -> tuple[str, bool]:
-        """``install``'s SQL, and whether anything was registered on ``cur``."""
+    ) -> tuple[str, bool, dict[int, PendingSlot]]:
+        """``install``'s SQL, whether anything but scans' pending rows was registered on
+        ``cur``, and where each scan (by its index in ``bound``) reads its pending rows."""
         ctx = make_context(self.warehouse.options, self.warehouse.is_remote)
         # A per-statement token: user SQL cannot spell it, so only our placeholders match.
         token = f"__mx_scan_{uuid.uuid4().hex}_"
         bodies: dict[str, str] = {}
+        slots: dict[int, PendingSlot] = {}
         for i, (node, (_, scan)) in enumerate(zip(table_refs(tree), bound, strict=True)):
             placeholder = f"{token}{i}"
             if isinstance(scan, DatasetScan):
@@ -198,9 +211,16 @@ class LocalRunner:
             ctx.filesystem = (
                 self.warehouse.options.to_pyarrow() if is_remote(scan.snapshot.location) else None
             )
+            before = len(ctx.registrations)
             bodies[placeholder] = render_scan(scan, ctx)
             _stand_in(node, placeholder)
-        registered = bool(ctx.registrations)
+            if scan.pending is not None:
+                added = list(ctx.registrations.items())[before:]
+                names = [n for n, obj in added if obj is scan.pending.table]
+                if len(names) == 1:
+                    slots[i] = PendingSlot(names[0], scan.pending.shape)
+        pending = {s.name for s in slots.values()}
+        registered = any(name not in pending for name in ctx.registrations)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.
@@ -214,11 +234,11 @@ class LocalRunner:
                 sql=user_statement(tree),
             ) from e
         if not bodies:
-            return sql, registered
+            return sql, registered, slots
         # One pattern for every statement (compiling one per token cost ~0.5 ms a query); a
         # name that only looks like a stand-in (not this statement's token) stays as it is.
         sql = _STAND_IN.sub(lambda m: "(" + bodies[m[1]] + ")" if m[1] in bodies else m[0], sql)
-        return sql, registered
+        return sql, registered, slots
 
 
 def explain_scans(bound: Bound) -> list[str]:

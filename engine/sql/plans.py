@@ -10,10 +10,12 @@ A dashboard, a notebook cell run again and a benchmark send the same text many t
 - the version of each table read at its latest version (time travel names its own),
 
 and on nothing else when the query folded no constant through DuckDB (``now()``,
-``current_date``: decided when it runs), reads no search function, no real-time view, no
-rows a write-ahead log has not committed and no Arrow source (object-store files, deletion
-vectors). Only such plans are kept. Using one checks the counter (one read), each table's
-latest version (a stat on a local disk) and its pending rows; any difference plans again.
+``current_date``: decided when it runs), reads no search function, no real-time view and no
+Arrow source (object-store files, deletion vectors) but a table's rows still in a write-ahead
+log (an IoT table under continuous ingest always has some: its plan records where it scans
+them, ``PendingSlot``). Only such plans are kept. Using one checks the counter (one read),
+each table's latest version (a stat on a local disk) and its pending rows (none then and now,
+or rows of the same shape, registered under the plan's name); any difference plans again.
 
 Example:
     >>> import tempfile, matrixos as mx
@@ -41,13 +43,25 @@ MAX_TEXT = 64 * 1024
 
 
 @dataclass(frozen=True)
+class PendingSlot:
+    """Where a plan reads a table's rows still in a write-ahead log: the Arrow source name its
+    SQL scans, and the shape those rows had (``PendingRows.shape``). A later run registers the
+    rows pending then under that name, when they have the same shape."""
+
+    name: str
+    shape: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
 class TableRead:
     """One table a plan reads: its catalog entry and the version read; ``latest``: read at
-    its latest version (checked again before the plan is used)."""
+    its latest version (checked again before the plan is used); ``pending``: its rows still
+    in a write-ahead log, when the plan read any."""
 
     info: TableInfo
     version: int
     latest: bool
+    pending: PendingSlot | None = None
 
     @property
     def location(self) -> str:

@@ -46,6 +46,13 @@ class PendingRows:
     table: pa.Table
     replaces: tuple[str, ...] = ()
 
+    @property
+    def shape(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """What a query's SQL over these rows depends on (column names and types, replace
+        keys): rows of the same shape can stand in for them in a kept plan."""
+        schema = self.table.schema
+        return tuple(schema.names), tuple(str(t) for t in schema.types), self.replaces
+
 
 # (table, the version a query reads) → the acknowledged rows that version lacks
 PendingSource = Callable[[TableIdent, int], "PendingRows | None"]

@@ -55,3 +55,30 @@ def test_sdk_reads_apply_last_write_wins_of_pending_points(
     ingest.flush()
     rows = lh.table("iot.cpu").to_arrow().select(["host", "v", "w"]).to_pylist()
     assert rows == [{"host": "a", "v": 2, "w": 1}]
+
+
+def test_a_repeated_query_reuses_its_plan_and_sees_each_new_point(
+    lh: mx.Lakehouse, ingest: IotIngest
+) -> None:
+    ingest.write_lines(lh.principal, "iot.cpu", lines(10))
+    ingest.flush()
+    q = "SELECT count(*), sum(v) FROM iot.cpu WHERE host = 'a'"
+    ingest.write_lines(lh.principal, "iot.cpu", lines(5, start=10))
+    assert lh.sql(q).fetchall() == [(15, sum(range(15)))]
+    for k in range(3):  # more points between runs: the kept plan scans the log's rows now
+        ingest.write_lines(lh.principal, "iot.cpu", lines(5, start=15 + 5 * k))
+        res = lh.sql(q)
+        assert res.fetchall() == [(20 + 5 * k, sum(range(20 + 5 * k)))]
+        assert res.stats.get("plan") == "cached"
+    # a point replacing a committed one: the pending rows change shape, planned again
+    ingest.write_lines(lh.principal, "iot.cpu", b"cpu,host=a v=100i 0")
+    res = lh.sql(q)
+    assert res.fetchall() == [(30, sum(range(1, 30)) + 100)]
+    assert res.stats.get("plan") != "cached"
+    # a new column only in the log: planned again, and seen
+    ingest.write_lines(lh.principal, "iot.cpu", b"cpu,host=a v=1i,temp=2.5 99000000000")
+    assert lh.sql(q).fetchall() == [(31, sum(range(1, 30)) + 101)]
+    assert lh.sql("SELECT max(temp) FROM iot.cpu").fetchall() == [(2.5,)]
+    ingest.flush()  # committed: a new version; each point still counted once
+    for _ in range(2):
+        assert lh.sql(q).fetchall() == [(31, sum(range(1, 30)) + 101)]
