@@ -701,8 +701,14 @@ class MotoS3:
     """A moto S3 server on 127.0.0.1 in a child process, for ``--backend s3``."""
 
     def __enter__(self) -> MotoS3:
+        # its own session: a SIGTERM/SIGSTOP sent to the benchmark's process group does not
+        # reach it (a stopping run still checks its table); it ends when stdin closes
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _MOTO],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         assert self.proc.stdout is not None
         self.endpoint = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
