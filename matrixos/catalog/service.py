@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +60,8 @@ from matrixos.storage.warehouse import Warehouse, filesystem_for, normalize_uri
 # A catalog entry is written before its table's first file (the entry is the lock on the name):
 # an entry younger than this with nothing at its location may be a creation in progress.
 CREATING_GRACE = timedelta(minutes=10)
+# An append records itself in ``updated_at`` at most this often per table and process.
+TOUCH_COALESCE_S = 1.0
 
 log = logging.getLogger(__name__)
 #: The ``format`` of a system view's ``TableInfo`` (``register_view``): no storage behind it.
@@ -78,6 +81,7 @@ class TableService:
         self.settings = settings
         self._lock = threading.Lock()
         self._latest: dict[str, Any] = {}  # location → the latest snapshot handle seen
+        self._touched: dict[str, float] = {}  # location → when an append last touched it
         # Catalog entries and policies, re-read only when the catalog's change counter moved.
         self.cache = CatalogCache(catalog)
         self.policies = PolicyStore(catalog, self.cache)  # row filters and column masks
@@ -213,8 +217,16 @@ class TableService:
             self._latest[info.location] = handle
         return handle
 
-    def touch(self, info: TableInfo) -> None:
-        """Record a write in the catalog (``updated_at``)."""
+    def touch(self, info: TableInfo, *, coalesce: bool = False) -> None:
+        """Record a write in the catalog (``updated_at``). With ``coalesce`` (an append), at
+        most once a second per table and process: a notebook's many small appends would each
+        wait for a catalog write (1-8 ms on SQLite, as long as the append itself)."""
+        if coalesce:
+            now = time.monotonic()
+            last = self._touched.get(info.location)
+            if last is not None and now - last < TOUCH_COALESCE_S:
+                return
+            self._touched[info.location] = now
         self.catalog.touch(info.ident)
 
     def update_properties(self, info: TableInfo, properties: Mapping[str, str]) -> TableInfo:
@@ -633,8 +645,8 @@ class TableHandle:
             return data
         return embed_rows(self.info.properties, to_arrow_table(data))
 
-    def _done(self, result: WriteResult) -> WriteResult:
-        self.service.touch(self.info)
+    def _done(self, result: WriteResult, *, append: bool = False) -> WriteResult:
+        self.service.touch(self.info, coalesce=append)
         lineage_runs.wrote(self.service, self.name, result.version, self.principal.name)
         return result
 
@@ -649,7 +661,8 @@ class TableHandle:
     ) -> WriteResult:
         store = self.writable()
         return self._done(
-            store.append(self._rows(data), evolve=evolve, commit_metadata=commit_metadata)
+            store.append(self._rows(data), evolve=evolve, commit_metadata=commit_metadata),
+            append=True,
         )
 
     def overwrite(

@@ -6,6 +6,7 @@ that next write. Auto-compaction is size-tiered, so appends do not rewrite the w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 import matrixos as mx
 from matrixos.storage.delta import DeltaStore, wait_for_maintenance
@@ -134,3 +135,130 @@ def test_a_table_made_again_at_the_same_location_starts_afresh(tmp_path: Any) ->
     store.create(pa.table({"id": [10]}))
     assert store.append(pa.table({"id": [11]})).version == 1
     assert sorted(store.open().to_pyarrow_table().column("id").to_pylist()) == [10, 11]
+
+
+def _commit(location: str, version: int, options: Any) -> list[dict[str, Any]]:
+    """The actions of commit ``version`` (read with the table's own file system)."""
+    dt = DeltaTable(location, storage_options=options)
+    name = f"_delta_log/{version:020d}.json"
+    if "://" in location:
+        import fsspec
+
+        fs = fsspec.filesystem(
+            "s3",
+            key=options["AWS_ACCESS_KEY_ID"],
+            secret=options["AWS_SECRET_ACCESS_KEY"],
+            client_kwargs={"endpoint_url": options["AWS_ENDPOINT_URL"]},
+        )
+        raw = fs.cat_file(f"{location.split('://', 1)[1]}/{name}").decode()
+    else:
+        with open(f"{location}/{name}") as f:
+            raw = f.read()
+    assert dt.version() >= version
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def test_small_appends_commit_blind_appends_that_any_delta_reader_reads(
+    warehouse_root: Any,
+) -> None:
+    """A small append to a partitioned table is one file per partition and one commit of
+    adds (delta-rs not involved); plain deltalake, the SQL engine and history all read it."""
+    opts = warehouse_root.storage_options
+    with mx.connect(warehouse_root.uri, storage_options=opts) as lh:
+        t = lh.create_table(
+            "s.parts",
+            pa.table({"day": ["2024-05-01"], "host": [1], "v": [0.5]}),
+            partition_by=["day", "host"],
+        )
+        store = DeltaStore(t.location, opts)
+        res = store.append(
+            pa.table(
+                {
+                    "day": ["2024-05-01", "2024-05-02", "2024-05-02"],
+                    "host": [1, 2, 2],
+                    "v": [1.0, 2.0, 3.0],
+                }
+            ),
+            commit_metadata={"batch": "b7"},
+        )
+        assert res.version == 1
+        actions = _commit(t.location, 1, opts)
+        info = actions[0]["commitInfo"]
+        assert info["engineInfo"] == "matrixos" and info["isBlindAppend"] is True
+        assert info["batch"] == "b7"  # recorded as delta-rs records custom metadata
+        adds = [a["add"] for a in actions if "add" in a]
+        assert sorted(json.dumps(a["partitionValues"], sort_keys=True) for a in adds) == [
+            '{"day": "2024-05-01", "host": "1"}',
+            '{"day": "2024-05-02", "host": "2"}',
+        ]
+        stats = {a["partitionValues"]["day"]: json.loads(a["stats"]) for a in adds}
+        assert stats["2024-05-02"]["numRecords"] == 2
+        assert stats["2024-05-02"]["minValues"]["v"] == 2.0
+        dt = DeltaTable(t.location, storage_options=opts)
+        got = sorted((r["day"], r["host"], r["v"]) for r in dt.to_pyarrow_table().to_pylist())
+        assert got == [
+            ("2024-05-01", 1, 0.5),
+            ("2024-05-01", 1, 1.0),
+            ("2024-05-02", 2, 2.0),
+            ("2024-05-02", 2, 3.0),
+        ]
+        assert lh.sql("SELECT sum(v) FROM s.parts WHERE day = '2024-05-02'").fetchall() == [(5.0,)]
+        assert t.history()[0]["batch"] == "b7"
+        # the statistics prune: one partition's file only
+        plan = lh.sql("EXPLAIN SELECT * FROM s.parts WHERE v > 2.5").to_arrow().to_pylist()
+        assert "1 of 3 files after pruning" in plan[0]["plan"]
+
+
+def test_a_small_append_after_another_writer_changed_the_schema_starts_again(
+    tmp_path: Any,
+) -> None:
+    """The version the process knew is taken by a commit that evolved the schema: the append
+    drops its file, reads the table again and commits after it, in the new schema."""
+    loc = str(tmp_path / "t")
+    store = DeltaStore(loc)
+    store.create(pa.table({"id": [0]}))
+    store.append(pa.table({"id": [1]}))  # the process now knows version 1
+    write_deltalake(loc, pa.table({"id": [2], "note": ["x"]}), mode="append", schema_mode="merge")
+    assert store.append(pa.table({"id": [3]})).version == 3
+    rows = sorted(DeltaTable(loc).to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
+    assert rows == [
+        {"id": 0, "note": None},
+        {"id": 1, "note": None},
+        {"id": 2, "note": "x"},
+        {"id": 3, "note": None},
+    ]
+    parquet = [p for p in os.listdir(loc) if p.endswith(".parquet")]
+    assert len(parquet) == 4  # the dropped attempt left no file behind
+
+
+def test_appends_honour_what_only_delta_rs_checks(tmp_path: Any) -> None:
+    """Tables with CHECK constraints (and other writer features) are appended to by delta-rs,
+    which enforces them; evolving appends and nulls in NOT NULL columns go there too."""
+    loc = str(tmp_path / "c")
+    store = DeltaStore(loc)
+    store.create(pa.table({"id": [1], "v": [5]}))
+    store.append(pa.table({"id": [2], "v": [6]}))  # appended by MatrixOS: no constraint yet
+    assert DeltaTable(loc).history(1)[0]["engineInfo"] == "matrixos"
+    DeltaTable(loc).alter.add_constraint({"v_positive": "v > 0"})  # as another writer would
+    store.append(pa.table({"id": [3], "v": [7]}))  # sees the new property, goes to delta-rs
+    assert DeltaTable(loc).history(1)[0]["engineInfo"] != "matrixos"
+    with pytest.raises(mx.errors.MatrixOSError, match=r"failed validation"):
+        store.append(pa.table({"id": [4], "v": [-1]}))
+    assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == [1, 2, 3]
+    # evolve: the new column goes through delta-rs's schema merge
+    plain = DeltaStore(str(tmp_path / "e"))
+    plain.create(pa.table({"id": [1]}))
+    plain.append(pa.table({"id": [2], "extra": ["y"]}), evolve=True)
+    assert DeltaTable(plain.location).schema().to_arrow().names == ["id", "extra"]
+
+
+def test_small_appends_checkpoint_in_the_background(tmp_path: Any) -> None:
+    loc = str(tmp_path / "k")
+    store = DeltaStore(loc)
+    store.create(pa.table({"id": [0]}), properties={"delta.checkpointInterval": "5"})
+    for i in range(1, 6):
+        store.append(pa.table({"id": [i]}))
+    assert wait_for_maintenance(timeout=60)
+    assert os.path.exists(f"{loc}/_delta_log/{5:020d}.checkpoint.parquet")
+    # a reader starts from it
+    assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == list(range(6))
