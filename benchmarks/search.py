@@ -1,11 +1,14 @@
-"""``python -m benchmarks.search [--n 50000] [--queries 500] [--k 10] [--json out.json]``
+"""``python -m benchmarks.search [--n 50000] [--queries 500] [--k 10] [--synthetic DIM]``
 
 Vector search on real MiniLM embeddings of Debian's documentation (PostgreSQL 15 and, when
-installed, Python 3.11 HTML manuals split into short passages): recall@k against exact search,
-p50/p99 latency and QPS for MatrixOS's ``vector_search`` (in-memory ANN cache), pylance and
-LanceDB directly on the same dataset's IVF_HNSW_SQ index, faiss HNSW on its own, and exact numpy;
-plus a filtered (1 % selectivity) row. Embeddings are cached under
-``$TMPDIR/matrixos-bench/search/`` so a re-run starts at once.
+installed, Python 3.11 HTML manuals split into short passages), or ``--synthetic`` clustered
+vectors: recall@k against exact search, p50/p99 latency and QPS of the calls users make
+(``lh.search``, ``LanceTable.search``, SQL ``vector_search`` through ``lh.sql``, a 1 % filter),
+with the cache warming itself from the first query, then the inner path as a breakdown
+(catalog lookups, ``vector_search`` by URI), pylance and LanceDB directly on the same
+dataset's IVF_HNSW_SQ index, faiss HNSW on its own, and exact numpy. The last line says
+whether the public calls meet issue 16's target (p50 <= 1 ms at recall@10 >= 0.95).
+Embeddings are cached under ``$TMPDIR/matrixos-bench/search/`` so a re-run starts at once.
 """
 
 from __future__ import annotations
@@ -237,28 +240,30 @@ def measure(
     method: str,
     run: Callable[[np.ndarray], Any],
     queries: np.ndarray,
-    truth: list[set[int]],
+    truth: list[set[int]] | None,
     k: int,
     note: str = "",
     warmup: int = 20,
 ) -> Row:
-    """Time ``run`` per query (after ``warmup`` untimed queries); ``run`` returns the ids."""
+    """Time ``run`` per query (after ``warmup`` untimed queries); ``run`` returns the ids
+    (anything when ``truth`` is None: a step timed alone, with no recall)."""
     for q in queries[:warmup]:
         run(q)
     samples: list[float] = []
     hits = 0
     t_all = time.perf_counter()
-    for i, (q, want) in enumerate(zip(queries, truth, strict=True)):
+    for i, q in enumerate(queries):
         _QUERY_NO[0] = i
         t0 = time.perf_counter_ns()
         ids = run(q)
         samples.append((time.perf_counter_ns() - t0) / 1e6)
-        hits += len(want.intersection(int(i) for i in list(ids)[:k]))
+        if truth is not None:
+            hits += len(truth[i].intersection(int(i) for i in list(ids)[:k]))
     total = time.perf_counter() - t_all
-    expected = sum(min(k, len(w)) for w in truth)
+    expected = sum(min(k, len(w)) for w in truth) if truth is not None else 0
     return Row(
         method=method,
-        recall=hits / expected,
+        recall=hits / expected if expected else float("nan"),
         p50_ms=float(np.percentile(samples, 50)),
         p99_ms=float(np.percentile(samples, 99)),
         qps=len(queries) / total,
@@ -293,75 +298,104 @@ def run_all(
     def ids_of(t: pa.Table) -> list[int]:
         return t.column("id").to_pylist()
 
-    log("matrixos: warming the ANN cache …")
-    search.clear_cache()
-    t0 = time.perf_counter()
-    info = search.warm(uri, "vector")
-    extra["cache_build_s"] = time.perf_counter() - t0
-    extra["cache"] = info
-    log(f"  {extra['cache_build_s']:.1f} s, {info['kind']}, {info['bytes'] / 2**20:.0f} MiB")
-    rows.append(
-        measure(
-            "matrixos vector_search (ANN cache)",
-            lambda q: ids_of(search.vector_search(uri, q, k=k, columns=cols)),
-            qv,
-            truth,
-            k,
-            note=f"faiss HNSW M={search.HNSW_M} ef={search.HNSW_EF_SEARCH}; rows fetched",
-        )
-    )
-    # The calls users make, on the same dataset registered in a warehouse and the same cache
-    # entry (LanceTable.create_index starts that build itself, in the background; here the
-    # index already exists, so the warm above stands in for it).
+    # The calls users make, on the dataset registered in a warehouse. Nothing is warmed by
+    # hand: the first search finds no cache entry, answers from Lance's index and starts the
+    # build in the background (LanceTable.create_index would have started it already).
     import matrixos as mx
     from matrixos.lance_table import lance_table_or_error
 
+    search.clear_cache()
     lh = mx.connect(tempfile.mkdtemp(prefix="mx-search-wh-"))
     lt = lance_table_or_error(lh.register_table("kb.docs", uri))
-    rows.append(
+    t0 = time.perf_counter()
+    lh.search("kb.docs", qv[0], k=k, columns=cols)
+    extra["first_query_ms"] = (time.perf_counter() - t0) * 1e3
+    log(f"first lh.search {extra['first_query_ms']:.1f} ms (Lance); the cache builds itself …")
+    while search.cache_info()["building"]:
+        time.sleep(0.05)
+    extra["cache_build_s"] = time.perf_counter() - t0
+    (info,) = search.cache_info()["entries"]
+    extra["cache"] = info
+    log(
+        f"  ready after {extra['cache_build_s']:.1f} s: {info['kind']}, "
+        f"{info['bytes'] / 2**20:.0f} MiB ({info['payload_bytes'] / 2**20:.0f} MiB of it the "
+        f"columns {', '.join(info['payload_columns'])})"
+    )
+    public = [
         measure(
-            "lh.search (public API)",
+            "lh.search",
             lambda q: ids_of(lh.search("kb.docs", q, k=k, columns=cols).to_arrow()),
             qv,
             truth,
             k,
-            note="catalog row, grants, policy check, dataset handle, cache, rows fetched",
-        )
-    )
-    rows.append(
+            note="catalog entry, grants, policy check, dataset version, cache, rows",
+        ),
         measure(
-            "LanceTable.search (public API)",
+            "LanceTable.search",
             lambda q: ids_of(lt.search(q, k=k, columns=cols)),
             qv,
             truth,
             k,
-        )
-    )
-    rows.append(
+            note="grants, policy check, dataset version, cache, rows",
+        ),
         measure(
-            "SQL vector_search (public API)",
-            lambda q: [
-                r[0]
-                for r in lh.sql(
-                    "SELECT id FROM vector_search(kb.docs, "
-                    f"[{', '.join(repr(float(x)) for x in q)}], k => {k})"
-                ).fetchall()
-            ],
-            qv,
-            truth,
-            k,
-            note="parse, bind, plan and DuckDB over the hits",
-        )
-    )
-    rows.append(
-        measure(
-            "lh.search 1% filter (public API)",
+            "lh.search, 1 % filter",
             lambda q: ids_of(
                 lh.search("kb.docs", q, k=k, columns=cols, filter=f"bucket = {bucket}").to_arrow()
             ),
             qv,
             sub_truth,
             k,
+            note=f"'bucket = {bucket}': {len(sub):,} rows, exact over them",
+        ),
+        measure(
+            "SQL vector_search (lh.sql)",
+            lambda q: [
+                r[0]
+                for r in lh.sql(
+                    "SELECT id, text FROM vector_search(kb.docs, "
+                    f"[{', '.join(repr(float(x)) for x in q)}], k => {k})"
+                ).fetchall()
+            ],
+            qv,
+            truth,
+            k,
+            note=f"a {qv.shape[1]}-number literal: parse, bind, DuckDB over the hits",
+        ),
+    ]
+    rows.extend(public)
+    extra["target"] = {r.method: bool(r.p50_ms <= 1.0 and r.recall >= 0.95) for r in public}
+    # The inner path, as a breakdown of lh.search: the catalog lookups, then the search of the
+    # dataset by URI (the same cache entry).
+    table_info = lt.info
+    rows.append(
+        measure(
+            "  catalog entry (lh.table)",
+            lambda q: lh.table("kb.docs"),
+            qv,
+            None,
+            k,
+            note="catalog cache: one read of the change counter",
+        )
+    )
+    rows.append(
+        measure(
+            "  policy lookup",
+            lambda q: lh.service.policy(lh.principal, table_info),
+            qv,
+            None,
+            k,
+            note="row filters / column masks (catalog cache)",
+        )
+    )
+    rows.append(
+        measure(
+            "  vector_search(uri) (ANN cache)",
+            lambda q: ids_of(search.vector_search(uri, q, k=k, columns=cols)),
+            qv,
+            truth,
+            k,
+            note=f"faiss HNSW M={search.HNSW_M} ef={search.HNSW_EF_SEARCH}; rows from memory",
         )
     )
     rows.append(
@@ -555,7 +589,7 @@ def _table(rows: list[Row], n: int, queries: int, k: int) -> Any:
     for r in rows:
         t.add_row(
             r.method,
-            f"{r.recall:.3f}",
+            "" if r.recall != r.recall else f"{r.recall:.3f}",  # NaN: a step timed alone
             f"{r.p50_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.qps:,.0f}",
@@ -609,9 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
     console.print(_table(rows, a.n, a.queries, a.k))
     log(
-        f"ANN cache build {extra['cache_build_s']:.1f} s; load average {load_before:.1f} "
-        f"before, {load_after:.1f} after"
+        f"ANN cache built in the background from the first query in "
+        f"{extra['cache_build_s']:.1f} s; load average {load_before:.1f} before, "
+        f"{load_after:.1f} after"
     )
+    verdict = ", ".join(f"{m} {'met' if ok else 'NOT met'}" for m, ok in extra["target"].items())
+    console.print(f"target p50 <= 1 ms at recall@{a.k} >= 0.95: {verdict}")
     if a.json:
         doc = {
             "n": a.n,

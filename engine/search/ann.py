@@ -87,6 +87,12 @@ class AnnCache:
     def _estimate(self, rows: int, dim: int) -> int:
         return rows * (dim * 4 + 13 + ann_index.HNSW_M * 10)
 
+    def build(self, ds: LanceDataset, uri: str, column: str, dim: int, metric: Metric) -> Entry:
+        """A new entry, its payload within the room the vectors leave in the budget (an entry
+        over the budget would not be kept)."""
+        room = self.max_bytes - self._estimate(ds.count_rows(), dim)
+        return build_entry(ds, uri, column, dim, metric, payload_room=max(room, 0))
+
     @property
     def max_bytes(self) -> int:
         return self.entries.max_weight or 0
@@ -157,7 +163,7 @@ class AnnCache:
                         if old.version < ds.version:
                             todo = plan_update(old, ds)
                             if todo is None:
-                                return build_entry(ds, uri, column, dim, metric)
+                                return self.build(ds, uri, column, dim, metric)
                             apply_update(old, ds, todo, metric)
                     return old
 
@@ -168,14 +174,14 @@ class AnnCache:
                 self._background(key, update)
                 return None
         if wait or rows <= SYNC_BUILD_MAX_ROWS:
-            fresh = build_entry(ds, uri, column, dim, metric)
+            fresh = self.build(ds, uri, column, dim, metric)
             self.entries.put(key, fresh)
             return fresh
         latest_uri, so = uri, dict(storage_options or {})
 
         def build() -> Entry:
             latest = open_dataset(latest_uri, so, None)
-            return build_entry(latest, latest_uri, column, dim, metric)
+            return self.build(latest, latest_uri, column, dim, metric)
 
         self._background(key, build)
         return None
@@ -327,7 +333,7 @@ def prewarm(
         entry = CACHE.entries.get((uri, col, m))
         if entry is not None and entry.version == latest.version:
             return entry
-        return build_entry(latest, uri, col, dim, m)
+        return CACHE.build(latest, uri, col, dim, m)
 
     CACHE._background((uri, col, m), build)
     return True

@@ -85,10 +85,10 @@ def _fixed_width(t: pa.DataType) -> float | None:
         return None
 
 
-def payload_columns(ds: LanceDataset, rows: int) -> list[str]:
+def payload_columns(ds: LanceDataset, rows: int, room: int | None = None) -> list[str]:
     """The columns to keep beside the vectors: in schema order, each whose estimated size
     (exact for fixed-width types, from a sample of the first rows otherwise) still fits
-    ``PAYLOAD_MAX_BYTES``."""
+    ``PAYLOAD_MAX_BYTES`` (and ``room``)."""
     fields = [f for f in ds.schema if b"lance-encoding:blob" not in (f.metadata or {})]
     width = {f.name: _fixed_width(f.type) for f in fields}
     variable = [f.name for f in fields if width[f.name] is None]
@@ -96,7 +96,8 @@ def payload_columns(ds: LanceDataset, rows: int) -> list[str]:
         sample = ds.to_table(columns=variable, limit=PAYLOAD_SAMPLE_ROWS)
         for name in variable:
             width[name] = sample.column(name).nbytes / max(sample.num_rows, 1) * 1.1
-    budget, out = PAYLOAD_MAX_BYTES, []
+    budget = PAYLOAD_MAX_BYTES if room is None else min(room, PAYLOAD_MAX_BYTES)
+    out: list[str] = []
     for f in fields:
         need = (width[f.name] or 0.0) * rows + 1 / 8 * rows  # values + validity
         if need <= budget:
@@ -400,10 +401,19 @@ def new_index(kind: str, dim: int, metric: Metric) -> Any:
     return index
 
 
-def build_entry(ds: LanceDataset, uri: str, column: str, dim: int, metric: Metric) -> Entry:
+def build_entry(
+    ds: LanceDataset,
+    uri: str,
+    column: str,
+    dim: int,
+    metric: Metric,
+    payload_room: int | None = None,
+) -> Entry:
+    """The entry of ``column`` at ``ds``'s version; its payload takes at most
+    ``payload_room`` bytes (and ``PAYLOAD_MAX_BYTES``)."""
     t0 = time.perf_counter()
     frags = fragment_signatures(ds)
-    keep = payload_columns(ds, ds.count_rows())
+    keep = payload_columns(ds, ds.count_rows(), payload_room)
     vecs, rowids, frag_of, payload = read_vectors(ds, column, dim, metric, None, keep)
     kind = "flat" if len(vecs) <= CACHE_FLAT_MAX_ROWS else "hnsw"
     index = new_index(kind, dim, metric)
