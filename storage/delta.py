@@ -87,8 +87,10 @@ _WRITERS: LRU[tuple[str, str], DeltaTable] = LRU(64)
 ROW_GROUP_ROWS = 122_880
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")
 # What each table's last small append left behind (``_delta_append``): the next one commits
-# after it without reading the log (None: that table's appends go through delta-rs).
-_APPENDERS: LRU[tuple[str, str], fast.AppendState | None] = LRU(64)
+# after it without reading the log (``_BY_DELTA_RS``: that table's appends go through delta-rs).
+# A writer takes the state out while it works, as with ``_WRITERS``.
+_APPENDERS: LRU[tuple[str, str], fast.AppendState | str] = LRU(64)
+_BY_DELTA_RS = "delta-rs"
 
 # Reader features whose meaning MatrixOS honours when it reads files itself (see engine.scan).
 SUPPORTED_READER_FEATURES = frozenset(
@@ -441,14 +443,16 @@ class DeltaStore(TableStore):
     def _small_append(
         self, data: pa.Table, evolve: bool, metadata: Mapping[str, str] | None
     ) -> WriteResult | None:
-        """Append ``data`` as ``_delta_append`` does (a Parquet file and a put-if-absent
-        commit after the version this process last saw); None when delta-rs must do it (see
-        ``_delta_append.unsupported`` and ``fits``)."""
+        """Append ``data`` as ``_delta_append`` does; None when delta-rs must do it."""
         key = self._writer_key()
         for _ in range(3):
-            state = _APPENDERS.pop(key) if key in _APPENDERS else self._append_state()
+            kept = _APPENDERS.pop(key)
+            if kept == _BY_DELTA_RS:
+                _APPENDERS.put(key, kept)
+                return None
+            state = kept if isinstance(kept, fast.AppendState) else self._append_state()
             if state is None:
-                _APPENDERS.put(key, None)
+                _APPENDERS.put(key, _BY_DELTA_RS)
                 return None
             table = conform(data, state.schema, evolve=evolve, overwrite=False)
             if not fast.fits(state, table, min(self.small_file_bytes, self.target_file_bytes)):
@@ -478,8 +482,7 @@ class DeltaStore(TableStore):
             _WRITERS.put(self._writer_key(), dt)
 
     def _upkeep(self, state: fast.AppendState, version: int) -> None:
-        """After a small append: a checkpoint every ``delta.checkpointInterval`` versions and
-        auto-compaction when a tier is full, both in the background (``_delta_append``)."""
+        """Checkpoint and auto-compaction after a small append, in the background."""
         key = self._writer_key()
         if version % state.checkpoint_interval == 0:
             fast.MAINTENANCE.submit(
