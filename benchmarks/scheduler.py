@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - metering not installed
     TABLE = dict(PEAKS)
 
 HOUR = 3600.0
+SIZE_CLASSES = [("1-8", 1, 8), ("16-128", 16, 128), ("256-2048", 256, 2048)]
 
 
 def make_policy(name: str) -> Policy:
@@ -50,13 +51,17 @@ def run_trace(args: argparse.Namespace, nodes: list[NodeSpec]) -> dict[str, SimR
         max_gang=min(2048, gpus // 4),
         sigma=args.sigma,
         inference=args.inference,
+        gang_weights=[float(x) for x in args.gangs.split(",")] if args.gangs else None,
     )
     sizes = [j.spec.total_gpus for j in trace]
+    work = [s * j.runtime_s for s, j in zip(sizes, trace, strict=True)]
+    big = sum(w for s, w in zip(sizes, work, strict=True) if s > 8) / max(sum(work), 1e-9)
     print(
         f"trace: {len(trace)} jobs, {gpus} GPUs ({len(nodes)} nodes), offered load {args.load}, "
         f"runtime sigma {args.sigma}, "
-        f"gangs 1-{max(sizes)} GPUs ({sum(s <= 8 for s in sizes) / len(sizes):.0%} <= 8), "
-        f"arrivals over {max(j.spec.submitted_at for j in trace) / HOUR:.1f} h"
+        f"gangs 1-{max(sizes)} GPUs ({sum(s == 1 for s in sizes) / len(sizes):.0%} single-GPU, "
+        f"{sum(s <= 8 for s in sizes) / len(sizes):.0%} <= 8; gangs > 8 GPUs hold {big:.0%} "
+        f"of the GPU time), arrivals over {max(j.spec.submitted_at for j in trace) / HOUR:.1f} h"
     )
     out: dict[str, SimResult] = {}
     for name in POLICIES:
@@ -168,9 +173,16 @@ def report(results: dict[str, SimResult], bound_h: float) -> list[dict[str, Any]
             f"{row['jct_p99_h']:>8.2f}h {row['degrees']:>10,.0f} {row['preemptions']:>7} "
             f"{row['decide_p50_ms']:>8.2f}/{row['decide_max_ms']:<8.1f}"
         )
-    for row in rows:
+    for row, r in zip(rows, results.values(), strict=True):
         by = ", ".join(f"{a} {u:.1%}" for a, u in row["utilization_by_type"].items())
-        print(f"  {row['policy']}: {by}")
+        waits = {
+            label: max((w for s, ws in r.waits_by_size.items() if lo <= s <= hi for w in ws),
+                       default=0.0) / HOUR
+            for label, lo, hi in SIZE_CLASSES
+        }  # fmt: skip
+        row["wait_max_by_size_h"] = waits
+        most = ", ".join(f"{k} GPUs {v:.1f} h" for k, v in waits.items())
+        print(f"  {row['policy']}: {by}; longest wait: {most}")
     print(
         f"(utilization: busy GPU-seconds / (GPUs x arrival window); decide: wall time inside the "
         f"simulation, queue up to {max(r['max_queued'] for r in rows)} jobs)\n"
@@ -224,9 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sigma", type=float, default=2.2, help="log-normal runtime spread")
     ap.add_argument("--mix", default="40,40,20", help="H100,A100,L4 shares of the nodes")
     ap.add_argument("--inference", type=float, default=0.45, help="share of small inference jobs")
+    ap.add_argument(
+        "--gangs",
+        default="",
+        help="weights of gang sizes 1,2,4,...,2048 GPUs (default: matrixos.jobs.sim's mix)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--queued", type=int, default=10000, help="queue for the decision timing")
-    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=200, help="0: no decision timing")
     ap.add_argument("--plots", type=Path, default=Path("benchmarks/out"))
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--json", type=Path)
@@ -241,9 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     bound_h = make_policy("priority_preempt").starve_after_s / HOUR  # type: ignore[attr-defined]
     rows = report(results, bound_h)
     total = sum(n.gpus for n in nodes)
+    bench: dict[str, dict[str, float]] = {}
+    if args.rounds <= 0:
+        _finish(args, results, rows, bench)
+        return
     print(f"\ndecision time, {args.queued} queued on the full {total}-GPU cluster")
     print("(CPU time of the deciding thread; wall time on this shared machine beside it)")
-    bench: dict[str, dict[str, float]] = {}
     for name in POLICIES:
         b = bench[name] = decision_bench(name, nodes, args.queued, args.rounds, args.seed)
         print(
@@ -252,6 +272,15 @@ def main(argv: list[str] | None = None) -> None:
             f"(wall p50 {b['wall_p50_ms']:5.2f} p99 {b['wall_p99_ms']:5.2f}; "
             f"{b['running']:.0f} running)"
         )
+    _finish(args, results, rows, bench)
+
+
+def _finish(
+    args: argparse.Namespace,
+    results: dict[str, SimResult],
+    rows: list[dict[str, Any]],
+    bench: dict[str, dict[str, float]],
+) -> None:
     if not args.no_plots:
         plots(results, bench, args.plots)
     if args.json:
