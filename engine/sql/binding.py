@@ -250,9 +250,10 @@ class Binder:
         value = _literal_value(node)
         if value is not _NOT_LITERAL:
             return value
+        if not _deterministic(node):
+            self.volatile()  # now(), current_date, random(): decided when it runs
         # Callers check their statements first; checked again here because this connection
         # runs the expression as it stands.
-        self.volatile()  # now(), current_date, random(): decided when it runs
         select = exp.select(node.copy())
         check_query(select)
         try:
@@ -399,6 +400,9 @@ _INTEGER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+\.[0-9]*|\.[0-9]+")
 _SCIENTIFIC = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_ISO_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+)
 
 
 def _literal_value(node: exp.Expr) -> Any:
@@ -440,7 +444,51 @@ def _literal_value(node: exp.Expr) -> Any:
             return date.fromisoformat(node.this.this)
         except ValueError:
             return _NOT_LITERAL
+    elif (
+        isinstance(node, exp.Cast)
+        and isinstance(node.this, exp.Literal)
+        and node.this.is_string
+        and node.to.is_type(exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ)
+        and _ISO_TIMESTAMP.fullmatch(node.this.this)
+    ):
+        # TIMESTAMP '2026-01-01 00:00:00' (time-series ranges): naive, as DuckDB gives it
+        try:
+            return datetime.fromisoformat(node.this.this)
+        except ValueError:
+            return _NOT_LITERAL
     return _NOT_LITERAL
+
+
+# What a constant DuckDB folds may hold and still mean the same at every run: literals,
+# arithmetic, casts and intervals. Anything else (now(), current_date, random(), a cast of
+# 'now' or 'today') makes the plan that used its value one not to keep.
+_STABLE = (
+    exp.Literal,
+    exp.Cast,
+    exp.TryCast,
+    exp.DataType,
+    exp.DataTypeParam,
+    exp.Interval,
+    exp.Var,
+    exp.Neg,
+    exp.Paren,
+    exp.Boolean,
+    exp.Null,
+    exp.Array,
+    exp.Tuple,
+    exp.Binary,
+)
+
+
+def _deterministic(node: exp.Expr) -> bool:
+    for n in node.walk():
+        if not isinstance(n, _STABLE):
+            return False
+        if isinstance(n, exp.Cast | exp.TryCast) and isinstance(n.this, exp.Literal):
+            text = n.this.this if n.this.is_string else ""
+            if text and not text.lstrip()[:1].isdigit():
+                return False  # 'now', 'today', 'epoch', 'infinity'
+    return True
 
 
 def _nothing() -> None:
