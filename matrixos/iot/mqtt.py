@@ -150,7 +150,7 @@ class MqttSubscriber:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._routes: dict[str, Route | None] = {}  # topic → its route (None: no route)
-        self._connection = 0
+        self.connections = 0  # connections made so far (reconnects count)
         # A persistent session (clean_session=False, a stable client id): QoS 1 messages not
         # acknowledged before a crash are sent again when the subscriber reconnects.
         self.wire = MqttWire(
@@ -183,7 +183,7 @@ class MqttSubscriber:
 
     def _open(self, timeout: float) -> None:
         self.wire.connect(timeout)
-        self._connection += 1
+        self.connections += 1
         self.wire.subscribe([(r.filter, self.qos) for r in self.routes])
         log.info("MQTT: subscribing to %s", ", ".join(r.filter for r in self.routes))
 
@@ -218,7 +218,7 @@ class MqttSubscriber:
 
     def _take(self, msgs: list[tuple[str, bytes, int, int]]) -> None:
         routes = self._routes
-        conn = self._connection
+        conn = self.connections
         batch: list[_Message] = []
         unrouted: list[int] = []
         for topic, payload, mid, qos in msgs:
@@ -239,7 +239,7 @@ class MqttSubscriber:
             self._queue.put(batch)
 
     def _ack(self, mids: list[int], connection: int) -> None:
-        if connection != self._connection:
+        if connection != self.connections:
             return  # that connection broke: the broker sends these messages again
         try:
             self.wire.puback(mids)
@@ -303,31 +303,42 @@ class MqttSubscriber:
 
     def _write_lines(self, route: Route, ident: TableIdent, msgs: list[_Message]) -> None:
         """Many messages' line protocol parsed as one body; each line gets its message's
-        topic tags."""
-        payloads = [m.payload.rstrip(b"\n") for m in msgs]
-        counts = np.array([p.count(b"\n") + 1 for p in payloads], dtype=np.int64)
-        ends = np.cumsum(counts)  # the last line number of each message
+        topic tags (worked out once per distinct topic)."""
+        body = b"\n".join([m.payload for m in msgs])
+        if body.count(b"\n") + 1 == len(msgs) and b"\n\n" not in body:
+            ends = None  # one line a message (the usual case): line k is message k - 1
+        else:
+            payloads = [m.payload.rstrip(b"\n") for m in msgs]
+            counts = np.array([p.count(b"\n") + 1 for p in payloads], dtype=np.int64)
+            ends = np.cumsum(counts)  # the last line number of each message
+            body = b"\n".join(payloads)
         try:
-            batch = lineproto.parse(b"\n".join(payloads), source=route.filter, partial=True)
+            batch = lineproto.parse(body, source=route.filter, partial=True)
         except MatrixOSError as e:
             self.dropped += len(msgs)
             log.warning("MQTT messages on %s refused: %s", route.filter, e)
             return
+
+        def message_of(lines: np.ndarray) -> np.ndarray:
+            return lines - 1 if ends is None else np.searchsorted(ends, lines)
+
         if batch.rejected:
-            self.dropped += len({int(np.searchsorted(ends, r["line"])) for r in batch.rejected})
+            bad = message_of(np.array([int(r["line"]) for r in batch.rejected]))
+            self.dropped += len(set(bad.tolist()))
             log.warning("MQTT: %d line(s) refused, first: %s", len(batch.rejected),
                         batch.rejected[0]["message"])  # fmt: skip
-        topic_tags = [route.tags(m.topic) for m in msgs]
+        topics: dict[str, int] = {}
+        code = np.array([topics.setdefault(m.topic, len(topics)) for m in msgs], dtype=np.int64)
+        topic_tags = [route.tags(t) for t in topics]
         names = list(dict.fromkeys(k for t in topic_tags for k in t))
         for m, points in batch.tables.items():
-            which = np.searchsorted(ends, points.column(lineproto.LINE).to_numpy())
+            which = pa.array(code[message_of(points.column(lineproto.LINE).to_numpy())])
             tags = list(batch.tags.get(m, []))
             for name in names:
                 values = pa.array([t.get(name) for t in topic_tags], pa.string())
-                col = values.take(pa.array(which))
                 if name in points.column_names:
                     points = points.drop_columns([name])
-                points = points.append_column(name, col)
+                points = points.append_column(name, values.take(which))
                 if name not in tags:
                     tags.append(name)
             self.written += self.ingest.write_points(

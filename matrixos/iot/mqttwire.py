@@ -95,6 +95,7 @@ class MqttWire:
     # -- connecting -------------------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> bool:
         """Open the connection; returns whether the broker still had this client's session."""
+        self.subscribed.clear()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as e:

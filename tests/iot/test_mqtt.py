@@ -138,3 +138,70 @@ def test_unacknowledged_messages_come_again(broker: str, lh: mx.Lakehouse, tmp_p
             assert wait_for(count, 40) == 40
         finally:
             again.close()
+
+
+def test_multi_line_payloads_and_a_bad_message(
+    broker: str, lh: mx.Lakehouse, tmp_path: Path
+) -> None:
+    """Messages of several lines keep their topic's tags on every line; a message with a bad
+    line is counted as dropped and acknowledged, the others land."""
+    with IotIngest(lh, tmp_path / "wal", flush_interval=0.2) as ingest:
+        route = Route.parse("fleet/{truck}=iot.fleet")
+        sub = MqttSubscriber(ingest, broker, [route], lh.principal).start()
+        try:
+            msgs = [
+                (f"fleet/t{i}", f"pos lat={i}.5 {i * 10**9}\npos lat={i}.25 {i * 10**9 + 10**6}\n")
+                for i in range(20)
+            ]
+            msgs.insert(7, ("fleet/bad", "pos lat=oops 5"))
+            publish(broker, msgs)
+            count = lambda: lh.sql("SELECT count(*) FROM iot.fleet").fetchall()[0][0]  # noqa: E731
+            assert wait_for(count, 40) == 40
+            assert wait_for(lambda: sub.dropped, 1) == 1
+        finally:
+            sub.close()
+        got = lh.sql(
+            "SELECT truck, count(*), min(lat), max(lat) FROM iot.fleet GROUP BY truck "
+            "ORDER BY truck LIMIT 2"
+        ).fetchall()
+        assert got == [("t0", 2, 0.25, 0.5), ("t1", 2, 1.25, 1.5)]
+
+
+def test_reconnects_after_the_broker_restarts(lh: mx.Lakehouse, tmp_path: Path) -> None:
+    """The broker goes away and comes back on the same port: the subscriber reconnects,
+    subscribes again and goes on writing."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} {LOCALHOST}\nallow_anonymous true\npersistence false\n")
+    url = f"mqtt://{LOCALHOST}:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((LOCALHOST, port), timeout=0.5).close()
+                return proc
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not start"
+                time.sleep(0.05)
+
+    proc = start()
+    with IotIngest(lh, tmp_path / "wal", flush_interval=0.2) as ingest:
+        route = Route.parse("room/{name}=iot.rooms")
+        sub = MqttSubscriber(ingest, url, [route], lh.principal).start()
+        try:
+            publish(url, [(f"room/r{i}", f"t v={i}i {i}") for i in range(5)])
+            count = lambda: lh.sql("SELECT count(*) FROM iot.rooms").fetchall()[0][0]  # noqa: E731
+            assert wait_for(count, 5) == 5
+            proc.terminate()
+            proc.wait(10)
+            proc = start()
+            again = lambda: sub.connections == 2 and sub.wire.subscribed.is_set()  # noqa: E731
+            assert wait_for(again, True)  # reconnected and subscribed again
+            publish(url, [(f"room/r{i}", f"t v={i}i {i}") for i in range(5, 10)])
+            assert wait_for(count, 10) == 10
+        finally:
+            sub.close()
+            proc.terminate()
+            proc.wait(10)
