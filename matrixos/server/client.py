@@ -28,6 +28,7 @@ from sqlglot import exp
 
 from matrixos import errors
 from matrixos.catalog import TableIdent
+from matrixos.catalog.policies import Policy
 from matrixos.engine.result import Result
 from matrixos.errors import ConfigError, MatrixOSError, SQLError
 from matrixos.server.client_http import HttpResponse, HttpSession
@@ -321,6 +322,40 @@ class RemoteTable:
 
     def to_pandas(self, **kwargs: Any) -> Any:
         return self.to_arrow(**kwargs).to_pandas()
+
+    # -- row filters and column masks (the same calls as ``Table``'s) -------------------------
+    def set_row_filter(self, predicate: str, *, account: str) -> None:
+        """Show ``account`` (a user, or a group's members) only the rows where the SQL
+        ``predicate`` holds (the table's owner, an admin or a holder of MANAGE only)."""
+        self._lh._call("PUT", f"{self._path}/row-filters/{quote(account, safe='')}",
+                       json={"predicate": predicate})  # fmt: skip
+
+    def drop_row_filter(self, *, account: str) -> bool:
+        """Remove ``account``'s row filter; whether there was one."""
+        path = f"{self._path}/row-filters/{quote(account, safe='')}"
+        return bool(self._lh._call("DELETE", path).json()["dropped"])
+
+    def set_mask(self, column: str, expression: str, *, account: str) -> None:
+        """Show ``account`` the SQL ``expression`` instead of ``column``'s value."""
+        path = f"{self._path}/masks/{quote(column, safe='')}/{quote(account, safe='')}"
+        self._lh._call("PUT", path, json={"expression": expression})
+
+    def drop_mask(self, column: str, *, account: str) -> bool:
+        """Remove ``account``'s mask of ``column``; whether there was one."""
+        path = f"{self._path}/masks/{quote(column, safe='')}/{quote(account, safe='')}"
+        return bool(self._lh._call("DELETE", path).json()["dropped"])
+
+    def policies(self) -> list[Policy]:
+        """The table's row filters and masks (all of them to who may manage the table, else
+        those that apply to the caller)."""
+        found = self._lh._call("GET", f"{self._path}/policies").json()["policies"]
+        return [
+            Policy(**{**p, "created_at": datetime.fromisoformat(p["created_at"])}) for p in found
+        ]
+
+    @property
+    def _path(self) -> str:
+        return f"/api/2.0/matrixos/tables/{_name(self.name)}"
 
     def count(self) -> int:
         ident = TableIdent.parse(self.name)

@@ -53,6 +53,7 @@ from matrixos.server.http_jobs import jobs_router
 from matrixos.server.http_lineage import lineage_router
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
 from matrixos.server.http_models import StatementIn, StatementOut
+from matrixos.server.http_policies import policies_router
 from matrixos.server.http_tables import tables_router
 from matrixos.server.statements import (
     State,
@@ -126,6 +127,7 @@ def create_app(
     app.include_router(billing_router(lakehouse, User))
     app.include_router(iot_router(lakehouse, User))
     app.include_router(jobs_router(lakehouse, User))
+    app.include_router(policies_router(lakehouse, User))
     mount_console(app, lakehouse, User)  # the web console at / (its session cookie → bearer)
 
     # -- errors -----------------------------------------------------------------------------
