@@ -18,8 +18,10 @@ Routes (``/openapi.json`` lists them with their bodies):
     GET    /api/2.0/matrixos/tables/{name}/history       lh.table(name).history()
     GET    /api/2.0/matrixos/tables/{name}/arrow         lh.table(name).to_arrow() (Arrow IPC)
     POST   /api/2.0/matrixos/search                      lh.search() (Arrow IPC)
+    GET|PUT|DELETE /api/2.0/matrixos/tables/{name}/policies|row-filters/…|masks/…   t.policies()…
 
-(the table and search routes are ``http_tables.py``'s, run as statements under the limits).
+(the table and search routes are ``http_tables.py``'s, run as statements under the limits; the
+policy routes ``http_policies.py``'s; bearer tokens and their cache ``http_auth.py``'s).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations (the
