@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from matrixos._lru import LRU
 from matrixos.storage._delta_compaction import (
     LogStore,
     Tiers,
@@ -113,6 +114,19 @@ def unsupported(dt: DeltaTable) -> str | None:
         if not (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_date32(t)):
             return f"is partitioned by {p} of type {t}"
     return None
+
+
+_STORES: LRU[tuple[str, str], LogStore] = LRU(64)
+
+
+def log_store(location: str, options: Mapping[str, str] | None) -> LogStore:
+    """The table's ``LogStore``, kept per process (an S3 one holds its clients)."""
+    key = (location, repr(sorted((options or {}).items())))
+    store = _STORES.get(key)
+    if store is None:
+        store = LogStore(location, options)
+        _STORES.put(key, store)
+    return store
 
 
 def _key(values: Mapping[str, Any]) -> str:

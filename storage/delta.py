@@ -46,7 +46,6 @@ from matrixos.storage import _delta_append as fast
 from matrixos.storage._delta_append import wait_for_maintenance
 from matrixos.storage._delta_compaction import (
     CompactionConflict,
-    LogStore,
     Tiers,
     checkpoint,
     compact,
@@ -459,9 +458,8 @@ class DeltaStore(TableStore):
                 _APPENDERS.put(key, state)
                 return None
             try:
-                version = fast.append(
-                    LogStore(self.location, self.storage_options), state, table, metadata
-                )
+                store = fast.log_store(self.location, self.storage_options)
+                version = fast.append(store, state, table, metadata)
             except fast.Stale as e:
                 log.info("append to %s: %s; reading the table again", self.location, e)
                 continue
