@@ -85,6 +85,9 @@ _ON = ("delta.enableChangeDataFeed", "delta.enableRowTracking", "delta.enableInC
 # Partition values written into a folder name without escaping (anything else: delta-rs).
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 _MAX_PARTITIONS = 64
+# A state this recent is trusted to follow the log's last commits; an older one first checks
+# that the commit it stands at is still there (one stat, or a HEAD on S3).
+_TRUSTED_S = 60.0
 
 
 def unsupported(dt: DeltaTable) -> str | None:
@@ -143,6 +146,10 @@ class AppendState:
     checkpoint_interval: int
     # Active files: log path → (size in bytes, partition values as JSON).
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # When the state last matched the log (monotonic seconds), and whether the table keeps its
+    # commits for less than the default 30 days.
+    synced_at: float = field(default_factory=time.monotonic)
+    short_log: bool = False
 
     @classmethod
     def of(cls, dt: DeltaTable) -> AppendState | None:
@@ -159,13 +166,15 @@ class AppendState:
         for row in actions.select(["path", "size_bytes", *cols]).to_pylist():
             values = {p: partition_string(row[c]) for p, c in zip(parts, cols, strict=True)}
             files[row["path"]] = (int(row["size_bytes"]), _key(values))
-        interval = int((meta.configuration or {}).get("delta.checkpointInterval") or 100)
+        config = meta.configuration or {}
+        interval = int(config.get("delta.checkpointInterval") or 100)
         return cls(
             version=dt.version(),
             schema=pa.schema(dt.schema().to_arrow()),  # type: ignore[arg-type]
             partition_by=parts,
             checkpoint_interval=max(interval, 1),
             files=files,
+            short_log="delta.logRetentionDuration" in config,
         )
 
     def due(self, tiers: Tiers) -> bool:
@@ -276,6 +285,14 @@ def append(
         for path in written:
             store.remove(path)
         raise
+    if (state.short_log or time.monotonic() - state.synced_at > _TRUSTED_S) and not store.exists(
+        commit_name(state.version)
+    ):
+        # Log clean-up removes commits older than the retention (after a checkpoint): a state
+        # that old would commit at a version readers start after, and the rows would vanish.
+        for path in written:
+            store.remove(path)
+        raise Stale(f"version {state.version} is no longer in the log")
     version = state.version + 1
     while not store.put_if_absent(commit_name(version), body, sync=False):
         try:
@@ -292,6 +309,7 @@ def append(
         state.version = version
         version += 1
     state.version = version
+    state.synced_at = time.monotonic()
     for a in adds:
         state.files[a["path"]] = (a["size"], _key(a["partitionValues"]))
     return version

@@ -710,6 +710,15 @@ class LogStore:
         with open(path, "rb") as f:
             return f.read()
 
+    def exists(self, name: str) -> bool:
+        """Whether the log file ``name`` exists."""
+        path = f"{self.root}/{name}"
+        if self.remote:
+            from pyarrow.fs import FileType
+
+            return bool(self.arrow_fs.get_file_info(path).type != FileType.NotFound)
+        return os.path.exists(path)
+
     def put_if_absent(self, name: str, data: bytes, *, sync: bool = True) -> bool:
         """Write ``name`` unless it exists, atomically; False when it already existed. With
         ``sync`` a local file and its folder are synced to disk (see ``write_bytes``)."""

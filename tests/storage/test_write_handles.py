@@ -262,3 +262,23 @@ def test_small_appends_checkpoint_in_the_background(tmp_path: Any) -> None:
     assert os.path.exists(f"{loc}/_delta_log/{5:020d}.checkpoint.parquet")
     # a reader starts from it
     assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == list(range(6))
+
+
+def test_a_small_append_after_log_clean_up_commits_after_the_checkpoint(tmp_path: Any) -> None:
+    """Another writer checkpointed and removed the commits this process last saw: the append
+    must not commit at the old next version (readers start after the checkpoint, the rows
+    would vanish); it reads the table again first."""
+    loc = str(tmp_path / "r")
+    store = DeltaStore(loc)
+    store.create(
+        pa.table({"id": [0]}), properties={"delta.logRetentionDuration": "interval 0 seconds"}
+    )
+    store.append(pa.table({"id": [1]}))  # this process now knows version 1
+    for i in range(2, 6):
+        write_deltalake(loc, pa.table({"id": [i]}), mode="append")
+    other = DeltaTable(loc)
+    other.create_checkpoint()
+    other.cleanup_metadata()
+    assert not os.path.exists(f"{loc}/_delta_log/{1:020d}.json")
+    assert store.append(pa.table({"id": [6]})).version == 6
+    assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == list(range(7))
