@@ -227,9 +227,11 @@ def queries(info: dict[str, Any]) -> dict[str, str]:
 
 def timed_pair(
     a: Callable[[], pa.Table], b: Callable[[], pa.Table], reps: int
-) -> tuple[tuple[float, float, pa.Table], tuple[float, float, pa.Table]]:
-    """Each side's (cold, warm median) seconds and answer; the warm runs alternate a, b, a, …
-    so that load from elsewhere on the machine falls on both sides alike."""
+) -> tuple[tuple[float, float, float, pa.Table], tuple[float, float, float, pa.Table]]:
+    """Each side's (cold, warm median, warm median CPU) seconds and answer; the warm runs
+    alternate a, b, a, … so that load from elsewhere on the machine falls on both sides alike.
+    CPU: this process's (all its threads, DuckDB's too), which a loaded machine disturbs less
+    than the wall clock."""
     cold = []
     outs = []
     for fn in (a, b):
@@ -237,14 +239,16 @@ def timed_pair(
         outs.append(fn())
         cold.append(time.perf_counter() - t0)
     warm: list[list[float]] = [[], []]
+    cpu: list[list[float]] = [[], []]
     for _ in range(reps):
         for i, fn in enumerate((a, b)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[i] = fn()
             warm[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
     return (
-        (cold[0], statistics.median(warm[0]), outs[0]),
-        (cold[1], statistics.median(warm[1]), outs[1]),
+        (cold[0], statistics.median(warm[0]), statistics.median(cpu[0]), outs[0]),
+        (cold[1], statistics.median(warm[1]), statistics.median(cpu[1]), outs[1]),
     )
 
 
@@ -279,7 +283,7 @@ def run(info: dict[str, Any], reps: int, only: list[str] | None) -> list[dict[st
         for name, sql in queries(info).items():
             if only and name not in only:
                 continue
-            (mx_cold, mx_warm, mx_out), (dk_cold, dk_warm, dk_out) = timed_pair(
+            (mx_cold, mx_warm, mx_cpu, mx_out), (dk_cold, dk_warm, dk_cpu, dk_out) = timed_pair(
                 lambda s=sql: lh.sql(s.format(t="bench.cpu")).to_arrow(),  # type: ignore[misc]
                 lambda s=sql: con.sql(s.format(t=files)).to_arrow_table(),  # type: ignore[misc]
                 reps,
@@ -296,6 +300,9 @@ def run(info: dict[str, Any], reps: int, only: list[str] | None) -> list[dict[st
                 "duckdb_cold_ms": round(dk_cold * 1000, 1),
                 "duckdb_warm_ms": round(dk_warm * 1000, 1),
                 "ratio_warm": round(mx_warm / dk_warm, 2),
+                "matrixos_cpu_ms": round(mx_cpu * 1000, 1),
+                "duckdb_cpu_ms": round(dk_cpu * 1000, 1),
+                "ratio_cpu": round(mx_cpu / max(dk_cpu, 1e-6), 2),
                 "same_answer": ok,
             }
             rows.append(row)
@@ -303,6 +310,7 @@ def run(info: dict[str, Any], reps: int, only: list[str] | None) -> list[dict[st
                 f"{name:24} {row['rows']:>8} rows  MatrixOS {row['matrixos_warm_ms']:>8.1f} ms "
                 f"(cold {row['matrixos_cold_ms']:>8.1f})  DuckDB {row['duckdb_warm_ms']:>8.1f} ms "
                 f"(cold {row['duckdb_cold_ms']:>8.1f})  x{row['ratio_warm']:<5} "
+                f"CPU x{row['ratio_cpu']:<5} "
                 f"{'same' if ok else 'DIFFERENT'}",
                 flush=True,
             )
@@ -338,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [r["ratio_warm"] for r in rows]
     if ratios:
         geo = float(np.exp(np.mean(np.log(ratios))))
-        print(f"geometric mean of warm ratios: x{geo:.2f}")
+        cpu = float(np.exp(np.mean(np.log([r["ratio_cpu"] for r in rows]))))
+        print(f"geometric mean of warm ratios: x{geo:.2f} (CPU time: x{cpu:.2f})")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"info": info, "machine": platform.platform(), "rows": rows}, indent=2)
