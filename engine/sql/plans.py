@@ -24,8 +24,8 @@ Example:
     >>> q = "SELECT count(*) FROM s.t"
     >>> lh.sql(q).scalar(), lh.sql(q).scalar()  # the second from the plan cache
     (1, 1)
-    >>> lh.sql(q).stats["plan_cache"]
-    'hit'
+    >>> lh.sql(q).stats["plan"]
+    'cached'
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ Only dialects whose strings are ``'…'`` with ``''`` for a quote (no backslash 
 double-quoted strings) take this path; their literals mean in DuckDB what they meant there.
 
 Example:
-    >>> head, rows = bulk_insert("INSERT INTO s.t (a, b) VALUES (1, 'x'), (2, NULL);", "postgres")
-    >>> head.sql(), rows
-    ("INSERT INTO s.t (a, b) VALUES (NULL)", "(1, 'x'), (2, NULL)")
-    >>> bulk_insert("INSERT INTO s.t VALUES (1, now())", "duckdb") is None
+    >>> rows = ", ".join(f"({i}, 'x')" for i in range(300))
+    >>> head, text = bulk_insert(f"INSERT INTO s.t (a, b) VALUES {rows};", "postgres")
+    >>> head.sql(), text[:20]
+    ('INSERT INTO s.t (a, b) VALUES (NULL)', "(0, 'x'), (1, 'x'), ")
+    >>> bulk_insert(f"INSERT INTO s.t VALUES {rows}, (1, now())", "duckdb") is None
     True
 """
 
