@@ -103,3 +103,24 @@ def test_lineage_text_has_no_literals() -> None:
     text = redacted(*found, "duckdb")
     assert text.startswith("INSERT INTO s.t (id, name, v, d, ok) VALUES (?, ?, ?, DATE ?, NULL)")
     assert "it" not in text and "2026" not in text
+
+
+def test_the_writer_needs_modify(lh: mx.Lakehouse) -> None:
+    from matrixos.catalog.accounts import Accounts
+
+    for stmt in (
+        "CREATE USER bob",
+        "GRANT USE CATALOG ON CATALOG main TO bob",
+        "GRANT USE SCHEMA, SELECT ON SCHEMA main.s TO bob",
+    ):
+        lh.sql(stmt)
+    sql = f"INSERT INTO s.t VALUES {_rows(100)}"
+    assert bulk_insert(sql, "duckdb") is not None
+
+    def bob() -> mx.Lakehouse:
+        return lh.with_principal(Accounts(lh.catalog).principal("bob"))
+
+    with pytest.raises(AccessDenied, match="MODIFY"):
+        bob().sql(sql)
+    lh.sql("GRANT MODIFY ON TABLE s.t TO bob")
+    assert bob().sql(sql).to_arrow().to_pylist()[0]["num_affected_rows"] == 100
