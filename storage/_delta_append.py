@@ -265,7 +265,7 @@ def append(
                 **({"partitionBy": json.dumps(state.partition_by)} if state.partition_by else {}),
             },
             "readVersion": state.version,
-            "isolationLevel": "Serializable",
+            "isolationLevel": "WriteSerializable",
             "isBlindAppend": True,
             "engineInfo": "matrixos",
             "clientVersion": "matrixos",
