@@ -27,8 +27,6 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from benchmarks._moto import MOTO_SERVERS, tcp_ports
+from benchmarks._moto import MotoS3 as MotoS3  # where the other benchmarks find it
 
 # Writers start from a fork server: a fresh interpreter that has only imported these modules
 # (nothing connected, no table opened, no engine runtime started) and forks one process per
@@ -539,10 +540,11 @@ class Crew:
     def end(self, writers: int, report: Report) -> pa.Table:
         """Kill every writer, resolve their open intents and check the whole table (read
         afresh) against every ledger and through every reader; the rows read."""
+        ports = []
         for p in self.procs.values():
-            kill(p)
+            ports += kill(p, self.target)
             report.kills += 1
-        settle(self.target)
+        settle(self.target, ports)
         rows = read_rows(self.target)
         for w in range(writers):
             resolve(self.target, w, rows, report)
@@ -597,10 +599,10 @@ def run(
                 busy = crew.working()
                 if time.monotonic() >= next_kill and busy:
                     w = rng.choice(busy)
-                    kill(crew.procs[w])
+                    ports = kill(crew.procs[w], target)
                     report.kills += 1
                     kills += 1
-                    settle(target)
+                    settle(target, ports)
                     resolve(target, w, reader.rows([w]), report)
                     crew.start(w)
                     next_kill = time.monotonic() + rng.uniform(*kill_every)
@@ -660,83 +662,33 @@ def _vacuum_everything(target: Target) -> None:
         lh.table(TABLE).vacuum(0, enforce=False)
 
 
-def kill(p: Any) -> None:
+def kill(p: Any, target: Target | None = None) -> list[int]:
+    """kill -9 ``p``. With a target on the benchmark's own moto server, stop it first and
+    return the local ports of its connections to the server (for ``settle``)."""
+    ports: list[int] = []
     if p.is_alive():
+        moto = None if target is None else _moto_of(target)
+        if moto is not None:
+            os.kill(p.pid, signal.SIGSTOP)  # frozen where the kill lands: no new request
+            ports = tcp_ports(p.pid, moto.port)
         os.kill(p.pid, signal.SIGKILL)
     p.join(timeout=60)
+    return ports
 
 
-def settle(target: Target) -> None:
+def settle(target: Target, ports: list[int] | None = None) -> None:
     """On S3, a request fully sent before the kill may still be applied by the server: let it
-    land before the table is read."""
-    if target.storage_options:
+    land before the table is read. On the benchmark's moto server: wait until the server has
+    finished every connection from the killed writers' ``ports`` (the requests they had sent
+    are then applied or refused) and accepted every pending connection; elsewhere sleep."""
+    if not target.storage_options:
+        return
+    moto = _moto_of(target)
+    if moto is None:
         time.sleep(0.3)
+    else:
+        moto.settle(ports or [])
 
 
-# ----------------------------------------------------------------------------- S3 (moto)
-# The same moto server the tests use (tests/_servers.py; benchmarks do not import tests): PUTs
-# are serialized because moto checks If-None-Match and stores the object in two steps, so
-# without the lock two conditional commits could both win — a fake-S3 artefact, not ours.
-_MOTO = """
-import logging, sys, threading
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-from moto.s3.responses import S3Response
-from moto.server import ThreadedMotoServer
-lock = threading.Lock()
-def locked(f):
-    def g(*a, **k):
-        with lock:
-            return f(*a, **k)
-    return g
-for n in ("put_object", "_key_response_post"):
-    setattr(S3Response, n, locked(getattr(S3Response, n)))
-s = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-s.start()
-print(s.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-"""
-
-
-class MotoS3:
-    """A moto S3 server on 127.0.0.1 in a child process, for ``--backend s3``."""
-
-    def __enter__(self) -> MotoS3:
-        # its own session: a SIGTERM/SIGSTOP sent to the benchmark's process group does not
-        # reach it (a stopping run still checks its table); it ends when stdin closes
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _MOTO],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        self.endpoint = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
-
-    def bucket(self) -> tuple[str, dict[str, str]]:
-        import uuid
-
-        import boto3
-
-        opts = {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_ALLOW_HTTP": "true",
-        }
-        name = f"torture-{uuid.uuid4().hex[:10]}"
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=name)
-        return f"s3://{name}/wh", opts
+def _moto_of(target: Target) -> MotoS3 | None:
+    return MOTO_SERVERS.get((target.storage_options or {}).get("AWS_ENDPOINT_URL", ""))

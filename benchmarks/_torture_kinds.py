@@ -158,20 +158,20 @@ def run_targeted(
                         aims.pop(w, None)
                     elif w not in aims or aims[w][0] != e["intent"]:
                         aims[w] = (e["intent"], now + rng.uniform(0, typical * 1.2))
-                killed = []
+                killed, ports = [], []
                 for w, (n, when) in list(aims.items()):
                     if when > now:
                         continue
                     del aims[w]
                     e = tails[w].poll(kind, durations)  # still inside it?
                     if e is not None and e["intent"] == n:
-                        kill(crew.procs[w])
+                        ports += kill(crew.procs[w], target)
                         killed.append(w)
                 t = timed("aiming", t)
                 if not killed:
                     continue
                 report.kills += len(killed)
-                settle(target)
+                settle(target, ports)
                 t = timed("settling", t)
                 rows = reader.rows(killed)
                 t = timed("reading", t)
