@@ -387,10 +387,19 @@ def resolve(target: Target, w: int, rows: pa.Table, report: Report) -> None:
         report.problems.append(
             f"writer {w}: after a kill during {r.pending['op']} #{r.pending['intent']} its rows "
             f"are neither the state before nor after it ({len(actual)} rows; "
-            f"{len(before)} before, {len(after)} after)"
+            f"{len(before)} before, {len(after)} after; against before: {_diff(before, actual)})"
         )
         applied = False
     _record(path, {"resolved": r.pending["intent"], "applied": applied})
+
+
+def _diff(want: dict[int, int], got: dict[int, int]) -> str:
+    """What ``got`` has that ``want`` has not, lacks, and holds with another value: a few
+    ids of each, to tell one write landing late from a partial one."""
+    extra = sorted(set(got) - set(want))[:4]
+    missing = sorted(set(want) - set(got))[:4]
+    changed = sorted((i, want[i], got[i]) for i in set(want) & set(got) if want[i] != got[i])[:4]
+    return f"extra {extra}, missing {missing}, changed (id, want, got) {changed}"
 
 
 def check(target: Target, writers: int, report: Report, rows: pa.Table | None = None) -> None:
