@@ -28,6 +28,7 @@ from sqlglot.errors import SqlglotError
 from matrixos.ai.embed import get_embedder
 from matrixos.catalog.policies import TablePolicy
 from matrixos.engine.embedding import search_table, table_embedding
+from matrixos.engine.vector_literals import VECTOR
 from matrixos.errors import AccessDenied, SQLError
 
 if TYPE_CHECKING:
@@ -188,7 +189,9 @@ def _run_search(
             "per-row searches are not supported",
             sql=fn.sql(),
         )
-    query = host.constant(query_node)
+    query = query_node.meta.get(VECTOR)  # a query vector read before the parse
+    if query is None:
+        query = host.constant(query_node)
     if len(positional) == 3:
         kwargs.setdefault("k", host.constant(positional[2]))
     k = kwargs.get("k", 10)

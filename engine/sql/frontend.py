@@ -18,6 +18,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
 from matrixos.catalog import TableIdent
+from matrixos.engine import vector_literals
 from matrixos.engine._syntax import statement_starts, syntax_error
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query, check_table_name
@@ -62,7 +63,7 @@ def parse(sql: str, dialect: str) -> list[exp.Expr]:
     except (ValueError, SqlglotError) as e:
         raise SQLError(f"unknown SQL dialect {dialect!r}") from e
     try:
-        trees = sqlglot.parse(sql, read=dialect)
+        trees = _vectors_lifted(sql, dialect) or sqlglot.parse(sql, read=dialect)
     except ParseError as e:
         denied = _denied_statement(sql, dialect)
         if denied:
@@ -73,6 +74,22 @@ def parse(sql: str, dialect: str) -> list[exp.Expr]:
     # A comment after the last ``;`` parses as an empty statement (exp.Semicolon): nothing to run.
     kept = [t for t in trees if t is not None and not isinstance(t, exp.Semicolon)]
     return [_integer_division(t) for t in kept]
+
+
+def _vectors_lifted(sql: str, dialect: str) -> list[exp.Expr | None] | None:
+    """The statements, parsed with long lists of numbers (query vectors) read without sqlglot
+    (``engine.vector_literals``); None to parse the text as written: another dialect, no such
+    list, or a parse error (reported against the text as written)."""
+    if sqlglot.Dialect.get_or_raise(dialect) != sqlglot.Dialect.get_or_raise("duckdb"):
+        return None
+    text, lifted = vector_literals.lift(sql)
+    if not lifted:
+        return None
+    try:
+        trees = sqlglot.parse(text, read=dialect)
+    except SqlglotError:
+        return None
+    return trees if vector_literals.restore([t for t in trees if t], lifted) else None
 
 
 def _integer_division(tree: exp.Expr) -> exp.Expr:

@@ -18,10 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sqlglot import exp
 
 import matrixos as mx
 from matrixos.engine import search
 from matrixos.engine.search import ann_index
+from matrixos.engine.sql import frontend
+from matrixos.engine.vector_literals import VECTOR
+from matrixos.errors import SQLError
 from matrixos.lance_table import LanceTable, lance_table_or_error
 
 WAREHOUSES = ("local",)
@@ -253,3 +257,29 @@ def test_a_table_overwritten_by_another_process_is_searched_anew(lh: mx.Lakehous
     )
     assert _top(lh, _vector(base, 9))["text"] == "za9"
     assert _entry(t.location)["version"] == t.version
+
+
+def test_long_lists_of_numbers_in_sql_keep_their_meaning(lh: mx.Lakehouse) -> None:
+    """A query vector in SQL is read before sqlglot parses the statement; every other list of
+    numbers, or one inside a string or a comment, means what it always did."""
+    t = _make(lh, _rows(0, 50, "a"))
+    q = _vector(_rows(0, 50, "a"), 21)
+    assert len(q) >= 16  # long enough to be read ahead of the parse
+    got = lh.sql(f"SELECT id, text FROM vector_search({NAME}, {q!r}, k => 2)").fetchall()
+    assert got == [(r["id"], r["text"]) for r in t.search(q, k=2).to_pylist()]
+    assert got[0] == (21, "a21")
+    # the numbers reached the search as one list, not a node each
+    (tree,) = frontend.parse(f"SELECT * FROM vector_search({NAME}, {q!r}, k => 2)", "duckdb")
+    assert tree.find(exp.Array) is None
+    (held,) = [lit.meta[VECTOR] for lit in tree.find_all(exp.Literal) if VECTOR in lit.meta]
+    assert held == pytest.approx(q)
+    lit = "[" + ", ".join(str(i) for i in range(1, 21)) + "]"
+    assert lh.sql(f"SELECT list_sum({lit})").scalar() == 210
+    assert lh.sql(f"SELECT len(list_value({lit}, {lit}))").scalar() == 2
+    assert lh.sql(f"SELECT '({lit}' AS s").scalar() == f"({lit}"
+    assert lh.sql(f"SELECT 1 /* ({lit} */").scalar() == 1
+    # a syntax error after a vector is placed in the text as written
+    text = f"SELECT * FROM vector_search({NAME}, {q!r}, k => 2) WHERE"
+    with pytest.raises(SQLError) as e:
+        lh.sql(text + " ORDER")
+    assert e.value.col == len(text) + 2

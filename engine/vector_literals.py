@@ -1,0 +1,107 @@
+"""Query vectors written in SQL, read without sqlglot.
+
+``vector_search(t, [0.1, -0.2, …], k => 10)`` spells a query vector as hundreds of numbers;
+sqlglot makes a node of each (a 384-d literal: tens of milliseconds to parse) and every later
+walk of the tree visits them all again (sandbox check, function expansion). Before the parse,
+``lift`` replaces each long list of numbers that stands as a function argument with a string
+literal of a random placeholder; after it, ``restore`` hands the numbers to the search function
+as a ready list (``VECTOR`` in the placeholder's ``meta``) and puts any other list back as the
+array sqlglot would have made. A placeholder found anywhere but as exactly one string literal
+(the list was inside a string or comment the scan did not recognise) means the text is parsed
+as written.
+
+Example:
+    >>> import sqlglot
+    >>> text, lifted = lift("SELECT * FROM vector_search(t, [" + "0.5, " * 15 + "1e-3], k => 2)")
+    >>> text.startswith("SELECT * FROM vector_search(t, '__mx_vector_")
+    True
+    >>> tree = sqlglot.parse_one(text, read="duckdb")
+    >>> restore([tree], lifted)
+    True
+    >>> tree.find(sqlglot.exp.Literal).meta[VECTOR][-2:]
+    [0.5, 0.001]
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+
+import sqlglot
+from sqlglot import exp
+
+__all__ = ["MIN_NUMBERS", "VECTOR", "lift", "restore"]
+
+VECTOR = "mx_vector"  # meta key of a placeholder a search function reads: the list of floats
+MIN_NUMBERS = 16  # shorter lists are parsed as written
+# The search functions whose argument at this position is a query vector.
+_VECTOR_ARGUMENT = {"vector_search": 1}
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+# Strings, quoted identifiers and comments are skipped whole; a list is taken only where an
+# argument starts (after "(" or ",").
+_SCAN = re.compile(
+    r"(?P<skip>'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$\$.*?\$\$|--[^\n]*|/\*.*?\*/)"
+    rf"|(?P<before>[(,]\s*)\[\s*(?P<numbers>{_NUMBER}(?:\s*,\s*{_NUMBER}){{{MIN_NUMBERS - 1},}})"
+    r"\s*\]",
+    re.S,
+)
+
+
+def lift(sql: str) -> tuple[str, dict[str, str]]:
+    """``sql`` with each long list of numbers in an argument position replaced by a string
+    literal of a placeholder, and the numbers' text of each placeholder."""
+    lifted: dict[str, str] = {}
+    if sql.count(",") < MIN_NUMBERS - 1:
+        return sql, lifted
+    token = uuid.uuid4().hex[:12]
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group("skip") is not None:
+            return m.group(0)
+        key = f"__mx_vector_{token}_{len(lifted)}"
+        lifted[key] = m.group("numbers")
+        return f"{m.group('before')}'{key}'"
+
+    return _SCAN.sub(replace, sql), lifted
+
+
+def restore(trees: Sequence[exp.Expr], lifted: dict[str, str]) -> bool:
+    """Give each placeholder in ``trees`` its numbers back: as ``meta[VECTOR]`` where a search
+    function reads a query vector, else as the array literal it was. False (trees untouched)
+    when a placeholder is not exactly one string literal of them."""
+    found: dict[str, exp.Literal] = {}
+    for tree in trees:
+        for lit in tree.find_all(exp.Literal):
+            if lit.is_string and lit.this in lifted:
+                if lit.this in found:
+                    return False
+                found[lit.this] = lit
+    if found.keys() != lifted.keys():
+        return False
+    for key, lit in found.items():
+        numbers = lifted[key]
+        if _is_query_vector(lit):
+            lit.meta[VECTOR] = [float(x) for x in numbers.split(",")]
+        else:
+            lit.replace(sqlglot.parse_one(f"[{numbers}]", read="duckdb"))
+    return True
+
+
+def _is_query_vector(lit: exp.Literal) -> bool:
+    """Whether ``lit`` is the positional argument of a search function that holds its query
+    vector (named arguments, ``k => 10``, do not count)."""
+    fn = lit.parent
+    if isinstance(fn, exp.Anonymous):
+        name = str(fn.name).lower()
+    elif isinstance(fn, exp.Func):
+        name = fn.sql_name().lower()  # sqlglot knows VECTOR_SEARCH (BigQuery's)
+    else:
+        return False
+    position = _VECTOR_ARGUMENT.get(name)
+    if position is None:
+        return False
+    named = (exp.Kwarg, exp.PropertyEQ, exp.EQ)
+    args = [a for a in fn.iter_expressions() if not isinstance(a, named)]
+    return position < len(args) and args[position] is lit
