@@ -132,6 +132,18 @@ def log_store(location: str, options: Mapping[str, str] | None) -> LogStore:
     return store
 
 
+def due(dt: DeltaTable, tiers: Tiers) -> bool:
+    """Whether a partition of snapshot ``dt`` is due for auto-compaction (``Tiers.due``)."""
+    actions = pa.table(dt.get_add_actions(flatten=False))  # type: ignore[arg-type]
+    sizes = actions.column("size_bytes").to_pylist()
+    if "partition" not in actions.column_names:
+        return tiers.due(sizes)
+    groups: dict[str, list[int]] = {}
+    for size, part in zip(sizes, actions.column("partition").to_pylist(), strict=True):
+        groups.setdefault(json.dumps(part, sort_keys=True, default=str), []).append(size)
+    return any(tiers.due(g) for g in groups.values())
+
+
 def _key(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), sort_keys=True)
 

@@ -101,6 +101,12 @@ class Tiers:
     appends become one file a tier up while larger files stay put, so each row is rewritten
     about once per tier (the log of the table's size over an append's) instead of once every
     ``fanout`` appends. A partition then keeps fewer than ``fanout`` files per tier.
+
+    And fewer than ``fanout`` small files in all (a scan pays DuckDB ~0.1-0.2 ms per file: 31
+    files after 1,000 appends scanned 1.28x slower than one): once a partition holds
+    ``fanout`` small files of mixed sizes, its smallest are merged, from the smallest tier up
+    until at least half of them. Simulated over 1,000 equal appends at ``fanout`` 16: at most
+    15 files (8 at the end, 26 without the cap), each row rewritten ~3 times instead of ~1.8.
     """
 
     small: int
@@ -113,18 +119,25 @@ class Tiers:
         return t
 
     def pick(self, files: Sequence[_File]) -> list[_File]:
-        """The files of one partition to compact now (none when no tier is full)."""
+        """The files of one partition to compact now (none while it holds fewer than
+        ``fanout`` small files)."""
         small = [f for f in files if f.size < self.small]
+        if len(small) < self.fanout:
+            return []
         tiers = [self.tier(f.size) for f in small]
         full = [t for t in set(tiers) if tiers.count(t) >= self.fanout]
-        if not full:
-            return []
-        return [f for f, t in zip(small, tiers, strict=True) if t >= min(full)]
+        if full:
+            return [f for f, t in zip(small, tiers, strict=True) if t >= min(full)]
+        for low in sorted(set(tiers), reverse=True):  # the smallest files first
+            chosen = [f for f, t in zip(small, tiers, strict=True) if t >= low]
+            if len(chosen) >= max(2, self.fanout // 2):
+                return chosen
+        return small
 
     def due(self, sizes: Sequence[int]) -> bool:
-        """Whether some tier of these file sizes (one partition's, or a table's) is full."""
-        tiers = [self.tier(n) for n in sizes if n < self.small]
-        return any(tiers.count(t) >= self.fanout for t in set(tiers))
+        """Whether one partition's files of these sizes are due for compaction (``fanout``
+        small files or more: a full tier, or too many files)."""
+        return sum(1 for n in sizes if n < self.small) >= self.fanout
 
 
 @dataclass(frozen=True)

@@ -431,12 +431,11 @@ class DeltaStore(TableStore):
         # retry is always safe, and an append is not held to the DML retry budget.
         retries = max(self.commit_retries, 10) if mode == "append" else self.commit_retries
         result = self.run_with_retries(mode, write, retries=retries)
-        if mode == "append" and committed and self.auto_compact_min_files > 0:
-            # The snapshot the write left behind: no second open of the log (~40 ms at 1,000
-            # commits) just to count the small files; the compaction runs off the commit path.
-            sizes = pa.table(committed[0].get_add_actions(flatten=False)).column("size_bytes")
-            if self._tiers().due(sizes.to_pylist()):
-                fast.MAINTENANCE.submit((self._writer_key(), "compact"), self._autocompact)
+        # The snapshot the write left behind: no second open of the log (~40 ms at 1,000
+        # commits) just to count the small files; the compaction runs off the commit path.
+        auto = mode == "append" and committed and self.auto_compact_min_files > 0
+        if auto and fast.due(committed[0], self._tiers()):
+            fast.MAINTENANCE.submit((self._writer_key(), "compact"), self._autocompact)
         return result
 
     def _small_append(
@@ -683,14 +682,13 @@ class DeltaStore(TableStore):
         return Tiers(self.small_file_bytes, max(self.auto_compact_min_files, 2))
 
     def maybe_autocompact(self, dt: DeltaTable | None = None) -> dict[str, Any] | None:
-        """Compact now when ``auto_compact_min_files`` small files of about one size (a tier,
-        see ``Tiers``) have gathered, e.g. that many small appends. (Appends ask for it in the
-        background: ``wait_for_maintenance``.)"""
+        """Compact now when a partition holds ``auto_compact_min_files`` small files (see
+        ``Tiers``), e.g. after that many small appends. (Appends ask for it in the background:
+        ``wait_for_maintenance``.)"""
         if self.auto_compact_min_files <= 0:
             return None
         dt = dt or self.open()
-        sizes = pa.table(dt.get_add_actions(flatten=False)).column("size_bytes").to_pylist()
-        if not self._tiers().due(sizes) or compaction_unsupported(dt):
+        if not fast.due(dt, self._tiers()) or compaction_unsupported(dt):
             return None
         return self._autocompact()
 
