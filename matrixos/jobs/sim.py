@@ -60,7 +60,10 @@ def cluster(h100: int, a100: int, l4: int, gpus_per_node: int = 8) -> list[NodeS
 
 _SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 _PINS: list[tuple[str, ...]] = [("H100", "A100"), ("H100",), ("A100",), ()]
-_WEIGHTS = [0.5, 0.08, 0.1, 0.16, 0.05, 0.04, 0.025, 0.018, 0.012, 0.008, 0.005, 0.002]
+# Gang sizes 1, 2, 4, ... 2,048 GPUs: about half the jobs on one GPU, most of the GPU time in
+# multi-node gangs (16-512 GPUs common, 1,024-2,048 rare), as Helios (SC'21) and Philly
+# (ATC'19) report — shaped after them, not fitted to their released logs.
+_WEIGHTS = [0.45, 0.07, 0.08, 0.16, 0.07, 0.06, 0.045, 0.03, 0.017, 0.009, 0.004, 0.0015]
 
 
 def synthetic_trace(
@@ -77,7 +80,8 @@ def synthetic_trace(
 ) -> list[SimJob]:
     """``n`` jobs whose GPU-seconds (at A100 speed) offer ``load`` * ``gpus`` over the trace.
 
-    Gang sizes 1-``max_gang`` GPUs (half single-GPU, a tail to 2,048), log-normal runtimes,
+    Gang sizes 1-``max_gang`` GPUs (about half single-GPU, most GPU time in multi-node gangs,
+    a tail to 2,048; ``gang_weights``: one weight per size 1, 2, 4, ...), log-normal runtimes,
     time limits 1.2-6x the runtime, arrivals diurnal with sweeps of 10-60 jobs, accounts of
     Zipf-like sizes, priorities 0 (most), 1 and 2.
     """
