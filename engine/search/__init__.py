@@ -24,8 +24,9 @@ The map of the package:
   or in the background, the byte budget (``configure_cache``, ``cache_info``, ``clear_cache``,
   ``warm``);
 - ``ann_index``: one entry of that cache: a column's vectors at one version in a faiss index
-  (exact or HNSW), its read/write lock, filtered search, incremental updates, and the HNSW
-  tuning constants;
+  (exact or HNSW) and the dataset's columns kept beside them (the rows a query returns come
+  from memory), its read/write lock, filtered search, incremental updates, and the tuning
+  constants;
 - ``queries``: ``vector_search``, ``text_search``, ``hybrid_search`` (the cache or Lance for
   vectors, Lance's BM25 for text, reciprocal rank fusion for both);
 - ``_common``: what they all ask of a dataset: the column to search, its metric and index, and

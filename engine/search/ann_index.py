@@ -1,6 +1,7 @@
 """One in-memory ANN index: a column's vectors at one dataset version in a faiss index (exact
-or HNSW), with the row ids it maps to, the rows deleted since, and how to bring it to a newer
-version without a rebuild. ``ann`` keeps these in its cache.
+or HNSW), with the row ids it maps to, the dataset's columns of those rows (the payload a
+query answers with), the rows deleted since, and how to bring it to a newer version without
+a rebuild. ``ann`` keeps these in its cache.
 
 The tuning constants below are read at call time: tests and benchmarks patch them here.
 """
