@@ -360,7 +360,7 @@ class Entry:
         live = self.n - self.n_dead if ids is None else len(ids)
         want = min(k, live)
         if want == 0:
-            return np.zeros(0, np.uint64), np.zeros(0, np.float32)
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if ids is not None and (len(ids) <= EXACT_FILTER_MAX_ROWS or self.kind == "flat"):
             return self.exact(q, want, ids)
         sel = self.selector(ids)
