@@ -26,7 +26,9 @@ def test_cache_keeps_a_checked_token_until_its_ttl_or_expiry(tmp_path: Path) -> 
         accounts = Accounts(lh.catalog)
         accounts.create("ann")
         token = accounts.create_token("ann")
-        brief = accounts.create_token("ann", expires_in=1.0)
+        # Long enough to be checked before it expires on a loaded machine.
+        brief_made = time.monotonic()
+        brief = accounts.create_token("ann", expires_in=5.0)
         cache = TokenCache(accounts, ttl_s=3600)
         assert cache.cached(token, CLIENT) is None  # nothing before the first check
         assert cache.authenticate_token(token, client=CLIENT).name == "ann"
@@ -38,7 +40,7 @@ def test_cache_keeps_a_checked_token_until_its_ttl_or_expiry(tmp_path: Path) -> 
         # Never past the token's own expiry, however long the TTL.
         assert cache.authenticate_token(brief, client=CLIENT).name == "ann"
         assert cache.cached(brief, CLIENT) is not None
-        time.sleep(1.2)
+        time.sleep(max(0.0, brief_made + 5.2 - time.monotonic()))
         assert cache.cached(brief, CLIENT) is None
         assert cache.cached(token, CLIENT) is not None
         cache.clear()
