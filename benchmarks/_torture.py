@@ -22,6 +22,7 @@ write), readable by plain deltalake / lance, by DuckDB, and by lancedb for Lance
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -672,14 +674,14 @@ def _vacuum_everything(target: Target) -> None:
 
 
 def kill(p: Any, target: Target | None = None) -> list[int]:
-    """kill -9 ``p``. With a target on the benchmark's own moto server, stop it first and
-    return the local ports of its connections to the server (for ``settle``)."""
+    """kill -9 ``p``. With a target on a loopback S3 server, stop it first and return the
+    local ports of its connections to the server (for ``settle``)."""
     ports: list[int] = []
     if p.is_alive():
-        moto = None if target is None else _moto_of(target)
-        if moto is not None:
+        server = None if target is None else _loopback_port(target)
+        if server is not None:
             os.kill(p.pid, signal.SIGSTOP)  # frozen where the kill lands: no new request
-            ports = tcp_ports(p.pid, moto.port)
+            ports = tcp_ports(p.pid, server)
         os.kill(p.pid, signal.SIGKILL)
     p.join(timeout=60)
     return ports
@@ -687,17 +689,48 @@ def kill(p: Any, target: Target | None = None) -> list[int]:
 
 def settle(target: Target, ports: list[int] | None = None) -> None:
     """On S3, a request fully sent before the kill may still be applied by the server: let it
-    land before the table is read. On the benchmark's moto server: wait until the server has
-    finished every connection from the killed writers' ``ports`` (the requests they had sent
-    are then applied or refused) and accepted every pending connection; elsewhere sleep."""
+    land before the table is read (a 0.3 s sleep was not enough at load 30: a commit queued in
+    moto landed after the check). The benchmark's own moto server answers once it has served
+    and closed every connection from the killed writers' ``ports``; another loopback server is
+    watched through the kernel's TCP table (slower where thousands of sockets are open) until
+    the server's side of each such connection is closed; elsewhere: sleep."""
     if not target.storage_options:
         return
-    moto = _moto_of(target)
-    if moto is None:
+    moto = MOTO_SERVERS.get(target.storage_options.get("AWS_ENDPOINT_URL", ""))
+    server = _loopback_port(target)
+    if moto is not None:
+        moto.settle(ports or [])
+    elif server is None:
         time.sleep(0.3)
     else:
-        moto.settle(ports or [])
+        end = time.monotonic() + 120
+        while ports and _server_side_open(server, set(ports)):
+            if time.monotonic() > end:
+                raise RuntimeError(f"the S3 server still serves the killed writers' {ports}")
+            time.sleep(0.01)
 
 
-def _moto_of(target: Target) -> MotoS3 | None:
-    return MOTO_SERVERS.get((target.storage_options or {}).get("AWS_ENDPOINT_URL", ""))
+def _loopback_port(target: Target) -> int | None:
+    url = urlsplit((target.storage_options or {}).get("AWS_ENDPOINT_URL", ""))
+    return url.port if url.hostname in ("127.0.0.1", "localhost") else None
+
+
+def _tcp_table() -> list[list[str]]:
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            rows += [line.split() for line in Path(table).read_text().splitlines()[1:]]
+    return rows
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def _server_side_open(server: int, ports: set[int]) -> bool:
+    """A connection from one of ``ports`` to ``server`` the server has not closed yet:
+    SYN_RECV, ESTABLISHED or CLOSE_WAIT on the server's side."""
+    return any(
+        _port(f[1]) == server and _port(f[2]) in ports and f[3] in ("01", "03", "08")
+        for f in _tcp_table()
+    )
