@@ -283,3 +283,20 @@ def test_a_small_append_after_log_clean_up_commits_after_the_checkpoint(tmp_path
     assert not os.path.exists(f"{loc}/_delta_log/{1:020d}.json")
     assert store.append(pa.table({"id": [6]})).version == 6
     assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == list(range(7))
+
+
+def test_a_partition_keeps_fewer_small_files_than_the_threshold(tmp_path: Any) -> None:
+    """Whatever the sizes, auto-compaction leaves a partition fewer than
+    ``auto_compact_min_files`` small files (a scan pays per file), and every row once."""
+    loc = str(tmp_path / "cap")
+    store = DeltaStore(loc, auto_compact_min_files=4)
+    store.create(_random_rows(0, 50), partition_by=None)
+    start = 50
+    for i in range(1, 40):
+        n = 50 * (1 + i % 7)  # files of mixed sizes
+        store.append(_random_rows(start, n))
+        start += n
+        assert wait_for_maintenance(timeout=120)
+        assert len(DeltaTable(loc).file_uris()) < 4
+    ids = DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()
+    assert sorted(ids) == list(range(start))
