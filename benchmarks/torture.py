@@ -2,13 +2,17 @@
 
     python -m benchmarks.torture --minutes 10 --writers 8 --kills 200 --backend local --format delta
     python -m benchmarks.torture --trials-per-kind 200 --writers 6 --backend local --format lance
+    python -m benchmarks.torture --trials-per-kind 200 --writers 6 --backend s3 --format delta \
+        --max-minutes 100 --json /tmp/torture_s3_delta.json
 
 Each round runs ``--writers`` processes doing appends, merges, updates, deletes, overwrites
 (replaceWhere on the writer's own rows), OPTIMIZE (plain and ZORDER), auto-compaction (every 4
 small files) and VACUUM on one table, killing a random writer at random moments; every kill and
 every round is checked against the writers' ledgers (see ``benchmarks/_torture.py``). Prints one
 JSON line per round and a summary; exit status 1 when anything was lost, duplicated or
-half-visible.
+half-visible. ``--trials-per-kind`` kills writers only inside one kind of operation per round
+(``benchmarks/_torture_kinds.py``); with ``--json`` it rewrites the file as it goes, and SIGTERM
+or ``--max-minutes`` ends it with a full check and a summary marked incomplete.
 """
 
 from __future__ import annotations
