@@ -75,6 +75,12 @@ class CatalogCache:
             self._entries.clear()
             self._counter = None
 
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key``'s value: this process changed what it holds in a way that does not move
+        the counter (a table's ``updated_at``)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
     def counter(self) -> int | None:
         """The catalog's change counter now (None: it has none); inside ``pinned()``, as
         first read there."""

@@ -228,6 +228,7 @@ class TableService:
                 return
             self._touched[info.location] = now
         self.catalog.touch(info.ident)
+        self.cache.forget(("table", info.ident))  # updated_at moved; the counter did not
 
     def update_properties(self, info: TableInfo, properties: Mapping[str, str]) -> TableInfo:
         """The entry with ``properties`` replacing its own."""
