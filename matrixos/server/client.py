@@ -37,6 +37,7 @@ from matrixos.server.http_errors import status_of
 STATEMENTS = "/api/2.0/sql/statements"
 _PREFETCH = 4  # result chunks downloading at once
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+_IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker
 _ACCEPT_ARROW = {"Accept": f"{ARROW_STREAM}, application/json"}
 _FINAL = ("SUCCEEDED", "FAILED", "CANCELED", "CLOSED")
 
@@ -109,10 +110,8 @@ class RemoteLakehouse:
             ]
         response = self._call("POST", STATEMENTS, json=body, headers=_ACCEPT_ARROW)
         if response.headers.get("content-type") == ARROW_STREAM:
-            # It succeeded within the wait: chunk 0 came in the answer itself.
-            sid = response.headers["x-matrixos-statement-id"]
-            total = int(response.headers["x-matrixos-chunk-count"])
-            return self._rows(sid, total, _read_ipc(response.content))
+            # Its rows began within the wait: they all came in the answer, streamed.
+            return Result.from_table(self._streamed(response))
         answer = response.json()
         delay = 0.01
         while answer["status"]["state"] not in _FINAL:
@@ -128,10 +127,23 @@ class RemoteLakehouse:
         sid = answer["statement_id"]
         return self._rows(sid, answer["manifest"]["total_chunk_count"])
 
-    def _rows(self, sid: str, total: int, first: pa.Table | None = None) -> Result:
-        """The statement's rows: chunk 0 (``first`` when it came already), then the rest."""
-        if first is None:
-            first = _read_ipc(self._chunk(sid, 0))
+    def _streamed(self, response: HttpResponse) -> pa.Table:
+        """A statement's rows streamed whole in ``response`` (an Arrow IPC stream); one that
+        does not end with the end-of-stream marker broke midway: the statement says why."""
+        data = response.content
+        if data.endswith(_IPC_END):
+            with contextlib.suppress(pa.ArrowInvalid, OSError):
+                return _read_ipc(data)
+        sid = response.headers.get("x-matrixos-statement-id", "")
+        status = self._call("GET", f"{STATEMENTS}/{sid}").json()["status"]
+        raise _error(
+            status.get("error")
+            or {"message": f"the result broke off: the statement is {status['state']}"}
+        )
+
+    def _rows(self, sid: str, total: int) -> Result:
+        """The statement's rows: chunk 0, then the rest."""
+        first = _read_ipc(self._chunk(sid, 0))
         if total == 1:
             return Result.from_table(first)
 
@@ -186,8 +198,8 @@ class RemoteLakehouse:
             "filter": filter,
             "columns": list(columns) if columns is not None else None,
         }
-        data = self._call("POST", "/api/2.0/matrixos/search", json=body).content
-        return Result.from_table(_read_ipc(data), statement="SEARCH")
+        response = self._call("POST", "/api/2.0/matrixos/search", json=body)
+        return Result.from_table(self._streamed(response), statement="SEARCH")
 
     # -- metering ---------------------------------------------------------------------------
     @property
@@ -310,7 +322,7 @@ class RemoteTable:
         if columns is not None:
             params["columns"] = list(columns)
         path = f"/api/2.0/matrixos/tables/{_name(self.name)}/arrow"
-        return _read_ipc(self._lh._call("GET", path, params=params).content)
+        return self._lh._streamed(self._lh._call("GET", path, params=params))
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         return self.to_arrow().__arrow_c_stream__(requested_schema)

@@ -56,7 +56,7 @@ from matrixos.server.http_lineage import lineage_router
 from matrixos.server.http_metrics import CONTENT_TYPE, ServerMetrics
 from matrixos.server.http_models import StatementIn, StatementOut
 from matrixos.server.http_policies import policies_router
-from matrixos.server.http_tables import tables_router
+from matrixos.server.http_tables import result_stream, streams, tables_router
 from matrixos.server.statements import (
     State,
     Statement,
@@ -203,10 +203,10 @@ def create_app(
         """Run a statement; answer when it ends or after ``wait_timeout``.
 
         A client that sends ``Accept: application/vnd.apache.arrow.stream`` with format
-        ARROW_STREAM gets a statement that succeeded within the wait as the first chunk's
-        Arrow IPC bytes (one round trip less), its id and chunk count in the headers
-        ``X-MatrixOS-Statement-Id`` and ``X-MatrixOS-Chunk-Count``; anything else as JSON. A
-        result answered whole this way (one chunk) is CLOSED at once.
+        ARROW_STREAM gets a statement whose first rows came within the wait as one Arrow IPC
+        stream of all its rows, sent while the query still produces them (its id in the
+        header ``X-MatrixOS-Statement-Id``; ``http_tables.result_stream``); anything else
+        as JSON.
         """
         wait = int(body.wait_timeout[:-1])
         if wait != 0 and not 5 <= wait <= 50:
@@ -234,25 +234,16 @@ def create_app(
         client = request.client.host if request.client else None
         sdk = request.headers.get("x-matrixos-client") == "sdk"  # the remote SDK's lh.sql
         stmt = manager.submit(user, what, client=client, protocol="sdk" if sdk else "http")
+        arrow = what.format is Format.ARROW_STREAM and ARROW_STREAM in request.headers.get(
+            "accept", ""
+        )
         # Waited for on the event loop (no thread held while the statement runs).
-        if wait and not await ended(stmt, wait) and body.on_wait_timeout == "CANCEL":
+        if wait and not await ended(stmt, wait, rows=arrow) and body.on_wait_timeout == "CANCEL":
             manager.cancel(user, stmt.id)
             await ended(stmt, _CANCEL_SETTLE_S)
         status = http_status(stmt.error) if stmt.state is State.FAILED and stmt.error else 200
-        if (
-            stmt.result is not None
-            and stmt.state is State.SUCCEEDED
-            and what.format is Format.ARROW_STREAM
-            and ARROW_STREAM in request.headers.get("accept", "")
-        ):
-            headers = {
-                "X-MatrixOS-Statement-Id": stmt.id,
-                "X-MatrixOS-Chunk-Count": str(len(stmt.result.chunks)),
-            }
-            data = await anyio.to_thread.run_sync(arrow_bytes, stmt.result.chunks[0])
-            if len(stmt.result.chunks) == 1:
-                manager.close(user, stmt.id)  # answered whole: its rows need not stay
-            return Response(data, media_type=ARROW_STREAM, headers=headers)
+        if arrow and streams(stmt):
+            return result_stream(manager, user, stmt)
         rows = stmt.result.total_row_count if stmt.result is not None else 0
         if rows > _INLINE_RENDER_ROWS and stmt.request.format is Format.JSON_ARRAY:
             out = await anyio.to_thread.run_sync(

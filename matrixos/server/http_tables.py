@@ -32,7 +32,13 @@ from matrixos.catalog.names import TableIdent
 from matrixos.engine.result import Result
 from matrixos.errors import MatrixOSError, ServerUnavailable, StatementCanceled
 from matrixos.server.http_models import SearchIn, TablesOut
-from matrixos.server.statements import State, StatementManager, StatementRequest, ended
+from matrixos.server.statements import (
+    State,
+    Statement,
+    StatementManager,
+    StatementRequest,
+    ended,
+)
 from matrixos.server.statements_results import MEDIA_TYPES, Format
 
 if TYPE_CHECKING:
@@ -133,26 +139,68 @@ async def as_statement(
     call: Callable[[Principal], Result],
 ) -> StreamingResponse:
     """Run ``call`` as a statement of ``manager`` (limits, cancel on drain, audit and history
-    as ``text`` over protocol ``sdk``) and stream its rows once it ends."""
+    as ``text`` over protocol ``sdk``) and stream its rows from its first (``result_stream``)."""
     what = StatementRequest(text, format=Format.ARROW_STREAM, call=call, whole=True)
     client = request.client.host if request.client else None
     stmt = manager.submit(user, what, client=client, protocol="sdk")
-    await ended(stmt, None)
-    if stmt.state is State.CANCELED:
-        raise StatementCanceled("the read was canceled (the server is shutting down)")
-    if stmt.error is not None:
-        raise stmt.error
-    rows = stmt.result
+    await ended(stmt, None, rows=True)
+    if not streams(stmt):
+        if stmt.state is State.CANCELED:
+            raise StatementCanceled("the read was canceled (the server is shutting down)")
+        if stmt.error is not None:
+            raise stmt.error
+    return result_stream(manager, user, stmt)
+
+
+def streams(stmt: Statement) -> bool:
+    """Whether ``stmt``'s answer is its rows streamed: it succeeded, or kept rows (then
+    failed or not); one that failed before any row is answered with its error."""
+    rows = stmt.rows
+    return rows is not None and (bool(rows.batches) or stmt.state is State.SUCCEEDED)
+
+
+#: Ends a streamed Arrow IPC body whose statement failed after its first rows went out: an
+#: IPC message header announcing more bytes than follow, so that no reader takes the rows
+#: before it for the whole result (a whole one ends with the IPC end-of-stream marker). The
+#: client then asks ``GET /api/2.0/sql/statements/{id}`` why.
+BROKEN_TAIL = b"\xff\xff\xff\xff\xff\xff\xff\x7f"
+
+
+def result_stream(manager: StatementManager, user: Principal, stmt: Statement) -> StreamingResponse:
+    """``stmt``'s rows as one Arrow IPC stream, each record batch sent as the statement keeps
+    it (the query still runs while the first rows travel), its id in the header
+    ``X-MatrixOS-Statement-Id``. A statement that fails midway ends the body with
+    ``BROKEN_TAIL`` and stays to be asked why; one read whole is CLOSED at the end (so is one
+    whose client went away is canceled)."""
+    rows = stmt.rows
     if rows is None:  # released already: the server needed the memory
         raise ServerUnavailable("the result was released before it was sent", hint="retry")
 
     def stream() -> Iterator[bytes]:
+        whole = False
         try:
-            yield from ipc_stream(rows.schema, rows.chunks)
+            sink = Pieces()
+            writer = pa.ipc.new_stream(sink, rows.schema)
+            yield sink.take()
+            for batch in rows.follow():
+                writer.write_batch(batch)
+                yield sink.take()
+            stmt.wait(None)
+            whole = stmt.state is State.SUCCEEDED
+            if whole:
+                writer.close()
+                yield sink.take()
+            else:
+                yield BROKEN_TAIL
         finally:
-            manager.close(user, stmt.id)
+            stmt.rows = None  # a failed statement's rows were kept for this stream only
+            if whole:
+                manager.close(user, stmt.id)
+            elif not stmt.done.is_set():  # the client went away: stop the query
+                manager.cancel(user, stmt.id)
 
-    return StreamingResponse(stream(), media_type=ARROW_STREAM)
+    headers = {"X-MatrixOS-Statement-Id": stmt.id}
+    return StreamingResponse(stream(), media_type=ARROW_STREAM, headers=headers)
 
 
 def _name_text(name: str) -> str:

@@ -103,12 +103,17 @@ class Statement:
         self.state = State.PENDING
         self.error: MatrixOSError | None = None
         self.result: ResultSet | None = None
+        #: The result as it is read (set as it begins, before the statement ends): a response
+        #: ``follow``s it to send rows while the query still produces them.
+        self.rows: ResultSet | None = None
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.interrupt = Interrupt()
         self.done = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
+        self._ready_callbacks: list[Callable[[], None]] = []
+        self.ready = threading.Event()  # its first rows were kept, or it ended
         self.timed_out = False
         self.interrupting = False  # a thread repeats the interrupt until it ends
         self.timer: threading.Timer | None = None
@@ -129,21 +134,45 @@ class Statement:
                 return
         fn()
 
+    def add_ready_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the statement kept its first rows or ended (at once if so)."""
+        with self._callback_lock:
+            if not self.ready.is_set():
+                self._ready_callbacks.append(fn)
+                return
+        fn()
+
+    def rows_began(self) -> None:
+        """Its first rows were kept: wake the ``add_ready_callback`` callers (once)."""
+        if self.ready.is_set():
+            return
+        with self._callback_lock:
+            self.ready.set()
+            callbacks, self._ready_callbacks = self._ready_callbacks, []
+        _call_all(callbacks)
+
     def _ended(self) -> None:
         with self._callback_lock:
             self.done.set()
+            self.ready.set()
             callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            try:
-                fn()
-            except Exception:
-                log.exception("a statement's done callback failed")
+            callbacks += self._ready_callbacks
+            self._ready_callbacks = []
+        _call_all(callbacks)
 
     @property
     def duration(self) -> float | None:
         if self.finished_at is None:
             return None
         return self.finished_at - (self.started_at or self.submitted_at)
+
+
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    for fn in callbacks:
+        try:
+            fn()
+        except Exception:
+            log.exception("a statement's callback failed")
 
 
 @dataclass(frozen=True)
@@ -379,6 +408,8 @@ class StatementManager:
                     chunk_rows=self.chunk_rows or _DEFAULT_CHUNK_ROWS[req.format],
                     chunk_bytes=self.chunk_bytes,
                     on_batch=check_cancel,
+                    on_start=lambda rs: setattr(stmt, "rows", rs),
+                    on_rows=stmt.rows_began,
                 )
                 if rows.truncated and req.whole:
                     raise _too_large(lim)
@@ -393,6 +424,7 @@ class StatementManager:
             elif stmt.interrupt.requested:
                 state, error = State.CANCELED, None
             with self._lock:
+                self._drop_partial(stmt)
                 self._finish(stmt, state, error)
             return
         except Exception as e:  # an engine bug: the client gets a generic error, the log the rest
@@ -402,6 +434,7 @@ class StatementManager:
                 hint="this is a MatrixOS bug; the server log has the details",
             )
             with self._lock:
+                self._drop_partial(stmt)
                 self._finish(stmt, State.FAILED, err)
             return
         with self._lock:
@@ -410,6 +443,13 @@ class StatementManager:
             if self._held > self.retained_bytes:
                 self._evict(keep=stmt)
             self._finish(stmt, State.SUCCEEDED, None)
+
+    @staticmethod
+    def _drop_partial(stmt: Statement) -> None:
+        """A failed statement's rows kept so far go, unless an Arrow stream may follow them
+        (``http_tables.result_stream`` lets them go at its end; expiry at the latest)."""
+        if stmt.request.format is not Format.ARROW_STREAM:
+            stmt.rows = None
 
     def _time_out(self, stmt: Statement) -> None:
         if not stmt.done.is_set():
@@ -447,7 +487,7 @@ class StatementManager:
         if stmt.result is not None:
             self._held -= stmt.result.nbytes
         stmt.state = State.CLOSED
-        stmt.result = None
+        stmt.result = stmt.rows = None
 
     def _evict(self, keep: Statement) -> None:
         """Release the oldest finished results until the rest fit ``retained_bytes``."""
@@ -501,9 +541,10 @@ def _least(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-async def ended(stmt: Statement, timeout: float | None) -> bool:
+async def ended(stmt: Statement, timeout: float | None, *, rows: bool = False) -> bool:
     """Whether ``stmt`` ended within ``timeout`` seconds (None: waits for its end), awaited on
-    the event loop without holding a thread."""
+    the event loop without holding a thread. ``rows``: or kept its first rows (``ready``)."""
+    event = stmt.ready if rows else stmt.done
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -514,9 +555,9 @@ async def ended(stmt: Statement, timeout: float | None) -> bool:
     def wake_soon() -> None:
         loop.call_soon_threadsafe(wake)
 
-    stmt.add_done_callback(wake_soon)
+    (stmt.add_ready_callback if rows else stmt.add_done_callback)(wake_soon)
     try:
         await asyncio.wait_for(done, timeout)
     except TimeoutError:
-        return stmt.done.is_set()
+        return event.is_set()
     return True

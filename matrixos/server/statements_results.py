@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,11 +43,16 @@ MEDIA_TYPES = {
 
 @dataclass
 class ResultSet:
-    """The rows a statement kept, in chunks."""
+    """The rows a statement kept, in chunks. While ``collect`` runs, the record batches kept so
+    far are ``batches`` and ``follow()`` yields them as they come (a response streams the
+    result while the query still produces it); ``complete`` once ``collect`` stopped."""
 
     schema: pa.Schema
     chunks: list[pa.Table] = field(default_factory=list)
     truncated: bool = False
+    batches: list[pa.RecordBatch] = field(default_factory=list, repr=False)
+    complete: bool = False
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _offsets: list[int] = field(default_factory=list, repr=False)
     _nbytes: tuple[int, int] | None = field(default=None, repr=False)  # (chunks, bytes)
 
@@ -60,10 +66,34 @@ class ResultSet:
         chunk_rows: int = 65_536,
         chunk_bytes: int = 16 * 1024 * 1024,
         on_batch: Any = None,
+        on_start: Callable[[ResultSet], None] | None = None,
+        on_rows: Callable[[], None] | None = None,
     ) -> ResultSet:
         """Read ``reader`` up to the limits (``on_batch()`` runs before each batch is read: a
-        cancel check)."""
+        cancel check). ``on_start(rs)`` gets the result as it begins (to ``follow`` it);
+        ``on_rows()`` runs after each batch kept."""
         rs = cls(reader.schema)
+        if on_start is not None:
+            on_start(rs)
+        try:
+            rs._read(reader, row_limit, byte_limit, chunk_rows, chunk_bytes, on_batch, on_rows)
+        finally:
+            with rs._cond:
+                rs.complete = True
+                rs._cond.notify_all()
+        return rs
+
+    def _read(
+        self,
+        reader: pa.RecordBatchReader,
+        row_limit: int | None,
+        byte_limit: int | None,
+        chunk_rows: int,
+        chunk_bytes: int,
+        on_batch: Any,
+        on_rows: Callable[[], None] | None,
+    ) -> None:
+        rs = self
         pending: list[pa.RecordBatch] = []
         pending_rows = pending_bytes = rows = size = 0
         for batch in _batches(reader, on_batch):
@@ -77,6 +107,12 @@ class ResultSet:
                 rs.truncated = True
             rows += batch.num_rows
             size += batch.nbytes
+            if batch.num_rows:
+                with rs._cond:
+                    rs.batches.append(batch)
+                    rs._cond.notify_all()
+                if on_rows is not None:
+                    on_rows()
             while batch.num_rows:
                 take = min(batch.num_rows, chunk_rows - pending_rows)
                 part = batch.slice(0, take)
@@ -91,7 +127,19 @@ class ResultSet:
                 break
         if pending or not rs.chunks:
             rs.chunks.append(pa.Table.from_batches(pending, rs.schema))
-        return rs
+
+    def follow(self) -> Iterator[pa.RecordBatch]:
+        """The kept record batches, each as soon as ``collect`` keeps it, until it stops."""
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self.batches) and not self.complete:
+                    self._cond.wait()
+                new, complete = self.batches[i:], self.complete
+            i += len(new)
+            yield from new
+            if complete and i >= len(self.batches):
+                return
 
     @property
     def nbytes(self) -> int:
