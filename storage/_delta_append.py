@@ -12,9 +12,12 @@ active files):
    JSON shape delta-rs writes, as compaction does);
 2. the commit (``commitInfo`` and ``add`` actions, ``isBlindAppend``) is written as
    ``_delta_log/<v+1>.json`` with put-if-absent (a hard link locally, ``If-None-Match: *`` on
-   S3), the conditional PUT delta-rs relies on. Like delta-rs, nothing is synced to a local
-   disk (``LogStore.write_bytes``): a killed process leaves all of a commit or none of it;
-   syncing the file and the commit cost 2-15 ms an append on the shared test machine;
+   S3), the conditional PUT delta-rs relies on. On a local disk the data file is synced before
+   the commit names it, so a power cut can never leave a commit whose file is gone (a table
+   that no longer reads); the commit itself is not synced, as delta-rs syncs nothing: a killed
+   process leaves all of a commit or none of it, a power cut may lose the last appends.
+   Syncing the commit and its folder too cost another 2-15 ms an append on the shared test
+   machine;
 3. when that version is taken, the commit that took it is read: its adds and removes bring the
    state up to date (each commit is read once, never the whole log) and the next version is
    tried. A blind append reads no rows, so no commit conflicts with it (Delta's rule for
@@ -257,7 +260,7 @@ def append(
             pq.write_table(rows, buf, **parquet_options(rows))
             data = buf.getvalue().to_pybytes()
             written.append(path)
-            store.write_bytes(path, data, sync=False)
+            store.write_bytes(path, data, sync=True)
             adds.append(
                 {
                     "path": path,
