@@ -60,6 +60,10 @@ class Result:
         # ``cache_hits``, ``cache_misses``, ``bytes_local``, ``bytes_remote``,
         # ``remote_fraction`` and per-fragment ``fragments`` (see engine/filecache.py).
         self.stats: dict[str, Any] = {}
+        #: Each column's DuckDB type name (``UUID``, ``JSON``, ``INTEGER[][]``…) when DuckDB
+        #: ran the statement itself: what Arrow loses (a UUID or JSON is a string there);
+        #: the PostgreSQL wire sends those columns as their own types.
+        self.sql_types: list[str] | None = None
 
     @classmethod
     def from_table(

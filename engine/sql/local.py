@@ -110,14 +110,15 @@ class LocalRunner:
                     lines.extend(str(row[-1]).splitlines())
                 cur.close()
                 return Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN")
-            reader = cur.sql(sql).to_arrow_reader(BATCH_ROWS)
+            rel = cur.sql(sql)
+            reader = rel.to_arrow_reader(BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, user_statement(tree))) from e
         except BaseException:
             cur.close()
             raise
-        return Result(reader, statement="SELECT", on_close=cur.close)
+        return typed(Result(reader, statement="SELECT", on_close=cur.close), rel)
 
     def run_sql(
         self,
@@ -133,14 +134,15 @@ class LocalRunner:
         try:
             for name, obj in (sources or {}).items():
                 cur.register(name, obj)
-            reader = cur.sql(sql).to_arrow_reader(BATCH_ROWS)
+            rel = cur.sql(sql)
+            reader = rel.to_arrow_reader(BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, tree())) from e
         except BaseException:
             cur.close()
             raise
-        return Result(reader, statement="SELECT", on_close=cur.close)
+        return typed(Result(reader, statement="SELECT", on_close=cur.close), rel)
 
     def read(
         self, snap: Snapshot, columns: Sequence[str] | None, pending: PendingRows | None = None
@@ -276,3 +278,9 @@ def _stand_in(node: exp.Table, placeholder: str) -> None:
             stand_in.set(key, node.args[key])
     stand_in.meta["mx_original"] = node
     node.replace(stand_in)
+
+
+def typed(result: Result, rel: duckdb.DuckDBPyRelation) -> Result:
+    """``result`` with its columns' DuckDB type names (``Result.sql_types``)."""
+    result.sql_types = [str(t) for t in rel.types]
+    return result

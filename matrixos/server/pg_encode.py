@@ -28,6 +28,7 @@ from pg_mimic.arrays import ELEMENT_OID
 from pg_mimic.results import format_code_for
 from pg_mimic.types import encode_value, encode_value_binary
 
+from matrixos.errors import SQLError
 from matrixos.server.pg_types import (
     BOOL,
     DATE,
@@ -71,7 +72,27 @@ def column_text(arr: pa.Array, oid: int) -> pa.Array:
 def _python_text(arr: pa.Array, oid: int) -> pa.Array:
     """``arr``'s text output value by value (the types Arrow cannot render)."""
     values = column_values(arr)
-    return pa.array([None if v is None else encode_value(oid, v) for v in values], pa.string())
+    return pa.array([None if v is None else text_value(oid, v) for v in values], pa.string())
+
+
+def text_value(oid: int, value: Any) -> str:
+    """``value``'s PostgreSQL text form (type ``oid``); a ragged array is a ``SQLError``."""
+    try:
+        return encode_value(oid, value)
+    except ValueError as e:
+        if isinstance(value, list):
+            raise ragged(e) from None
+        raise
+
+
+def ragged(e: ValueError) -> SQLError:
+    """The error for an array that PostgreSQL cannot hold (its arrays are rectangular)."""
+    return SQLError(
+        f"cannot send this array over PostgreSQL: {e}",
+        hint="a PostgreSQL array is rectangular (every inner list the same length): "
+        "send it as JSON instead, e.g. to_json(column)",
+        sqlstate="2202E",  # array_subscript_error
+    )
 
 
 def encode_row(
@@ -84,7 +105,7 @@ def encode_row(
         if value is None:
             out.append(None)
         elif format_code_for(format_codes or [], i) == 0:
-            out.append(encode_value(column.oid, value).encode())
+            out.append(text_value(column.oid, value).encode())
         else:
             out.append(encode_binary(column.oid, value))
     return out

@@ -103,7 +103,11 @@ class MxPortal(Portal):
         self.message, self.kind = result.message, result.statement
         if self.message is None:  # rows (a DML/DDL result is only its command tag)
             self._schema = result.schema
-            self.columns = [ResultColumn(f.name, oid_for(f.type)) for f in result.schema]
+            types = result.sql_types or [None] * len(result.schema)
+            self.columns = [
+                ResultColumn(f.name, oid_for(f.type, sql))
+                for f, sql in zip(result.schema, types, strict=True)
+            ]
 
     def _prefetch(self, result: Result) -> None:
         """Open the rows and read a small result whole (the query runs here, in the

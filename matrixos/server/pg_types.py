@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -74,9 +75,14 @@ _TYPE_NAMES = {
 }
 
 
-def oid_for(t: pa.DataType) -> int:
+def oid_for(t: pa.DataType, sql_type: str | None = None) -> int:
     """The PostgreSQL type OID a column of Arrow type ``t`` is sent as (text for anything
-    without a PostgreSQL equivalent; nested structs and maps as json)."""
+    without a PostgreSQL equivalent; nested structs and maps as json). ``sql_type``: its
+    DuckDB type name when known (``Result.sql_types``), for what Arrow holds as strings: UUID
+    and JSON go out as uuid and json (arrays of them as uuid[] and json[]). A list of lists
+    is a multi-dimensional array of its innermost type."""
+    if sql_type in _SQL_STRING_OIDS and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return _SQL_STRING_OIDS[sql_type]
     if pa.types.is_boolean(t):
         return BOOL
     if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
@@ -101,8 +107,13 @@ def oid_for(t: pa.DataType) -> int:
         return TIMESTAMPTZ if t.tz else TIMESTAMP
     if pa.types.is_duration(t) or pa.types.is_interval(t):
         return INTERVAL
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        element = oid_for(t.value_type)
+    if _is_list(t):
+        inner = t.value_type
+        while _is_list(inner):  # PostgreSQL's arrays of any dimension share one type
+            inner = inner.value_type
+        element = oid_for(inner, _ARRAY_SUFFIX.sub("", sql_type or "") or None)
+        if element == JSON and (pa.types.is_struct(inner) or pa.types.is_map(inner)):
+            return JSON  # lists of lists of structs: one JSON document
         return ARRAY_OID.get(element, JSON)
     if pa.types.is_struct(t) or pa.types.is_map(t):
         return JSON
@@ -156,6 +167,14 @@ class PgInfinity:
         return "infinity" if self.positive else "-infinity"
 
 
+_SQL_STRING_OIDS = {"UUID": UUID, "JSON": JSON}
+_ARRAY_SUFFIX = re.compile(r"(\[\d*\])+$")  # DuckDB's INTEGER[][], UUID[3]
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
 def rows(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[Any, ...]]:
     """The rows of ``batches`` as tuples of the Python values the wire encodes (see
     ``column_values``)."""
@@ -176,6 +195,10 @@ def column_values(arr: pa.Array) -> list[Any]:
         found = with_infinities(arr)
         if found is not None:
             return found
+    if isinstance(arr, pa.ListArray | pa.LargeListArray):
+        nested = _lists_with_infinities(arr)
+        if nested is not None:
+            return nested
     if (pa.types.is_timestamp(t) or pa.types.is_time64(t)) and t.unit == "ns":
         # PostgreSQL keeps microseconds (and pandas' nanosecond Timestamp is no datetime)
         us = pa.timestamp("us", t.tz) if pa.types.is_timestamp(t) else pa.time64("us")
@@ -234,6 +257,32 @@ def with_infinities(arr: pa.Array) -> list[Any] | None:
         for i in np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)):
             values[i] = PgInfinity(positive)
     return values
+
+
+def _lists_with_infinities(arr: pa.ListArray | pa.LargeListArray) -> list[Any] | None:
+    """The values of a list column (of any depth) of dates or timestamps holding +-infinity,
+    as nested lists with ``PgInfinity`` inside (None: it holds none)."""
+    levels: list[pa.ListArray | pa.LargeListArray] = []
+    inner: pa.Array = arr
+    while isinstance(inner, pa.ListArray | pa.LargeListArray):
+        levels.append(inner)
+        inner = inner.values
+    if not (pa.types.is_timestamp(inner.type) or pa.types.is_date32(inner.type)):
+        return None
+    found = with_infinities(inner)
+    if found is None:
+        return None
+    # The same lists around each value's position, then each position replaced by its value.
+    shape: pa.Array = pa.array(np.arange(len(inner)), pa.int64())
+    for level in reversed(levels):
+        shape = type(level).from_arrays(level.offsets, shape, mask=level.is_null())
+    return [_at(v, found) for v in shape.to_pylist()]
+
+
+def _at(v: Any, found: list[Any]) -> Any:
+    if isinstance(v, list):
+        return [_at(x, found) for x in v]
+    return None if v is None else found[v]
 
 
 def json_text(v: Any) -> str:

@@ -1,10 +1,12 @@
 """Binary result format over the MatrixOS wire: psycopg binary cursors (``cursor(binary=True)``)
 against a real ``matrixos serve`` get the same values as text cursors, for numeric, date/time,
-timestamp(tz), interval (with months), uuid and json (as text), bytea and arrays of them."""
+timestamp(tz), interval (with months), uuid and json (their own types: DuckDB's type names
+travel with the result), bytea, arrays of them and multi-dimensional arrays."""
 
 from __future__ import annotations
 
 import struct
+import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -46,8 +48,13 @@ CASES: dict[str, tuple[Any, int]] = {
     "INTERVAL '-3 days'": (timedelta(days=-3), 1186),
     "INTERVAL '3 days' - INTERVAL '1 second'": (timedelta(days=3, seconds=-1), 1186),
     "TIMESTAMP '2024-01-02' - TIMESTAMP '2024-01-01 12:00'": (timedelta(hours=12), 1186),
-    f"CAST('{UUID}' AS UUID)": (UUID, 25),  # text-compatible: Arrow has no uuid from DuckDB
-    """CAST('{"a": [1, 2]}' AS JSON)""": ('{"a": [1, 2]}', 25),
+    f"CAST('{UUID}' AS UUID)": (uuid.UUID(UUID), 2950),
+    """CAST('{"a": [1, 2]}' AS JSON)""": ({"a": [1, 2]}, 114),
+    f"ARRAY[CAST('{UUID}' AS UUID), NULL]": ([uuid.UUID(UUID), None], 2951),
+    """[CAST('{"b": null}' AS JSON)]""": ([{"b": None}], 199),
+    "[[1, 2], [3, NULL]]": ([[1, 2], [3, None]], 1007),
+    "[[['x'], ['y']]]": ([[["x"], ["y"]]], 1009),
+    "[[DATE '2024-01-01'], [NULL]]": ([[date(2024, 1, 1)], [None]], 1182),
     "CAST('\\xDE\\xAD\\xBE\\xEF' AS BYTEA)": (b"\xde\xad\xbe\xef", 17),
     "{'a': 1, 'b': 'x'}": ({"a": 1, "b": "x"}, 114),
     "ARRAY[CAST(1.5 AS NUMERIC(4,2)), NULL]": ([Decimal("1.50"), None], 1231),
@@ -60,7 +67,6 @@ CASES: dict[str, tuple[Any, int]] = {
         1187,
     ),
     "ARRAY[CAST('\\xDE\\xAD' AS BYTEA)]": ([b"\xde\xad"], 1001),
-    f"ARRAY[CAST('{UUID}' AS UUID)]": ([UUID], 1009),
     "ARRAY['a', NULL, 'c']": (["a", None, "c"], 1009),
     "ARRAY[true, false]": ([True, False], 1000),
     "CAST([] AS INTEGER[])": ([], 1007),
@@ -119,6 +125,18 @@ class _RawBinary(_RawText):
     format = psycopg.pq.Format.BINARY
 
 
+def _raw_rows(conn: psycopg.Connection[Any], sql: str, oids: tuple[int, ...]) -> list[Any]:
+    """The first row of ``sql`` by a binary, then a text cursor, the columns of types ``oids``
+    as the bytes sent (psycopg refuses infinity by default)."""
+    got = []
+    for binary, loader in ((True, _RawBinary), (False, _RawText)):
+        with conn.cursor(binary=binary) as cur:
+            for oid in oids:
+                cur.adapters.register_loader(oid, loader)
+            got.append(cur.execute(sql, (True,)).fetchone())
+    return got
+
+
 def test_infinite_dates_and_timestamps_are_postgresql_infinity(
     conn: psycopg.Connection[Any],
 ) -> None:
@@ -126,17 +144,37 @@ def test_infinite_dates_and_timestamps_are_postgresql_infinity(
         "SELECT CAST('infinity' AS TIMESTAMP), CAST('-infinity' AS TIMESTAMP),"
         " CAST('infinity' AS DATE), TIMESTAMP '2024-01-01' WHERE %s"
     )
-    got = []
-    for binary, loader in ((True, _RawBinary), (False, _RawText)):
-        with conn.cursor(binary=binary) as cur:
-            for oid in (1114, 1082):  # the bytes as sent (psycopg refuses infinity by default)
-                cur.adapters.register_loader(oid, loader)
-            got.append(cur.execute(sql, (True,)).fetchone())
+    got = _raw_rows(conn, sql, (1114, 1082))
     assert got[0] == (
         struct.pack("!q", 2**63 - 1), struct.pack("!q", -(2**63)), struct.pack("!i", 2**31 - 1),
         struct.pack("!q", 757_382_400_000_000),  # 2024-01-01 in microseconds since 2000
     )  # fmt: skip
     assert got[1] == (b"infinity", b"-infinity", b"infinity", b"2024-01-01 00:00:00")
+
+
+def test_infinity_inside_arrays(conn: psycopg.Connection[Any]) -> None:
+    sql = (
+        "SELECT [CAST('infinity' AS DATE), DATE '2000-01-01'],"
+        " [[CAST('-infinity' AS TIMESTAMP)], [NULL]] WHERE %s"
+    )
+    got = _raw_rows(conn, sql, (1182, 1115))
+    # binary: dimensions, has-null flag, element type, (size, lower bound) per dimension,
+    # then each element's length and value
+    dates = struct.pack("!iiIii", 1, 0, 1082, 2, 1)
+    dates += struct.pack("!ii", 4, 2**31 - 1) + struct.pack("!ii", 4, 0)  # 2000-01-01 is day 0
+    stamps = struct.pack("!iiIiiii", 2, 1, 1114, 2, 1, 1, 1)
+    stamps += struct.pack("!iq", 8, -(2**63)) + struct.pack("!i", -1)
+    assert got[0] == (dates, stamps)
+    assert got[1] == (b"{infinity,2000-01-01}", b"{{-infinity},{NULL}}")
+
+
+def test_a_ragged_array_is_a_clear_error(conn: psycopg.Connection[Any]) -> None:
+    for binary in (True, False):
+        with conn.cursor(binary=binary) as cur, pytest.raises(psycopg.Error) as e:
+            cur.execute("SELECT [[1, 2], [3]] AS v WHERE %s", (True,)).fetchall()
+        assert "rectangular" in str(e.value) or "ragged" in str(e.value), (binary, e.value)
+    # the connection goes on
+    assert conn.execute("SELECT [[1], [2]] AS v").fetchone() == ([[1], [2]],)
 
 
 def test_interval_text_and_binary_forms() -> None:
