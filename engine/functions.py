@@ -79,6 +79,7 @@ class FunctionResults:
 
     tables: dict[str, pa.Table] = field(default_factory=dict)
     udfs: dict[str, str] = field(default_factory=dict)  # DuckDB function name → embedder
+    calls: dict[str, SearchCall] = field(default_factory=dict)  # each table's search
     explain: list[str] = field(default_factory=list)
 
     def install(self, cur: duckdb.DuckDBPyConnection) -> None:
@@ -112,7 +113,7 @@ def expand_functions(host: FunctionHost, tree: exp.Expr) -> FunctionResults:
         if mode is None:
             continue
         name = f"{token}{len(out.tables)}"
-        out.tables[name], policy = _run_search(host, fn, mode, out)
+        out.tables[name], policy = _run_search(host, fn, mode, out, name)
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(_name(fn)))
         stand_in = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
         stand_in.meta[_RESULT] = True
@@ -171,8 +172,81 @@ def _table_name(node: exp.Expr) -> str:
 
 
 def _run_search(
-    host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResults
+    host: FunctionHost, fn: exp.Func, mode: str, out: FunctionResults, name: str
 ) -> tuple[pa.Table, TablePolicy | None]:
+    call = search_call(host, fn, mode)
+    result, policy = call.run()
+    out.calls[name] = call
+    out.explain.append(
+        f"{call.function}({call.table.name}, k={call.k}"
+        + (f", filter={call.asked!r}" if call.asked else "")
+        + f"): {result.num_rows} rows, evaluated before the query"
+    )
+    return result, policy
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """One search function call of a statement with its arguments read and its table resolved
+    (for the principal asking): ``run`` searches, again with another query when given one (a
+    repeated statement's plan, ``engine.sql.search_plans``).
+
+    Attributes:
+        function: The function's name (``vector_search``).
+        mode: ``vector``, ``text`` or ``hybrid``.
+        table: The table searched, with the policy that applies to the caller.
+        query: The query (text or a vector).
+        k: How many rows.
+        asked: The caller's filter.
+        filter: What the search filters by (the caller's filter and the policy's row filters).
+        columns: The columns fetched (None: all).
+        policy: The row filters and masks the result is wrapped in (None: none apply).
+        lifted: The query is a vector read before the parse (``vector_literals``).
+    """
+
+    function: str
+    mode: str
+    table: SearchTarget
+    query: Any
+    k: int
+    asked: str | None
+    filter: str | None
+    columns: tuple[str, ...] | None
+    policy: TablePolicy | None
+    lifted: bool = False
+
+    def run(self, query: Any = None) -> tuple[pa.Table, TablePolicy | None]:
+        """The search's rows (for ``query`` instead of the call's own when given) and the
+        policy to wrap them in."""
+        q = self.query if query is None else query
+        columns = list(self.columns) if self.columns is not None else None
+
+        def search(k: int, filter: str | None) -> pa.Table:
+            return search_table(
+                self.table.location,
+                self.table.properties,
+                q,
+                k=k,
+                mode=self.mode,  # type: ignore[arg-type]
+                filter=filter,
+                columns=columns,
+                storage_options=self.table.storage_options,
+            )
+
+        policy = self.policy
+        try:
+            return search(self.k, self.filter), policy
+        except SQLError as e:
+            if policy is None or not policy.filters or not e.message.startswith("invalid filter"):
+                raise
+        # Lance cannot run a row filter (a CASE, some casts): rank more rows without it; the
+        # policy's subquery filters them and keeps the best k (fewer when few pass).
+        result = search(max(self.k * 20, 1000), self.asked)
+        return result, dataclasses.replace(policy, limit=self.k)
+
+
+def search_call(host: FunctionHost, fn: exp.Func, mode: str) -> SearchCall:
+    """The search call ``fn`` with its arguments read and its table resolved by ``host``."""
     positional, kwargs = _arguments(host, fn)
     name = _name(fn)
     if len(positional) < 2:
@@ -190,6 +264,7 @@ def _run_search(
             sql=fn.sql(),
         )
     query = query_node.meta.get(VECTOR)  # a query vector read before the parse
+    lifted = query is not None
     if query is None:
         query = host.constant(query_node)
     if len(positional) == 3:
@@ -207,34 +282,18 @@ def _run_search(
     policy = table.policy
     if policy is not None:
         filter, wanted, policy = secured_search(table, mode, filter, wanted)
-
-    def search(k: int, filter: str | None) -> pa.Table:
-        return search_table(
-            table.location,
-            table.properties,
-            query,
-            k=k,
-            mode=mode,  # type: ignore[arg-type]
-            filter=filter,
-            columns=wanted,
-            storage_options=table.storage_options,
-        )
-
-    try:
-        result = search(k, filter)
-    except SQLError as e:
-        if policy is None or not policy.filters or not e.message.startswith("invalid filter"):
-            raise
-        # Lance cannot run a row filter (a CASE, some casts): rank more rows without it; the
-        # policy's subquery filters them and keeps the best k (fewer when few pass).
-        result = search(max(k * 20, 1000), asked)
-        policy = dataclasses.replace(policy, limit=k)
-    out.explain.append(
-        f"{name}({table.name}, k={k}"
-        + (f", filter={kwargs['filter']!r}" if kwargs.get("filter") else "")
-        + f"): {result.num_rows} rows, evaluated before the query"
+    return SearchCall(
+        name,
+        mode,
+        table,
+        query,
+        k,
+        asked,
+        filter,
+        tuple(wanted) if wanted is not None else None,
+        policy,
+        lifted,
     )
-    return result, policy
 
 
 def secured_search(

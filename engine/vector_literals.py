@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import sqlglot
 from sqlglot import exp
 
-__all__ = ["MIN_NUMBERS", "VECTOR", "lift", "restore"]
+__all__ = ["MIN_NUMBERS", "VECTOR", "lift", "restore", "split"]
 
 VECTOR = "mx_vector"  # meta key of a placeholder a search function reads: the list of floats
 MIN_NUMBERS = 16  # shorter lists are parsed as written
@@ -65,6 +65,28 @@ def lift(sql: str) -> tuple[str, dict[str, str]]:
         return f"{m.group('before')}'{key}'"
 
     return _SCAN.sub(replace, sql), lifted
+
+
+def split(sql: str) -> tuple[tuple[str, ...], list[str]]:
+    """The text around each list ``lift`` would replace, and each list's numbers: two texts
+    with the same pieces are the same statement with other vectors (a repeated search's key).
+
+    Example:
+        >>> split("SELECT * FROM vector_search(t, [" + "1, " * 15 + "2], k => 3)")[0]
+        ('SELECT * FROM vector_search(t, ', ', k => 3)')
+    """
+    if sql.count(",") < MIN_NUMBERS - 1:
+        return (sql,), []
+    pieces: list[str] = []
+    numbers: list[str] = []
+    start = 0
+    for m in _SCAN.finditer(sql):
+        if m.group("numbers") is not None:
+            pieces.append(sql[start : m.end("before")])
+            numbers.append(m.group("numbers"))
+            start = m.end()
+    pieces.append(sql[start:])
+    return tuple(pieces), numbers
 
 
 def restore(trees: Sequence[exp.Expr], lifted: dict[str, str]) -> bool:

@@ -47,6 +47,7 @@ from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
 from matrixos.engine.sql.plans import MAX_TEXT, PendingSlot, Plan, PlanCache, TableRead
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
+from matrixos.engine.sql.search_plans import SearchPlans, search_key
 from matrixos.engine.sql.values import bulk_insert, redacted
 from matrixos.engine.timeseries import rewrite as rewrite_time_series
 from matrixos.errors import MatrixOSError, NotSupported, SQLError
@@ -81,6 +82,7 @@ class SQLEngine:
         self._binder = Binder(service, self._planning.cursor)
         self._plans = PlanCache()  # plans of repeated queries (engine.sql.plans)
         self._binder.volatile = self._plans.volatile
+        self._searches = SearchPlans()  # plans of repeated searches (engine.sql.search_plans)
         self._local = LocalRunner(service.warehouse, service.settings)
         self._ddl = ddl = DDL(service, self._as_query, self._planning.cursor)
         self._dml = dml = DML(service, self._as_query)
@@ -119,6 +121,7 @@ class SQLEngine:
         self._local.close()
         self._binder.clear()
         self._plans.clear()
+        self._searches.clear()
 
     def cursor(self, locations: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
         """A cursor on the locked connection queries run on (its allowed directories cover
@@ -145,7 +148,14 @@ class SQLEngine:
             if bulk is not None:
                 return self._bulk_insert(bulk[0], bulk[1], dialect, principal)
             key = _plan_key(sql, dialect, engine, principal)
-            if key is not None and (cached := self._planned(key, sql)) is not None:
+            searched = search_key(sql, dialect, engine, principal)
+            if searched is not None:  # a search statement: its key leaves out the vector
+                key = searched[0]
+                counter = self.service.cache.counter()
+                found = self._searches.run(key, searched[1], counter, self._local, lambda: sql)
+                if found is not None:
+                    return found
+            elif key is not None and (cached := self._planned(key, sql)) is not None:
                 return cached
             statements = self.parse(sql, dialect)
             if not statements:
@@ -343,6 +353,10 @@ class SQLEngine:
 
                 def keep(sql: str, slots: dict[int, PendingSlot]) -> None:
                     if self._plans.is_volatile():
+                        return
+                    if functions.tables:  # a search's rows: kept when it reads nothing else
+                        if not bound:
+                            self._searches.keep(plan_key, counter, sql, tree, functions)
                         return
                     if any(
                         isinstance(s, PrunedScan) and s.pending is not None and i not in slots

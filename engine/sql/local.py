@@ -95,14 +95,14 @@ class LocalRunner:
         """The query's rows (streamed), or with ``explain`` its plan: ``notes`` (why it runs
         here), the functions evaluated first, each scan's pruning, then DuckDB's plan.
         ``keep`` is given the DuckDB SQL when it stands alone (nothing registered on the
-        cursor but rows still in a write-ahead log, which ``run_sql`` registers again: it can
-        run on any cursor) and where it scans those rows (per scan)."""
+        cursor but rows still in a write-ahead log or search results, which ``run_sql``
+        registers again: it can run on any cursor) and where it scans those rows (per scan)."""
         cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, DatasetScan)])
         try:
             functions.install(cur)
             sql, registered, slots = self._install(cur, tree, bound)
-            if keep is not None and not registered and not functions.tables and not functions.udfs:
-                keep(sql, slots)
+            if keep is not None and not registered and not functions.udfs:
+                keep(sql, slots)  # with functions.tables: a search's plan (search_plans)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
                 lines = [*notes, *functions.explain, *explain_scans(bound)]
