@@ -14,9 +14,10 @@ and on nothing else when the query folded no constant through DuckDB (``now()``,
 Arrow source (object-store files, deletion vectors) but a table's rows still in a write-ahead
 log (an IoT table under continuous ingest always has some: its plan records where it scans
 them, ``PendingSlot``). Only such plans are kept (a search statement sent again with
-another vector has its own cache: ``engine.sql.search_plans``). Using one checks the counter (one read),
-each table's latest version (a stat on a local disk) and its pending rows (none then and now,
-or rows of the same shape, registered under the plan's name); any difference plans again.
+another vector has its own cache: ``engine.sql.search_plans``). Using one checks the counter
+(one read), each table's latest version (a stat on a local disk) and its pending rows (none
+then and now, or rows of the same shape, registered under the plan's name); any difference
+plans again.
 
 Example:
     >>> import tempfile, matrixos as mx
