@@ -1,6 +1,7 @@
 """``matrixos serve`` over HTTP vs in process: per-statement overhead and result throughput.
 
-    .venv/bin/python -m benchmarks.server_http [--reps 300] [--rows 1000000] [--baseline DIR]
+    .venv/bin/python -m benchmarks.server_http [--reps 300] [--rows 1000000] [--scans 5]
+        [--baseline DIR]
 
 Starts ``matrixos serve`` (HTTP only) on a free 127.0.0.1 port over a fresh warehouse holding
 one table of ``--rows`` rows x 4 columns, then times, in the same run:
@@ -9,7 +10,8 @@ one table of ``--rows`` rows x 4 columns, then times, in the same run:
   answered inline); and the remote SDK's ``sql(...).to_arrow()`` (ARROW_STREAM: a POST and a
   chunk GET). Medians and p99 over ``--reps``, after 20 warm-up calls each.
 * every row of the table: in-process ``lh.sql("SELECT * FROM t").to_arrow()`` vs the remote
-  SDK's (Arrow IPC chunks), median of 5; reports rows/s and the ratio.
+  SDK's (one Arrow IPC stream, sent while the query runs), median of ``--scans`` (5) runs in
+  turns; reports rows/s and the ratio.
 """
 
 from __future__ import annotations
@@ -205,6 +207,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument(
+        "--scans", type=int, default=5, help="runs of the SELECT * (each server, in turns)"
+    )
+    ap.add_argument(
         "--baseline",
         help="a checkout of another revision (git worktree add /tmp/base <rev>): its server is "
         "measured beside this one's, turn by turn",
@@ -234,7 +239,7 @@ def main() -> None:
         for name, med in medians.items():
             if name != "in-process lh.sql":
                 print(f"overhead over in-process: {name}: {(med - local) * 1e3:.3f} ms")
-        print(f"\nSELECT * of {n:,} rows x 4 columns, 5 runs each")
+        print(f"\nSELECT * of {n:,} rows x 4 columns, {args.scans} runs each (in turns)")
         q = "SELECT * FROM bench.t"
         remotes = [mx.connect(url, token=token) for url, token in servers]
         fetches: dict[str, Callable[[], object]] = {
@@ -243,7 +248,9 @@ def main() -> None:
         for remote, tree in zip(remotes, trees, strict=True):
             tag = "" if tree is None else " [baseline]"
             fetches[f"remote SDK sql().to_arrow(){tag}"] = _sdk_sql(remote, q)
-        took = {k: _summary(k, v) for k, v in _interleaved(fetches, 5, 1, 5).items()}
+        took = {
+            k: _summary(k, v) for k, v in _interleaved(fetches, args.scans, 1, args.scans).items()
+        }
         assert remotes[0].sql(q).to_arrow().num_rows == n
         t_local = took.pop("in-process lh.sql().to_arrow()")
         for name, t in took.items():

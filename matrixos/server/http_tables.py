@@ -159,6 +159,8 @@ def streams(stmt: Statement) -> bool:
     return rows is not None and (bool(rows.batches) or stmt.state is State.SUCCEEDED)
 
 
+IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker
+
 #: Ends a streamed Arrow IPC body whose statement failed after its first rows went out: an
 #: IPC message header announcing more bytes than follow, so that no reader takes the rows
 #: before it for the whole result (a whole one ends with the IPC end-of-stream marker). The
@@ -176,22 +178,13 @@ def result_stream(manager: StatementManager, user: Principal, stmt: Statement) -
     if rows is None:  # released already: the server needed the memory
         raise ServerUnavailable("the result was released before it was sent", hint="retry")
 
-    def stream() -> Iterator[bytes]:
+    def stream() -> Iterator[bytes | memoryview]:
         whole = False
         try:
-            sink = Pieces()
-            writer = pa.ipc.new_stream(sink, rows.schema)
-            yield sink.take()
-            for batch in rows.follow():
-                writer.write_batch(batch)
-                yield sink.take()
+            yield from ipc_messages(rows.schema, rows.follow())
             stmt.wait(None)
             whole = stmt.state is State.SUCCEEDED
-            if whole:
-                writer.close()
-                yield sink.take()
-            else:
-                yield BROKEN_TAIL
+            yield IPC_END if whole else BROKEN_TAIL
         finally:
             stmt.rows = None  # a failed statement's rows were kept for this stream only
             if whole:
@@ -226,6 +219,23 @@ def ipc_stream(schema: pa.Schema, tables: list[pa.Table]) -> Iterator[bytes]:
             yield sink.take()
     writer.close()
     yield sink.take()
+
+
+def ipc_messages(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[memoryview]:
+    """``schema`` then each of ``batches`` as Arrow IPC stream messages (no end-of-stream
+    marker): each serialized once into its own buffer, handed over without another copy (a
+    schema with dictionaries goes through a stream writer, which also sends the dictionaries)."""
+    if any(pa.types.is_dictionary(f.type) for f in schema):
+        sink = Pieces()
+        writer = pa.ipc.new_stream(sink, schema)
+        yield memoryview(sink.take())
+        for batch in batches:
+            writer.write_batch(batch)
+            yield memoryview(sink.take())
+        return
+    yield memoryview(schema.serialize())
+    for batch in batches:
+        yield memoryview(batch.serialize())
 
 
 class Pieces(io.RawIOBase):
