@@ -360,7 +360,8 @@ def run_all(
             qv,
             truth,
             k,
-            note=f"a {qv.shape[1]}-number literal: parse, bind, DuckDB over the hits",
+            note=f"a {qv.shape[1]}-number literal, another each query: the statement's kept "
+            "plan (engine/sql/search_plans.py)",
         ),
     ]
     rows.extend(public)
