@@ -164,6 +164,12 @@ def test_a_new_row_filter_and_a_revoke_are_seen_by_the_next_statement(
         seen, res = buckets(q)
         assert seen == {4}
     assert res.stats["plan"] == "cached"
+    bob = docs.with_principal(Accounts(docs.catalog).principal("bob"))
+    text = f"SELECT id, _score FROM vector_search(kb.vecs, {literal(queries[3])}, k => 10)"
+    bob.sql(text + " -- 1")  # kept (DuckDB over the hits: the row filter wraps them)
+    kept = bob.sql(text + " -- 1")
+    assert kept.stats["plan"] == "cached" and "executor" not in kept.stats
+    assert kept.to_arrow().equals(bob.sql(text + " -- 2").to_arrow())
     other_process(docs, "lh.sql('REVOKE SELECT ON SCHEMA main.kb FROM bob')")
     with pytest.raises(AccessDenied):
         buckets(queries[4])
