@@ -18,9 +18,11 @@ Routes:
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations (the
 # ``User`` dependency is local to ``tables_router``) when they are defined.
+import asyncio
 import io
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pyarrow as pa
@@ -178,14 +180,17 @@ def result_stream(manager: StatementManager, user: Principal, stmt: Statement) -
     if rows is None:  # released already: the server needed the memory
         raise ServerUnavailable("the result was released before it was sent", hint="retry")
 
-    def stream() -> Iterator[bytes | memoryview]:
+    async def stream() -> AsyncIterator[bytes | memoryview]:
         whole = False
+        pieces = _Pieces(ipc_messages(rows.schema, rows.follow()))
         try:
-            yield from ipc_messages(rows.schema, rows.follow())
-            stmt.wait(None)
+            while (piece := await pieces.next()) is not None:
+                yield piece
+            await ended(stmt, None)
             whole = stmt.state is State.SUCCEEDED
             yield IPC_END if whole else BROKEN_TAIL
         finally:
+            pieces.stop()
             stmt.rows = None  # a failed statement's rows were kept for this stream only
             if whole:
                 manager.close(user, stmt.id)
@@ -236,6 +241,43 @@ def ipc_messages(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterat
     yield memoryview(schema.serialize())
     for batch in batches:
         yield memoryview(batch.serialize())
+
+
+class _Pieces:
+    """What ``source`` yields, made by a thread of its own up to ``ahead`` pieces ahead of the
+    event loop that sends them (a piece is serialized while the one before travels)."""
+
+    def __init__(self, source: Iterator[memoryview], ahead: int = 4) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[memoryview | BaseException | None] = asyncio.Queue()
+        self._room = threading.Semaphore(ahead)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._make, args=(source,), daemon=True).start()
+
+    def _make(self, source: Iterator[memoryview]) -> None:
+        put = self._queue.put_nowait
+        try:
+            for piece in source:
+                while not self._room.acquire(timeout=1.0):
+                    if self._stopped.is_set():
+                        return
+                if self._stopped.is_set():
+                    return
+                self._loop.call_soon_threadsafe(put, piece)
+            self._loop.call_soon_threadsafe(put, None)
+        except BaseException as e:  # handed to the loop, raised there
+            self._loop.call_soon_threadsafe(put, e)
+
+    async def next(self) -> memoryview | None:
+        """The next piece; None at the end."""
+        piece = await self._queue.get()
+        self._room.release()
+        if isinstance(piece, BaseException):
+            raise piece
+        return piece
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class Pieces(io.RawIOBase):
