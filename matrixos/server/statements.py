@@ -465,12 +465,14 @@ class StatementManager:
         stmt.state = state
         stmt.error = error
         stmt.finished_at = time.time()
-        stmt._ended()
+        # Recorded (history, audit, metrics) before anyone waiting sees it end: a client that
+        # has read its streamed rows finds its history row.
         for listener in self._listeners:
             try:
                 listener(stmt)
             except Exception:
                 log.exception("a statement's on_finish listener failed")
+        stmt._ended()
 
     def _expire(self, now: float) -> None:
         """Forget statements that ended more than ``retention_s`` ago (lock held)."""

@@ -167,7 +167,7 @@ def test_every_server_path_is_recorded(
         assert remote.table("sales.orders").to_arrow().num_rows == 5
         assert remote.sql("SELECT count(*) FROM sales.customers").scalar() == 2
 
-    rows = history_of(http["alice"], want=4)
+    rows = history_of(http["alice"], want=5)  # each of the five paths above
     assert {r[0] for r in rows} == {"alice"}, rows
     kinds = [(r[1], r[2], r[3], r[4]) for r in rows]
     assert ("http", "SELECT", "SUCCEEDED", None) in kinds
