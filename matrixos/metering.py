@@ -35,8 +35,9 @@ cores the engine may use (``duckdb_threads``, default this machine's CPUs), char
 account of the principal that ran it (the user's own; a group's credit is drawn on by jobs,
 which name their account). A statement that runs as tasks on the Ray pool (``engine="ray"``) also
 gets one record per Ray node that ran its tasks: their core-seconds (each task's reserved CPUs x
-its wall time, or its worker's measured CPU time when more; ``matrixos.engine.usage``). Statements of an account that holds a prepaid package (was ever
-credited) are refused with ``OutOfCredit`` once its balance is <= 0; accounts never credited
+its wall time, or its worker's measured CPU time when more; ``matrixos.engine.usage``).
+Statements of an account that holds a prepaid package (was ever credited) are refused with
+``OutOfCredit`` once its balance is <= 0; accounts never credited
 are billed afterwards (their balance goes below zero) and not stopped.
 
 Example:

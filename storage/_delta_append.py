@@ -88,9 +88,6 @@ _ON = ("delta.enableChangeDataFeed", "delta.enableRowTracking", "delta.enableInC
 # Partition values written into a folder name without escaping (anything else: delta-rs).
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 _MAX_PARTITIONS = 64
-# A state this recent is trusted to follow the log's last commits; an older one first checks
-# that the commit it stands at is still there (one stat, or a HEAD on S3).
-_TRUSTED_S = 60.0
 
 
 def unsupported(dt: DeltaTable) -> str | None:
@@ -161,10 +158,6 @@ class AppendState:
     checkpoint_interval: int
     # Active files: log path → (size in bytes, partition values as JSON).
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
-    # When the state last matched the log (monotonic seconds), and whether the table keeps its
-    # commits for less than the default 30 days.
-    synced_at: float = field(default_factory=time.monotonic)
-    short_log: bool = False
 
     @classmethod
     def of(cls, dt: DeltaTable) -> AppendState | None:
@@ -189,7 +182,6 @@ class AppendState:
             partition_by=parts,
             checkpoint_interval=max(interval, 1),
             files=files,
-            short_log="delta.logRetentionDuration" in config,
         )
 
     def due(self, tiers: Tiers) -> bool:
@@ -300,11 +292,11 @@ def append(
         for path in written:
             store.remove(path)
         raise
-    if (state.short_log or time.monotonic() - state.synced_at > _TRUSTED_S) and not store.exists(
-        commit_name(state.version)
-    ):
-        # Log clean-up removes commits older than the retention (after a checkpoint): a state
-        # that old would commit at a version readers start after, and the rows would vanish.
+    if not store.exists(commit_name(state.version)):
+        # Checked on every append (a stat locally, a HEAD on S3): log clean-up removes commits
+        # older than the retention (after a checkpoint), and a table deleted and made again at
+        # the same path starts its log afresh. Committing after a version that is not there
+        # would leave a gap in the log (a table no reader opens) or rows readers skip.
         for path in written:
             store.remove(path)
         raise Stale(f"version {state.version} is no longer in the log")
@@ -324,7 +316,6 @@ def append(
         state.version = version
         version += 1
     state.version = version
-    state.synced_at = time.monotonic()
     for a in adds:
         state.files[a["path"]] = (a["size"], _key(a["partitionValues"]))
     return version

@@ -746,8 +746,8 @@ def test_commit_check_tells_ours_compatible_and_conflicting_commits(tmp_path: An
     (an S3 PUT retried after a lost response finds its first try), harmless, or a conflict."""
     from matrixos.storage._delta_compaction import (
         CompactionConflict,
-        _ours_or_compatible,
         LogStore,
+        _ours_or_compatible,
     )
 
     loc = str(tmp_path / "t")

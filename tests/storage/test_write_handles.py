@@ -138,6 +138,22 @@ def test_a_table_made_again_at_the_same_location_starts_afresh(tmp_path: Any) ->
     assert sorted(store.open().to_pyarrow_table().column("id").to_pylist()) == [10, 11]
 
 
+def test_a_table_another_writer_made_again_at_the_same_path_gets_no_gap(tmp_path: Any) -> None:
+    """This process knows the table at version 3; another writer deletes it and makes a new
+    one there (versions 0 and 1). The next small append must commit at 2: committing after the
+    version this process remembered would leave a gap in the log, a table no reader opens."""
+    loc = str(tmp_path / "t")
+    store = DeltaStore(loc)
+    store.create(pa.table({"id": [0]}))
+    for i in range(1, 4):
+        store.append(pa.table({"id": [i]}))
+    shutil.rmtree(loc)
+    write_deltalake(loc, pa.table({"id": [10]}))
+    write_deltalake(loc, pa.table({"id": [11]}), mode="append")
+    assert DeltaStore(loc).append(pa.table({"id": [12]})).version == 2
+    assert sorted(DeltaTable(loc).to_pyarrow_table().column("id").to_pylist()) == [10, 11, 12]
+
+
 def _commit(location: str, version: int, options: Any) -> list[dict[str, Any]]:
     """The actions of commit ``version`` (read with the table's own file system)."""
     dt = DeltaTable(location, storage_options=options)
