@@ -55,6 +55,7 @@ from matrixos.storage._errors import is_storage_failure, storage_error, version_
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
 from matrixos.storage.conform import cast_to, check_merge_source, conform
+from matrixos.storage.options import StorageOptions
 from matrixos.storage.tablestore import (
     TableStore,
     WriteResult,
@@ -138,6 +139,7 @@ class DeltaStore(TableStore):
         self.target_file_bytes = target_file_bytes
         # The order compaction writes rows in (table property ``matrixos.sort_by``).
         self.sort_by = list(sort_by)
+        self._arrow_fs: Any = None  # _filesystem(); False: none native
 
     format = "delta"
     partitioned = True
@@ -202,8 +204,33 @@ class DeltaStore(TableStore):
 
     def dataset(self, version: int | None = None, timestamp: datetime | str | None = None) -> Any:
         """A ``pyarrow.dataset`` of the snapshot (the SQL engine reads Delta files itself:
-        ``engine.scan``)."""
-        return self.open(version, timestamp).to_pyarrow_dataset()
+        ``engine.scan``), read through a native pyarrow filesystem where there is one."""
+        return self.open(version, timestamp).to_pyarrow_dataset(filesystem=self._filesystem())
+
+    def _filesystem(self) -> Any:
+        """A native pyarrow filesystem rooted at the table (None: deltalake's own).
+
+        deltalake's default is a filesystem written in Python: every read takes the GIL, and a
+        read pyarrow prefetched that completes while the interpreter shuts down aborts the
+        process ("terminate called without an active exception": the I/O thread cannot take
+        the GIL and is unwound through a C++ destructor). CLI commands died that way at exit.
+        """
+        if self._arrow_fs is None:
+            from pyarrow import fs as pafs
+
+            scheme, sep, rest = self.location.partition("://")
+            try:
+                if not sep or scheme == "file":
+                    root = os.path.abspath(rest if sep else self.location)
+                    self._arrow_fs = pafs.SubTreeFileSystem(root, pafs.LocalFileSystem())
+                elif scheme in ("s3", "s3a"):
+                    s3 = StorageOptions.from_mapping(self.storage_options).to_pyarrow()
+                    self._arrow_fs = pafs.SubTreeFileSystem(rest.rstrip("/"), s3)
+                else:
+                    self._arrow_fs = False
+            except (MatrixOSError, ValueError):  # options pyarrow cannot take: deltalake reads
+                self._arrow_fs = False
+        return self._arrow_fs or None
 
     def describe(self, dt: DeltaTable | None = None) -> dict[str, Any]:
         dt = dt or self.open()

@@ -163,6 +163,23 @@ def test_partitioned_table_is_laid_out_and_pruned_by_partition(lh: mx.Lakehouse)
     assert files_after_pruning(lh, "SELECT * FROM iot.readings WHERE v > 0") == (3, 3)
 
 
+def test_partition_values_that_need_escaping_read_back_through_a_native_filesystem(
+    lh: mx.Lakehouse,
+) -> None:
+    # The pyarrow dataset of a table (count, lineage, RAG) reads through pyarrow's own
+    # filesystem: deltalake's default one is Python, and a prefetched read completing while
+    # the interpreter shut down aborted CLI commands at exit.
+    from pyarrow import fs as pafs
+
+    data = pa.table({"id": [1, 2, 3, 4, 5], "p": ["a b/c", "x%y", "é=1", None, "a b/c"]})
+    t = lh.create_table("s.escaped", data, partition_by=["p"])
+    dataset = t.store.dataset()
+    assert not isinstance(dataset.filesystem, pafs.PyFileSystem)
+    assert rows(dataset.to_table()) == rows(data)
+    assert dataset.to_table(filter=pa.compute.field("p") == "a b/c")["id"].to_pylist() == [1, 5]
+    assert t.count() == 5
+
+
 # ------------------------------------------------------------------------------------ writing
 def test_append_overwrite_merge_delete_update(lh: mx.Lakehouse) -> None:
     t = lh.create_table(
