@@ -152,7 +152,9 @@ class SQLEngine:
             if searched is not None:  # a search statement: its key leaves out the vector
                 key = searched[0]
                 counter = self.service.cache.counter()
-                found = self._searches.run(key, searched[1], counter, self._local, lambda: sql)
+                found = self._searches.run(
+                    key, searched[1], counter, self._local, lambda: sql, self._current
+                )
                 if found is not None:
                     return found
             elif key is not None and (cached := self._planned(key, sql)) is not None:
@@ -351,12 +353,8 @@ class SQLEngine:
             reads = _reads(self.service, refs, bound)
             if reads is not None:
 
-                def keep(sql: str, slots: dict[int, PendingSlot]) -> None:
+                def keep(sql: str, slots: dict[int, PendingSlot], files: dict[str, Any]) -> None:
                     if self._plans.is_volatile():
-                        return
-                    if functions.tables:  # a search's rows: kept when it reads nothing else
-                        if not bound:
-                            self._searches.keep(plan_key, counter, sql, tree, functions)
                         return
                     if any(
                         isinstance(s, PrunedScan) and s.pending is not None and i not in slots
@@ -366,8 +364,12 @@ class SQLEngine:
                     kept = tuple(
                         dataclasses.replace(r, pending=slots.get(i)) for i, r in enumerate(reads)
                     )
+                    if functions.tables:  # a search's rows (and the tables joined with them)
+                        sources = tuple(files.items())
+                        self._searches.keep(plan_key, counter, sql, tree, functions, kept, sources)
+                        return
                     locations = tuple(r.location for r in kept)
-                    plan = Plan(sql, counter, kept, locations, tuple(notes))
+                    plan = Plan(sql, counter, kept, locations, tuple(notes), tuple(files.items()))
                     self._plans.put(plan_key, plan)
 
         result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
@@ -382,8 +384,21 @@ class SQLEngine:
         if plan is None:
             return None
         sources: dict[str, Any] = {}  # rows still in a write-ahead log, by the plan's names
+        fresh = plan.counter == self.service.cache.counter() and self._current(plan.reads, sources)
+        if not fresh:
+            self._plans.drop(key)
+            return None
+        sources.update(plan.sources)  # object-store files: the same at the same versions
+        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql, sources)
+        result.stats.update(engine="local", plan="cached")
+        return result
+
+    def _current(self, reads: tuple[TableRead, ...], sources: dict[str, Any]) -> bool:
+        """Whether each table a kept plan reads at its latest version is still at the version
+        it read, with the same pending rows (their Arrow tables are added to ``sources`` under
+        the plan's names); when so, the reads are recorded for lineage."""
         try:
-            fresh = plan.counter == self.service.cache.counter() and all(
+            fresh = all(
                 not r.latest
                 or (
                     self._binder.snapshot(r.info).version == r.version
@@ -391,18 +406,14 @@ class SQLEngine:
                         self.service.pending_rows(r.info.ident, r.version), r.pending, sources
                     )
                 )
-                for r in plan.reads
+                for r in reads
             )
         except MatrixOSError:
-            fresh = False  # planning again raises what is wrong
-        if not fresh:
-            self._plans.drop(key)
-            return None
-        for r in plan.reads:
-            lineage_runs.read(r.info.name, r.version)
-        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql, sources)
-        result.stats.update(engine="local", plan="cached")
-        return result
+            return False  # planning again raises what is wrong
+        if fresh:
+            for r in reads:
+                lineage_runs.read(r.info.name, r.version)
+        return fresh
 
     def query_context(
         self,

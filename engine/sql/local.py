@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
@@ -90,19 +91,21 @@ class LocalRunner:
         *,
         explain: bool = False,
         notes: Sequence[str] = (),
-        keep: Callable[[str, dict[int, PendingSlot]], None] | None = None,
+        keep: Callable[[str, dict[int, PendingSlot], dict[str, Any]], None] | None = None,
     ) -> Result:
         """The query's rows (streamed), or with ``explain`` its plan: ``notes`` (why it runs
         here), the functions evaluated first, each scan's pruning, then DuckDB's plan.
         ``keep`` is given the DuckDB SQL when it stands alone (nothing registered on the
         cursor but rows still in a write-ahead log or search results, which ``run_sql``
-        registers again: it can run on any cursor) and where it scans those rows (per scan)."""
+        registers again: it can run on any cursor), where it scans those rows (per scan) and
+        the datasets of object-store files it scans (by name: the same files at the same
+        versions, registered again as they are)."""
         cur = self.cursor([s.snapshot.location for _, s in bound if not isinstance(s, DatasetScan)])
         try:
             functions.install(cur)
-            sql, registered, slots = self._install(cur, tree, bound)
+            sql, registered, slots, files = self._install(cur, tree, bound)
             if keep is not None and not registered and not functions.udfs:
-                keep(sql, slots)  # with functions.tables: a search's plan (search_plans)
+                keep(sql, slots, files)  # with functions.tables: a search's plan (search_plans)
             if explain:
                 plan = cur.execute("EXPLAIN " + sql).fetchall()
                 lines = [*notes, *functions.explain, *explain_scans(bound)]
@@ -196,18 +199,21 @@ class LocalRunner:
 
     def _install(
         self, cur: duckdb.DuckDBPyConnection, tree: exp.Expr, bound: Bound
-    ) -> tuple[str, bool, dict[int, PendingSlot]]:
-        """``install``'s SQL, whether anything but scans' pending rows was registered on
-        ``cur``, and where each scan (by its index in ``bound``) reads its pending rows."""
+    ) -> tuple[str, bool, dict[int, PendingSlot], dict[str, Any]]:
+        """``install``'s SQL, whether anything but scans' pending rows and datasets of
+        object-store files was registered on ``cur``, where each scan (by its index in
+        ``bound``) reads its pending rows, and those datasets by name."""
         ctx = make_context(self.warehouse.options, self.warehouse.is_remote)
         # A per-statement token: user SQL cannot spell it, so only our placeholders match.
         token = f"__mx_scan_{uuid.uuid4().hex}_"
         bodies: dict[str, str] = {}
         slots: dict[int, PendingSlot] = {}
+        stores: set[str] = set()  # datasets of formats other than Delta (not file lists)
         for i, (node, (_, scan)) in enumerate(zip(table_refs(tree), bound, strict=True)):
             placeholder = f"{token}{i}"
             if isinstance(scan, DatasetScan):
-                bodies[placeholder] = f'SELECT * FROM "{ctx.register(scan.dataset)}"'
+                stores.add(name := ctx.register(scan.dataset))
+                bodies[placeholder] = f'SELECT * FROM "{name}"'
                 _stand_in(node, placeholder)
                 continue
             ctx.filesystem = (
@@ -222,7 +228,14 @@ class LocalRunner:
                 if len(names) == 1:
                     slots[i] = PendingSlot(names[0], scan.pending.shape)
         pending = {s.name for s in slots.values()}
-        registered = any(name not in pending for name in ctx.registrations)
+        # A Delta scan's Parquet files on an object store, as a pyarrow dataset: immutable (a
+        # file list at one version), so a kept plan registers the same object again.
+        files = {
+            name: obj
+            for name, obj in ctx.registrations.items()
+            if isinstance(obj, pads.FileSystemDataset) and name not in stores
+        }
+        registered = any(name not in pending and name not in files for name in ctx.registrations)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.
@@ -236,11 +249,11 @@ class LocalRunner:
                 sql=user_statement(tree),
             ) from e
         if not bodies:
-            return sql, registered, slots
+            return sql, registered, slots, files
         # One pattern for every statement (compiling one per token cost ~0.5 ms a query); a
         # name that only looks like a stand-in (not this statement's token) stays as it is.
         sql = _STAND_IN.sub(lambda m: "(" + bodies[m[1]] + ")" if m[1] in bodies else m[0], sql)
-        return sql, registered, slots
+        return sql, registered, slots, files
 
 
 def explain_scans(bound: Bound) -> list[str]:

@@ -11,11 +11,13 @@ A dashboard, a notebook cell run again and a benchmark send the same text many t
 
 and on nothing else when the query folded no constant through DuckDB (``now()``,
 ``current_date``: decided when it runs), reads no search function, no real-time view and no
-Arrow source (object-store files, deletion vectors) but a table's rows still in a write-ahead
-log (an IoT table under continuous ingest always has some: its plan records where it scans
-them, ``PendingSlot``). Only such plans are kept (a search statement sent again with
+Arrow source (deletion vectors) but a table's rows still in a write-ahead log (an IoT table
+under continuous ingest always has some: its plan records where it scans them,
+``PendingSlot``) and the datasets of a Delta table's files on an object store (immutable: the
+plan keeps them, ``Plan.sources``). Only such plans are kept (a search statement sent again with
 another vector has its own cache: ``engine.sql.search_plans``). Using one checks the counter
-(one read), each table's latest version (a stat on a local disk) and its pending rows (none
+(one read), each table's latest version (a stat on a local disk, one LIST of the Delta log
+from that version on S3: ``DeltaStore.is_latest``) and its pending rows (none
 then and now, or rows of the same shape, registered under the plan's name); any difference
 plans again.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from matrixos._lru import LRU
 from matrixos.catalog import TableInfo
@@ -72,13 +75,16 @@ class TableRead:
 
 @dataclass(frozen=True)
 class Plan:
-    """A query's DuckDB SQL and what it depends on."""
+    """A query's DuckDB SQL and what it depends on; ``sources``: the Arrow sources its SQL
+    scans by name that stay valid while its tables stay at their versions (the pyarrow
+    datasets of a Delta table's files on an object store), registered again at each run."""
 
     sql: str
     counter: int
     reads: tuple[TableRead, ...]
     locations: tuple[str, ...]  # what the cursor's allowed directories must cover
     notes: tuple[str, ...] = ()
+    sources: tuple[tuple[str, Any], ...] = ()
 
 
 class PlanCache:

@@ -1,17 +1,23 @@
-"""Plans of repeated searches: ``SELECT … FROM vector_search(t, [<vector>], k => 10) …`` sent
-again with another query vector runs only the search and what the statement does with its rows.
+"""Plans of repeated searches: ``SELECT … FROM vector_search(t, [<vector>], k => 10) …`` or
+``… text_search(t, '<text>') …`` sent again with another query runs only the search and what
+the statement does with its rows.
 
-A search statement's text differs at each call (its vector), so the plan cache
+A search statement's text differs at each call (its query), so the plan cache
 (``engine.sql.plans``, keyed by the text) never sees it twice. Here the key is the text
-around the vector (``vector_literals.split``), the dialect, the engine asked and the principal;
-the plan is kept when the statement reads nothing but one search function, whose only long list
-of numbers is its query vector, and folded nothing volatile. It holds the resolved search
-(``functions.SearchCall``: table, k, filter, columns, the caller's policy) and the DuckDB SQL
-over its result. It depends on the catalog alone (entries, grants, policies: its change
-counter): the search reads the table's latest version itself (the ANN cache follows appends and
-deletes). A run checks the counter, searches with the new vector and runs the SQL over the
-rows; any difference (another counter, the search raising, a policy the search had to treat
-otherwise) plans the statement again, which reports what is wrong as planning always does.
+around the query (a vector: ``vector_literals.split``, DuckDB's dialect, where vectors are read
+before the parse; a text: the one string literal standing as a search function's query, found
+by the dialect's tokenizer, in any dialect), the dialect, the engine asked and the principal.
+The plan is kept when the statement reads one search function, whose query was that vector or
+that literal, and folded nothing volatile; it may also read tables (a search joined with
+them), as a plan of ``engine.sql.plans`` reads them. It holds the resolved search
+(``functions.SearchCall``: table, k, filter, columns, the caller's policy), the DuckDB SQL over
+its result and what that SQL reads besides (tables at versions, the datasets of their files on
+an object store). It depends on the catalog (entries, grants, policies: its change counter)
+and on those tables' versions: the search reads the searched table's latest version itself
+(the ANN cache follows appends and deletes). A run checks the counter and the tables, searches
+with the new query and runs the SQL over the rows; any difference (another counter, a table
+at another version, the search raising, a policy the search had to treat otherwise) plans the
+statement again, which reports what is wrong as planning always does.
 
 The common shapes (``SELECT <columns> FROM vector_search(…) [AS a] [WHERE <comparisons of a
 column with a literal>] [ORDER BY <columns>] [LIMIT n] [OFFSET m]`` with no policy wrapping the
@@ -19,9 +25,12 @@ rows) skip DuckDB too: a few Arrow compute calls do the same. The first run of s
 through DuckDB and compares the two answers; the Arrow program is used only when they agree.
 
 Example:
-    >>> split_key = search_key("SELECT 1", "duckdb", "auto", None)  # no vector: not a search
-    >>> split_key is None
+    >>> search_key("SELECT 1", "duckdb", "auto", None) is None  # no search: no key
     True
+    >>> a = search_key("SELECT * FROM text_search(t, 'cats') AS r", "postgres", "auto", None)
+    >>> b = search_key("SELECT * FROM text_search(t, 'it''s') AS r", "postgres", "auto", None)
+    >>> a[0] == b[0], a[1], b[1]
+    (True, 'cats', "it's")
 """
 
 from __future__ import annotations
@@ -34,12 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlglot
 from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
 
 from matrixos._lru import LRU
 from matrixos.engine.functions import SEARCH_FUNCTIONS, FunctionResults, SearchCall
 from matrixos.engine.result import Result
-from matrixos.engine.sql.plans import MAX_PLANS, MAX_TEXT
+from matrixos.engine.sql.plans import MAX_PLANS, MAX_TEXT, TableRead
 from matrixos.engine.vector_literals import split
 from matrixos.errors import MatrixOSError
 
@@ -52,30 +64,76 @@ _DIALECTS = frozenset({"duckdb"})  # where vector_literals reads vectors before 
 
 def search_key(
     sql: str, dialect: str, engine: str, principal: Principal | None
-) -> tuple[Hashable, list[float]] | None:
-    """The key a repeated search statement's plan is kept under and its query vector; None
-    for any other statement (no search function, not exactly one long list of numbers, an
-    engine or dialect whose plans are not kept, a text too long)."""
-    if dialect.lower() not in _DIALECTS or engine not in ("auto", "local") or len(sql) > MAX_TEXT:
+) -> tuple[Hashable, Any] | None:
+    """The key a repeated search statement's plan is kept under and its query (a vector: a
+    list of floats; a text); None for any other statement (no search function, not exactly
+    one query vector or string-literal query, an engine whose plans are not kept, a text too
+    long)."""
+    if engine not in ("auto", "local") or len(sql) > MAX_TEXT:
         return None
     lowered = sql.lower()
     if not any(name in lowered for name in SEARCH_FUNCTIONS):
         return None
-    pieces, numbers = split(sql)
-    if len(numbers) != 1:
+    kind = dialect.lower()
+    if kind in _DIALECTS:
+        pieces, numbers = split(sql)
+        if len(numbers) > 1:
+            return None
+        if numbers:
+            try:
+                vector = [float(x) for x in numbers[0].split(",")]
+            except ValueError:
+                return None
+            return ("search", "vector", pieces, kind, engine, principal), vector
+    found = _text_query(sql, dialect)
+    if found is None:
         return None
+    pieces, text = found
+    return ("search", "text", pieces, kind, engine, principal), text
+
+
+def _text_query(sql: str, dialect: str) -> tuple[tuple[str, str], str] | None:
+    """The text around the one string literal that stands alone as a search function's query
+    (``text_search(t, 'how do I vacuum', k => 5)``) and its value, read by the dialect's
+    tokenizer (its quoting and escapes); None when there is not exactly one."""
     try:
-        vector = [float(x) for x in numbers[0].split(",")]
-    except ValueError:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(sql)
+    except (SqlglotError, ValueError):
+        return None  # the parse reports it
+    found: list[tuple[int, int, str]] = []
+    for i, tok in enumerate(tokens[:-3]):
+        if (
+            tok.text.lower() not in SEARCH_FUNCTIONS
+            or tokens[i + 1].token_type != TokenType.L_PAREN
+        ):
+            continue
+        j = i + 2  # the table's name: names, dots or one string, up to the first comma
+        while j < len(tokens) and tokens[j].token_type != TokenType.COMMA:
+            if tokens[j].token_type not in _NAME_TOKENS:
+                break
+            j += 1
+        if j + 2 >= len(tokens) or tokens[j].token_type != TokenType.COMMA:
+            continue
+        query, after = tokens[j + 1], tokens[j + 2]
+        if query.token_type == TokenType.STRING and after.token_type in _ARGUMENT_END:
+            found.append((query.start, query.end, query.text))
+    if len(found) != 1:
         return None
-    return ("search", pieces, dialect.lower(), engine, principal), vector
+    start, end, text = found[0]
+    return (sql[:start], sql[end + 1 :]), text
+
+
+_NAME_TOKENS = frozenset({TokenType.VAR, TokenType.DOT, TokenType.STRING, TokenType.IDENTIFIER})
+_ARGUMENT_END = frozenset({TokenType.COMMA, TokenType.R_PAREN})
 
 
 @dataclass
 class SearchPlan:
     """A search statement's plan: the search, the SQL over its rows (scanned under ``name``),
-    the catalog counter it was made at, and the Arrow program of a common shape (``checked``
-    once its answer matched DuckDB's)."""
+    the catalog counter it was made at, the tables it reads besides (``reads``: checked
+    before each run, ``locations``: the directories its cursor must allow, ``sources``: the
+    datasets of their object-store files by name), and the Arrow program of a common shape
+    (``checked`` once its answer matched DuckDB's)."""
 
     counter: int
     call: SearchCall
@@ -83,6 +141,14 @@ class SearchPlan:
     sql: str
     fast: ArrowProgram | None = None
     checked: bool = False
+    reads: tuple[TableRead, ...] = ()
+    locations: tuple[str, ...] = ()
+    sources: tuple[tuple[str, Any], ...] = ()
+
+
+# Whether a plan's tables are still at the versions it read (filling in the Arrow sources of
+# their pending rows by name): the SQL engine's check of its own kept plans.
+Current = Callable[[tuple[TableRead, ...], dict[str, Any]], bool]
 
 
 class SearchPlans:
@@ -91,42 +157,65 @@ class SearchPlans:
     def __init__(self, maxsize: int = MAX_PLANS) -> None:
         self._plans: LRU[Hashable, SearchPlan] = LRU(maxsize)
         self._lock = threading.Lock()
+        self._asked = threading.local()  # the key and query of the statement on this thread
 
     def clear(self) -> None:
         self._plans.clear()
 
     def keep(
-        self, key: Hashable, counter: int, sql: str, tree: exp.Expr, functions: FunctionResults
+        self,
+        key: Hashable,
+        counter: int,
+        sql: str,
+        tree: exp.Expr,
+        functions: FunctionResults,
+        reads: tuple[TableRead, ...] = (),
+        sources: tuple[tuple[str, Any], ...] = (),
     ) -> None:
-        """Keep the plan of a statement that read one search's rows and nothing else, when its
-        only query vector was the one in its key."""
+        """Keep the plan of a statement that read one search's rows (and ``reads``, with the
+        datasets ``sources``), when that search's query was the one its key left out."""
         if len(functions.tables) != 1 or functions.udfs or len(functions.calls) != 1:
             return
         ((name, call),) = functions.calls.items()
-        if not call.lifted:
-            return  # its query is not the key's vector (that one stands elsewhere)
+        asked = getattr(self._asked, "query", None)
+        if asked is None or asked[0] != key:
+            return
+        if not (call.lifted or (call.literal and call.query == asked[1])):
+            return  # its query is not the key's (that one stands elsewhere)
         table = functions.tables[name]
-        fast = ArrowProgram.of(tree, name, table.schema) if call.policy is None else None
-        self._plans.put(key, SearchPlan(counter, call, name, sql, fast))
+        fast = None
+        if call.policy is None and not reads:
+            fast = ArrowProgram.of(tree, name, table.schema)
+        locations = tuple(r.location for r in reads)
+        plan = SearchPlan(counter, call, name, sql, fast, False, reads, locations, sources)
+        self._plans.put(key, plan)
 
     def run(
         self,
         key: Hashable,
-        vector: list[float],
+        query: Any,
         counter: int,
         local: LocalRunner,
         text: Callable[[], str],
+        current: Current | None = None,
     ) -> Result | None:
-        """The statement kept under ``key`` run with ``vector``; None when there is no plan or
-        it no longer holds (it is dropped: the caller plans the statement again)."""
+        """The statement kept under ``key`` run with ``query``; None when there is no plan or
+        it no longer holds (it is dropped: the caller plans the statement again, and
+        ``keep`` takes its plan only for this key and query). ``current`` checks the tables
+        the plan reads besides the search."""
+        self._asked.query = (key, query)
         plan = self._plans.get(key)
         if plan is None:
             return None
         if plan.counter != counter:
             self._plans.pop(key)
             return None
+        sources: dict[str, Any] = {}
+        if plan.reads and (current is None or not current(plan.reads, sources)):
+            self._plans.pop(key)
+            return None
         try:
-            rows, policy = plan.call.run(vector)
+            rows, policy = plan.call.run(query)
         except MatrixOSError:
             self._plans.pop(key)  # planning again reports it as planning does
             return None
@@ -138,7 +227,9 @@ class SearchPlans:
             result = Result.from_table(fast.run(rows))
             result.stats["executor"] = "arrow"  # the common shape, without DuckDB
         else:
-            result = local.run_sql(plan.sql, (), text, {plan.name: rows})
+            sources.update(plan.sources)
+            sources[plan.name] = rows
+            result = local.run_sql(plan.sql, plan.locations, text, sources)
             if fast is not None:
                 expected = result.to_arrow()
                 with self._lock:
