@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -28,6 +29,15 @@ from matrixos.errors import (
     VersionNotFound,
 )
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
+from matrixos.storage._lance_merge import (
+    declare_key,
+    merge_hook,
+    merge_properties,
+    primary_key,
+    settle_merges,
+    tag_merge,
+    untag_merge,
+)
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import to_arrow_table
 from matrixos.storage.delta import cast_to, check_merge_source, conform
@@ -279,7 +289,7 @@ class LanceStore(TableStore):
         """
         import lance
 
-        ds = self.open()
+        ds = self._settle(self.open())
         table = self._conform(ds, to_arrow_table(data), evolve=evolve)
         properties = {**(commit_metadata or {}), "matrixos.operation": "WRITE"}
         fresh = [ds]  # the first try reuses the version just opened
@@ -347,45 +357,94 @@ class LanceStore(TableStore):
         delete_not_matched_by_source: bool = False,
         commit_metadata: Mapping[str, str] | None = None,
     ) -> WriteResult:
-        """Upsert ``data`` on the key columns ``on`` (``commit_metadata``: as for ``append``)."""
+        """Upsert ``data`` on the key columns ``on`` (``commit_metadata``: as for ``append``).
+
+        Two writers inserting the same new key leave it in the table once, even when one is
+        killed right after its commit: the first merge declares the key Lance's primary key,
+        so that Lance refuses (and ``execute`` redoes) the later commit; merges it cannot
+        guard that way record a repair the next writer finishes (``storage/_lance_merge.py``).
+        """
         if not on:
             raise SchemaMismatch("merge needs at least one key column in on=[...]")
-        ds = self.open()
+        ds = self._settle(self.open())
         source = self._conform(ds, to_arrow_table(data), evolve=evolve)
         missing = [k for k in on if k not in source.column_names]
         if missing:
             raise SchemaMismatch(f"merge key column(s) {missing} missing from the table or data")
         check_merge_source(source, on, inserts=when_not_matched == "insert")
-        if evolve:
+        keys = list(on)
+        inserts = when_not_matched == "insert"
+        if evolve or (inserts and not commit_metadata and declare_key(ds, keys)):
             ds = self.open()
-        builder = ds.merge_insert(list(on)).conflict_retries(max(self.commit_retries, 0))
-        if when_matched == "update":
-            builder = builder.when_matched_update_all()
-        if when_not_matched == "insert":
-            builder = builder.when_not_matched_insert_all()
-        if delete_not_matched_by_source:
-            builder = builder.when_not_matched_by_source_delete()
-        read_version = int(ds.version)
+            source = cast_to(source, ds.schema)
+        declared = primary_key(ds.schema)
+        guarded = inserts and not commit_metadata and sorted(declared) == sorted(keys)
+
+        def builder(ds: LanceDataset) -> Any:
+            b = ds.merge_insert(declared if guarded else keys)
+            b = b.conflict_retries(max(self.commit_retries, 0))
+            if when_matched == "update":
+                b = b.when_matched_update_all()
+            if inserts:
+                b = b.when_not_matched_insert_all()
+            if delete_not_matched_by_source:
+                b = b.when_not_matched_by_source_delete()
+            return b
+
+        if not inserts or guarded:
+            # No new key, or Lance checks the new keys against concurrent commits.
+            merge_hook("planned")
+            try:
+                if commit_metadata:
+                    metrics, version = self._commit_merge(builder(ds), source, commit_metadata)
+                else:
+                    metrics = builder(ds).execute(source)
+                    version = int(ds.version)  # execute moves ``ds`` to the version it committed
+            except Exception as e:
+                raise _translate(e, f"merge into {self.location} failed", self) from e
+            merge_hook("committed")
+            return WriteResult(version, dict(metrics))
+        return self._recorded_merge(ds, builder, source, keys, commit_metadata)
+
+    def _recorded_merge(
+        self,
+        ds: LanceDataset,
+        builder: Callable[[LanceDataset], Any],
+        source: pa.Table,
+        keys: list[str],
+        commit_metadata: Mapping[str, str] | None,
+    ) -> WriteResult:
+        """A merge Lance does not check for concurrent inserts of its new keys: tagged, then
+        committed with its id, then repaired if it was concurrent, then untagged."""
         try:
-            if commit_metadata:
-                metrics, version = self._merge_with_properties(builder, source, commit_metadata)
-            else:
-                metrics = builder.execute(source)
-                version = int(ds.version)  # execute moves ``ds`` to the version it committed
+            merge_id = tag_merge(ds)
         except Exception as e:
             raise _translate(e, f"merge into {self.location} failed", self) from e
+        props = {**(commit_metadata or {}), **merge_properties(merge_id, keys)}
+        fresh = [ds]
+
+        def attempt() -> tuple[dict[str, Any], int, int]:
+            current = fresh.pop() if fresh else self.open()
+            merge_hook("planned")
+            try:
+                metrics, version = self._commit_merge(builder(current), source, props)
+            except Exception as e:
+                raise _translate(e, f"merge into {self.location} failed", self) from e
+            return metrics, version, int(current.version)
+
+        metrics, version, read_version = self._with_retries("merge", attempt, self.commit_retries)
+        merge_hook("committed")
         if metrics.get("num_inserted_rows") and version > read_version + 1:
-            # Another writer committed meanwhile. Lance does not detect two merges inserting
-            # the same new key (lance-format/lance#4585 without a non-null primary key), so
-            # repair it: keep the later commit's row, as if the merges had run one after the
-            # other.
-            repaired = self._drop_duplicate_inserts(self.open(), source.select(list(on)))
+            # Another writer committed meanwhile and Lance did not check the new keys:
+            # keep the later commit's row, as if the merges had run one after the other.
+            repaired = self._drop_duplicate_inserts(self.open(), source.select(keys))
             version = repaired if repaired is not None else version
+        untag_merge(ds, merge_id)
         # Our commit's own version: reading the latest one instead could report a concurrent
         # writer's commit as ours.
         return WriteResult(version, dict(metrics))
 
-    def _merge_with_properties(
+    def _commit_merge(
         self, builder: Any, source: pa.Table, properties: Mapping[str, str]
     ) -> tuple[dict[str, Any], int]:
         """A merge committed with transaction properties (``execute`` takes none): written
@@ -402,6 +461,18 @@ class LanceStore(TableStore):
             max_retries=max(self.commit_retries, 0),
         )
         return dict(metrics), int(committed.version)
+
+    def _settle(self, ds: LanceDataset) -> LanceDataset:
+        """Finish the repairs of merges whose writers died after committing (before a write);
+        the dataset at its latest version."""
+        try:
+            if settle_merges(ds, self._drop_duplicate_inserts):
+                return self.open()
+        except MatrixOSError:
+            raise
+        except Exception as e:
+            raise _translate(e, f"cannot repair an earlier merge into {self.location}", self) from e
+        return ds
 
     def _drop_duplicate_inserts(self, ds: LanceDataset, keys: pa.Table) -> int | None:
         """Delete the rows concurrent merges duplicated; the version of the last delete."""
@@ -445,7 +516,7 @@ class LanceStore(TableStore):
 
     def delete(self, predicate: str | None = None) -> WriteResult:
         """Delete rows matching ``predicate`` (a SQL expression), or all rows."""
-        ds = self.open()
+        ds = self._settle(self.open())
         try:
             metrics = ds.delete(
                 lance_sql(predicate) if predicate is not None else "true",
@@ -459,7 +530,7 @@ class LanceStore(TableStore):
         """Set columns to SQL expressions on rows matching ``where``."""
         if not updates:
             raise SchemaMismatch("update needs at least one column to set")
-        ds = self.open()
+        ds = self._settle(self.open())
         unknown = [c for c in updates if c not in ds.schema.names]
         if unknown:
             raise SchemaMismatch(f"update sets unknown column(s) {unknown}")
@@ -477,6 +548,9 @@ class LanceStore(TableStore):
         """``table`` cast to the dataset's schema; with ``evolve`` new columns are first added
         to the dataset (all null), since a Lance append must match the schema exactly."""
         table = conform(table, ds.schema, evolve=evolve, overwrite=False)
+        for f in ds.schema:
+            if not f.nullable and table.column(f.name).null_count:
+                raise _null_in(f.name, f"write to {self.location}")
         new = [f for f in table.schema if f.name not in ds.schema.names]
         if new:
             try:
@@ -522,7 +596,7 @@ class LanceStore(TableStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _compact(self) -> Any:
-        ds = self.open()
+        ds = self._settle(self.open())
         try:
             stats = ds.optimize.compact_files()
             ds = self.open()
@@ -624,6 +698,15 @@ def _aware(ts: Any) -> datetime:
     return ts.astimezone(UTC) if ts.tzinfo is None else ts
 
 
+def _null_in(column: str, what: str) -> SchemaMismatch:
+    """A NULL in a NOT NULL column (a merge key Lance checks is NOT NULL: _lance_merge)."""
+    return SchemaMismatch(
+        f"{what}: column {column!r} is NOT NULL (a merge key of the table) but the data has "
+        "NULLs in it; nothing was written",
+        hint=f"fill or filter out the rows whose {column} is NULL",
+    )
+
+
 def _translate(e: Exception, what: str, store: LanceStore | None = None) -> MatrixOSError:
     if isinstance(e, MatrixOSError):
         return e
@@ -633,6 +716,12 @@ def _translate(e: Exception, what: str, store: LanceStore | None = None) -> Matr
         return SchemaMismatch(f"{what}: {msg}; nothing was written")
     if "not found" in low and "dataset" in low:
         return TableNotFound(f"{what}: {msg}")
+    null_key = re.search(
+        r"(?:field `([^`]*)` contained null values|Column '([^']*)' is declared as non-nullable)",
+        msg,
+    )
+    if null_key:
+        return _null_in(null_key.group(1) or null_key.group(2), what)
     # "Too many concurrent writers … retry_timeout of 30 s": Lance's commit retries ran out,
     # a conflict, not a slow endpoint (the torture run saw it called a storage timeout).
     if (

@@ -192,23 +192,24 @@ def test_concurrent_writers_lose_no_commit(lh: mx.Lakehouse) -> None:
 
 
 def test_duplicate_insert_from_a_merge_race_is_repaired(tmp_path: Any) -> None:
-    """Two merges that both insert key 5 leave two rows (Lance cannot see that conflict); the
-    repair keeps the later commit's row, as if the merges had run one after the other."""
+    """Two merges that both insert key 5.0 leave two rows (Lance does not check float keys,
+    even declared: tests/storage/test_lance_merge_race.py); the repair keeps the later
+    commit's row, as if the merges had run one after the other."""
     from matrixos.storage.lance import LanceStore
 
     store = LanceStore(str(tmp_path / "t"))
-    store.create({"id": [1], "v": ["x"]})
+    store.create({"id": [1.0], "v": ["x"]})
     stale = store.open()
-    store.merge({"id": [5], "v": ["first"]}, on=["id"])
+    store.merge({"id": [5.0], "v": ["first"]}, on=["id"])
     # the second writer planned on the stale snapshot, where id 5 did not exist yet
     stale.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
-        pa.table({"id": [5], "v": ["second"]})
+        pa.table({"id": [5.0], "v": ["second"]})
     )
     assert sorted(store.open().to_table().column("v").to_pylist()) == ["first", "second", "x"]
-    store._drop_duplicate_inserts(store.open(), pa.table({"id": [5]}))
+    store._drop_duplicate_inserts(store.open(), pa.table({"id": [5.0]}))
     assert sorted(store.open().to_table().to_pylist(), key=lambda r: r["id"]) == [
-        {"id": 1, "v": "x"},
-        {"id": 5, "v": "second"},
+        {"id": 1.0, "v": "x"},
+        {"id": 5.0, "v": "second"},
     ]
 
 

@@ -1,0 +1,204 @@
+"""Lance MERGE without duplicated keys: two writers inserting the same new key, crash-safe.
+
+Two ``merge_insert`` commits that each insert a key the other also inserts add disjoint
+fragments, so Lance's conflict check finds nothing in common and both commit: the key is in
+the table twice (lance-format/lance#4585, #8949). Lance 14 checks it only when the merge key is
+the table's declared (unenforced) primary key: the merge then records a filter of the keys it
+inserted in its transaction, and a commit whose inserted keys meet those of a concurrent
+commit fails with a retryable conflict; ``execute`` then runs the merge again on the new
+version, where the key exists and is updated. No version with the key twice is ever
+committed, so a writer killed at any point leaves nothing to repair. MatrixOS uses this:
+
+1. **Declared key** (:func:`declare_key`): the first merge on a Lance table declares its key
+   columns the table's primary key (``lance-schema:unenforced-primary-key``, positions for a
+   composite key), when every key column is a type Lance hashes into that filter
+   (32/64-bit integers, strings, binaries; for other types Lance silently
+   skips the check) and holds no NULL (a declared key column is NOT NULL: Lance refuses the
+   declaration otherwise, and later rows with a NULL key). Merges on exactly that key commit
+   through ``execute`` (the filter is lost on the ``execute_uncommitted`` + ``commit`` path,
+   which merges with commit metadata take).
+2. **Recorded repair** (:func:`tag_merge`, :func:`settle_merges`): every other merge (another
+   key, keys of other types, keys with NULLs, commit metadata, a table declared by someone
+   else) first tags the version it reads ``matrixos-merge-<id>`` (a Lance tag: a small object
+   under ``_refs/tags``), commits with ``matrixos.merge_id`` and ``matrixos.merge_on`` in its
+   transaction properties, repairs a concurrent duplicate itself (keeps the later commit's
+   row, as if the merges had run one after the other) and deletes its tag. A writer killed
+   between its commit and the end of its repair leaves the tag: the next MatrixOS writer of
+   the table (any append, merge, update, delete or optimize) lists the tags, finds the commit
+   by its id and, when it was concurrent, makes the same deterministic repair (idempotent: a
+   second repairer deletes the same rows or finds none) and deletes the tag. A tag whose merge
+   never committed is deleted once :data:`STALE_TAG` old (its writer died before its commit).
+   Readers between that commit and the repair see the duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from lance import LanceDataset
+
+log = logging.getLogger(__name__)
+
+PK = "lance-schema:unenforced-primary-key"
+PK_POSITION = "lance-schema:unenforced-primary-key:position"
+TAG_PREFIX = "matrixos-merge-"
+MERGE_ID = "matrixos.merge_id"
+MERGE_ON = "matrixos.merge_on"
+#: A tag whose merge has not committed after this long belongs to a writer that died.
+STALE_TAG = timedelta(hours=1)
+#: Test hook: a folder; a merge waits there between reading and committing, and exits after
+#: its commit when the folder holds ``exit-after-commit`` (tests/storage/test_lance_merge_race).
+HOOK_ENV = "MATRIXOS_TEST_LANCE_MERGE_HOOK"
+#: (dataset URI, key columns) whose declaration failed on a NULL key in this process.
+_HAS_NULLS: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _detectable(t: pa.DataType) -> bool:
+    """Key types whose inserted values Lance 14 hashes into a merge's key filter
+    (tests/storage/test_lance_merge_race.py pins the list: others never conflict)."""
+    return (
+        t in (pa.int32(), pa.int64(), pa.uint32(), pa.uint64())
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
+
+
+def primary_key(schema: pa.Schema) -> list[str]:
+    """The table's declared primary key columns, in key order ([] when none)."""
+    found: list[tuple[int, str]] = []
+    for i, f in enumerate(schema):
+        meta = f.metadata or {}
+        if meta.get(PK.encode()) == b"true":
+            pos = meta.get(PK_POSITION.encode())
+            found.append((int(pos) if pos else i + 1, f.name))
+    return [name for _, name in sorted(found)]
+
+
+def declare_key(ds: LanceDataset, on: Sequence[str]) -> bool:
+    """Declare ``on`` the primary key of the table at ``ds`` (NOT NULL first); False when it
+    cannot be (a type Lance does not check, a NULL key, another writer's declaration)."""
+    schema = ds.schema
+    if (
+        primary_key(schema)
+        or (ds.uri, tuple(on)) in _HAS_NULLS
+        or any(k not in schema.names or not _detectable(schema.field(k).type) for k in on)
+    ):
+        return False
+    try:
+        nullable: list[Any] = [
+            {"path": k, "nullable": False} for k in on if schema.field(k).nullable
+        ]
+        if nullable:
+            ds.alter_columns(*nullable)  # Lance refuses it while a key is NULL in any row
+        ds.update_field_metadata(
+            {k: {PK: "true", PK_POSITION: str(i + 1)} for i, k in enumerate(on)}
+        )
+    except Exception as e:  # NULL keys, or a concurrent schema change: the recorded repair
+        log.info("merge key %s not declared on %s: %s", list(on), ds.uri, e)
+        if "null" in str(e).lower():  # Lance scans the column to say so: once per process
+            _HAS_NULLS.add((ds.uri, tuple(on)))
+        return False
+    return True
+
+
+def tag_merge(ds: LanceDataset) -> str:
+    """Tag the version ``ds`` reads for a merge that may need a repair; its id."""
+    merge_id = uuid.uuid4().hex
+    ds.tags.create(TAG_PREFIX + merge_id, int(ds.version))
+    return merge_id
+
+
+def untag_merge(ds: LanceDataset, merge_id: str) -> None:
+    """The merge's repair is done (or was not needed): delete its tag."""
+    try:
+        ds.tags.delete(TAG_PREFIX + merge_id)
+    except Exception as e:  # another writer settled it first
+        log.debug("merge tag %s already gone: %s", merge_id, e)
+
+
+def merge_properties(merge_id: str, on: Sequence[str]) -> dict[str, str]:
+    """The transaction properties that let another writer find and repair the merge."""
+    return {MERGE_ID: merge_id, MERGE_ON: json.dumps(list(on))}
+
+
+def inserted_keys(ds: LanceDataset, version: int, on: Sequence[str], tx: Any) -> pa.Table:
+    """The keys of the rows the commit ``tx`` at ``version`` inserted: with stable row ids,
+    the rows created at that version (an updated row keeps its creation version, compaction
+    keeps both); else the keys in the fragments it added that still exist."""
+    if ds.has_stable_row_ids:
+        return ds.to_table(columns=list(on), filter=f"_row_created_at_version = {int(version)}")
+    parts = []
+    for meta in getattr(tx.operation, "new_fragments", None) or []:
+        fragment = ds.get_fragment(meta.id)
+        if fragment is not None:
+            parts.append(fragment.to_table(columns=list(on)))
+    return pa.concat_tables(parts) if parts else ds.schema.empty_table().select(list(on))
+
+
+def settle_merges(ds: LanceDataset, repair: Any) -> bool:
+    """Finish the repairs of merges whose writer died after its commit (see the module
+    docstring); ``repair(ds, keys)`` deletes duplicates of ``keys``. True if one committed."""
+    tags = {name: info for name, info in ds.tags.list().items() if name.startswith(TAG_PREFIX)}
+    repaired = False
+    for name, info in sorted(tags.items(), key=lambda kv: int(kv[1]["version"])):
+        merge_id = name[len(TAG_PREFIX) :]
+        found = _find_commit(ds, int(info["version"]), merge_id)
+        if found is None:
+            created = info.get("created_at")
+            if isinstance(created, datetime) and _age(created) > STALE_TAG:
+                untag_merge(ds, merge_id)  # its writer died before committing: nothing to repair
+            continue
+        version, tx, on = found
+        # The tagged version, not the transaction's read_version: a commit rebased over
+        # concurrent ones records the version it was rebased onto.
+        if version > int(info["version"]) + 1:
+            log.warning("repairing the merge committed at version %d of %s", version, ds.uri)
+            if repair(ds, inserted_keys(ds, version, on, tx)) is not None:
+                repaired = True
+        untag_merge(ds, merge_id)
+    return repaired
+
+
+def _find_commit(ds: LanceDataset, since: int, merge_id: str) -> tuple[int, Any, list[str]] | None:
+    """(version, transaction, key columns) of the commit carrying ``merge_id``."""
+    for version in range(since + 1, int(ds.version) + 1):
+        try:
+            tx = ds.read_transaction(version)
+        except Exception:  # a version cleaned up by vacuum
+            continue
+        props = (tx.transaction_properties or {}) if tx is not None else {}
+        if props.get(MERGE_ID) == merge_id:
+            return version, tx, json.loads(props[MERGE_ON])
+    return None
+
+
+def _age(when: datetime) -> timedelta:
+    return datetime.now(UTC) - (when if when.tzinfo else when.replace(tzinfo=UTC))
+
+
+def merge_hook(point: str) -> None:
+    """The test hook (:data:`HOOK_ENV`): ``planned`` waits for ``go``; ``committed`` exits."""
+    folder = os.environ.get(HOOK_ENV)
+    if not folder:
+        return
+    if point == "planned":
+        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+            pass
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(folder, "go")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    elif point == "committed" and os.path.exists(os.path.join(folder, "exit-after-commit")):
+        os._exit(9)  # as a kill -9: no cleanup, no repair
