@@ -86,9 +86,7 @@ def test_another_process_append_and_overwrite_are_seen(
     after = lh.sql(q)
     assert not cached(after) and after.fetchall() == [(21, 290)]
     assert cached(again := lh.sql(q)) and again.fetchall() == [(21, 290)]
-    other_process(
-        uri, options, "lh.table('s.t').overwrite(pa.table({'id': [5, 6], 'g': [0, 0]}))"
-    )
+    other_process(uri, options, "lh.table('s.t').overwrite(pa.table({'id': [5, 6], 'g': [0, 0]}))")
     assert lh.sql(q).fetchall() == [(2, 11)]
     assert cached(again := lh.sql(q)) and again.fetchall() == [(2, 11)]
     join = "SELECT n.name, sum(t.id) FROM s.t t JOIN s.names n ON t.g = n.g GROUP BY 1"
@@ -126,7 +124,7 @@ def test_another_process_drop_and_recreate_is_seen(
 def test_the_version_check_lists_the_log_from_the_version_on(
     s3: tuple[mx.Lakehouse, str, dict[str, str]],
 ) -> None:
-    lh, uri, options = s3
+    lh = s3[0]
     info = lh.service.cache.get_table(TableIdent.parse("s.t"))
     store = lh.service.store(info)
     assert isinstance(store, DeltaStore)
