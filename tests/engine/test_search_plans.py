@@ -5,8 +5,6 @@ delete is seen by the next statement; errors keep their place in the text."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -19,6 +17,11 @@ from matrixos.accounts import Accounts
 from matrixos.engine import search
 from matrixos.errors import AccessDenied, MatrixOSError, SQLError
 from matrixos.lance_table import lance_table_or_error
+
+try:
+    from tests.engine._searchers import as_bob, other_process
+except ModuleNotFoundError:
+    from _searchers import as_bob, other_process  # type: ignore[no-redef]
 
 WAREHOUSES = ("local",)
 DIM = 16  # the shortest list read as a query vector before the parse
@@ -126,28 +129,10 @@ def test_the_kept_plan_searches_the_new_vector(docs: mx.Lakehouse) -> None:
         assert got.scalar() == i
 
 
-def _as_bob(lh: mx.Lakehouse) -> mx.Lakehouse:
-    for stmt in (
-        "CREATE USER bob",
-        "GRANT USE CATALOG ON CATALOG main TO bob",
-        "GRANT USE SCHEMA ON SCHEMA main.kb TO bob",
-        "GRANT SELECT ON SCHEMA main.kb TO bob",
-    ):
-        lh.sql(stmt)
-    return lh.with_principal(Accounts(lh.catalog).principal("bob"))
-
-
-def other_process(lh: mx.Lakehouse, code: str) -> None:
-    script = (
-        f"import matrixos as mx, pyarrow as pa\nlh = mx.connect({lh.warehouse.uri!r})\n{code}\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-
-
 def test_a_new_row_filter_and_a_revoke_are_seen_by_the_next_statement(
     docs: mx.Lakehouse,
 ) -> None:
-    _as_bob(docs)
+    as_bob(docs)
 
     def buckets(q: np.ndarray) -> tuple[set[int], mx.Result]:
         # A principal holds the grants it was made with: a new one per statement, as a server

@@ -6,8 +6,6 @@ are seen by the next statement; errors keep their place in the text."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -17,6 +15,11 @@ import matrixos as mx
 from matrixos.accounts import Accounts
 from matrixos.engine.sql.search_plans import search_key
 from matrixos.errors import AccessDenied, SQLError
+
+try:
+    from tests.engine._searchers import as_bob, other_process
+except ModuleNotFoundError:
+    from _searchers import as_bob, other_process  # type: ignore[no-redef]
 
 WAREHOUSES = ("local",)
 ROWS = 60
@@ -144,13 +147,6 @@ def test_an_expression_as_the_query_is_planned_each_time(docs: mx.Lakehouse) -> 
         assert not cached(docs.sql(sql.replace("'word'", "'word' ")))
 
 
-def other_process(lh: mx.Lakehouse, code: str) -> None:
-    script = (
-        f"import matrixos as mx, pyarrow as pa\nlh = mx.connect({lh.warehouse.uri!r})\n{code}\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-
-
 def test_another_process_writes_to_the_searched_and_the_joined_table_are_seen(
     docs: mx.Lakehouse,
 ) -> None:
@@ -178,19 +174,8 @@ def test_another_process_writes_to_the_searched_and_the_joined_table_are_seen(
     assert docs.sql(statement.format("quokkaframe")).fetchall() == []
 
 
-def _as_bob(lh: mx.Lakehouse) -> mx.Lakehouse:
-    for stmt in (
-        "CREATE USER bob",
-        "GRANT USE CATALOG ON CATALOG main TO bob",
-        "GRANT USE SCHEMA ON SCHEMA main.kb TO bob",
-        "GRANT SELECT ON SCHEMA main.kb TO bob",
-    ):
-        lh.sql(stmt)
-    return lh.with_principal(Accounts(lh.catalog).principal("bob"))
-
-
 def test_a_row_filter_on_the_joined_table_and_a_revoke_are_seen(docs: mx.Lakehouse) -> None:
-    _as_bob(docs)
+    as_bob(docs)
 
     def labels(text: str) -> tuple[set[str], mx.Result]:
         bob = docs.with_principal(Accounts(docs.catalog).principal("bob"))
