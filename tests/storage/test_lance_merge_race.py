@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import pyarrow as pa
 import pytest
 
 from matrixos.errors import SchemaMismatch
-from matrixos.storage._lance_merge import HOOK_ENV, PK, TAG_PREFIX, primary_key
+from matrixos.storage import _lance_merge
+from matrixos.storage._lance_merge import HOOK_ENV, PK, TAG_PREFIX, primary_key, tag_merge
 from matrixos.storage.lance import LanceStore
 
 WORKER = """
@@ -150,12 +152,32 @@ def test_writers_killed_right_after_their_merge_commit_leave_no_duplicate(
     _check(store, key_type, [])
 
 
-def test_killed_merge_on_s3_leaves_no_duplicate(tmp_path: Path, s3_server: Any) -> None:
+@pytest.mark.parametrize("key_type", ["int64", "double"])
+def test_killed_merges_on_s3_leave_no_duplicate(
+    tmp_path: Path, s3_server: Any, key_type: str
+) -> None:
     location = f"s3://{s3_server.make_bucket()}/t"
     options = dict(s3_server.storage_options)
-    store, _ = _race(tmp_path, "double", crash=True, options=options, location=location)
-    LanceStore(location, options).merge(pa.table({"id": [7.5], "v": ["x"]}), on=["id"])
-    _check(store, "double", [])
+    store, _ = _race(tmp_path, key_type, crash=True, options=options, location=location)
+    more = pa.array([99 if key_type == "int64" else 9.5], type=pa.type_for_alias(key_type))
+    LanceStore(location, options).merge(pa.table({"id": more, "v": ["x"]}), on=["id"])
+    _check(store, key_type, [])
+
+
+def test_a_tag_whose_merge_never_committed_goes_once_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer killed between tagging and committing leaves a tag and no commit: kept while
+    the merge may still be running, removed by the next writer once STALE_TAG old."""
+    store = LanceStore(str(tmp_path / "t"))
+    store.create({"id": [1.5], "v": ["a"]})
+    tag_merge(store.open())
+    store.append({"id": [2.5], "v": ["b"]})
+    assert len(store.open().tags.list()) == 1
+    monkeypatch.setattr(_lance_merge, "STALE_TAG", timedelta(0))
+    store.append({"id": [3.5], "v": ["c"]})
+    assert store.open().tags.list() == {}
+    assert store.open().count_rows() == 3
 
 
 def test_a_declared_key_stays_not_null(tmp_path: Path) -> None:
