@@ -61,6 +61,8 @@ STALE_TAG = timedelta(hours=1)
 HOOK_ENV = "MATRIXOS_TEST_LANCE_MERGE_HOOK"
 #: (dataset URI, key columns) whose declaration failed on a NULL key in this process.
 _HAS_NULLS: set[tuple[str, tuple[str, ...]]] = set()
+#: (dataset URI, merge id) → the last version read looking for that merge's commit.
+_SCANNED: dict[tuple[str, str], int] = {}
 
 
 def _detectable(t: pa.DataType) -> bool:
@@ -173,15 +175,20 @@ def settle_merges(ds: LanceDataset, repair: Any) -> bool:
 
 
 def _find_commit(ds: LanceDataset, since: int, merge_id: str) -> tuple[int, Any, list[str]] | None:
-    """(version, transaction, key columns) of the commit carrying ``merge_id``."""
-    for version in range(since + 1, int(ds.version) + 1):
+    """(version, transaction, key columns) of the commit carrying ``merge_id``. Versions
+    already read for it in this process are not read again (a tag left by a writer that died
+    before its commit is looked for by every write until it is stale)."""
+    seen = _SCANNED.get((ds.uri, merge_id), since)
+    for version in range(seen + 1, int(ds.version) + 1):
         try:
             tx = ds.read_transaction(version)
         except Exception:  # a version cleaned up by vacuum
             continue
         props = (tx.transaction_properties or {}) if tx is not None else {}
         if props.get(MERGE_ID) == merge_id:
+            _SCANNED.pop((ds.uri, merge_id), None)
             return version, tx, json.loads(props[MERGE_ON])
+    _SCANNED[(ds.uri, merge_id)] = max(seen, int(ds.version))
     return None
 
 

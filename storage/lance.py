@@ -432,7 +432,14 @@ class LanceStore(TableStore):
                 raise _translate(e, f"merge into {self.location} failed", self) from e
             return metrics, version, int(current.version)
 
-        metrics, version, read_version = self._with_retries("merge", attempt, self.commit_retries)
+        try:
+            metrics, version, read_version = self._with_retries(
+                "merge", attempt, self.commit_retries
+            )
+        except (ConcurrentWriteError, SchemaMismatch, SQLError):
+            untag_merge(ds, merge_id)  # nothing was committed
+            raise
+        # (any other failure keeps the tag: a commit may have landed; the next writer checks)
         merge_hook("committed")
         if metrics.get("num_inserted_rows") and version > read_version + 1:
             # Another writer committed meanwhile and Lance did not check the new keys:
@@ -550,7 +557,7 @@ class LanceStore(TableStore):
         table = conform(table, ds.schema, evolve=evolve, overwrite=False)
         for f in ds.schema:
             if not f.nullable and table.column(f.name).null_count:
-                raise _null_in(f.name, f"write to {self.location}")
+                raise _null_in(f.name, f"write to {self.location}", primary_key(ds.schema))
         new = [f for f in table.schema if f.name not in ds.schema.names]
         if new:
             try:
@@ -698,11 +705,12 @@ def _aware(ts: Any) -> datetime:
     return ts.astimezone(UTC) if ts.tzinfo is None else ts
 
 
-def _null_in(column: str, what: str) -> SchemaMismatch:
+def _null_in(column: str, what: str, key: Sequence[str] = ()) -> SchemaMismatch:
     """A NULL in a NOT NULL column (a merge key Lance checks is NOT NULL: _lance_merge)."""
+    why = " (the table's merge key)" if column in key else ""
     return SchemaMismatch(
-        f"{what}: column {column!r} is NOT NULL (a merge key of the table) but the data has "
-        "NULLs in it; nothing was written",
+        f"{what}: column {column!r} is NOT NULL{why} but the data has NULLs in it; "
+        "nothing was written",
         hint=f"fill or filter out the rows whose {column} is NULL",
     )
 
