@@ -1,4 +1,4 @@
-"""``python -m benchmarks.point_query [--rows 1000000] [--queries 200] [--json out.json]``
+"""``python -m benchmarks.point_query [--rows 1000000] [--files 1] [--queries 200] [--json f]``
 
 A point query on a table of ``--rows`` rows (default 1M), through the call a user makes:
 ``lh.sql("SELECT * FROM bench.points WHERE id = k").fetchall()``, in a fresh process that has
@@ -10,8 +10,13 @@ different keys (every text new: planned each time) and MatrixOS's planning part 
 DuckDB gets the SQL, ``benchmarks/_planning.py``); one text repeated (its plan reused); DuckDB on
 the same files; the ratio. Target (issue 16): median ≤ 5 ms, planning ≤ 1 ms.
 
-The table is made once with ``lh.create_table`` (MatrixOS's default layout) under
+The table is made once with ``lh.create_table`` (MatrixOS's default layout; with ``--files
+n``, in n appends of consecutive keys, so a key's file is found by its statistics) under
 ``$TMPDIR/matrixos-bench/point_query``; a re-run measures at once.
+
+Every key is a new text, but the statement is the same with another literal: it runs from
+the plan kept for its literals lifted out (``engine/sql/plans.py``), one per set of files the
+key prunes to, so with ``--files n`` the first keys that land in each file are planned.
 """
 
 from __future__ import annotations
@@ -32,18 +37,19 @@ TARGET_MS = 5.0
 TARGET_PLANNING_MS = 1.0
 
 
-def _warehouse(rows: int) -> Path:
-    return Path(tempfile.gettempdir()) / "matrixos-bench" / "point_query" / f"rows{rows}"
+def _warehouse(rows: int, files: int = 1) -> Path:
+    name = f"rows{rows}" if files == 1 else f"rows{rows}-files{files}"
+    return Path(tempfile.gettempdir()) / "matrixos-bench" / "point_query" / name
 
 
-def prepare(rows: int) -> Path:
+def prepare(rows: int, files: int = 1) -> Path:
     """The warehouse with ``bench.points`` (``id`` 0…rows-1, a double, a string)."""
     import numpy as np
     import pyarrow as pa
 
     import matrixos as mx
 
-    wh = _warehouse(rows)
+    wh = _warehouse(rows, files)
     with mx.connect(str(wh)) as lh:
         if any(t.name == "main.bench.points" for t in lh.service.tables(lh.principal, "bench")):
             if lh.sql("SELECT count(*) FROM bench.points").scalar() == rows:
@@ -57,12 +63,18 @@ def prepare(rows: int) -> Path:
                 "s": pa.array([f"row {i}" for i in range(rows)]),
             }
         )
-        lh.create_table("bench.points", data)
+        step = -(-rows // files)
+        t = lh.create_table("bench.points", data.slice(0, step))
+        for start in range(step, rows, step):
+            t.append(data.slice(start, step))
     return wh
 
 
-def _fetch(lh: Any, sql: str) -> list[tuple[Any, ...]]:
-    return lh.sql(sql).fetchall()  # type: ignore[no-any-return]
+def _fetch(lh: Any, sql: str, planned: list[str] | None = None) -> list[tuple[Any, ...]]:
+    result = lh.sql(sql)
+    if planned is not None and result.stats.get("plan") != "cached":
+        planned.append(sql)
+    return result.fetchall()  # type: ignore[no-any-return]
 
 
 def measure(wh: Path, rows: int, queries: int) -> dict[str, Any]:
@@ -92,6 +104,7 @@ def measure(wh: Path, rows: int, queries: int) -> dict[str, Any]:
         m_ms: list[float] = []
         p_ms: list[float] = []
         d_ms: list[float] = []
+        fresh: list[str] = []  # the keys planned afresh (no kept plan for their files yet)
         for i, k in enumerate(keys[1:]):
             text = f"SELECT * FROM bench.points WHERE id = {k}"
 
@@ -102,7 +115,7 @@ def measure(wh: Path, rows: int, queries: int) -> dict[str, Any]:
 
             if i % 2:
                 duck()
-            got, total, planning = clock.call(partial(_fetch, lh, text))
+            got, total, planning = clock.call(partial(_fetch, lh, text, fresh))
             assert len(got) == 1
             m_ms.append(total)
             p_ms.append(planning)
@@ -116,6 +129,7 @@ def measure(wh: Path, rows: int, queries: int) -> dict[str, Any]:
             r_ms.append(total)
             rp_ms.append(planning)
     lh.close()
+    planned = len(fresh)
     q90 = statistics.quantiles(m_ms, n=10)[-1]
     return {
         "rows": rows,
@@ -127,6 +141,7 @@ def measure(wh: Path, rows: int, queries: int) -> dict[str, Any]:
         "median_ms": statistics.median(m_ms),
         "p90_ms": q90,
         "planning_median_ms": statistics.median(p_ms),
+        "planned": planned,
         "repeated_median_ms": statistics.median(r_ms),
         "repeated_planning_median_ms": statistics.median(rp_ms),
         "duckdb_median_ms": statistics.median(d_ms),
@@ -139,18 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.point_query", description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--files", type=int, default=1, help="write the table in this many files")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # the measuring process: prints its figures as JSON
-        print(json.dumps(measure(_warehouse(a.rows), a.rows, a.queries)))
+        print(json.dumps(measure(_warehouse(a.rows, a.files), a.rows, a.queries)))
         return 0
-    prepare(a.rows)
+    prepare(a.rows, a.files)
     load = os.getloadavg()[0]
     out = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.point_query", "--child"),
-            *("--rows", str(a.rows), "--queries", str(a.queries)),
+            *("--rows", str(a.rows), "--queries", str(a.queries), "--files", str(a.files)),
         ],
         check=True,
         capture_output=True,
@@ -163,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"  {r['queries']} different keys: median {r['median_ms']:.2f} ms, "
-        f"p90 {r['p90_ms']:.2f} ms, of which planning {r['planning_median_ms']:.2f} ms"
+        f"p90 {r['p90_ms']:.2f} ms, of which planning {r['planning_median_ms']:.2f} ms "
+        f"({r['planned']} planned afresh, the others from a kept plan)"
     )
     print(
         f"  one text repeated (plan reused): median {r['repeated_median_ms']:.2f} ms, planning "

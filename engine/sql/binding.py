@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from matrixos.catalog.service import VIEW_FORMAT
 from matrixos.engine.sandbox import check_query
 from matrixos.engine.scan import DatasetScan, Predicate, PrunedScan, Snapshot, load_snapshot, prune
 from matrixos.engine.sql.errors import engine_error
+from matrixos.engine.sql.plans import LIFTED
 from matrixos.errors import AccessDenied, MatrixOSError, NotSupported, SQLError
 from matrixos.storage.tablestore import store_class
 
@@ -107,9 +109,12 @@ class Binder:
         return DatasetScan(info.location, store.version(ds), ds, info.format)
 
     # -- binding ----------------------------------------------------------------------------
-    def bind(self, refs: list[exp.Table], principal: Principal) -> Bound:
+    def bind(
+        self, refs: list[exp.Table], principal: Principal, trace: Trace | None = None
+    ) -> Bound:
         """Resolve every table reference (each checked for ``principal``'s ``SELECT``) to a
-        pruned scan of its snapshot."""
+        pruned scan of its snapshot; with ``trace``, what the pruning made of lifted
+        literals is recorded there."""
         snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]] = []
         # A table named twice (self-joins, subqueries: TPC-H Q2, Q21) is looked up and its
         # snapshot loaded once, so every reference also reads the same version.
@@ -144,11 +149,14 @@ class Binder:
             if (version, timestamp) == (None, None):
                 latest.add(id(node))
         out: Bound = []
-        for node, info, snap in snaps:
+        for i, (node, info, snap) in enumerate(snaps):
             if isinstance(snap, DatasetScan):
                 out.append((info.ident, snap))
                 continue
-            preds = self._predicates(node, snap, snaps)
+            record: Traced | None = None
+            if trace is not None:
+                record = trace.predicates[i] = []
+            preds = self._predicates(node, snap, snaps, record, trace)
             scan = prune(snap, preds)
             if id(node) in latest:
                 # Rows a write-ahead log acknowledged are part of the latest version.
@@ -269,13 +277,15 @@ class Binder:
         node: exp.Table,
         snap: Snapshot,
         all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
+        record: Traced | None = None,
+        trace: Trace | None = None,
     ) -> list[Predicate]:
-        preds = self._where(node, node, snap, all_snaps, frozenset())
+        preds = self._where(node, node, snap, all_snaps, frozenset(), record, trace)
         masked = node.meta.get(SECURED)
         if masked is not None:
             # In a row filter's subquery (row_security): the query's own conditions around
             # it prune too, on the columns no mask replaces (they compare the real values).
-            preds += self._where(_anchor(node), node, snap, all_snaps, masked)
+            preds += self._where(_anchor(node), node, snap, all_snaps, masked, record, trace)
         return preds
 
     def _where(
@@ -285,6 +295,8 @@ class Binder:
         snap: Snapshot,
         all_snaps: list[tuple[exp.Table, TableInfo, Snapshot | DatasetScan]],
         masked: frozenset[str],
+        record: Traced | None = None,
+        trace: Trace | None = None,
     ) -> list[Predicate]:
         """The predicates on ``node``'s columns of the WHERE of the select ``anchor`` (the
         table reference, or the policy subquery standing for it) reads from."""
@@ -319,6 +331,8 @@ class Binder:
             p = self._predicate(conj, owns)
             if p is not None:
                 preds.append(Predicate(names[p.column], p.op, p.value))
+                if record is not None and trace is not None:
+                    record.append((preds[-1], trace.sources(conj)))
         return preds
 
     def _predicate(self, e: exp.Expr, owns: Any) -> Predicate | None:
@@ -352,6 +366,94 @@ class Binder:
         except MatrixOSError:
             return None  # not foldable here; DuckDB will evaluate it per row
         return None
+
+
+# A pruning predicate and where its value came from: None (no lifted literal), else per value
+# (one; an IN list's each) the lifted literal's index and how it was wrapped, or None (kept).
+Source = tuple[int, str]
+Traced = list[tuple[Predicate, tuple[Source | None, ...] | None]]
+
+
+@dataclass
+class Trace:
+    """What pruning made of a statement's lifted literals (``plans.compared_literals``
+    marks them): per table reference (by index), every predicate its files were pruned by,
+    with where each value came from (``Reprune`` prunes again with other values); and the
+    literals a predicate used in a way not followed (they stay as written: ``opaque``)."""
+
+    predicates: dict[int, Traced] = field(default_factory=dict)
+    opaque: set[int] = field(default_factory=set)
+
+    def sources(self, conj: exp.Expr) -> tuple[Source | None, ...] | None:
+        """Where the value of ``conj``'s predicate (as ``Binder._predicate`` reads it) came
+        from; its other lifted literals are opaque."""
+        if type(conj) in _CMP:
+            left, right = conj.this, conj.expression
+            values = [left if isinstance(right, exp.Column) else right]
+        elif isinstance(conj, exp.In):
+            values = list(conj.expressions)
+        else:
+            values = []
+        found = tuple(_source(v) for v in values)
+        followed = {s[0] for s in found if s is not None}
+        self.opaque |= {
+            n.meta[LIFTED] for n in conj.find_all(exp.Literal) if LIFTED in n.meta
+        } - followed
+        return found if followed else None
+
+
+def _source(node: exp.Expr) -> Source | None:
+    wrap = ""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Neg):
+        wrap, node = "-", node.this
+    elif isinstance(node, exp.Cast) and isinstance(node.to, exp.DataType):
+        wrap, node = node.to.sql(), node.this
+    slot = node.meta.get(LIFTED) if isinstance(node, exp.Literal) else None
+    return (slot, wrap) if isinstance(slot, int) else None
+
+
+def lifted_value(text: str, wrap: str) -> Any:
+    """The value binding gives a lifted literal written ``text`` (wrapped as ``Source``
+    says); ``NOT_LITERAL`` when it would ask DuckDB."""
+    lit = (
+        exp.Literal.string(text[1:-1].replace("''", "'"))
+        if text.startswith("'")
+        else exp.Literal.number(text)
+    )
+    node: exp.Expr = lit
+    if wrap == "-":
+        node = exp.Neg(this=lit)
+    elif wrap:
+        node = exp.Cast(this=lit, to=exp.DataType.build(wrap))
+    return _literal_value(node)
+
+
+@dataclass(frozen=True)
+class Reprune:
+    """One table reference of a kept plan, pruned again for other values of its lifted
+    literals: ``files`` gives the paths a fresh plan would read (None when a value needs
+    DuckDB to fold: plan afresh)."""
+
+    snapshot: Snapshot
+    predicates: tuple[tuple[Predicate, tuple[Source | None, ...] | None], ...]
+
+    def files(self, texts: tuple[str, ...]) -> tuple[str, ...] | None:
+        preds = []
+        for p, sources in self.predicates:
+            if sources is None:
+                preds.append(p)
+                continue
+            olds = p.value if p.op == "in" else [p.value]
+            values = []
+            for old, source in zip(olds, sources, strict=True):
+                value = old if source is None else lifted_value(texts[source[0]], source[1])
+                if value is NOT_LITERAL:
+                    return None
+                values.append(value)
+            preds.append(Predicate(p.column, p.op, values if p.op == "in" else values[0]))
+        return tuple(f.path for f in prune(self.snapshot, preds).files)
 
 
 def conjuncts(e: exp.Expr) -> list[exp.Expr]:
@@ -396,6 +498,7 @@ def _check_table_modifiers(node: exp.Table) -> None:
 
 
 _NOT_LITERAL: Any = object()
+NOT_LITERAL = _NOT_LITERAL
 _INTEGER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+\.[0-9]*|\.[0-9]+")
 _SCIENTIFIC = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
@@ -37,14 +38,26 @@ from matrixos.engine.result import Result
 from matrixos.engine.sandbox import check_query, locked_connection
 from matrixos.engine.scan import PrunedScan
 from matrixos.engine.sql import frontend
-from matrixos.engine.sql.binding import Binder
+from matrixos.engine.sql.binding import Binder, Reprune, Trace
 from matrixos.engine.sql.ddl import DDL
 from matrixos.engine.sql.dml import DML
 from matrixos.engine.sql.errors import engine_error, without_scan_excerpt
 from matrixos.engine.sql.grants import GrantStatements, redact_literals, without_secrets
 from matrixos.engine.sql.local import LocalRunner
 from matrixos.engine.sql.matviews import MaterializedViews, refresh_command
-from matrixos.engine.sql.plans import MAX_TEXT, PendingSlot, Plan, PlanCache, TableRead
+from matrixos.engine.sql.plans import (
+    MAX_TEXT,
+    Literals,
+    Params,
+    PendingSlot,
+    Plan,
+    PlanCache,
+    TableRead,
+    compared_literals,
+    lift,
+    mark,
+    parameterize,
+)
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
 from matrixos.engine.sql.search_plans import SearchPlans, search_key
@@ -148,6 +161,7 @@ class SQLEngine:
             if bulk is not None:
                 return self._bulk_insert(bulk[0], bulk[1], dialect, principal)
             key = _plan_key(sql, dialect, engine, principal)
+            lifted: tuple[Hashable, Literals] | None = None
             searched = search_key(sql, dialect, engine, principal)
             if searched is not None:  # a search statement: its key leaves out the vector
                 key = searched[0]
@@ -157,8 +171,15 @@ class SQLEngine:
                 )
                 if found is not None:
                     return found
-            elif key is not None and (cached := self._planned(key, sql)) is not None:
-                return cached
+            elif key is not None:
+                if (cached := self._planned(key, sql)) is not None:
+                    return cached
+                # The same statement with other literals (a new key each time): its plan.
+                literals = lift(sql, dialect)
+                if literals is not None:
+                    lifted = (_lifted_key(literals, dialect, engine, principal), literals)
+                    if (cached := self._planned(lifted[0], sql, literals)) is not None:
+                        return cached
             statements = self.parse(sql, dialect)
             if not statements:
                 raise SQLError("empty statement", sql=sql)
@@ -167,7 +188,8 @@ class SQLEngine:
                 # The statement's text as written (binding rewrites its tree), for lineage.
                 text = sql if len(statements) == 1 else stmt.sql(dialect=dialect)
                 kept = key if len(statements) == 1 else None
-                result = self._run(stmt, dialect, engine, principal, text, kept)
+                lits = lifted if len(statements) == 1 else None
+                result = self._run(stmt, dialect, engine, principal, text, kept, lits)
         except SQLError as e:
             located = locate_engine_error(e, sql, dialect)
             clean = without_secrets(located, sql)  # nor in the chained cause: from None
@@ -201,10 +223,13 @@ class SQLEngine:
         principal: Principal,
         sql: str,
         plan_key: Hashable | None = None,
+        literals: tuple[Hashable, Literals] | None = None,
     ) -> Result:
         frontend.check_translation(stmt, dialect)
         if isinstance(stmt, exp.Query):
-            return self.query(stmt, engine=engine, principal=principal, plan_key=plan_key)
+            return self.query(
+                stmt, engine=engine, principal=principal, plan_key=plan_key, literals=literals
+            )
 
         # A statement that writes records what it read (catalog.lineage); a query reads only.
         def text() -> str | None:  # only for a run that is recorded: INSERT … VALUES is big
@@ -305,13 +330,15 @@ class SQLEngine:
         engine: str = "local",
         principal: Principal = EMBEDDED_USER,
         plan_key: Hashable | None = None,
+        literals: tuple[Hashable, Literals] | None = None,
     ) -> Result:
         """Run (or with ``explain``, explain) one query tree as ``principal``, here or on the
         compute pool. With ``plan_key``, a plan that can be used again is kept under it
-        (``engine.sql.plans``)."""
+        (``engine.sql.plans``); with ``literals`` (a key and the text's literals, ``lift``)
+        also one that takes other values of the literals compared with columns."""
         # Planning reads the catalog's change counter once (a query writes nothing).
         with self.service.cache.pinned():
-            return self._query(tree, explain, analyze, engine, principal, plan_key)
+            return self._query(tree, explain, analyze, engine, principal, plan_key, literals)
 
     def _query(
         self,
@@ -321,12 +348,16 @@ class SQLEngine:
         engine: str,
         principal: Principal,
         plan_key: Hashable | None,
+        literals: tuple[Hashable, Literals] | None = None,
     ) -> Result:
         tree = tree.copy() if explain else tree
         counter = None
+        marks: dict[int, tuple[exp.Literal, str]] = {}
         if plan_key is not None and not explain:
             counter = self.service.cache.counter()  # read before anything it guards
             self._plans.begin()
+            if literals is not None:  # found on the tree as parsed (policies add literals)
+                marks = compared_literals(tree, literals[1])
         # Checked before anything in it is evaluated: the platform functions' arguments
         # (``k => current_setting(…)``) are folded on a DuckDB connection by expand_functions.
         check_query(tree)
@@ -340,7 +371,9 @@ class SQLEngine:
         # Row filters and column masks: every reference they apply to becomes their subquery.
         self._security.apply(tree, principal, functions.explain)
         refs = [r for r in check_query(tree) if not is_function_result(r)]
-        bound = self._binder.bind(refs, principal)
+        trace = Trace() if marks and not (series or calls or realtime) else None
+        bound = self._binder.bind(refs, principal, trace)
+        tag = _mark_lifted(marks, trace) if trace is not None else None
         notes: list[str] = []
         if engine != "local":
             query = self.query_context(tree, bound, functions, principal)
@@ -369,19 +402,66 @@ class SQLEngine:
                         self._searches.keep(plan_key, counter, sql, tree, functions, kept, sources)
                         return
                     locations = tuple(r.location for r in kept)
+                    params = None
+                    if tag is not None and literals is not None and trace is not None:
+                        sql, params = parameterize(sql, tag, literals[1], marks)
                     plan = Plan(sql, counter, kept, locations, tuple(notes), tuple(files.items()))
                     self._plans.put(plan_key, plan)
+                    if params is not None and literals is not None and trace is not None:
+                        self._keep_lifted(literals[0], plan, params, trace, bound)
 
         result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
         result.stats["engine"] = "local"
         return result
 
-    def _planned(self, key: Hashable, sql: str) -> Result | None:
+    def _keep_lifted(
+        self, key: Hashable, plan: Plan, params: Params, trace: Trace, bound: Bound
+    ) -> None:
+        """Keep ``plan`` for other values of its lifted literals, under ``key`` and, when
+        they pruned files, under the files it reads too (``_lifted_plan`` finds it again)."""
+        prunes, files = [], []
+        for i, traced in sorted(trace.predicates.items()):
+            scan = bound[i][1]
+            if isinstance(scan, PrunedScan) and any(s is not None for _, s in traced):
+                prunes.append(Reprune(scan.snapshot, tuple(traced)))
+                files.append(tuple(f.path for f in scan.files))
+        params = dataclasses.replace(params, prunes=tuple(prunes), files=tuple(files))
+        plan = dataclasses.replace(plan, params=params)
+        self._plans.put(key, plan)
+        if prunes:
+            self._plans.put((key, params.files), plan)
+
+    def _lifted_plan(self, key: Hashable, literals: Literals) -> tuple[Plan, str] | None:
+        """The plan kept for ``literals``' statement (``_keep_lifted``) and its SQL for them:
+        the one that reads the files these values prune to; None when there is none."""
+        plan = self._plans.get(key)
+        if plan is None or plan.params is None:
+            return None
+        if plan.params.prunes:
+            files = tuple(r.files(literals.texts) for r in plan.params.prunes)
+            if any(f is None for f in files):
+                return None  # a value only DuckDB folds: planned again
+            if files != plan.params.files:
+                plan = self._plans.get((key, files))
+                if plan is None or plan.params is None:
+                    return None
+        text = plan.params.sql(literals)
+        return None if text is None else (plan, text)
+
+    def _planned(self, key: Hashable, sql: str, literals: Literals | None = None) -> Result | None:
         """The result of the plan kept under ``key``, run again, when nothing it depends on
         changed (the catalog's counter, each latest table's version, pending rows); else
-        None (the plan is dropped: the caller plans the statement again)."""
-        plan = self._plans.get(key)
-        if plan is None:
+        None (the plan is dropped: the caller plans the statement again). With ``literals``
+        (the text's, ``key`` a ``_lifted_key``), the plan's SQL takes their values; None
+        when it cannot (a literal it keeps as written differs)."""
+        if literals is not None:
+            found = self._lifted_plan(key, literals)
+            if found is None:
+                return None  # planned again: that plan is kept beside this one
+            plan, text = found
+        elif (kept := self._plans.get(key)) is not None:
+            plan, text = kept, kept.sql
+        else:
             return None
         sources: dict[str, Any] = {}  # rows still in a write-ahead log, by the plan's names
         fresh = plan.counter == self.service.cache.counter() and self._current(plan.reads, sources)
@@ -389,7 +469,7 @@ class SQLEngine:
             self._plans.drop(key)
             return None
         sources.update(plan.sources)  # object-store files: the same at the same versions
-        result = self._local.run_sql(plan.sql, plan.locations, lambda: sql, sources)
+        result = self._local.run_sql(text, plan.locations, lambda: sql, sources)
         result.stats.update(engine="local", plan="cached")
         return result
 
@@ -559,6 +639,25 @@ def _plan_key(sql: str, dialect: str, engine: str, principal: Principal) -> Hash
     if engine not in ("auto", "local") or len(sql) > MAX_TEXT:
         return None
     return (sql, dialect, engine, principal)
+
+
+def _lifted_key(literals: Literals, dialect: str, engine: str, principal: Principal) -> Hashable:
+    """The key a plan taking other values of a statement's literals is kept under."""
+    return ("lifted", literals.template, dialect, engine, principal)
+
+
+def _mark_lifted(marks: dict[int, tuple[exp.Literal, str]], trace: Trace) -> str | None:
+    """Mark the literals of ``marks`` a kept plan may take other values of (``plans.mark``),
+    and return the statement's tag; None when there is none. A literal that pruning used in
+    a way it cannot follow for another value (``Trace.opaque``) stays as written."""
+    for i in trace.opaque:
+        marks.pop(i, None)
+    if not marks:
+        return None
+    tag = uuid.uuid4().hex[:12]
+    for i, (node, _) in marks.items():
+        mark(node, tag, i)
+    return tag
 
 
 def _reads(

@@ -34,10 +34,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Any
+
+from sqlglot import exp
 
 from matrixos._lru import LRU
 from matrixos.catalog import TableInfo
@@ -85,6 +88,7 @@ class Plan:
     locations: tuple[str, ...]  # what the cursor's allowed directories must cover
     notes: tuple[str, ...] = ()
     sources: tuple[tuple[str, Any], ...] = ()
+    params: Params | None = None  # kept for the statement's literals lifted out
 
 
 class PlanCache:
@@ -119,3 +123,190 @@ class PlanCache:
 
     def is_volatile(self) -> bool:
         return bool(getattr(self._local, "volatile", True))
+
+
+# -- plans kept for a statement's literals lifted out ---------------------------------------
+# Dialects whose strings are '…' with '' as the only escape and whose "…" quote identifiers:
+# there a literal's text as written is DuckDB's text for it.
+LIFT_DIALECTS = frozenset({"duckdb", "postgres", "trino", "presto", "redshift", "snowflake"})
+# Texts with comments, dollar quoting or parameters, backslashes or backticks are not lifted.
+_UNSAFE = re.compile(r"--|/\*|[$\\`#]")
+_TOKEN = re.compile(
+    r'"(?:[^"]|"")*"'  # a quoted identifier (skipped)
+    r"|'(?:[^']|'')*'"  # a string
+    r"|[A-Za-z_][A-Za-z_0-9]*"  # a word (skipped: t1 is no number)
+    r"|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # a number
+)
+# Meta of a literal node lifted out (its index in ``Literals``): binding follows it into the
+# predicates that prune files (``binding.Trace``).
+LIFTED = "mx_lifted"
+_MARK = re.compile(r" /\* mx_lit ([0-9a-f]{12}) ([0-9]+) \*/")
+# Where a literal compared with the node's ``this`` sits in an IN list or BETWEEN.
+_OPERANDS: dict[type[exp.Expr], tuple[str, ...]] = {
+    exp.In: ("expressions",),
+    exp.Between: ("low", "high"),
+}
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE, exp.Like, exp.ILike)
+
+
+@dataclass(frozen=True)
+class Literals:
+    """A statement's literals (numbers, strings) lifted out of its text: ``template`` is the
+    text with each replaced by its kind (``s`` string, ``i`` integer, ``d`` decimal, ``e``
+    with an exponent); ``spans`` their (first, last) offsets, as sqlglot's node meta has
+    them; ``texts`` each as written.
+
+    Example:
+        >>> lits = lift("SELECT * FROM t WHERE id = 42 AND s = 'it''s'", "duckdb")
+        >>> lits.texts, lits.template.replace("\\x00", "?")
+        (('42', "'it''s'"), 'SELECT * FROM t WHERE id = ?i AND s = ?s')
+    """
+
+    template: str
+    spans: tuple[tuple[int, int], ...]
+    texts: tuple[str, ...]
+
+
+def lift(sql: str, dialect: str) -> Literals | None:
+    """``sql``'s literals lifted out (one regex pass); None when the dialect or the text is
+    one this is not sure to read as sqlglot does (see ``LIFT_DIALECTS``, ``_UNSAFE``), or
+    it has no literal."""
+    if dialect.lower() not in LIFT_DIALECTS or _UNSAFE.search(sql):
+        return None
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    texts: list[str] = []
+    last = 0
+    for m in _TOKEN.finditer(sql):
+        tok = m.group()
+        first = tok[0]
+        if first == '"' or first == "_" or first.isalpha():
+            continue
+        start = m.start()
+        if first == "'":
+            if start and (sql[start - 1].isalnum() or sql[start - 1] in "_'"):
+                return None  # E'…', X'…', N'…': a prefixed string
+            kind = "s"
+        else:
+            kind = "e" if "e" in tok or "E" in tok else "d" if "." in tok else "i"
+        pieces += (sql[last:start], "\x00", kind)
+        spans.append((start, m.end() - 1))
+        texts.append(tok)
+        last = m.end()
+    if not texts:
+        return None
+    pieces.append(sql[last:])
+    return Literals("".join(pieces), tuple(spans), tuple(texts))
+
+
+def compared_literals(tree: exp.Expr, lits: Literals) -> dict[int, tuple[exp.Literal, str]]:
+    """The literals of ``lits`` (by index) that ``tree`` compares with a column, directly
+    (``col = 5``, ``col IN (1, 2)``, ``col BETWEEN 1 AND 9``, ``col LIKE 'a%'``, ``col >=
+    DATE '2024-01-01'``, ``col < -3``), each with its node and the column's name (lower
+    case): the ones a kept plan may take another value for. Any other literal (LIMIT, time
+    travel, INTERVAL, a function's argument, the select list) stays as written."""
+    by_span = {span: i for i, span in enumerate(lits.spans)}
+    out: dict[int, tuple[exp.Literal, str]] = {}
+    for node in tree.find_all(exp.Literal):
+        i = by_span.get((node.meta.get("start", -1), node.meta.get("end", -1)))
+        if i is None or (lits.texts[i][0] == "'") != node.is_string:
+            continue
+        column = _compared_column(node)
+        if column is not None:
+            out[i] = (node, column)
+            node.meta[LIFTED] = i
+    return out
+
+
+def _compared_column(node: exp.Literal) -> str | None:
+    top: exp.Expr = node
+    parent = node.parent
+    if isinstance(parent, exp.Neg) and not node.is_string:
+        top, parent = parent, parent.parent
+    elif (
+        isinstance(parent, exp.Cast)
+        and node.is_string
+        and node.arg_key == "this"
+        and parent.to.is_type(exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP)
+    ):
+        top, parent = parent, parent.parent  # DATE '…', TIMESTAMP '…'
+    while isinstance(parent, exp.Paren):
+        top, parent = parent, parent.parent
+    other: exp.Expr | None = None
+    if isinstance(parent, _COMPARISONS):
+        other = parent.expression if top.arg_key == "this" else parent.this
+    elif parent is not None and top.arg_key in _OPERANDS.get(type(parent), ()):
+        other = parent.this
+    if isinstance(other, exp.Column) and isinstance(other.this, exp.Identifier):
+        return other.name.lower()
+    return None
+
+
+@dataclass(frozen=True)
+class Params:
+    """How a kept plan's DuckDB SQL takes a statement's literals: ``parts`` around the lifted
+    ones (``slots[i]`` goes between ``parts[i]`` and ``parts[i + 1]``), and the literals that
+    must be as they were (``fixed``: by index, as written).
+
+    Example:
+        >>> lits = lift("SELECT * FROM t WHERE id = 1 LIMIT 5", "duckdb")
+        >>> params = Params(("SELECT * FROM f WHERE id = ", " LIMIT 5"), (0,), ((1, "5"),))
+        >>> params.sql(lift("SELECT * FROM t WHERE id = 42 LIMIT 5", "duckdb"))
+        'SELECT * FROM f WHERE id = 42 LIMIT 5'
+        >>> params.sql(lift("SELECT * FROM t WHERE id = 42 LIMIT 6", "duckdb")) is None
+        True
+    """
+
+    parts: tuple[str, ...]
+    slots: tuple[int, ...]
+    fixed: tuple[tuple[int, str], ...]
+    # Table references pruned by lifted literals (``binding.Reprune``), and the files each
+    # read: another value that prunes to other files has a plan of its own.
+    prunes: tuple[Any, ...] = ()
+    files: tuple[tuple[str, ...], ...] = ()
+
+    def sql(self, lits: Literals) -> str | None:
+        """The plan's SQL for these literals; None when a fixed one differs."""
+        texts = lits.texts
+        if any(texts[i] != text for i, text in self.fixed):
+            return None
+        out = [self.parts[0]]
+        for slot, part in zip(self.slots, self.parts[1:], strict=True):
+            out += (texts[slot], part)
+        return "".join(out)
+
+
+def parameterize(
+    sql: str, tag: str, lits: Literals, lifted: Collection[int]
+) -> tuple[str, Params | None]:
+    """``sql`` without the comments that mark the lifted literals (``mark``), and how it
+    takes other values of them: ``Params``, checked to give that same SQL back for the
+    literals as written; None when a marked literal is missing, doubled or not as written
+    (then only the text's own plan is kept)."""
+    parts: list[str] = []
+    slots: list[int] = []
+    last, ok = 0, True
+    for m in _MARK.finditer(sql):
+        if m[1] != tag:
+            continue
+        i = int(m[2])
+        text = lits.texts[i] if i < len(lits.texts) else ""
+        start = m.start() - len(text)
+        if not text or i not in lifted or i in slots or sql[start : m.start()] != text:
+            ok = False
+        parts.append(sql[last:start])
+        slots.append(i)
+        last = m.end()
+    parts.append(sql[last:])
+    plain = _MARK.sub(lambda m: "" if m[1] == tag else m[0], sql)
+    if not ok or set(slots) != set(lifted):
+        return plain, None
+    fixed = tuple((i, t) for i, t in enumerate(lits.texts) if i not in lifted)
+    params = Params(tuple(parts), tuple(slots), fixed)
+    return plain, params if params.sql(lits) == plain else None
+
+
+def mark(node: exp.Expr, tag: str, i: int) -> None:
+    """Mark ``node``, lifted literal ``i``, for ``parameterize``: a comment right after it in
+    the SQL made from the tree (DuckDB ignores it)."""
+    node.add_comments([f"mx_lit {tag} {i}"])
