@@ -449,11 +449,11 @@ def _render_files(scan: PrunedScan, ctx: ScanContext, fields: list[pa.Field]) ->
     pidx = {c: i for i, c in enumerate(snap.partition_columns)}
     parts: list[str] = []
     for pvals, files in groups.items():
-        plain = [f.path for f in files if f.path not in snap.deletion_vectors]
+        plain = [f for f in files if f.path not in snap.deletion_vectors]
         with_dv = [f.path for f in files if f.path in snap.deletion_vectors]
         sources = []
         # Files of an object-store table may be partly in the node's cache (local paths).
-        for _, run in itertools.groupby(plain, key=is_remote):
+        for _, run in itertools.groupby(plain, key=lambda f: is_remote(f.path)):
             sources.append(_source(snap, list(run), ctx))
         for p in with_dv:
             sources.append(ctx.register(_read_with_dv(snap, p, ctx)))
@@ -474,16 +474,24 @@ def _render_files(scan: PrunedScan, ctx: ScanContext, fields: list[pa.Field]) ->
     return " UNION ALL ".join(parts)
 
 
-def _source(snap: Snapshot, paths: list[str], ctx: ScanContext) -> str:
-    if is_remote(paths[0]):
+def _source(snap: Snapshot, files: list[FileEntry], ctx: ScanContext) -> str:
+    if is_remote(files[0].path):
         import pyarrow.dataset as ds
+        from pyarrow.fs import LocalFileSystem
 
         physical = pa.schema(
             [pa.field(snap.physical.get(f.name, f.name), f.type) for f in snap.data_columns]
         )
-        keys = [p.split("://", 1)[1] for p in paths]
-        dataset = ds.dataset(keys, schema=physical, format="parquet", filesystem=ctx.filesystem)
-        return ctx.register(dataset)
+        # Each file with the size its add action records: no HEAD per file and query for it
+        # (the dataset, kept with a plan, also keeps each file's footer once read).
+        fmt = ds.ParquetFileFormat()
+        fs = ctx.filesystem or LocalFileSystem()  # what ds.dataset takes a bare key for
+        fragments = [
+            fmt.make_fragment(f.path.split("://", 1)[1], fs, file_size=f.size or None)
+            for f in files
+        ]
+        return ctx.register(ds.FileSystemDataset(fragments, physical, fmt, fs))
+    paths = [f.path for f in files]
     listing = ", ".join(_string(p) for p in paths)
     if not snap.read_by_name:
         return f"read_parquet([{listing}])"
