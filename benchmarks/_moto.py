@@ -66,10 +66,23 @@ def close(self, request):
         with reg:
             conns.pop(id(request), None)
 ThreadedWSGIServer.get_request, ThreadedWSGIServer.shutdown_request = accept, close
+# requests answered, by method ("count" on stdin prints and resets them: benchmarks/s3_plans.py)
+import collections, json
+from werkzeug.serving import WSGIRequestHandler
+served = collections.Counter()
+def log_request(self, code="-", size="-"):
+    with reg:
+        served[self.command] += 1
+WSGIRequestHandler.log_request = log_request
 s = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 s.start()
 print(s.get_host_and_port()[1], flush=True)
 for line in sys.stdin:  # "settle PORT...": reply once no connection from those ports is open
+    if line.startswith("count"):
+        with reg:
+            print(json.dumps(served), flush=True)
+            served.clear()
+        continue
     ports, end, ok = {int(p) for p in line.split()[1:]}, time.monotonic() + 120, False
     while not ok and time.monotonic() < end:
         with reg:
@@ -108,6 +121,15 @@ class MotoS3:
         self.proc.stdin.flush()
         if self.proc.stdout.readline().strip() != "ok":
             raise RuntimeError(f"moto still serves the killed writers' connections {ports}")
+
+    def counts(self) -> dict[str, int]:
+        """The requests the server answered since the last call, by HTTP method."""
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
 
     def __exit__(self, *exc: object) -> None:
         MOTO_SERVERS.pop(self.endpoint, None)

@@ -1,11 +1,12 @@
 """``python -m benchmarks.s3_plans [--rows 100000] [--queries 50]``
 
 Repeated statements on a Delta table in an S3 warehouse (a moto server on loopback, in a child
-process that counts the requests it serves), through the call a user makes: ``lh.sql(text)``.
-Each statement (a point query and an aggregate) runs ``--queries`` times as the same text (its
-kept plan: engine/sql/plans.py, with the table's version checked by one LIST of its Delta log,
-``DeltaStore.is_latest``) and as a new text each time (a comment: planned again). Reported per
-statement: p50 and p90 ms and the S3 requests the server saw, by method (GET includes LIST).
+process that counts the requests it serves: ``benchmarks/_moto.py``), through the call a user
+makes: ``lh.sql(text)``. Each statement (a point query and an aggregate) runs ``--queries``
+times as the same text (its kept plan: engine/sql/plans.py, with the table's version checked
+by one LIST of its Delta log, ``DeltaStore.is_latest``) and as a new text each time (a comment:
+planned again). Reported per statement: p50 and p90 ms and the S3 requests the server saw, by
+method (GET includes LIST).
 
 On moto every request costs ~1.5-3 ms of the server's Python; on S3 a request costs more (a
 HEAD or a small GET ~10-30 ms), so the request count is the figure that carries over.
@@ -17,31 +18,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-# moto's server, counting the requests it answers (by method); "c" on stdin prints and resets.
-_COUNTING_MOTO = """
-import collections, sys, threading
-from werkzeug.serving import WSGIRequestHandler
-from moto.server import ThreadedMotoServer
-counts, lock = collections.Counter(), threading.Lock()
-def log_request(self, code="-", size="-"):
-    with lock:
-        counts[self.command] += 1
-WSGIRequestHandler.log_request = log_request
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-for line in sys.stdin:
-    with lock:
-        print(dict(counts), flush=True)
-        counts.clear()
-"""
+from benchmarks._moto import MotoS3
 
 STATEMENTS = {
     "point query": "SELECT * FROM bench.points WHERE id = 4242",
@@ -49,58 +31,16 @@ STATEMENTS = {
 }
 
 
-class CountingMoto:
-    """A moto S3 server on 127.0.0.1 in a child process that counts requests."""
-
-    def __enter__(self) -> CountingMoto:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _COUNTING_MOTO],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.endpoint = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
-        return self
-
-    def counts(self) -> dict[str, int]:
-        """Requests served since the last call, by HTTP method."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("c\n")
-        self.proc.stdin.flush()
-        return dict(json.loads(self.proc.stdout.readline().replace("'", '"')))
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
-
-
 def run(rows: int, queries: int) -> dict[str, Any]:
-    import boto3
     import numpy as np
     import pyarrow as pa
 
     import matrixos as mx
 
     out: dict[str, Any] = {"rows": rows, "queries": queries, "load_before": os.getloadavg()[0]}
-    with CountingMoto() as moto:
-        bucket = f"plans-{uuid.uuid4().hex[:10]}"
-        boto3.client(
-            "s3",
-            endpoint_url=moto.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=bucket)
-        options = {
-            "endpoint_url": moto.endpoint,
-            "region": "us-east-1",
-            "access_key_id": "testing",
-            "secret_access_key": "testing",
-            "allow_http": "true",
-        }
-        with mx.connect(f"s3://{bucket}/wh", storage_options=options) as lh:
+    with MotoS3() as moto:
+        uri, options = moto.bucket()
+        with mx.connect(uri, storage_options=options) as lh:
             rng = np.random.default_rng(0)
             lh.create_table(
                 "bench.points",
