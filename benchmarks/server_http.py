@@ -99,11 +99,12 @@ def served(rows: int, prefix: str) -> Iterator[tuple[str, str, str]]:
 
 @contextlib.contextmanager
 def served_by(
-    rows: int, prefix: str, trees: list[str | None]
+    rows: int, prefix: str, trees: list[str | None], options: list[list[str]] | None = None
 ) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     """``served``, by one ``matrixos serve`` per source tree in ``trees`` (None: this one;
     else a checkout of another revision, run with its own code and warehouse of the same
-    rows): yields (this tree's warehouse, each server's (url, admin token))."""
+    rows), each given its ``options`` (more ``serve`` arguments): yields (this tree's
+    warehouse, each server's (url, admin token))."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     wh, token = make_warehouse(str(root / "warehouse"), rows)
     tokens = [token]
@@ -111,6 +112,10 @@ def served_by(
     # at another migration), holding the same rows.
     whs = [wh]
     for i, tree in enumerate(trees[1:], 1):
+        if tree is None:  # this tree again (other options): the same warehouse
+            whs.append(wh)
+            tokens.append(token)
+            continue
         made = subprocess.run(
             _in_tree(str(tree), [__file__, "--make-warehouse", str(root / f"warehouse{i}"),
                                  str(rows)]),
@@ -124,7 +129,7 @@ def served_by(
             port = _free_port()
             log = (root / f"server{i}.log").open("wb")
             args = ["-m", "matrixos.cli", "serve", "--warehouse", whs[i], "--port", str(port),
-                    "--pg-port", "-1"]  # fmt: skip
+                    "--pg-port", "-1", *(options[i] if options else [])]  # fmt: skip
             cmd = [sys.executable, *args] if tree is None else _in_tree(tree, args)
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tree))
             urls.append(f"http://127.0.0.1:{port}")
@@ -214,9 +219,22 @@ def main() -> None:
         help="a checkout of another revision (git worktree add /tmp/base <rev>): its server is "
         "measured beside this one's, turn by turn",
     )
+    ap.add_argument(
+        "--streamed",
+        action="store_true",
+        help="also measure this tree's server with --stream-after 0 (every Arrow result "
+        "streamed from its first rows, chunked) beside the default (a result whole within "
+        "0.05 s goes as one sized body), turn by turn",
+    )
     args = ap.parse_args()
     trees: list[str | None] = [None] + ([args.baseline] if args.baseline else [])
-    with served_by(args.rows, "mx-bench-http-", trees) as (wh, servers):
+    options: list[list[str]] = [[] for _ in trees]
+    tags = ["" if tree is None else " [baseline]" for tree in trees]
+    if args.streamed:
+        trees.append(None)
+        options.append(["--stream-after", "0"])
+        tags.append(" [--stream-after 0]")
+    with served_by(args.rows, "mx-bench-http-", trees, options) as (wh, servers):
         n = args.rows
         lh = mx.connect(wh)
         print(f"SELECT 1, {args.reps} calls each (interleaved in 5 rounds; load: "
@@ -225,10 +243,9 @@ def main() -> None:
             "in-process lh.sql": lambda: lh.sql("SELECT 1").to_arrow()
         }
         body = {"statement": "SELECT 1", "wait_timeout": "10s"}
-        for (url, token), tree in zip(servers, trees, strict=True):
-            tag = "" if tree is None else " [baseline]"
+        for (url, token), tag in zip(servers, tags, strict=True):
             raw = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
-            remote = mx.connect(url, token=token) if tree is None else None
+            remote = mx.connect(url, token=token) if not tag else None
             fns[f"HTTP POST, httpx (JSON_ARRAY inline){tag}"] = _httpx_post(raw, body)
             fns[f"HTTP POST, http.client (JSON_ARRAY){tag}"] = _post(url, token)
             if remote is not None:
@@ -245,8 +262,7 @@ def main() -> None:
         fetches: dict[str, Callable[[], object]] = {
             "in-process lh.sql().to_arrow()": lambda: lh.sql(q).to_arrow()
         }
-        for remote, tree in zip(remotes, trees, strict=True):
-            tag = "" if tree is None else " [baseline]"
+        for remote, tag in zip(remotes, tags, strict=True):
             fetches[f"remote SDK sql().to_arrow(){tag}"] = _sdk_sql(remote, q)
         took = {
             k: _summary(k, v) for k, v in _interleaved(fetches, args.scans, 1, args.scans).items()

@@ -89,6 +89,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    stream_after: Annotated[
+        float,
+        typer.Option(
+            "--stream-after",
+            min=0,
+            help="Seconds an Arrow result waits, after its first rows, for the rest before "
+            "it streams (0: always streams).",
+        ),
+    ] = 0.05,
     statement_timeout: Annotated[
         float,
         typer.Option(
@@ -184,6 +193,7 @@ def serve(
                 workers=workers,
                 grace_s=grace,
                 chunk_rows=chunk_rows,
+                stream_after_s=stream_after,
                 retained_bytes=result_memory * 1024 * 1024,
                 iot=IotOptions(
                     wal_dir=wal_dir,

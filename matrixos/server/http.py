@@ -243,7 +243,7 @@ def create_app(
             await ended(stmt, _CANCEL_SETTLE_S)
         status = http_status(stmt.error) if stmt.state is State.FAILED and stmt.error else 200
         if arrow and streams(stmt):
-            return result_stream(manager, user, stmt)
+            return await result_stream(manager, user, stmt)
         rows = stmt.result.total_row_count if stmt.result is not None else 0
         if rows > _INLINE_RENDER_ROWS and stmt.request.format is Format.JSON_ARRAY:
             out = await anyio.to_thread.run_sync(

@@ -25,9 +25,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.names import TableIdent
@@ -41,7 +42,7 @@ from matrixos.server.statements import (
     StatementRequest,
     ended,
 )
-from matrixos.server.statements_results import MEDIA_TYPES, Format
+from matrixos.server.statements_results import MEDIA_TYPES, Format, ResultSet
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -90,7 +91,7 @@ def tables_router(
         version: Annotated[int | None, Query(ge=0)] = None,
         timestamp: Annotated[str | None, Query(max_length=64)] = None,
         columns: Annotated[list[str] | None, Query()] = None,
-    ) -> StreamingResponse:
+    ) -> Response:
         """The table's rows (at ``version`` or ``timestamp``) as an Arrow IPC stream. A
         statement like any other: the statement limits apply (429 past the principal's running
         statements; a result over the row or byte limit fails rather than arrive cut)."""
@@ -114,7 +115,7 @@ def tables_router(
         response_class=StreamingResponse,
         responses={200: {"content": {ARROW_STREAM: {}}}},
     )
-    async def search(body: SearchIn, user: User, request: Request) -> StreamingResponse:
+    async def search(body: SearchIn, user: User, request: Request) -> Response:
         """``lh.search``: the top ``k`` rows plus ``_score``, as an Arrow IPC stream (under
         the statement limits, as a table read)."""
 
@@ -139,7 +140,7 @@ async def as_statement(
     request: Request,
     text: str,
     call: Callable[[Principal], Result],
-) -> StreamingResponse:
+) -> Response:
     """Run ``call`` as a statement of ``manager`` (limits, cancel on drain, audit and history
     as ``text`` over protocol ``sdk``) and stream its rows from its first (``result_stream``)."""
     what = StatementRequest(text, format=Format.ARROW_STREAM, call=call, whole=True)
@@ -151,7 +152,7 @@ async def as_statement(
             raise StatementCanceled("the read was canceled (the server is shutting down)")
         if stmt.error is not None:
             raise stmt.error
-    return result_stream(manager, user, stmt)
+    return await result_stream(manager, user, stmt)
 
 
 def streams(stmt: Statement) -> bool:
@@ -170,15 +171,69 @@ IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-st
 BROKEN_TAIL = b"\xff\xff\xff\xff\xff\xff\xff\x7f"
 
 
-def result_stream(manager: StatementManager, user: Principal, stmt: Statement) -> StreamingResponse:
-    """``stmt``'s rows as one Arrow IPC stream, each record batch sent as the statement keeps
-    it (the query still runs while the first rows travel), its id in the header
-    ``X-MatrixOS-Statement-Id``. A statement that fails midway ends the body with
-    ``BROKEN_TAIL`` and stays to be asked why; one read whole is CLOSED at the end (so is one
-    whose client went away is canceled)."""
-    rows = stmt.rows
-    if rows is None:  # released already: the server needed the memory
+async def result_stream(manager: StatementManager, user: Principal, stmt: Statement) -> Response:
+    """``stmt``'s rows as one Arrow IPC stream, its id in the header
+    ``X-MatrixOS-Statement-Id``. Called once its first rows were kept, it waits up to
+    ``manager.stream_after_s`` for the rest: a result whole by then goes as one body of known
+    length (``whole_body``), one still running streams (``streamed_body``). One read whole is
+    CLOSED at the end."""
+    if stmt.rows is None:  # released already: the server needed the memory
         raise ServerUnavailable("the result was released before it was sent", hint="retry")
+    if manager.stream_after_s is None or manager.stream_after_s > 0:
+        await ended(stmt, manager.stream_after_s)
+    rows = stmt.rows
+    if rows is None:
+        raise ServerUnavailable("the result was released before it was sent", hint="retry")
+    if stmt.state is State.SUCCEEDED:
+        return await whole_body(manager, user, stmt, rows)
+    return streamed_body(manager, user, stmt, rows)
+
+
+#: A whole result at least this large (Arrow, in memory) is serialized off the event loop.
+_SERIALIZE_ON_LOOP_BYTES = 1024 * 1024
+
+
+async def whole_body(
+    manager: StatementManager, user: Principal, stmt: Statement, rows: ResultSet
+) -> StreamingResponse:
+    """The rows of a statement that SUCCEEDED as one Arrow IPC stream with a
+    ``Content-Length``: each record batch serialized once and sent as it is (no chunked
+    transfer coding: uvicorn joins each chunk with its framing, a copy of every byte, and a
+    client reads a sized body in one buffered read). The statement is CLOSED once sent."""
+
+    def pieces() -> list[memoryview]:
+        return [*ipc_messages(rows.schema, iter(rows.batches)), memoryview(IPC_END)]
+
+    if rows.nbytes < _SERIALIZE_ON_LOOP_BYTES:
+        body = pieces()
+    else:
+        body = await anyio.to_thread.run_sync(pieces)
+
+    async def send() -> AsyncIterator[memoryview]:
+        sent = False
+        try:
+            for piece in body:
+                yield piece
+            sent = True
+        finally:
+            stmt.rows = None
+            if sent:
+                manager.close(user, stmt.id)
+
+    headers = {
+        "X-MatrixOS-Statement-Id": stmt.id,
+        "Content-Length": str(sum(p.nbytes for p in body)),
+    }
+    return StreamingResponse(send(), media_type=ARROW_STREAM, headers=headers)
+
+
+def streamed_body(
+    manager: StatementManager, user: Principal, stmt: Statement, rows: ResultSet
+) -> StreamingResponse:
+    """The rows of a statement still running, each record batch sent as the statement keeps
+    it (the query still runs while the first rows travel). A statement that fails midway ends
+    the body with ``BROKEN_TAIL`` and stays to be asked why; one read whole is CLOSED at the
+    end (one whose client went away is canceled)."""
 
     async def stream() -> AsyncIterator[bytes | memoryview]:
         whole = False

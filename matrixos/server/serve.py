@@ -27,7 +27,7 @@ from matrixos.server.audit import AuditWriter
 from matrixos.server.http import create_app
 from matrixos.server.http_auth import TokenCache, forget_tokens_after
 from matrixos.server.pgwire import PgServerHandle, start_pg_server
-from matrixos.server.statements import Limits, Slots, StatementManager
+from matrixos.server.statements import STREAM_AFTER_S, Limits, Slots, StatementManager
 
 if TYPE_CHECKING:
     from matrixos.session import Lakehouse
@@ -46,6 +46,7 @@ class ServeOptions:
     workers: int = 8
     grace_s: float = 30.0
     chunk_rows: int | None = None  # None: by format (see StatementManager)
+    stream_after_s: float | None = STREAM_AFTER_S  # see StatementManager
     limits: Limits = field(default_factory=Limits)
     retained_bytes: int = 4 * 1024**3  # results kept for clients to read, all together
     log_level: str = "info"
@@ -102,6 +103,7 @@ def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
         run,
         workers=options.workers,
         chunk_rows=options.chunk_rows,
+        stream_after_s=options.stream_after_s,
         limits=options.limits,
         retained_bytes=options.retained_bytes,
         slots=slots,

@@ -49,6 +49,8 @@ from matrixos.server.statements_results import Format, ResultSet
 log = logging.getLogger(__name__)
 
 JSON_CHUNK_ROWS = 65_536
+#: ``StatementManager.stream_after_s``'s default.
+STREAM_AFTER_S = 0.05
 BINARY_CHUNK_ROWS = 1_048_576
 _DEFAULT_CHUNK_ROWS = {
     Format.JSON_ARRAY: JSON_CHUNK_ROWS,
@@ -255,6 +257,11 @@ class StatementManager:
         limits: per-statement and per-principal limits.
         slots: the per-principal statement count, when shared with the wire (default: its
             own, under ``limits``).
+        stream_after_s: how long an ARROW_STREAM result streamed to its client
+            (``http_tables.result_stream``) waits, once its first rows came, for the rest: one
+            whole by then goes as one body of known length (cheaper to send and to read),
+            one still running streams from its first rows (0: always streams; None: waits
+            for the end).
     """
 
     def __init__(
@@ -268,8 +275,10 @@ class StatementManager:
         retained_bytes: int = 4 * 1024**3,
         limits: Limits = Limits(),
         slots: Slots | None = None,
+        stream_after_s: float | None = STREAM_AFTER_S,
     ) -> None:
         self._runner = runner
+        self.stream_after_s = stream_after_s
         self.limits = limits
         self._slots = slots or Slots(limits)  # pending or running statements by principal
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")

@@ -382,6 +382,9 @@ def test_an_arrow_client_gets_every_row_streamed_in_the_answer(clients: dict) ->
     assert r.content.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
     table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
     assert table.column("n").to_pylist() == list(range(1500))
+    # A result whole soon after its first rows goes as one body of known length.
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert "transfer-encoding" not in r.headers
     # A result streamed whole is released at its end.
     sid = r.headers["x-matrixos-statement-id"]
     assert c.get(f"{STATEMENTS}/{sid}").json()["status"]["state"] == "CLOSED"
@@ -407,6 +410,32 @@ def test_an_arrow_client_gets_every_row_streamed_in_the_answer(clients: dict) ->
         pa.ipc.open_stream(io.BytesIO(broken.content)).read_all()
     state = c.get(f"{STATEMENTS}/{broken.headers['x-matrixos-statement-id']}").json()
     assert state["status"]["state"] == "FAILED" and "boom" in state["status"]["error"]["message"]
+
+
+def test_a_long_arrow_result_streams_from_its_first_rows(clients: dict) -> None:
+    """A statement still producing rows streams them (chunked, no length) while it runs; a
+    client that goes away midway stops it."""
+    c = clients["admin"]
+    body = {
+        "statement": "SELECT a.n, b.n AS m FROM big.nums a, big.nums b",
+        "format": "ARROW_STREAM",
+    }
+    with c.stream(
+        "POST", STATEMENTS, json=body, headers={"Accept": "application/vnd.apache.arrow.stream"}
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in r.headers
+        sid = r.headers["x-matrixos-statement-id"]
+        pieces = r.iter_bytes()
+        got = b""
+        while len(got) < 1_000_000:
+            got += next(pieces)
+        # Rows arrived while the 400M-row statement still runs.
+        assert c.get(f"{STATEMENTS}/{sid}").json()["status"]["state"] == "RUNNING"
+        assert got.startswith(b"\xff\xff\xff\xff")  # an Arrow IPC stream's first message
+    state = poll(c, sid, timeout=60)["status"]["state"]
+    assert state in ("CANCELED", "CLOSED")  # stopped once its client went away
 
 
 def test_statements_and_logins_are_audited(clients: dict) -> None:
