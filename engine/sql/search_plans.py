@@ -5,10 +5,12 @@ the statement does with its rows.
 A search statement's text differs at each call (its query), so the plan cache
 (``engine.sql.plans``, keyed by the text) never sees it twice. Here the key is the text
 around the query (a vector: ``vector_literals.split``, DuckDB's dialect, where vectors are read
-before the parse; a text: the one string literal standing as a search function's query, found
-by the dialect's tokenizer, in any dialect), the dialect, the engine asked and the principal.
-The plan is kept when the statement reads one search function, whose query was that vector or
-that literal, and folded nothing volatile; it may also read tables (a search joined with
+before the parse; else the one string literal or list of numbers, ``[…]`` or ``ARRAY[…]``,
+standing alone as a search function's query, found by the dialect's tokenizer: PostgreSQL's
+and Snowflake's statements keep plans too, and ``[…]`` and ``ARRAY[…]`` share one), the
+dialect, the engine asked and the principal. The plan is kept when the statement reads one
+search function, whose query was that vector as read or evaluated to that value, and folded
+nothing volatile; it may also read tables (a search joined with
 them), as a plan of ``engine.sql.plans`` reads them. It holds the resolved search
 (``functions.SearchCall``: table, k, filter, columns, the caller's policy), the DuckDB SQL over
 its result and what that SQL reads besides (tables at versions, the datasets of their files on
@@ -88,19 +90,22 @@ def search_key(
     found = _text_query(sql, dialect)
     if found is None:
         return None
-    pieces, text = found
-    return ("search", "text", pieces, kind, engine, principal), text
+    pieces, query = found
+    shape = "text" if isinstance(query, str) else "list"
+    return ("search", shape, pieces, kind, engine, principal), query
 
 
-def _text_query(sql: str, dialect: str) -> tuple[tuple[str, str], str] | None:
-    """The text around the one string literal that stands alone as a search function's query
-    (``text_search(t, 'how do I vacuum', k => 5)``) and its value, read by the dialect's
-    tokenizer (its quoting and escapes); None when there is not exactly one."""
+def _text_query(sql: str, dialect: str) -> tuple[tuple[str, str], str | list[float]] | None:
+    """The text around the one query that stands alone as a search function's second argument
+    and its value, read by the dialect's tokenizer (its quoting and escapes): a string literal
+    (``text_search(t, 'how do I vacuum', k => 5)``) or a list of numbers (``[…]``,
+    ``ARRAY[…]``: a vector in a dialect whose vectors are not read before the parse); None when
+    there is not exactly one."""
     try:
         tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(sql)
     except (SqlglotError, ValueError):
         return None  # the parse reports it
-    found: list[tuple[int, int, str]] = []
+    found: list[tuple[int, int, str | list[float]]] = []
     for i, tok in enumerate(tokens[:-3]):
         if (
             tok.text.lower() not in SEARCH_FUNCTIONS
@@ -108,19 +113,65 @@ def _text_query(sql: str, dialect: str) -> tuple[tuple[str, str], str] | None:
         ):
             continue
         j = i + 2  # the table's name: names, dots or one string, up to the first comma
-        while j < len(tokens) and tokens[j].token_type != TokenType.COMMA:
-            if tokens[j].token_type not in _NAME_TOKENS:
-                break
+        while j < len(tokens) and tokens[j].token_type in _NAME_TOKENS:
             j += 1
         if j + 2 >= len(tokens) or tokens[j].token_type != TokenType.COMMA:
             continue
-        query, after = tokens[j + 1], tokens[j + 2]
-        if query.token_type == TokenType.STRING and after.token_type in _ARGUMENT_END:
-            found.append((query.start, query.end, query.text))
+        query = tokens[j + 1]
+        if query.token_type == TokenType.STRING:
+            if tokens[j + 2].token_type in _ARGUMENT_END:
+                found.append((query.start, query.end, query.text))
+            continue
+        vector = _numbers(tokens, j + 1)
+        if vector is not None:
+            end, values = vector
+            found.append((query.start, tokens[end].end, values))
     if len(found) != 1:
         return None
-    start, end, text = found[0]
-    return (sql[:start], sql[end + 1 :]), text
+    start, end, value = found[0]
+    return (sql[:start], sql[end + 1 :]), value
+
+
+def _numbers(tokens: list[Any], i: int) -> tuple[int, list[float]] | None:
+    """The list of numbers (``[1, -2.5]``, ``ARRAY[…]``) whose first token is ``tokens[i]``
+    when it stands alone as an argument: the index of its closing bracket and its values."""
+    if tokens[i].token_type == TokenType.ARRAY:
+        i += 1
+    if i >= len(tokens) or tokens[i].token_type != TokenType.L_BRACKET:
+        return None
+    values: list[float] = []
+    i += 1
+    while i + 1 < len(tokens):
+        sign = 1.0
+        if tokens[i].token_type in (TokenType.DASH, TokenType.PLUS):
+            sign = -1.0 if tokens[i].token_type == TokenType.DASH else 1.0
+            i += 1
+        if tokens[i].token_type != TokenType.NUMBER:
+            return None
+        try:
+            values.append(sign * float(tokens[i].text))
+        except ValueError:
+            return None
+        following = tokens[i + 1].token_type if i + 1 < len(tokens) else None
+        if following == TokenType.R_BRACKET:
+            after = tokens[i + 2].token_type if i + 2 < len(tokens) else None
+            return (i + 1, values) if after in _ARGUMENT_END else None
+        if following != TokenType.COMMA:
+            return None
+        i += 2
+    return None
+
+
+def _same_query(asked: Any, query: Any) -> bool:
+    """Whether a search's query (as planning evaluated it) is the value read from the text."""
+    if isinstance(asked, str):
+        return isinstance(query, str) and query == asked
+    try:
+        return len(query) == len(asked) and all(
+            float(a) == b for a, b in zip(query, asked, strict=True)
+        )
+    except (TypeError, ValueError):
+        return False
 
 
 _NAME_TOKENS = frozenset({TokenType.VAR, TokenType.DOT, TokenType.STRING, TokenType.IDENTIFIER})
@@ -180,7 +231,11 @@ class SearchPlans:
         asked = getattr(self._asked, "query", None)
         if asked is None or asked[0] != key:
             return
-        if not (call.lifted or (call.literal and call.query == asked[1])):
+        # A vector read before the parse is the query when the search got it as read (not
+        # inside an expression); a query the tokenizer found stands alone as the argument, so
+        # it is the query when planning evaluated it to the same value.
+        read_before = isinstance(key, tuple) and key[1] == "vector"
+        if not (call.lifted if read_before else _same_query(asked[1], call.query)):
             return  # its query is not the key's (that one stands elsewhere)
         table = functions.tables[name]
         fast = None

@@ -197,3 +197,30 @@ def test_errors_keep_their_place_and_match_planning(docs: mx.Lakehouse) -> None:
     assert type(kept_err.value) is type(fresh_err.value)
     assert kept_err.value.message == fresh_err.value.message
     assert docs.sql(statement.format(literal(q[0]))).scalar() is not None
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "snowflake"])
+def test_a_vector_in_another_dialect_is_kept_as_a_bracket_list_or_an_array(
+    docs: mx.Lakehouse, dialect: str
+) -> None:
+    rows = _rows(0, ROWS)
+    statement = "SELECT id, _score FROM vector_search(kb.vecs, {}, k => 3) ORDER BY _score DESC"
+    for i, row in enumerate((5, 77, 150, 299)):
+        q = rows.column("vector")[row].as_py()
+        for j, spelled in enumerate((literal(q), "ARRAY" + literal(q))):
+            kept = docs.sql(statement.format(spelled), dialect=dialect)
+            fresh = docs.sql(statement.format(spelled) + f" -- {i}.{j}", dialect=dialect)
+            assert not cached(fresh)
+            got, want = kept.to_arrow(), fresh.to_arrow()
+            assert got.equals(want) and got.column("id")[0].as_py() == row
+            assert cached(kept) is (i > 0 or j > 0)  # [..] and ARRAY[..]: one plan
+    # A list that is no query vector (an expression, numbers of another kind) is planned.
+    sum_list = "SELECT id FROM vector_search(kb.vecs, {} || [], k => 1)"
+    for row in (5, 77):
+        q = rows.column("vector")[row].as_py()
+        got = docs.sql(sum_list.format(literal(q)), dialect="duckdb")
+        assert got.scalar() == row and not cached(got)
+
+
+def cached(result: mx.Result) -> bool:
+    return result.stats.get("plan") == "cached"
