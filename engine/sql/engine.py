@@ -27,7 +27,6 @@ from matrixos.catalog.access import EMBEDDED_USER, Principal
 from matrixos.config import parse_compute
 from matrixos.engine._syntax import locate_engine_error
 from matrixos.engine.context import EngineSession, QueryContext
-from matrixos.engine.dist import route
 from matrixos.engine.functions import (
     FunctionResults,
     SearchTarget,
@@ -128,6 +127,10 @@ class SQLEngine:
             exp.Refresh: self.views.refresh_statement,
             exp.Alter: self._alter,
         }
+
+    @property
+    def _is_ray(self) -> bool:
+        return parse_compute(self.settings.compute).kind == "ray"
 
     def close(self) -> None:
         """Drop the query connection and the cached snapshots."""
@@ -375,7 +378,11 @@ class SQLEngine:
         bound = self._binder.bind(refs, principal, trace)
         tag = _mark_lifted(marks, trace) if trace is not None else None
         notes: list[str] = []
-        if engine != "local":
+        if engine == "ray" or (engine == "auto" and self._is_ray):
+            # Imported when first routed: the distributed engine (~0.1 s of imports) is not
+            # on the path of a session whose compute pool is this process.
+            from matrixos.engine.dist import route
+
             query = self.query_context(tree, bound, functions, principal)
             routed = route(query, engine=engine, explain=explain, analyze=analyze)
             if routed.result is not None:

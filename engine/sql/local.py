@@ -9,6 +9,7 @@ the files it reads (``sandbox.locked_connection``).
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
@@ -229,11 +229,14 @@ class LocalRunner:
                     slots[i] = PendingSlot(names[0], scan.pending.shape)
         pending = {s.name for s in slots.values()}
         # A Delta scan's Parquet files on an object store, as a pyarrow dataset: immutable (a
-        # file list at one version), so a kept plan registers the same object again.
+        # file list at one version), so a kept plan registers the same object again. Looked up,
+        # not imported: pyarrow.dataset (and the pandas it loads) cost ~0.2 s at start-up, and
+        # no dataset exists before something imported it.
+        pads = sys.modules.get("pyarrow.dataset")
         files = {
             name: obj
             for name, obj in ctx.registrations.items()
-            if isinstance(obj, pads.FileSystemDataset) and name not in stores
+            if pads is not None and isinstance(obj, pads.FileSystemDataset) and name not in stores
         }
         registered = any(name not in pending and name not in files for name in ctx.registrations)
         for name, obj in ctx.registrations.items():

@@ -129,8 +129,9 @@ class PlanCache:
 # Dialects whose strings are '…' with '' as the only escape and whose "…" quote identifiers:
 # there a literal's text as written is DuckDB's text for it.
 LIFT_DIALECTS = frozenset({"duckdb", "postgres", "trino", "presto", "redshift", "snowflake"})
-# Texts with comments, dollar quoting or parameters, backslashes or backticks are not lifted.
-_UNSAFE = re.compile(r"--|/\*|[$\\`#]")
+# Texts with comments, dollar quoting or parameters, backslashes, backticks or NULs (the
+# template's own marker) are not lifted.
+_UNSAFE = re.compile(r"--|/\*|[$\\`#\x00]")
 _TOKEN = re.compile(
     r'"(?:[^"]|"")*"'  # a quoted identifier (skipped)
     r"|'(?:[^']|'')*'"  # a string

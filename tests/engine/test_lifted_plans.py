@@ -154,6 +154,7 @@ def test_what_is_not_lifted() -> None:
     assert lift("SELECT $1", "postgres") is None
     assert lift("SELECT 'a'", "mysql") is None  # "…" is a string there
     assert lift("SELECT a FROM t1", "duckdb") is None  # no literal (t1 is a name)
+    assert lift("SELECT '\x00i', 5", "duckdb") is None  # the template's own marker
     lits = lift("SELECT \"x 1\" FROM t WHERE a = -1.5 AND b = 'q'''", "duckdb")
     assert lits is not None and lits.texts == ("1.5", "'q'''")
 
