@@ -138,3 +138,28 @@ def test_the_version_check_lists_the_log_from_the_version_on(
     assert not store.is_latest(newer) and store.is_latest(store.open())
     missing = DeltaStore(info.location + "-nothing", store.storage_options)
     assert not missing.is_latest(newer)  # no log at all
+
+
+def test_a_text_search_joined_with_an_s3_table_is_kept_and_follows_writes(
+    s3: tuple[mx.Lakehouse, str, dict[str, str]],
+) -> None:
+    lh, uri, options = s3
+    lh.create_table(
+        "s.docs",
+        pa.table({"id": list(range(30)), "text": [f"word{i} files" for i in range(30)]}),
+        format="lance",
+    )
+    q = (
+        "SELECT d.id, t.g FROM text_search(s.docs, '{}', k => 1) AS d "
+        "JOIN s.t AS t ON t.id = d.id ORDER BY d.id"
+    )
+    for i, row in enumerate((4, 11, 17)):
+        kept = lh.sql(q.format(f"word{row}"))
+        assert kept.fetchall() == [(row, row % 3)]
+        assert cached(kept) is (i > 0)
+        fresh = lh.sql(q.format(f"word{row}") + f" -- {i}")
+        assert not cached(fresh) and fresh.fetchall() == [(row, row % 3)]
+    other_process(uri, options, "lh.sql('UPDATE s.t SET g = 9 WHERE id = 5')")
+    after = lh.sql(q.format("word5"))
+    assert not cached(after) and after.fetchall() == [(5, 9)]
+    assert cached(again := lh.sql(q.format("word6"))) and again.fetchall() == [(6, 0)]
