@@ -50,7 +50,8 @@ def prepare(rows: int, files: int = 1) -> Path:
     import matrixos as mx
 
     wh = _warehouse(rows, files)
-    with mx.connect(str(wh)) as lh:
+    # the files as written: no auto-compaction merges them
+    with mx.connect(str(wh), auto_compact_min_files=max(16, files + 1)) as lh:
         if any(t.name == "main.bench.points" for t in lh.service.tables(lh.principal, "bench")):
             if lh.sql("SELECT count(*) FROM bench.points").scalar() == rows:
                 return wh

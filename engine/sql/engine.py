@@ -413,9 +413,11 @@ class SQLEngine:
                     if tag is not None and literals is not None and trace is not None:
                         sql, params = parameterize(sql, tag, literals[1], marks)
                     plan = Plan(sql, counter, kept, locations, tuple(notes), tuple(files.items()))
-                    self._plans.put(plan_key, plan)
                     if params is not None and literals is not None and trace is not None:
+                        # the text itself runs from it too: one entry, not two
                         self._keep_lifted(literals[0], plan, params, trace, bound)
+                    else:
+                        self._plans.put(plan_key, plan)
 
         result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
         result.stats["engine"] = "local"

@@ -46,7 +46,7 @@ from matrixos._lru import LRU
 from matrixos.catalog import TableInfo
 
 # Plans kept per engine; statements longer than this are not kept (their text is the key).
-MAX_PLANS = 256
+MAX_PLANS = 1024  # a statement over a table of many files keeps a plan per file set
 MAX_TEXT = 64 * 1024
 
 
