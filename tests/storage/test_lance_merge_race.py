@@ -57,16 +57,18 @@ def _race(
     key_type: str,
     *,
     crash: bool,
-    meta: bool = False,
+    meta: tuple[bool, bool] = (False, False),
     options: dict[str, str] | None = None,
     location: str | None = None,
 ) -> tuple[LanceStore, list[dict[str, Any]]]:
-    """Two writers merge KEYS[key_type] (values w0, w1) at once; the ledger of acknowledged
-    merges."""
+    """Two writers merge KEYS[key_type] (values w0, w1) at once, writer i with commit metadata
+    if ``meta[i]``; the ledger of acknowledged merges."""
     loc = location or str(tmp_path / "t")
     store = LanceStore(loc, options)
     seed = pa.array(SEED[key_type], type=pa.type_for_alias(key_type))
     store.create(pa.table({"id": seed, "v": ["seed"]}))
+    if meta[0] != meta[1]:  # one merge Lance checks, one recorded: declare the key first
+        store.merge(pa.table({"id": seed, "v": ["seed"]}), on=["id"])
     hook = tmp_path / "hook"
     hook.mkdir()
     if crash:
@@ -79,7 +81,7 @@ def _race(
             "keys": KEYS[key_type],
             "type": key_type,
             "value": f"w{i}",
-            "meta": meta,
+            "meta": meta[i],
             "ledger": str(ledger),
         }
         args = [sys.executable, "-c", WORKER, loc, json.dumps(options or {}), json.dumps(spec)]
@@ -117,20 +119,25 @@ def _check(store: LanceStore, key_type: str, acked: list[dict[str, Any]]) -> Non
     assert not [t for t in store.open().tags.list() if t.startswith(TAG_PREFIX)]
 
 
+NONE, BOTH, MIXED = (False, False), (True, True), (True, False)
+
+
 @pytest.mark.parametrize(
     ("key_type", "meta"),
-    [("int64", False), ("string", False), ("double", False), ("int64", True)],
-    ids=["int-declared", "string-declared", "double-recorded", "int-commit-metadata"],
+    [("int64", NONE), ("string", NONE), ("double", NONE), ("int64", BOTH), ("int64", MIXED)],
+    ids=["int-declared", "string-declared", "double-recorded", "int-commit-metadata", "mixed"],
 )
 def test_two_writers_merging_the_same_new_keys_insert_each_once(
-    tmp_path: Path, key_type: str, meta: bool
+    tmp_path: Path, key_type: str, meta: tuple[bool, bool]
 ) -> None:
     store, acked = _race(tmp_path, key_type, crash=False, meta=meta)
     assert sorted(a["value"] for a in acked) == ["w0", "w1"]
     _check(store, key_type, acked)
     repairs = [h for h in store.history() if h["operation"] == "DELETE"]
-    if key_type == "double" or meta:  # Lance cannot check these keys: repaired by the writer
+    if key_type == "double" or meta == BOTH:  # Lance cannot check these: the writer repairs
         assert len(repairs) == 1
+    elif meta == MIXED:  # repaired if the recorded merge committed last, else Lance refused
+        assert len(repairs) <= 1
     else:  # declared key: Lance refused the later insert, the merge ran again as an update
         assert primary_key(store.schema()) == ["id"]
         assert repairs == []
@@ -138,11 +145,11 @@ def test_two_writers_merging_the_same_new_keys_insert_each_once(
 
 @pytest.mark.parametrize(
     ("key_type", "meta"),
-    [("int64", False), ("double", False), ("int64", True)],
-    ids=["int-declared", "double-recorded", "int-commit-metadata"],
+    [("int64", NONE), ("double", NONE), ("int64", BOTH), ("int64", MIXED)],
+    ids=["int-declared", "double-recorded", "int-commit-metadata", "mixed"],
 )
 def test_writers_killed_right_after_their_merge_commit_leave_no_duplicate(
-    tmp_path: Path, key_type: str, meta: bool
+    tmp_path: Path, key_type: str, meta: tuple[bool, bool]
 ) -> None:
     """Both writers die right after committing: the next writer of the table (here an append
     of another key) settles what they left, before its own commit."""
