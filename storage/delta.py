@@ -51,6 +51,7 @@ from matrixos.storage._delta_compaction import (
     compact,
 )
 from matrixos.storage._delta_compaction import unsupported as compaction_unsupported
+from matrixos.storage._delta_log import is_latest_on_s3
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import normalize_for_delta, to_arrow_table
@@ -185,51 +186,16 @@ class DeltaStore(TableStore):
         # On a local disk two stats tell it (~10 us, where update_incremental lists the log:
         # ~1.5 ms): no commit after the handle's, and its own commit (or a checkpoint at it)
         # still there, so a table deleted and written again at this path is not taken for it.
-        # On S3 one LIST of the log from the handle's version on answers both (below).
+        # On S3 one LIST of the log from the handle's version on answers both (_delta_log).
         v = int(snapshot.version())
         if "://" in self.location:
-            return self._is_latest_remote(v)
+            return is_latest_on_s3(self.location, self.storage_options, v)
         log = os.path.join(self.location, "_delta_log")
         if os.path.exists(os.path.join(log, f"{v + 1:020d}.json")):
             return False
         return os.path.exists(os.path.join(log, f"{v:020d}.json")) or os.path.exists(
             os.path.join(log, f"{v:020d}.checkpoint.parquet")
         )
-
-    def _is_latest_remote(self, v: int) -> bool:
-        """``is_latest`` on S3: one ListObjectsV2 of the log starting after ``<v>`` (a few
-        keys) shows both whether version ``v``'s commit or checkpoint is still there and
-        whether a later commit landed. update_incremental lists the log and reads
-        ``_last_checkpoint`` (two requests, ~2x the time on moto); two HEADs cost two
-        requests too (a 404 HEAD through pyarrow adds a LIST). Any doubt (another store, a
-        failed request, a page of version-``v`` files only) says no: the caller refreshes."""
-        scheme, _, rest = self.location.partition("://")
-        if scheme not in ("s3", "s3a"):
-            return False
-        bucket, _, key = rest.partition("/")
-        prefix = (key.strip("/") + "/" if key.strip("/") else "") + "_delta_log/"
-        mine = f"{v:020d}."
-        try:
-            fs = StorageOptions.from_mapping(self.storage_options or {}).s3fs()
-            page = fs.call_s3(
-                "list_objects_v2",
-                Bucket=bucket,
-                Prefix=prefix,
-                StartAfter=prefix + f"{v:020d}",
-                MaxKeys=16,
-            )
-        except Exception:  # the refresh that follows reports a real failure
-            return False
-        found = False
-        for item in page.get("Contents", []):
-            name = str(item["Key"])[len(prefix) :]
-            if name.startswith(mine):
-                found = found or name.endswith(".json") or ".checkpoint." in name
-            elif name[:20].isdigit():
-                return False  # a later version's file
-            else:
-                return found  # past the numbered files (_last_checkpoint, temporary commits)
-        return found and not page.get("IsTruncated")
 
     def schema(self, snapshot: DeltaTable | None = None) -> pa.Schema:
         return _arrow_schema(snapshot or self.open())
