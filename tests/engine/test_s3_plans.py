@@ -15,6 +15,7 @@ import pytest
 import matrixos as mx
 from matrixos.catalog.names import TableIdent
 from matrixos.errors import TableNotFound
+from matrixos.storage._delta_log import is_latest_on_s3
 from matrixos.storage.delta import DeltaStore
 
 try:
@@ -163,3 +164,38 @@ def test_a_text_search_joined_with_an_s3_table_is_kept_and_follows_writes(
     after = lh.sql(q.format("word5"))
     assert not cached(after) and after.fetchall() == [(5, 9)]
     assert cached(again := lh.sql(q.format("word6"))) and again.fetchall() == [(6, 0)]
+
+
+def test_the_version_check_reads_the_log_listing_as_delta_writes_it(s3_server: S3Server) -> None:
+    bucket = s3_server.make_bucket()
+    client = s3_server.client()
+    options = s3_server.storage_options
+    location = f"s3://{bucket}/t"
+
+    def put(*names: str) -> None:
+        for name in names:
+            client.put_object(Bucket=bucket, Key=f"t/_delta_log/{name}", Body=b"{}")
+
+    def latest(v: int) -> bool:
+        return is_latest_on_s3(location, options, v)
+
+    assert not latest(0)  # no log
+    put(f"{0:020d}.json", f"{1:020d}.crc", f"{1:020d}.json", "_last_checkpoint")
+    assert latest(1) and not latest(0) and not latest(2)
+    put(*(f"{2:020d}.checkpoint.{p:010d}.{30:010d}.parquet" for p in range(1, 31)))
+    assert not latest(1)  # a checkpoint of version 2 (its commit not yet listed)
+    assert not latest(2)  # 30 files of version 2: the page ends before telling what follows
+    client.delete_objects(
+        Bucket=bucket,
+        Delete={
+            "Objects": [
+                {"Key": f"t/_delta_log/{2:020d}.checkpoint.{p:010d}.{30:010d}.parquet"}
+                for p in range(2, 31)
+            ]
+        },
+    )
+    assert latest(2)  # a checkpoint at the version stands for its commit
+    put(f"{3:020d}.json", "_commit_0b7a.json.tmp")
+    assert latest(3) and not latest(2)
+    assert latest(3) is is_latest_on_s3(f"s3a://{bucket}/t/", options, 3)
+    assert not is_latest_on_s3(f"gs://{bucket}/t", options, 3)  # another store: refreshed
