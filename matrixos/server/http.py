@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 
 from matrixos.catalog.access import Principal
 from matrixos.catalog.throttle import LoginThrottle
-from matrixos.errors import MatrixOSError, SQLError
+from matrixos.errors import MatrixOSError, ServerUnavailable, SQLError
 from matrixos.server.audit import AuditWriter
 from matrixos.server.console import mount_console
 from matrixos.server.http_auth import (
@@ -68,6 +68,7 @@ from matrixos.server.statements_params import Parameter
 from matrixos.server.statements_results import (
     MEDIA_TYPES,
     Format,
+    ResultSet,
     arrow_bytes,
     columns,
     csv_bytes,
@@ -86,6 +87,8 @@ HTTP_THREADS = 256
 _CANCEL_SETTLE_S = 10.0  # on_wait_timeout=CANCEL: how long to wait for the cancel to land
 _INLINE_RENDER_ROWS = 2_000  # a first chunk larger than this is turned into JSON off the loop
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change no token or grant
+#: How long a request for a chunk of a running statement waits for it to be final.
+CHUNK_WAIT_S = 10.0
 
 
 def create_app(
@@ -260,9 +263,10 @@ def create_app(
 
     @app.get(STATEMENTS + "/{statement_id}/result/chunks/{chunk_index}", tags=["statements"])
     def get_chunk(statement_id: str, chunk_index: int, user: User) -> JSONResponse:
-        """One chunk of a succeeded statement: its rows (JSON_ARRAY) or its link."""
+        """One chunk: its rows (JSON_ARRAY) or its link, and the next chunk's (also while
+        the statement runs: a chunk is answered once final)."""
         stmt = manager.get(user, statement_id)
-        return JSONResponse(chunk_body(stmt, _check_chunk(stmt, chunk_index)))
+        return JSONResponse(chunk_body(stmt, chunk_rows(stmt, chunk_index), chunk_index))
 
     @app.get(
         STATEMENTS + "/{statement_id}/result/chunks/{chunk_index}/data",
@@ -273,15 +277,14 @@ def create_app(
     def get_chunk_data(statement_id: str, chunk_index: int, user: User) -> Response:
         """One chunk's bytes: an Arrow IPC stream (ARROW_STREAM) or CSV text (CSV)."""
         stmt = manager.get(user, statement_id)
-        chunk = _check_chunk(stmt, chunk_index)
+        chunk = chunk_rows(stmt, chunk_index).chunks[chunk_index]
         fmt = stmt.request.format
-        assert stmt.result is not None
         if fmt is Format.JSON_ARRAY:
-            data = json.dumps(json_rows(stmt.result.chunks[chunk])).encode()
+            data = json.dumps(json_rows(chunk)).encode()
         elif fmt is Format.ARROW_STREAM:
-            data = arrow_bytes(stmt.result.chunks[chunk])
+            data = arrow_bytes(chunk)
         else:
-            data = csv_bytes(stmt.result.chunks[chunk], header=chunk == 0)
+            data = csv_bytes(chunk, header=chunk_index == 0)
         return Response(data, media_type=MEDIA_TYPES[fmt])
 
     @app.post(STATEMENTS + "/{statement_id}/cancel", tags=["statements"])
@@ -353,33 +356,41 @@ def _audit_statement(audit: AuditWriter, stmt: Statement) -> None:
 # -- bodies ---------------------------------------------------------------------------------
 def statement_body(stmt: Statement, *, with_error: bool = False) -> dict[str, Any]:
     """The JSON of ``GET …/statements/{id}``; ``with_error`` repeats a failure's error at the
-    top level (what an HTTP client reads from a 4xx answer)."""
+    top level (what an HTTP client reads from a 4xx answer). A RUNNING statement whose first
+    chunk is ready has a manifest of the chunks so far (``total_chunk_count`` and
+    ``total_row_count`` come once it SUCCEEDED): its chunks can be fetched while it runs."""
     body: dict[str, Any] = {"statement_id": stmt.id, "status": {"state": stmt.state.value}}
     if stmt.error is not None:
         err = error_body(stmt.error)
         body["status"]["error"] = err
         if with_error:
             body.update(err)
-    if stmt.state is State.SUCCEEDED and stmt.result is not None:
-        rs = stmt.result
+    rs = stmt.result if stmt.state is State.SUCCEEDED else None
+    if rs is not None:
         body["manifest"] = {
             "format": stmt.request.format.value,
             "schema": {"column_count": len(rs.schema), "columns": columns(rs.schema)},
             "total_chunk_count": len(rs.chunks),
-            "chunks": [_chunk_info(stmt, i) for i in range(len(rs.chunks))],
+            "chunks": [_chunk_info(rs, i) for i in range(len(rs.chunks))],
             "total_row_count": rs.total_row_count,
             "truncated": rs.truncated,
         }
-        body["result"] = chunk_body(stmt, 0)
+        body["result"] = chunk_body(stmt, rs, 0)
+    elif stmt.state is State.RUNNING and (rs := stmt.rows) is not None and rs.chunk_ready(0):
+        ready = [i for i in range(len(rs.chunks)) if rs.chunk_ready(i)]
+        body["manifest"] = {
+            "format": stmt.request.format.value,
+            "schema": {"column_count": len(rs.schema), "columns": columns(rs.schema)},
+            "chunks": [_chunk_info(rs, i) for i in ready],
+        }
     return body
 
 
-def _chunk_info(stmt: Statement, index: int) -> dict[str, Any]:
-    assert stmt.result is not None
-    chunk = stmt.result.chunks[index]
+def _chunk_info(rs: ResultSet, index: int) -> dict[str, Any]:
+    chunk = rs.chunks[index]
     return {
         "chunk_index": index,
-        "row_offset": stmt.result.row_offset(index),
+        "row_offset": rs.row_offset(index),
         "row_count": chunk.num_rows,
         "byte_count": chunk.nbytes,
     }
@@ -389,36 +400,54 @@ def _chunk_link(stmt: Statement, index: int) -> str:
     return f"{STATEMENTS}/{stmt.id}/result/chunks/{index}"
 
 
-def chunk_body(stmt: Statement, index: int) -> dict[str, Any]:
-    """Chunk ``index``: rows inline for JSON_ARRAY, else a link to its bytes."""
-    assert stmt.result is not None
-    body = _chunk_info(stmt, index)
+def chunk_body(stmt: Statement, rs: ResultSet, index: int) -> dict[str, Any]:
+    """Chunk ``index`` of ``rs`` (``stmt``'s rows; ``chunk_ready``): rows inline for
+    JSON_ARRAY, else a link to its bytes; and the next chunk's index and link, unless it is
+    the last."""
+    body = _chunk_info(rs, index)
     del body["byte_count"]
     nxt: dict[str, Any] = {}
-    if index + 1 < len(stmt.result.chunks):
+    if rs.has_next(index):
         nxt = {
             "next_chunk_index": index + 1,
             "next_chunk_internal_link": _chunk_link(stmt, index + 1),
         }
     if stmt.request.format is Format.JSON_ARRAY:
-        body["data_array"] = json_rows(stmt.result.chunks[index])
+        body["data_array"] = json_rows(rs.chunks[index])
     else:
-        link = {**_chunk_info(stmt, index), "external_link": _chunk_link(stmt, index) + "/data"}
+        link = {**_chunk_info(rs, index), "external_link": _chunk_link(stmt, index) + "/data"}
         body["external_links"] = [{**link, **nxt}]
     return {**body, **nxt}
 
 
-def _check_chunk(stmt: Statement, index: int) -> int:
-    if stmt.state is not State.SUCCEEDED or stmt.result is None:
+def chunk_rows(stmt: Statement, index: int) -> ResultSet:
+    """The rows holding chunk ``index`` of ``stmt`` once that chunk can be read: at once when
+    the statement SUCCEEDED; while it runs, once the chunk is final and whether another
+    follows is known (waiting up to ``CHUNK_WAIT_S``; still not: ``ServerUnavailable``, 503,
+    to retry). A statement that failed, was canceled or closed has no chunks (24000)."""
+    rows = stmt.rows
+    if index >= 0 and stmt.state is State.RUNNING and rows is not None:
+        ready = rows.wait_chunk(index, CHUNK_WAIT_S)
+        if ready and stmt.state is State.RUNNING:
+            return rows
+        if not ready and not rows.complete:
+            raise ServerUnavailable(
+                f"chunk {index} of statement {stmt.id} is not ready yet",
+                hint="retry in a moment: the statement is still producing rows",
+            )
+        stmt.wait(CHUNK_WAIT_S)  # its rows are all kept: it is ending
+    rs = stmt.result
+    if stmt.state is not State.SUCCEEDED or rs is None:
         raise SQLError(
             f"statement {stmt.id} has no result to read: it is {stmt.state.value}",
-            hint="poll GET /api/2.0/sql/statements/{id} until it is SUCCEEDED",
+            hint="poll GET /api/2.0/sql/statements/{id} until it is RUNNING with a manifest "
+            "or SUCCEEDED",
             sqlstate="24000",
         )
-    if not 0 <= index < len(stmt.result.chunks):
+    if not 0 <= index < len(rs.chunks):
         raise SQLError(
-            f"no chunk {index}: the result has {len(stmt.result.chunks)}",
+            f"no chunk {index}: the result has {len(rs.chunks)}",
             hint="chunk indexes run from 0 to manifest.total_chunk_count - 1",
             sqlstate="22023",
         )
-    return index
+    return rs

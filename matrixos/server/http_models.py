@@ -79,12 +79,15 @@ class ChunkInfo(BaseModel):
 
 
 class ManifestOut(BaseModel):
+    """A result's manifest; while the statement runs, only the chunks final so far (the
+    totals and ``truncated`` come once it SUCCEEDED)."""
+
     format: str
     schema_: SchemaOut = Field(alias="schema")
-    total_chunk_count: int
+    total_chunk_count: int | None = None
     chunks: list[ChunkInfo]
-    total_row_count: int
-    truncated: bool
+    total_row_count: int | None = None
+    truncated: bool | None = None
 
 
 class ExternalLink(ChunkInfo):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -52,6 +53,8 @@ class ResultSet:
     truncated: bool = False
     batches: list[pa.RecordBatch] = field(default_factory=list, repr=False)
     complete: bool = False
+    #: Rows kept after the last chunk in ``chunks`` (the next chunk's, while ``collect`` runs).
+    pending_rows: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _offsets: list[int] = field(default_factory=list, repr=False)
     _nbytes: tuple[int, int] | None = field(default=None, repr=False)  # (chunks, bytes)
@@ -121,12 +124,23 @@ class ResultSet:
                 pending_bytes += part.nbytes
                 batch = batch.slice(take)
                 if pending_rows >= chunk_rows or pending_bytes >= chunk_bytes:
-                    rs.chunks.append(pa.Table.from_batches(pending, rs.schema))
+                    sealed = pa.Table.from_batches(pending, rs.schema)
                     pending, pending_rows, pending_bytes = [], 0, 0
+                    with rs._cond:
+                        rs.chunks.append(sealed)
+                        rs.pending_rows = 0
+                        rs._cond.notify_all()
+            if pending_rows != rs.pending_rows:
+                with rs._cond:
+                    rs.pending_rows = pending_rows
+                    rs._cond.notify_all()
             if rs.truncated:
                 break
         if pending or not rs.chunks:
-            rs.chunks.append(pa.Table.from_batches(pending, rs.schema))
+            last = pa.Table.from_batches(pending, rs.schema)
+            with rs._cond:
+                rs.chunks.append(last)
+                rs.pending_rows = 0
 
     def follow(self) -> Iterator[pa.RecordBatch]:
         """The kept record batches, each as soon as ``collect`` keeps it, until it stops."""
@@ -140,6 +154,32 @@ class ResultSet:
             yield from new
             if complete and i >= len(self.batches):
                 return
+
+    def chunk_ready(self, index: int) -> bool:
+        """Whether chunk ``index`` is final and whether another follows it is known (one
+        follows when rows are kept past it), so that it can be answered with its next link
+        while ``collect`` still runs."""
+        with self._cond:
+            return index < len(self.chunks) and (
+                self.complete or index + 1 < len(self.chunks) or self.pending_rows > 0
+            )
+
+    def has_next(self, index: int) -> bool:
+        """Whether a chunk follows chunk ``index`` (``chunk_ready(index)`` holds)."""
+        with self._cond:
+            return index + 1 < len(self.chunks) or (not self.complete and self.pending_rows > 0)
+
+    def wait_chunk(self, index: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until chunk ``index`` is ready or ``collect``
+        stopped; whether it is ready."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.chunk_ready(index) and not self.complete:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self.chunk_ready(index)
 
     @property
     def nbytes(self) -> int:

@@ -24,6 +24,11 @@ except ModuleNotFoundError:
 STATEMENTS = "/api/2.0/sql/statements"
 FINAL = {"SUCCEEDED", "FAILED", "CANCELED", "CLOSED"}
 ENDLESS = "SELECT count(*) FROM big.nums a, big.nums b, big.nums c WHERE (a.n * b.n + c.n) % 7 = 3"
+# About 160,000 rows found over 1.2 billion pairs: rows keep coming for seconds.
+SLOW_ROWS = (
+    "SELECT a.n, b.n AS m FROM big.nums a, big.nums b, (SELECT n FROM big.nums WHERE n < 3) c "
+    "WHERE (a.n * b.n + c.n) % 3000 = 1"
+)
 
 
 @pytest.fixture(scope="module")
@@ -429,13 +434,53 @@ def test_a_long_arrow_result_streams_from_its_first_rows(clients: dict) -> None:
         sid = r.headers["x-matrixos-statement-id"]
         pieces = r.iter_bytes()
         got = b""
-        while len(got) < 1_000_000:
+        while len(got) < 500_000:  # its first record batch
             got += next(pieces)
-        # Rows arrived while the 400M-row statement still runs.
+        # Rows arrived while the statement still runs.
         assert c.get(f"{STATEMENTS}/{sid}").json()["status"]["state"] == "RUNNING"
         assert got.startswith(b"\xff\xff\xff\xff")  # an Arrow IPC stream's first message
     state = poll(c, sid, timeout=60)["status"]["state"]
     assert state in ("CANCELED", "CLOSED")  # stopped once its client went away
+
+
+def test_chunks_can_be_followed_while_the_statement_runs(clients: dict) -> None:
+    """A plain Databricks-style client: POST with wait_timeout 0s, poll until the manifest
+    shows a first chunk, then follow ``next_chunk_internal_link`` from chunk 0 while the
+    statement still produces rows (a chunk not final yet is waited for) to the last chunk."""
+    c = clients["admin"]
+    sid = submit(c, SLOW_ROWS, wait_timeout="0s").json()["statement_id"]
+    deadline = time.monotonic() + 120
+    while "manifest" not in (body := c.get(f"{STATEMENTS}/{sid}").json()):
+        assert body["status"]["state"] in ("PENDING", "RUNNING"), body
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert body["status"]["state"] == "RUNNING"
+    assert "total_chunk_count" not in body["manifest"]  # not known yet
+    assert body["manifest"]["chunks"][0] == {
+        "chunk_index": 0, "row_offset": 0, "row_count": 1000,
+        "byte_count": body["manifest"]["chunks"][0]["byte_count"],
+    }  # fmt: skip
+    link: str | None = f"{STATEMENTS}/{sid}/result/chunks/0"
+    rows: list[list[str]] = []
+    states = []
+    while link is not None:
+        chunk = c.get(link)
+        assert chunk.status_code == 200, chunk.text
+        part = chunk.json()
+        assert part["row_offset"] == len(rows) and part["row_count"] == len(part["data_array"])
+        rows += part["data_array"]
+        if len(states) < 3:
+            states.append(c.get(f"{STATEMENTS}/{sid}").json()["status"]["state"])
+        link = part.get("next_chunk_internal_link")
+        assert (link is None) == ("next_chunk_index" not in part)
+    assert states[0] == "RUNNING"  # read while the statement still produced rows
+    done = poll(c, sid)
+    assert done["status"]["state"] == "SUCCEEDED"
+    assert done["manifest"]["total_row_count"] == len(rows) > 100_000
+    assert done["manifest"]["total_chunk_count"] == len(done["manifest"]["chunks"])
+    assert len(rows) == len({(a, b) for a, b in rows})  # each row once
+    # A running statement's chunk past its end is not there once it ends.
+    assert c.get(f"{STATEMENTS}/{sid}/result/chunks/{len(rows)}").status_code == 400
 
 
 def test_statements_and_logins_are_audited(clients: dict) -> None:
