@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from matrixos.storage.warehouse import Warehouse
 
 BATCH_ROWS = 64 * 1024
+# A plan keeps the datasets of the object-store files it scans (each file's footer, once read)
+# when there are at most this many: a scan of more reads as many objects, which costs far more
+# than planning it again, and 1,024 kept plans of big tables would hold their footers.
+KEPT_REMOTE_FILES = 64
 # Table-reference modifiers a scan's stand-in keeps: they apply to the rows read (the ones
 # that would select other rows are refused in binding).
 TABLE_CARRIED = ("pivots", "sample", "laterals", "joins")
@@ -239,6 +243,8 @@ class LocalRunner:
             if pads is not None and isinstance(obj, pads.FileSystemDataset) and name not in stores
         }
         registered = any(name not in pending and name not in files for name in ctx.registrations)
+        if files and sum(len(d.files) for d in files.values()) > KEPT_REMOTE_FILES:
+            registered = True  # too many footers to hold in a plan (reading them costs more)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
         # No defensive copy of the tree (2-3 ms for a TPC-H query): it was made for this run.

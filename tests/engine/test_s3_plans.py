@@ -14,6 +14,7 @@ import pytest
 
 import matrixos as mx
 from matrixos.catalog.names import TableIdent
+from matrixos.engine.sql import local
 from matrixos.errors import TableNotFound
 from matrixos.storage._delta_log import is_latest_on_s3
 from matrixos.storage.delta import DeltaStore
@@ -199,3 +200,17 @@ def test_the_version_check_reads_the_log_listing_as_delta_writes_it(s3_server: S
     assert latest(3) and not latest(2)
     assert latest(3) is is_latest_on_s3(f"s3a://{bucket}/t/", options, 3)
     assert not is_latest_on_s3(f"gs://{bucket}/t", options, 3)  # another store: refreshed
+
+
+def test_a_plan_over_more_object_store_files_than_it_may_hold_is_planned_each_time(
+    s3: tuple[mx.Lakehouse, str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lh = s3[0]
+    monkeypatch.setattr(local, "KEPT_REMOTE_FILES", 2)  # s.t has 3 files, one per partition
+    for q, n, kept in (
+        ("SELECT count(*) FROM s.t", 20, False),
+        ("SELECT count(*) FROM s.t WHERE g = 2", 6, True),
+    ):
+        assert lh.sql(q).scalar() == n
+        again = lh.sql(q)
+        assert again.scalar() == n and cached(again) is kept
