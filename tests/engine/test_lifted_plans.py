@@ -92,6 +92,16 @@ SHAPES = [
         [["10, 20", "5, 4"], ["30, 90", "35, 85"]],
     ),
     ("SELECT id FROM s.t WHERE name LIKE {} ORDER BY id", [["'it''s 1%'", "'%9'"]]),
+    (  # each side of a self-join pruned by its own literal
+        "SELECT a.id, b.id AS b FROM s.t a JOIN s.t b ON a.id + 1 = b.id "
+        "WHERE a.id < {} AND b.x >= {} ORDER BY a.id",
+        [["10, 0.0", "20, 0.5"], ["60, 30.0", "70, 35.0"]],
+    ),
+    (
+        "WITH w AS (SELECT id, x FROM s.t WHERE id >= {}) "
+        "SELECT count(*) AS n, sum(x) AS s FROM w WHERE x < {}",
+        [["100, 45.5", "110, 48.0"], ["0, 100.5", "1, 101.5"]],
+    ),
     (
         "SELECT id FROM s.t WHERE name IS NULL AND id < {} ORDER BY id",
         [["50", "45"], ["8", "9"], ["-1", "-5"]],
@@ -146,6 +156,16 @@ def test_literals_that_are_not_compared_with_a_column_stay_as_written(lh: mx.Lak
     pg = "SELECT id / 2 AS h FROM s.t WHERE id = {}"
     assert lh.sql(pg.format(7), dialect="postgres").fetchall() == [(3,)]
     assert cached(r := lh.sql(pg.format(9), dialect="postgres")) and r.fetchall() == [(4,)]
+
+
+def test_plans_of_the_moment_are_not_kept_for_other_literals(lh: mx.Lakehouse) -> None:
+    q = "SELECT count(*) FROM s.t WHERE id < {} AND d < current_date"
+    assert lh.sql(q.format(10)).scalar() == 10
+    again = lh.sql(q.format(20))
+    assert not cached(again) and again.scalar() == 20
+    explain = "EXPLAIN SELECT id FROM s.t WHERE id = {}"
+    lh.sql(explain.format(1)).fetchall()
+    assert not cached(lh.sql(explain.format(2)))
 
 
 def test_what_is_not_lifted() -> None:
