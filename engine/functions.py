@@ -202,8 +202,6 @@ class SearchCall:
         columns: The columns fetched (None: all).
         policy: The row filters and masks the result is wrapped in (None: none apply).
         lifted: The query is a vector read before the parse (``vector_literals``).
-        literal: The query was written as one string literal (a repeated statement's plan
-            takes another text in its place).
     """
 
     function: str
@@ -216,7 +214,6 @@ class SearchCall:
     columns: tuple[str, ...] | None
     policy: TablePolicy | None
     lifted: bool = False
-    literal: bool = False
 
     def run(self, query: Any = None) -> tuple[pa.Table, TablePolicy | None]:
         """The search's rows (for ``query`` instead of the call's own when given) and the
@@ -296,7 +293,6 @@ def search_call(host: FunctionHost, fn: exp.Func, mode: str) -> SearchCall:
         tuple(wanted) if wanted is not None else None,
         policy,
         lifted,
-        isinstance(query_node, exp.Literal) and query_node.is_string,
     )
 
 
