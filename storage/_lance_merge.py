@@ -11,12 +11,12 @@ committed, so a writer killed at any point leaves nothing to repair. MatrixOS us
 
 1. **Declared key** (:func:`declare_key`): the first merge on a Lance table declares its key
    columns the table's primary key (``lance-schema:unenforced-primary-key``, positions for a
-   composite key), when every key column is a type Lance hashes into that filter
-   (32/64-bit integers, strings, binaries; for other types Lance silently
-   skips the check) and holds no NULL (a declared key column is NOT NULL: Lance refuses the
-   declaration otherwise, and later rows with a NULL key). Merges on exactly that key commit
-   through ``execute`` (the filter is lost on the ``execute_uncommitted`` + ``commit`` path,
-   which merges with commit metadata take).
+   composite key), when every key column is a type Lance hashes into that filter (32/64-bit
+   integers, strings, binaries; for other types Lance silently skips the check) and holds no
+   NULL (a declared key column is NOT NULL: Lance refuses the declaration otherwise, and later
+   rows with a NULL key). Merges on exactly that key commit through ``execute`` (the filter is
+   lost on the ``execute_uncommitted`` + ``commit`` path, which merges with commit metadata
+   take).
 2. **Recorded repair** (:func:`tag_merge`, :func:`settle_merges`): every other merge (another
    key, keys of other types, keys with NULLs, commit metadata, a table declared by someone
    else) first tags the version it reads ``matrixos-merge-<id>`` (a Lance tag: a small object
@@ -28,7 +28,9 @@ committed, so a writer killed at any point leaves nothing to repair. MatrixOS us
    by its id and, when it was concurrent, makes the same deterministic repair (idempotent: a
    second repairer deletes the same rows or finds none) and deletes the tag. A tag whose merge
    never committed is deleted once :data:`STALE_TAG` old (its writer died before its commit).
-   Readers between that commit and the repair see the duplicate.
+   Readers between that commit and the repair see the duplicate. Only tables whose config has
+   :data:`RECORDED` (set by a commit before a table's first recorded merge; the config is in
+   every manifest) have their tags listed, so writers of other tables make no extra request.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ PK_POSITION = "lance-schema:unenforced-primary-key:position"
 TAG_PREFIX = "matrixos-merge-"
 MERGE_ID = "matrixos.merge_id"
 MERGE_ON = "matrixos.merge_on"
+#: Set in a table's config (in every manifest, read with it) before its first recorded merge:
+#: writers of tables without it skip listing the tags (a LIST request on S3).
+RECORDED = "matrixos.recorded_merges"
 #: A tag whose merge has not committed after this long belongs to a writer that died.
 STALE_TAG = timedelta(hours=1)
 #: Test hook: a folder; a merge waits there between reading and committing, and exits after
@@ -117,7 +122,14 @@ def declare_key(ds: LanceDataset, on: Sequence[str]) -> bool:
 
 
 def tag_merge(ds: LanceDataset) -> str:
-    """Tag the version ``ds`` reads for a merge that may need a repair; its id."""
+    """Tag the version ``ds`` reads for a merge that may need a repair; its id. The first on a
+    table also sets :data:`RECORDED` in the table's config (a commit, once)."""
+    if RECORDED not in ds.config():
+        try:
+            ds.update_config({RECORDED: "true"})
+        except Exception:  # another writer set it meanwhile (else: raise)
+            if RECORDED not in ds.checkout_version(ds.latest_version).config():
+                raise
     merge_id = uuid.uuid4().hex
     ds.tags.create(TAG_PREFIX + merge_id, int(ds.version))
     return merge_id
@@ -153,6 +165,8 @@ def inserted_keys(ds: LanceDataset, version: int, on: Sequence[str], tx: Any) ->
 def settle_merges(ds: LanceDataset, repair: Any) -> bool:
     """Finish the repairs of merges whose writer died after its commit (see the module
     docstring); ``repair(ds, keys)`` deletes duplicates of ``keys``. True if one committed."""
+    if RECORDED not in ds.config():  # no recorded merge ever: nothing to list (no request)
+        return False
     tags = {name: info for name, info in ds.tags.list().items() if name.startswith(TAG_PREFIX)}
     repaired = False
     for name, info in sorted(tags.items(), key=lambda kv: int(kv[1]["version"])):

@@ -69,6 +69,7 @@ _OPERATIONS = {
     "CreateIndex": "CREATE INDEX",
     "Project": "ALTER TABLE",
     "DataReplacement": "UPDATE",
+    "UpdateConfig": "SET TBLPROPERTIES",
 }
 
 

@@ -26,7 +26,14 @@ import pytest
 
 from matrixos.errors import SchemaMismatch
 from matrixos.storage import _lance_merge
-from matrixos.storage._lance_merge import HOOK_ENV, PK, TAG_PREFIX, primary_key, tag_merge
+from matrixos.storage._lance_merge import (
+    HOOK_ENV,
+    PK,
+    RECORDED,
+    TAG_PREFIX,
+    primary_key,
+    tag_merge,
+)
 from matrixos.storage.lance import LanceStore
 
 WORKER = """
@@ -178,7 +185,9 @@ def test_a_tag_whose_merge_never_committed_goes_once_stale(
     the merge may still be running, removed by the next writer once STALE_TAG old."""
     store = LanceStore(str(tmp_path / "t"))
     store.create({"id": [1.5], "v": ["a"]})
+    assert RECORDED not in store.open().config()
     tag_merge(store.open())
+    assert store.open().config()[RECORDED] == "true"  # writers now list the tags
     store.append({"id": [2.5], "v": ["b"]})
     assert len(store.open().tags.list()) == 1
     monkeypatch.setattr(_lance_merge, "STALE_TAG", timedelta(0))
@@ -192,6 +201,7 @@ def test_a_declared_key_stays_not_null(tmp_path: Path) -> None:
     store.create({"id": [1], "v": ["a"]})
     store.merge({"id": [2], "v": ["b"]}, on=["id"])
     assert primary_key(store.schema()) == ["id"]
+    assert RECORDED not in store.open().config()  # its writers never list the tags
     before = store.version()
     with pytest.raises(SchemaMismatch, match=r"'id'.*NULL"):
         store.append(pa.table({"id": pa.array([None], pa.int64()), "v": ["c"]}))
