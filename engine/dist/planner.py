@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from matrixos.engine.context import QueryContext
 
 _PLANS: LRU[tuple[Any, ...], FragmentPlan | str] = LRU(64)
-_SCHEMAS: LRU[tuple[Any, ...], pa.Schema] = LRU(64)
+_SCHEMAS: LRU[tuple[Any, ...], tuple[pa.Schema, list[str]]] = LRU(64)
 
 
 def plan_query(query: QueryContext, cpus: int) -> DistributedPlan | str:
@@ -197,6 +197,23 @@ def staged_plan(query: QueryContext, cpus: int) -> DistributedPlan | str:
 def local_schema(query: QueryContext, bound: list[tuple[TableIdent, PrunedScan]]) -> pa.Schema:
     """Names and types the local engine gives the query: it, bound over empty tables
     (remembered per statement and table schemas)."""
+    return _local_types(query, bound)[0]
+
+
+def local_sql_types(query: QueryContext) -> list[str] | None:
+    """Each result column's DuckDB type name as the local engine gives the query
+    (``Result.sql_types``: a UUID or JSON column is a string in Arrow, and the PostgreSQL wire
+    sends it as uuid or json only knowing this); None when a table reference is not a pruned
+    scan (nothing to bind it over)."""
+    bound = [(ident, scan) for ident, scan in query.bound if isinstance(scan, PrunedScan)]
+    if len(bound) != len(query.bound):
+        return None
+    return _local_types(query, bound)[1]
+
+
+def _local_types(
+    query: QueryContext, bound: list[tuple[TableIdent, PrunedScan]]
+) -> tuple[pa.Schema, list[str]]:
     tree = query.tree
     key = (tree.sql(dialect="duckdb"), tuple(str(scan.snapshot.schema) for _, scan in bound))
     hit = _SCHEMAS.get(key)
@@ -206,8 +223,9 @@ def local_schema(query: QueryContext, bound: list[tuple[TableIdent, PrunedScan]]
     cur = query.session.cursor()
     try:
         sql = query.session.install(cur, tree.copy(), empty)  # type: ignore[arg-type]
-        schema = cur.sql(sql).to_arrow_table().schema
+        rel = cur.sql(sql)
+        found = (rel.to_arrow_table().schema, [str(t) for t in rel.types])
     finally:
         cur.close()
-    _SCHEMAS.put(key, schema)
-    return schema
+    _SCHEMAS.put(key, found)
+    return found

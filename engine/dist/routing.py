@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from matrixos.engine.dist.execute import run_fragments, run_stages
 from matrixos.engine.dist.explain import format_size, render
-from matrixos.engine.dist.planner import fragment_plan, staged_plan
+from matrixos.engine.dist.planner import fragment_plan, local_sql_types, staged_plan
 from matrixos.engine.filecache import query_report
 from matrixos.engine.result import Result
 from matrixos.engine.scan import PrunedScan
@@ -98,7 +98,7 @@ def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = Fa
         table, ran = staged
         if explain:
             return _explained(render(ran))
-        result = Result.from_table(table, statement="SELECT")
+        result = _typed(query, Result.from_table(table, statement="SELECT"))
         result.stats = {"engine": "ray", **report.as_dict()}
         return Routing(result=result)
     assert frag.fragments is not None
@@ -111,8 +111,27 @@ def route(query: QueryContext, *, engine: str, explain: bool, analyze: bool = Fa
         return _explained(lines)
     with query_report() as report:
         result = Result.from_table(run_fragments(query, frag.fragments), statement="SELECT")
+    result = _typed(query, result)
     result.stats = {"engine": "ray", **report.as_dict()}
     return Routing(result=result)
+
+
+def _typed(query: QueryContext, result: Result) -> Result:
+    """``result`` (rows the pool computed) with its columns' DuckDB type names, as a local
+    run's has them (``Result.sql_types``): what Arrow holds as strings (UUID, JSON) then goes
+    over the PostgreSQL wire as its own type. Only looked up when a column is text or a list."""
+    if not any(_textual(f.type) for f in result.schema):
+        return result
+    types = local_sql_types(query)
+    if types is not None and len(types) == len(result.schema):
+        result.sql_types = types
+    return result
+
+
+def _textual(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _textual(t.value_type)
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
 def _explained(lines: list[str]) -> Routing:
