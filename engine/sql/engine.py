@@ -56,6 +56,7 @@ from matrixos.engine.sql.plans import (
     lift,
     mark,
     parameterize,
+    unmarked,
 )
 from matrixos.engine.sql.policies import PolicyDefinitions
 from matrixos.engine.sql.row_security import RowSecurity
@@ -419,7 +420,14 @@ class SQLEngine:
                     else:
                         self._plans.put(plan_key, plan)
 
-        result = self._local.run(tree, bound, functions, explain=explain, notes=notes, keep=keep)
+        try:
+            result = self._local.run(
+                tree, bound, functions, explain=explain, notes=notes, keep=keep
+            )
+        except SQLError as e:
+            if tag is not None and e.sql:
+                e.sql = unmarked(e.sql, tag)  # the statement as the user wrote it
+            raise
         result.stats["engine"] = "local"
         return result
 

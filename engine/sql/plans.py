@@ -299,12 +299,17 @@ def parameterize(
         slots.append(i)
         last = m.end()
     parts.append(sql[last:])
-    plain = _MARK.sub(lambda m: "" if m[1] == tag else m[0], sql)
+    plain = unmarked(sql, tag)
     if not ok or set(slots) != set(lifted):
         return plain, None
     fixed = tuple((i, t) for i, t in enumerate(lits.texts) if i not in lifted)
     params = Params(tuple(parts), tuple(slots), fixed)
     return plain, params if params.sql(lits) == plain else None
+
+
+def unmarked(sql: str, tag: str) -> str:
+    """``sql`` without the comments ``mark`` left for ``tag``."""
+    return _MARK.sub(lambda m: "" if m[1] == tag else m[0], sql)
 
 
 def mark(node: exp.Expr, tag: str, i: int) -> None:

@@ -188,6 +188,8 @@ def test_errors_keep_their_line_and_column(lh: mx.Lakehouse, tmp_path: Path) -> 
         fresh.sql(q.format("'2024-13-45'"))  # nothing kept in this session
     assert str(cached_error.value) == str(fresh_error.value)
     assert "2024-13-45" in str(cached_error.value)
+    for error in (cached_error.value, fresh_error.value):  # no marker of ours in the text
+        assert error.sql is not None and "mx_lit" not in error.sql and "2024-13-45" in error.sql
 
 
 def test_another_process_append_revoke_and_row_filter_are_followed(
