@@ -1,7 +1,7 @@
 """``matrixos serve`` over HTTP vs in process: per-statement overhead and result throughput.
 
     .venv/bin/python -m benchmarks.server_http [--reps 300] [--rows 1000000] [--scans 5]
-        [--baseline DIR]
+        [--baseline DIR] [--streamed]
 
 Starts ``matrixos serve`` (HTTP only) on a free 127.0.0.1 port over a fresh warehouse holding
 one table of ``--rows`` rows x 4 columns, then times, in the same run:
@@ -12,6 +12,11 @@ one table of ``--rows`` rows x 4 columns, then times, in the same run:
 * every row of the table: in-process ``lh.sql("SELECT * FROM t").to_arrow()`` vs the remote
   SDK's (one Arrow IPC stream, sent while the query runs), median of ``--scans`` (5) runs in
   turns; reports rows/s and the ratio.
+
+``--baseline DIR`` serves another checkout beside this one; ``--streamed`` also serves this tree
+with ``--stream-after 0`` (every Arrow answer streamed chunked from its first rows) beside the
+default (a result whole within 0.05 s of its first rows goes as one sized body): an A/B of the
+two result paths, turn by turn.
 """
 
 from __future__ import annotations
