@@ -8,6 +8,7 @@ platform functions' arguments) on a connection that may touch no file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -414,6 +415,7 @@ def _source(node: exp.Expr) -> Source | None:
     return (slot, wrap) if isinstance(slot, int) else None
 
 
+@functools.lru_cache(maxsize=4096)  # a repeated text prunes again with the same values
 def lifted_value(text: str, wrap: str) -> Any:
     """The value binding gives a lifted literal written ``text`` (wrapped as ``Source``
     says); ``NOT_LITERAL`` when it would ask DuckDB."""
@@ -438,8 +440,20 @@ class Reprune:
 
     snapshot: Snapshot
     predicates: tuple[tuple[Predicate, tuple[Source | None, ...] | None], ...]
+    # files by the literals used: a text sent again (a dashboard) prunes once
+    _memo: LRU[tuple[str, ...], tuple[str, ...] | None] = field(
+        default_factory=lambda: LRU(64), compare=False, repr=False
+    )
 
     def files(self, texts: tuple[str, ...]) -> tuple[str, ...] | None:
+        used = tuple(texts[s[0]] for _, ss in self.predicates for s in ss or () if s is not None)
+        found = self._memo.get(used)
+        if found is None:
+            found = self._files(texts)
+            self._memo.put(used, found)
+        return found
+
+    def _files(self, texts: tuple[str, ...]) -> tuple[str, ...] | None:
         preds = []
         for p, sources in self.predicates:
             if sources is None:

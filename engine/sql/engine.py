@@ -414,11 +414,9 @@ class SQLEngine:
                     if tag is not None and literals is not None and trace is not None:
                         sql, params = parameterize(sql, tag, literals[1], marks)
                     plan = Plan(sql, counter, kept, locations, tuple(notes), tuple(files.items()))
+                    self._plans.put(plan_key, plan)  # the text again: the fewest checks
                     if params is not None and literals is not None and trace is not None:
-                        # the text itself runs from it too: one entry, not two
                         self._keep_lifted(literals[0], plan, params, trace, bound)
-                    else:
-                        self._plans.put(plan_key, plan)
 
         try:
             result = self._local.run(
