@@ -379,7 +379,7 @@ class SQLEngine:
         bound = self._binder.bind(refs, principal, trace)
         tag = _mark_lifted(marks, trace) if trace is not None else None
         notes: list[str] = []
-        if engine == "ray" or (engine == "auto" and self._is_ray):
+        if engine != "local" and (engine != "auto" or self._is_ray):  # route checks the name
             # Imported when first routed: the distributed engine (~0.1 s of imports) is not
             # on the path of a session whose compute pool is this process.
             from matrixos.engine.dist import route
