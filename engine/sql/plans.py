@@ -129,14 +129,16 @@ class PlanCache:
 # Dialects whose strings are '…' with '' as the only escape and whose "…" quote identifiers:
 # there a literal's text as written is DuckDB's text for it.
 LIFT_DIALECTS = frozenset({"duckdb", "postgres", "trino", "presto", "redshift", "snowflake"})
-# Texts with comments, dollar quoting or parameters, backslashes, backticks or NULs (the
-# template's own marker) are not lifted.
-_UNSAFE = re.compile(r"--|/\*|[$\\`#\x00]")
+# Texts with backslashes (an escape in some dialects' strings) or NULs (the template's own
+# marker) are not lifted; nor, outside strings, comments, ``$`` (parameters, dollar quoting),
+# ``#`` and backticks (``_TOKEN``'s last alternative).
+_UNSAFE = re.compile(r"[\\\x00]")
 _TOKEN = re.compile(
     r'"(?:[^"]|"")*"'  # a quoted identifier (skipped)
     r"|'(?:[^']|'')*'"  # a string
     r"|[A-Za-z_][A-Za-z_0-9]*"  # a word (skipped: t1 is no number)
     r"|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # a number
+    r"|--|/\*|[$#`]"  # not lifted
 )
 # Meta of a literal node lifted out (its index in ``Literals``): binding follows it into the
 # predicates that prune files (``binding.Trace``).
@@ -183,6 +185,8 @@ def lift(sql: str, dialect: str) -> Literals | None:
         first = tok[0]
         if first == '"' or first == "_" or first.isalpha():
             continue
+        if first in "-/$#`":
+            return None
         start = m.start()
         if first == "'":
             if start and (sql[start - 1].isalnum() or sql[start - 1] in "_'"):

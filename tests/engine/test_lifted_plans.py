@@ -91,7 +91,7 @@ SHAPES = [
         "SELECT count(*) AS n FROM s.t WHERE id BETWEEN {} AND {}",
         [["10, 20", "5, 4"], ["30, 90", "35, 85"]],
     ),
-    ("SELECT id FROM s.t WHERE name LIKE {} ORDER BY id", [["'it''s 1%'", "'%9'"]]),
+    ("SELECT id FROM s.t WHERE name LIKE {} ORDER BY id", [["'it''s 1%'", "'%9'", "'%$#--/*%'"]]),
     (  # each side of a self-join pruned by its own literal
         "SELECT a.id, b.id AS b FROM s.t a JOIN s.t b ON a.id + 1 = b.id "
         "WHERE a.id < {} AND b.x >= {} ORDER BY a.id",
@@ -175,6 +175,8 @@ def test_what_is_not_lifted() -> None:
     assert lift("SELECT 'a'", "mysql") is None  # "…" is a string there
     assert lift("SELECT a FROM t1", "duckdb") is None  # no literal (t1 is a name)
     assert lift("SELECT '\x00i', 5", "duckdb") is None  # the template's own marker
+    inside = lift("SELECT 1 FROM t WHERE u = 'a--b/*c$d#e' AND \"x--\" = 2", "duckdb")
+    assert inside is not None and inside.texts == ("1", "'a--b/*c$d#e'", "2")
     lits = lift("SELECT \"x 1\" FROM t WHERE a = -1.5 AND b = 'q'''", "duckdb")
     assert lits is not None and lits.texts == ("1.5", "'q'''")
 
