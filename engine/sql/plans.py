@@ -21,6 +21,13 @@ from that version on S3: ``DeltaStore.is_latest``) and its pending rows (none
 then and now, or rows of the same shape, registered under the plan's name); any difference
 plans again.
 
+A plan is also kept for the statement with its literals lifted out (``lift``: a service
+sending ``… WHERE id = <key>`` with a new key each time): the literals compared with a column
+(``compared_literals``) are marked in the DuckDB SQL (``mark``, ``parameterize``) and take the
+new text's values; every other literal must be as it was (``Params.fixed``). Pruning follows
+them (``binding.Trace``, ``binding.Reprune``): a reuse prunes the table's files again with the
+new values and runs the plan kept for exactly those files.
+
 Example:
     >>> import tempfile, matrixos as mx
     >>> lh = mx.connect(tempfile.mkdtemp())
