@@ -446,9 +446,11 @@ class SQLEngine:
         if prunes:
             self._plans.put((key, params.files), plan)
 
-    def _lifted_plan(self, key: Hashable, literals: Literals) -> tuple[Plan, str] | None:
-        """The plan kept for ``literals``' statement (``_keep_lifted``) and its SQL for them:
-        the one that reads the files these values prune to; None when there is none."""
+    def _lifted_plan(self, key: Hashable, literals: Literals) -> tuple[Hashable, Plan, str] | None:
+        """The plan kept for ``literals``' statement (``_keep_lifted``), the key it is kept
+        under and its SQL for them: the one that reads the files these values prune to (on
+        its own snapshots: the caller checks they are still the latest); None when there is
+        none."""
         plan = self._plans.get(key)
         if plan is None or plan.params is None:
             return None
@@ -457,11 +459,15 @@ class SQLEngine:
             if any(f is None for f in files):
                 return None  # a value only DuckDB folds: planned again
             if files != plan.params.files:
-                plan = self._plans.get((key, files))
+                key = (key, files)
+                plan = self._plans.get(key)
                 if plan is None or plan.params is None:
                     return None
+                mine = tuple(r.files(literals.texts) for r in plan.params.prunes)
+                if mine != plan.params.files:
+                    return None  # planned on other snapshots (another version meanwhile)
         text = plan.params.sql(literals)
-        return None if text is None else (plan, text)
+        return None if text is None else (key, plan, text)
 
     def _planned(self, key: Hashable, sql: str, literals: Literals | None = None) -> Result | None:
         """The result of the plan kept under ``key``, run again, when nothing it depends on
@@ -473,7 +479,7 @@ class SQLEngine:
             found = self._lifted_plan(key, literals)
             if found is None:
                 return None  # planned again: that plan is kept beside this one
-            plan, text = found
+            key, plan, text = found
         elif (kept := self._plans.get(key)) is not None:
             plan, text = kept, kept.sql
         else:

@@ -137,6 +137,18 @@ def test_a_literal_that_pruned_files_stays_as_written(lh: mx.Lakehouse) -> None:
     assert not cached(found) and found.fetchall() == [(42,)]
 
 
+def test_plans_kept_per_file_set_follow_a_new_version(lh: mx.Lakehouse) -> None:
+    q = "SELECT count(*) FROM s.t WHERE id = {}"
+    assert lh.sql(q.format(5)).scalar() == 1  # the first file's plan
+    assert lh.sql(q.format(50)).scalar() == 1  # the second's (now the statement's latest)
+    assert cached(r := lh.sql(q.format(6))) and r.scalar() == 1  # the first file's again
+    lh.table("s.t").append(batch(range(6, 9), "US"))  # a new file beside the first one
+    got = lh.sql(q.format(7))
+    assert not cached(got) and got.scalar() == 2  # both files: planned on the new version
+    assert cached(r := lh.sql(q.format(8))) and r.scalar() == 2
+    assert lh.sql(q.format(30)).scalar() == 1
+
+
 def test_literals_that_are_not_compared_with_a_column_stay_as_written(lh: mx.Lakehouse) -> None:
     limit = "SELECT id FROM s.t WHERE id > {} ORDER BY id LIMIT {}"
     assert lh.sql(limit.format(5, 2)).fetchall() == [(6,), (7,)]
