@@ -313,6 +313,13 @@ def bind_parameters(sql: str, params: Sequence[Any], param_oids: Sequence[int | 
     for tree in trees:
         if tree is None:
             continue
+        if isinstance(tree, exp.Command) and str(tree.this).upper() == "EXPLAIN":
+            # sqlglot keeps EXPLAIN as text: bind the statement it explains
+            rest = tree.expression.name if isinstance(tree.expression, exp.Expr) else ""
+            head = _EXPLAIN_OPTIONS.match(rest)
+            cut = head.end() if head else 0
+            out.append(f"EXPLAIN {rest[:cut]}{bind_parameters(rest[cut:], params, param_oids)}")
+            continue
         for node in list(tree.find_all(exp.Parameter)):
             index = _param_index(node)
             if index is None:
@@ -328,6 +335,10 @@ def bind_parameters(sql: str, params: Sequence[Any], param_oids: Sequence[int | 
             node.replace(literal(params[index - 1], oid))
         out.append(tree.sql(dialect="postgres"))
     return "; ".join(out)
+
+
+# EXPLAIN's options before the statement: ``(ANALYZE, FORMAT JSON)`` or ``ANALYZE VERBOSE``
+_EXPLAIN_OPTIONS = re.compile(r"\s*(?:\([^()]*\)\s*|(?:(?:ANALY[SZ]E|VERBOSE)\b\s*)+)?", re.I)
 
 
 def _param_index(node: exp.Parameter) -> int | None:

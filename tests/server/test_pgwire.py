@@ -278,6 +278,9 @@ def test_psycopg_parameters_types_and_oids(server: Served) -> None:
             "SELECT %s::int IS NULL, %s::date, %s", (None, dt.date(2026, 5, 1), True)
         )
         assert nulls.fetchone() == (True, dt.date(2026, 5, 1), True)
+        # EXPLAIN of a statement with parameters (sqlglot keeps EXPLAIN as text)
+        plan = conn.execute("EXPLAIN SELECT id FROM sales.orders WHERE id = %s", (1,)).fetchall()
+        assert plan and "sales.orders" in "\n".join(str(r[0]) for r in plan)
 
 
 def test_psycopg_prepared_statements_and_portals(server: Served) -> None:
