@@ -51,6 +51,7 @@ from sqlglot import exp
 
 from matrixos._lru import LRU
 from matrixos.catalog import TableInfo
+from matrixos.engine import vector_literals
 
 # Plans kept per engine; statements longer than this are not kept (their text is the key).
 MAX_PLANS = 1024  # a statement over a table of many files keeps a plan per file set
@@ -207,6 +208,8 @@ def lift(sql: str, dialect: str) -> Literals | None:
         last = m.end()
     if not texts:
         return None
+    if len(texts) >= vector_literals.MIN_NUMBERS and vector_literals.lift(sql)[1]:
+        return None  # parsed with its query vectors lifted: its nodes' offsets are not ours
     pieces.append(sql[last:])
     return Literals("".join(pieces), tuple(spans), tuple(texts))
 
@@ -221,13 +224,19 @@ def compared_literals(tree: exp.Expr, lits: Literals) -> dict[int, tuple[exp.Lit
     out: dict[int, tuple[exp.Literal, str]] = {}
     for node in tree.find_all(exp.Literal):
         i = by_span.get((node.meta.get("start", -1), node.meta.get("end", -1)))
-        if i is None or (lits.texts[i][0] == "'") != node.is_string:
+        if i is None or _written(node) != lits.texts[i]:
             continue
         column = _compared_column(node)
         if column is not None:
             out[i] = (node, column)
             node.meta[LIFTED] = i
     return out
+
+
+def _written(node: exp.Literal) -> str:
+    """A literal node as its token was written (strings quoted, ``''`` escaped)."""
+    text = str(node.this)
+    return "'" + text.replace("'", "''") + "'" if node.is_string else text
 
 
 def _compared_column(node: exp.Literal) -> str | None:

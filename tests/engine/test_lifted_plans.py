@@ -187,6 +187,8 @@ def test_what_is_not_lifted() -> None:
     assert lift("SELECT 'a'", "mysql") is None  # "…" is a string there
     assert lift("SELECT a FROM t1", "duckdb") is None  # no literal (t1 is a name)
     assert lift("SELECT '\x00i', 5", "duckdb") is None  # the template's own marker
+    vector = ", ".join(str(i / 10) for i in range(20))  # read before sqlglot: other offsets
+    assert lift(f"SELECT list_dot_product(v, [{vector}]) FROM t WHERE id = 5", "duckdb") is None
     inside = lift("SELECT 1 FROM t WHERE u = 'a--b/*c$d#e' AND \"x--\" = 2", "duckdb")
     assert inside is not None and inside.texts == ("1", "'a--b/*c$d#e'", "2")
     lits = lift("SELECT \"x 1\" FROM t WHERE a = -1.5 AND b = 'q'''", "duckdb")
