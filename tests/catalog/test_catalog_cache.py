@@ -93,3 +93,35 @@ def test_policies_are_cached_until_another_process_changes_one(sql_catalog_url: 
     finally:
         mine.close()
         theirs.close()
+
+
+def test_the_counter_is_read_right_from_threads_a_forked_child_and_after_close(
+    tmp_path: object,
+) -> None:
+    # On a SQLite file the counter is read on a connection of each thread's own.
+    import multiprocessing
+    import threading
+    from pathlib import Path
+
+    url = f"sqlite:///{Path(str(tmp_path)) / 'catalog.db'}"
+    cat, other = open_catalog(url), open_catalog(url)
+    try:
+        n0 = cat.changes()
+        other.create_schema("main", "s")  # another process's change
+        seen: list[int | None] = []
+        reader = threading.Thread(target=lambda: seen.append(cat.changes()))
+        reader.start()
+        reader.join()
+        assert seen == [cat.changes()] and seen[0] != n0
+        ctx = multiprocessing.get_context("fork")
+        answers = ctx.SimpleQueue()
+        child = ctx.Process(target=lambda: answers.put(cat.changes()))
+        child.start()  # forked: it opens a connection of its own, not the parent's
+        child.join(60)
+        assert child.exitcode == 0 and answers.get() == seen[0]
+        other.create_schema("main", "s2")
+        assert cat.changes() not in (n0, seen[0])
+    finally:
+        cat.close()
+        other.close()
+    assert cat.changes() is not None  # a closed catalog still answers (through its engine)
