@@ -95,8 +95,9 @@ def primary_key(schema: pa.Schema) -> list[str]:
 
 
 def declare_key(ds: LanceDataset, on: Sequence[str]) -> bool:
-    """Declare ``on`` the primary key of the table at ``ds`` (NOT NULL first); False when it
-    cannot be (a type Lance does not check, a NULL key, another writer's declaration)."""
+    """Declare ``on`` the primary key of the table at ``ds`` (NOT NULL first); True when it is
+    declared now (by this call, or by a concurrent merge's that won the race), False when it
+    cannot be (a type Lance does not check, a NULL key, another key declared)."""
     schema = ds.schema
     if (
         primary_key(schema)
@@ -114,11 +115,21 @@ def declare_key(ds: LanceDataset, on: Sequence[str]) -> bool:
             {k: {PK: "true", PK_POSITION: str(i + 1)} for i, k in enumerate(on)}
         )
     except Exception as e:  # NULL keys, or a concurrent schema change: the recorded repair
+        if _declared_meanwhile(ds, on):  # another merge's declaration of the same key won
+            return True
         log.info("merge key %s not declared on %s: %s", list(on), ds.uri, e)
         if "null" in str(e).lower():  # Lance scans the column to say so: once per process
             _HAS_NULLS.add((ds.uri, tuple(on)))
         return False
     return True
+
+
+def _declared_meanwhile(ds: LanceDataset, on: Sequence[str]) -> bool:
+    try:
+        latest = ds.checkout_version(ds.latest_version)
+    except Exception:
+        return False
+    return sorted(primary_key(latest.schema)) == sorted(on)
 
 
 def tag_merge(ds: LanceDataset) -> str:
