@@ -58,6 +58,7 @@ import pyarrow.parquet as pq
 
 from matrixos._lru import LRU
 from matrixos.storage._delta_compaction import (
+    ROW_GROUP_ROWS,
     LogStore,
     Tiers,
     commit_name,
@@ -249,7 +250,7 @@ def append(
             name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
             path = f"{folder}/{name}" if folder else name
             buf = pa.BufferOutputStream()
-            pq.write_table(rows, buf, **parquet_options(rows))
+            pq.write_table(rows, buf, row_group_size=ROW_GROUP_ROWS, **parquet_options(rows))
             data = buf.getvalue().to_pybytes()
             written.append(path)
             store.write_bytes(path, data, sync=True)

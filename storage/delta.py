@@ -45,6 +45,7 @@ from matrixos.errors import (
 from matrixos.storage import _delta_append as fast
 from matrixos.storage._delta_append import wait_for_maintenance
 from matrixos.storage._delta_compaction import (
+    ROW_GROUP_ROWS,
     CompactionConflict,
     Tiers,
     checkpoint,
@@ -82,10 +83,9 @@ T = TypeVar("T")
 # from its last checkpoint (~15 ms a write at 1,000 versions). A writer takes the handle out
 # while it works (``pop``), so two threads never share one; a failed write drops it.
 _WRITERS: LRU[tuple[str, str], DeltaTable] = LRU(64)
-# Row groups of DuckDB's own size (delta-rs writes 1M rows): a filter skips the row groups its
+# Row groups of ROW_GROUP_ROWS rows (delta-rs writes 1M): a filter skips the row groups its
 # statistics rule out (a point query on a 1M-row table reads one, not the whole file), and
 # DuckDB scans a file's row groups in parallel (one per thread). Snappy, as delta-rs defaults.
-ROW_GROUP_ROWS = 122_880
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")
 # What each table's last small append left behind (``_delta_append``): the next one commits
 # after it without reading the log (``_BY_DELTA_RS``: that table's appends go through delta-rs).

@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 import matrixos as mx
 from matrixos.catalog.names import TableIdent
 from matrixos.errors import ConcurrentWriteError, ConfigError
-from matrixos.storage._delta_compaction import SORTED_ROW_GROUP
+from matrixos.storage._delta_compaction import ROW_GROUP_ROWS
 from matrixos.storage.delta import DeltaStore, wait_for_maintenance
 from matrixos.storage.options import StorageOptions
 
@@ -121,7 +121,7 @@ def test_sorted_files_have_row_groups_a_series_filter_skips(tmp_path: Any) -> No
     assert ".sorted-" in action["path"]  # marked: written in the table's order
     path = str(tmp_path / "rg" / action["path"])
     meta = pq.ParquetFile(path).metadata
-    assert meta.num_rows == 400_000 and meta.row_group(0).num_rows == SORTED_ROW_GROUP
+    assert meta.num_rows == 400_000 and meta.row_group(0).num_rows == ROW_GROUP_ROWS
     col = meta.schema.to_arrow_schema().get_field_index("host")
     spans = [
         (meta.row_group(i).column(col).statistics.min, meta.row_group(i).column(col).statistics.max)
