@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 JSON_CHUNK_ROWS = 65_536
 #: ``StatementManager.stream_after_s``'s default.
 STREAM_AFTER_S = 0.05
+# Ended statements kept for GET and chunk fetches at most (the oldest are forgotten first).
+MAX_ENDED = 10_000
 BINARY_CHUNK_ROWS = 1_048_576
 _DEFAULT_CHUNK_ROWS = {
     Format.JSON_ARRAY: JSON_CHUNK_ROWS,
@@ -284,6 +286,9 @@ class StatementManager:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mx-statement")
         self._lock = threading.Lock()
         self._statements: dict[str, Statement] = {}
+        # Ended statements in the order they ended (when, id): expired from the left, so a
+        # request costs what expired since the last one, not a walk over all retained.
+        self._ended: deque[tuple[float, str]] = deque()
         self._draining = False
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
@@ -474,6 +479,7 @@ class StatementManager:
         stmt.state = state
         stmt.error = error
         stmt.finished_at = time.time()
+        self._ended.append((stmt.finished_at, stmt.id))
         # Recorded (history, audit, metrics) before anyone waiting sees it end: a client that
         # has read its streamed rows finds its history row.
         for listener in self._listeners:
@@ -484,14 +490,14 @@ class StatementManager:
         stmt._ended()
 
     def _expire(self, now: float) -> None:
-        """Forget statements that ended more than ``retention_s`` ago (lock held)."""
-        old = [
-            sid
-            for sid, s in self._statements.items()
-            if s.finished_at is not None and now - s.finished_at > self.retention_s
-        ]
-        for sid in old:
-            self._release(self._statements.pop(sid))
+        """Forget statements that ended more than ``retention_s`` ago, and the oldest ended
+        ones past ``MAX_ENDED`` (lock held)."""
+        ended = self._ended
+        while ended and (now - ended[0][0] > self.retention_s or len(ended) > MAX_ENDED):
+            _, sid = ended.popleft()
+            stmt = self._statements.pop(sid, None)
+            if stmt is not None:
+                self._release(stmt)
 
     def _release(self, stmt: Statement) -> None:
         """``stmt`` is CLOSED, its rows let go (lock held)."""

@@ -1,4 +1,4 @@
-"""The statement manager on its own (no HTTP): retention of results within a byte budget;
+"""The statement manager on its own (no HTTP): retention of results within a byte budget, by age and by count;
 rows followed while the statement still runs."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 from matrixos.catalog.access import Principal
 from matrixos.engine.result import Result
-from matrixos.errors import SQLError
+from matrixos.errors import SQLError, StatementNotFound
+from matrixos.server import statements
 from matrixos.server.statements import Runner, State, StatementManager, StatementRequest
 from matrixos.server.statements_results import Format
 
@@ -35,6 +36,34 @@ def test_old_results_are_released_past_the_byte_budget() -> None:
     assert done[2].result.chunks[0].equals(rows)
     manager.close(ann, done[1].id)
     assert manager.counts()[State.CLOSED] == 2
+    assert manager.drain(5.0)
+
+
+def test_ended_statements_are_forgotten_by_age_and_past_the_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(statements, "MAX_ENDED", 3)
+    rows = pa.table({"n": [1]})
+    manager = StatementManager(lambda who, sql, dialect: Result.from_table(rows), workers=1)
+    ann = Principal("ann")
+
+    def run() -> str:
+        s = manager.submit(ann, StatementRequest("SELECT n"))
+        assert s.wait(30)
+        return s.id
+
+    first = [run() for _ in range(4)]  # the 4th submit sees 3 ended: all kept
+    assert all(manager.get(ann, sid).state is State.SUCCEEDED for sid in first[1:])
+    run()  # the 5th submit sees 4 ended: the oldest is forgotten
+    with pytest.raises(StatementNotFound):
+        manager.get(ann, first[0])
+    assert manager.get(ann, first[1]).state is State.SUCCEEDED
+    manager.retention_s = 0.0  # every ended statement has outlived its retention
+    last = run()
+    for sid in first:
+        with pytest.raises(StatementNotFound):
+            manager.get(ann, sid)
+    assert manager.get(ann, last).state is State.SUCCEEDED  # ended after that submit
     assert manager.drain(5.0)
 
 
