@@ -1,5 +1,5 @@
-"""The statement manager on its own (no HTTP): retention of results within a byte budget, by age and by count;
-rows followed while the statement still runs."""
+"""The statement manager on its own (no HTTP): retention of results within a byte budget, by
+age and by count; rows followed while the statement still runs."""
 
 from __future__ import annotations
 
