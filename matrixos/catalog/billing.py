@@ -336,7 +336,9 @@ class Billing:
                     ).one()
                     out[account] = from_nano(row.balance)
                     if consumed > 0:
-                        for t in _alert(conn, account, row.credited, row.consumed, at):
+                        # Stamped now, holding the balance row: ``at`` was taken before the
+                        # lock, so a later crossing by another process could sort first.
+                        for t in _alert(conn, account, row.credited, row.consumed, now()):
                             fired.append((account, t, row.credited))
                 entries = [
                     {

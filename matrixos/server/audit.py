@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlglot import Dialect
 from sqlglot.errors import SqlglotError
@@ -152,8 +152,10 @@ class AuditWriter:
                 protocol=protocol,
                 client_address=client_address,
                 statement_type=action,
-                start_time=datetime.fromtimestamp(start, UTC),
-                end_time=datetime.fromtimestamp(start + (seconds or end - start), UTC),
+                # the end as the start plus the duration: two timestamps each rounded to the
+                # microsecond made 2 ms read back as 2.001
+                start_time=(begun := datetime.fromtimestamp(start, UTC)),
+                end_time=begun + timedelta(seconds=seconds or end - start),
                 rows=rows,
                 bytes=nbytes,
                 error_sqlstate=getattr(error, "sqlstate", None) if error else None,
