@@ -169,6 +169,12 @@ class Catalog(ABC):
         once per lookup and re-reads rows only when it moved."""
         return None
 
+    @property
+    def changes_are_local(self) -> bool:
+        """Whether ``changes()`` is a read of a local file that never waits for a writer, fit
+        for an event loop (a SQLite catalog in WAL mode); False: it may wait on the network."""
+        return False
+
     # -- catalogs and schemas ---------------------------------------------------------------
     @abstractmethod
     def create_catalog(

@@ -184,6 +184,10 @@ class SQLCatalog(Catalog):
             self._counter.close()
         self.engine.dispose()
 
+    @property
+    def changes_are_local(self) -> bool:
+        return self._counter is not None
+
     def changes(self) -> int | None:
         # Read before every kept plan and cached token: on a SQLite file, a connection of the
         # thread's own in autocommit (each read sees the last commit) takes ~8 us where

@@ -7,7 +7,7 @@ last use: about 0.7 ms on SQLite, a round trip or more on PostgreSQL, on every r
 token and the client's address (never the token itself), under the catalog's change counter
 (``Catalog.changes``: the database's triggers move it when an account, a membership, a grant
 or a token's revocation, expiry or owner changes, in any process; revision 0005). Each request
-reads the counter (~30 us on SQLite, one round trip on PostgreSQL) and reuses the principal
+reads the counter (~8 us on SQLite, one round trip on PostgreSQL) and reuses the principal
 while it has not moved, so a revoked token, a dropped account or a changed grant counts at the
 next request, whichever process made the change. An entry also lasts at most ``ttl_s``
 seconds (1 s; the token's last use is recorded that often) and never past the token's expiry;
@@ -119,16 +119,8 @@ class TokenCache:
             return entry[0]
 
     def counter_is_quick(self) -> bool:
-        """Whether reading the catalog's counter cannot wait (fit for an event loop): a SQLite
-        catalog (WAL: a reader never waits for a writer) with a pooled connection idle."""
-        engine = getattr(self.accounts.catalog, "engine", None)
-        if engine is None or engine.dialect.name != "sqlite":
-            return False
-        pool = engine.pool
-        try:
-            return bool(pool.checkedout() < pool.size())
-        except AttributeError:  # a pool that does not count (SQLite in memory)
-            return False
+        """Whether reading the catalog's counter cannot wait (``Catalog.changes_are_local``)."""
+        return self.accounts.catalog.changes_are_local
 
     def principal(self, token: str, *, client: str | None = None) -> Principal:
         """``token``'s principal: ``cached``, else checked (``authenticate_token``)."""
@@ -226,7 +218,7 @@ def principal_dependency(
         if wait > 0:
             raise LoginsThrottled(wait)
         who = None
-        if cache is not None and cache.counter_is_quick():  # ~30 us: no thread hand-off
+        if cache is not None and cache.counter_is_quick():  # ~8 us: no thread hand-off
             who = cache.cached(token, address)
         try:
             if who is None:
