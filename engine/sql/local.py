@@ -21,6 +21,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
 from matrixos.engine.context import table_refs
+from matrixos.engine.duck import stream
 from matrixos.engine.interrupt import track
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import locked_connection
@@ -117,15 +118,14 @@ class LocalRunner:
                     lines.extend(str(row[-1]).splitlines())
                 cur.close()
                 return Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN")
-            rel = cur.sql(sql)
-            reader = rel.to_arrow_reader(BATCH_ROWS)
+            reader, types = stream(cur, sql, BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, user_statement(tree))) from e
         except BaseException:
             cur.close()
             raise
-        return typed(Result(reader, statement="SELECT", on_close=cur.close), rel)
+        return typed(Result(reader, statement="SELECT", on_close=cur.close), types)
 
     def run_sql(
         self,
@@ -141,15 +141,14 @@ class LocalRunner:
         try:
             for name, obj in (sources or {}).items():
                 cur.register(name, obj)
-            rel = cur.sql(sql)
-            reader = rel.to_arrow_reader(BATCH_ROWS)
+            reader, types = stream(cur, sql, BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, tree())) from e
         except BaseException:
             cur.close()
             raise
-        return typed(Result(reader, statement="SELECT", on_close=cur.close), rel)
+        return typed(Result(reader, statement="SELECT", on_close=cur.close), types)
 
     def read(
         self, snap: Snapshot, columns: Sequence[str] | None, pending: PendingRows | None = None
@@ -302,7 +301,7 @@ def _stand_in(node: exp.Table, placeholder: str) -> None:
     node.replace(stand_in)
 
 
-def typed(result: Result, rel: duckdb.DuckDBPyRelation) -> Result:
+def typed(result: Result, types: list[str]) -> Result:
     """``result`` with its columns' DuckDB type names (``Result.sql_types``)."""
-    result.sql_types = [str(t) for t in rel.types]
+    result.sql_types = types
     return result
