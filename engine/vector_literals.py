@@ -39,14 +39,28 @@ MIN_NUMBERS = 16  # shorter lists are parsed as written
 _VECTOR_ARGUMENT = {"vector_search": 1}
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBERS = re.compile(rf"{_NUMBER}(?:\s*,\s*{_NUMBER})*")
 # Strings, quoted identifiers and comments are skipped whole; a list is taken only where an
-# argument starts (after "(" or ",").
+# argument starts (after "(" or ","). Its items are matched by their characters alone (a
+# character class runs ~10x faster than the number pattern: ~15 µs for 384 numbers, which a
+# repeated search pays on each call); ``numbers`` then tells a list of numbers from the rest.
 _SCAN = re.compile(
     r"(?P<skip>'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$\$.*?\$\$|--[^\n]*|/\*.*?\*/)"
-    rf"|(?P<before>[(,]\s*)\[\s*(?P<numbers>{_NUMBER}(?:\s*,\s*{_NUMBER}){{{MIN_NUMBERS - 1},}})"
-    r"\s*\]",
+    r"|(?P<before>[(,]\s*)\[\s*(?P<numbers>[-+.0-9][-+.0-9eE,\s]*)\]",
     re.S,
 )
+
+
+def _numbers(m: re.Match[str], *, strict: bool) -> str | None:
+    """The list's numbers when ``m`` found a list of at least :data:`MIN_NUMBERS` (each one
+    checked by the number pattern with ``strict``; else only counted), None otherwise."""
+    numbers = m.group("numbers")
+    if numbers is None or numbers.count(",") < MIN_NUMBERS - 1:
+        return None
+    numbers = numbers.rstrip()
+    if strict and _NUMBERS.fullmatch(numbers) is None:
+        return None
+    return numbers
 
 
 def lift(sql: str) -> tuple[str, dict[str, str]]:
@@ -58,10 +72,11 @@ def lift(sql: str) -> tuple[str, dict[str, str]]:
     token = uuid.uuid4().hex[:12]
 
     def replace(m: re.Match[str]) -> str:
-        if m.group("skip") is not None:
+        numbers = _numbers(m, strict=True)
+        if numbers is None:  # a string, a comment, not a list of numbers: as written
             return m.group(0)
         key = f"__mx_vector_{token}_{len(lifted)}"
-        lifted[key] = m.group("numbers")
+        lifted[key] = numbers
         return f"{m.group('before')}'{key}'"
 
     return _SCAN.sub(replace, sql), lifted
@@ -70,6 +85,8 @@ def lift(sql: str) -> tuple[str, dict[str, str]]:
 def split(sql: str) -> tuple[tuple[str, ...], list[str]]:
     """The text around each list ``lift`` would replace, and each list's numbers: two texts
     with the same pieces are the same statement with other vectors (a repeated search's key).
+    The numbers are not checked one by one (their caller converts them, and a list that is
+    not all numbers fails that; ``lift`` then leaves it for the parser to report).
 
     Example:
         >>> split("SELECT * FROM vector_search(t, [" + "1, " * 15 + "2], k => 3)")[0]
@@ -81,9 +98,10 @@ def split(sql: str) -> tuple[tuple[str, ...], list[str]]:
     numbers: list[str] = []
     start = 0
     for m in _SCAN.finditer(sql):
-        if m.group("numbers") is not None:
+        found = _numbers(m, strict=False)
+        if found is not None:
             pieces.append(sql[start : m.end("before")])
-            numbers.append(m.group("numbers"))
+            numbers.append(found)
             start = m.end()
     pieces.append(sql[start:])
     return tuple(pieces), numbers

@@ -199,6 +199,28 @@ def test_errors_keep_their_place_and_match_planning(docs: mx.Lakehouse) -> None:
     assert docs.sql(statement.format(literal(q[0]))).scalar() is not None
 
 
+def test_every_spelling_of_a_number_reads_alike_and_a_list_that_is_not_numbers_fails(
+    docs: mx.Lakehouse,
+) -> None:
+    q = _vectors(1, 11)[0].astype(np.float64)
+    q[:4] = [0.5, -0.25, 3.0, 0.001]
+    statement = "SELECT id, _score FROM vector_search(kb.vecs, [{}], k => 5)"
+    plain = docs.sql(statement.format(", ".join(repr(float(x)) for x in q))).to_arrow()
+    # The same numbers spelled as SQL allows: a leading dot, a trailing dot, a sign, exponents.
+    spelled = ["+.5", "-2.5e-1", "3.", "1E-3", *(repr(float(x)) for x in q[4:])]
+    for text in (", ".join(spelled), " , ".join(spelled) + "  "):
+        got = docs.sql(statement.format(text))
+        assert got.to_arrow().equals(plain)
+    assert got.stats["plan"] == "cached"
+    # An item that is not a number: the parser's error, at its place, kept plan or not.
+    broken = ", ".join(spelled[:-1]) + ", 1 2"
+    for suffix in ("", " -- fresh"):
+        with pytest.raises(SQLError) as err:
+            docs.sql(statement.format(broken) + suffix)
+        assert err.value.line == 1 and err.value.col is not None
+        assert err.value.col > len("SELECT id, _score FROM vector_search(kb.vecs, [")
+
+
 @pytest.mark.parametrize("dialect", ["postgres", "snowflake"])
 def test_a_vector_in_another_dialect_is_kept_as_a_bracket_list_or_an_array(
     docs: mx.Lakehouse, dialect: str
