@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from matrixos.errors import MatrixOSError, NotSupported, SchemaMismatch
+from matrixos.storage._objects import put_if_absent
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -735,33 +736,8 @@ class LogStore:
         return os.path.exists(path)
 
     def put_if_absent(self, name: str, data: bytes, *, sync: bool = True) -> bool:
-        """Write ``name`` unless it exists, atomically; False when it already existed. With
-        ``sync`` a local file and its folder are synced to disk (see ``write_bytes``)."""
-        path = f"{self.root}/{name}"
-        if self.remote:
-            try:
-                self.fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                return False
-            return True
-        folder = os.path.dirname(path)
-        tmp = os.path.join(folder, f"_commit_{uuid.uuid4().hex}.json.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if ``path`` exists: readers see all of it or nothing
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        if not sync:
-            return True
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return True
+        """Write the log file ``name`` unless it exists, atomically; False when it already
+        existed (``storage/_objects.py``; ``sync``: see ``write_bytes``)."""
+        return put_if_absent(
+            f"{self.root}/{name}", data, self.fs if self.remote else None, sync=sync
+        )

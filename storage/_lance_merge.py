@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -57,8 +58,10 @@ TAG_PREFIX = "matrixos-merge-"
 MERGE_ID = "matrixos.merge_id"
 MERGE_ON = "matrixos.merge_on"
 #: Set in a table's config (in every manifest, read with it) before its first recorded merge:
-#: writers of tables without it skip listing the tags (a LIST request on S3).
+#: its merges that insert take the merge lease, and its writers list the tags (a LIST request
+#: on S3; other tables skip it). ``fencing`` until the fence is committed, then ``true``.
 RECORDED = "matrixos.recorded_merges"
+FENCING = "fencing"
 #: A tag whose merge has not committed after this long belongs to a writer that died.
 STALE_TAG = timedelta(hours=1)
 #: Test hook: a folder; a merge waits there between reading and committing, and exits after
@@ -132,15 +135,29 @@ def _declared_meanwhile(ds: LanceDataset, on: Sequence[str]) -> bool:
     return sorted(primary_key(latest.schema)) == sorted(on)
 
 
+def start_recorded(ds: LanceDataset, on: Sequence[str], commit: Any) -> bool:
+    """Under the merge lease, before a table's first recorded merge reads it: set
+    :data:`RECORDED` (``fencing``, then ``true``), committing a fence between the two that
+    makes a declared merge still in flight from before fail and run again under the lease
+    (see the module docstring). ``commit(tx)`` commits a transaction. True if it committed."""
+    state = ds.config().get(RECORDED)
+    if state == "true":
+        return False
+    if state is None:
+        ds.update_config({RECORDED: FENCING})
+    tx, _ = (
+        ds.merge_insert(list(on))
+        .when_matched_update_all()
+        .execute_uncommitted(ds.schema.empty_table())
+    )  # an empty update: no row changes, but a commit Lance's key check conflicts with
+    tx.transaction_properties = {"matrixos.operation": "MERGE FENCE"}
+    commit(tx)
+    ds.checkout_version(ds.latest_version).update_config({RECORDED: "true"})
+    return True
+
+
 def tag_merge(ds: LanceDataset) -> str:
-    """Tag the version ``ds`` reads for a merge that may need a repair; its id. The first on a
-    table also sets :data:`RECORDED` in the table's config (a commit, once)."""
-    if RECORDED not in ds.config():
-        try:
-            ds.update_config({RECORDED: "true"})
-        except Exception:  # another writer set it meanwhile (else: raise)
-            if RECORDED not in ds.checkout_version(ds.latest_version).config():
-                raise
+    """Tag the version ``ds`` reads for a merge whose lease can be lost; its id."""
     merge_id = uuid.uuid4().hex
     ds.tags.create(TAG_PREFIX + merge_id, int(ds.version))
     return merge_id
@@ -199,6 +216,76 @@ def settle_merges(ds: LanceDataset, repair: Any) -> bool:
     return repaired
 
 
+def drop_duplicate_inserts(ds: LanceDataset, keys: pa.Table, retries: int) -> int | None:
+    """Delete the rows that concurrent merges inserted twice for ``keys``, keeping the row
+    of the later commit (as if the merges had run one after the other); the version of the
+    last delete, None when there was nothing to delete."""
+    import pyarrow.compute as pc
+
+    if "_row_created_at_version" not in _system_columns(ds):
+        return None
+    on = keys.column_names
+    first = on[0]
+    values = pc.unique(keys.column(first).combine_chunks())
+    doomed: list[int] = []
+    for start in range(0, len(values), 1000):
+        chunk = values.slice(start, 1000).to_pylist()
+        literal = ", ".join(sql_literal(v) for v in chunk if v is not None)
+        if not literal:
+            continue
+        found = ds.to_table(
+            columns=[*on, "_rowid", "_row_created_at_version"],
+            filter=f"{_lance_ident(first)} IN ({literal})",
+        )
+        if found.num_rows < 2:
+            continue
+        order = found.sort_by(
+            [(c, "ascending") for c in on]
+            + [("_row_created_at_version", "descending"), ("_rowid", "descending")]
+        )
+        seen: set[tuple[Any, ...]] = set()
+        cols = [order.column(c).to_pylist() for c in on]
+        for i, rid in enumerate(order.column("_rowid").to_pylist()):
+            key = tuple(col[i] for col in cols)
+            if key in seen:
+                doomed.append(int(rid))
+            seen.add(key)
+    version = None
+    for start in range(0, len(doomed), 1000):
+        ids = ", ".join(str(r) for r in doomed[start : start + 1000])
+        log.info("removing %d rows a concurrent merge duplicated", len(doomed))
+        ds.delete(f"_rowid IN ({ids})", conflict_retries=retries)
+        version = int(ds.version)
+    return version
+
+
+def _system_columns(ds: LanceDataset) -> set[str]:
+    try:
+        ds.to_table(columns=["_row_created_at_version"], limit=0)
+    except Exception:
+        return set()
+    return {"_row_created_at_version"}
+
+
+def _lance_ident(name: str) -> str:
+    """``name`` as a backtick-quoted identifier of Lance's filter SQL (a key column's name is
+    user input: quoted by sqlglot, never pasted)."""
+    from sqlglot import exp
+
+    return str(exp.to_identifier(name, quoted=True).sql(dialect="spark"))
+
+
+def sql_literal(v: Any) -> str:
+    """``v`` as a literal of Lance's filter SQL: a key value is user data, written by sqlglot."""
+    from sqlglot import exp
+
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)):
+        return repr(v)
+    return str(exp.Literal.string(v if isinstance(v, str) else str(v)).sql(dialect="duckdb"))
+
+
 def _find_commit(ds: LanceDataset, since: int, merge_id: str) -> tuple[int, Any, list[str]] | None:
     """(version, transaction, key columns) of the commit carrying ``merge_id``. Versions
     already read for it in this process are not read again (a tag left by a writer that died
@@ -222,15 +309,21 @@ def _age(when: datetime) -> timedelta:
 
 
 def merge_hook(point: str) -> None:
-    """The test hook (:data:`HOOK_ENV`): ``planned`` waits for ``go``; ``committed`` exits."""
+    """The test hook (:data:`HOOK_ENV`, a folder of one writer). At ``point`` (``acquire``:
+    about to take the lease; ``waiting``: another writer holds it; ``planned``: read, not yet
+    committed; ``committed``) it leaves ``at-<point>``; with ``pause-<point>`` in the folder it
+    then waits for ``go-<point>``; after ``committed`` it exits as if killed -9 when the folder
+    holds ``exit-after-commit``."""
     folder = os.environ.get(HOOK_ENV)
     if not folder:
         return
-    if point == "planned":
-        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
-            pass
+    with open(os.path.join(folder, f"at-{point}"), "w"):
+        pass
+    if os.path.exists(os.path.join(folder, f"pause-{point}")):
         deadline = time.monotonic() + 120
-        while not os.path.exists(os.path.join(folder, "go")) and time.monotonic() < deadline:
+        while not os.path.exists(os.path.join(folder, f"go-{point}")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"test hook: no go-{point} in {folder}")
             time.sleep(0.005)
-    elif point == "committed" and os.path.exists(os.path.join(folder, "exit-after-commit")):
-        os._exit(9)  # as a kill -9: no cleanup, no repair
+    if point == "committed" and os.path.exists(os.path.join(folder, "exit-after-commit")):
+        os._exit(9)  # as a kill -9: no cleanup, no repair, the lease not given back

@@ -9,8 +9,8 @@ writers against moto's server and checks that no commit is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,14 +30,21 @@ from matrixos.errors import (
 )
 from matrixos.storage._errors import is_storage_failure, storage_error, version_not_found
 from matrixos.storage._lance_merge import (
+    RECORDED,
     declare_key,
+    drop_duplicate_inserts,
     merge_hook,
     merge_properties,
     primary_key,
     settle_merges,
+    start_recorded,
     tag_merge,
     untag_merge,
 )
+from matrixos.storage._lance_merge import (
+    sql_literal as sql_literal,  # Lance filter literals, for other modules (ai/rag.py)
+)
+from matrixos.storage._lease import Lease, merge_lease
 from matrixos.storage._retry import commit_retrying, gave_up
 from matrixos.storage.arrow import to_arrow_table
 from matrixos.storage.delta import cast_to, check_merge_source, conform
@@ -360,10 +367,11 @@ class LanceStore(TableStore):
     ) -> WriteResult:
         """Upsert ``data`` on the key columns ``on`` (``commit_metadata``: as for ``append``).
 
-        Two writers inserting the same new key leave it in the table once, even when one is
-        killed right after its commit: the first merge declares the key Lance's primary key,
-        so that Lance refuses (and ``execute`` redoes) the later commit; merges it cannot
-        guard that way record a repair the next writer finishes (``storage/_lance_merge.py``).
+        Two writers inserting the same new key leave it in the table once, and no version
+        ever holds it twice, even when one is killed right after its commit: the first merge
+        declares the key Lance's primary key, so that Lance refuses (and the merge redoes) the
+        later commit; merges Lance cannot guard that way run one at a time under the table's
+        merge lease (``storage/_lance_merge.py``, ``storage/_lease.py``).
         """
         if not on:
             raise SchemaMismatch("merge needs at least one key column in on=[...]")
@@ -381,9 +389,9 @@ class LanceStore(TableStore):
         declared = primary_key(ds.schema)
         guarded = inserts and not commit_metadata and sorted(declared) == sorted(keys)
 
-        def builder(ds: LanceDataset) -> Any:
+        def builder(ds: LanceDataset, retries: int | None = None) -> Any:
             b = ds.merge_insert(declared if guarded else keys)
-            b = b.conflict_retries(max(self.commit_retries, 0))
+            b = b.conflict_retries(max(self.commit_retries, 0) if retries is None else retries)
             if when_matched == "update":
                 b = b.when_matched_update_all()
             if inserts:
@@ -392,8 +400,7 @@ class LanceStore(TableStore):
                 b = b.when_not_matched_by_source_delete()
             return b
 
-        if not inserts or guarded:
-            # No new key, or Lance checks the new keys against concurrent commits.
+        if not inserts:  # no new key: nothing to guard
             merge_hook("planned")
             try:
                 if commit_metadata:
@@ -405,52 +412,120 @@ class LanceStore(TableStore):
                 raise _translate(e, f"merge into {self.location} failed", self) from e
             merge_hook("committed")
             return WriteResult(version, dict(metrics))
+        if guarded:
+            return self._declared_merge(ds, builder, source)
         return self._recorded_merge(ds, builder, source, keys, commit_metadata)
+
+    def _declared_merge(
+        self, ds: LanceDataset, builder: Callable[..., Any], source: pa.Table
+    ) -> WriteResult:
+        """A merge on the declared key: Lance refuses the later of two commits that insert the
+        same key, and the merge runs again. Lance does not check a recorded merge's commit
+        against ours, so on a table with recorded merges this one takes the lease too;
+        elsewhere Lance may not retry it itself (a retry after a recorded merge's fence must
+        start here, and take the lease)."""
+        fresh = [ds]
+
+        def attempt() -> tuple[dict[str, Any], int]:
+            current = fresh.pop() if fresh else self.open()
+            with contextlib.ExitStack() as lease:
+                if RECORDED in current.config():
+                    lease.enter_context(self._merge_lease())
+                    current = self.open()
+                    retries = None
+                else:
+                    retries = 0
+                merge_hook("planned")
+                try:
+                    metrics = builder(current, retries).execute(source)
+                except Exception as e:
+                    raise _translate(e, f"merge into {self.location} failed", self) from e
+                merge_hook("committed")
+                return dict(metrics), int(current.version)  # execute moved it to its commit
+
+        metrics, version = self._with_retries("merge", attempt, self.commit_retries)
+        return WriteResult(version, metrics)
+
+    def _merge_lease(self) -> contextlib.AbstractContextManager[Lease]:
+        merge_hook("acquire")
+        return merge_lease(
+            self.location,
+            self.storage_options,
+            what=f"merge into {self.label}",
+            on_wait=lambda: merge_hook("waiting"),
+        )
 
     def _recorded_merge(
         self,
         ds: LanceDataset,
-        builder: Callable[[LanceDataset], Any],
+        builder: Callable[..., Any],
         source: pa.Table,
         keys: list[str],
         commit_metadata: Mapping[str, str] | None,
     ) -> WriteResult:
-        """A merge Lance does not check for concurrent inserts of its new keys: tagged, then
-        committed with its id, then repaired if it was concurrent, then untagged."""
-        try:
-            merge_id = tag_merge(ds)
-        except Exception as e:
-            raise _translate(e, f"merge into {self.location} failed", self) from e
-        props = {**(commit_metadata or {}), **merge_properties(merge_id, keys)}
-        fresh = [ds]
-
-        def attempt() -> tuple[dict[str, Any], int, int]:
-            current = fresh.pop() if fresh else self.open()
-            merge_hook("planned")
+        """A merge Lance does not check for concurrent inserts of its new keys: under the
+        table's merge lease, reading the table after taking it. Where the lease can be lost
+        (S3: a holder stalled past its TTL), the merge is also tagged and committed with its id,
+        so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``)."""
+        with self._merge_lease() as lease:
             try:
-                metrics, version = self._commit_merge(builder(current), source, props)
+                ds = self.open()
+                if lease.took_over:  # from a writer that died, maybe after its commit
+                    ds = self._settle(ds)
+                if start_recorded(ds, keys, self._commit_fence):
+                    ds = self.open()
+                merge_id = tag_merge(ds) if lease.lossable else None
             except Exception as e:
                 raise _translate(e, f"merge into {self.location} failed", self) from e
-            return metrics, version, int(current.version)
+            props = {**(commit_metadata or {})}
+            if merge_id is not None:
+                props.update(merge_properties(merge_id, keys))
+            fresh = [ds]
 
-        try:
-            metrics, version, read_version = self._with_retries(
-                "merge", attempt, self.commit_retries
-            )
-        except (ConcurrentWriteError, SchemaMismatch, SQLError):
-            untag_merge(ds, merge_id)  # nothing was committed
-            raise
-        # (any other failure keeps the tag: a commit may have landed; the next writer checks)
-        merge_hook("committed")
-        if metrics.get("num_inserted_rows") and version > read_version + 1:
-            # Another writer committed meanwhile and Lance did not check the new keys:
-            # keep the later commit's row, as if the merges had run one after the other.
-            repaired = self._drop_duplicate_inserts(self.open(), source.select(keys))
-            version = repaired if repaired is not None else version
-        untag_merge(ds, merge_id)
+            def attempt() -> tuple[dict[str, Any], int, int]:
+                current = fresh.pop() if fresh else self.open()
+                merge_hook("planned")
+                try:
+                    metrics, version = self._commit_merge(builder(current), source, props)
+                except Exception as e:
+                    raise _translate(e, f"merge into {self.location} failed", self) from e
+                return metrics, version, int(current.version)
+
+            try:
+                metrics, version, read_version = self._with_retries(
+                    "merge", attempt, self.commit_retries
+                )
+            except (ConcurrentWriteError, SchemaMismatch, SQLError):
+                if merge_id is not None:
+                    untag_merge(ds, merge_id)  # nothing was committed
+                raise
+            # (any other failure keeps the tag: a commit may have landed; the next writer checks)
+            merge_hook("committed")
+            if metrics.get("num_inserted_rows") and version > read_version + 1:
+                # Another commit landed meanwhile: a writer outside MatrixOS (it takes no
+                # lease), or a merge that took over a lease we held too long: keep the later
+                # commit's row, as if the merges had run one after the other.
+                try:
+                    repaired = self._drop_duplicate_inserts(self.open(), source.select(keys))
+                except Exception as e:  # the tag stays (if any): the next writer repairs
+                    raise _translate(e, f"repair after a merge into {self.location}", self) from e
+                version = repaired if repaired is not None else version
+            if merge_id is not None:
+                untag_merge(ds, merge_id)
         # Our commit's own version: reading the latest one instead could report a concurrent
         # writer's commit as ours.
         return WriteResult(version, dict(metrics))
+
+    def _commit_fence(self, tx: Any) -> None:
+        import lance
+
+        lance.LanceDataset.commit(
+            self.location,
+            tx,
+            read_version=tx.read_version,
+            storage_options=self.storage_options,
+            max_retries=max(self.commit_retries, 0),
+        )
 
     def _commit_merge(
         self, builder: Any, source: pa.Table, properties: Mapping[str, str]
@@ -484,43 +559,7 @@ class LanceStore(TableStore):
 
     def _drop_duplicate_inserts(self, ds: LanceDataset, keys: pa.Table) -> int | None:
         """Delete the rows concurrent merges duplicated; the version of the last delete."""
-        import pyarrow.compute as pc
-
-        if "_row_created_at_version" not in _system_columns(ds):
-            return None
-        on = keys.column_names
-        first = on[0]
-        values = pc.unique(keys.column(first).combine_chunks())
-        doomed: list[int] = []
-        for start in range(0, len(values), 1000):
-            chunk = values.slice(start, 1000).to_pylist()
-            literal = ", ".join(sql_literal(v) for v in chunk if v is not None)
-            if not literal:
-                continue
-            found = ds.to_table(
-                columns=[*on, "_rowid", "_row_created_at_version"],
-                filter=f"{_lance_ident(first)} IN ({literal})",
-            )
-            if found.num_rows < 2:
-                continue
-            order = found.sort_by(
-                [(c, "ascending") for c in on]
-                + [("_row_created_at_version", "descending"), ("_rowid", "descending")]
-            )
-            seen: set[tuple[Any, ...]] = set()
-            cols = [order.column(c).to_pylist() for c in on]
-            for i, rid in enumerate(order.column("_rowid").to_pylist()):
-                key = tuple(col[i] for col in cols)
-                if key in seen:
-                    doomed.append(int(rid))
-                seen.add(key)
-        version = None
-        for start in range(0, len(doomed), 1000):
-            ids = ", ".join(str(r) for r in doomed[start : start + 1000])
-            log.info("removing %d rows a concurrent merge duplicated", len(doomed))
-            ds.delete(f"_rowid IN ({ids})", conflict_retries=max(self.commit_retries, 0))
-            version = int(ds.version)
-        return version
+        return drop_duplicate_inserts(ds, keys, max(self.commit_retries, 0))
 
     def delete(self, predicate: str | None = None) -> WriteResult:
         """Delete rows matching ``predicate`` (a SQL expression), or all rows."""
@@ -656,33 +695,6 @@ class LanceStore(TableStore):
         except MatrixOSError as e:
             log.warning("auto-compaction of %s skipped: %s", self.location, e)
             return None
-
-
-def _system_columns(ds: LanceDataset) -> set[str]:
-    try:
-        ds.to_table(columns=["_row_created_at_version"], limit=0)
-    except Exception:
-        return set()
-    return {"_row_created_at_version"}
-
-
-def _lance_ident(name: str) -> str:
-    """``name`` as a backtick-quoted identifier of Lance's filter SQL (a key column's name is
-    user input: quoted by sqlglot, never pasted)."""
-    from sqlglot import exp
-
-    return str(exp.to_identifier(name, quoted=True).sql(dialect="spark"))
-
-
-def sql_literal(v: Any) -> str:
-    """``v`` as a literal of Lance's filter SQL: a key value is user data, written by sqlglot."""
-    from sqlglot import exp
-
-    if isinstance(v, bool):
-        return "TRUE" if v else "FALSE"
-    if isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)):
-        return repr(v)
-    return str(exp.Literal.string(v if isinstance(v, str) else str(v)).sql(dialect="duckdb"))
 
 
 def lance_sql(expr: str) -> str:
