@@ -313,6 +313,28 @@ def test_import_is_light() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_a_point_query_in_a_fresh_process_loads_neither_pandas_nor_ray(tmp_path) -> None:
+    # Pruning compares the literals with file statistics without making pyarrow scalars
+    # (making one imports pandas: ~0.2 s of a process's first statement).
+    wh = str(tmp_path / "wh")
+    with mx.connect(wh) as lh:
+        lh.create_table(
+            "t", pa.table({"id": [1, 5, 9], "s": ["a", "b", "c"], "v": [0.5, 1.5, 9.0]})
+        )
+    code = (
+        "import sys, matrixos as mx; lh = mx.connect(sys.argv[1]); "
+        "got = [lh.sql(q).fetchall() for q in ("
+        "'SELECT s FROM t WHERE id = 5', \"SELECT id FROM t WHERE s = 'c'\", "
+        "'SELECT id FROM t WHERE v < 1', 'SELECT id FROM t WHERE id = 2147483648', "
+        "'SELECT id FROM t WHERE v = 9')]; "
+        "print(got, [m for m in ('pandas', 'ray') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, wh], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[[('b',)], [(9,)], [(1,)], [], [(9,)]] []"
+
+
 def test_connect_defaults_to_env_warehouse(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MATRIXOS_WAREHOUSE", str(tmp_path / "wh"))
     lh = mx.connect()
