@@ -17,6 +17,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+#: Rows per Arrow batch of a whole-table read (DuckDB's own default).
+BATCH_ROWS = 128 * 1024
+
 try:  # DuckDB >= 2.0's Python layer
     from duckdb import _seam
 
@@ -39,3 +42,14 @@ def stream(
         return result.arrow_reader(), types
     rel = cur.sql(sql)
     return rel.to_arrow_reader(batch_rows), [str(t) for t in rel.types]
+
+
+def table(cur: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """All rows of the query ``sql`` on ``cur`` as one Arrow table (parsed and bound once)."""
+    if _submit is not None:
+        result = _submit(cur, sql, None, "arrow", BATCH_ROWS)
+        if not result.description:
+            result.close()
+            return pa.table({})
+        return result.arrow_table()
+    return cur.sql(sql).to_arrow_table()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from matrixos.engine import duck
 from matrixos.engine.dist.blocks import Refused, Rel
 from matrixos.engine.dist.explain import describe_scan
 from matrixos.engine.dist.merge import merge
@@ -178,8 +179,8 @@ def _final(query: QueryContext, rel: Rel, schema: pa.Schema) -> pa.Table:
                 else sources[name].schema.empty_table(),
             )
         if final.pre is not None:
-            cur.register("__mx_result", cur.sql(final.pre).to_arrow_table())
-        out = cur.sql(final.sql("__mx_result")).to_arrow_table()
+            cur.register("__mx_result", duck.table(cur, final.pre))
+        out = duck.table(cur, final.sql("__mx_result"))
     except duckdb.Error as e:
         raise session.engine_error(e, "") from e
     finally:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from matrixos.engine import duck
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -77,7 +79,7 @@ def merge(cur: duckdb.DuckDBPyConnection, plan: FragmentPlan, partials: pa.Table
     query's own projections, HAVING, ORDER BY and LIMIT, over the fragments' results."""
     cur.register("__mx_partials", partials)
     if plan.merge_sql is not None:
-        merged = cur.sql(plan.merge_sql).to_arrow_table()
+        merged = duck.table(cur, plan.merge_sql)
         for avg in plan.avgs:
             merged = merged.append_column(
                 avg.column,
@@ -88,4 +90,4 @@ def merge(cur: duckdb.DuckDBPyConnection, plan: FragmentPlan, partials: pa.Table
                 ),
             )
         cur.register("__mx_merged", merged)
-    return cur.sql(plan.final_sql).to_arrow_table()
+    return duck.table(cur, plan.final_sql)

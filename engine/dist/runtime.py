@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from matrixos.engine import duck
 from matrixos.engine.filecache import ReadStats, localize, readable_dirs
 from matrixos.engine.sandbox import locked_connection
 from matrixos.engine.scan import FileEntry, PrunedScan, make_context, render_scan
@@ -76,7 +77,7 @@ def run_fragment(
         body = render_scan(scan, ctx)
         for name, obj in ctx.registrations.items():
             cur.register(name, obj)
-        rows = cur.sql(sql.replace(placeholder, f"({body})")).to_arrow_table()
+        rows = duck.table(cur, sql.replace(placeholder, f"({body})"))
         return rows, stats, task_usage(started)
     except duckdb.Error as e:
         # DuckDB's exceptions do not survive pickling with their type: send what maps it.
@@ -231,7 +232,7 @@ def run_stage(
         for name, table in arrow.items():
             cur.register(name, table)
         if key_sql is None or nout == 1:
-            outs = [cur.sql(text).to_arrow_table()]
+            outs = [duck.table(cur, text)]
         else:
             rows = cur.sql(f"SELECT *, {key_sql} AS __mx_bucket FROM ({text}) AS __mx_q")
             table = rows.to_arrow_table()

@@ -20,8 +20,8 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
+from matrixos.engine import duck
 from matrixos.engine.context import table_refs
-from matrixos.engine.duck import stream
 from matrixos.engine.interrupt import track
 from matrixos.engine.result import Result
 from matrixos.engine.sandbox import locked_connection
@@ -118,7 +118,7 @@ class LocalRunner:
                     lines.extend(str(row[-1]).splitlines())
                 cur.close()
                 return Result.from_table(pa.table({"plan": lines}), statement="EXPLAIN")
-            reader, types = stream(cur, sql, BATCH_ROWS)
+            reader, types = duck.stream(cur, sql, BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, user_statement(tree))) from e
@@ -141,7 +141,7 @@ class LocalRunner:
         try:
             for name, obj in (sources or {}).items():
                 cur.register(name, obj)
-            reader, types = stream(cur, sql, BATCH_ROWS)
+            reader, types = duck.stream(cur, sql, BATCH_ROWS)
         except duckdb.Error as e:
             cur.close()
             raise without_scan_excerpt(engine_error(e, tree())) from e
@@ -157,7 +157,7 @@ class LocalRunner:
         ``pending`` rows of a write-ahead log."""
         cur = self.cursor([snap.location])
         try:
-            return cur.sql(self._scan_sql(cur, snap, columns, pending)).to_arrow_table()
+            return duck.table(cur, self._scan_sql(cur, snap, columns, pending))
         except duckdb.Error as e:
             raise engine_error(e, "") from e
         finally:
