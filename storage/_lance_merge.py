@@ -1,36 +1,52 @@
-"""Lance MERGE without duplicated keys: two writers inserting the same new key, crash-safe.
+"""Lance MERGE without duplicated keys: two writers inserting the same new key, crash-safe,
+and no version of the table ever holding a key twice.
 
 Two ``merge_insert`` commits that each insert a key the other also inserts add disjoint
 fragments, so Lance's conflict check finds nothing in common and both commit: the key is in
 the table twice (lance-format/lance#4585, #8949). Lance 14 checks it only when the merge key is
 the table's declared (unenforced) primary key: the merge then records a filter of the keys it
 inserted in its transaction, and a commit whose inserted keys meet those of a concurrent
-commit fails with a retryable conflict; ``execute`` then runs the merge again on the new
-version, where the key exists and is updated. No version with the key twice is ever
-committed, so a writer killed at any point leaves nothing to repair. MatrixOS uses this:
+commit fails with a retryable conflict. The check is one-sided: a commit without that filter
+(another key, ``execute_uncommitted`` + ``commit``) is not compared with a filtered commit that
+landed meanwhile, while a filtered commit conflicts with any concurrent unfiltered merge, even
+an empty one (tests/storage/test_lance_merge_race.py pins all of this). MatrixOS uses it so:
 
 1. **Declared key** (:func:`declare_key`): the first merge on a Lance table declares its key
    columns the table's primary key (``lance-schema:unenforced-primary-key``, positions for a
    composite key), when every key column is a type Lance hashes into that filter (32/64-bit
    integers, strings, binaries; for other types Lance silently skips the check) and holds no
    NULL (a declared key column is NOT NULL: Lance refuses the declaration otherwise, and later
-   rows with a NULL key). Merges on exactly that key commit through ``execute`` (the filter is
-   lost on the ``execute_uncommitted`` + ``commit`` path, which merges with commit metadata
-   take).
-2. **Recorded repair** (:func:`tag_merge`, :func:`settle_merges`): every other merge (another
-   key, keys of other types, keys with NULLs, commit metadata, a table declared by someone
-   else) first tags the version it reads ``matrixos-merge-<id>`` (a Lance tag: a small object
-   under ``_refs/tags``), commits with ``matrixos.merge_id`` and ``matrixos.merge_on`` in its
-   transaction properties, repairs a concurrent duplicate itself (keeps the later commit's
-   row, as if the merges had run one after the other) and deletes its tag. A writer killed
-   between its commit and the end of its repair leaves the tag: the next MatrixOS writer of
-   the table (any append, merge, update, delete or optimize) lists the tags, finds the commit
-   by its id and, when it was concurrent, makes the same deterministic repair (idempotent: a
-   second repairer deletes the same rows or finds none) and deletes the tag. A tag whose merge
-   never committed is deleted once :data:`STALE_TAG` old (its writer died before its commit).
-   Readers between that commit and the repair see the duplicate. Only tables whose config has
-   :data:`RECORDED` (set by a commit before a table's first recorded merge; the config is in
-   every manifest) have their tags listed, so writers of other tables make no extra request.
+   rows with a NULL key). Merges on exactly that key commit through ``execute``; of two that
+   insert one key, the later commit fails and the merge runs again, updating the key.
+2. **Merge lease** (``storage/_lease.py``): every other merge that inserts (another key, keys
+   of other types, keys with NULLs, commit metadata, a table declared by someone else) takes
+   the table's lease, opens the table, commits, and gives the lease back: such merges run one
+   after the other, and the second reads the first one's keys. Before a table's first such
+   merge reads it, :func:`start_recorded` sets :data:`RECORDED` in the table's config
+   (``fencing``), commits a fence (an empty merge: ``MERGE FENCE``) and sets it ``true``.
+   Declared merges that insert take the lease when the table they read has :data:`RECORDED`
+   (Lance would not check a lease holder's later commit against theirs); those that read it
+   without the flag run with no Lance retry, so one still in flight when the flag is set
+   conflicts with the fence, starts over in MatrixOS, sees the flag and takes the lease.
+3. **Recorded repair** (:func:`tag_merge`, :func:`settle_merges`), for a lease that can be
+   lost (S3: a holder stalled past its TTL, after which another merge takes it over): the
+   merge tags the version it reads ``matrixos-merge-<id>`` (a Lance tag: a small object under
+   ``_refs/tags``), commits with ``matrixos.merge_id`` and ``matrixos.merge_on`` in its
+   transaction properties and deletes its tag. Such a merge (2.) whose commit is not
+   the one right after its read (a writer outside MatrixOS, or a lost lease) deletes the older
+   copy of each key it inserted (:func:`drop_duplicate_inserts`: as if the merges had run one
+   after the other). A writer killed between its commit and that repair leaves the tag: the
+   next MatrixOS writer of the table (any append, merge, update, delete or optimize, and the
+   merge that takes an expired lease over) lists the tags, finds the commit by its id and
+   makes the same deterministic repair (idempotent) and deletes the tag. A tag whose merge
+   never committed is deleted once :data:`STALE_TAG` old. Local leases cannot be lost while
+   their holder lives (``flock``), so local merges make no tag.
+
+So no version committed by MatrixOS writers holds a key twice, except on S3 between a stalled
+holder's late commit and its repair. Writers outside MatrixOS take no lease: Lance checks
+their merges on the declared key; on other keys a duplicate is repaired only when a MatrixOS
+merge commits after theirs. Only tables with :data:`RECORDED` (in every manifest, read with
+it) have their tags listed, so writers of other tables make no extra request.
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ DEFAULT_TTL = 30.0
 DEFAULT_WAIT = 120.0
 #: Old lease objects are deleted once this many have piled up (one bulk DELETE).
 _CLEANUP_AT = 8
+#: S3 lease prefix → the number this process released last: its next taker here first tries
+#: to create the next number directly (a PUT and a check instead of a LIST first).
+_RELEASED: dict[str, int] = {}
 _PROCESS_LOCKS: dict[str, threading.Lock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
@@ -193,11 +196,18 @@ class ObjectLease(Lease):
     def _is_highest(self, n: int) -> bool:
         """Whether ``n`` is the highest object: a number re-created after its deletion never
         is (see the module docstring)."""
-        numbers, _ = self._list()
-        return max(numbers, default=0) == n
+        numbers, released = self._list()
+        if max(numbers, default=0) != n:
+            return False
+        self._cleanup(n, numbers, released)
+        return True
 
     def acquire(self, wait: float, on_wait: Callable[[], None] | None) -> bool:
         """Take the lease, waiting up to ``wait`` seconds; False if it stayed held."""
+        last = _RELEASED.pop(self.prefix, 0)
+        if last and self._create(last + 1) and self._is_highest(last + 1):
+            self._won(last + 1, took_over=False)  # this process gave back the last one
+            return True
         deadline = time.monotonic() + wait
         delay = 0.01
         seen = (0, time.monotonic())  # the highest object, and when this taker first saw it
@@ -211,12 +221,7 @@ class ObjectLease(Lease):
                 if not free:
                     log.warning("taking over the expired merge lease %s", self._path(top))
                 if self._create(top + 1) and self._is_highest(top + 1):
-                    self.number, self.took_over = top + 1, not free
-                    self._cleanup(numbers, released)
-                    self._renewer = threading.Thread(
-                        target=self._renew, name="matrixos-merge-lease", daemon=True
-                    )
-                    self._renewer.start()
+                    self._won(top + 1, took_over=not free)
                     return True
             if on_wait is not None:  # held by another writer (or it just won the race)
                 on_wait()
@@ -225,6 +230,11 @@ class ObjectLease(Lease):
                 return False
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 1.5, 0.25)
+
+    def _won(self, n: int, *, took_over: bool) -> None:
+        self.number, self.took_over = n, took_over
+        self._renewer = threading.Thread(target=self._renew, name="matrixos-lease", daemon=True)
+        self._renewer.start()
 
     def _expired(self, n: int, entry: Mapping[str, Any], watched: float) -> bool:
         """Whether object ``n`` is older than its TTL by its LastModified (the store's clock
@@ -243,10 +253,10 @@ class ObjectLease(Lease):
             self._ttls[n] = ttl
         return max(age, watched) > max(ttl, self.ttl)
 
-    def _cleanup(self, numbers: Mapping[int, Any], released: set[int]) -> None:
-        """Delete the objects before the previous one, once enough have piled up."""
-        old = [n for n in numbers if n < self.number - 1]
-        old_marks = [n for n in released if n < self.number - 1]
+    def _cleanup(self, top: int, numbers: Mapping[int, Any], released: set[int]) -> None:
+        """Delete the objects before the one below ``top``, once enough have piled up."""
+        old = [n for n in numbers if n < top - 1]
+        old_marks = [n for n in released if n < top - 1]
         if len(old) + len(old_marks) < _CLEANUP_AT:
             return
         paths = [self._path(n) for n in old] + [self._path(n, ".released") for n in old_marks]
@@ -293,3 +303,5 @@ class ObjectLease(Lease):
                 self.fs.pipe_file(self._path(self.number, ".released"), b"")
             except Exception as e:  # the lease then expires after its TTL
                 log.warning("could not release the merge lease %s: %s", self.prefix, e)
+                return
+            _RELEASED[self.prefix] = self.number

@@ -431,7 +431,7 @@ class LanceStore(TableStore):
             with contextlib.ExitStack() as lease:
                 if RECORDED in current.config():
                     lease.enter_context(self._merge_lease())
-                    current = self.open()
+                    current = self._latest(current)
                     retries = None
                 else:
                     retries = 0
@@ -445,6 +445,16 @@ class LanceStore(TableStore):
 
         metrics, version = self._with_retries("merge", attempt, self.commit_retries)
         return WriteResult(version, metrics)
+
+    def _latest(self, ds: LanceDataset) -> LanceDataset:
+        """The table at its latest version: ``ds`` itself when nothing committed since (one
+        LIST on S3 instead of opening the table again)."""
+        try:
+            if int(ds.latest_version) == int(ds.version):
+                return ds
+        except Exception as e:
+            raise _translate(e, f"cannot open Lance table at {self.location}", self) from e
+        return self.open()
 
     def _merge_lease(self) -> contextlib.AbstractContextManager[Lease]:
         merge_hook("acquire")
@@ -469,7 +479,7 @@ class LanceStore(TableStore):
         so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``)."""
         with self._merge_lease() as lease:
             try:
-                ds = self.open()
+                ds = self._latest(ds)
                 if lease.took_over:  # from a writer that died, maybe after its commit
                     ds = self._settle(ds)
                 if start_recorded(ds, keys, self._commit_fence):

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pytest
 
 from matrixos.errors import ConcurrentWriteError, SchemaMismatch
-from matrixos.storage import _lance_merge
+from matrixos.storage import _lance_merge, _lease
 from matrixos.storage._lance_merge import (
     FENCING,
     HOOK_ENV,
@@ -481,6 +481,14 @@ def test_an_s3_lease_number_created_again_after_cleanup_is_never_held(s3_server:
     stale = ObjectLease(location, options, ttl=30)
     assert stale._create(1)  # the put succeeds: number 1 had been deleted
     assert not stale._is_highest(1)
+    # A process that gave back number n first tries n + 1 directly: never past a live holder.
+    holder = ObjectLease(location, options, ttl=30)
+    assert holder.acquire(5, None) and holder.number == 13
+    _lease._RELEASED[holder.prefix] = 12  # as another process that gave back 12 remembers
+    assert not ObjectLease(location, options, ttl=30).acquire(0.3, None)
+    _lease._RELEASED[holder.prefix] = 3  # long ago: 4 is taken, or re-created below the top
+    assert not ObjectLease(location, options, ttl=30).acquire(0.3, None)
+    holder.release()
 
 
 def test_the_lease_wait_and_ttl_come_from_the_environment(
