@@ -71,6 +71,9 @@ class Target:
     settings: dict[str, Any] = field(default_factory=dict)  # for the writers' mx.connect
     location: str = ""  # the table's folder, filled in by ``setup``
     weights: dict[str, int] | None = None  # the writers' operation mix (default: *_OPS)
+    # Lance merges with commit metadata: they run under the table's merge lease
+    # (storage/_lease.py) instead of Lance's declared-key check
+    recorded_merges: bool = False
 
 
 @dataclass
@@ -209,7 +212,14 @@ def replay(path: Path) -> Replay:
 
 # ------------------------------------------------------------------------------- the writer
 def _operation(
-    t: Any, kind: str, w: int, n: int, mine: list[int], new_ids: list[int], rng: random.Random
+    t: Any,
+    kind: str,
+    w: int,
+    n: int,
+    mine: list[int],
+    new_ids: list[int],
+    rng: random.Random,
+    recorded: bool = False,
 ) -> tuple[dict[str, Any], Callable[[], Any]] | None:
     """Operation ``n`` of writer ``w``: its exact effect on the writer's rows, and the call."""
 
@@ -220,6 +230,10 @@ def _operation(
         return {"set": dict.fromkeys(new_ids, n)}, partial(t.append, rows(new_ids))
     if kind == "merge":
         keys = rng.sample(mine, min(len(mine), 2)) + new_ids[:2]
+        if recorded:
+            meta = {"torture": str(n)}
+            call = partial(t.store.merge, rows(keys), on=["id"], commit_metadata=meta)
+            return {"set": dict.fromkeys(keys, n)}, call
         return {"set": dict.fromkeys(keys, n)}, partial(t.merge, rows(keys), on=["id"])
     if kind in ("update", "delete"):
         if not mine:
@@ -285,7 +299,7 @@ def _write(lh: Any, target: Target, w: int, seed: int) -> None:
             kind = rng.choice([k for k in RARE_OPS if target.format == "delta" or k != "zorder"])
         # ids never used before: 8 per operation number (numbers are never reused)
         new_ids = [w * ID_SPACE + n * 8 + i for i in range(rng.randint(1, 4))]
-        op = _operation(t, kind, w, n, sorted(state), new_ids, rng)
+        op = _operation(t, kind, w, n, sorted(state), new_ids, rng, target.recorded_merges)
         if op is None:
             continue  # update/delete with no rows of ours yet
         effect, call = op

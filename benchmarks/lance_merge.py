@@ -5,9 +5,10 @@ MERGE latency on Lance tables through the public API (``lh.table(...).merge``) b
 one run so that a loaded machine slows both alike. Each merge upserts ``--rows`` rows: half
 update existing keys, half insert new ones. Two MatrixOS tables: an integer key (the first
 merge declares it Lance's primary key, so Lance checks concurrent inserts of the same key)
-and a float key (Lance does not check it: the merge is tagged and its repair recorded). Also
-one-row appends to the integer table (each write first looks for merges a dead writer left to
-repair) beside plain lance appends. Prints p50/p99 per kind and the ratio of p50s to plain
+and a float key (Lance does not check it: the merge takes the table's merge lease, an
+``flock`` locally, put-if-absent objects on S3, plus a repair tag on S3). Also one-row appends
+to the integer table (each write first looks for merges a dead writer left to repair) beside
+plain lance appends. Prints p50/p99 per kind and the ratio of p50s to plain
 lance's merge (or append). ``--backend s3``: a moto server on 127.0.0.1.
 """
 

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--kinds", help="with --trials-per-kind: only these kinds, e.g. delete,vacuum")
     ap.add_argument(
+        "--recorded-merges",
+        action="store_true",
+        help="Lance: merges carry commit metadata (as map_batches resumes do), so they run under "
+        "the table's merge lease instead of Lance's declared-key check",
+    )
+    ap.add_argument(
         "--trials-per-round",
         type=int,
         default=50,
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             uri, opts = f"{work}/warehouse", None
         target = Target(uri, opts, args.format, f"{work}/ledgers", settings)
+        target.recorded_merges = args.recorded_merges
         started = time.monotonic()
         stopping: list[str] = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))

@@ -426,25 +426,27 @@ class LanceStore(TableStore):
         start here, and take the lease)."""
         fresh = [ds]
 
-        def attempt() -> tuple[dict[str, Any], int]:
-            current = fresh.pop() if fresh else self.open()
-            with contextlib.ExitStack() as lease:
-                if RECORDED in current.config():
-                    lease.enter_context(self._merge_lease())
-                    current = self._latest(current)
-                    retries = None
-                else:
-                    retries = 0
-                merge_hook("planned")
-                try:
-                    metrics = builder(current, retries).execute(source)
-                except Exception as e:
-                    raise _translate(e, f"merge into {self.location} failed", self) from e
-                merge_hook("committed")
-                return dict(metrics), int(current.version)  # execute moved it to its commit
+        def execute(current: LanceDataset, retries: int | None) -> tuple[dict[str, Any], int]:
+            merge_hook("planned")
+            try:
+                metrics = builder(current, retries).execute(source)
+            except Exception as e:
+                raise _translate(e, f"merge into {self.location} failed", self) from e
+            merge_hook("committed")
+            return dict(metrics), int(current.version)  # execute moved it to its commit
 
-        metrics, version = self._with_retries("merge", attempt, self.commit_retries)
-        return WriteResult(version, metrics)
+        def attempt() -> tuple[dict[str, Any], int] | None:
+            current = fresh.pop() if fresh else self.open()
+            if RECORDED in current.config():
+                fresh.append(current)
+                return None  # recorded merges happen here now: under the lease, below
+            return execute(current, 0)
+
+        done = self._with_retries("merge", attempt, self.commit_retries)
+        if done is None:
+            with self._merge_lease():  # Lance may retry it: the lease stays ours meanwhile
+                done = execute(self._latest(fresh.pop()), None)
+        return WriteResult(done[1], done[0])
 
     def _latest(self, ds: LanceDataset) -> LanceDataset:
         """The table at its latest version: ``ds`` itself when nothing committed since (one
