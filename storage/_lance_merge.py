@@ -211,7 +211,7 @@ def settle_merges(ds: LanceDataset, repair: Any) -> bool:
     docstring); ``repair(ds, keys)`` deletes duplicates of ``keys``. True if one committed."""
     if RECORDED not in ds.config():  # no recorded merge ever: nothing to list (no request)
         return False
-    tags = {name: info for name, info in ds.tags.list().items() if name.startswith(TAG_PREFIX)}
+    tags = _merge_tags(ds)
     repaired = False
     for name, info in sorted(tags.items(), key=lambda kv: int(kv[1]["version"])):
         merge_id = name[len(TAG_PREFIX) :]
@@ -300,6 +300,22 @@ def sql_literal(v: Any) -> str:
     if isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)):
         return repr(v)
     return str(exp.Literal.string(v if isinstance(v, str) else str(v)).sql(dialect="duckdb"))
+
+
+def _merge_tags(ds: LanceDataset) -> dict[str, Any]:
+    """The merge tags of the table. Lance lists the tag files, then reads each: a tag another
+    writer deletes in between fails the whole listing ("Not found"), so list again; after a
+    few such races leave them to the next writer."""
+    for _ in range(5):
+        try:
+            found = ds.tags.list()
+        except Exception as e:
+            if "not found" not in str(e).lower():
+                raise
+            continue
+        return {name: info for name, info in found.items() if name.startswith(TAG_PREFIX)}
+    log.info("merge tags of %s kept changing while listed: left to the next writer", ds.uri)
+    return {}
 
 
 def _find_commit(ds: LanceDataset, since: int, merge_id: str) -> tuple[int, Any, list[str]] | None:

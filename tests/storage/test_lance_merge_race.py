@@ -543,6 +543,32 @@ def test_a_tag_whose_merge_never_committed_goes_once_stale(
     assert store.open().count_rows() == 4
 
 
+def test_writers_list_the_tags_while_others_create_and_delete_theirs(tmp_path: Path) -> None:
+    """Lance lists the tag files, then reads each: a tag deleted in between (another merge
+    done with it) failed the listing, so an append beside S3 merges failed with "cannot
+    repair an earlier merge ... Not found" (the torture run with --recorded-merges)."""
+    store = LanceStore(str(tmp_path / "t"))
+    store.create({"id": [0.5], "v": ["a"]})
+    store.merge({"id": [1.5], "v": ["b"]}, on=["id"])  # RECORDED: writers list the tags
+    stop = threading.Event()
+
+    def churn() -> None:  # what S3 merges do: tag the version read, untag when done
+        ds = store.open()
+        while not stop.is_set():
+            name = tag_merge(ds)
+            ds.tags.delete(TAG_PREFIX + name)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for i in range(100):
+            store.append({"id": [2.5 + i], "v": ["c"]})
+    finally:
+        stop.set()
+        t.join()
+    assert store.open().count_rows() == 102
+
+
 def test_recorded_merges_start_with_a_fence_even_after_a_crash_midway(tmp_path: Path) -> None:
     """RECORDED goes ``fencing`` → fence → ``true``; a merge finding ``fencing`` (its first
     merger died before the fence) commits the fence again."""
