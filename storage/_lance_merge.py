@@ -83,6 +83,8 @@ STALE_TAG = timedelta(hours=1)
 #: Test hook: a folder; a merge waits there between reading and committing, and exits after
 #: its commit when the folder holds ``exit-after-commit`` (tests/storage/test_lance_merge_race).
 HOOK_ENV = "MATRIXOS_TEST_LANCE_MERGE_HOOK"
+#: How often a declaration that conflicted with another writer's commit looks again.
+DECLARE_ATTEMPTS = 5
 #: (dataset URI, key columns) whose declaration failed on a NULL key in this process.
 _HAS_NULLS: set[tuple[str, tuple[str, ...]]] = set()
 #: (dataset URI, merge id) → the last version read looking for that merge's commit.
@@ -116,39 +118,44 @@ def primary_key(schema: pa.Schema) -> list[str]:
 def declare_key(ds: LanceDataset, on: Sequence[str]) -> bool:
     """Declare ``on`` the primary key of the table at ``ds`` (NOT NULL first); True when it is
     declared now (by this call, or by a concurrent merge's that won the race), False when it
-    cannot be (a type Lance does not check, a NULL key, another key declared)."""
-    schema = ds.schema
-    if (
-        primary_key(schema)
-        or (ds.uri, tuple(on)) in _HAS_NULLS
-        or any(k not in schema.names or not _detectable(schema.field(k).type) for k in on)
-    ):
-        return False
-    try:
-        nullable: list[Any] = [
-            {"path": k, "nullable": False} for k in on if schema.field(k).nullable
-        ]
-        if nullable:
-            ds.alter_columns(*nullable)  # Lance refuses it while a key is NULL in any row
-        ds.update_field_metadata(
-            {k: {PK: "true", PK_POSITION: str(i + 1)} for i, k in enumerate(on)}
-        )
-    except Exception as e:  # NULL keys, or a concurrent schema change: the recorded repair
-        if _declared_meanwhile(ds, on):  # another merge's declaration of the same key won
-            return True
-        log.info("merge key %s not declared on %s: %s", list(on), ds.uri, e)
-        if "null" in str(e).lower():  # Lance scans the column to say so: once per process
-            _HAS_NULLS.add((ds.uri, tuple(on)))
-        return False
-    return True
+    cannot be (a type Lance does not check, a NULL key, another key declared).
 
-
-def _declared_meanwhile(ds: LanceDataset, on: Sequence[str]) -> bool:
-    try:
-        latest = ds.checkout_version(ds.latest_version)
-    except Exception:
-        return False
-    return sorted(primary_key(latest.schema)) == sorted(on)
+    A declaration is two commits (NOT NULL, then the key's metadata); another merge declaring
+    the same key at once makes ours conflict, maybe between its two: ours looks again at the
+    latest version and finishes it, until the key is declared (else that merge would take
+    the recorded path, and mark a table whose key Lance checks as one with recorded merges)."""
+    for attempt in range(DECLARE_ATTEMPTS):
+        schema = ds.schema
+        declared = primary_key(schema)
+        if declared:  # (the caller's dataset is older than ``ds`` after a conflict)
+            return attempt > 0 and sorted(declared) == sorted(on)
+        if (ds.uri, tuple(on)) in _HAS_NULLS or any(
+            k not in schema.names or not _detectable(schema.field(k).type) for k in on
+        ):
+            return False
+        try:
+            nullable: list[Any] = [
+                {"path": k, "nullable": False} for k in on if schema.field(k).nullable
+            ]
+            if nullable:
+                ds.alter_columns(*nullable)  # Lance refuses it while a key is NULL in any row
+            ds.update_field_metadata(
+                {k: {PK: "true", PK_POSITION: str(i + 1)} for i, k in enumerate(on)}
+            )
+        except Exception as e:  # NULL keys, or a concurrent commit
+            text = str(e).lower()
+            if "conflict" in text or "preempted" in text:
+                try:
+                    ds = ds.checkout_version(ds.latest_version)
+                except Exception:
+                    return False
+                continue
+            log.info("merge key %s not declared on %s: %s", list(on), ds.uri, e)
+            if "null" in text:  # Lance scans the column to say so: once per process
+                _HAS_NULLS.add((ds.uri, tuple(on)))
+            return False
+        return True
+    return False
 
 
 def start_recorded(ds: LanceDataset, on: Sequence[str], commit: Any) -> bool:

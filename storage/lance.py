@@ -480,12 +480,23 @@ class LanceStore(TableStore):
         (S3: a holder stalled past its TTL), the merge is also tagged and committed with its id,
         so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``)."""
         with self._merge_lease() as lease:
+            first = [ds]
+
+            def prepare() -> LanceDataset:
+                # The fence of a table's first recorded merge conflicts with a schema change
+                # committed meanwhile (a declaration's NOT NULL): again on the latest version.
+                current = self._latest(first.pop()) if first else self.open()
+                try:
+                    if lease.took_over:  # from a writer that died, maybe after its commit
+                        current = self._settle(current)
+                    if start_recorded(current, keys, self._commit_fence):
+                        current = self.open()
+                except Exception as e:
+                    raise _translate(e, f"merge into {self.location} failed", self) from e
+                return current
+
+            ds = self._with_retries("merge", prepare, self.commit_retries)
             try:
-                ds = self._latest(ds)
-                if lease.took_over:  # from a writer that died, maybe after its commit
-                    ds = self._settle(ds)
-                if start_recorded(ds, keys, self._commit_fence):
-                    ds = self.open()
                 merge_id = tag_merge(ds) if lease.lossable else None
             except Exception as e:
                 raise _translate(e, f"merge into {self.location} failed", self) from e

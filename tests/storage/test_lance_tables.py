@@ -189,6 +189,13 @@ def test_concurrent_writers_lose_no_commit(lh: mx.Lakehouse) -> None:
     expected_appends = sorted(me * 100 + i for me in (1, 2) for i in range(OPS))
     assert ids == sorted([-1, *expected_appends, *(1000 + i for i in range(OPS))])
     assert t.version >= 1 + 4 * OPS  # plus any repair of a duplicated insert
+    # Both first merges declared the int key, one of them maybe after its declaration met the
+    # other's: Lance checks the key, so the table is not one of recorded merges (the lease).
+    from matrixos.storage._lance_merge import RECORDED, primary_key
+
+    ds = lance.dataset(t.location, storage_options=lh.warehouse.options.to_delta() or None)
+    assert primary_key(ds.schema) == ["id"]
+    assert RECORDED not in ds.config()
 
 
 def test_duplicate_insert_from_a_merge_race_is_repaired(tmp_path: Any) -> None:
