@@ -78,7 +78,9 @@ class Lease:
     took_over = False
 
     def lost(self) -> bool:
-        """Whether another writer took the lease over (known at the last renewal)."""
+        """Whether the lease may be another writer's by now: taken over (known at the last
+        renewal), or not renewed for two thirds of its TTL (its holder stalled, so a taker may
+        find it expired before a renewal could tell). Checked right before a commit."""
         return False
 
 
@@ -163,6 +165,7 @@ class ObjectLease(Lease):
         self.holder = uuid.uuid4().hex
         self.number = 0  # the object this holder made last (0: none)
         self._lost = False
+        self._renewed = time.monotonic()  # when the request that made ``number`` started
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -205,6 +208,7 @@ class ObjectLease(Lease):
     def acquire(self, wait: float, on_wait: Callable[[], None] | None) -> bool:
         """Take the lease, waiting up to ``wait`` seconds; False if it stayed held."""
         last = _RELEASED.pop(self.prefix, 0)
+        self._renewed = time.monotonic()
         if last and self._create(last + 1) and self._is_highest(last + 1):
             self._won(last + 1, took_over=False)  # this process gave back the last one
             return True
@@ -220,6 +224,7 @@ class ObjectLease(Lease):
             if free or self._expired(top, numbers[top], time.monotonic() - seen[1]):
                 if not free:
                     log.warning("taking over the expired merge lease %s", self._path(top))
+                self._renewed = time.monotonic()
                 if self._create(top + 1) and self._is_highest(top + 1):
                     self._won(top + 1, took_over=not free)
                     return True
@@ -271,6 +276,7 @@ class ObjectLease(Lease):
                 if self._stop.is_set() or self._lost:
                     return
                 n = self.number + 1
+                started = time.monotonic()
                 try:
                     # (when n exists and is ours, an earlier try created it, then failed)
                     ours = self._create(n) or self._holder_of(n) == self.holder
@@ -282,7 +288,7 @@ class ObjectLease(Lease):
                     log.warning("lost the merge lease %s (stalled past its TTL?)", self.prefix)
                     self._lost = True
                     return
-                self.number = n
+                self.number, self._renewed = n, started
 
     def _holder_of(self, n: int) -> str | None:
         try:
@@ -291,7 +297,7 @@ class ObjectLease(Lease):
             return None
 
     def lost(self) -> bool:
-        return self._lost
+        return self._lost or time.monotonic() - self._renewed > self.ttl * 2 / 3
 
     def release(self) -> None:
         """Give the lease back: ``<n>.released`` (harmless when it was lost meanwhile)."""

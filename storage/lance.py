@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: How often a merge whose S3 lease was lost before its commit starts over under a new one.
+LEASE_ROUNDS = 3
 
 #: Lance operation class names → the operation names DESCRIBE HISTORY shows (Delta's wording).
 _OPERATIONS = {
@@ -479,6 +481,27 @@ class LanceStore(TableStore):
         table's merge lease, reading the table after taking it. Where the lease can be lost
         (S3: a holder stalled past its TTL), the merge is also tagged and committed with its id,
         so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``)."""
+        for _ in range(LEASE_ROUNDS):
+            done = self._leased_merge(ds, builder, source, keys, commit_metadata)
+            if done is not None:
+                return done
+            ds = self.open()
+        raise ConcurrentWriteError(
+            f"merge into {self.location} lost the table's merge lease {LEASE_ROUNDS} times "
+            "before its commit (stalled past the lease's TTL); nothing was written",
+            hint="retry, or raise MATRIXOS_MERGE_LEASE_TTL",
+        )
+
+    def _leased_merge(
+        self,
+        ds: LanceDataset,
+        builder: Callable[..., Any],
+        source: pa.Table,
+        keys: list[str],
+        commit_metadata: Mapping[str, str] | None,
+    ) -> WriteResult | None:
+        """``_recorded_merge`` under one lease; None when the lease was lost before the commit
+        (nothing was committed: the merge starts over under a new lease)."""
         with self._merge_lease() as lease:
             first = [ds]
 
@@ -505,11 +528,19 @@ class LanceStore(TableStore):
                 props.update(merge_properties(merge_id, keys))
             fresh = [ds]
 
+            def still_held() -> None:
+                if lease.lost():
+                    raise _LeaseLost
+
             def attempt() -> tuple[dict[str, Any], int, int]:
                 current = fresh.pop() if fresh else self.open()
                 merge_hook("planned")
                 try:
-                    metrics, version = self._commit_merge(builder(current), source, props)
+                    metrics, version = self._commit_merge(
+                        builder(current), source, props, before_commit=still_held
+                    )
+                except _LeaseLost:
+                    raise
                 except Exception as e:
                     raise _translate(e, f"merge into {self.location} failed", self) from e
                 return metrics, version, int(current.version)
@@ -518,9 +549,12 @@ class LanceStore(TableStore):
                 metrics, version, read_version = self._with_retries(
                     "merge", attempt, self.commit_retries
                 )
-            except (ConcurrentWriteError, SchemaMismatch, SQLError):
+            except (ConcurrentWriteError, SchemaMismatch, SQLError, _LeaseLost) as e:
                 if merge_id is not None:
                     untag_merge(ds, merge_id)  # nothing was committed
+                if isinstance(e, _LeaseLost):
+                    log.warning("merge into %s lost its lease before committing", self.label)
+                    return None
                 raise
             # (any other failure keeps the tag: a commit may have landed; the next writer checks)
             merge_hook("committed")
@@ -551,14 +585,21 @@ class LanceStore(TableStore):
         )
 
     def _commit_merge(
-        self, builder: Any, source: pa.Table, properties: Mapping[str, str]
+        self,
+        builder: Any,
+        source: pa.Table,
+        properties: Mapping[str, str],
+        before_commit: Callable[[], None] | None = None,
     ) -> tuple[dict[str, Any], int]:
         """A merge committed with transaction properties (``execute`` takes none): written
-        uncommitted, then committed with the properties, atomically with the rows."""
+        uncommitted, then committed with the properties, atomically with the rows;
+        ``before_commit()`` runs between the two (it may raise to commit nothing)."""
         import lance
 
         tx, metrics = builder.execute_uncommitted(source)
         tx.transaction_properties = {**(tx.transaction_properties or {}), **properties}
+        if before_commit is not None:
+            before_commit()
         committed = lance.LanceDataset.commit(
             self.location,
             tx,
@@ -749,6 +790,10 @@ def _null_in(column: str, what: str, key: Sequence[str] = ()) -> SchemaMismatch:
         "nothing was written",
         hint=f"fill or filter out the rows whose {column} is NULL",
     )
+
+
+class _LeaseLost(Exception):
+    """A merge's lease may be another writer's by now: it commits nothing and starts over."""
 
 
 def _translate(e: Exception, what: str, store: LanceStore | None = None) -> MatrixOSError:
