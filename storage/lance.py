@@ -416,7 +416,16 @@ class LanceStore(TableStore):
             return WriteResult(version, dict(metrics))
         if guarded:
             return self._declared_merge(ds, builder, source)
-        return self._recorded_merge(ds, builder, source, keys, commit_metadata)
+        for _ in range(LEASE_ROUNDS):
+            done = self._recorded_merge(ds, builder, source, keys, commit_metadata)
+            if done is not None:
+                return done
+            ds = self.open()
+        raise ConcurrentWriteError(
+            f"merge into {self.location} lost the table's merge lease {LEASE_ROUNDS} times "
+            "before its commit (stalled past the lease's TTL); nothing was written",
+            hint="retry, or raise MATRIXOS_MERGE_LEASE_TTL",
+        )
 
     def _declared_merge(
         self, ds: LanceDataset, builder: Callable[..., Any], source: pa.Table
@@ -476,32 +485,12 @@ class LanceStore(TableStore):
         source: pa.Table,
         keys: list[str],
         commit_metadata: Mapping[str, str] | None,
-    ) -> WriteResult:
+    ) -> WriteResult | None:
         """A merge Lance does not check for concurrent inserts of its new keys: under the
         table's merge lease, reading the table after taking it. Where the lease can be lost
         (S3: a holder stalled past its TTL), the merge is also tagged and committed with its id,
-        so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``)."""
-        for _ in range(LEASE_ROUNDS):
-            done = self._leased_merge(ds, builder, source, keys, commit_metadata)
-            if done is not None:
-                return done
-            ds = self.open()
-        raise ConcurrentWriteError(
-            f"merge into {self.location} lost the table's merge lease {LEASE_ROUNDS} times "
-            "before its commit (stalled past the lease's TTL); nothing was written",
-            hint="retry, or raise MATRIXOS_MERGE_LEASE_TTL",
-        )
-
-    def _leased_merge(
-        self,
-        ds: LanceDataset,
-        builder: Callable[..., Any],
-        source: pa.Table,
-        keys: list[str],
-        commit_metadata: Mapping[str, str] | None,
-    ) -> WriteResult | None:
-        """``_recorded_merge`` under one lease; None when the lease was lost before the commit
-        (nothing was committed: the merge starts over under a new lease)."""
+        so that it or the next writer can repair a duplicate (``storage/_lance_merge.py``). None
+        when the lease was lost before the commit (nothing was committed: start over)."""
         with self._merge_lease() as lease:
             first = [ds]
 
