@@ -45,10 +45,11 @@ an empty one (tests/storage/test_lance_merge_race.py pins all of this). MatrixOS
 So no version committed by MatrixOS writers holds a key twice, except on S3 between a stalled
 holder's late commit and its repair. A holder checks its lease right before committing (not
 renewed for two thirds of its TTL: commit nothing, start over under a new lease), so that
-takes a stall between that check and the commit request itself. Writers outside MatrixOS take no lease: Lance checks
-their merges on the declared key; on other keys a duplicate is repaired only when a MatrixOS
-merge commits after theirs. Only tables with :data:`RECORDED` (in every manifest, read with
-it) have their tags listed, so writers of other tables make no extra request.
+takes a stall between that check and the commit request itself. Writers outside MatrixOS
+take no lease: Lance checks their merges on the declared key; on other keys a duplicate is
+repaired only when a MatrixOS merge commits after theirs. Only tables with
+:data:`RECORDED` (in every manifest, read with it) have their tags listed, so writers of other
+tables make no extra request.
 """
 
 from __future__ import annotations

@@ -82,14 +82,19 @@ def current_revision(engine: sa.Engine) -> str | None:
     """The revision a database is at; ``None`` when it has none (new, or made before
     migrations existed)."""
     # Plain SQL, not alembic: opening a database that is up to date imports nothing more.
-    try:
-        with engine.connect() as conn:
-            rev = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    except (OperationalError, ProgrammingError):
-        if sa.inspect(engine).has_table(VERSION_TABLE):
-            raise  # the database failed, not the lookup
-        return None
-    return None if rev is None else str(rev)
+    for attempt in range(2):
+        try:
+            with engine.connect() as conn:
+                rev = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        except (OperationalError, ProgrammingError):
+            if not sa.inspect(engine).has_table(VERSION_TABLE):
+                return None
+            if attempt:
+                raise  # the database failed, not the lookup
+            # (another process's migration made the table between the two: read it again)
+            continue
+        return None if rev is None else str(rev)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> str:
