@@ -1,12 +1,12 @@
-"""A query's rows from DuckDB as a stream of Arrow batches, in one parse, bind and run.
+"""DuckDB queries run for the engine: a stream of Arrow batches, or one Arrow table.
 
 ``cursor.sql(text)`` makes a lazy relation: DuckDB's Python layer parses and binds the text to
-describe it, and ``to_arrow_reader()`` then parses, binds and runs it again. A point query on
-a 1M-row table spent ~0.9 ms of its ~4.6 ms in that first bind (``benchmarks/point_query.py``;
-binding ``read_parquet`` opens the files). DuckDB 2's Python layer runs a statement once, as a
-stream, through ``duckdb._seam.submit`` (what ``to_arrow_reader`` itself calls); where a DuckDB
-release lacks it, the relation is used as before. ``cursor.execute`` is no substitute: its
-Arrow output holds the whole result in memory first.
+describe it, and ``to_arrow_reader()`` / ``to_arrow_table()`` then parse, bind and run it
+again (binding ``read_parquet`` opens the files: ~0.9 ms of a 4.6 ms point query). A whole
+table is read in one parse-bind-run through ``duckdb._seam.submit`` (what those methods call
+themselves; the relation where a DuckDB release lacks it). A stream keeps the relation for
+now (:func:`stream`). ``cursor.execute`` is no substitute: its Arrow output holds the whole
+result in memory first.
 """
 
 from __future__ import annotations
@@ -32,14 +32,12 @@ def stream(
     cur: duckdb.DuckDBPyConnection, sql: str, batch_rows: int
 ) -> tuple[pa.RecordBatchReader, list[str]]:
     """The rows of the query ``sql`` on ``cur`` as a reader of ``batch_rows``-row batches (it
-    holds the cursor until read out or closed), and its columns' DuckDB type names."""
-    if _submit is not None:
-        result = _submit(cur, sql, None, "stream", batch_rows)
-        if not result.description:  # it returned no rows (every query does): none
-            result.close()
-            return pa.RecordBatchReader.from_batches(pa.schema([]), []), []
-        types = [str(d[1]) for d in result.description]  # (the reader takes the result)
-        return result.arrow_reader(), types
+    holds the cursor until read out or closed), and its columns' DuckDB type names.
+
+    Through the relation API (bound, then run), not one streaming ``submit``: a query that
+    failed midway through such a stream sometimes stalled its reader for about a minute
+    (tests/server/test_history.py's late cast failure over the pg wire: 3 runs in ~20, and
+    0 in 18 this way; DuckDB 2.0.1, not reduced to a reproducer yet)."""
     rel = cur.sql(sql)
     return rel.to_arrow_reader(batch_rows), [str(t) for t in rel.types]
 
