@@ -501,7 +501,7 @@ class LanceStore(TableStore):
                 try:
                     if lease.took_over:  # from a writer that died, maybe after its commit
                         current = self._settle(current)
-                    if start_recorded(current, keys, self._commit_fence):
+                    if start_recorded(current, keys, self._commit):
                         current = self.open()
                 except Exception as e:
                     raise _translate(e, f"merge into {self.location} failed", self) from e
@@ -562,10 +562,12 @@ class LanceStore(TableStore):
         # writer's commit as ours.
         return WriteResult(version, dict(metrics))
 
-    def _commit_fence(self, tx: Any) -> None:
+    def _commit(self, tx: Any) -> LanceDataset:
+        """Commit the transaction ``tx`` on the version it read (Lance rebases it over
+        commits it does not conflict with, up to ``commit_retries`` times)."""
         import lance
 
-        lance.LanceDataset.commit(
+        return lance.LanceDataset.commit(
             self.location,
             tx,
             read_version=tx.read_version,
@@ -583,20 +585,11 @@ class LanceStore(TableStore):
         """A merge committed with transaction properties (``execute`` takes none): written
         uncommitted, then committed with the properties, atomically with the rows;
         ``before_commit()`` runs between the two (it may raise to commit nothing)."""
-        import lance
-
         tx, metrics = builder.execute_uncommitted(source)
         tx.transaction_properties = {**(tx.transaction_properties or {}), **properties}
         if before_commit is not None:
             before_commit()
-        committed = lance.LanceDataset.commit(
-            self.location,
-            tx,
-            read_version=tx.read_version,
-            storage_options=self.storage_options,
-            max_retries=max(self.commit_retries, 0),
-        )
-        return dict(metrics), int(committed.version)
+        return dict(metrics), int(self._commit(tx).version)
 
     def _settle(self, ds: LanceDataset) -> LanceDataset:
         """Finish the repairs of merges whose writers died after committing (before a write);
