@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import getpass
 import logging
 import threading
@@ -13,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from matrixos._exit import before_exit
 from matrixos.catalog import TableIdent, TableInfo, catalog_for
 from matrixos.catalog.access import Principal, embedded_principal
 from matrixos.catalog.lineage import Lineage, LineageLog
@@ -138,6 +140,7 @@ class Lakehouse:
         self._maintenance: Maintenance | None = None
         self._jobs: JobService | None = None
         self._meter: StatementMeter | None = None
+        _open_sessions().add(self)
 
     def with_principal(self, principal: Principal) -> Lakehouse:
         """This session acting as ``principal``: the same warehouse, catalog, engine and pool,
@@ -168,8 +171,12 @@ class Lakehouse:
         self.close()
 
     def close(self) -> None:
+        """Stop what this session started (upkeep, engine, meters, job scheduler, a private
+        Ray runtime) and its catalog connection. A session still open when the program ends
+        is closed before the interpreter shuts down."""
         if self._root is not self:
             return
+        _open_sessions().discard(self)
         if self._maintenance is not None:
             self._maintenance.stop()  # before the engine its refreshes run on
             self._maintenance = None
@@ -801,3 +808,22 @@ def _whoami() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
         return "unknown"
+
+
+@functools.cache
+def _open_sessions() -> weakref.WeakSet[Lakehouse]:
+    """The root sessions not closed yet; those left open when the program ends are closed
+    before the interpreter shuts down, so no refresh, meter or scheduler thread of theirs is
+    inside a table write then (which crashes the process). Registered on first use, after
+    the background writers' own hook, so it runs before it."""
+    sessions: weakref.WeakSet[Lakehouse] = weakref.WeakSet()
+
+    def close_all() -> None:
+        for session in list(sessions):
+            try:
+                session.close()
+            except Exception:  # the others are closed all the same
+                log.warning("closing %r at exit failed", session, exc_info=True)
+
+    before_exit(close_all)
+    return sessions

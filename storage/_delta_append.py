@@ -34,13 +34,11 @@ Upkeep (:data:`MAINTENANCE`): a checkpoint every ``delta.checkpointInterval`` ve
 auto-compaction when a size tier is full run on one background thread per process, coalesced
 per table, committed by the same put-if-absent protocol (``_delta_compaction``), so several
 processes may append while any of them compacts. Pending upkeep runs before the process exits
-(``atexit``); :func:`wait_for_maintenance` waits for it.
+(``matrixos._exit``); :func:`wait_for_maintenance` waits for it.
 """
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures.thread  # noqa: F401 - its exit hook must run after ours (_at_exit)
 import json
 import logging
 import os
@@ -56,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from matrixos._exit import before_exit
 from matrixos._lru import LRU
 from matrixos.storage._delta_compaction import (
     ROW_GROUP_ROWS,
@@ -408,20 +407,10 @@ MAINTENANCE = Maintenance()
 os.register_at_fork(after_in_child=MAINTENANCE._forked)
 
 
-def _at_exit() -> None:
-    MAINTENANCE.wait(300)
-
-
-# Upkeep asked for by a process's last appends runs before it exits (a CLI append, a job), and
-# before the libraries it needs shut down: plain ``atexit`` handlers ran after
-# concurrent.futures had refused new work, and an S3 compaction failed ("cannot schedule new
-# futures after shutdown"). ``threading._register_atexit`` (what concurrent.futures itself
-# uses) runs first, newest first, so it is registered after importing concurrent.futures.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_at_exit)
-else:  # pragma: no cover - every CPython since 3.9 has it
-    atexit.register(_at_exit)
+# Upkeep asked for by a process's last appends runs before it exits (a CLI append, a job),
+# after the final writes of background writers (which may ask for more), and before the
+# libraries it needs shut down (``before_exit``).
+before_exit(lambda: MAINTENANCE.wait(300), last=True)
 
 
 def wait_for_maintenance(timeout: float | None = None) -> bool:

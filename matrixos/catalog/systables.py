@@ -5,7 +5,9 @@ first use, owned by ``system``, appended to in batches.
 queues items and a background thread hands them to a write function together every
 ``interval_s`` seconds (or once ``batch`` are waiting): a server that logs many events a second
 makes one Delta commit per interval, not one per event. ``flush()`` writes what is queued now;
-``close()`` writes the rest and stops the thread.
+``close()`` writes the rest and stops the thread. A writer still open when the program ends
+is closed before the interpreter shuts down (``matrixos._exit``): its queue is written, and its
+thread is never left inside a Delta write, which crashes the process.
 
 Example:
     >>> import tempfile, matrixos as mx, pyarrow as pa
@@ -24,11 +26,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow as pa
 
+from matrixos._exit import before_exit
 from matrixos.catalog.access import Principal
 from matrixos.errors import AccessDenied, TableExists
 
@@ -43,6 +47,8 @@ SYSTEM = Principal("system")
 T = TypeVar("T")
 #: How long a writer waits for another process that is making the same system table.
 CREATE_WAIT_S = 30.0
+#: How long the program's end waits for each writer still open to write its queue.
+EXIT_WAIT_S = 60.0
 
 
 class SystemTable:
@@ -136,6 +142,7 @@ class BatchWriter(Generic[T]):
         self._flushed = 0  # flush() calls whose items are written
         self._thread = threading.Thread(target=self._run, name=f"mx-{what}", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     def put(self, *items: T) -> None:
         """Queue ``items`` (written within ``interval_s``)."""
@@ -155,12 +162,13 @@ class BatchWriter(Generic[T]):
             while self._flushed < ticket and self._thread.is_alive():
                 self._cond.wait(0.5)
 
-    def close(self) -> None:
-        """Write what is queued and stop the thread."""
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued and stop the thread (waiting at most ``timeout`` seconds)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        self._thread.join(timeout)
+        _OPEN.discard(self)
 
     def _run(self) -> None:
         while True:
@@ -180,3 +188,14 @@ class BatchWriter(Generic[T]):
                 self._cond.notify_all()
                 if closed and not self._items:
                     return
+
+
+_OPEN: weakref.WeakSet[BatchWriter[Any]] = weakref.WeakSet()
+
+
+def _close_open_writers() -> None:
+    for writer in list(_OPEN):
+        writer.close(EXIT_WAIT_S)
+
+
+before_exit(_close_open_writers)

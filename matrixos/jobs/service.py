@@ -216,7 +216,8 @@ class JobService:
     arguments for a SQL job's process; ``check_credit(account, degrees)`` raises
     ``OutOfCredit`` when an account cannot pay; ``metering`` charges usage while jobs run.
     ``schedule=False``: this process only submits and reads (a CLI command); another runs
-    the queue. ``policy_options`` go to the policy (e.g. ``preempt_after_s``); scheduler options
+    the queue. ``on_close``: what ``close`` also stops (a meter made for this service).
+    ``policy_options`` go to the policy (e.g. ``preempt_after_s``); scheduler options
     (``tick_s``, ``grace_s``, ``meter_interval_s``, ``max_attempts``…) to ``Scheduler``.
     """
 
@@ -234,6 +235,7 @@ class JobService:
         check_credit: Callable[[str, float], None] | None = None,
         degrees_of: Callable[[JobSpec, Sequence[NodeSpec], float], float] | None = None,
         schedule: bool = True,
+        on_close: Sequence[Callable[[], object]] = (),
         **scheduler: Any,
     ) -> None:
         if policy not in POLICIES:
@@ -255,6 +257,7 @@ class JobService:
             **scheduler,
         )
         self.schedule = schedule
+        self.on_close = list(on_close)
         self._started = False
         self._lock = threading.Lock()
 
@@ -267,9 +270,14 @@ class JobService:
                     self._started = True
 
     def close(self) -> None:
+        """Stop this process's scheduler (its running jobs are queued again for the next
+        one), then what ``on_close`` names."""
         if self._started:
             self.scheduler.close()
             self._started = False
+        closing, self.on_close = self.on_close, []
+        for stop in closing:
+            stop()
 
     def for_principal(self, principal: Principal) -> Jobs:
         return Jobs(self, principal)

@@ -122,6 +122,7 @@ def open_jobs(
     ``grace_s``, ``meter_interval_s``, ``max_attempts``…)."""
     settings = service.settings
     store = JobStore(jobs_engine(service.catalog, settings.home))
+    own = meter is None  # a meter made here is stopped with the service
     billing = BillingMeter(meter or Meter(service))
     return JobService(
         store,
@@ -132,6 +133,7 @@ def open_jobs(
         metering=billing,
         check_credit=billing.check_credit,
         degrees_of=billing.estimate,
+        on_close=[billing.meter.close] if own else [],
         **options,
     )
 
