@@ -25,7 +25,16 @@ PACKAGES = {
 # Bottom to top. A module may import modules of its own layer or of layers below it. The first
 # matching prefix (longest first) places a module; anything unlisted is the facade.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("matrixos.errors", "matrixos._filelock", "matrixos._progress", "matrixos._lru")),
+    (
+        "base",
+        (
+            "matrixos.errors",
+            "matrixos._filelock",
+            "matrixos._progress",
+            "matrixos._lru",
+            "matrixos._exit",  # hooks that run before the interpreter shuts down
+        ),
+    ),
     # Models turn text into vectors (pure numpy/torch): writes embed rows, search embeds queries.
     ("models", ("matrixos.ai.embed", "matrixos.ai._bert")),
     # Settings sit with storage: they render StorageOptions and storage reads them.
