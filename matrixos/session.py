@@ -6,6 +6,7 @@ import copy
 import functools
 import getpass
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -171,12 +172,15 @@ class Lakehouse:
         self.close()
 
     def close(self) -> None:
-        """Stop what this session started (upkeep, engine, meters, job scheduler, a private
-        Ray runtime) and its catalog connection. A session still open when the program ends
-        is closed before the interpreter shuts down."""
+        """Stop what this session started (IoT ingest, upkeep, engine, meters, job scheduler,
+        a private Ray runtime) and its catalog connection. A session still open when the
+        program ends is closed before the interpreter shuts down."""
         if self._root is not self:
             return
         _open_sessions().discard(self)
+        iot = sys.modules.get("matrixos.iot.ingest")  # loaded: an ingest service may be running
+        if iot is not None:
+            iot.close_ingest(self)  # its last flush goes through this session's tables
         if self._maintenance is not None:
             self._maintenance.stop()  # before the engine its refreshes run on
             self._maintenance = None

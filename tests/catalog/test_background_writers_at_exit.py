@@ -81,6 +81,20 @@ _UNCLOSED = textwrap.dedent(
     """
 )
 
+# Acknowledges points through the session's ingest service (flushed hourly) and ends.
+_INGEST = textwrap.dedent(
+    """
+    import sys
+    import matrixos as mx
+    from matrixos.iot.ingest import ingest_for
+
+    lh = mx.connect(sys.argv[1])
+    ingest = ingest_for(lh, wal_dir=sys.argv[2], flush_interval=3600)
+    lines = "\\n".join(f"cpu,host=a v={i}i {(i + 1) * 10**9}" for i in range(100))
+    print(ingest.write_lines(lh.principal, "iot.cpu", lines).points)
+    """
+)
+
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -129,3 +143,13 @@ def test_a_session_left_open_is_closed_at_exit_and_its_usage_written(tmp_path: P
     with mx.connect(warehouse) as lh:
         (rows,) = lh.sql("SELECT count(*) FROM system.billing.usage").fetchone()
     assert rows >= 1
+
+
+def test_points_acknowledged_by_a_session_left_open_are_committed_at_exit(tmp_path: Path) -> None:
+    warehouse = str(tmp_path / "wh")
+    done = _run(_INGEST, warehouse, str(tmp_path / "wal"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["100"], done.stdout + done.stderr[-2000:]
+    with mx.connect(warehouse) as lh:
+        assert lh.table("iot.cpu").version == 1  # made empty, then the exit's flush
+        assert lh.sql("SELECT count(*), sum(v) FROM iot.cpu").fetchone() == (100, 4950)
