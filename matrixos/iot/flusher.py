@@ -174,11 +174,14 @@ def commit_entries(ingest: FlushTarget, st: SeriesTable, entries: Sequence[Entry
         result = commit_once(
             store, rows, app_id=ingest.wal.id, version=version, keys=st.keys if late else None
         )
-    finally:
+    except BaseException:
         with st.lock:
             for e in entries:
                 e.committing = False
-    # Marked at once: a query that loads the new version must not count them again.
+        raise
+    # Marked at once, and under the same lock that ends ``committing``: a query that loads the
+    # new version must not count them again. (Ending ``committing`` first left a moment when
+    # they looked pending and uncommitted, and a count read them twice.)
     ingest.committed(st, entries, result)
     store.maybe_autocompact()
     ingest.service.touch(info)

@@ -375,12 +375,14 @@ class IotIngest:
         st = self._tables.get(str(ident))
         if st is None:
             return None
-        with st.lock:
+        with st.lock:  # each entry's state read at one moment: a commit may be ending now
             entries = [e for e in st.entries if e.version is None or e.version > version]
-        if any(e.committing and e.version is None for e in entries):
+            landing = [e for e in entries if e.committing and e.version is None]
+        if landing:
             # A commit under way may be in the version the query reads: its txn says.
             done = self._txn_at(st, version)
-            entries = [e for e in entries if not (e.version is None and e.seq <= done)]
+            gone = {id(e) for e in landing if e.seq <= done}
+            entries = [e for e in entries if id(e) not in gone]
         if not entries:
             return None
         seqs = tuple(e.seq for e in entries)  # an entry's rows never change
@@ -412,12 +414,14 @@ class IotIngest:
             return list(self._tables.values())
 
     def committed(self, st: SeriesTable, entries: Sequence[Entry], version: int) -> None:
-        """Mark entries as held by the table's ``version``."""
+        """Mark entries as held by the table's ``version`` (their commit is no longer under
+        way), in one step for queries."""
         now = time.monotonic()
         with st.lock:
             for e in entries:
                 e.version = version
                 e.committed_at = now
+                e.committing = False
         with self._lock:
             self._uncommitted -= sum(e.rows.num_rows for e in entries)
 

@@ -48,14 +48,22 @@ def make_warehouse(root: Path) -> dict[str, str]:
     return tokens
 
 
+_SERVERS: dict[str, MatrixOSServer] = {}  # by URL: whose log a failed statement shows
+
+
 def client(server: MatrixOSServer, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=server.http_url, headers=headers, timeout=60)
+    c = httpx.Client(base_url=server.http_url, headers=headers, timeout=60)
+    _SERVERS[str(c.base_url)] = server
+    return c
 
 
 def sql(c: httpx.Client, statement: str) -> list[list[Any]]:
     body = c.post(STATEMENTS, json={"statement": statement, "wait_timeout": "50s"}).json()
-    assert body["status"]["state"] == "SUCCEEDED", body
+    if body["status"]["state"] != "SUCCEEDED":
+        server = _SERVERS.get(str(c.base_url))
+        log = server.log()[-4000:] if server is not None else ""
+        raise AssertionError(f"{statement}: {body}\nserver log:\n{log}")
     return body.get("result", {}).get("data_array") or []
 
 

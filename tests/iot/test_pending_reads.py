@@ -82,3 +82,45 @@ def test_a_repeated_query_reuses_its_plan_and_sees_each_new_point(
     ingest.flush()  # committed: a new version; each point still counted once
     for _ in range(2):
         assert lh.sql(q).fetchall() == [(31, sum(range(1, 30)) + 101)]
+
+
+def test_counts_taken_while_flushes_land_see_each_point_once(
+    lh: mx.Lakehouse, ingest: IotIngest
+) -> None:
+    # A writer acknowledges points and flushes them, again and again, while this thread
+    # counts: each count lies between the points acknowledged before it began and those
+    # acknowledged when it ended, whatever moment of a commit it met.
+    import threading
+
+    acked = 0
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        nonlocal acked
+        try:
+            while not stop.is_set():
+                ingest.write_lines(lh.principal, "iot.cpu", lines(50, start=acked))
+                acked += 50
+                ingest.flush()
+        except BaseException as e:  # reported by the test
+            failures.append(e)
+
+    ingest.write_lines(lh.principal, "iot.cpu", lines(50))
+    acked = 50
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = []
+    try:
+        for _ in range(150):
+            low = acked
+            (n,) = lh.sql("SELECT count(*) FROM iot.cpu").fetchone()
+            high = acked
+            seen.append((low, n, high))
+    finally:
+        stop.set()
+        writer.join()
+    assert not failures, failures
+    wrong = [s for s in seen if not s[0] <= s[1] <= s[2]]
+    assert not wrong, wrong[:5]
+    assert lh.table("iot.cpu").version > 10  # the counts met many commits
