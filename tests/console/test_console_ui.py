@@ -348,8 +348,12 @@ def test_submit_a_sql_job_watch_it_finish_and_see_its_usage(
     page.goto("/#/compute")
     page.fill("textarea[aria-label='job SQL']", "SELECT count(*) AS n FROM sales.orders")
     page.click("button:has-text('Submit SQL job')")
-    notice = page.wait_for_selector(".notice:has-text('submitted job')")
-    job_id = notice.inner_text().rsplit(" ", 1)[1]
+    answer = page.wait_for_selector(
+        "section:has(> h2:has-text('Jobs')) :is(.notice:has-text('submitted job'), .error)",
+        timeout=90_000,
+    )
+    assert "submitted job" in answer.inner_text(), answer.inner_text()  # else: why not
+    job_id = answer.inner_text().rsplit(" ", 1)[1]
     row = page.locator(f"section:has(> h2:has-text('Jobs')) tbody tr:has-text('{job_id}')")
     # the page refreshes the queue while a job is active: it ends SUCCEEDED without a reload
     row.locator("td:has-text('SUCCEEDED')").wait_for(timeout=120_000)
