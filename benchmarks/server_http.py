@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import pyarrow as pa
 
 import matrixos as mx
 from matrixos.catalog.accounts import Accounts
+from matrixos.compute import free_port
 
 # Runs Python with every package of the editable install (matrixos, matrixos.engine, …) taken
 # from another checkout: argv is [tree, then python's own args ("-m module …" or a script)].
@@ -87,12 +87,6 @@ def make_warehouse(wh: str, rows: int) -> tuple[str, str]:
         return wh, accounts.create_token("bench")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def served(rows: int, prefix: str) -> Iterator[tuple[str, str, str]]:
     """A fresh warehouse holding ``bench.t`` (``rows`` rows x 4 columns) and an admin token,
@@ -131,7 +125,7 @@ def served_by(
     procs, urls = [], []
     try:
         for i, tree in enumerate(trees):
-            port = _free_port()
+            port = free_port()
             log = (root / f"server{i}.log").open("wb")
             args = ["-m", "matrixos.cli", "serve", "--warehouse", whs[i], "--port", str(port),
                     "--pg-port", "-1", *(options[i] if options else [])]  # fmt: skip

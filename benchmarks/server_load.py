@@ -42,8 +42,8 @@ from typing import Any
 import httpx
 
 import matrixos as mx
-from benchmarks.server_http import _free_port
 from matrixos.catalog.accounts import Accounts
+from matrixos.compute import free_port
 from matrixos.tpch import QUERIES, cached, load
 
 STATEMENTS = "/api/2.0/sql/statements"
@@ -191,7 +191,7 @@ def main() -> None:
             accounts.grant("SELECT", "main.default", u)
     print(f"set-up: TPC-H sf{args.scale:g} loaded ({sum(rows.values()):,} rows) "
           f"in {time.time() - t0:.0f} s")  # fmt: skip
-    port, pg_port = _free_port(), _free_port()
+    port, pg_port = free_port(), free_port()
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "matrixos.cli", "serve", "--warehouse", wh, "--port", str(port),

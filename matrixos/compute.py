@@ -44,7 +44,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import stat
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from matrixos._ports import free_port as free_port
 from matrixos.config import ZONE_LABEL as ZONE_LABEL
 from matrixos.config import ZONE_RESOURCE_PREFIX as ZONE_RESOURCE_PREFIX
 from matrixos.config import ComputeTarget as ComputeTarget
@@ -69,6 +69,7 @@ __all__ = [
     "ComputePool",
     "ComputeTarget",
     "ensure_token",
+    "free_port",
     "node_env",
     "parse_compute",
     "ray_start_command",
@@ -568,13 +569,6 @@ def _disconnect(rt: _Runtime) -> None:
     _restore_env(rt.saved_env)
     if rt.temp_dir:
         shutil.rmtree(rt.temp_dir, ignore_errors=True)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _short_tmp() -> str | None:

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "matrixos._progress",
             "matrixos._lru",
             "matrixos._exit",  # hooks that run before the interpreter shuts down
+            "matrixos._ports",  # ports for local servers, outside the ephemeral range
         ),
     ),
     # Models turn text into vectors (pure numpy/torch): writes embed rows, search embeds queries.

@@ -183,7 +183,7 @@ def _start_all(
     ray_env = {**os.environ, **env, **node_env(token), "RAY_scheduler_avoid_gpu_nodes": "0"}
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
         ray_env.pop(name, None)
-    gcs = _port(HEAD_IP)
+    gcs = free_port(HEAD_IP)
     state.ray_address = f"{HEAD_IP}:{gcs}"
     n_workers = topo.workers if workers is None else workers
     n_gpu = topo.gpu_workers if gpu_workers is None else gpu_workers
@@ -199,13 +199,13 @@ def _start_all(
         temp.mkdir(exist_ok=True)
         state.temp_dirs.append(str(temp))
         ports = {
-            "dashboard-agent-listen-port": _port(ip),
-            "dashboard-agent-grpc-port": _port(ip),
-            "metrics-export-port": _port(ip),
-            "runtime-env-agent-port": _port(ip),
+            "dashboard-agent-listen-port": free_port(ip),
+            "dashboard-agent-grpc-port": free_port(ip),
+            "metrics-export-port": free_port(ip),
+            "runtime-env-agent-port": free_port(ip),
         }
         if name == "head":
-            ports["ray-client-server-port"] = _port(ip)
+            ports["ray-client-server-port"] = free_port(ip)
         resources = (
             {f"accelerator_type:{topo.accelerator}": gpus} if gpus and topo.accelerator else None
         )
@@ -241,7 +241,7 @@ def _start_all(
     )
     serve_extra: list[str] = []
     if topo.mqtt and mosquitto:
-        mqtt_port = _port()
+        mqtt_port = free_port()
         conf = root / "mosquitto.conf"
         conf.write_text(f"listener {mqtt_port} {LOCALHOST}\nallow_anonymous true\n")
         log = logs / "mosquitto.log"
@@ -266,8 +266,8 @@ def _start_all(
     token_file, password_file = _bootstrap_admin(state.catalog_url, root)
     state.token_file = str(token_file)
     # -- matrixos serve
-    http = http_port or _port()
-    state.pg_port = pg_port or _port()
+    http = http_port or free_port()
+    state.pg_port = pg_port or free_port()
     state.http_url = f"http://{LOCALHOST}:{http}"
     serve = [
         sys.executable,
@@ -299,18 +299,6 @@ def _start_all(
         "MATRIXOS_TOKEN_FILE": state.token_file,
         **node_env(token),
     }
-
-
-_taken: set[int] = set()
-
-
-def _port(host: str = LOCALHOST) -> int:
-    """A port free now and not handed out before by this process (the OS may give a just-closed
-    port twice; Ray refuses a port two of its components share)."""
-    while (port := free_port(host)) in _taken:
-        pass
-    _taken.add(port)
-    return port
 
 
 def _connects(host: str, port: int) -> bool:

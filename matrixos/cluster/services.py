@@ -23,7 +23,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from matrixos._ports import free_port
 from matrixos.errors import MatrixOSError
 
 __all__ = [
@@ -49,13 +49,6 @@ __all__ = [
 ]
 
 LOCALHOST = "127.0.0.1"
-
-
-def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def unique_name(prefix: str) -> str:

@@ -88,16 +88,8 @@ def _start_cluster() -> RayCluster:
     # Ray keeps CPU-only work off GPU nodes while others have room; here the GPU node is also
     # one of three equal CPU nodes (and a storage zone), so schedule CPU work on it as usual.
     env["RAY_scheduler_avoid_gpu_nodes"] = "0"
-    taken: set[int] = set()
-
-    def port(ip: str) -> int:
-        """A port free now and not yet given to another component (the OS may hand out a
-        just-closed port twice; Ray refuses a port two of its components share)."""
-        while (p := free_port(ip)) in taken:
-            pass
-        taken.add(p)
-        return p
-
+    # free_port never hands out one port twice (Ray refuses a port two components share)
+    port = free_port
     gcs_port = port(HEAD)
     client_port = port(HEAD)
     nodes: list[Node] = []
