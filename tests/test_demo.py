@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from rich.console import Console
 
 import matrixos as mx
 from matrixos import tpch as mx_tpch
+from matrixos.cluster.services import free_port
 from matrixos.demo import next_steps, run_demo
 from matrixos.errors import TpchError
 
@@ -85,9 +85,7 @@ def test_demo_runs_again_on_the_same_warehouse(tmp_path: Path, tpch: mx_tpch.Tpc
 
 def _no_package_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """pip sees only a closed loopback port as its index and an empty folder of wheels."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: connections are refused at once
+    port = free_port()  # nothing listens there: connections are refused at once
     (tmp_path / "no-wheels").mkdir()
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")

@@ -34,9 +34,11 @@ def test_a_port_held_on_any_loopback_address_is_not_free() -> None:
         held.listen()
         port = held.getsockname()[1]
         assert not _ports._bindable(port)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as out:  # an outgoing connection's port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-            server.bind(("127.0.0.1", 0))
-            server.listen()
-            out.connect(server.getsockname())
-            assert not _ports._bindable(out.getsockname()[1])
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as out,  # an outgoing connection's port
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        out.connect(server.getsockname())
+        assert not _ports._bindable(out.getsockname()[1])

@@ -112,16 +112,12 @@ def driver(page_blocks: list[Block], *, serve: bool = False) -> str:
         if b.kind is not None and b.not_run is None
     ]
     return f"""
-import atexit, os, re, socket, subprocess, sys, time, traceback, urllib.request
+import atexit, os, re, subprocess, sys, time, traceback, urllib.request
 STEPS = {steps!r}
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 if {serve!r}:
     import matrixos as mx
+    from matrixos.cluster.services import free_port  # below the ephemeral range
     mx.connect(os.environ["MATRIXOS_WAREHOUSE"]).close()
     http, pg = free_port(), free_port()
     log = open("serve.log", "w")
