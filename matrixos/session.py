@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import getpass
 import logging
 import sys
@@ -15,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from matrixos._exit import before_exit
+from matrixos._exit import SESSIONS, OpenAtExit
 from matrixos.catalog import TableIdent, TableInfo, catalog_for
 from matrixos.catalog.access import Principal, embedded_principal
 from matrixos.catalog.lineage import Lineage, LineageLog
@@ -141,7 +140,7 @@ class Lakehouse:
         self._maintenance: Maintenance | None = None
         self._jobs: JobService | None = None
         self._meter: StatementMeter | None = None
-        _open_sessions().add(self)
+        _OPEN_SESSIONS.add(self)
 
     def with_principal(self, principal: Principal) -> Lakehouse:
         """This session acting as ``principal``: the same warehouse, catalog, engine and pool,
@@ -177,7 +176,7 @@ class Lakehouse:
         program ends is closed before the interpreter shuts down."""
         if self._root is not self:
             return
-        _open_sessions().discard(self)
+        _OPEN_SESSIONS.discard(self)
         iot = sys.modules.get("matrixos.iot.ingest")  # loaded: an ingest service may be running
         if iot is not None:
             iot.close_ingest(self)  # its last flush goes through this session's tables
@@ -814,20 +813,7 @@ def _whoami() -> str:
         return "unknown"
 
 
-@functools.cache
-def _open_sessions() -> weakref.WeakSet[Lakehouse]:
-    """The root sessions not closed yet; those left open when the program ends are closed
-    before the interpreter shuts down, so no refresh, meter or scheduler thread of theirs is
-    inside a table write then (which crashes the process). Registered on first use, after
-    the background writers' own hook, so it runs before it."""
-    sessions: weakref.WeakSet[Lakehouse] = weakref.WeakSet()
-
-    def close_all() -> None:
-        for session in list(sessions):
-            try:
-                session.close()
-            except Exception:  # the others are closed all the same
-                log.warning("closing %r at exit failed", session, exc_info=True)
-
-    before_exit(close_all)
-    return sessions
+# Root sessions not closed yet: those left open when the program ends are closed before the
+# interpreter shuts down, so no refresh, meter or scheduler thread of theirs is inside a table
+# write then (which crashes the process).
+_OPEN_SESSIONS: OpenAtExit[Lakehouse] = OpenAtExit(lambda s: s.close(), stage=SESSIONS)

@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from matrixos._exit import before_exit
+from matrixos._exit import UPKEEP, before_exit
 from matrixos._lru import LRU
 from matrixos.storage._delta_compaction import (
     ROW_GROUP_ROWS,
@@ -410,7 +410,7 @@ os.register_at_fork(after_in_child=MAINTENANCE._forked)
 # Upkeep asked for by a process's last appends runs before it exits (a CLI append, a job),
 # after the final writes of background writers (which may ask for more), and before the
 # libraries it needs shut down (``before_exit``).
-before_exit(lambda: MAINTENANCE.wait(300), last=True)
+before_exit(lambda: MAINTENANCE.wait(300), stage=UPKEEP)
 
 
 def wait_for_maintenance(timeout: float | None = None) -> bool:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow as pa
 
-from matrixos._exit import before_exit
+from matrixos._exit import WRITERS, OpenAtExit
 from matrixos.catalog.access import Principal
 from matrixos.errors import AccessDenied, TableExists
 
@@ -190,12 +189,4 @@ class BatchWriter(Generic[T]):
                     return
 
 
-_OPEN: weakref.WeakSet[BatchWriter[Any]] = weakref.WeakSet()
-
-
-def _close_open_writers() -> None:
-    for writer in list(_OPEN):
-        writer.close(EXIT_WAIT_S)
-
-
-before_exit(_close_open_writers)
+_OPEN: OpenAtExit[BatchWriter[Any]] = OpenAtExit(lambda w: w.close(EXIT_WAIT_S), stage=WRITERS)

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from matrixos._exit import SERVICES, OpenAtExit
 from matrixos.catalog.names import TableIdent
 from matrixos.catalog.pending import PendingRows
 from matrixos.errors import IngestBusy, MatrixOSError, TableNotFound
@@ -94,9 +95,11 @@ class IotIngest:
         self.acknowledged = 0  # points acknowledged by this process
         self.flusher = Flusher(self, flush_interval)
         self._unregister = self.service.register_pending_source(self._pending_source)
+        self._closed = False
         self._replay()
         if start:
             self.flusher.start()
+        _OPEN.add(self)  # left open, it is closed (a last flush) before the interpreter exits
 
     def __enter__(self) -> IotIngest:
         return self
@@ -106,7 +109,12 @@ class IotIngest:
 
     def close(self, *, flush: bool = True) -> None:
         """Stop the flusher (after a last flush, unless ``flush=False``) and close the log.
-        Points not committed stay in the log for the next start."""
+        Points not committed stay in the log for the next start. Closing twice is a no-op."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _OPEN.discard(self)
         self.flusher.stop(flush=flush)
         self.wal.close()
         self._unregister()
@@ -448,6 +456,7 @@ class IotIngest:
         return self.flusher.flush_now()
 
 
+_OPEN: OpenAtExit[IotIngest] = OpenAtExit(lambda i: i.close(), stage=SERVICES)
 _ATTACHED: weakref.WeakKeyDictionary[Any, IotIngest] = weakref.WeakKeyDictionary()
 _ATTACH_LOCK = threading.Lock()
 

@@ -16,6 +16,8 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import matrixos as mx
 
 # Appends from a background writer in a loop and ends without closing anything: the end
@@ -97,6 +99,21 @@ _INGEST = textwrap.dedent(
     """
 )
 
+# The same through an ingest service the program built itself (not the session's), neither
+# closed: it is closed before the session its last flush writes through.
+_OWN_INGEST = textwrap.dedent(
+    """
+    import sys
+    import matrixos as mx
+    from matrixos.iot.ingest import IotIngest
+
+    lh = mx.connect(sys.argv[1])
+    ingest = IotIngest(lh, sys.argv[2], flush_interval=3600)
+    lines = "\\n".join(f"cpu,host=a v={i}i {(i + 1) * 10**9}" for i in range(100))
+    print(ingest.write_lines(lh.principal, "iot.cpu", lines).points)
+    """
+)
+
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -150,9 +167,12 @@ def test_a_session_left_open_is_closed_at_exit_and_its_usage_written(tmp_path: P
     assert rows >= 1
 
 
-def test_points_acknowledged_by_a_session_left_open_are_committed_at_exit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", [_INGEST, _OWN_INGEST], ids=["session's", "own"])
+def test_points_acknowledged_by_an_ingest_service_left_open_are_committed_at_exit(
+    tmp_path: Path, script: str
+) -> None:
     warehouse = str(tmp_path / "wh")
-    done = _run(_INGEST, warehouse, str(tmp_path / "wal"))
+    done = _run(script, warehouse, str(tmp_path / "wal"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["100"], done.stdout + done.stderr[-2000:]
     with mx.connect(warehouse) as lh:
