@@ -56,6 +56,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -569,6 +570,9 @@ class StatementMeter:
         self._meter: Meter | None = None
         self._lock = threading.Lock()
         self._running: dict[str, RunningStatement] = {}
+        # Statements ended and not yet recorded, with when they ended. ``end_later`` only adds
+        # here (no lock): a garbage collection may run it in a thread holding the lock.
+        self._ended: deque[tuple[RunningStatement, float]] = deque()
         self._unavailable = False
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -602,15 +606,28 @@ class StatementMeter:
         meter.admit(principal.name)
         running = RunningStatement(principal.name, uuid.uuid4().hex, time.time())
         with self._lock:
+            self._settle()
             self._running[running.statement_id] = running
         return running
 
     def end(self, running: RunningStatement) -> None:
         """The statement ended now: queue its last record."""
+        self._ended.append((running, time.time()))
         with self._lock:
-            if self._running.pop(running.statement_id, None) is None:
-                return  # ended already
-            self._record(running, time.time())
+            self._settle()
+
+    def end_later(self, running: RunningStatement) -> None:
+        """The statement ended now; its record is queued by the meter's next call (or tick).
+        Never blocks: for finalizers, which a garbage collection runs in whatever thread it
+        interrupts (one inside ``end`` with the lock held deadlocked a server)."""
+        self._ended.append((running, time.time()))
+
+    def _settle(self) -> None:
+        """Record the statements ended so far (called with the lock held)."""
+        while self._ended:
+            running, at = self._ended.popleft()
+            if self._running.pop(running.statement_id, None) is not None:  # else ended already
+                self._record(running, at)
 
     def tasks(self, running: RunningStatement, usages: Sequence[TaskUsage]) -> None:
         """Queue what the statement's Ray tasks used (``engine.usage``), one record per node:
@@ -649,6 +666,7 @@ class StatementMeter:
         while not self._stop.wait(self.interval_s):
             now = time.time()
             with self._lock:
+                self._settle()
                 for running in self._running.values():
                     if now - running.mark >= self.interval_s:
                         self._record(running, now)
@@ -656,6 +674,8 @@ class StatementMeter:
     def flush(self) -> None:
         """Charge and write the statements queued so far."""
         if self._meter is not None:
+            with self._lock:
+                self._settle()
             self._meter.flush()
 
     def close(self) -> None:
@@ -664,4 +684,6 @@ class StatementMeter:
         if self._ticker is not None:
             self._ticker.join()
         if self._meter is not None:
+            with self._lock:
+                self._settle()
             self._meter.close()

@@ -342,7 +342,7 @@ class Lakehouse:
         if meter and running:
             # Metered until its rows are read to the end, or the result is dropped unread.
             result.on_end(lambda: meter.end(running))
-            weakref.finalize(result, meter.end, running)
+            weakref.finalize(result, meter.end_later, running)
         return result
 
     def _statement_meter(self) -> StatementMeter | None:

@@ -4,12 +4,16 @@ wire, over one ``Lakehouse``.
 SIGTERM (or Ctrl-C) drains: new statements are refused with 503 ``TEMPORARILY_UNAVAILABLE``
 (``/healthz`` answers ``draining``), running ones get ``grace_s`` seconds to finish and are
 canceled after that (a canceled write commits nothing), then the listeners close. A second
-signal stops at once.
+signal stops at once. SIGUSR1 writes every thread's stack to stderr (the server goes on): what
+a statement that does not end is doing.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,6 +85,8 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(lakehouse: Lakehouse, options: ServeOptions) -> None:
     """Serve ``lakehouse`` until a signal drains and stops the server."""
+    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     # Failed logins over the wire are throttled per (user, address), as by start_pg_server.
     # The HTTP API throttles failures per (token id, address) itself (create_app): other
     # tokens from a busy address (a NAT, a proxy) keep working while one is being guessed.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import itertools
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -226,3 +228,34 @@ def test_a_result_dropped_unread_stops_being_metered(tmp_path: Path) -> None:
         assert records() == 1  # ended when dropped
         lh.sql("SELECT 1").fetchall()  # read to its end: ended at once
         assert records() == 2
+
+
+# What the test below runs in a child process (a deadlock there cannot hang the test run).
+_COLLECTED_WHILE_BUSY = """
+import sys
+import matrixos as mx
+
+with mx.connect(sys.argv[1], meter_statements=True) as lh:
+    lh.create_table("s.t", [{"x": i} for i in range(10)])
+    meter = lh._statement_meter()
+    results = [lh.sql("SELECT x FROM s.t") for _ in range(3)]  # streams nobody reads
+    with meter._lock:  # as inside the meter's `end`, when the collection struck
+        results.clear()  # the last references: each result's finalizer runs here, now
+    print(sum(r["records"] for r in lh.usage(by="job").to_pylist()))
+"""
+
+
+def test_a_result_collected_while_the_meter_is_busy_is_recorded_without_a_deadlock(
+    tmp_path: Path,
+) -> None:
+    # A garbage collection runs finalizers in whatever thread it interrupts: a server once hung
+    # when one ran inside the meter's `end` (holding its lock) and ended a dropped result.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _COLLECTED_WHILE_BUSY, str(tmp_path / "wh")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("dropping results inside the meter deadlocked") from e
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["3"], done.stdout + done.stderr[-2000:]

@@ -84,6 +84,14 @@ class MatrixOSServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def stacks(self) -> str:
+        """Every thread's stack in the server now (SIGUSR1 makes it write them to its log)."""
+        assert self.proc is not None
+        before = len(self.log())
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        return self.log()[before:]
+
     def terminate(self) -> None:
         """Send SIGTERM (the server drains, then exits)."""
         assert self.proc is not None

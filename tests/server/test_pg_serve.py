@@ -92,3 +92,37 @@ def test_sigterm_drains_the_wire(served_warehouse: ServedWarehouse, tmp_path: Pa
         assert "some were canceled" in server.log()
     finally:
         server.kill()
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_server_goes_on(
+    served_warehouse: ServedWarehouse, tmp_path: Path
+) -> None:
+    server = MatrixOSServer(
+        served_warehouse.uri, tmp_path / "serve.log", pg=True, args=["--grace", "1"]
+    ).start()
+    try:
+        busy = pg(server, served_warehouse, "admin")
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                busy.execute("SELECT count(*) FROM big.nums a, big.nums b, big.nums c")
+            except psycopg.Error as e:
+                errors.append(e)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(1.0)  # the statement is running
+        stacks = server.stacks()
+        assert "Current thread" in stacks or "Thread 0x" in stacks, stacks[-3000:]
+        # the running statement's thread is there, inside the engine's call
+        assert "engine/" in stacks and "matrixos/server/" in stacks, stacks[-3000:]
+        with pg(server, served_warehouse, "admin") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        busy.cancel()
+        worker.join(60)
+        assert not worker.is_alive() and isinstance(errors[0], psycopg.errors.QueryCanceled)
+        server.terminate()
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
