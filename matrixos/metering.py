@@ -627,7 +627,7 @@ class StatementMeter:
         while self._ended:
             running, at = self._ended.popleft()
             if self._running.pop(running.statement_id, None) is not None:  # else ended already
-                self._record(running, at)
+                self._record(running, max(at, running.mark))  # a tick may have passed `at`
 
     def tasks(self, running: RunningStatement, usages: Sequence[TaskUsage]) -> None:
         """Queue what the statement's Ray tasks used (``engine.usage``), one record per node:

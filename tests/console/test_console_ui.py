@@ -232,6 +232,24 @@ def test_completion_offers_tables_and_columns(
     page.wait_for_selector(".completion li:has-text('customer')")
 
 
+def test_a_name_typed_before_the_names_arrived_is_completed_when_they_do(
+    page: Any, console_warehouse: ServedWarehouse
+) -> None:
+    held: list[Any] = []  # the requests for the table tree, answered once the word is typed
+    page.route("**/console/api/tree", lambda route: held.append(route))
+    login(page, console_warehouse.tokens["alice"])
+    page.goto("/#/sql")
+    page.fill("textarea.sql-input", "")
+    page.type("textarea.sql-input", "SELECT * FROM sales.or")
+    page.wait_for_function("() => true")  # let the page ask for the tree
+    assert held, "the SQL page did not ask for the table names"
+    assert not page.is_visible(".completion li:has-text('orders')")  # no names yet
+    for route in held:
+        route.continue_()  # the server's real answer, only later
+    page.unroute("**/console/api/tree")
+    page.wait_for_selector(".completion li:has-text('orders')")
+
+
 def test_admin_creates_a_token_shown_once_and_reads_the_audit(
     page: Any, console_warehouse: ServedWarehouse, console_server: MatrixOSServer, artifacts: Path
 ) -> None:

@@ -64,23 +64,30 @@ def test_wire_and_http_see_the_same_tables(
         assert ("hr.salaries",) in names and ("sales.orders",) in names
 
 
+def _run_for_hours(conn: psycopg.Connection) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a statement on ``conn`` that would run for hours, in a thread; its error lands in
+    the list. Returns once it has run for a second."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute("SELECT count(*) FROM big.nums a, big.nums b, big.nums c")
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(1.0)
+    return worker, errors
+
+
 def test_sigterm_drains_the_wire(served_warehouse: ServedWarehouse, tmp_path: Path) -> None:
     server = MatrixOSServer(
         served_warehouse.uri, tmp_path / "serve.log", pg=True, args=["--grace", "1"]
     ).start()
     try:
         conn = pg(server, served_warehouse, "admin")
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                conn.execute("SELECT count(*) FROM big.nums a, big.nums b, big.nums c")
-            except BaseException as e:
-                errors.append(e)
-
-        worker = threading.Thread(target=run)
-        worker.start()
-        worker.join(1.0)  # the statement is running (it would for hours)
+        worker, errors = _run_for_hours(conn)
         server.terminate()
         worker.join(60)
         assert not worker.is_alive()
@@ -102,17 +109,7 @@ def test_sigusr1_writes_every_threads_stack_and_the_server_goes_on(
     ).start()
     try:
         busy = pg(server, served_warehouse, "admin")
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                busy.execute("SELECT count(*) FROM big.nums a, big.nums b, big.nums c")
-            except psycopg.Error as e:
-                errors.append(e)
-
-        worker = threading.Thread(target=run)
-        worker.start()
-        worker.join(1.0)  # the statement is running
+        worker, errors = _run_for_hours(busy)
         stacks = server.stacks()
         assert "Current thread" in stacks or "Thread 0x" in stacks, stacks[-3000:]
         # the running statement's thread is there, inside the engine's call

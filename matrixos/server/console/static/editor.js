@@ -69,6 +69,7 @@ export class Editor {
     return m ? m[0] : "";
   }
   async complete(force) {
+    const call = (this.calls = (this.calls || 0) + 1); // only the latest call shows its answer
     const w = this.word();
     if (!force && (w.length < 2 && !w.endsWith("."))) return this.hide();
     const dot = w.lastIndexOf(".");
@@ -84,6 +85,7 @@ export class Editor {
       const cols = await this.names().columns(null);
       cands = KEYWORDS.map((k) => k.toUpperCase()).concat(words, cols);
     }
+    if (call !== this.calls) return; // a later key asked again while this one waited
     cands = [...new Set(cands)].filter((c) => c.toLowerCase().startsWith(prefix) && c.toLowerCase() !== prefix).slice(0, 30);
     if (!cands.length) return this.hide();
     clear(this.popup);

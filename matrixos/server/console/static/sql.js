@@ -20,6 +20,8 @@ export async function sqlPage(el, _rest, state) {
   tree().then((t) => {
     tables.push(...tableNames(t));
     words.push(...tables.map((x) => x.full_name), ...tables.map((x) => `${x.schema}.${x.name}`));
+    // typed before the names were here: complete the word now, not at the next key
+    if (document.activeElement === editor.area) editor.complete(false);
   }).catch(() => {});
   const colCache = new Map();
   async function columnsOf(name) {
