@@ -118,9 +118,13 @@ class SystemTable:
 class BatchWriter(Generic[T]):
     """Queues items and passes them to ``write`` in batches from a background thread.
 
-    ``write`` failing is logged (``what`` names the items) and the batch dropped: a writer
-    serves a log (audit, usage) that must never stop the caller.
+    ``write`` failing is logged (``what`` names the items) and the batch tried again, ahead of
+    newer items, up to ``ATTEMPTS`` times with a growing pause (a transient failure, such as a
+    write racing a session's close, must not leave a gap in a log); then it is dropped: a
+    writer serves a log (audit, usage) that must never stop the caller.
     """
+
+    ATTEMPTS = 5
 
     def __init__(
         self,
@@ -170,6 +174,7 @@ class BatchWriter(Generic[T]):
         _OPEN.discard(self)
 
     def _run(self) -> None:
+        failures = 0  # of the batch at the head of the queue
         while True:
             with self._cond:
                 idle = not self._closed and self._flushed == self._flushes
@@ -180,8 +185,20 @@ class BatchWriter(Generic[T]):
             if items:
                 try:
                     self._write(items)
+                    failures = 0
                 except Exception:  # a log must never take its caller down
+                    failures += 1
+                    if failures < self.ATTEMPTS:
+                        log.warning(
+                            "%d %s not written (attempt %d of %d)",
+                            len(items), self._what, failures, self.ATTEMPTS, exc_info=True,
+                        )  # fmt: skip
+                        with self._cond:
+                            self._items[:0] = items  # first again: the order is kept
+                        time.sleep(min(0.05 * 2**failures, 1.0))
+                        continue
                     log.exception("%d %s not written", len(items), self._what)
+                    failures = 0
             with self._cond:
                 self._flushed = ticket
                 self._cond.notify_all()

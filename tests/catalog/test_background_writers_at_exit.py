@@ -132,16 +132,18 @@ def _notes(warehouse: str) -> list[int]:
 
 def test_a_program_ending_during_background_delta_writes_exits_cleanly(tmp_path: Path) -> None:
     warehouse = str(tmp_path / "wh")
+    said = []  # what each program printed (a batch not written is logged there)
     for run, seconds in enumerate(["0.3", "0.6", "1.0"]):
         done = _run(_BUSY, warehouse, seconds)
         assert done.returncode == 0, (run, done.returncode, done.stderr[-3000:])
+        said.append(done.stderr[-3000:])
     rows = _notes(warehouse)
     # Every run wrote what it queued, in order, with no gap: its numbers are 0..k for some k,
     # so together they hold 0 three times and no number more often than the one before it.
     counts = Counter(rows)
     times = [counts[n] for n in range(max(rows, default=-1) + 1)]
     assert times[:1] == [3], times[:10]
-    assert all(a >= b for a, b in itertools.pairwise(times)), times
+    assert all(a >= b for a, b in itertools.pairwise(times)), (times, said)
 
 
 def test_rows_queued_when_a_program_ends_are_written(tmp_path: Path) -> None:
